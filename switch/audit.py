@@ -1,0 +1,119 @@
+"""Read-only views of the ledger: the whole-ledger proof and a card's statement.
+
+Both read one consistent WAL snapshot, so they run while a switch is writing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .domain import mask_pan
+from .ledger import connect
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    problem: str = ""
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def verify(db_path: Path) -> VerifyResult:
+    """Prove the ledger: every posting balances, all accounts sum to zero, every account's
+    balance equals its entries (so each card's cash and cashback do), no card balance is
+    negative, every entry belongs to a posting, and no message key posted twice."""
+    conn = connect(db_path, readonly=True)
+    try:
+        conn.execute("BEGIN")  # one snapshot for every check
+        return _verify(conn)
+    finally:
+        conn.execute("COMMIT")
+        conn.close()
+
+
+def _verify(conn: sqlite3.Connection) -> VerifyResult:
+    stats = {
+        "postings": conn.execute("SELECT COUNT(*) FROM postings").fetchone()[0],
+        "entries": conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0],
+        "accounts": conn.execute("SELECT COUNT(*) FROM accounts").fetchone()[0],
+        "cards": conn.execute("SELECT COUNT(*) FROM cards").fetchone()[0],
+    }
+    row = conn.execute(
+        "SELECT posting_id, SUM(amount) FROM entries GROUP BY posting_id HAVING SUM(amount) != 0 "
+        "ORDER BY posting_id LIMIT 1").fetchone()
+    if row:
+        return VerifyResult(False, f"posting {row[0]} does not balance: entries sum to {row[1]}", stats)
+    row = conn.execute(
+        "SELECT e.posting_id FROM entries e LEFT JOIN postings p ON p.id = e.posting_id "
+        "WHERE p.id IS NULL LIMIT 1").fetchone()
+    if row:
+        return VerifyResult(False, f"entries reference posting {row[0]}, which does not exist", stats)
+    total = conn.execute("SELECT COALESCE(SUM(balance), 0) FROM accounts").fetchone()[0]
+    if total != 0:
+        return VerifyResult(False, f"accounts sum to {total}, not 0", stats)
+    row = conn.execute(
+        "SELECT a.name, a.balance, COALESCE(e.total, 0) FROM accounts a "
+        "LEFT JOIN (SELECT account, SUM(amount) AS total FROM entries GROUP BY account) e ON e.account = a.name "
+        "WHERE a.balance != COALESCE(e.total, 0) ORDER BY a.name LIMIT 1").fetchone()
+    if row:
+        return VerifyResult(False, f"account {row[0]} balance {row[1]} != its entries {row[2]}", stats)
+    row = conn.execute(
+        "SELECT e.account FROM entries e LEFT JOIN accounts a ON a.name = e.account WHERE a.name IS NULL LIMIT 1"
+    ).fetchone()
+    if row:
+        return VerifyResult(False, f"entries post to account {row[0]}, which does not exist", stats)
+    row = conn.execute(
+        "SELECT name, balance FROM accounts WHERE (name LIKE 'card:%:cash' OR name LIKE 'card:%:cashback') "
+        "AND balance < 0 ORDER BY name LIMIT 1").fetchone()
+    if row:
+        return VerifyResult(False, f"card account {row[0]} is negative: {row[1]}", stats)
+    row = conn.execute(
+        "SELECT p.id FROM postings p LEFT JOIN entries e ON e.posting_id = p.id "
+        "WHERE e.posting_id IS NULL AND p.amount != 0 AND p.kind != 'seed' LIMIT 1").fetchone()
+    if row:
+        return VerifyResult(False, f"posting {row[0]} has an amount but no entries", stats)
+    row = conn.execute(
+        "SELECT posting_id, COUNT(*) FROM messages WHERE posting_id IS NOT NULL GROUP BY posting_id "
+        "HAVING COUNT(*) > 1 LIMIT 1").fetchone()
+    if row:
+        return VerifyResult(False, f"posting {row[0]} answers {row[1]} messages", stats)
+    row = conn.execute(
+        "SELECT p.id, p.amount, p.undone FROM postings p WHERE p.kind IN ('purchase', 'refund') "
+        "AND (p.undone < 0 OR p.undone > p.amount) LIMIT 1").fetchone()
+    if row:
+        return VerifyResult(False, f"posting {row[0]} undone {row[2]} outside 0..{row[1]}", stats)
+    return VerifyResult(True, "", stats)
+
+
+def card_statement(db_path: Path, pan: str, *, recent: int = 10) -> dict[str, Any] | None:
+    conn = connect(db_path, readonly=True)
+    try:
+        row = conn.execute("SELECT id, program, member, expiry, status FROM cards WHERE pan=?", (pan,)).fetchone()
+        if row is None:
+            return None
+        cid, program, member, expiry, status = row
+
+        def bal(kind: str) -> int:
+            r = conn.execute("SELECT balance FROM accounts WHERE name=?", (f"card:{cid}:{kind}",)).fetchone()
+            return r[0] if r else 0
+
+        postings = [
+            {"id": p[0], "kind": p[1], "at": p[2], "amount": p[3], "fee": p[4], "cashback": p[5], "rrn": p[6],
+             "merchant": (p[7] or "").strip()}
+            for p in conn.execute(
+                "SELECT id, kind, at, amount, fee, cashback, rrn, mid FROM postings WHERE card_id=? "
+                "ORDER BY id DESC LIMIT ?", (cid, recent))
+        ]
+        return {"pan": mask_pan(pan), "program": program, "member": member, "expiry": expiry, "status": status,
+                "cash": bal("cash"), "cashback": bal("cashback"), "receivable": bal("receivable"),
+                "postings": postings}
+    finally:
+        conn.close()
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, indent=2)

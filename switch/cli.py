@@ -1,0 +1,324 @@
+"""`eum`: the one console command. Entry point: wires concrete collaborators, configures logs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .clock import Clock, OffsetClock, SystemClock, parse_instant
+from .config import SwitchConfig, parse_hostport
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(coro)
+
+
+def _clock(args: argparse.Namespace) -> Clock:
+    start = getattr(args, "clock_start", None)
+    return OffsetClock(parse_instant(start)) if start else SystemClock()
+
+
+# ---------------------------------------------------------------------------- switch
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    from . import logs
+    from .codec import load_dialect
+    from .runtime import DataDirBusy, lock_data_dir, open_core, unlock
+    from .server import Processor, SwitchServer, serve_until_signalled
+
+    host, port = parse_hostport(args.listen)
+    config = SwitchConfig(host=host, port=port, data_dir=Path(args.data_dir), dialect=args.dialect)
+    dialect = load_dialect(config.dialect)
+    logs.configure(data_dir=config.data_dir, name="switch", level=args.log_level)
+    try:
+        fd = lock_data_dir(config.data_dir, wait=False)
+    except DataDirBusy:
+        print(f"eum switch: another process holds {config.data_dir}/switch.lock (a switch already runs there)",
+              file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        async with open_core(config.data_dir, clock=_clock(args), batch_size_max=config.batch_size_max,
+                             commit_interval_ms_max=config.commit_interval_ms_max,
+                             queue_size_max=config.queue_size_max) as core:
+            server = SwitchServer(config, Processor(core.engine, dialect), core.ops)
+            await serve_until_signalled(server)
+
+    try:
+        _run(main())
+    finally:
+        logs.flush()
+        unlock(fd)
+    return 0
+
+
+# ---------------------------------------------------------------------------- admin
+
+def _admin_op(data_dir: Path, op: str, op_args: dict[str, Any], *, clock: Clock | None = None) -> dict[str, Any]:
+    """Run an operation in the process that owns the data dir: here if no switch runs,
+    else in the switch, over its control socket."""
+    from .runtime import DataDirBusy, lock_data_dir, open_core, unlock
+    from .server import control_socket_path
+
+    try:
+        fd = lock_data_dir(data_dir, wait=False)
+    except DataDirBusy:
+        return _run(_control_call(control_socket_path(data_dir), op, op_args))
+    try:
+        async def direct() -> dict[str, Any]:
+            async with open_core(data_dir, clock=clock or SystemClock(), commit_interval_ms_max=0.1) as core:
+                return await core.ops.run(op, op_args)
+        return _run(direct())
+    finally:
+        unlock(fd)
+
+
+async def _control_call(path: Path, op: str, op_args: dict[str, Any]) -> dict[str, Any]:
+    from .operations import OperationError
+
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(json.dumps({"op": op, "args": op_args}).encode() + b"\n")
+    await writer.drain()
+    reply = json.loads(await asyncio.wait_for(reader.readline(), 30))
+    writer.close()
+    if not reply["ok"]:
+        raise OperationError(reply["error"])
+    return reply["result"]
+
+
+def _print(result: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    if isinstance(result, dict):
+        for k, v in result.items():
+            if isinstance(v, list):
+                print(f"{k}:")
+                for item in v:
+                    print("  " + "  ".join(f"{ik}={iv}" for ik, iv in item.items()))
+            else:
+                print(f"{k}: {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k}: {v}")
+    else:
+        print(result)
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from .operations import OperationError
+
+    data_dir = Path(args.data_dir)
+    try:
+        result = ADMIN_ACTIONS[args.admin_action](args, data_dir)
+    except OperationError as exc:
+        print(f"eum admin: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(result, int):
+        return result
+    _print(result, args.json)
+    return 0
+
+
+def _merchant_add(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    return _admin_op(data_dir, "merchant-add", {"mid": args.mid, "name": args.name, "district": args.district,
+                                                 "annual_sales": args.annual_sales, "category": args.category,
+                                                 "online_mall": args.online_mall})
+
+
+def _terminal_add(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    return _admin_op(data_dir, "terminal-add", {"tid": args.tid, "mid": args.mid, "security": args.security})
+
+
+def _card_issue(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    return _admin_op(data_dir, "card-issue", {"program": args.program, "member": args.member, "expiry": args.expiry})
+
+
+def _card_charge(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    return _admin_op(data_dir, "card-charge", {"pan": args.pan, "amount": args.amount})
+
+
+def _card_status(op: str):
+    def action(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+        return _admin_op(data_dir, op, {"pan": args.pan})
+    return action
+
+
+def _card_show(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    from .audit import card_statement
+    from .ledger import open_store
+    from .operations import OperationError
+    from .domain import mask_pan
+
+    result = card_statement(open_store(data_dir), args.pan)
+    if result is None:
+        raise OperationError(f"card {mask_pan(args.pan)} not found")
+    return result
+
+
+def _verify(args: argparse.Namespace, data_dir: Path) -> int:
+    from .audit import verify
+    from .ledger import open_store
+
+    result = verify(open_store(data_dir))
+    if args.json:
+        print(json.dumps({"ok": result.ok, "problem": result.problem, **result.stats}))
+    elif result.ok:
+        print("ledger verified: " + ", ".join(f"{k} {v:,}" for k, v in result.stats.items()))
+    else:
+        print(f"ledger NOT verified: {result.problem}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def _seed(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    from .operations import OperationError
+    from .policy import default_config_dir, load_rules
+    from .runtime import DataDirBusy, lock_data_dir, unlock
+    from .seed import ensure_store, seed
+
+    try:
+        fd = lock_data_dir(data_dir, wait=False)
+    except DataDirBusy:
+        raise OperationError("a switch is running on this data dir; seed bulk-loads the ledger and needs it "
+                             "to itself: stop the switch, seed, start it again") from None
+    try:
+        started = time.perf_counter()
+        result = seed(ensure_store(data_dir), load_rules(default_config_dir()), cards=args.cards,
+                      merchants=args.merchants, seed_value=args.seed, now=SystemClock().now())
+        return {**result.__dict__, "seconds": round(time.perf_counter() - started, 2)}
+    finally:
+        unlock(fd)
+
+
+ADMIN_ACTIONS = {
+    "merchant-add": _merchant_add,
+    "terminal-add": _terminal_add,
+    "card-issue": _card_issue,
+    "card-charge": _card_charge,
+    "card-block": _card_status("card-block"),
+    "card-unblock": _card_status("card-unblock"),
+    "card-show": _card_show,
+    "verify": _verify,
+    "seed": _seed,
+}
+
+
+# ---------------------------------------------------------------------------- terminal, demo
+
+def cmd_terminal(args: argparse.Namespace) -> int:
+    from terminal_sim.cli import run_terminal
+
+    return run_terminal(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from terminal_sim.demo import run_demo
+
+    return run_demo(transactions=args.transactions, seed_value=args.seed, keep=args.keep)
+
+
+# ---------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eum", description="eum-switch: ISO 8583 switch for a city prepaid card")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sw = sub.add_parser("switch", help="run the switch (ISO 8583 over TCP)")
+    sw.add_argument("--listen", default="127.0.0.1:8583", help="HOST:PORT (default 127.0.0.1:8583)")
+    sw.add_argument("--data-dir", default="var", help="ledger and logs (default ./var)")
+    sw.add_argument("--dialect", default="default", help="config/dialects/NAME.toml (default: default)")
+    sw.add_argument("--clock-start", help="run the clock from this instant, e.g. 2019-07-20T12:00:00+09:00")
+    sw.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    sw.set_defaults(func=cmd_switch)
+
+    ad = sub.add_parser("admin", help="operate on data: merchants, terminals, cards, verify, seed")
+    ad.add_argument("--data-dir", default="var")
+    ad.add_argument("--json", action="store_true", help="machine-readable output")
+    asub = ad.add_subparsers(dest="admin_group", required=True)
+    _admin_parsers(asub)
+    ad.set_defaults(func=cmd_admin)
+
+    from terminal_sim.cli import add_terminal_parser
+
+    add_terminal_parser(sub, cmd_terminal)
+
+    de = sub.add_parser("demo", help="switch + terminals + summary on embedded defaults, in a temp dir")
+    de.add_argument("--transactions", type=int, default=300)
+    de.add_argument("--seed", type=int, default=7)
+    de.add_argument("--keep", action="store_true", help="keep the temporary data dir and print its path")
+    de.set_defaults(func=cmd_demo)
+    return p
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    # --json is accepted after the subcommand too (eum admin card show --pan P --json)
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+
+
+def _admin_parsers(asub: Any) -> None:
+    m = asub.add_parser("merchant").add_subparsers(dest="action", required=True)
+    ma = m.add_parser("add")
+    ma.add_argument("--mid", required=True)
+    ma.add_argument("--name", required=True)
+    ma.add_argument("--district", required=True)
+    ma.add_argument("--annual-sales", type=int, required=True, help="won")
+    ma.add_argument("--category", default="general")
+    ma.add_argument("--online-mall", action="store_true")
+    ma.set_defaults(admin_action="merchant-add")
+
+    t = asub.add_parser("terminal").add_subparsers(dest="action", required=True)
+    ta = t.add_parser("add")
+    ta.add_argument("--tid", required=True)
+    ta.add_argument("--mid", required=True)
+    ta.add_argument("--security", default="none")
+    ta.set_defaults(admin_action="terminal-add")
+
+    c = asub.add_parser("card").add_subparsers(dest="action", required=True)
+    ci = c.add_parser("issue")
+    ci.add_argument("--program", required=True)
+    ci.add_argument("--member")
+    ci.add_argument("--expiry", help="YYMM (default: 5 years from now)")
+    ci.set_defaults(admin_action="card-issue")
+    cc = c.add_parser("charge")
+    cc.add_argument("--pan", required=True)
+    cc.add_argument("--amount", type=int, required=True, help="won")
+    cc.set_defaults(admin_action="card-charge")
+    for name in ("block", "unblock", "show"):
+        cp = c.add_parser(name)
+        cp.add_argument("--pan", required=True)
+        cp.set_defaults(admin_action=f"card-{name}")
+
+    v = asub.add_parser("verify", help="prove the whole ledger; exit 1 at the first discrepancy")
+    v.set_defaults(admin_action="verify")
+    s = asub.add_parser("seed", help="deterministic population of merchants, terminals and charged cards")
+    s.add_argument("--cards", type=int, required=True)
+    s.add_argument("--merchants", type=int, required=True)
+    s.add_argument("--seed", type=int, default=1)
+    s.set_defaults(admin_action="seed")
+    for sp in (ma, ta, ci, cc, v, s) + tuple(c.choices[n] for n in ("block", "unblock", "show")):
+        _json_flag(sp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "json"):
+        args.json = False
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except ValueError as exc:
+        print(f"eum: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""ISO 8583 codec: dialect files, bytes ↔ pyiso8583 dicts ↔ typed messages.
+
+Pure module. A dialect is data (config/dialects/<name>.toml): framing plus the full field
+spec in pyiso8583's format, so a terminal speaking another dialect needs a file, not code.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import iso8583
+from iso8583.decoder import DecodeError
+from iso8583.encoder import EncodeError
+
+from .framing import Framing
+from .messages import (
+    ECHO_FIELDS,
+    NETWORK_CODES,
+    PROCESSING_KINDS,
+    RESPONSE_MTI,
+    FieldError,
+    Kind,
+    OriginalData,
+    Rc,
+    Request,
+    Response,
+    encode_balances,
+    idempotency_digest,
+)
+
+_SPEC_KEYS = ("data_enc", "len_enc", "len_type", "max_len", "desc")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    framing: Framing
+    spec: dict[str, dict[str, Any]]
+
+
+def dialects_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "config" / "dialects"
+
+
+def load_dialect(name: str, *, directory: Path | None = None) -> Dialect:
+    path = (directory or dialects_dir()) / f"{name}.toml"
+    if not path.exists():
+        known = sorted(p.stem for p in path.parent.glob("*.toml"))
+        raise ValueError(f"unknown dialect {name!r}; known: {', '.join(known)}")
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    framing = Framing(**data.get("framing", {}))
+    spec: dict[str, dict[str, Any]] = {}
+    for key, fspec in data.get("fields", {}).items():
+        missing = [k for k in _SPEC_KEYS if k not in fspec]
+        if missing:
+            raise ValueError(f"dialect {name}: fields.{key} lacks {', '.join(missing)}")
+        spec[key] = {k: fspec[k] for k in _SPEC_KEYS}
+    for key in ("h", "t", "p", "1"):
+        if key not in spec:
+            raise ValueError(f"dialect {name}: fields.{key} is required")
+    return Dialect(name=name, framing=framing, spec=spec)
+
+
+# ---------------------------------------------------------------------------- decode
+
+def decode_fields(payload: bytes, dialect: Dialect) -> dict[str, str]:
+    """pyiso8583 decode. A present-but-empty secondary bitmap is accepted (pyiso8583 does)."""
+    fields, _ = iso8583.decode(payload, dialect.spec)
+    return fields
+
+
+def partial_fields(exc: DecodeError) -> dict[str, str]:
+    """What a failed decode did parse: enough, often, to address a format-error response."""
+    return dict(exc.doc_dec)
+
+
+def _digits(fields: dict[str, str], no: str, *, size: int | None = None, required: bool = True) -> str:
+    value = fields.get(no)
+    if value is None or value == "":
+        if required:
+            raise FieldError(no, "missing")
+        return ""
+    if not value.isdigit() or not value.isascii():
+        raise FieldError(no, "not numeric")
+    if size is not None and len(value) != size:
+        raise FieldError(no, f"length {len(value)}, expected {size}")
+    return value
+
+
+def _text(fields: dict[str, str], no: str, *, required: bool = True) -> str:
+    value = fields.get(no, "")
+    if required and not value.strip():
+        raise FieldError(no, "missing")
+    return value
+
+
+def _amount(fields: dict[str, str], no: str = "4") -> int:
+    return int(_digits(fields, no, size=12))
+
+
+def _pan_expiry(fields: dict[str, str]) -> tuple[str, str]:
+    """PAN from DE2, else from track 2 (DE35); expiry from DE14, else from track 2."""
+    track2 = fields.get("35", "")
+    if "2" in fields:
+        pan = _digits(fields, "2")
+    elif track2:
+        sep = "=" if "=" in track2 else "D"
+        pan = track2.split(sep, 1)[0]
+        if not pan.isdigit():
+            raise FieldError("35", "PAN part not numeric")
+    else:
+        raise FieldError("2", "missing")
+    if not 12 <= len(pan) <= 19:
+        raise FieldError("2", "length out of range 12..19")
+    if "14" in fields:
+        expiry = _digits(fields, "14", size=4)
+    elif track2:
+        sep = "=" if "=" in track2 else "D"
+        tail = track2.split(sep, 1)[1] if sep in track2 else ""
+        expiry = tail[:4]
+        if len(expiry) != 4 or not expiry.isdigit():
+            raise FieldError("35", "expiry part not numeric")
+    else:
+        expiry = ""  # conditional: when sent, it must match the card
+    return pan, expiry
+
+
+def _transmission(fields: dict[str, str]) -> str:
+    dt = _digits(fields, "7", size=10)
+    month, day, hh, mm, ss = (int(dt[i : i + 2]) for i in range(0, 10, 2))
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hh < 24 and mm < 60 and ss < 60):
+        raise FieldError("7", "not a valid MMDDhhmmss")
+    return dt
+
+
+def _common(fields: dict[str, str]) -> dict[str, Any]:
+    return {
+        "terminal": _text(fields, "41"),
+        "stan": _digits(fields, "11", size=6),
+        "transmission_time": _transmission(fields),
+    }
+
+
+def parse_request(fields: dict[str, str]) -> Request:
+    """Decoded fields → typed request. Raises FieldError naming the field at fault."""
+    mti = fields.get("t", "")
+    if mti not in RESPONSE_MTI:
+        raise FieldError("0", f"MTI {mti!r} not supported", rc=Rc.INVALID_TRANSACTION)
+    base = {"mti": mti, "digest": idempotency_digest(fields), "mac": fields.get("64", fields.get("128", ""))}
+    if mti == "0800":
+        code = _digits(fields, "70", size=3)
+        if code not in NETWORK_CODES:
+            raise FieldError("70", f"network code {code} not supported", rc=Rc.INVALID_TRANSACTION)
+        return Request(kind=Kind.NETWORK, network_code=code, **_common(fields), **base)
+    common = _common(fields)
+    pcode = _digits(fields, "3", size=6)
+    kind = PROCESSING_KINDS.get(pcode[:2])
+    if kind is None:
+        raise FieldError("3", f"processing code {pcode[:2]} not supported", rc=Rc.INVALID_TRANSACTION)
+    pan, expiry = _pan_expiry(fields)
+    currency = _digits(fields, "49", size=3)
+    if currency != "410":
+        raise FieldError("49", "currency is not KRW (410)", rc=Rc.INVALID_AMOUNT)
+    amount = _amount(fields) if (kind is not Kind.BALANCE or "4" in fields) else 0
+    extra: dict[str, Any] = {
+        "processing_code": pcode,
+        "pan": pan,
+        "expiry": expiry,
+        "amount": amount,
+        "currency": currency,
+        "merchant": _text(fields, "42"),
+        "entry_mode": _digits(fields, "22", size=3, required=False),
+        "local_time": _digits(fields, "12", size=6, required=False),
+        "local_date": _digits(fields, "13", size=4, required=False),
+        "pin_block": fields.get("52", ""),
+    }
+    if mti.startswith("02"):
+        if kind is Kind.REFUND:
+            extra["rrn"] = _text(fields, "37")
+        return Request(kind=kind, **common, **extra, **base)
+    if kind is Kind.BALANCE:
+        raise FieldError("3", "a balance inquiry cannot be reversed", rc=Rc.INVALID_TRANSACTION)
+    de90 = _digits(fields, "90", size=42)
+    original = OriginalData(mti=de90[:4], stan=de90[4:10], transmission_time=de90[10:20])
+    replacement = None
+    if fields.get("95"):
+        de95 = fields["95"]
+        if len(de95) != 42 or not de95[:12].isdigit():
+            raise FieldError("95", "replacement amount not numeric")
+        replacement = int(de95[:12])
+    return Request(kind=Kind.REVERSAL, original=original, replacement_amount=replacement,
+                   **common, **extra, **base)
+
+
+# ---------------------------------------------------------------------------- encode
+
+def response_fields(resp: Response) -> dict[str, str]:
+    out: dict[str, str] = {"t": resp.mti}
+    for no in ECHO_FIELDS.get(resp.mti, ()):
+        if no in resp.echo:
+            out[no] = resp.echo[no]
+    out["39"] = resp.rc.value
+    if resp.rrn:
+        out["37"] = resp.rrn
+    if resp.auth_code:
+        out["38"] = resp.auth_code
+    if resp.balances is not None:
+        out["54"] = encode_balances(resp.balances)
+    return out
+
+
+def encode_fields(fields: dict[str, str], dialect: Dialect) -> bytes:
+    raw, _ = iso8583.encode(dict(fields), dialect.spec)
+    return bytes(raw)
+
+
+__all__ = [
+    "DecodeError",
+    "EncodeError",
+    "Dialect",
+    "load_dialect",
+    "decode_fields",
+    "parse_request",
+    "response_fields",
+    "encode_fields",
+    "partial_fields",
+]

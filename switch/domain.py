@@ -1,0 +1,49 @@
+"""Domain vocabulary shared by the pure rules and the switch: merchants, cards, clock.
+
+Pure module: imports nothing from I/O modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+KST = timezone(timedelta(hours=9), "KST")
+
+DISTRICTS = (
+    "jung",
+    "dong",
+    "michuhol",
+    "yeonsu",
+    "namdong",
+    "bupyeong",
+    "gyeyang",
+    "seo",
+    "ganghwa",
+    "ongjin",
+)
+PROGRAMS = ("incheon", "namdong", "seo", "yeonsu", "michuhol")
+
+
+@dataclass(frozen=True, slots=True)
+class Merchant:
+    """A card acceptor. `annual_sales` is in won and picks the fee and cashback tiers."""
+
+    mid: str
+    name: str
+    district: str
+    annual_sales: int
+    category: str = "general"
+    online_mall: bool = False
+
+
+def month_key(now: datetime) -> str:
+    """Calendar month in Korea ("2019-07"): cashback tiers count spend per KST month."""
+    return now.astimezone(KST).strftime("%Y-%m")
+
+
+def mask_pan(pan: str) -> str:
+    """First 6, last 4, the rest as '*' (PCI DSS display rule)."""
+    if len(pan) < 11:
+        return "*" * len(pan)
+    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]

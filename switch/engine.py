@@ -1,0 +1,453 @@
+"""The authorization engine: typed request → checks → decision → ledger unit → response.
+
+Decisions run synchronously on the event loop thread against the hot state (no await
+between reading a balance and updating it), then the unit goes to the single ledger writer
+and the response is released only once that unit is durable.
+
+Spending order (DOMAIN.md assumption, documented in docs/architecture.md): a purchase
+spends the cashback balance first, then cash; cashback is earned on the full amount and
+credited in the same posting. A refund or reversal of U won out of a purchase of A undoes
+fee, fee support, cashback spent and cashback earned in proportion, by the cumulative floor
+rule (see cashback.clawback), so undoing the whole amount in any number of steps undoes
+exactly what was posted. A clawback larger than the cashback balance is taken from cash,
+and what cash cannot cover is recorded on the card's receivable account: card balances
+never go below zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from .cashback import clawback, proportional, quote_cashback
+from .clock import Clock
+from .domain import KST, month_key
+from .fees import quote_fee
+from .ledger import LedgerUnavailable, LedgerWriter, Unit
+from .messages import RESPONSE_MTI, Balances, Kind, Rc, Request, Response
+from .policy import Rules
+from .state import CardState, HotState, MessageState, PostingState
+
+log = structlog.get_logger()
+
+# A late original after its reversal: declined with this code and not posted.
+RC_REVERSED_BEFORE_ARRIVAL = Rc.INVALID_TRANSACTION
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the server writes back and what the canonical log line says."""
+
+    response: Response | dict[str, str]
+    posting_id: int | None = None
+    fee: int = 0
+    cashback: int = 0
+    note: str = ""
+    replayed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Decline(Exception):
+    def __init__(self, rc: Rc, note: str) -> None:
+        super().__init__(note)
+        self.rc = rc
+        self.note = note
+
+
+def _iso(now: datetime) -> str:
+    return now.astimezone(KST).isoformat(timespec="microseconds")
+
+
+def _merge(*entry_lists: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Entries with zero amounts dropped (they carry no meaning)."""
+    return [(a, v) for entries in entry_lists for a, v in entries if v]
+
+
+class Engine:
+    def __init__(self, *, rules: Rules, state: HotState, writer: LedgerWriter, clock: Clock) -> None:
+        self.rules = rules
+        self.state = state
+        self.writer = writer
+        self.clock = clock
+        self.signed_on: set[str] = set()
+
+    # ------------------------------------------------------------------ entry point
+
+    async def handle(self, req: Request, fields: dict[str, str]) -> Outcome:
+        if req.kind is Kind.NETWORK:
+            return self._network(req, fields)
+        terminal = self.state.terminal(req.terminal)
+        if terminal is None or req.terminal not in self.signed_on:
+            note = "terminal unknown" if terminal is None else "terminal not signed on"
+            return Outcome(self._response(req, fields, Rc.TERMINAL_NOT_PERMITTED), note=note)
+        if req.merchant != terminal.mid:
+            return Outcome(self._response(req, fields, Rc.TERMINAL_NOT_PERMITTED), note="DE42 is not the terminal's merchant")
+        prior = self.state.message(req.key)
+        if prior is not None:
+            return await self._replay(req, fields, prior)
+        pending = MessageState(req.base_mti, req.digest, None, None, asyncio.get_running_loop().create_future())
+        self.state.messages[req.key] = pending
+        try:
+            outcome, unit = await self._decide(req, fields)
+        except BaseException:
+            del self.state.messages[req.key]
+            pending.done.set_result(None)
+            raise
+        return await self._commit(req, pending, outcome, unit)
+
+    async def _decide(self, req: Request, fields: dict[str, str]) -> tuple[Outcome, Unit]:
+        now = self.clock.now()
+        unit = Unit()
+        if req.kind is Kind.REVERSAL:
+            original = self.state.message((req.terminal, req.original.stan, req.original.transmission_time))
+            if original is not None and original.done is not None and not original.done.done():
+                await asyncio.shield(original.done)  # reverse only what is settled
+                now = self.clock.now()
+        try:
+            if self.state.tombstoned(req.key) and req.kind is not Kind.REVERSAL:
+                raise Decline(RC_REVERSED_BEFORE_ARRIVAL, "reversed before it arrived")
+            outcome = self._dispatch(req, fields, unit, now)
+        except Decline as d:
+            unit = Unit()
+            outcome = Outcome(self._response(req, fields, d.rc), note=d.note)
+        return outcome, unit
+
+    def _dispatch(self, req: Request, fields: dict[str, str], unit: Unit, now: datetime) -> Outcome:
+        if req.kind is Kind.PURCHASE:
+            return self._purchase(req, fields, unit, now)
+        if req.kind is Kind.REFUND:
+            return self._refund(req, fields, unit, now)
+        if req.kind is Kind.BALANCE:
+            card = self._card(req, now)
+            return Outcome(self._response(req, fields, Rc.APPROVED, balances=self._balances(card)))
+        return self._reversal(req, fields, unit, now)
+
+    async def _commit(self, req: Request, pending: MessageState, outcome: Outcome, unit: Unit) -> Outcome:
+        resp = outcome.response
+        stored = resp if isinstance(resp, dict) else _response_dict(resp)
+        pending.response = stored
+        pending.posting_id = outcome.posting_id
+        unit.statements.append((
+            "INSERT INTO messages(tid, stan, tx_time, mti, digest, rc, response, posting_id, at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (*req.key, req.base_mti, req.digest, stored["39"], json.dumps(stored), outcome.posting_id, _iso(self.clock.now())),
+        ))
+        try:
+            await self.writer.submit(unit)
+        except LedgerUnavailable:
+            self.state.messages.pop(req.key, None)
+            return Outcome(_system_error(stored), note="ledger unavailable")
+        finally:
+            pending.done.set_result(None)
+            pending.done = None
+        outcome.response = stored
+        return outcome
+
+    async def _replay(self, req: Request, fields: dict[str, str], prior: MessageState) -> Outcome:
+        if prior.digest != req.digest or prior.mti != req.base_mti:
+            resp = self._response(req, fields, Rc.DUPLICATE)
+            return Outcome(resp, note="same key, different content")
+        if prior.done is not None:
+            await asyncio.shield(prior.done)
+            current = self.state.messages.get(req.key)
+            if current is None:  # the original failed to commit: treat this one as new
+                return await self.handle(req, fields)
+            prior = current
+        return Outcome(dict(prior.response), posting_id=prior.posting_id, replayed=True, note="repeat")
+
+    # ------------------------------------------------------------------ network
+
+    def _network(self, req: Request, fields: dict[str, str]) -> Outcome:
+        terminal = self.state.terminal(req.terminal)
+        if terminal is None:
+            return Outcome(self._response(req, fields, Rc.TERMINAL_NOT_PERMITTED), note="terminal unknown")
+        if req.network_code == "001":
+            self.signed_on.add(req.terminal)
+        elif req.network_code == "002":
+            self.signed_on.discard(req.terminal)
+        elif req.terminal not in self.signed_on:
+            return Outcome(self._response(req, fields, Rc.TERMINAL_NOT_PERMITTED), note="echo before sign-on")
+        return Outcome(self._response(req, fields, Rc.APPROVED))
+
+    # ------------------------------------------------------------------ checks
+
+    def _card(self, req: Request, now: datetime) -> CardState:
+        card = self.state.card(req.pan)
+        if card is None:
+            raise Decline(Rc.UNKNOWN_CARD, "card unknown")
+        if req.expiry and req.expiry != card.expiry:
+            raise Decline(Rc.UNKNOWN_CARD, "expiry does not match the card")
+        if _expired(card.expiry, now):
+            raise Decline(Rc.EXPIRED_CARD, "card expired")
+        if card.status != "active":
+            raise Decline(Rc.CARD_BLOCKED, f"card {card.status}")
+        return card
+
+    # ------------------------------------------------------------------ purchase
+
+    def _purchase(self, req: Request, fields: dict[str, str], unit: Unit, now: datetime) -> Outcome:
+        card = self._card(req, now)
+        merchant = self.state.merchant(req.merchant)
+        if merchant is None:
+            raise Decline(Rc.TERMINAL_NOT_PERMITTED, "merchant unknown")
+        limits = self.rules.limits(now)
+        amount = req.amount
+        if amount <= 0 or amount > limits.holding_max:
+            raise Decline(Rc.INVALID_AMOUNT, "amount out of range")
+        if not self.rules.accepts(merchant, now):
+            raise Decline(Rc.NOT_PERMITTED, f"card not accepted at category {merchant.category}")
+        day = now.astimezone(KST).strftime("%Y-%m-%d")
+        spent_today = self.state.card_day(card.id, day)
+        if spent_today + amount > limits.daily_spend_max:
+            raise Decline(Rc.OVER_LIMIT, "daily spend limit")
+        if card.cash + card.cashback < amount:
+            raise Decline(Rc.INSUFFICIENT_FUNDS, "insufficient funds")
+        month = month_key(now)
+        month_spend = self.state.member_month(card.member, month)
+        fee = quote_fee(self.rules.fees, merchant=merchant, card_program=card.program, amount=amount, now=now)
+        cb = quote_cashback(self.rules.cashback, card_program=card.program, merchant=merchant,
+                            amount=amount, month_spend=month_spend, now=now)
+        cb_used = min(card.cashback, amount)
+        cash_used = amount - cb_used
+        pid = self._next_posting_id()
+        cash_acc, cb_acc, _ = card.accounts()
+        payable = f"merchant:{merchant.mid}:payable"
+        unit.posting_id = pid
+        unit.entries = _merge(
+            [(cb_acc, -cb_used), (cash_acc, -cash_used), (payable, amount), (payable, -fee.fee), ("fee_income", fee.fee)],
+            [(payable, s) for _, s in fee.support] + [(f"fee_subsidy:{f}", -s) for f, s in fee.support],
+            [(f"cashback_expense:{f}", -c) for f, c in cb.by_funder] + [(cb_acc, cb.total)],
+        )
+        detail = {
+            "member": card.member, "month": month, "day": day, "cb_used": cb_used, "cash_used": cash_used,
+            "fee": fee.fee,
+            "fee_tier": fee.tier, "rate_bp": fee.rate_bp, "support": fee.support,
+            "cashback": cb.by_funder, "eligible": cb.eligible, "policy": cb.policy_id,
+        }
+        rrn = f"{pid:012d}"
+        unit.statements += [
+            _insert_posting(pid, "purchase", now, card.id, merchant.mid, req, rrn, amount, fee.fee,
+                            fee.support_total, cb.total, None, detail),
+            _upsert_member_month(card.member, month, cb.eligible),
+            _upsert_card_day(card.id, day, amount),
+        ]
+        # hot state moves with the unit
+        card.cashback += cb.total - cb_used
+        card.cash -= cash_used
+        self.state.member_months[(card.member, month)] = month_spend + cb.eligible
+        self.state.card_days[(card.id, day)] = spent_today + amount
+        self.state.postings[pid] = PostingState(pid, "purchase", card.id, merchant.mid, amount, 0, _iso(now),
+                                                json.loads(json.dumps(detail)), rrn, None)
+        self.state.rrns[rrn] = pid
+        resp = self._response(req, fields, Rc.APPROVED, rrn=rrn, auth_code=f"{pid % 1_000_000:06d}",
+                              balances=self._balances(card))
+        return Outcome(resp, posting_id=pid, fee=fee.fee, cashback=cb.total)
+
+    # ------------------------------------------------------------------ refund / reversal
+
+    def _refund(self, req: Request, fields: dict[str, str], unit: Unit, now: datetime) -> Outcome:
+        card = self._card(req, now)
+        original = self.state.posting_by_rrn(req.rrn)
+        if original is None or original.kind != "purchase" or original.card_id != card.id:
+            raise Decline(Rc.ORIGINAL_NOT_FOUND, "original purchase not found for this card")
+        if req.amount <= 0 or req.amount > original.remaining:
+            raise Decline(Rc.INVALID_AMOUNT, "refund exceeds what is left of the original")
+        pid = self._undo_purchase(original, req.amount, "refund", req, unit, now)
+        rrn = f"{pid:012d}"
+        resp = self._response(req, fields, Rc.APPROVED, rrn=rrn, auth_code=f"{pid % 1_000_000:06d}",
+                              balances=self._balances(card))
+        return Outcome(resp, posting_id=pid, fee=-unit_fee(unit), cashback=-unit_cashback(unit))
+
+    def _reversal(self, req: Request, fields: dict[str, str], unit: Unit, now: datetime) -> Outcome:
+        orig_key = (req.terminal, req.original.stan, req.original.transmission_time)
+        original_msg = self.state.message(orig_key)
+        if original_msg is None:
+            self.state.tombstones.add(orig_key)
+            unit.statements.append(("INSERT OR IGNORE INTO tombstones(tid, stan, tx_time, at) VALUES (?,?,?,?)",
+                                    (*orig_key, _iso(now))))
+            return Outcome(self._response(req, fields, Rc.APPROVED), note="original unknown: remembered")
+        if original_msg.posting_id is None:
+            return Outcome(self._response(req, fields, Rc.APPROVED), note="original had no posting")
+        original = self.state.posting(original_msg.posting_id)
+        card = self.state.card_by_id(original.card_id)
+        if card is None or card.pan != req.pan:
+            raise Decline(Rc.ORIGINAL_NOT_FOUND, "reversal PAN differs from the original's")
+        if original.kind == "purchase":
+            final = req.replacement_amount if req.replacement_amount is not None else 0
+            undo = min(max(original.amount - final, 0), original.remaining)
+            if undo == 0:
+                return Outcome(self._response(req, fields, Rc.APPROVED, balances=self._balances(card)),
+                               note="nothing left to reverse")
+            pid = self._undo_purchase(original, undo, "reversal", req, unit, now)
+        elif original.kind == "refund":
+            if original.undone:
+                return Outcome(self._response(req, fields, Rc.APPROVED, balances=self._balances(card)),
+                               note="refund already reversed")
+            pid = self._undo_refund(original, req, unit, now)
+        else:
+            raise Decline(Rc.INVALID_TRANSACTION, f"cannot reverse a {original.kind}")
+        resp = self._response(req, fields, Rc.APPROVED, balances=self._balances(card))
+        return Outcome(resp, posting_id=pid, fee=-unit_fee(unit), cashback=-unit_cashback(unit))
+
+    def _undo_purchase(self, p: PostingState, undo: int, kind: str, req: Request, unit: Unit, now: datetime) -> int:
+        """Refund or (partial) reversal of `undo` won of purchase `p`, proportionally."""
+        d = p.detail
+        before = p.undone
+        share = dict(original_amount=p.amount, undone_before=before, undone_now=undo)
+        cb_back = proportional(d["cb_used"], **share)
+        fee_back = proportional(d["fee"], **share)
+        support_back = clawback(tuple(map(tuple, d["support"])), **share)
+        claw = clawback(tuple(map(tuple, d["cashback"])), **share)
+        eligible_back = proportional(d["eligible"], **share)
+        claw_total = sum(c for _, c in claw)
+        support_total = sum(s for _, s in support_back)
+        card = self.state.card_by_id(p.card_id)
+        payable = f"merchant:{p.mid}:payable"
+        card_entries = self._settle(card, d_cash=undo - cb_back, d_cashback=cb_back - claw_total)
+        pid = self._next_posting_id()
+        unit.posting_id = pid
+        unit.entries = _merge(
+            [(payable, -undo), (payable, fee_back), ("fee_income", -fee_back)],
+            [(payable, -s) for _, s in support_back] + [(f"fee_subsidy:{f}", s) for f, s in support_back],
+            [(f"cashback_expense:{f}", c) for f, c in claw],
+            card_entries,
+        )
+        detail = {"cb_back": cb_back, "fee_back": fee_back, "support_back": support_back, "claw": claw,
+                  "eligible_back": eligible_back, "member": d["member"], "month": d["month"], "day": d["day"]}
+        rrn = f"{pid:012d}"
+        unit.statements += [
+            _insert_posting(pid, kind, now, card.id, p.mid, req, rrn, undo, -fee_back, -support_total,
+                            -claw_total, p.id, detail),
+            ("UPDATE postings SET undone = undone + ? WHERE id = ?", (undo, p.id)),
+            _upsert_member_month(d["member"], d["month"], -eligible_back),
+        ]
+        p.undone += undo
+        mm = (d["member"], d["month"])
+        self.state.member_months[mm] = self.state.member_month(*mm) - eligible_back
+        if kind == "reversal":  # a reversed purchase never happened: give the day's limit back
+            spent = self.state.card_day(card.id, d["day"])
+            self.state.card_days[(card.id, d["day"])] = spent - undo
+            unit.statements.append(_upsert_card_day(card.id, d["day"], -undo))
+        self.state.postings[pid] = PostingState(pid, kind, card.id, p.mid, undo, 0, _iso(now),
+                                                json.loads(json.dumps(detail)), rrn, p.id)
+        return pid
+
+    def _undo_refund(self, r: PostingState, req: Request, unit: Unit, now: datetime) -> int:
+        """Reversal of a refund: the refund's money and clawbacks are put back as they were."""
+        d = r.detail
+        purchase = self.state.posting(r.original_id)
+        fee_back, cb_back = d["fee_back"], d["cb_back"]
+        claw = [tuple(x) for x in d["claw"]]
+        support_back = [tuple(x) for x in d["support_back"]]
+        claw_total = sum(c for _, c in claw)
+        card = self.state.card_by_id(r.card_id)
+        payable = f"merchant:{r.mid}:payable"
+        card_entries = self._settle(card, d_cash=-(r.amount - cb_back), d_cashback=-(cb_back - claw_total))
+        pid = self._next_posting_id()
+        unit.posting_id = pid
+        unit.entries = _merge(
+            [(payable, r.amount), (payable, -fee_back), ("fee_income", fee_back)],
+            [(payable, s) for _, s in support_back] + [(f"fee_subsidy:{f}", -s) for f, s in support_back],
+            [(f"cashback_expense:{f}", -c) for f, c in claw],
+            card_entries,
+        )
+        detail = {"reverses": r.id, "member": d["member"], "month": d["month"], "day": d["day"]}
+        unit.statements += [
+            _insert_posting(pid, "reversal", now, card.id, r.mid, req, f"{pid:012d}", r.amount, fee_back,
+                            sum(s for _, s in support_back), claw_total, r.id, detail),
+            ("UPDATE postings SET undone = amount WHERE id = ?", (r.id,)),
+            ("UPDATE postings SET undone = undone - ? WHERE id = ?", (r.amount, purchase.id)),
+            _upsert_member_month(d["member"], d["month"], d["eligible_back"]),
+        ]
+        r.undone = r.amount
+        purchase.undone -= r.amount
+        mm = (d["member"], d["month"])
+        self.state.member_months[mm] = self.state.member_month(*mm) + d["eligible_back"]
+        self.state.postings[pid] = PostingState(pid, "reversal", card.id, r.mid, r.amount, 0, _iso(now), detail,
+                                                f"{pid:012d}", r.id)
+        return pid
+
+    def _settle(self, card: CardState, *, d_cash: int, d_cashback: int) -> list[tuple[str, int]]:
+        """Card-side entries for the wanted changes, keeping cash and cashback ≥ 0: a
+        shortfall in one is taken from the other, then recorded as receivable."""
+        cash_acc, cb_acc, recv_acc = card.accounts()
+        new_cash, new_cb = card.cash + d_cash, card.cashback + d_cashback
+        if new_cb < 0:
+            new_cash += new_cb
+            new_cb = 0
+        if new_cash < 0:
+            take = min(new_cb, -new_cash)
+            new_cb -= take
+            new_cash += take
+        short = min(new_cash, 0)
+        new_cash -= short
+        entries = [(cash_acc, new_cash - card.cash), (cb_acc, new_cb - card.cashback), (recv_acc, short)]
+        card.cash, card.cashback, card.receivable = new_cash, new_cb, card.receivable + short
+        return entries
+
+    # ------------------------------------------------------------------ helpers
+
+    def _next_posting_id(self) -> int:
+        pid = self.state.next_posting_id
+        self.state.next_posting_id += 1
+        return pid
+
+    @staticmethod
+    def _balances(card: CardState) -> Balances:
+        return Balances(cash=card.cash, cashback=card.cashback)
+
+    @staticmethod
+    def _response(req: Request, fields: dict[str, str], rc: Rc, *, rrn: str = "", auth_code: str = "",
+                  balances: Balances | None = None) -> Response:
+        return Response(mti=RESPONSE_MTI[req.mti], rc=rc, echo=fields, rrn=rrn, auth_code=auth_code, balances=balances)
+
+
+def _expired(expiry: str, now: datetime) -> bool:
+    """A card is valid through the last day of its expiry month (YYMM)."""
+    yy, mm = int(expiry[:2]), int(expiry[2:])
+    local = now.astimezone(KST)
+    return (local.year % 100, local.month) > (yy, mm) if local.year < 2100 else True
+
+
+def unit_fee(unit: Unit) -> int:
+    return sum(-a for acc, a in unit.entries if acc == "fee_income")
+
+
+def unit_cashback(unit: Unit) -> int:
+    return sum(a for acc, a in unit.entries if acc.startswith("cashback_expense:"))
+
+
+def _insert_posting(pid: int, kind: str, now: datetime, card_id: int, mid: str, req: Request, rrn: str, amount: int,
+                    fee: int, support: int, cashback: int, original_id: int | None, detail: dict) -> tuple[str, tuple]:
+    return (
+        "INSERT INTO postings(id, kind, at, card_id, mid, tid, stan, rrn, amount, fee, support, cashback, original_id, detail)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (pid, kind, _iso(now), card_id, mid, req.terminal, req.stan, rrn, amount, fee, support, cashback, original_id,
+         json.dumps(detail)),
+    )
+
+
+def _upsert_member_month(member: str, month: str, delta: int) -> tuple[str, tuple]:
+    return ("INSERT INTO member_months(member, month, eligible) VALUES (?,?,?) "
+            "ON CONFLICT(member, month) DO UPDATE SET eligible = eligible + excluded.eligible", (member, month, delta))
+
+
+def _upsert_card_day(card_id: int, day: str, delta: int) -> tuple[str, tuple]:
+    return ("INSERT INTO card_days(card_id, day, spent) VALUES (?,?,?) "
+            "ON CONFLICT(card_id, day) DO UPDATE SET spent = spent + excluded.spent", (card_id, day, delta))
+
+
+def _response_dict(resp: Response) -> dict[str, str]:
+    from .codec import response_fields  # codec is pure; imported late to keep engine light
+
+    return response_fields(resp)
+
+
+def _system_error(stored: dict[str, str]) -> dict[str, str]:
+    out = {k: v for k, v in stored.items() if k not in ("37", "38", "54")}
+    out["39"] = Rc.SYSTEM_ERROR.value
+    return out

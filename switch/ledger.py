@@ -1,0 +1,270 @@
+"""The ledger store (SQLite, embedded default) and its single writer.
+
+Double entry: a posting is a balanced set of entries (credit positive, debit negative,
+summing to zero) between named accounts. Account balances are credits minus debits, so a
+card's cash account holds a positive balance and the sum over all accounts is zero.
+
+Account names:
+  card:<id>:cash, card:<id>:cashback     the member's money on one card
+  card:<id>:receivable                   clawback the card could not cover (negative)
+  merchant:<mid>:payable                 what the platform owes the merchant
+  fee_income                             merchant fees earned by the platform
+  cashback_expense:<funder>              cashback paid by national / city / district funders
+  fee_subsidy:<funder>                   fee support paid by a funder on merchants' behalf
+  bank_settlement                        money charged in from members' bank accounts
+
+Durability: WAL with synchronous=FULL. One writer owns every write: many connections feed
+it through a bounded queue; it commits a group of units in one transaction (one fsync),
+then resolves each unit's future, and only then does a response leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import structlog
+
+log = structlog.get_logger()
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS accounts(
+    name TEXT PRIMARY KEY,
+    balance INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS merchants(
+    mid TEXT PRIMARY KEY, name TEXT NOT NULL, district TEXT NOT NULL,
+    annual_sales INTEGER NOT NULL, category TEXT NOT NULL, online_mall INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS terminals(
+    tid TEXT PRIMARY KEY, mid TEXT NOT NULL REFERENCES merchants(mid), security TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cards(
+    id INTEGER PRIMARY KEY, pan TEXT UNIQUE NOT NULL, program TEXT NOT NULL,
+    member TEXT NOT NULL, expiry TEXT NOT NULL, status TEXT NOT NULL, issued_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cards_member ON cards(member);
+CREATE TABLE IF NOT EXISTS postings(
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, at TEXT NOT NULL, card_id INTEGER,
+    mid TEXT, tid TEXT, stan TEXT, rrn TEXT, amount INTEGER NOT NULL,
+    fee INTEGER NOT NULL DEFAULT 0, support INTEGER NOT NULL DEFAULT 0,
+    cashback INTEGER NOT NULL DEFAULT 0, original_id INTEGER, undone INTEGER NOT NULL DEFAULT 0,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS postings_rrn ON postings(rrn);
+CREATE INDEX IF NOT EXISTS postings_card ON postings(card_id);
+CREATE TABLE IF NOT EXISTS entries(
+    posting_id INTEGER NOT NULL, account TEXT NOT NULL, amount INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_posting ON entries(posting_id);
+CREATE TABLE IF NOT EXISTS member_months(
+    member TEXT NOT NULL, month TEXT NOT NULL, eligible INTEGER NOT NULL,
+    PRIMARY KEY(member, month)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS card_days(
+    card_id INTEGER NOT NULL, day TEXT NOT NULL, spent INTEGER NOT NULL,
+    PRIMARY KEY(card_id, day)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS card_months(
+    card_id INTEGER NOT NULL, month TEXT NOT NULL, charged INTEGER NOT NULL,
+    PRIMARY KEY(card_id, month)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages(
+    tid TEXT NOT NULL, stan TEXT NOT NULL, tx_time TEXT NOT NULL, mti TEXT NOT NULL,
+    digest TEXT NOT NULL, rc TEXT NOT NULL, response TEXT NOT NULL, posting_id INTEGER,
+    at TEXT NOT NULL, PRIMARY KEY(tid, stan, tx_time)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tombstones(
+    tid TEXT NOT NULL, stan TEXT NOT NULL, tx_time TEXT NOT NULL, at TEXT NOT NULL,
+    PRIMARY KEY(tid, stan, tx_time)
+) WITHOUT ROWID;
+"""
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    if readonly:
+        conn.execute("PRAGMA query_only=ON")
+    return conn
+
+
+def open_store(data_dir: Path) -> Path:
+    """Create the data dir and the schema on first run; return the database path."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "ledger.sqlite3"
+    conn = connect(path)
+    try:
+        conn.executescript(SCHEMA)
+    finally:
+        conn.close()
+    return path
+
+
+@dataclass(slots=True)
+class Unit:
+    """One durable unit of work: a posting's entries plus the rows that go with it."""
+
+    entries: list[tuple[str, int]] = field(default_factory=list)  # (account, signed won)
+    statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    posting_id: int | None = None
+
+    def check_balanced(self) -> None:
+        # A posting that does not balance is our bug, never an input error: fail loudly.
+        total = sum(a for _, a in self.entries)
+        assert total == 0, f"posting {self.posting_id} does not balance: {total}"
+
+
+def apply_units(conn: sqlite3.Connection, units: Iterable[Unit]) -> None:
+    """Apply units in one transaction (the caller commits). Balances are updated once per
+    account per group, from the sum of that group's entries."""
+    deltas: dict[str, int] = defaultdict(int)
+    entry_rows: list[tuple[int | None, str, int]] = []
+    for unit in units:
+        unit.check_balanced()
+        for sql, params in unit.statements:
+            conn.execute(sql, params)
+        for account, amount in unit.entries:
+            deltas[account] += amount
+            entry_rows.append((unit.posting_id, account, amount))
+    if entry_rows:
+        conn.executemany("INSERT INTO entries(posting_id, account, amount) VALUES (?,?,?)", entry_rows)
+    if deltas:
+        conn.executemany(
+            "INSERT INTO accounts(name, balance) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET balance = balance + excluded.balance",
+            sorted(deltas.items()),
+        )
+
+
+def commit_units(conn: sqlite3.Connection, units: list[Unit]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        apply_units(conn, units)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class LedgerWriter:
+    """The one task that writes the ledger: group commit, one fsync per group.
+
+    `submit` returns a future resolved once the unit is durable (or failed). Limits:
+    `queue_size_max` units waiting, `batch_size_max` units per commit, and a group closes
+    `commit_interval_ms_max` after its first unit arrived.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        batch_size_max: int = 512,
+        commit_interval_ms_max: float = 2.0,
+        queue_size_max: int = 8192,
+        on_failure: Any = None,
+    ) -> None:
+        self.path = path
+        self.batch_size_max = batch_size_max
+        self.commit_interval_s_max = commit_interval_ms_max / 1000
+        self.queue: asyncio.Queue[tuple[Unit, asyncio.Future[None]]] = asyncio.Queue(queue_size_max)
+        self._conn = connect(path)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
+        self._task: asyncio.Task[None] | None = None
+        self._on_failure = on_failure
+        self.batches = 0
+        self.units = 0
+        self._busy = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
+
+    async def submit(self, unit: Unit) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self.queue.put((unit, fut))
+        await fut
+
+    async def _run(self) -> None:
+        while True:
+            first = await self.queue.get()
+            self._busy = True
+            try:
+                await self._commit(await self._collect(first))
+            finally:
+                self._busy = False
+
+    async def _collect(self, first: tuple[Unit, asyncio.Future[None]]) -> list[tuple[Unit, asyncio.Future[None]]]:
+        loop = asyncio.get_running_loop()
+        batch = [first]
+        deadline = loop.time() + self.commit_interval_s_max
+        while len(batch) < self.batch_size_max:
+            try:
+                batch.append(self.queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    async def _commit(self, batch: list[tuple[Unit, asyncio.Future[None]]]) -> None:
+        loop = asyncio.get_running_loop()
+        units = [u for u, _ in batch]
+        started = time.perf_counter()
+        try:
+            await loop.run_in_executor(self._pool, commit_units, self._conn, units)
+        except Exception as exc:  # disk full, I/O error, or our bug: nobody gets approved
+            log.error("ledger_commit_failed", units=len(units), error=type(exc).__name__, detail=str(exc))
+            failed = [f for _, f in batch]
+            while not self.queue.empty():  # later units were decided on state that is now void
+                _, f = self.queue.get_nowait()
+                failed.append(f)
+            for f in failed:
+                if not f.done():
+                    f.set_exception(LedgerUnavailable("ledger commit failed"))
+            if self._on_failure is not None:
+                self._on_failure()
+            return
+        self.batches += 1
+        self.units += len(units)
+        for _, f in batch:
+            if not f.done():
+                f.set_result(None)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if elapsed_ms > 100:
+            log.warning("ledger_commit_slow", units=len(units), commit_ms=round(elapsed_ms, 1))
+
+    async def drain(self) -> None:
+        """Wait until every queued unit is committed (graceful shutdown)."""
+        while not self.queue.empty() or self._busy:
+            await asyncio.sleep(self.commit_interval_s_max)
+
+    async def close(self) -> None:
+        await self.drain()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._pool.shutdown(wait=True)
+        self._conn.close()
+
+
+class LedgerUnavailable(RuntimeError):
+    """The ledger could not make a unit durable; the terminal gets 96."""

@@ -1,0 +1,167 @@
+"""Typed messages of the terminal interface, and the one table mapping them to ISO fields.
+
+Pure module. The codec turns a decoded pyiso8583 dict into a `Request` (validating every
+field it reads, blaming the field on failure) and a `Response` back into a dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Kind(str, Enum):
+    NETWORK = "network"
+    PURCHASE = "purchase"
+    REFUND = "refund"
+    BALANCE = "balance"
+    REVERSAL = "reversal"
+
+
+class Rc(str, Enum):
+    """Response codes (DE39) this switch sends; each is documented in host-interface.md."""
+
+    APPROVED = "00"
+    INVALID_TRANSACTION = "12"
+    INVALID_AMOUNT = "13"
+    UNKNOWN_CARD = "14"
+    ORIGINAL_NOT_FOUND = "25"
+    FORMAT_ERROR = "30"
+    INSUFFICIENT_FUNDS = "51"
+    EXPIRED_CARD = "54"
+    NOT_PERMITTED = "57"
+    TERMINAL_NOT_PERMITTED = "58"
+    OVER_LIMIT = "61"
+    CARD_BLOCKED = "62"
+    DUPLICATE = "94"
+    SYSTEM_ERROR = "96"
+
+
+# Request MTIs served, with their response MTI. Repeats (xx01, xx21) map to the same response.
+RESPONSE_MTI = {
+    "0800": "0810",
+    "0200": "0210",
+    "0201": "0210",
+    "0400": "0410",
+    "0401": "0410",
+    "0420": "0430",
+    "0421": "0430",
+}
+REPEAT_OF = {"0201": "0200", "0401": "0400", "0421": "0420"}
+
+# Processing code (DE3) transaction type → kind, for 0200.
+PROCESSING_KINDS = {"00": Kind.PURCHASE, "20": Kind.REFUND, "31": Kind.BALANCE}
+NETWORK_CODES = {"001": "sign_on", "002": "sign_off", "301": "echo"}
+
+
+class FieldError(ValueError):
+    """A remote fault: a field is missing or malformed. Carries the field, never its value."""
+
+    def __init__(self, field_no: str, reason: str, *, rc: Rc = Rc.FORMAT_ERROR) -> None:
+        super().__init__(f"DE{field_no}: {reason}")
+        self.field = field_no
+        self.reason = reason
+        self.rc = rc
+
+
+@dataclass(frozen=True, slots=True)
+class OriginalData:
+    """DE90: what a reversal points at."""
+
+    mti: str
+    stan: str
+    transmission_time: str
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    mti: str
+    kind: Kind
+    terminal: str
+    stan: str
+    transmission_time: str
+    processing_code: str = ""
+    pan: str = ""
+    expiry: str = ""
+    amount: int = 0
+    currency: str = "410"
+    local_time: str = ""
+    local_date: str = ""
+    entry_mode: str = ""
+    rrn: str = ""
+    merchant: str = ""
+    network_code: str = ""
+    original: OriginalData | None = None
+    replacement_amount: int | None = None
+    pin_block: str = ""
+    mac: str = ""
+    digest: str = ""  # content fingerprint for duplicate detection (see idempotency_digest)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """Idempotency key: terminal (DE41), STAN (DE11), transmission time (DE7)."""
+        return (self.terminal, self.stan, self.transmission_time)
+
+    @property
+    def is_repeat(self) -> bool:
+        return self.mti in REPEAT_OF
+
+    @property
+    def base_mti(self) -> str:
+        return REPEAT_OF.get(self.mti, self.mti)
+
+
+@dataclass(frozen=True, slots=True)
+class Balances:
+    cash: int
+    cashback: int
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    mti: str
+    rc: Rc
+    echo: dict[str, str] = field(default_factory=dict)  # request fields echoed back, by DE number
+    rrn: str = ""
+    auth_code: str = ""
+    balances: Balances | None = None
+
+
+# Fields echoed from request to response, per response MTI (the one table).
+ECHO_FIELDS = {
+    "0810": ("7", "11", "41", "70"),
+    "0210": ("2", "3", "4", "7", "11", "12", "13", "41", "42", "49"),
+    "0410": ("2", "3", "4", "7", "11", "41", "42", "49", "90", "95"),
+    "0430": ("2", "3", "4", "7", "11", "41", "42", "49", "90", "95"),
+}
+
+# Fields that do not take part in duplicate detection: the bitmaps, the MTI's repeat digit
+# (a repeat is the same transaction), and per-transmission security fields.
+_DIGEST_SKIP = frozenset({"t", "p", "1", "52", "53", "64", "128"})
+
+
+def idempotency_digest(fields: dict[str, str]) -> str:
+    parts = [f"{k}={v}" for k, v in sorted(fields.items()) if k not in _DIGEST_SKIP]
+    parts.append("t=" + REPEAT_OF.get(fields.get("t", ""), fields.get("t", "")))
+    return hashlib.blake2b("\x1e".join(parts).encode(), digest_size=16).hexdigest()
+
+
+def encode_balances(b: Balances) -> str:
+    """DE54: two 20-char entries: account type 00, amount type (02 cash, 91 cashback),
+    currency 410, sign C/D, 12-digit amount."""
+    return _balance_entry("02", b.cash) + _balance_entry("91", b.cashback)
+
+
+def _balance_entry(amount_type: str, won: int) -> str:
+    sign = "C" if won >= 0 else "D"
+    return f"00{amount_type}410{sign}{abs(won):012d}"
+
+
+def decode_balances(text: str) -> Balances:
+    found: dict[str, int] = {}
+    for i in range(0, len(text) - 19, 20):
+        entry = text[i : i + 20]
+        won = int(entry[8:20])
+        found[entry[2:4]] = won if entry[7] == "C" else -won
+    return Balances(cash=found.get("02", 0), cashback=found.get("91", 0))

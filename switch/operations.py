@@ -1,0 +1,177 @@
+"""Operator actions on data (merchants, terminals, cards, charges, blocks).
+
+They run inside whichever process owns the data dir: the running switch (reached over its
+control socket) or, when no switch runs, the `eum admin` process itself. Either way they go
+through the same hot state and single ledger writer as authorizations, so a running switch
+honours them at once and nothing writes behind its back.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from .clock import Clock
+from .domain import DISTRICTS, KST, Merchant, mask_pan, month_key
+from .ledger import LedgerWriter, Unit
+from .policy import Rules
+from .state import CardState, HotState, PostingState, Terminal
+
+SECURITY_PROFILES = ("none",)
+
+
+class OperationError(ValueError):
+    """A clear, operator-facing refusal (bad argument, unknown id, limit)."""
+
+
+def luhn_digit(body: str) -> str:
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch)
+        if i % 2 == 0:
+            d = d * 2 - 9 if d * 2 > 9 else d * 2
+        total += d
+    return str((10 - total % 10) % 10)
+
+
+def luhn_ok(pan: str) -> bool:
+    return pan.isdigit() and luhn_digit(pan[:-1]) == pan[-1]
+
+
+def default_expiry(now: datetime) -> str:
+    """Charged money and cashback are valid for 5 years (DOMAIN.md): so is the card."""
+    local = now.astimezone(KST)
+    return f"{(local.year + 5) % 100:02d}{local.month:02d}"
+
+
+class Operations:
+    def __init__(self, *, rules: Rules, state: HotState, writer: LedgerWriter, clock: Clock) -> None:
+        self.rules = rules
+        self.state = state
+        self.writer = writer
+        self.clock = clock
+
+    async def run(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        handler = getattr(self, "op_" + op.replace("-", "_"), None)
+        if handler is None:
+            raise OperationError(f"unknown operation {op!r}")
+        return await handler(**args)
+
+    # ------------------------------------------------------------------ merchants, terminals
+
+    async def op_merchant_add(self, *, mid: str, name: str, district: str, annual_sales: int,
+                              category: str = "general", online_mall: bool = False) -> dict[str, Any]:
+        if not mid or len(mid) > 15:
+            raise OperationError("--mid must be 1..15 characters (DE42)")
+        if district not in DISTRICTS:
+            raise OperationError(f"--district must be one of {', '.join(DISTRICTS)}")
+        if annual_sales < 0:
+            raise OperationError("--annual-sales must be ≥ 0 won")
+        mid = mid.ljust(15)
+        if self.state.merchant(mid) is not None:
+            raise OperationError(f"merchant {mid.strip()} already exists")
+        m = Merchant(mid=mid, name=name, district=district, annual_sales=annual_sales,
+                     category=category, online_mall=online_mall)
+        await self.writer.submit(Unit(statements=[(
+            "INSERT INTO merchants(mid, name, district, annual_sales, category, online_mall) VALUES (?,?,?,?,?,?)",
+            (mid, name, district, annual_sales, category, int(online_mall)))]))
+        self.state.merchants[mid] = m
+        return {"mid": mid.strip(), "name": name, "district": district, "annual_sales": annual_sales,
+                "category": category, "online_mall": online_mall}
+
+    async def op_terminal_add(self, *, tid: str, mid: str, security: str = "none") -> dict[str, Any]:
+        if len(tid) != 8:
+            raise OperationError("--tid must be exactly 8 characters (DE41)")
+        if security not in SECURITY_PROFILES:
+            raise OperationError(f"--security must be one of {', '.join(SECURITY_PROFILES)}")
+        mid = mid.ljust(15)
+        if self.state.merchant(mid) is None:
+            raise OperationError(f"merchant {mid.strip()} not found")
+        if self.state.terminal(tid) is not None:
+            raise OperationError(f"terminal {tid} already exists")
+        await self.writer.submit(Unit(statements=[(
+            "INSERT INTO terminals(tid, mid, security) VALUES (?,?,?)", (tid, mid, security))]))
+        self.state.terminals[tid] = Terminal(tid=tid, mid=mid, security=security)
+        return {"tid": tid, "mid": mid.strip(), "security": security}
+
+    # ------------------------------------------------------------------ cards
+
+    async def op_card_issue(self, *, program: str, member: str | None = None, expiry: str | None = None) -> dict[str, Any]:
+        prog = self.rules.programs.get(program)
+        if prog is None:
+            raise OperationError(f"--program must be one of {', '.join(self.rules.programs)}")
+        now = self.clock.now()
+        expiry = expiry or default_expiry(now)
+        if len(expiry) != 4 or not expiry.isdigit() or not 1 <= int(expiry[2:]) <= 12:
+            raise OperationError("--expiry must be YYMM")
+        card_id = self.state.next_card_id
+        self.state.next_card_id += 1
+        pan = card_pan(prog.bins[0][0], card_id, prog.pan_length)
+        member = member or f"M{card_id:09d}"
+        await self.writer.submit(Unit(statements=[(
+            "INSERT INTO cards(id, pan, program, member, expiry, status, issued_at) VALUES (?,?,?,?,?,?,?)",
+            (card_id, pan, program, member, expiry, "active", now.isoformat()))],
+            entries=[]))
+        card = CardState(card_id, pan, program, member, expiry, "active", 0, 0, 0)
+        self.state.cards[pan] = card
+        self.state.cards_by_id[card_id] = card
+        return {"pan": pan, "expiry": expiry, "member": member, "program": program}
+
+    def _card(self, pan: str) -> CardState:
+        card = self.state.card(pan)
+        if card is None:
+            raise OperationError(f"card {mask_pan(pan)} not found")
+        return card
+
+    async def op_card_charge(self, *, pan: str, amount: int) -> dict[str, Any]:
+        card = self._card(pan)
+        now = self.clock.now()
+        limits = self.rules.limits(now)
+        if amount < limits.charge_min:
+            raise OperationError(f"--amount {amount:,} is below the minimum charge of {limits.charge_min:,} won")
+        held = card.cash + card.cashback
+        if held + amount > limits.holding_max:
+            raise OperationError(f"charge would hold {held + amount:,} won, over the holding limit of "
+                                 f"{limits.holding_max:,} won (room: {limits.holding_max - held:,})")
+        month = month_key(now)
+        charged = self.state.card_month_charged(card.id, month)
+        if limits.charge_month_max is not None and charged + amount > limits.charge_month_max:
+            raise OperationError(f"charge would exceed the monthly charge limit of {limits.charge_month_max:,} won "
+                                 f"(charged this month: {charged:,})")
+        if card.status != "active":
+            raise OperationError(f"card {mask_pan(pan)} is {card.status}")
+        pid = self.state.next_posting_id
+        self.state.next_posting_id += 1
+        unit = Unit(posting_id=pid, entries=[("bank_settlement", -amount), (f"card:{card.id}:cash", amount)])
+        unit.statements += [
+            ("INSERT INTO postings(id, kind, at, card_id, amount, rrn, detail) VALUES (?,?,?,?,?,?,?)",
+             (pid, "charge", now.isoformat(), card.id, amount, f"{pid:012d}", json.dumps({"member": card.member}))),
+            ("INSERT INTO card_months(card_id, month, charged) VALUES (?,?,?) ON CONFLICT(card_id, month) "
+             "DO UPDATE SET charged = charged + excluded.charged", (card.id, month, amount)),
+        ]
+        card.cash += amount
+        self.state.card_months[(card.id, month)] = charged + amount
+        self.state.postings[pid] = PostingState(pid, "charge", card.id, None, amount, 0, now.isoformat(), {}, None, None)
+        await self.writer.submit(unit)
+        return {"pan": mask_pan(pan), "charged": amount, "cash": card.cash, "cashback": card.cashback, "posting": pid}
+
+    async def _set_status(self, pan: str, status: str) -> dict[str, Any]:
+        card = self._card(pan)
+        card.status = status  # honoured by the very next authorization
+        await self.writer.submit(Unit(statements=[("UPDATE cards SET status=? WHERE id=?", (status, card.id))]))
+        return {"pan": mask_pan(pan), "status": status}
+
+    async def op_card_block(self, *, pan: str) -> dict[str, Any]:
+        return await self._set_status(pan, "blocked")
+
+    async def op_card_unblock(self, *, pan: str) -> dict[str, Any]:
+        return await self._set_status(pan, "active")
+
+
+def card_pan(bin_prefix: str, card_id: int, pan_length: int) -> str:
+    body_len = pan_length - 1 - len(bin_prefix)
+    if card_id >= 10**body_len:
+        raise OperationError(f"BIN range {bin_prefix} is exhausted")
+    body = bin_prefix + f"{card_id:0{body_len}d}"
+    return body + luhn_digit(body)

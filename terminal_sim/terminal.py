@@ -1,0 +1,85 @@
+"""A terminal's side of the host interface, sans I/O: it builds request field dicts.
+
+STAN and transmission time come from the terminal; the pair with the TID is the switch's
+idempotency key, so a repeat (0201/0401/0421) reuses them and a new transaction never does.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Callable
+
+REPEAT_MTI = {"0200": "0201", "0400": "0401", "0420": "0421"}
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Terminal:
+    def __init__(self, tid: str, mid: str, *, stan: int = 0, now: Callable[[], datetime] = _utc_now) -> None:
+        if len(tid) != 8:
+            raise ValueError("tid must be 8 characters (DE41)")
+        self.tid = tid
+        self.mid = mid.ljust(15)
+        self.stan = stan
+        self._now = now
+
+    def _next(self) -> dict[str, str]:
+        self.stan = self.stan % 999_999 + 1
+        t = self._now().astimezone(timezone.utc)
+        return {"7": t.strftime("%m%d%H%M%S"), "11": f"{self.stan:06d}", "41": self.tid}
+
+    def _local(self) -> dict[str, str]:
+        t = self._now().astimezone()
+        return {"12": t.strftime("%H%M%S"), "13": t.strftime("%m%d")}
+
+    def network(self, code: str) -> dict[str, str]:
+        return {"t": "0800", **self._next(), "70": code}
+
+    def sign_on(self) -> dict[str, str]:
+        return self.network("001")
+
+    def sign_off(self) -> dict[str, str]:
+        return self.network("002")
+
+    def echo(self) -> dict[str, str]:
+        return self.network("301")
+
+    def _financial(self, pcode: str, pan: str, amount: int, expiry: str | None, entry_mode: str) -> dict[str, str]:
+        fields = {"t": "0200", "2": pan, "3": pcode, "4": f"{amount:012d}", **self._next(), **self._local(),
+                  "22": entry_mode, "42": self.mid, "49": "410"}
+        if expiry:
+            fields["14"] = expiry
+        return fields
+
+    def purchase(self, pan: str, amount: int, *, expiry: str | None = None, entry_mode: str = "051") -> dict[str, str]:
+        return self._financial("000000", pan, amount, expiry, entry_mode)
+
+    def refund(self, pan: str, amount: int, rrn: str, *, expiry: str | None = None,
+               entry_mode: str = "051") -> dict[str, str]:
+        fields = self._financial("200000", pan, amount, expiry, entry_mode)
+        fields["37"] = rrn
+        return fields
+
+    def balance(self, pan: str, *, expiry: str | None = None, entry_mode: str = "051") -> dict[str, str]:
+        fields = self._financial("310000", pan, 0, expiry, entry_mode)
+        del fields["4"]
+        return fields
+
+    def reversal(self, original: dict[str, str], *, replacement_amount: int | None = None,
+                 advice: bool = False) -> dict[str, str]:
+        """0400 (or 0420 advice) pointing at `original` through DE90."""
+        de90 = "0200" + original["11"] + original["7"] + "0" * 22
+        fields = {"t": "0420" if advice else "0400", **{k: original[k] for k in ("2", "3", "4", "42", "49") if k in original},
+                  **self._next(), "90": de90}
+        if "4" not in fields:
+            fields["4"] = "0" * 12
+        if replacement_amount is not None:
+            fields["95"] = f"{replacement_amount:012d}" + "0" * 30
+        return fields
+
+    @staticmethod
+    def repeat(fields: dict[str, str]) -> dict[str, str]:
+        """The same message again as a repeat (0200→0201, 0400→0401, 0420→0421)."""
+        return {**fields, "t": REPEAT_MTI[fields["t"]]}
