@@ -12,7 +12,7 @@ any number of steps returns exactly what was credited.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 
 from switch.domain import DISTRICTS, Merchant
@@ -45,6 +45,7 @@ class Layer:
     scope: str
     programs: tuple[str, ...] | None  # card programs it applies to; None = all
     bands: tuple[SalesBand, ...]  # first band holding the merchant's sales applies
+    _: KW_ONLY
     merchant_districts: tuple[str, ...] | None = None  # None = any district
 
     @property
@@ -58,6 +59,7 @@ class CashbackPolicy:
     effective_from: datetime
     excluded_categories: frozenset[str]
     layers: tuple[Layer, ...]
+    _: KW_ONLY
     merchant_sales_max: int | None = None  # above it: no cashback, spend not eligible
 
     @property
@@ -178,15 +180,9 @@ def clawback(
 ) -> tuple[tuple[str, int], ...]:
     """Per funder, the proportional() share of the credited cashback; nonzero only."""
     _check_undo(original_amount, undone_before, undone_now)
-    shares = (
-        (funder, proportional(
-            won,
-            original_amount=original_amount,
-            undone_before=undone_before,
-            undone_now=undone_now,
-        ))
-        for funder, won in by_funder
-    )
+    steps = {"original_amount": original_amount, "undone_before": undone_before,
+             "undone_now": undone_now}
+    shares = ((funder, proportional(won, **steps)) for funder, won in by_funder)
     return tuple((funder, won) for funder, won in shares if won)
 
 

@@ -8,7 +8,7 @@ integer arithmetic, computed per funder; never via floats. 1 bp = 0.01 %.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 
 from switch.domain import Merchant
@@ -47,6 +47,7 @@ class FeeSupport:
     district: str
     effective_from: datetime
     sales_max: int
+    _: KW_ONLY
     support_bp: int | None = None
     net_rate_bp: int | None = None
     effective_until: datetime | None = None

@@ -110,7 +110,7 @@ def test_splitting_a_purchase_never_earns_more_and_loses_at_most_1_won_per_funde
     a = quote(first, spend)
     b = quote(second, spend + a.eligible)
     single, parts = dict(whole.by_funder), (dict(a.by_funder), dict(b.by_funder))
-    split = {f: sum(part.get(f, 0) for part in parts) for f in single.keys() | parts[0] | parts[1]}
+    split = {f: sum(part.get(f, 0) for part in parts) for f in {*single, *parts[0], *parts[1]}}
     assert whole.eligible == a.eligible + b.eligible
     for funder, won in split.items():
         assert won <= single.get(funder, 0) <= won + 1
