@@ -221,7 +221,8 @@ def cmd_terminal(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from terminal_sim.demo import run_demo
 
-    return run_demo(transactions=args.transactions, seed_value=args.seed, keep=args.keep)
+    return run_demo(transactions=args.transactions, seed_value=args.seed, keep=args.keep,
+                    clock_start=args.clock_start)
 
 
 # ---------------------------------------------------------------------------- parser
@@ -253,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--transactions", type=int, default=300)
     de.add_argument("--seed", type=int, default=7)
     de.add_argument("--keep", action="store_true", help="keep the temporary data dir and print its path")
+    de.add_argument("--clock-start", default="2025-10-15T12:00:00+09:00",
+                    help="the switch's clock starts here (default: a lunch peak under the 2025-09 policy)")
     de.set_defaults(func=cmd_demo)
     return p
 

@@ -22,8 +22,8 @@ class SwitchConfig:
     shutdown_grace_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ValueError("port must be 1..65535")
+        if not 0 <= self.port < 65536:
+            raise ValueError("port must be 0..65535 (0: any free port)")
         if self.connections_max < 1 or self.in_flight_max < 1:
             raise ValueError("connections_max and in_flight_max must be ≥ 1")
         if self.batch_size_max > self.queue_size_max:

@@ -84,6 +84,7 @@ def configure(*, data_dir: Path | None = None, name: str = "switch", stream: Tex
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        structlog.processors.format_exc_info,  # traceback text first, so masking covers it
         mask_secrets,
     ]
     if _file_sink is not None:
@@ -92,7 +93,8 @@ def configure(*, data_dir: Path | None = None, name: str = "switch", stream: Tex
     if data_dir is not None:
         _file_sink = JsonFile(data_dir / "logs" / f"{name}.jsonl")
         processors.append(_file_sink)
-    processors.append(structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=False))
+    processors.append(structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(
+        colors=False, exception_formatter=structlog.dev.plain_traceback))  # never rich locals
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

@@ -19,9 +19,9 @@ from .ledger import connect, open_store
 from .operations import card_pan, default_expiry
 from .policy import Rules
 
-# Annual sales (won) drawn per merchant: every fee tier and the >3B cashback ceiling appear.
-SALES_TIERS = (150_000_000, 250_000_000, 400_000_000, 800_000_000, 2_000_000_000, 4_000_000_000)
-SALES_WEIGHTS = (30, 30, 15, 12, 8, 5)
+# Annual sales (won) cycle over merchants: every fee tier and the >3B cashback ceiling appear
+# in any run of six merchants, in every district over sixty.
+SALES_TIERS = (250_000_000, 400_000_000, 800_000_000, 2_000_000_000, 150_000_000, 4_000_000_000)
 CATEGORIES = ("general", "restaurant", "cafe", "grocery", "gambling", "large_electronics")
 CATEGORY_WEIGHTS = (40, 25, 15, 16, 2, 2)
 PROGRAM_WEIGHTS = (40, 15, 15, 15, 15)
@@ -95,7 +95,7 @@ def seed(db_path: Path, rules: Rules, *, cards: int, merchants: int, seed_value:
 def _merchants(rng: random.Random, start: int, n: int) -> Iterator[tuple[str, str, str, int, str]]:
     for i in range(start, start + n):
         district = DISTRICTS[(i - start) % len(DISTRICTS)]
-        sales = rng.choices(SALES_TIERS, SALES_WEIGHTS)[0]
+        sales = SALES_TIERS[(i - start) % len(SALES_TIERS)]
         category = rng.choices(CATEGORIES, CATEGORY_WEIGHTS)[0]
         yield (mid_for(i), f"Shop {i} ({district})", district, sales, category)
 

@@ -22,6 +22,7 @@ import structlog
 from .codec import (DecodeError, Dialect, EncodeError, decode_fields, encode_fields, parse_request, partial_fields,
                     response_fields)
 from .config import SwitchConfig
+from .domain import mask_pan
 from .engine import Engine
 from .framing import Frame, FrameBuffer, FramingError, frame, swap_tpdu
 from .messages import RESPONSE_MTI, FieldError, Rc
@@ -97,7 +98,7 @@ class Processor:
             if no in fields:
                 line[name] = fields[no].strip()
         if "2" in fields:
-            line["pan"] = fields["2"]
+            line["pan"] = mask_pan(fields["2"])  # masked at the source, and again by the log processor
         try:
             req = parse_request(fields)
         except FieldError as exc:
@@ -105,7 +106,7 @@ class Processor:
             return _error_response(fields, exc.rc)
         line["amount"] = req.amount
         if req.pan:
-            line["pan"] = req.pan  # masked by the log processor
+            line["pan"] = mask_pan(req.pan)
         outcome = await self.engine.handle(req, fields)
         line.update(fee=outcome.fee, cashback=outcome.cashback)
         if outcome.note:

@@ -20,6 +20,7 @@ class TerminalClient:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.last_tpdu = b""
+        self.last_response_bytes = b""  # the last response frame as it came off the wire
 
     async def connect(self) -> "TerminalClient":
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
@@ -54,6 +55,7 @@ class TerminalClient:
                 fr = self.buffer.next_frame()
                 if fr is not None:
                     self.last_tpdu = fr.tpdu
+                    self.last_response_bytes = frame(self.dialect.framing, fr.payload, tpdu=fr.tpdu)
                     return decode_fields(fr.payload, self.dialect)
                 data = await self.reader.read(65536)
                 if not data:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Callable
 
+from switch.domain import KST
+
 REPEAT_MTI = {"0200": "0201", "0400": "0401", "0420": "0421"}
 
 
@@ -31,7 +33,7 @@ class Terminal:
         return {"7": t.strftime("%m%d%H%M%S"), "11": f"{self.stan:06d}", "41": self.tid}
 
     def _local(self) -> dict[str, str]:
-        t = self._now().astimezone()
+        t = self._now().astimezone(KST)  # DE12/DE13: the terminal's local time, in Korea
         return {"12": t.strftime("%H%M%S"), "13": t.strftime("%m%d")}
 
     def network(self, code: str) -> dict[str, str]:

@@ -1,0 +1,133 @@
+"""Codec: dialect files, decoding to typed requests, field blame, response encoding."""
+
+from pathlib import Path
+
+import pytest
+
+from switch.codec import (DecodeError, decode_fields, encode_fields, load_dialect, parse_request,
+                          response_fields)
+from switch.messages import (Balances, FieldError, Kind, Rc, Response, decode_balances, encode_balances,
+                             idempotency_digest)
+
+DIALECT = load_dialect("default")
+
+PURCHASE = {"t": "0200", "2": "9410100000000011", "3": "000000", "4": "000000020000", "7": "0720030000",
+            "11": "000002", "12": "120000", "13": "0720", "14": "2412", "22": "051", "41": "T0000001",
+            "42": "NAMDONG01      ", "49": "410"}
+
+
+def roundtrip(fields):
+    return decode_fields(encode_fields(fields, DIALECT), DIALECT)
+
+
+def test_purchase_decodes_to_a_typed_request():
+    req = parse_request(roundtrip(PURCHASE))
+    assert req.kind is Kind.PURCHASE
+    assert (req.pan, req.amount, req.expiry, req.merchant) == ("9410100000000011", 20000, "2412", "NAMDONG01      ")
+    assert req.key == ("T0000001", "000002", "0720030000")
+    assert not req.is_repeat
+
+
+def test_default_dialect_has_binary_bitmap_and_binary_mac():
+    raw = encode_fields({**PURCHASE, "64": "0102030405060708"}, DIALECT)
+    assert raw[:4] == b"0200"
+    assert raw[4] & 0x80 == 0  # no secondary bitmap
+    assert raw.endswith(bytes.fromhex("0102030405060708"))
+
+
+def test_present_but_empty_secondary_bitmap_is_accepted():
+    raw = bytearray(encode_fields({"t": "0800", "7": "0720030000", "11": "000001", "41": "T0000001", "70": "001"},
+                                  DIALECT))
+    # 0800 with DE70 already has a secondary bitmap; build one with bit 1 set and nothing in 65-128
+    plain = encode_fields({"t": "0800", "7": "0720030000", "11": "000001", "41": "T0000001"}, DIALECT)
+    forged = plain[:4] + bytes([plain[4] | 0x80]) + plain[5:12] + bytes(8) + plain[12:]
+    fields = decode_fields(forged, DIALECT)
+    assert fields["1"] == "0000000000000000"
+    assert fields["11"] == "000001"
+    assert raw[4] & 0x80
+
+
+def test_track2_supplies_pan_and_expiry():
+    fields = {k: v for k, v in PURCHASE.items() if k not in ("2", "14")}
+    fields["35"] = "9410100000000011=24121011234567"
+    req = parse_request(roundtrip(fields))
+    assert (req.pan, req.expiry) == ("9410100000000011", "2412")
+
+
+@pytest.mark.parametrize("field, value, expected_field, rc", [
+    ("4", "00000002000A", "4", Rc.FORMAT_ERROR),
+    ("7", "1399999999", "7", Rc.FORMAT_ERROR),
+    ("11", "12345", "11", Rc.FORMAT_ERROR),
+    ("3", "990000", "3", Rc.INVALID_TRANSACTION),
+    ("49", "840", "49", Rc.INVALID_AMOUNT),
+])
+def test_bad_fields_are_blamed_by_number(field, value, expected_field, rc):
+    with pytest.raises(FieldError) as err:
+        parse_request({**PURCHASE, field: value})
+    assert err.value.field == expected_field
+    assert err.value.rc is rc
+    assert value not in str(err.value)
+
+
+def test_missing_mandatory_field_is_named():
+    fields = dict(PURCHASE)
+    del fields["41"]
+    with pytest.raises(FieldError, match="DE41: missing"):
+        parse_request(fields)
+
+
+def test_unsupported_mti_is_invalid_transaction():
+    with pytest.raises(FieldError) as err:
+        parse_request({**PURCHASE, "t": "0300"})
+    assert err.value.rc is Rc.INVALID_TRANSACTION
+
+
+def test_reversal_reads_de90_and_de95():
+    fields = {**PURCHASE, "t": "0400", "11": "000003", "90": "0200" + "000002" + "0720030000" + "0" * 22,
+              "95": "000000012000" + "0" * 30}
+    req = parse_request(fields)
+    assert req.kind is Kind.REVERSAL
+    assert (req.original.mti, req.original.stan, req.original.transmission_time) == ("0200", "000002", "0720030000")
+    assert req.replacement_amount == 12000
+
+
+def test_field_longer_than_spec_fails_decode_with_field():
+    raw = encode_fields(PURCHASE, DIALECT).replace(b"16" + b"9410100000000011", b"20" + b"94101000000000110000")
+    with pytest.raises(DecodeError) as err:
+        decode_fields(raw, DIALECT)
+    assert err.value.field == "2"
+
+
+def test_repeat_and_original_share_a_digest_but_content_changes_it():
+    assert idempotency_digest(PURCHASE) == idempotency_digest({**PURCHASE, "t": "0201"})
+    assert idempotency_digest(PURCHASE) != idempotency_digest({**PURCHASE, "4": "000000020001"})
+    assert idempotency_digest(PURCHASE) == idempotency_digest({**PURCHASE, "64": "0102030405060708"})
+
+
+def test_balances_roundtrip_de54():
+    text = encode_balances(Balances(cash=30000, cashback=1500))
+    assert text == "0002410C000000030000" + "0091410C000000001500"
+    assert decode_balances(text) == Balances(cash=30000, cashback=1500)
+
+
+def test_response_echoes_only_its_fields():
+    resp = Response(mti="0210", rc=Rc.APPROVED, echo={**PURCHASE, "52": "AAAAAAAAAAAAAAAA", "35": "x"},
+                    rrn="000000000002", auth_code="000002", balances=Balances(1, 2))
+    out = response_fields(resp)
+    assert "52" not in out and "35" not in out and "22" not in out
+    assert (out["t"], out["39"], out["37"], out["38"]) == ("0210", "00", "000000000002", "000002")
+    assert roundtrip(out)["54"] == "0002410C000000000001" + "0091410C000000000002"
+
+
+def test_dialect_file_errors_name_the_key(tmp_path: Path):
+    (tmp_path / "broken.toml").write_text('[framing]\nlength_header = "binary2"\n[fields."t"]\ndata_enc = "ascii"\n')
+    with pytest.raises(ValueError, match=r"fields.t lacks len_enc, len_type, max_len, desc"):
+        load_dialect("broken", directory=tmp_path)
+    with pytest.raises(ValueError, match="unknown dialect 'nope'; known: broken"):
+        load_dialect("nope", directory=tmp_path)
+
+
+def test_bcd_tpdu_dialect_loads_with_the_same_fields():
+    d = load_dialect("bcd-tpdu")
+    assert (d.framing.length_header, d.framing.tpdu) == ("bcd2", True)
+    assert d.spec == DIALECT.spec
