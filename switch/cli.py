@@ -39,13 +39,13 @@ def cmd_switch(args: argparse.Namespace) -> int:
     host, port = parse_hostport(args.listen)
     config = SwitchConfig(host=host, port=port, data_dir=Path(args.data_dir), dialect=args.dialect)
     dialect = load_dialect(config.dialect)
-    logs.configure(data_dir=config.data_dir, name="switch", level=args.log_level)
     try:
         fd = lock_data_dir(config.data_dir, wait=False)
     except DataDirBusy:
         print(f"eum switch: another process holds {config.data_dir}/switch.lock (a switch already runs there)",
               file=sys.stderr)
         return 2
+    logs.configure(data_dir=config.data_dir, name="switch", level=args.log_level)
 
     async def main() -> None:
         async with open_core(config.data_dir, clock=_clock(args), batch_size_max=config.batch_size_max,
@@ -64,7 +64,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- admin
 
-def _admin_op(data_dir: Path, op: str, op_args: dict[str, Any], *, clock: Clock | None = None) -> dict[str, Any]:
+def _admin_op(data_dir: Path, op: str, op_args: dict[str, Any], *, clock: Clock) -> dict[str, Any]:
     """Run an operation in the process that owns the data dir: here if no switch runs,
     else in the switch, over its control socket."""
     from .runtime import DataDirBusy, lock_data_dir, open_core, unlock
@@ -76,7 +76,7 @@ def _admin_op(data_dir: Path, op: str, op_args: dict[str, Any], *, clock: Clock 
         return _run(_control_call(control_socket_path(data_dir), op, op_args))
     try:
         async def direct() -> dict[str, Any]:
-            async with open_core(data_dir, clock=clock or SystemClock(), commit_interval_ms_max=0.1) as core:
+            async with open_core(data_dir, clock=clock, commit_interval_ms_max=0.1) as core:
                 return await core.ops.run(op, op_args)
         return _run(direct())
     finally:
@@ -130,24 +130,26 @@ def cmd_admin(args: argparse.Namespace) -> int:
 def _merchant_add(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     return _admin_op(data_dir, "merchant-add", {"mid": args.mid, "name": args.name, "district": args.district,
                                                  "annual_sales": args.annual_sales, "category": args.category,
-                                                 "online_mall": args.online_mall})
+                                                 "online_mall": args.online_mall}, clock=_clock(args))
 
 
 def _terminal_add(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
-    return _admin_op(data_dir, "terminal-add", {"tid": args.tid, "mid": args.mid, "security": args.security})
+    return _admin_op(data_dir, "terminal-add", {"tid": args.tid, "mid": args.mid, "security": args.security},
+                     clock=_clock(args))
 
 
 def _card_issue(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
-    return _admin_op(data_dir, "card-issue", {"program": args.program, "member": args.member, "expiry": args.expiry})
+    return _admin_op(data_dir, "card-issue", {"program": args.program, "member": args.member, "expiry": args.expiry},
+                     clock=_clock(args))
 
 
 def _card_charge(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
-    return _admin_op(data_dir, "card-charge", {"pan": args.pan, "amount": args.amount})
+    return _admin_op(data_dir, "card-charge", {"pan": args.pan, "amount": args.amount}, clock=_clock(args))
 
 
 def _card_status(op: str):
     def action(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
-        return _admin_op(data_dir, op, {"pan": args.pan})
+        return _admin_op(data_dir, op, {"pan": args.pan}, clock=_clock(args))
     return action
 
 
@@ -191,7 +193,7 @@ def _seed(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     try:
         started = time.perf_counter()
         result = seed(ensure_store(data_dir), load_rules(default_config_dir()), cards=args.cards,
-                      merchants=args.merchants, seed_value=args.seed, now=SystemClock().now())
+                      merchants=args.merchants, seed_value=args.seed, now=_clock(args).now())
         return {**result.__dict__, "seconds": round(time.perf_counter() - started, 2)}
     finally:
         unlock(fd)
@@ -242,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     ad = sub.add_parser("admin", help="operate on data: merchants, terminals, cards, verify, seed")
     ad.add_argument("--data-dir", default="var")
     ad.add_argument("--json", action="store_true", help="machine-readable output")
+    ad.add_argument("--clock-start", help="when no switch runs: date the operation at this instant "
+                    "(e.g. the --clock-start the switch will use); a running switch uses its own clock")
     asub = ad.add_subparsers(dest="admin_group", required=True)
     _admin_parsers(asub)
     ad.set_defaults(func=cmd_admin)

@@ -254,6 +254,8 @@ class Engine:
         original = self.state.posting_by_rrn(req.rrn)
         if original is None or original.kind != "purchase" or original.card_id != card.id:
             raise Decline(Rc.ORIGINAL_NOT_FOUND, "original purchase not found for this card")
+        if original.mid != req.merchant:  # money comes out of the payable of the merchant that sold
+            raise Decline(Rc.ORIGINAL_NOT_FOUND, "original purchase was at another merchant")
         if req.amount <= 0 or req.amount > original.remaining:
             raise Decline(Rc.INVALID_AMOUNT, "refund exceeds what is left of the original")
         pid = self._undo_purchase(original, req.amount, "refund", req, unit, now)
@@ -278,7 +280,7 @@ class Engine:
             raise Decline(Rc.ORIGINAL_NOT_FOUND, "reversal PAN differs from the original's")
         if original.kind == "purchase":
             final = req.replacement_amount if req.replacement_amount is not None else 0
-            undo = min(max(original.amount - final, 0), original.remaining)
+            undo = min(max(original.amount - original.detail.get("reversed", 0) - final, 0), original.remaining)
             if undo == 0:
                 return Outcome(self._response(req, fields, Rc.APPROVED, balances=self._balances(card)),
                                note="nothing left to reverse")
@@ -332,17 +334,24 @@ class Engine:
             spent = self.state.card_day(card.id, d["day"])
             self.state.card_days[(card.id, d["day"])] = spent - undo
             unit.statements.append(_upsert_card_day(card.id, d["day"], -undo))
+            d["reversed"] = d.get("reversed", 0) + undo
+            unit.statements.append(("UPDATE postings SET detail = ? WHERE id = ?", (json.dumps(d), p.id)))
         self.state.postings[pid] = PostingState(pid, kind, card.id, p.mid, undo, 0, _iso(now),
                                                 json.loads(json.dumps(detail)), rrn, p.id)
         return pid
 
     def _undo_refund(self, r: PostingState, req: Request, unit: Unit, now: datetime) -> int:
-        """Reversal of a refund: the refund's money and clawbacks are put back as they were."""
+        """Reversal of a refund: the refund's money is taken back, and fee, support and
+        cashback return to the shares of what then stands of the purchase (the cumulative
+        floor rule), so a later full undo still returns exactly what was posted."""
         d = r.detail
         purchase = self.state.posting(r.original_id)
-        fee_back, cb_back = d["fee_back"], d["cb_back"]
-        claw = [tuple(x) for x in d["claw"]]
-        support_back = [tuple(x) for x in d["support_back"]]
+        pd = purchase.detail
+        share = dict(original_amount=purchase.amount, undone_before=purchase.undone - r.amount, undone_now=r.amount)
+        fee_back, cb_back = proportional(pd["fee"], **share), proportional(pd["cb_used"], **share)
+        claw = list(clawback(tuple(map(tuple, pd["cashback"])), **share))
+        support_back = list(clawback(tuple(map(tuple, pd["support"])), **share))
+        eligible_back = proportional(pd["eligible"], **share)
         claw_total = sum(c for _, c in claw)
         card = self.state.card_by_id(r.card_id)
         payable = f"merchant:{r.mid}:payable"
@@ -361,12 +370,12 @@ class Engine:
                             sum(s for _, s in support_back), claw_total, r.id, detail),
             ("UPDATE postings SET undone = amount WHERE id = ?", (r.id,)),
             ("UPDATE postings SET undone = undone - ? WHERE id = ?", (r.amount, purchase.id)),
-            _upsert_member_month(d["member"], d["month"], d["eligible_back"]),
+            _upsert_member_month(d["member"], d["month"], eligible_back),
         ]
         r.undone = r.amount
         purchase.undone -= r.amount
         mm = (d["member"], d["month"])
-        self.state.member_months[mm] = self.state.member_month(*mm) + d["eligible_back"]
+        self.state.member_months[mm] = self.state.member_month(*mm) + eligible_back
         self.state.postings[pid] = PostingState(pid, "reversal", card.id, r.mid, r.amount, 0, _iso(now), detail,
                                                 f"{pid:012d}", r.id)
         return pid

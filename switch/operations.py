@@ -143,18 +143,24 @@ class Operations:
             raise OperationError(f"card {mask_pan(pan)} is {card.status}")
         pid = self.state.next_posting_id
         self.state.next_posting_id += 1
-        unit = Unit(posting_id=pid, entries=[("bank_settlement", -amount), (f"card:{card.id}:cash", amount)])
+        repay = min(amount, -card.receivable)  # a charge first settles what a clawback left owing
+        unit = Unit(posting_id=pid, entries=[e for e in (
+            ("bank_settlement", -amount), (f"card:{card.id}:cash", amount - repay),
+            (f"card:{card.id}:receivable", repay)) if e[1]])
         unit.statements += [
             ("INSERT INTO postings(id, kind, at, card_id, amount, rrn, detail) VALUES (?,?,?,?,?,?,?)",
-             (pid, "charge", now.isoformat(), card.id, amount, f"{pid:012d}", json.dumps({"member": card.member}))),
+             (pid, "charge", now.isoformat(), card.id, amount, f"{pid:012d}",
+              json.dumps({"member": card.member, "receivable_repaid": repay}))),
             ("INSERT INTO card_months(card_id, month, charged) VALUES (?,?,?) ON CONFLICT(card_id, month) "
              "DO UPDATE SET charged = charged + excluded.charged", (card.id, month, amount)),
         ]
-        card.cash += amount
+        card.receivable += repay
+        card.cash += amount - repay
         self.state.card_months[(card.id, month)] = charged + amount
         self.state.postings[pid] = PostingState(pid, "charge", card.id, None, amount, 0, now.isoformat(), {}, None, None)
         await self.writer.submit(unit)
-        return {"pan": mask_pan(pan), "charged": amount, "cash": card.cash, "cashback": card.cashback, "posting": pid}
+        return {"pan": mask_pan(pan), "charged": amount, "receivable_repaid": repay, "cash": card.cash,
+                "cashback": card.cashback, "posting": pid}
 
     async def _set_status(self, pan: str, status: str) -> dict[str, Any]:
         card = self._card(pan)

@@ -128,6 +128,7 @@ class TerminalConnection(asyncio.Protocol):
         self.writing_paused = False
         self.last_activity = time.monotonic()
         self.closed = False
+        self.closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -149,34 +150,49 @@ class TerminalConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
         self.buffer.receive_data(data)
-        while True:
+        self._take_frames()
+
+    def _take_frames(self) -> None:
+        """Start buffered frames while the connection has room: fewer than in_flight_max in
+        progress and a peer that reads its responses."""
+        while not (self.closed or self.closing or self.writing_paused
+                   or self.in_flight >= self.server.config.in_flight_max):
             try:
                 fr = self.buffer.next_frame()
             except FramingError as exc:
                 log.warning("connection_closed", peer=self.peer, reason="framing", detail=str(exc))
-                self.transport.close()
+                self._close_when_answered()
                 return
             if fr is None:
-                return
+                break
             self.in_flight += 1
-            self._update_reading()
             task = asyncio.get_running_loop().create_task(self._handle(fr))
             self.server.tasks.add(task)
             task.add_done_callback(self.server.tasks.discard)
+        self._update_reading()
+
+    def _close_when_answered(self) -> None:
+        """Take no more requests; close once every request already taken is answered."""
+        self.closing = True
+        if self.in_flight == 0 and not self.closed:
+            self.transport.close()
+        else:
+            self._update_reading()
 
     async def _handle(self, fr: Frame) -> None:
         try:
             data = await self.server.processor.process(fr, self.peer)
             if data is None:
-                if not self.closed:
-                    self.transport.close()
-                return
-            if not self.closed:
+                self.closing = True
+            elif not self.closed:
                 self.transport.write(data)
                 self.last_activity = time.monotonic()
         finally:
             self.in_flight -= 1
-            self._update_reading()
+            if self.closing:
+                self._close_when_answered()
+            else:
+                self._take_frames()
 
     def pause_writing(self) -> None:  # the peer does not read: stop taking its requests
         self.writing_paused = True
@@ -184,12 +200,13 @@ class TerminalConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        self._update_reading()
+        self._take_frames()
 
     def _update_reading(self) -> None:
-        if self.closed or self.transport is None:
+        if self.closed or self.transport is None or self.transport.is_closing():
             return
-        want_pause = self.writing_paused or self.in_flight >= self.server.config.in_flight_max
+        want_pause = (self.closing or self.writing_paused
+                      or self.in_flight >= self.server.config.in_flight_max)
         if want_pause and not self.reading_paused:
             self.transport.pause_reading()
             self.reading_paused = True

@@ -55,12 +55,12 @@ class SwitchEnv:
 
 @contextlib.asynccontextmanager
 async def start_switch(data_dir: Path, *, clock: FixedClock, dialect: str = "default",
-                       **config_kw) -> AsyncIterator[SwitchEnv]:
+                       dialect_dir: Path | None = None, **config_kw) -> AsyncIterator[SwitchEnv]:
     config = SwitchConfig(port=0, data_dir=data_dir, dialect=dialect, **config_kw)
     fd = lock_data_dir(data_dir, wait=False)
     try:
         async with open_core(data_dir, clock=clock, commit_interval_ms_max=config.commit_interval_ms_max) as core:
-            d = load_dialect(dialect)
+            d = load_dialect(dialect, directory=dialect_dir)
             server = SwitchServer(config, Processor(core.engine, d), core.ops)
             await server.start()
             try:
@@ -88,3 +88,63 @@ async def switch_env(tmp_path: Path) -> AsyncIterator[SwitchEnv]:
     async with start_switch(tmp_path / "var", clock=FixedClock(LAUNCH)) as env:
         await provision(env)
         yield env
+
+
+# ---------------------------------------------------------------------------- ledger probes
+# Read-only looks at the real SQLite ledger, for exact assertions after traffic.
+
+import sqlite3  # noqa: E402
+
+
+def query(db_path: Path, sql: str, *args: object) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def posting_count(db_path: Path) -> int:
+    return query(db_path, "SELECT COUNT(*) FROM postings")[0][0]
+
+
+def entry_count(db_path: Path) -> int:
+    return query(db_path, "SELECT COUNT(*) FROM entries")[0][0]
+
+
+def account_balances(db_path: Path) -> dict[str, int]:
+    return dict(query(db_path, "SELECT name, balance FROM accounts"))
+
+
+def account(db_path: Path, name: str) -> int:
+    return account_balances(db_path).get(name, 0)
+
+
+def payable(mid: str) -> str:
+    """The merchant's payable account name (DE42 is padded to 15 characters)."""
+    return f"merchant:{mid.ljust(15)}:payable"
+
+
+def card_id(db_path: Path, pan: str) -> int:
+    return query(db_path, "SELECT id FROM cards WHERE pan=?", pan)[0][0]
+
+
+def card_accounts(db_path: Path, pan: str) -> tuple[int, int]:
+    """(cash, cashback) from the ledger's accounts table."""
+    cid = card_id(db_path, pan)
+    balances = account_balances(db_path)
+    return balances.get(f"card:{cid}:cash", 0), balances.get(f"card:{cid}:cashback", 0)
+
+
+def postings(db_path: Path, kind: str | None = None) -> list[dict]:
+    cols = ("id", "kind", "card_id", "mid", "tid", "stan", "rrn", "amount", "fee", "support", "cashback",
+            "original_id", "undone")
+    sql = f"SELECT {', '.join(cols)} FROM postings" + (" WHERE kind=?" if kind else "") + " ORDER BY id"
+    return [dict(zip(cols, row)) for row in query(db_path, sql, *((kind,) if kind else ()))]
+
+
+def posting_entries(db_path: Path, posting_id: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for acc, amount in query(db_path, "SELECT account, amount FROM entries WHERE posting_id=?", posting_id):
+        out[acc] = out.get(acc, 0) + amount
+    return out
