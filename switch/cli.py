@@ -250,9 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     _admin_parsers(asub)
     ad.set_defaults(func=cmd_admin)
 
+    from hsm_mock.cli import add_hsm_parser, run_hsm
     from terminal_sim.cli import add_terminal_parser
 
     add_terminal_parser(sub, cmd_terminal)
+    add_hsm_parser(sub, run_hsm)
 
     de = sub.add_parser("demo", help="switch + terminals + summary on embedded defaults, in a temp dir")
     de.add_argument("--transactions", type=int, default=300)

@@ -136,6 +136,14 @@ def _transmission(fields: dict[str, str]) -> str:
     return dt
 
 
+def _ksn(fields: dict[str, str]) -> str:
+    """DE53: the DUKPT key serial number in hex, 20 (TDES) or 24 (AES) characters."""
+    ksn = fields.get("53", "")
+    if ksn and (len(ksn) not in (20, 24) or any(c not in "0123456789ABCDEF" for c in ksn)):
+        raise FieldError("53", "KSN must be 20 or 24 uppercase hex characters")
+    return ksn
+
+
 def _common(fields: dict[str, str]) -> dict[str, Any]:
     return {
         "terminal": _text(fields, "41"),
@@ -176,6 +184,7 @@ def parse_request(fields: dict[str, str]) -> Request:
         "local_time": _digits(fields, "12", size=6, required=False),
         "local_date": _digits(fields, "13", size=4, required=False),
         "pin_block": fields.get("52", ""),
+        "ksn": _ksn(fields),
     }
     if mti.startswith("02"):
         if kind is Kind.REFUND:

@@ -99,6 +99,16 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+# Columns added after the first schema: (table, column, declaration). Added on open.
+MIGRATIONS = (
+    ("terminals", "bdk", "TEXT NOT NULL DEFAULT ''"),          # the terminal group's BDK under the LMK
+    ("terminals", "ksn_initial", "TEXT NOT NULL DEFAULT ''"),
+    ("cards", "pvv", "TEXT NOT NULL DEFAULT ''"),              # Visa PVV; the PIN itself is never stored
+    ("cards", "pin_tries", "INTEGER NOT NULL DEFAULT 0"),
+    ("cards", "pin_blocked", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
 def open_store(data_dir: Path) -> Path:
     """Create the data dir and the schema on first run; return the database path."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -106,6 +116,10 @@ def open_store(data_dir: Path) -> Path:
     conn = connect(path)
     try:
         conn.executescript(SCHEMA)
+        for table, column, decl in MIGRATIONS:
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
     finally:
         conn.close()
     return path

@@ -30,10 +30,14 @@ class Rc(str, Enum):
     FORMAT_ERROR = "30"
     INSUFFICIENT_FUNDS = "51"
     EXPIRED_CARD = "54"
+    INCORRECT_PIN = "55"
     NOT_PERMITTED = "57"
     TERMINAL_NOT_PERMITTED = "58"
     OVER_LIMIT = "61"
     CARD_BLOCKED = "62"
+    SECURITY_VIOLATION = "63"
+    PIN_TRIES_EXCEEDED = "75"
+    HSM_UNAVAILABLE = "91"
     DUPLICATE = "94"
     SYSTEM_ERROR = "96"
 
@@ -95,6 +99,7 @@ class Request:
     original: OriginalData | None = None
     replacement_amount: int | None = None
     pin_block: str = ""
+    ksn: str = ""
     mac: str = ""
     digest: str = ""  # content fingerprint for duplicate detection (see idempotency_digest)
 

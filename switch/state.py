@@ -19,10 +19,12 @@ from .ledger import connect
 
 
 class CardState:
-    __slots__ = ("id", "pan", "program", "member", "expiry", "status", "cash", "cashback", "receivable")
+    __slots__ = ("id", "pan", "program", "member", "expiry", "status", "cash", "cashback", "receivable",
+                 "pvv", "pin_tries", "pin_blocked")
 
     def __init__(self, id: int, pan: str, program: str, member: str, expiry: str, status: str,
-                 cash: int, cashback: int, receivable: int) -> None:
+                 cash: int, cashback: int, receivable: int, pvv: str = "", pin_tries: int = 0,
+                 pin_blocked: bool = False) -> None:
         self.id = id
         self.pan = pan
         self.program = program
@@ -32,6 +34,9 @@ class CardState:
         self.cash = cash
         self.cashback = cashback
         self.receivable = receivable
+        self.pvv = pvv
+        self.pin_tries = pin_tries
+        self.pin_blocked = pin_blocked
 
     def accounts(self) -> tuple[str, str, str]:
         return (f"card:{self.id}:cash", f"card:{self.id}:cashback", f"card:{self.id}:receivable")
@@ -79,6 +84,8 @@ class Terminal:
     tid: str
     mid: str
     security: str
+    bdk: str = ""          # under the LMK; empty for profile none
+    ksn_initial: str = ""
 
 
 class StoreReader:
@@ -96,14 +103,15 @@ class StoreReader:
 
     def card_by_pan(self, pan: str) -> CardState | None:
         row = self.conn.execute(
-            "SELECT id, pan, program, member, expiry, status FROM cards WHERE pan=?", (pan,)
-        ).fetchone()
+            "SELECT id, pan, program, member, expiry, status, pvv, pin_tries, pin_blocked FROM cards WHERE pan=?",
+            (pan,)).fetchone()
         if row is None:
             return None
         cid = row[0]
-        return CardState(*row, cash=self._balance(f"card:{cid}:cash"),
+        return CardState(*row[:6], cash=self._balance(f"card:{cid}:cash"),
                          cashback=self._balance(f"card:{cid}:cashback"),
-                         receivable=self._balance(f"card:{cid}:receivable"))
+                         receivable=self._balance(f"card:{cid}:receivable"),
+                         pvv=row[6], pin_tries=row[7], pin_blocked=bool(row[8]))
 
     def merchant(self, mid: str) -> Merchant | None:
         row = self.conn.execute(
@@ -116,7 +124,8 @@ class StoreReader:
                         category=row[4], online_mall=bool(row[5]))
 
     def terminal(self, tid: str) -> Terminal | None:
-        row = self.conn.execute("SELECT tid, mid, security FROM terminals WHERE tid=?", (tid,)).fetchone()
+        row = self.conn.execute("SELECT tid, mid, security, bdk, ksn_initial FROM terminals WHERE tid=?",
+                                (tid,)).fetchone()
         return Terminal(*row) if row else None
 
     def member_month(self, member: str, month: str) -> int:
@@ -161,6 +170,13 @@ class StoreReader:
     def tombstone(self, key: tuple[str, str, str]) -> bool:
         row = self.conn.execute("SELECT 1 FROM tombstones WHERE tid=? AND stan=? AND tx_time=?", key).fetchone()
         return row is not None
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def secured_terminals(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM terminals WHERE security != 'none'").fetchone()[0]
 
     def max_posting_id(self) -> int:
         return self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM postings").fetchone()[0]

@@ -25,7 +25,8 @@ from .terminal import Terminal
 RC_TEXT = {
     "00": "approved", "12": "invalid transaction", "13": "invalid amount", "14": "unknown card",
     "25": "original not found", "30": "format error", "51": "insufficient funds", "54": "expired card",
-    "57": "not permitted", "58": "terminal not permitted", "61": "over limit", "62": "card blocked",
+    "55": "incorrect PIN", "57": "not permitted", "58": "terminal not permitted", "61": "over limit",
+    "62": "card blocked", "63": "security violation", "75": "PIN tries exceeded", "91": "HSM unavailable",
     "94": "duplicate", "96": "system error",
 }
 assert set(RC_TEXT) == {rc.value for rc in Rc}

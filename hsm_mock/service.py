@@ -1,0 +1,331 @@
+"""The software HSM over TCP: thin asyncio glue around the sans-I/O core.
+
+bytes → FrameReader (2-byte length frames) → Hsm.parse → Command → Hsm.handle → response →
+frame → bytes. Each command runs as its own task, so many commands are in flight on one
+connection (pipelining: a slow command does not hold up a fast one, responses may come back
+in any order, and the client matches them by the message header it chose). Reads pause when
+`in_flight_max` commands of a connection are in progress or when the peer stops reading.
+
+Operations, all from the frozen HsmConfig:
+- latency: `latency_ms` (or `command_latency_ms[code]`) before each answer;
+- capacity: a token bucket of `cps_max` commands per second (bucket `cps_burst`); a command
+  without a token waits for one; when `queue_size_max` commands already wait, or the wait
+  would exceed `queue_timeout_ms`, it is answered at once with `overload_error_code` (67);
+- faults, drawn per command in arrival order from one seeded RNG (`FaultPlan`): hang (never
+  answered), drop (the connection is closed, in-flight answers are lost), error (answered
+  with `fault_error_code` instead of being run);
+- bad frames: a length of 0 or above `frame_size_max`, or a frame shorter than header +
+  command code, closes the connection (nothing can be answered); anything parseable is
+  answered (field errors → 15);
+- audit: one line per command (audit.py).
+
+`FaultPlan` and `TokenBucket` are sans-I/O too (time is a parameter), so tests predict their
+decisions exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import random
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from hsm_mock.audit import AuditLog, mask_digits
+from hsm_mock.commands import Hsm
+from hsm_mock.config import HsmConfig
+from hsm_mock.lmk import TEST_LMK, VariantLmk
+from hsm_mock.protocol import Command, FrameReader, ProtocolError, build_response, frame, response_code
+
+log = structlog.get_logger("hsm")
+
+READ_SIZE = 65_536
+INTERNAL_ERROR = "13"  # our bug (logged with its traceback): "report to supervisor"
+
+
+# ----------------------------------------------------------------------------- sans-I/O parts
+
+
+class Fault(enum.Enum):
+    NONE = "none"
+    HANG = "hang"
+    DROP = "drop"
+    ERROR = "error"
+
+
+class FaultPlan:
+    """One uniform draw per command u: u < hang → HANG; < hang+drop → DROP;
+    < hang+drop+error → ERROR; else NONE. Same seed and same command order, same faults."""
+
+    def __init__(self, *, hang: float = 0.0, drop: float = 0.0, error: float = 0.0, seed: int | None = None) -> None:
+        self._limits = (hang, hang + drop, hang + drop + error)
+        self._rng = random.Random(seed)
+        self.active = self._limits[2] > 0
+
+    @classmethod
+    def from_config(cls, config: HsmConfig) -> FaultPlan:
+        return cls(hang=config.fault_hang_share, drop=config.fault_drop_share, error=config.fault_error_share,
+                   seed=config.fault_seed)  # fmt: skip
+
+    def decide(self) -> Fault:
+        if not self.active:
+            return Fault.NONE
+        u = self._rng.random()
+        if u < self._limits[0]:
+            return Fault.HANG
+        if u < self._limits[1]:
+            return Fault.DROP
+        if u < self._limits[2]:
+            return Fault.ERROR
+        return Fault.NONE
+
+
+class TokenBucket:
+    """Calls-per-second cap: `size` tokens, refilled at `rate` per second. `reserve(now)`
+    takes a token and returns how long the caller must wait for it (tokens may go negative:
+    those are reservations in the queue)."""
+
+    def __init__(self, rate: float, size: int, *, now: float) -> None:
+        assert rate > 0 and size >= 1
+        self.rate = rate
+        self.size = size
+        self.tokens = float(size)
+        self.updated = now
+
+    def reserve(self, now: float) -> float:
+        self.tokens = min(float(self.size), self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        self.tokens -= 1
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    def refund(self) -> None:
+        self.tokens += 1
+
+
+# ----------------------------------------------------------------------------- connections
+
+
+@dataclass(eq=False)
+class _Connection:
+    id: int
+    writer: asyncio.StreamWriter
+    in_flight: asyncio.Semaphore
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    closed: bool = False
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.writer.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.writer.close()
+
+
+def load_lmk(config: HsmConfig) -> VariantLmk:
+    return VariantLmk.load(config.lmk_path) if config.lmk_path is not None else TEST_LMK
+
+
+class HsmServer:
+    """`async with HsmServer(config) as server:` serves on server.port until the block ends."""
+
+    def __init__(self, config: HsmConfig, *, hsm: Hsm | None = None, audit: AuditLog | None = None) -> None:
+        self.config = config
+        self.hsm = hsm or Hsm(
+            load_lmk(config),
+            firmware=config.firmware,
+            lmk_check_convention=config.lmk_check_convention,
+            header_length=config.header_length,
+            disabled_commands=config.disabled_commands,
+            tcp_sockets=config.connections_max,
+        )
+        assert self.hsm.header_length == config.header_length, "Hsm and config disagree on the header length"
+        self.audit = audit if audit is not None else AuditLog(config.audit_path)
+        self.faults = FaultPlan.from_config(config)
+        self._bucket: TokenBucket | None = None
+        self._waiting = 0
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._readers: set[asyncio.Task[Any]] = set()  # one read loop per connection
+        self._ids = itertools.count(1)
+        self.port = config.port
+        self.counts: dict[str, int] = {"commands": 0, "hang": 0, "drop": 0, "error": 0, "overload": 0}
+
+    async def __aenter__(self) -> HsmServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.config.cps_max > 0:
+            self._bucket = TokenBucket(self.config.cps_max, self.config.bucket_size, now=loop.time())
+        self._server = await asyncio.start_server(self._serve, self.config.host, self.config.port,
+                                                  reuse_address=True, limit=READ_SIZE)  # fmt: skip
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("hsm_listening", host=self.config.host, port=self.port, header_length=self.config.header_length,
+                 lmk_check_value=self.hsm.lmk_check_value, test_lmk=self.hsm.lmk == TEST_LMK,
+                 firmware=self.hsm.firmware)  # fmt: skip
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        tasks = [t for c in self._connections for t in c.tasks]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.config.shutdown_grace_s)
+        for conn in list(self._connections):
+            conn.close()
+        readers = [t for t in self._readers if t is not asyncio.current_task()]
+        if readers:
+            await asyncio.wait(readers, timeout=self.config.shutdown_grace_s)
+        await self._server.wait_closed()
+        self._server = None
+        self.audit.flush()
+        log.info("hsm_stopped", **self.counts)
+
+    # ------------------------------------------------------------------------- read loop
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cfg = self.config
+        if len(self._connections) >= cfg.connections_max:
+            log.warning("hsm_connection_refused", reason="connections_max", connections=len(self._connections))
+            writer.close()
+            return
+        conn = _Connection(next(self._ids), writer, asyncio.Semaphore(cfg.in_flight_max))
+        me = asyncio.current_task()
+        if me is not None:
+            self._readers.add(me)
+            me.add_done_callback(self._readers.discard)
+        writer.transport.set_write_buffer_limits(high=cfg.write_buffer_max)
+        self._connections.add(conn)
+        frames = FrameReader(frame_size_max=cfg.frame_size_max)
+        loop = asyncio.get_running_loop()
+        reason = "eof"
+        log.info("hsm_connection_opened", conn=conn.id, peer=str(writer.get_extra_info("peername")))
+        try:
+            while not conn.closed:
+                try:
+                    data = await asyncio.wait_for(reader.read(READ_SIZE), cfg.idle_timeout_s)
+                except TimeoutError:
+                    reason = "idle"
+                    break
+                if not data:
+                    break
+                frames.receive_data(data)
+                while not conn.closed and (payload := frames.next_frame()) is not None:
+                    await conn.in_flight.acquire()
+                    self._dispatch(conn, payload, loop.time())
+                if not conn.closed:
+                    await writer.drain()  # waits only when the peer does not read
+            if conn.closed and reason == "eof":
+                reason = "dropped" if self._server is not None and self._server.is_serving() else "server_stopped"
+        except ProtocolError as exc:
+            reason = "bad_frame"
+            log.warning("hsm_bad_frame", conn=conn.id, reason=str(exc))
+        except ConnectionError:
+            reason = "reset"
+        finally:
+            if reason == "eof" and conn.tasks:  # the peer half-closed: finish what it asked for
+                await asyncio.wait(list(conn.tasks), timeout=cfg.shutdown_grace_s)
+            conn.close()
+            self._connections.discard(conn)
+            log.info("hsm_connection_closed", conn=conn.id, reason=reason)
+
+    def _dispatch(self, conn: _Connection, payload: bytes, received: float) -> None:
+        """Synchronous, in arrival order: parse, draw the fault, reserve capacity, start the task."""
+        try:
+            cmd = self.hsm.parse(payload)
+        except ProtocolError:
+            conn.in_flight.release()
+            raise
+        self.counts["commands"] += 1
+        fault = self.faults.decide()
+        if fault in (Fault.HANG, Fault.DROP):
+            self.counts[fault.value] += 1
+            conn.in_flight.release()
+            self._record(conn, cmd, None, {"command": cmd.code}, fault=fault, received=received, queued_s=0.0)
+            if fault is Fault.DROP:
+                conn.close()
+            return
+        wait, refused = 0.0, False
+        if self._bucket is not None:
+            if self._waiting >= self.config.queue_size_max:
+                refused = True
+            else:
+                wait = self._bucket.reserve(received)
+                if wait * 1000 > self.config.queue_timeout_ms:
+                    self._bucket.refund()
+                    refused, wait = True, 0.0
+                elif wait > 0:
+                    self._waiting += 1  # counted now: the frames of one read are dispatched before any task runs
+        task = asyncio.get_running_loop().create_task(self._process(conn, cmd, fault, received, wait, refused))
+        conn.tasks.add(task)
+        task.add_done_callback(conn.tasks.discard)
+
+    async def _process(
+        self, conn: _Connection, cmd: Command, fault: Fault, received: float, wait: float, refused: bool
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        wait_done = False
+        try:
+            if refused:
+                self.counts["overload"] += 1
+                error, body, event = self.config.overload_error_code, b"", {"command": cmd.code, "reason": "over capacity"}
+            else:
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    self._waiting -= 1
+                    wait_done = True
+                if fault is Fault.ERROR:
+                    self.counts["error"] += 1
+                    error, body, event = self.config.fault_error_code, b"", {"command": cmd.code}
+                else:
+                    error, body, event = self.hsm.handle(cmd)
+                delay = self.config.latency_s(cmd.code)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            conn.write(frame(build_response(cmd, error, body)))
+            self._record(conn, cmd, error, event, fault=fault, received=received, queued_s=wait,
+                         refused=refused, now=loop.time())  # fmt: skip
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("hsm_internal_error", conn=conn.id, command=cmd.code)
+            conn.write(frame(build_response(cmd, INTERNAL_ERROR, b"")))
+        finally:
+            if wait > 0 and not wait_done:  # cancelled while queued
+                self._waiting -= 1
+            conn.in_flight.release()
+
+    def _record(self, conn: _Connection, cmd: Command, error: str | None, event: dict[str, Any], *, fault: Fault,
+                received: float, queued_s: float, refused: bool = False, now: float | None = None) -> None:  # fmt: skip
+        header = mask_digits(cmd.header.decode("ascii", "replace"))
+        fields: dict[str, Any] = {"conn": conn.id, "header": header, **event,
+                                  "response": response_code(cmd.code) if error is not None else None,
+                                  "error": error, "fault": "overload" if refused else fault.value}  # fmt: skip
+        if now is not None:
+            fields["queue_ms"] = round(queued_s * 1000, 3)
+            fields["latency_ms"] = round((now - received) * 1000, 3)
+        self.audit.record(**fields)
+
+
+async def serve_until_signalled(server: HsmServer) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("hsm_stopping")
+        await server.stop()

@@ -1,0 +1,246 @@
+"""The switch's HSM client: pipelined connections to one or more payShield-style HSMs.
+
+Each connection carries many commands at once; the 4-character message header is the
+correlation id (the HSM returns it unchanged). Every call has a timeout. A background task
+health-checks each HSM with NC and reconnects with backoff; calls go to the first healthy
+HSM in the configured order and fail over to the next on a timeout or a broken connection.
+With no HSM answering, `call` raises HsmUnavailable quickly, and the engine declines (91):
+never an approval without the HSM's word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from hsm_mock.protocol import FrameReader, ProtocolError, frame
+
+log = structlog.get_logger()
+
+
+class HsmUnavailable(RuntimeError):
+    """No HSM answered in time; the message is declined and nothing is posted."""
+
+
+@dataclass(frozen=True, slots=True)
+class HsmReply:
+    code: str    # response code, e.g. "ND"
+    error: str   # "00" success, "01" verification failure, ...
+    body: bytes  # fields after the error code (trailer removed)
+
+
+@dataclass(frozen=True, slots=True)
+class HsmConfig:
+    endpoints: tuple[tuple[str, int], ...]
+    header_length: int = 4
+    call_timeout_ms: float = 300.0
+    connect_timeout_ms: float = 500.0
+    health_interval_s: float = 2.0
+    in_flight_max: int = 256          # per connection; callers wait beyond it
+    reconnect_backoff_s_max: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.endpoints:
+            raise ValueError("hsm endpoints: at least one HOST:PORT")
+        if self.header_length < 4:
+            raise ValueError("hsm header_length must be ≥ 4 (it carries the correlation id)")
+
+
+class _Connection:
+    """One TCP connection; responses matched to calls by header."""
+
+    def __init__(self, host: str, port: int, config: HsmConfig) -> None:
+        self.host, self.port, self.config = host, port, config
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.pending: dict[bytes, asyncio.Future[HsmReply]] = {}
+        self.ids = itertools.count()
+        self.slots = asyncio.Semaphore(config.in_flight_max)
+        self.read_task: asyncio.Task[None] | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.writer is not None and not self.writer.is_closing()
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), self.config.connect_timeout_ms / 1000)
+        self.read_task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    def _next_header(self) -> bytes:
+        n = self.config.header_length
+        while True:
+            header = f"{next(self.ids) % 10**n:0{n}d}".encode()
+            if header not in self.pending:
+                return header
+
+    async def call(self, code: str, body: bytes, timeout_s: float) -> HsmReply:
+        async with self.slots:
+            if not self.open:
+                raise ConnectionError("hsm connection closed")
+            header = self._next_header()
+            fut: asyncio.Future[HsmReply] = asyncio.get_running_loop().create_future()
+            self.pending[header] = fut
+            try:
+                self.writer.write(frame(header + code.encode() + body))
+                return await asyncio.wait_for(fut, timeout_s)
+            finally:
+                self.pending.pop(header, None)
+
+    async def _read_loop(self) -> None:
+        frames = FrameReader()
+        hl = self.config.header_length
+        try:
+            while True:
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                frames.receive_data(data)
+                while (payload := frames.next_frame()) is not None:
+                    fut = self.pending.get(payload[:hl])
+                    if fut is None or fut.done():
+                        continue  # a late answer to a call that timed out
+                    rest = payload[hl:]
+                    body = rest[4:].split(b"\x19", 1)[0]
+                    fut.set_result(HsmReply(rest[:2].decode("ascii", "replace"), rest[2:4].decode("ascii", "replace"),
+                                            body))
+        except (ConnectionError, OSError, ProtocolError):
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.close()
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("hsm connection lost"))
+        self.pending.clear()
+
+
+@dataclass
+class _Endpoint:
+    host: str
+    port: int
+    healthy: bool = False
+    conn: _Connection | None = None
+    failures: int = 0
+    last_check: float = 0.0
+    lmk_check: str = ""
+    calls: int = 0
+    errors: int = 0
+    reconnect_at: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class HsmPool:
+    def __init__(self, config: HsmConfig) -> None:
+        self.config = config
+        self.endpoints = [_Endpoint(h, p) for h, p in config.endpoints]
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await asyncio.gather(*(self._check(ep) for ep in self.endpoints))
+        self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+
+    async def close(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            try:
+                await self._health_task
+            except asyncio.CancelledError:
+                pass
+        for ep in self.endpoints:
+            if ep.conn is not None:
+                ep.conn.close()
+
+    @property
+    def healthy(self) -> list[str]:
+        return [ep.name for ep in self.endpoints if self._usable(ep)]
+
+    @staticmethod
+    def _usable(ep: _Endpoint) -> bool:
+        return ep.healthy and ep.conn is not None and ep.conn.open
+
+    async def call(self, code: str, body: bytes) -> HsmReply:
+        """Send one command to the first healthy HSM; fail over on timeout or broken link."""
+        timeout_s = self.config.call_timeout_ms / 1000
+        tried = []
+        for ep in self.endpoints:
+            if not self._usable(ep):
+                if ep.healthy:
+                    self._mark_down(ep, "connection closed")
+                continue
+            tried.append(ep.name)
+            try:
+                reply = await ep.conn.call(code, body, timeout_s)
+                ep.calls += 1
+                return reply
+            except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
+                ep.errors += 1
+                self._mark_down(ep, type(exc).__name__)
+        raise HsmUnavailable(f"no HSM answered {code} (tried: {', '.join(tried) or 'none healthy'})")
+
+    def _mark_down(self, ep: _Endpoint, reason: str) -> None:
+        if ep.healthy:
+            log.warning("hsm_down", hsm=ep.name, reason=reason)
+        ep.healthy = False
+        if ep.conn is not None:
+            ep.conn.close()
+            ep.conn = None
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval_s)
+            await asyncio.gather(*(self._check(ep) for ep in self.endpoints), return_exceptions=True)
+
+    async def _check(self, ep: _Endpoint) -> None:
+        """NC diagnostics on the endpoint's connection, reconnecting (with backoff) if needed."""
+        async with ep.lock:
+            now = time.monotonic()
+            if ep.conn is None or not ep.conn.open:
+                if now < ep.reconnect_at:
+                    return
+                try:
+                    conn = _Connection(ep.host, ep.port, self.config)
+                    await conn.connect()
+                    ep.conn = conn
+                except (asyncio.TimeoutError, OSError) as exc:
+                    ep.failures += 1
+                    backoff = min(self.config.reconnect_backoff_s_max, 0.1 * 2 ** min(ep.failures, 10))
+                    ep.reconnect_at = now + backoff
+                    self._mark_down(ep, type(exc).__name__)
+                    return
+            try:
+                reply = await ep.conn.call("NC", b"", self.config.call_timeout_ms / 1000)
+            except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
+                ep.failures += 1
+                self._mark_down(ep, type(exc).__name__)
+                return
+            ep.last_check = now
+            if reply.error != "00":
+                self._mark_down(ep, f"NC error {reply.error}")
+                return
+            if not ep.healthy:
+                ep.lmk_check = reply.body[:16].decode("ascii", "replace")
+                log.info("hsm_up", hsm=ep.name, lmk_check=ep.lmk_check)
+            ep.healthy = True
+            ep.failures = 0
+
+
+def parse_endpoints(text: str) -> tuple[tuple[str, int], ...]:
+    out = []
+    for part in text.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"--hsm: {part!r} is not HOST:PORT")
+        out.append((host or "127.0.0.1", int(port)))
+    return tuple(out)

@@ -1,0 +1,137 @@
+"""Terminal security through the HSM: MACs, PIN verification, response MACs, provisioning.
+
+The switch never holds a clear PIN or key. A secured terminal's BDK is stored encrypted
+under the HSM's LMK; the HSM derives the DUKPT transaction keys from it and the KSN the
+terminal sends in DE53. Profiles (docs/security.md):
+
+  none        no PIN, no MAC (legacy and certification terminals; logged as such)
+  dukpt-tdes  ANSI X9.24-1 TDES DUKPT: ISO-0 PIN blocks, X9.19 MACs (HSM commands G0, GW)
+  dukpt-aes   ANSI X9.24-3 AES DUKPT: ISO-4 PIN blocks, AES-CMAC MACs (HSM commands Z0, Z2)
+
+PINs are verified by Visa PVV: the PIN block is translated to the switch's ZPK (G0/Z0) and
+verified there against the card's PVV (EC); card issuance turns a PIN into a PVV (BA, DG).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hsm_mock.lmk import TEST_LMK, encrypt_key_under_lmk
+
+from .hsm_client import HsmPool, HsmReply, HsmUnavailable
+
+PROFILES = ("none", "dukpt-tdes", "dukpt-aes")
+SECURED = ("dukpt-tdes", "dukpt-aes")
+
+# The published test BDKs (ANSI X9.24-1 and X9.24-3 examples): `--keys test` provisions
+# terminals under them so any third-party terminal or test tool can be certified.
+TEST_BDK = {"dukpt-tdes": bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"),
+            "dukpt-aes": bytes.fromhex("FEDCBA9876543210F1F1F1F1F1F1F1F1")}
+TEST_KSI = {"dukpt-tdes": "FFFF987654", "dukpt-aes": "12345678"}
+BDK_KEY_TYPE = "009"
+PVKI = "1"
+PIN_TRIES_MAX = 3
+MAC_SIZE = 8  # bytes of DE64
+
+
+class SecurityError(RuntimeError):
+    """The HSM refused or failed a command; `error` is its 2-character code."""
+
+    def __init__(self, command: str, error: str) -> None:
+        super().__init__(f"HSM {command} answered error {error}")
+        self.command = command
+        self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalKeys:
+    profile: str
+    bdk: str          # BDK under the LMK, with its scheme tag
+    ksn_initial: str
+
+
+def initial_ksn(profile: str, device: int) -> str:
+    """TDES: KSI (10H) + 19-bit device id + 21-bit counter (0). AES: initial key ID = BDK
+    ID (8H) + derivation ID (8H), then a 32-bit counter (0)."""
+    if profile == "dukpt-tdes":
+        return TEST_KSI[profile] + f"{(device % (1 << 19)) << 21:010X}"
+    return TEST_KSI[profile] + f"{device:08X}" + "00000000"
+
+
+def provision_test_keys(profile: str, device: int) -> TerminalKeys:
+    """Keys under the public test BDKs. The BDK is put under the LMK here, with Thales'
+    public test LMK, so `--keys test` needs an HSM running the test LMK (docs/security.md)."""
+    bdk = encrypt_key_under_lmk(TEST_BDK[profile], BDK_KEY_TYPE, "U", lmk=TEST_LMK,
+                                check_key_parity=profile == "dukpt-tdes")
+    return TerminalKeys(profile=profile, bdk=bdk, ksn_initial=initial_ksn(profile, device))
+
+
+def _ok(reply: HsmReply, command: str, *, allow: tuple[str, ...] = ("00",)) -> HsmReply:
+    if reply.error not in allow:
+        raise SecurityError(command, reply.error)
+    return reply
+
+
+class Security:
+    """The switch's side of terminal security; every method is one or two HSM calls."""
+
+    def __init__(self, hsm: HsmPool, *, zpk: str, pvk: str) -> None:
+        self.hsm = hsm
+        self.zpk = zpk  # switch's ZPK under LMK: PIN blocks are verified under it
+        self.pvk = pvk  # PVK pair under LMK
+
+    @staticmethod
+    async def switch_keys(hsm: HsmPool) -> tuple[str, str]:
+        """Generate a ZPK and a PVK pair under the LMK (A0), for a new ledger."""
+        zpk = _ok(await hsm.call("A0", b"0001U"), "A0").body.decode()[:33]
+        pvk = _ok(await hsm.call("A0", b"0002U"), "A0").body.decode()[:33]
+        return zpk, pvk
+
+    async def verify_mac(self, keys: TerminalKeys, ksn: str, message: bytes, mac: str) -> bool:
+        if keys.profile == "dukpt-tdes":
+            body = (b"11" + keys.bdk.encode() + b"A05" + ksn.encode() + mac.encode()
+                    + f"{len(message):04d}".encode() + message)
+            return _ok(await self.hsm.call("GW", body), "GW", allow=("00", "01")).error == "00"
+        body = (b"101" + keys.bdk.encode() + ksn.encode() + mac.encode() + f"{len(message):04d}".encode() + message)
+        return _ok(await self.hsm.call("Z2", body), "Z2", allow=("00", "01")).error == "00"
+
+    async def response_mac(self, keys: TerminalKeys, ksn: str, message: bytes) -> str:
+        if keys.profile == "dukpt-tdes":
+            body = b"42" + keys.bdk.encode() + b"A05" + ksn.encode() + f"{len(message):04d}".encode() + message
+            return _ok(await self.hsm.call("GW", body), "GW").body.decode()[:16]
+        body = b"411" + keys.bdk.encode() + ksn.encode() + f"{len(message):04d}".encode() + message
+        return _ok(await self.hsm.call("Z2", body), "Z2").body.decode()[:16]
+
+    async def verify_pin(self, keys: TerminalKeys, ksn: str, pin_block: str, pan: str, pvv: str) -> bool:
+        """Translate the terminal's block to the switch ZPK (G0/Z0), then verify by PVV (EC)."""
+        account = _account(pan)
+        if keys.profile == "dukpt-tdes":
+            body = (keys.bdk.encode() + self.zpk.encode() + b"A05" + ksn.encode() + pin_block.encode()
+                    + b"0101" + account.encode())
+            reply = _ok(await self.hsm.call("G0", body), "G0")
+        else:
+            body = (keys.bdk.encode() + self.zpk.encode() + ksn.encode() + pin_block.encode() + b"01"
+                    + f"{len(pan):02d}".encode() + pan.encode())
+            reply = _ok(await self.hsm.call("Z0", body), "Z0")
+        zpk_block = reply.body.decode()[2:18]
+        body = self.zpk.encode() + self.pvk.encode() + zpk_block.encode() + b"01" + account.encode() + PVKI.encode() \
+            + pvv.encode()
+        return _ok(await self.hsm.call("EC", body), "EC", allow=("00", "01")).error == "00"
+
+    async def pvv_for(self, pin: str, pan: str) -> str:
+        """Card issuance: the PIN goes under the LMK (BA) and becomes a PVV (DG); only the PVV
+        is stored."""
+        account = _account(pan)
+        under_lmk = _ok(await self.hsm.call("BA", pin.encode() + account.encode()), "BA").body.decode()[:16]
+        reply = _ok(await self.hsm.call("DG", self.pvk.encode() + under_lmk.encode() + account.encode()
+                                        + PVKI.encode()), "DG")
+        return reply.body.decode()[:4]
+
+
+def _account(pan: str) -> str:
+    """The 12 rightmost PAN digits excluding the check digit."""
+    return pan[:-1][-12:].rjust(12, "0")
+
+
+__all__ = ["Security", "SecurityError", "HsmUnavailable", "TerminalKeys", "provision_test_keys", "PROFILES",
+           "SECURED", "PIN_TRIES_MAX"]

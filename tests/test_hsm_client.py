@@ -1,0 +1,126 @@
+"""The switch's HSM client against real hsm_mock services over TCP: pipelining, timeouts,
+health checks, failover to a second HSM, reconnect, and a fast 'unavailable'."""
+
+import asyncio
+import time
+
+import pytest
+
+from hsm_mock.config import HsmConfig as ServiceConfig
+from hsm_mock.service import FaultPlan, HsmServer
+from switch.hsm_client import HsmConfig, HsmPool, HsmUnavailable, parse_endpoints
+
+
+def service(**kw) -> HsmServer:
+    return HsmServer(ServiceConfig(port=0, **kw))
+
+
+def pool_for(*servers: HsmServer, **kw) -> HsmPool:
+    cfg = dict(call_timeout_ms=200, health_interval_s=0.1, reconnect_backoff_s_max=0.2)
+    cfg.update(kw)
+    return HsmPool(HsmConfig(endpoints=tuple(("127.0.0.1", s.port) for s in servers), **cfg))
+
+
+async def test_pipelined_calls_are_matched_by_header():
+    async with service(latency_ms=5) as hsm:
+        pool = pool_for(hsm)
+        await pool.start()
+        try:
+            replies = await asyncio.gather(*(pool.call("B2", b"0004" + f"{i:04d}".encode()) for i in range(50)))
+        finally:
+            await pool.close()
+    assert [r.error for r in replies] == ["00"] * 50
+    assert [r.body for r in replies] == [f"{i:04d}".encode() for i in range(50)]
+    assert {r.code for r in replies} == {"B3"}
+
+
+async def test_nc_health_check_reads_the_lmk_check_value():
+    async with service() as hsm:
+        pool = pool_for(hsm)
+        await pool.start()
+        try:
+            assert pool.healthy == [f"127.0.0.1:{hsm.port}"]
+            assert pool.endpoints[0].lmk_check == "7B44AC1DDEE2A94B"  # the public test LMK (docs/hsm.md)
+        finally:
+            await pool.close()
+
+
+async def test_failover_to_the_second_hsm_when_the_first_hangs():
+    async with service(fault_hang_share=1.0, fault_seed=1) as first, service() as second:
+        # the first HSM answers nothing: its NC health check fails at start
+        pool = pool_for(first, second)
+        await pool.start()
+        try:
+            assert pool.healthy == [f"127.0.0.1:{second.port}"]
+            reply = await pool.call("B2", b"0002ok")
+            assert (reply.error, reply.body) == ("00", b"ok")
+        finally:
+            await pool.close()
+
+
+async def test_a_timeout_marks_the_hsm_down_and_the_call_fails_over():
+    async with service() as first, service() as second:
+        pool = pool_for(first, second, health_interval_s=30)
+        await pool.start()
+        try:
+            assert len(pool.healthy) == 2
+            first.faults = FaultPlan(hang=1.0)  # from now on the first HSM swallows every command
+            started = time.perf_counter()
+            reply = await pool.call("B2", b"0002hi")
+            elapsed = time.perf_counter() - started
+            assert (reply.error, reply.body) == ("00", b"hi")
+            assert pool.healthy == [f"127.0.0.1:{second.port}"]
+            assert 0.2 <= elapsed < 1.0  # one call timeout (200 ms), then the second HSM
+        finally:
+            await pool.close()
+
+
+async def test_no_hsm_answering_raises_unavailable_quickly():
+    hsm = service()
+    await hsm.start()
+    port = hsm.port
+    await hsm.stop()  # nothing listens there any more
+    pool = HsmPool(HsmConfig(endpoints=(("127.0.0.1", port),), call_timeout_ms=200, health_interval_s=0.1))
+    await pool.start()
+    try:
+        started = time.perf_counter()
+        with pytest.raises(HsmUnavailable, match="none healthy"):
+            await pool.call("NC", b"")
+        assert time.perf_counter() - started < 0.05
+    finally:
+        await pool.close()
+
+
+async def test_reconnects_when_the_hsm_comes_back():
+    hsm = service()
+    await hsm.start()
+    port = hsm.port
+    pool = HsmPool(HsmConfig(endpoints=(("127.0.0.1", port),), call_timeout_ms=200, health_interval_s=0.05,
+                             reconnect_backoff_s_max=0.1))
+    await pool.start()
+    try:
+        assert (await pool.call("NC", b"")).error == "00"
+        await hsm.stop()
+        with pytest.raises((HsmUnavailable,)):
+            for _ in range(20):  # the health check notices the closed connection
+                await pool.call("NC", b"")
+                await asyncio.sleep(0.05)
+        again = HsmServer(ServiceConfig(port=port))
+        await again.start()
+        try:
+            for _ in range(100):
+                if pool.healthy:
+                    break
+                await asyncio.sleep(0.02)
+            assert pool.healthy == [f"127.0.0.1:{port}"]
+            assert (await pool.call("NC", b"")).error == "00"
+        finally:
+            await again.stop()
+    finally:
+        await pool.close()
+
+
+def test_endpoints_parse_and_reject():
+    assert parse_endpoints("127.0.0.1:1500,127.0.0.1:1501") == (("127.0.0.1", 1500), ("127.0.0.1", 1501))
+    with pytest.raises(ValueError, match="not HOST:PORT"):
+        parse_endpoints("localhost")
