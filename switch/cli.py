@@ -28,6 +28,13 @@ def _clock(args: argparse.Namespace) -> Clock:
     return OffsetClock(parse_instant(start)) if start else SystemClock()
 
 
+def _hsm(args: argparse.Namespace) -> Any:
+    from .hsm_client import HsmConfig, parse_endpoints
+
+    text = getattr(args, "hsm", None)
+    return HsmConfig(endpoints=parse_endpoints(text)) if text else None
+
+
 # ---------------------------------------------------------------------------- switch
 
 def cmd_switch(args: argparse.Namespace) -> int:
@@ -50,7 +57,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with open_core(config.data_dir, clock=_clock(args), batch_size_max=config.batch_size_max,
                              commit_interval_ms_max=config.commit_interval_ms_max,
-                             queue_size_max=config.queue_size_max) as core:
+                             queue_size_max=config.queue_size_max, hsm=_hsm(args)) as core:
             server = SwitchServer(config, Processor(core.engine, dialect), core.ops)
             await serve_until_signalled(server)
 
@@ -64,7 +71,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- admin
 
-def _admin_op(data_dir: Path, op: str, op_args: dict[str, Any], *, clock: Clock) -> dict[str, Any]:
+def _admin_op(data_dir: Path, op: str, op_args: dict[str, Any], *, clock: Clock, hsm: Any = None) -> dict[str, Any]:
     """Run an operation in the process that owns the data dir: here if no switch runs,
     else in the switch, over its control socket."""
     from .runtime import DataDirBusy, lock_data_dir, open_core, unlock
@@ -76,7 +83,7 @@ def _admin_op(data_dir: Path, op: str, op_args: dict[str, Any], *, clock: Clock)
         return _run(_control_call(control_socket_path(data_dir), op, op_args))
     try:
         async def direct() -> dict[str, Any]:
-            async with open_core(data_dir, clock=clock, commit_interval_ms_max=0.1) as core:
+            async with open_core(data_dir, clock=clock, commit_interval_ms_max=0.1, hsm=hsm) as core:
                 return await core.ops.run(op, op_args)
         return _run(direct())
     finally:
@@ -113,9 +120,11 @@ def _print(result: Any, as_json: bool) -> None:
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
+    from . import logs
     from .operations import OperationError
 
     data_dir = Path(args.data_dir)
+    logs.configure(stream=sys.stderr, level="warning")  # stdout carries the result (--json)
     try:
         result = ADMIN_ACTIONS[args.admin_action](args, data_dir)
     except OperationError as exc:
@@ -134,13 +143,13 @@ def _merchant_add(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 
 def _terminal_add(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
-    return _admin_op(data_dir, "terminal-add", {"tid": args.tid, "mid": args.mid, "security": args.security},
-                     clock=_clock(args))
+    return _admin_op(data_dir, "terminal-add", {"tid": args.tid, "mid": args.mid, "security": args.security,
+                                                 "keys": args.keys}, clock=_clock(args))
 
 
 def _card_issue(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
-    return _admin_op(data_dir, "card-issue", {"program": args.program, "member": args.member, "expiry": args.expiry},
-                     clock=_clock(args))
+    return _admin_op(data_dir, "card-issue", {"program": args.program, "member": args.member, "expiry": args.expiry,
+                                               "pin": args.pin}, clock=_clock(args), hsm=_hsm(args))
 
 
 def _card_charge(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
@@ -206,6 +215,7 @@ ADMIN_ACTIONS = {
     "card-charge": _card_charge,
     "card-block": _card_status("card-block"),
     "card-unblock": _card_status("card-unblock"),
+    "card-unblock-pin": _card_status("card-unblock-pin"),
     "card-show": _card_show,
     "verify": _verify,
     "seed": _seed,
@@ -238,12 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--data-dir", default="var", help="ledger and logs (default ./var)")
     sw.add_argument("--dialect", default="default", help="config/dialects/NAME.toml (default: default)")
     sw.add_argument("--clock-start", help="run the clock from this instant, e.g. 2019-07-20T12:00:00+09:00")
+    sw.add_argument("--hsm", help="HOST:PORT[,HOST:PORT…] of the HSMs, in failover order (eum hsm: 127.0.0.1:1500)")
     sw.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     sw.set_defaults(func=cmd_switch)
 
     ad = sub.add_parser("admin", help="operate on data: merchants, terminals, cards, verify, seed")
     ad.add_argument("--data-dir", default="var")
     ad.add_argument("--json", action="store_true", help="machine-readable output")
+    ad.add_argument("--hsm", help="HOST:PORT[,HOST:PORT] of the HSM, for card issue --pin when no switch runs")
     ad.add_argument("--clock-start", help="when no switch runs: date the operation at this instant "
                     "(e.g. the --clock-start the switch will use); a running switch uses its own clock")
     asub = ad.add_subparsers(dest="admin_group", required=True)
@@ -286,7 +298,8 @@ def _admin_parsers(asub: Any) -> None:
     ta = t.add_parser("add")
     ta.add_argument("--tid", required=True)
     ta.add_argument("--mid", required=True)
-    ta.add_argument("--security", default="none")
+    ta.add_argument("--security", default="none", help="none | dukpt-tdes | dukpt-aes")
+    ta.add_argument("--keys", default="test", help="key set: test (the published X9.24 test BDKs)")
     ta.set_defaults(admin_action="terminal-add")
 
     c = asub.add_parser("card").add_subparsers(dest="action", required=True)
@@ -294,12 +307,13 @@ def _admin_parsers(asub: Any) -> None:
     ci.add_argument("--program", required=True)
     ci.add_argument("--member")
     ci.add_argument("--expiry", help="YYMM (default: 5 years from now)")
+    ci.add_argument("--pin", help="4-12 digits; the HSM turns it into a PVV, which is all that is stored")
     ci.set_defaults(admin_action="card-issue")
     cc = c.add_parser("charge")
     cc.add_argument("--pan", required=True)
     cc.add_argument("--amount", type=int, required=True, help="won")
     cc.set_defaults(admin_action="card-charge")
-    for name in ("block", "unblock", "show"):
+    for name in ("block", "unblock", "unblock-pin", "show"):
         cp = c.add_parser(name)
         cp.add_argument("--pan", required=True)
         cp.set_defaults(admin_action=f"card-{name}")
@@ -311,7 +325,7 @@ def _admin_parsers(asub: Any) -> None:
     s.add_argument("--merchants", type=int, required=True)
     s.add_argument("--seed", type=int, default=1)
     s.set_defaults(admin_action="seed")
-    for sp in (ma, ta, ci, cc, v, s) + tuple(c.choices[n] for n in ("block", "unblock", "show")):
+    for sp in (ma, ta, ci, cc, v, s) + tuple(c.choices[n] for n in ("block", "unblock", "unblock-pin", "show")):
         _json_flag(sp)
 
 

@@ -30,8 +30,10 @@ from .domain import KST, month_key
 from .fees import quote_fee
 from .ledger import LedgerUnavailable, LedgerWriter, Unit
 from .messages import RESPONSE_MTI, Balances, Kind, Rc, Request, Response
+from .hsm_client import HsmUnavailable
 from .policy import Rules
-from .state import CardState, HotState, MessageState, PostingState
+from .security import PIN_TRIES_MAX, SECURED, Security, SecurityError, TerminalKeys
+from .state import CardState, HotState, MessageState, PostingState, Terminal
 
 log = structlog.get_logger()
 
@@ -50,6 +52,7 @@ class Outcome:
     note: str = ""
     replayed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    sign: tuple[TerminalKeys, str] | None = None  # the response gets a MAC under these keys and KSN
 
 
 class Decline(Exception):
@@ -69,16 +72,18 @@ def _merge(*entry_lists: list[tuple[str, int]]) -> list[tuple[str, int]]:
 
 
 class Engine:
-    def __init__(self, *, rules: Rules, state: HotState, writer: LedgerWriter, clock: Clock) -> None:
+    def __init__(self, *, rules: Rules, state: HotState, writer: LedgerWriter, clock: Clock,
+                 security: Security | None = None) -> None:
         self.rules = rules
         self.state = state
         self.writer = writer
         self.clock = clock
+        self.security = security
         self.signed_on: set[str] = set()
 
     # ------------------------------------------------------------------ entry point
 
-    async def handle(self, req: Request, fields: dict[str, str]) -> Outcome:
+    async def handle(self, req: Request, fields: dict[str, str], raw: bytes = b"") -> Outcome:
         if req.kind is Kind.NETWORK:
             return self._network(req, fields)
         terminal = self.state.terminal(req.terminal)
@@ -87,20 +92,99 @@ class Engine:
             return Outcome(self._response(req, fields, Rc.TERMINAL_NOT_PERMITTED), note=note)
         if req.merchant != terminal.mid:
             return Outcome(self._response(req, fields, Rc.TERMINAL_NOT_PERMITTED), note="DE42 is not the terminal's merchant")
+        sign = None
+        if terminal.security in SECURED:
+            keys = TerminalKeys(terminal.security, terminal.bdk, terminal.ksn_initial)
+            refused = await self._check_mac(req, fields, raw, keys)
+            if refused is not None:
+                return refused
+            sign = (keys, req.ksn)
+        elif req.pin_block:
+            return Outcome(self._response(req, fields, Rc.NOT_PERMITTED), note="PIN from a terminal without security")
+        outcome = await self._handle_financial(req, fields, terminal)
+        outcome.sign = sign
+        return outcome
+
+    async def _handle_financial(self, req: Request, fields: dict[str, str], terminal: Terminal) -> Outcome:
         prior = self.state.message(req.key)
         if prior is not None:
             return await self._replay(req, fields, prior)
         pending = MessageState(req.base_mti, req.digest, None, None, asyncio.get_running_loop().create_future())
         self.state.messages[req.key] = pending
         try:
-            outcome, unit = await self._decide(req, fields)
+            pin = await self._check_pin(req, terminal) if req.pin_block and req.kind is not Kind.REVERSAL else None
+            outcome, unit = await self._decide(req, fields, pin)
         except BaseException:
             del self.state.messages[req.key]
             pending.done.set_result(None)
             raise
         return await self._commit(req, pending, outcome, unit)
 
-    async def _decide(self, req: Request, fields: dict[str, str]) -> tuple[Outcome, Unit]:
+    # ------------------------------------------------------------------ security (through the HSM)
+
+    async def _check_mac(self, req: Request, fields: dict[str, str], raw: bytes, keys: TerminalKeys) -> Outcome | None:
+        """A secured terminal's request must carry its KSN (DE53) and a MAC (DE64) over every
+        byte of the message before the MAC; a bad MAC is answered 63 and nothing is done."""
+        if not req.ksn or not req.mac or len(req.ksn) != (20 if keys.profile == "dukpt-tdes" else 24):
+            field_no = "53" if not req.ksn or req.mac else "64"
+            return Outcome(self._response(req, fields, Rc.FORMAT_ERROR), note=f"DE{field_no} required by the "
+                           f"terminal's {keys.profile} profile")
+        if raw[-8:].hex().upper() != req.mac.upper():
+            return Outcome(self._response(req, fields, Rc.FORMAT_ERROR), note="DE64 must be the last field")
+        if self.security is None:
+            return Outcome(self._response(req, fields, Rc.HSM_UNAVAILABLE), note="no HSM configured")
+        try:
+            ok = await self.security.verify_mac(keys, req.ksn, raw[:-8], req.mac)
+        except HsmUnavailable:
+            return Outcome(self._response(req, fields, Rc.HSM_UNAVAILABLE), note="HSM unavailable")
+        except SecurityError as exc:
+            return Outcome(self._response(req, fields, Rc.SECURITY_VIOLATION), note=f"MAC: HSM error {exc.error}")
+        if not ok:
+            return Outcome(self._response(req, fields, Rc.SECURITY_VIOLATION), note="MAC does not verify")
+        return None
+
+    async def _check_pin(self, req: Request, terminal: Terminal) -> Decline | tuple[CardState, bool] | None:
+        """Verify the PIN block through the HSM. Returns a Decline to answer with, or the card
+        and whether the PIN was right (the decision then updates the wrong-PIN count)."""
+        card = self.state.card(req.pan)
+        if card is None:
+            return None  # the decision answers 14
+        if card.pin_blocked:
+            return Decline(Rc.PIN_TRIES_EXCEEDED, "PIN blocked")
+        if not card.pvv:
+            return Decline(Rc.INCORRECT_PIN, "card has no PIN")
+        keys = TerminalKeys(terminal.security, terminal.bdk, terminal.ksn_initial)
+        try:
+            ok = await self.security.verify_pin(keys, req.ksn, req.pin_block, req.pan, card.pvv)
+        except HsmUnavailable:
+            return Decline(Rc.HSM_UNAVAILABLE, "HSM unavailable")
+        except SecurityError as exc:
+            return Decline(Rc.INCORRECT_PIN if exc.error in ("20", "23", "24") else Rc.SECURITY_VIOLATION,
+                           f"PIN: HSM error {exc.error}")
+        return card, ok
+
+    def _pin_outcome(self, pin: Decline | tuple[CardState, bool] | None, unit: Unit) -> None:
+        """Apply a PIN verification: a wrong PIN counts (the third blocks the PIN), a right one
+        resets the count. Raises Decline when the message must be refused."""
+        if pin is None:
+            return
+        if isinstance(pin, Decline):
+            raise pin
+        card, ok = pin
+        if ok:
+            if card.pin_tries:
+                card.pin_tries = 0
+                unit.statements.append(("UPDATE cards SET pin_tries = 0 WHERE id = ?", (card.id,)))
+            return
+        card.pin_tries += 1
+        card.pin_blocked = card.pin_tries >= PIN_TRIES_MAX
+        unit.statements.append(("UPDATE cards SET pin_tries = ?, pin_blocked = ? WHERE id = ?",
+                                (card.pin_tries, int(card.pin_blocked), card.id)))
+        if card.pin_blocked:
+            raise Decline(Rc.PIN_TRIES_EXCEEDED, f"wrong PIN {card.pin_tries} times: PIN blocked")
+        raise Decline(Rc.INCORRECT_PIN, f"wrong PIN ({card.pin_tries} of {PIN_TRIES_MAX})")
+
+    async def _decide(self, req: Request, fields: dict[str, str], pin=None) -> tuple[Outcome, Unit]:
         now = self.clock.now()
         unit = Unit()
         if req.kind is Kind.REVERSAL:
@@ -111,9 +195,10 @@ class Engine:
         try:
             if self.state.tombstoned(req.key) and req.kind is not Kind.REVERSAL:
                 raise Decline(RC_REVERSED_BEFORE_ARRIVAL, "reversed before it arrived")
+            self._pin_outcome(pin, unit)
             outcome = self._dispatch(req, fields, unit, now)
         except Decline as d:
-            unit = Unit()
+            unit = Unit(statements=[s for s in unit.statements if s[0].startswith("UPDATE cards SET pin_")])
             outcome = Outcome(self._response(req, fields, d.rc), note=d.note)
         return outcome, unit
 

@@ -12,13 +12,17 @@ import json
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from .clock import Clock
 from .domain import DISTRICTS, KST, Merchant, mask_pan, month_key
 from .ledger import LedgerWriter, Unit
 from .policy import Rules
+from .security import PROFILES, SECURED, Security, provision_test_keys
 from .state import CardState, HotState, PostingState, Terminal
 
-SECURITY_PROFILES = ("none",)
+KEY_SETS = ("test",)
+log = structlog.get_logger()
 
 
 class OperationError(ValueError):
@@ -46,11 +50,13 @@ def default_expiry(now: datetime) -> str:
 
 
 class Operations:
-    def __init__(self, *, rules: Rules, state: HotState, writer: LedgerWriter, clock: Clock) -> None:
+    def __init__(self, *, rules: Rules, state: HotState, writer: LedgerWriter, clock: Clock,
+                 security: Security | None = None) -> None:
         self.rules = rules
         self.state = state
         self.writer = writer
         self.clock = clock
+        self.security = security
 
     async def run(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         handler = getattr(self, "op_" + op.replace("-", "_"), None)
@@ -80,24 +86,39 @@ class Operations:
         return {"mid": mid.strip(), "name": name, "district": district, "annual_sales": annual_sales,
                 "category": category, "online_mall": online_mall}
 
-    async def op_terminal_add(self, *, tid: str, mid: str, security: str = "none") -> dict[str, Any]:
+    async def op_terminal_add(self, *, tid: str, mid: str, security: str = "none", keys: str = "test") -> dict[str, Any]:
         if len(tid) != 8:
             raise OperationError("--tid must be exactly 8 characters (DE41)")
-        if security not in SECURITY_PROFILES:
-            raise OperationError(f"--security must be one of {', '.join(SECURITY_PROFILES)}")
+        if security not in PROFILES:
+            raise OperationError(f"--security must be one of {', '.join(PROFILES)}")
+        if keys not in KEY_SETS:
+            raise OperationError("--keys: only the published test key set ('test') is provisioned so far")
         mid = mid.ljust(15)
         if self.state.merchant(mid) is None:
             raise OperationError(f"merchant {mid.strip()} not found")
         if self.state.terminal(tid) is not None:
             raise OperationError(f"terminal {tid} already exists")
+        bdk = ksn = ""
+        if security in SECURED:
+            device = self.state.reader.secured_terminals() + len(
+                [t for t in self.state.terminals.values() if t.security != "none"]) + 1
+            provisioned = provision_test_keys(security, device)
+            bdk, ksn = provisioned.bdk, provisioned.ksn_initial
+        self.state.terminals[tid] = Terminal(tid=tid, mid=mid, security=security, bdk=bdk, ksn_initial=ksn)
         await self.writer.submit(Unit(statements=[(
-            "INSERT INTO terminals(tid, mid, security) VALUES (?,?,?)", (tid, mid, security))]))
-        self.state.terminals[tid] = Terminal(tid=tid, mid=mid, security=security)
-        return {"tid": tid, "mid": mid.strip(), "security": security}
+            "INSERT INTO terminals(tid, mid, security, bdk, ksn_initial) VALUES (?,?,?,?,?)",
+            (tid, mid, security, bdk, ksn))]))
+        out = {"tid": tid, "mid": mid.strip(), "security": security}
+        if security in SECURED:
+            out.update(keys=keys, ksn=ksn)
+        else:
+            log.warning("terminal_without_security", tid=tid, note="no PIN, no MAC: certification/legacy only")
+        return out
 
     # ------------------------------------------------------------------ cards
 
-    async def op_card_issue(self, *, program: str, member: str | None = None, expiry: str | None = None) -> dict[str, Any]:
+    async def op_card_issue(self, *, program: str, member: str | None = None, expiry: str | None = None,
+                            pin: str | None = None) -> dict[str, Any]:
         prog = self.rules.programs.get(program)
         if prog is None:
             raise OperationError(f"--program must be one of {', '.join(self.rules.programs)}")
@@ -105,15 +126,20 @@ class Operations:
         expiry = expiry or default_expiry(now)
         if len(expiry) != 4 or not expiry.isdigit() or not 1 <= int(expiry[2:]) <= 12:
             raise OperationError("--expiry must be YYMM")
+        if pin is not None and (not pin.isdigit() or not 4 <= len(pin) <= 12):
+            raise OperationError("--pin must be 4 to 12 digits")
+        if pin is not None and self.security is None:
+            raise OperationError("--pin needs an HSM: pass --hsm HOST:PORT (or run the switch with --hsm)")
         card_id = self.state.next_card_id
         self.state.next_card_id += 1
         pan = card_pan(prog.bins[0][0], card_id, prog.pan_length)
         member = member or f"M{card_id:09d}"
+        pvv = await self.security.pvv_for(pin, pan) if pin is not None else ""  # only the PVV is kept
         await self.writer.submit(Unit(statements=[(
-            "INSERT INTO cards(id, pan, program, member, expiry, status, issued_at) VALUES (?,?,?,?,?,?,?)",
-            (card_id, pan, program, member, expiry, "active", now.isoformat()))],
+            "INSERT INTO cards(id, pan, program, member, expiry, status, issued_at, pvv) VALUES (?,?,?,?,?,?,?,?)",
+            (card_id, pan, program, member, expiry, "active", now.isoformat(), pvv))],
             entries=[]))
-        card = CardState(card_id, pan, program, member, expiry, "active", 0, 0, 0)
+        card = CardState(card_id, pan, program, member, expiry, "active", 0, 0, 0, pvv=pvv)
         self.state.cards[pan] = card
         self.state.cards_by_id[card_id] = card
         return {"pan": pan, "expiry": expiry, "member": member, "program": program}
@@ -173,6 +199,13 @@ class Operations:
 
     async def op_card_unblock(self, *, pan: str) -> dict[str, Any]:
         return await self._set_status(pan, "active")
+
+    async def op_card_unblock_pin(self, *, pan: str) -> dict[str, Any]:
+        card = self._card(pan)
+        card.pin_tries, card.pin_blocked = 0, False
+        await self.writer.submit(Unit(statements=[
+            ("UPDATE cards SET pin_tries = 0, pin_blocked = 0 WHERE id = ?", (card.id,))]))
+        return {"pan": mask_pan(pan), "pin": "unblocked"}
 
 
 def card_pan(bin_prefix: str, card_id: int, pan_length: int) -> str:

@@ -11,9 +11,11 @@ from typing import AsyncIterator
 
 from .clock import Clock
 from .engine import Engine
-from .ledger import LedgerWriter, open_store
+from .hsm_client import HsmConfig, HsmPool
+from .ledger import LedgerWriter, Unit, open_store
 from .operations import Operations
 from .policy import Rules, default_config_dir, load_rules
+from .security import Security
 from .state import HotState, StoreReader
 
 
@@ -47,12 +49,13 @@ class Core:
     engine: Engine
     ops: Operations
     db_path: Path
+    hsm: HsmPool | None = None
 
 
 @contextlib.asynccontextmanager
 async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = None,
                     batch_size_max: int = 512, commit_interval_ms_max: float = 2.0,
-                    queue_size_max: int = 8192) -> AsyncIterator[Core]:
+                    queue_size_max: int = 8192, hsm: HsmConfig | None = None) -> AsyncIterator[Core]:
     """Store, hot state, writer, engine and operations for a data dir (caller holds the lock)."""
     rules = load_rules(config_dir or default_config_dir())
     db_path = open_store(data_dir)
@@ -61,10 +64,31 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
     writer = LedgerWriter(db_path, batch_size_max=batch_size_max, commit_interval_ms_max=commit_interval_ms_max,
                           queue_size_max=queue_size_max, on_failure=state.clear)
     writer.start()
-    engine = Engine(rules=rules, state=state, writer=writer, clock=clock)
-    ops = Operations(rules=rules, state=state, writer=writer, clock=clock)
+    pool = security = None
     try:
-        yield Core(rules, reader, state, writer, engine, ops, db_path)
+        if hsm is not None:
+            pool = HsmPool(hsm)
+            await pool.start()
+            security = await _switch_security(pool, reader, writer)
+        engine = Engine(rules=rules, state=state, writer=writer, clock=clock, security=security)
+        ops = Operations(rules=rules, state=state, writer=writer, clock=clock, security=security)
+        yield Core(rules, reader, state, writer, engine, ops, db_path, pool)
     finally:
+        if pool is not None:
+            await pool.close()
         await writer.close()
         reader.close()
+
+
+async def _switch_security(pool: HsmPool, reader: StoreReader, writer: LedgerWriter) -> Security:
+    """The switch's ZPK and PVK (under the LMK) live in the ledger's meta table; the first
+    start with an HSM has the HSM generate them (A0), so that first start needs an HSM
+    answering (HsmUnavailable otherwise). Later starts only read them."""
+    zpk, pvk = reader.meta("zpk"), reader.meta("pvk")
+    if zpk is None or pvk is None:
+        zpk, pvk = await Security.switch_keys(pool)
+        await writer.submit(Unit(statements=[
+            ("INSERT OR REPLACE INTO meta(key, value) VALUES ('zpk', ?)", (zpk,)),
+            ("INSERT OR REPLACE INTO meta(key, value) VALUES ('pvk', ?)", (pvk,)),
+        ]))
+    return Security(pool, zpk=zpk, pvk=pvk)

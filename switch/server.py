@@ -69,12 +69,13 @@ class Processor:
             log.exception("processing_failed", peer=peer, error=type(exc).__name__)
             out = _error_response(line.pop("_fields", {}), Rc.SYSTEM_ERROR)
         line.pop("_fields", None)
+        sign = line.pop("_sign", None)  # keys: never logged
         if out is None:
             line["latency_us"] = (time.perf_counter_ns() - started) // 1000
             log.warning("message_dropped", **line)
             return None
         try:
-            payload = encode_fields(out, self.dialect)
+            payload = await self._encode(out, sign, line)
             data = frame(self.dialect.framing, payload, tpdu=swap_tpdu(fr.tpdu) if fr.tpdu else b"")
         except (EncodeError, ValueError) as exc:
             log.error("response_encode_failed", peer=peer, error=str(exc))
@@ -84,6 +85,21 @@ class Processor:
         line.update(rc=rc, rrn=out.get("37", ""), latency_us=(time.perf_counter_ns() - started) // 1000)
         log.info("message", **line)
         return data
+
+    async def _encode(self, out: dict[str, str], sign: Any, line: dict[str, Any]) -> bytes:
+        """Encode; for a secured terminal, MAC the response under the request's KSN (the MAC is
+        the last 8 bytes). If the HSM fails here the posting stands: the response goes out
+        with a zero MAC, which the terminal rejects and reverses."""
+        if sign is None or self.engine.security is None:
+            return encode_fields(out, self.dialect)
+        payload = encode_fields({**out, "64": "0" * 16}, self.dialect)
+        keys, ksn = sign
+        try:
+            mac = await self.engine.security.response_mac(keys, ksn, payload[:-8])
+        except Exception as exc:  # HsmUnavailable, SecurityError
+            line["response_mac"] = f"failed: {type(exc).__name__}"
+            return payload
+        return payload[:-8] + bytes.fromhex(mac)
 
     async def _process(self, fr: Frame, line: dict[str, Any]) -> dict[str, str] | None:
         try:
@@ -107,8 +123,10 @@ class Processor:
         line["amount"] = req.amount
         if req.pan:
             line["pan"] = mask_pan(req.pan)
-        outcome = await self.engine.handle(req, fields)
+        outcome = await self.engine.handle(req, fields, fr.payload)
         line.update(fee=outcome.fee, cashback=outcome.cashback)
+        if outcome.sign is not None:
+            line["_sign"] = outcome.sign
         if outcome.note:
             line["note"] = outcome.note
         if outcome.replayed:

@@ -3,6 +3,12 @@
 The terminal keeps its STAN counter and its last financial request in a small state file
 (`--state-dir`, default ./var/terminals), so `eum terminal reverse` reverses the last
 transaction the way a POS does after a timeout, and STANs never repeat across runs.
+
+A secured terminal (`--security dukpt-tdes|dukpt-aes --ksn INITIAL`, remembered after the
+first run) also keeps its DUKPT state there: profile, key set, initial KSN and current KSN.
+The counter advances before each secured message and the state file is written *before*
+the message goes on the wire, so a crash or timeout never makes a KSN be used twice. The
+state file and the output never hold the PIN or the PIN block.
 """
 
 from __future__ import annotations
@@ -20,7 +26,12 @@ from switch.domain import mask_pan
 from switch.messages import Rc, decode_balances
 
 from .client import TerminalClient
+from .security import DUKPT_PROFILES, KEY_SETS, PROFILE_NONE, PROFILES, SECURED_MTIS, TerminalSecurity
 from .terminal import Terminal
+
+PIN_ACTIONS = ("purchase", "refund", "balance")
+EXIT_APPROVED, EXIT_DECLINED, EXIT_ERROR, EXIT_MAC_INVALID = 0, 1, 2, 3
+_NOT_IN_STATE = ("52", "53", "64", "128")  # PIN block, KSN, MAC: never written to the state file
 
 RC_TEXT = {
     "00": "approved", "12": "invalid transaction", "13": "invalid amount", "14": "unknown card",
@@ -48,6 +59,14 @@ def add_terminal_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> 
     tp.add_argument("--state-dir", default="var/terminals")
     tp.add_argument("--timeout-ms", type=float, default=5000)
     tp.add_argument("--json", action="store_true", help="print the response fields as JSON")
+    tp.add_argument("--pin", help="purchase/refund/balance: the cardholder's PIN, sent only as an encrypted "
+                                  "PIN block (needs a DUKPT profile)")
+    tp.add_argument("--security", choices=PROFILES,
+                    help="the terminal's security profile (default: as in its state file, else none)")
+    tp.add_argument("--ksn", help="initial KSN of a DUKPT terminal (counter 0), as `eum admin terminal add "
+                                  "--json` prints it; needed once, then remembered with the counter")
+    tp.add_argument("--keys", choices=KEY_SETS, default="test",
+                    help="key set the terminal was injected with: the public test BDKs")
     tp.set_defaults(func=func)
 
 
@@ -102,41 +121,103 @@ def build_request(args: argparse.Namespace, term: Terminal, state: dict[str, Any
     return term.balance(args.pan, expiry=args.expiry)
 
 
-async def _exchange(args: argparse.Namespace) -> tuple[list[dict[str, str]], dict[str, Any]]:
+def terminal_security(args: argparse.Namespace, state: dict[str, Any]) -> TerminalSecurity | None:
+    """The terminal's DUKPT state: from the state file, unless --security/--ksn re-provision it
+    (another profile or initial KSN: the counter restarts at that KSN). None for `none`."""
+    stored = state.get("security") or {"profile": PROFILE_NONE}
+    profile = args.security or stored["profile"]
+    if profile == PROFILE_NONE:
+        if args.ksn:
+            raise ValueError("--ksn is for a DUKPT terminal: give --security dukpt-tdes or dukpt-aes")
+        return None
+    same_profile = stored["profile"] == profile and stored.get("keys", "test") == args.keys
+    initial = args.ksn or (stored.get("initial_ksn") if same_profile else None)
+    if not initial:
+        raise ValueError(f"--ksn (the initial KSN) is required the first time a terminal uses {profile}")
+    fresh = TerminalSecurity.for_test_keys(profile, initial)
+    if same_profile and stored.get("initial_ksn") == fresh.initial_ksn:
+        return TerminalSecurity.from_state(stored)  # the same injected key: continue its counter
+    return fresh
+
+
+def _security_state(security: TerminalSecurity | None) -> dict[str, str]:
+    return security.to_state() if security is not None else {"profile": PROFILE_NONE}
+
+
+def _check_pin_use(args: argparse.Namespace, security: TerminalSecurity | None) -> None:
+    if args.pin is None:
+        return
+    if args.action not in PIN_ACTIONS:
+        raise ValueError(f"--pin is for {', '.join(PIN_ACTIONS)}")
+    if security is None:
+        raise ValueError(f"--pin needs a DUKPT terminal (--security {' or '.join(DUKPT_PROFILES)}): "
+                         "a PIN never goes out in clear")
+
+
+async def _exchange(args: argparse.Namespace) -> tuple[list[dict[str, str]], dict[str, Any], TerminalClient]:
     state = _load_state(args)
     mid = args.mid or state.get("mid")
     if not mid:
         raise ValueError("--mid is required the first time a terminal is used")
+    security = terminal_security(args, state)
+    _check_pin_use(args, security)
     term = Terminal(args.tid, mid, stan=state.get("stan", 0))
     host, port = parse_hostport(args.switch)
-    answers = []
-    async with TerminalClient(host, port, load_dialect(args.dialect), response_timeout_ms=args.timeout_ms) as client:
-        if args.action not in ("sign-on", "sign-off", "echo"):
-            answers.append(await client.request(term.sign_on()))  # a POS signs on when it connects
-        request = build_request(args, term, state)
-        answers.append(await client.request(request))
-    state.update(stan=term.stan, mid=mid)
-    if request["t"] == "0200":
-        state["last"] = request
+    dialect = load_dialect(args.dialect)
+    sign_on = term.sign_on() if args.action not in ("sign-on", "sign-off", "echo") else None  # a POS signs on when it connects
+    request = build_request(args, term, state)
+    client = TerminalClient(host, port, dialect, response_timeout_ms=args.timeout_ms, security=security)
+    secured, _ = client.secure(request, pin=args.pin, pan=args.pan)  # advances the KSN
+    # STAN and KSN are spent from here on: persist them before anything goes on the wire.
+    state.update(stan=term.stan, mid=mid, security=_security_state(security))
     _save_state(args, state)
-    return answers, state
+    answers = []
+    async with client:
+        if sign_on is not None:
+            answers.append(await client.request(sign_on))
+        answers.append(await client.request(secured))  # carries DE53: signed under that KSN
+    if request["t"] == "0200":
+        state["last"] = {k: v for k, v in request.items() if k not in _NOT_IN_STATE}
+        _save_state(args, state)
+    return answers, state, client
+
+
+def _mac_verdict(client: TerminalClient) -> str | None:
+    """ok / INVALID / absent for a secured request's response; None when nothing was secured."""
+    if "53" not in client.last_request or client.last_request.get("t") not in SECURED_MTIS:
+        return None
+    ok = client.last_response_mac_ok
+    if ok is None:
+        return "absent"
+    return "ok" if ok else "INVALID"
 
 
 def run_terminal(args: argparse.Namespace) -> int:
     try:
-        answers, _ = asyncio.run(_exchange(args))
+        answers, _, client = asyncio.run(_exchange(args))
     except (ValueError, OSError, asyncio.TimeoutError) as exc:
         print(f"eum terminal: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     final = answers[-1]
     if final is None:
         print("eum terminal: the switch closed the connection without answering", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
+    verdict = _mac_verdict(client)
     if args.json:
         out = dict(final)
         if "2" in out:
             out["2"] = mask_pan(out["2"])
+        if verdict is not None:
+            out["response_mac"] = verdict
         print(json.dumps(out))
     else:
-        print("\n".join(describe(final)))
-    return 0 if final.get("39") == "00" else 1
+        lines = describe(final)
+        if verdict is not None:
+            lines.append(f"security {client.security.profile}  ksn {client.last_request['53']}  "
+                         f"response MAC {verdict}")
+        print("\n".join(lines))
+    # An approval whose MAC is missing is as untrustworthy as one whose MAC is wrong.
+    if verdict == "INVALID" or (verdict == "absent" and final.get("39") == "00"):
+        print(f"eum terminal: response MAC {verdict}: the answer cannot be trusted", file=sys.stderr)
+        return EXIT_MAC_INVALID
+    return EXIT_APPROVED if final.get("39") == "00" else EXIT_DECLINED

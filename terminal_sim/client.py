@@ -1,4 +1,9 @@
-"""asyncio TCP client for one terminal connection: frames, encodes, waits for the answer."""
+"""asyncio TCP client for one terminal connection: frames, encodes, waits for the answer.
+
+With a `TerminalSecurity`, secured requests (0200/0400/0420 and their repeats) go out with
+DE53, DE52 (when a PIN is given) and a MAC, and the response's MAC is checked against the
+request's KSN (`last_response_mac_ok`). The cryptography is in terminal_sim.security.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,27 @@ import asyncio
 from switch.codec import Dialect, decode_fields, encode_fields
 from switch.framing import FrameBuffer, frame
 
+from .security import SECURED_MTIS, TerminalSecurity, mac_field
+
 DEFAULT_TPDU = bytes.fromhex("6000010000")
 
 
 class TerminalClient:
-    def __init__(self, host: str, port: int, dialect: Dialect, *, response_timeout_ms: float = 5000) -> None:
+    def __init__(self, host: str, port: int, dialect: Dialect, *, response_timeout_ms: float = 5000,
+                 security: TerminalSecurity | None = None) -> None:
         self.host = host
         self.port = port
         self.dialect = dialect
         self.response_timeout_ms = response_timeout_ms
+        self.security = security
         self.buffer = FrameBuffer(dialect.framing)
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.last_tpdu = b""
         self.last_response_bytes = b""  # the last response frame as it came off the wire
+        self.last_response_payload = b""  # the same without length header and TPDU: the MAC input
+        self.last_request: dict[str, str] = {}  # the fields last sent (secured: with DE52/DE53)
+        self.last_response_mac_ok: bool | None = None  # None: nothing to verify (no MAC, or not secured)
 
     async def connect(self) -> "TerminalClient":
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
@@ -44,9 +56,24 @@ class TerminalClient:
         self.writer.write(data)
         await self.writer.drain()
 
+    def _frame(self, payload: bytes) -> bytes:
+        return frame(self.dialect.framing, payload, tpdu=DEFAULT_TPDU if self.dialect.framing.tpdu else b"")
+
     def encode(self, fields: dict[str, str]) -> bytes:
-        return frame(self.dialect.framing, encode_fields(fields, self.dialect),
-                     tpdu=DEFAULT_TPDU if self.dialect.framing.tpdu else b"")
+        return self._frame(encode_fields(fields, self.dialect))
+
+    def secure(self, fields: dict[str, str], *, pin: str | None = None,
+               pan: str | None = None) -> tuple[dict[str, str], bytes]:
+        """Sans I/O: the fields as they will be sent and the signed payload. Without security,
+        or for an MTI that is not secured, the fields as given (a PIN then is an error: it
+        cannot go out in clear)."""
+        if self.security is None or fields.get("t") not in SECURED_MTIS:
+            if pin is not None:
+                raise ValueError("a PIN needs a DUKPT-secured terminal and a financial MTI")
+            return dict(fields), encode_fields(fields, self.dialect)
+        secured = self.security.protect(fields, pin=pin, pan=pan)
+        payload = self.security.sign(encode_fields(secured, self.dialect), ksn=secured["53"])
+        return secured, payload
 
     async def receive(self) -> dict[str, str] | None:
         """The next response, or None when the switch closed the connection."""
@@ -55,6 +82,7 @@ class TerminalClient:
                 fr = self.buffer.next_frame()
                 if fr is not None:
                     self.last_tpdu = fr.tpdu
+                    self.last_response_payload = fr.payload
                     self.last_response_bytes = frame(self.dialect.framing, fr.payload, tpdu=fr.tpdu)
                     return decode_fields(fr.payload, self.dialect)
                 data = await self.reader.read(65536)
@@ -63,6 +91,31 @@ class TerminalClient:
                 self.buffer.receive_data(data)
         return await asyncio.wait_for(read(), self.response_timeout_ms / 1000)
 
-    async def request(self, fields: dict[str, str]) -> dict[str, str] | None:
-        await self.send_raw(self.encode(fields))
-        return await self.receive()
+    async def request(self, fields: dict[str, str], *, pin: str | None = None,
+                      pan: str | None = None) -> dict[str, str] | None:
+        """Send one request and wait for its answer. A secured original advances the KSN;
+        a repeat reuses its original's KSN and PIN block; fields that carry DE53 are re-signed
+        under that KSN (see `resend`)."""
+        secured, payload = self.secure(fields, pin=pin, pan=pan)
+        self.last_request = secured
+        self.last_response_mac_ok = None
+        await self.send_raw(self._frame(payload))
+        response = await self.receive()
+        if response is not None and "53" in secured:
+            self.last_response_mac_ok = self._response_mac_ok(response, secured["53"])
+        return response
+
+    async def resend(self, fields: dict[str, str]) -> dict[str, str] | None:
+        """Send secured fields again (e.g. `Terminal.repeat(client.last_request)`) under the
+        KSN in their DE53, with their DE52: no counter advance."""
+        if self.security is not None and fields.get("t") in SECURED_MTIS and "53" not in fields:
+            raise ValueError("resend needs fields that were secured before (with DE53)")
+        return await self.request(fields)
+
+    def _response_mac_ok(self, response: dict[str, str], ksn: str) -> bool | None:
+        field = mac_field(response)
+        if field not in response:
+            stray = "64" in response or "128" in response
+            return False if stray else None  # a MAC in a field that is not last cannot be right
+        assert self.security is not None
+        return self.security.verify_response(self.last_response_payload, ksn=ksn)

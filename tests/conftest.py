@@ -55,11 +55,12 @@ class SwitchEnv:
 
 @contextlib.asynccontextmanager
 async def start_switch(data_dir: Path, *, clock: FixedClock, dialect: str = "default",
-                       dialect_dir: Path | None = None, **config_kw) -> AsyncIterator[SwitchEnv]:
+                       dialect_dir: Path | None = None, hsm=None, **config_kw) -> AsyncIterator[SwitchEnv]:
     config = SwitchConfig(port=0, data_dir=data_dir, dialect=dialect, **config_kw)
     fd = lock_data_dir(data_dir, wait=False)
     try:
-        async with open_core(data_dir, clock=clock, commit_interval_ms_max=config.commit_interval_ms_max) as core:
+        async with open_core(data_dir, clock=clock, commit_interval_ms_max=config.commit_interval_ms_max,
+                             hsm=hsm) as core:
             d = load_dialect(dialect, directory=dialect_dir)
             server = SwitchServer(config, Processor(core.engine, d), core.ops)
             await server.start()

@@ -111,13 +111,16 @@ async def test_same_key_different_content_is_declined_94_and_posts_nothing(switc
     assert verify(env.core.db_path).ok
 
 
-async def test_pin_block_and_mac_do_not_change_the_idempotency_digest(switch_env):
+async def test_mac_does_not_change_the_idempotency_digest(switch_env):
     env = switch_env
     client, term = await env.signed_on()
     req = term.purchase(env.cards["incheon"]["pan"], 5_000)
-    first = await client.request({**req, "52": "0123456789ABCDEF"})
-    second = await client.request({**req, "52": "FEDCBA9876543210"})
+    first = await client.request({**req, "64": "0123456789ABCDEF"})
+    second = await client.request({**req, "64": "FEDCBA9876543210"})
+    # a PIN block from a terminal whose profile is none cannot be verified: 57, nothing stored
+    refused = await client.request({**term.purchase(env.cards["incheon"]["pan"], 5_000), "52": "0123456789ABCDEF"})
     await client.close()
+    assert refused["39"] == "57"
     assert first["39"] == "00" and second == first
     assert len(postings(env.core.db_path, "purchase")) == 1
     assert verify(env.core.db_path).ok

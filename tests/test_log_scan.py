@@ -58,11 +58,15 @@ async def _traffic(env) -> tuple[list[str], list[str], dict[str, str]]:
     track2 = [f"{incheon['pan']}={incheon['expiry']}1011234567890", "9410100000000011=31121011234567890"]
 
     client, term = await env.signed_on()
-    bought = await client.request({**term.purchase(namdong["pan"], 20_000), "52": PIN_BLOCKS[0]})
+    # a PIN block from a terminal without security is refused (57) but still logged: scanned below
+    assert (await client.request({**term.purchase(namdong["pan"], 20_000), "52": PIN_BLOCKS[0]}))["39"] == "57"
+    bought = await client.request(term.purchase(namdong["pan"], 20_000))
     assert bought["39"] == "00"
     by_track = term.purchase(incheon["pan"], 5_000)
     del by_track["2"]
     by_track.update({"35": track2[0], "52": PIN_BLOCKS[1]})
+    assert (await client.request(by_track))["39"] == "57"
+    del by_track["52"]
     assert (await client.request(by_track))["39"] == "00"
     stale_track = {**by_track, "35": track2[1], "11": "000900"}
     assert (await client.request(stale_track))["39"] == "14"  # the track's expiry is not the card's
@@ -70,8 +74,9 @@ async def _traffic(env) -> tuple[list[str], list[str], dict[str, str]]:
     assert (await client.request(term.reversal(term.purchase(incheon["pan"], 1_000))))["39"] == "00"
     assert (await client.request(term.balance(namdong["pan"])))["39"] == "00"
     for pan, rc in ((UNKNOWN_PAN, "14"), (blocked["pan"], "62"), (expired["pan"], "54"), (incheon["pan"], "51")):
-        resp = await client.request({**term.purchase(pan, 900_000 if rc == "51" else 1_000), "52": PIN_BLOCKS[2]})
+        resp = await client.request(term.purchase(pan, 900_000 if rc == "51" else 1_000))
         assert resp["39"] == rc
+    assert (await client.request({**term.purchase(incheon["pan"], 1_000), "52": PIN_BLOCKS[2]}))["39"] == "57"
     assert (await client.request({**term.purchase(namdong["pan"], 1), "4": "00000000abcd"}))["39"] == "30"
     dup = term.purchase(namdong["pan"], 1_000)
     assert (await client.request(dup))["39"] == "00"

@@ -1,0 +1,358 @@
+"""A terminal's DUKPT security, sans I/O: KSN counter, PIN blocks, request MACs, response MACs.
+
+Profiles (`eum admin terminal add --security ...`): `none` (no object of this class: the
+terminal sends neither PIN nor MAC), `dukpt-tdes` (ANSI X9.24-1:2009) and `dukpt-aes`
+(ANSI X9.24-3:2017, AES-128 working keys). `mac` (a static TAK) is not simulated here.
+
+Key injection. A real terminal leaves the key-injection facility holding only its initial key
+(TDES IPEK, AES initial key) and initial KSN; the BDK never enters it. terminal_sim plays
+that facility too: for the certification key set (`keys="test"`, the only one supported) it
+derives the initial key from the *public* test BDK, TDES `0123456789ABCDEFFEDCBA9876543210`
+(X9.24-1 Annex A) or AES-128 `FEDCBA9876543210F1F1F1F1F1F1F1F1` (X9.24-3 Annex B), the same
+BDKs `eum admin terminal add --keys test` provisions at the switch. From then on only the
+initial key is used. Production key sets stay in the HSM and cannot be simulated this way.
+
+Wire contract (docs/host-interface.md; the switch implements the other side):
+    - Before each secured message (0200, 0400, 0420) the terminal advances to its next KSN
+      (X9.24 skips counters with too many one-bits) and uses that KSN's keys; a repeat
+      (0201, 0401, 0421) reuses its original's KSN and PIN block.
+    - DE53: the current KSN, ASCII hex (20 TDES, 24 AES).
+    - DE52: the encrypted PIN block, binary: TDES, ISO 9564 format 0 under the PIN variant
+      of the transaction key (8 bytes); AES, ISO format 4 under the usage-1000 working key
+      (16 bytes). In pyiso8583 dict form, uppercase hex.
+    - MAC (8 bytes) in the message's last field, DE64, or DE128 when the secondary bitmap is
+      present (a reversal's DE90/DE95). Input: the encoded message (MTI, bitmaps, fields; no
+      length header, no TPDU) up to the MAC itself. TDES: ANSI X9.19 = ISO 9797-1 algorithm 3,
+      padding method 1, MAC-request variant; AES: AES-CMAC with the usage-2000 key, leftmost
+      8 bytes. The response carries a MAC made the same way with the response key of the
+      request's KSN (TDES MAC-response variant; AES usage 2001).
+
+Nothing here logs, and no exception message carries a key, PIN or PIN block. The state
+(`to_state`) is the profile, the key set name and the KSNs: all public on the wire anyway.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from hsm_mock import dukpt, pinblock
+from hsm_mock.crypto import aes_cmac, mac_iso9797_alg3, tdes_ecb_encrypt_once
+
+from .terminal import REPEAT_MTI
+
+PROFILE_NONE = "none"
+PROFILE_TDES = "dukpt-tdes"
+PROFILE_AES = "dukpt-aes"
+PROFILES = (PROFILE_NONE, PROFILE_TDES, PROFILE_AES)
+DUKPT_PROFILES = (PROFILE_TDES, PROFILE_AES)
+KEY_SETS = ("test",)
+
+# The certification key set: published test BDKs (REFERENCE.md "Standard test vectors").
+TEST_BDKS = {
+    PROFILE_TDES: bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"),  # ANSI X9.24-1 Annex A
+    PROFILE_AES: bytes.fromhex("FEDCBA9876543210F1F1F1F1F1F1F1F1"),  # ANSI X9.24-3 Annex B
+}
+KSN_HEX_SIZE = {PROFILE_TDES: 2 * dukpt.TDES_KSN_SIZE, PROFILE_AES: 2 * dukpt.AES_KSN_SIZE}
+
+MAC_SIZE = 8
+MAC_PLACEHOLDER = "00" * MAC_SIZE
+KEY_CACHE_SIZE_MAX = 8  # KSNs whose working keys stay derived (the current one and a few repeats)
+SENT_REMEMBERED_MAX = 64  # originals whose KSN and PIN block a repeat may still need
+
+ORIGINAL_MTI = {repeat: original for original, repeat in REPEAT_MTI.items()}
+SECURED_MTIS = frozenset(REPEAT_MTI) | frozenset(ORIGINAL_MTI)
+
+
+class SecurityError(ValueError):
+    """Terminal-side security cannot proceed (bad profile, KSN, state, or call order).
+    Messages name the rule, never a key, PIN, PAN or PIN block."""
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """What provisioning fixed: profile, key set and the initial KSN (counter 0)."""
+
+    profile: str
+    initial_ksn: str
+    keys: str = "test"
+
+    def __post_init__(self) -> None:
+        if self.profile not in DUKPT_PROFILES:
+            raise SecurityError(f"security profile must be one of {', '.join(DUKPT_PROFILES)}")
+        if self.keys not in KEY_SETS:
+            raise SecurityError(f"key set must be one of {', '.join(KEY_SETS)}")
+        object.__setattr__(self, "initial_ksn", _ksn_text(self.profile, self.initial_ksn, what="initial KSN"))
+        if _counter(self.profile, self.initial_ksn) != 0:
+            raise SecurityError("initial KSN must have transaction counter 0")
+
+
+@dataclass(frozen=True, repr=False)
+class _WorkingKeys:
+    pin: bytes
+    mac_request: bytes
+    mac_response: bytes
+
+
+@dataclass(frozen=True, repr=False)
+class _Sent:
+    ksn: str
+    pin_block: str | None
+
+
+def _ksn_text(profile: str, ksn: str, *, what: str = "KSN") -> str:
+    size = KSN_HEX_SIZE[profile]
+    if not isinstance(ksn, str) or len(ksn) != size:
+        raise SecurityError(f"{what} must be {size} hex digits for {profile}")
+    try:
+        bytes.fromhex(ksn)
+    except ValueError:
+        raise SecurityError(f"{what} is not valid hex") from None
+    return ksn.upper()
+
+
+def _counter(profile: str, ksn: str) -> int:
+    if profile == PROFILE_TDES:
+        return dukpt.tdes_ksn_counter(ksn)
+    return dukpt.aes_ksn_counter(ksn)
+
+
+def _device(profile: str, ksn: str) -> str:
+    """The KSN without its counter: what every KSN of one initial key shares."""
+    if profile == PROFILE_TDES:
+        value = int(ksn, 16) & ~dukpt.TDES_COUNTER_MASK
+        return f"{value:0{KSN_HEX_SIZE[profile]}X}"
+    return ksn[: 2 * dukpt.AES_IKID_SIZE]
+
+
+def mac_field(fields: dict[str, str]) -> str:
+    """Where the MAC goes: DE128 when any field 65..127 needs the secondary bitmap, else DE64
+    (ISO 8583: the MAC is always the message's last field)."""
+    secondary = any(k.isdigit() and 65 <= int(k) <= 127 for k in fields)
+    return "128" if secondary else "64"
+
+
+class TerminalSecurity:
+    """One terminal's DUKPT state: a frozen config, its initial key, and the current KSN.
+
+    `next_ksn()` advances the counter; `pin_block`, `sign` and `verify_response` use the keys
+    of the current KSN unless given another of this terminal's KSNs (a repeat's). `protect`
+    does all of it at the field level for one request.
+    """
+
+    def __init__(self, config: SecurityConfig, initial_key: bytes, *, ksn: str | None = None) -> None:
+        self.config = config
+        self._initial_key = bytes(initial_key)
+        self._ksn = config.initial_ksn
+        self._keys: OrderedDict[str, _WorkingKeys] = OrderedDict()
+        self._sent: OrderedDict[tuple[str, str, str], _Sent] = OrderedDict()
+        if ksn is not None:
+            self._ksn = self._own_ksn(ksn)
+
+    # ------------------------------------------------------------------ construction, state
+
+    @classmethod
+    def for_test_keys(cls, profile: str, ksn: str) -> TerminalSecurity:
+        """A terminal injected under the public test BDK of `profile`, initial KSN `ksn`."""
+        config = SecurityConfig(profile=profile, initial_ksn=ksn, keys="test")
+        return cls(config, _initial_key(config))
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> TerminalSecurity:
+        """Inverse of `to_state`: the terminal continues from its saved counter."""
+        try:
+            config = SecurityConfig(profile=state["profile"], initial_ksn=state["initial_ksn"],
+                                    keys=state.get("keys", "test"))
+            ksn = state["ksn"]
+        except (KeyError, TypeError):
+            raise SecurityError("security state lacks profile, initial_ksn or ksn") from None
+        return cls(config, _initial_key(config), ksn=ksn)
+
+    def to_state(self) -> dict[str, str]:
+        """Public values only: profile, key set name, initial and current KSN."""
+        return {"profile": self.profile, "keys": self.config.keys,
+                "initial_ksn": self.config.initial_ksn, "ksn": self._ksn}
+
+    def __repr__(self) -> str:
+        return f"TerminalSecurity(profile={self.profile!r}, ksn={self._ksn!r})"
+
+    @property
+    def profile(self) -> str:
+        return self.config.profile
+
+    @property
+    def initial_ksn(self) -> str:
+        return self.config.initial_ksn
+
+    @property
+    def ksn(self) -> str:
+        """The current KSN: the one the last secured message used (the initial one before any)."""
+        return self._ksn
+
+    @property
+    def counter(self) -> int:
+        return _counter(self.profile, self._ksn)
+
+    # ------------------------------------------------------------------ counter
+
+    def next_ksn(self) -> str:
+        """Advance to the next valid KSN (X9.24: at most 10 (TDES) / 16 (AES) counter one-bits)
+        and return it. Raises SecurityError when the counter is spent: the terminal needs a
+        new initial key."""
+        try:
+            raw = dukpt.tdes_next_ksn(self._ksn) if self.profile == PROFILE_TDES else dukpt.aes_next_ksn(self._ksn)
+        except dukpt.DukptError as exc:
+            raise SecurityError(f"{exc}: inject a new initial key") from None
+        self._ksn = raw.hex().upper()
+        return self._ksn
+
+    def _own_ksn(self, ksn: str) -> str:
+        text = _ksn_text(self.profile, ksn)
+        if _device(self.profile, text) != _device(self.profile, self.config.initial_ksn):
+            raise SecurityError("KSN does not belong to this terminal's initial key")
+        return text
+
+    def _usable_ksn(self, ksn: str | None) -> str:
+        text = self._ksn if ksn is None else self._own_ksn(ksn)
+        counter = _counter(self.profile, text)
+        if counter == 0:
+            raise SecurityError("KSN counter 0 has no transaction key: call next_ksn() first")
+        if counter > self.counter:
+            raise SecurityError("KSN is ahead of the terminal's counter")
+        return text
+
+    # ------------------------------------------------------------------ keys
+
+    def _working_keys(self, ksn: str) -> _WorkingKeys:
+        keys = self._keys.get(ksn)
+        if keys is not None:
+            self._keys.move_to_end(ksn)
+            return keys
+        keys = self._derive(ksn)
+        self._keys[ksn] = keys
+        if len(self._keys) > KEY_CACHE_SIZE_MAX:
+            self._keys.popitem(last=False)
+        return keys
+
+    def _derive(self, ksn: str) -> _WorkingKeys:
+        if self.profile == PROFILE_TDES:
+            transaction = dukpt.tdes_derive_key(self._initial_key, ksn)
+            return _WorkingKeys(pin=dukpt.tdes_pin_key(transaction),
+                                mac_request=dukpt.tdes_mac_request_key(transaction),
+                                mac_response=dukpt.tdes_mac_response_key(transaction))
+        derivation = dukpt.aes_derivation_key(self._initial_key, ksn)
+        return _WorkingKeys(pin=dukpt.aes_working_key(derivation, ksn, dukpt.AesUsage.PIN_ENCRYPTION),
+                            mac_request=dukpt.aes_working_key(derivation, ksn, dukpt.AES_MAC_REQUEST_USAGE),
+                            mac_response=dukpt.aes_working_key(derivation, ksn, dukpt.AES_MAC_RESPONSE_USAGE))
+
+    # ------------------------------------------------------------------ PIN
+
+    def pin_block(self, pin: str, pan: str, *, ksn: str | None = None) -> str:
+        """The encrypted PIN block for DE52, uppercase hex: ISO-0 under the TDES PIN key
+        (16 hex) or ISO-4 under the AES PIN key (32 hex, random fill)."""
+        keys = self._working_keys(self._usable_ksn(ksn))
+        if self.profile == PROFILE_TDES:
+            block = tdes_ecb_encrypt_once(keys.pin, pinblock.encode_iso0(pin, pan))
+        else:
+            block = pinblock.encipher_iso4(keys.pin, pin, pan)
+        return block.hex().upper()
+
+    # ------------------------------------------------------------------ MAC
+
+    def _mac(self, key: bytes, data: bytes) -> bytes:
+        if self.profile == PROFILE_TDES:
+            return mac_iso9797_alg3(key, data, padding=1, length=MAC_SIZE)
+        return aes_cmac(key, data, length=MAC_SIZE)
+
+    def request_mac(self, data: bytes, *, ksn: str | None = None) -> bytes:
+        """The 8-byte request MAC of `data` (the MAC input itself, not a whole payload)."""
+        return self._mac(self._working_keys(self._usable_ksn(ksn)).mac_request, bytes(data))
+
+    def response_mac(self, data: bytes, *, ksn: str | None = None) -> bytes:
+        """The 8-byte MAC the switch puts on its response to a request sent under `ksn`."""
+        return self._mac(self._working_keys(self._usable_ksn(ksn)).mac_response, bytes(data))
+
+    def sign(self, payload_with_zero_mac: bytes, *, ksn: str | None = None) -> bytes:
+        """The encoded message with its MAC in place of the 8 zero bytes that end it."""
+        payload = bytes(payload_with_zero_mac)
+        if len(payload) <= MAC_SIZE or payload[-MAC_SIZE:] != bytes(MAC_SIZE):
+            raise SecurityError("payload must end with the 8-byte zero MAC placeholder (the MAC field last)")
+        body = payload[:-MAC_SIZE]
+        return body + self.request_mac(body, ksn=ksn)
+
+    def verify_response(self, payload: bytes, *, ksn: str | None = None) -> bool:
+        """True when the response's last 8 bytes are its MAC under the response key of `ksn`
+        (default: the current KSN, the one the request used)."""
+        payload = bytes(payload)
+        if len(payload) <= MAC_SIZE:
+            return False
+        body, mac = payload[:-MAC_SIZE], payload[-MAC_SIZE:]
+        return hmac.compare_digest(self.response_mac(body, ksn=ksn), mac)
+
+    # ------------------------------------------------------------------ fields
+
+    def protect(self, fields: dict[str, str], *, pin: str | None = None, pan: str | None = None) -> dict[str, str]:
+        """A secured copy of a request: DE53 (KSN), DE52 (PIN block, when `pin`) and the MAC
+        field holding the zero placeholder (encode, then `sign` with `ksn=result["53"]`).
+
+        - An original (0200/0400/0420) without DE53 advances the KSN.
+        - A repeat (0201/0401/0421) gets its original's KSN and PIN block, remembered by
+          (MTI, STAN, DE7) for the last SENT_REMEMBERED_MAX originals.
+        - Fields that already carry DE53 (a resend) keep that KSN and their DE52.
+        Other MTIs (0800) come back unchanged.
+        """
+        mti = fields.get("t", "")
+        if mti not in SECURED_MTIS:
+            return dict(fields)
+        out = {k: v for k, v in fields.items() if k not in ("64", "128")}
+        if "53" in fields:
+            if pin is not None:
+                raise SecurityError("a resend keeps its PIN block: give no PIN with DE53 present")
+            out["53"] = self._usable_ksn(fields["53"])
+        elif mti in ORIGINAL_MTI:
+            sent = self._sent.get(self._sent_key(fields))
+            if sent is None:
+                raise SecurityError("repeat of an original this terminal did not secure: resend the "
+                                    "secured original's fields (with DE53) instead")
+            out["53"] = sent.ksn
+            if sent.pin_block is not None:
+                out["52"] = sent.pin_block
+        else:
+            out["53"] = self.next_ksn()
+            if pin is not None:
+                out["52"] = self.pin_block(pin, pan if pan is not None else _pan_of(fields))
+            self._remember(fields, out)
+        out[mac_field(out)] = MAC_PLACEHOLDER
+        return out
+
+    @staticmethod
+    def _sent_key(fields: dict[str, str]) -> tuple[str, str, str]:
+        mti = fields.get("t", "")
+        return ORIGINAL_MTI.get(mti, mti), fields.get("11", ""), fields.get("7", "")
+
+    def _remember(self, original: dict[str, str], secured: dict[str, str]) -> None:
+        key = self._sent_key(original)
+        self._sent[key] = _Sent(ksn=secured["53"], pin_block=secured.get("52"))
+        self._sent.move_to_end(key)
+        if len(self._sent) > SENT_REMEMBERED_MAX:
+            self._sent.popitem(last=False)
+
+
+def _pan_of(fields: dict[str, str]) -> str:
+    if fields.get("2"):
+        return fields["2"]
+    track2 = fields.get("35", "")
+    for sep in ("=", "D"):
+        if sep in track2:
+            return track2.split(sep, 1)[0]
+    raise SecurityError("a PIN block needs the PAN: DE2 or track 2 (DE35), or pan=")
+
+
+def _initial_key(config: SecurityConfig) -> bytes:
+    """Key injection for the test key set: the initial key from the public test BDK."""
+    bdk = TEST_BDKS[config.profile]
+    if config.profile == PROFILE_TDES:
+        return dukpt.tdes_ipek(bdk, config.initial_ksn)
+    return dukpt.aes_initial_key(bdk, config.initial_ksn[: 2 * dukpt.AES_IKID_SIZE])

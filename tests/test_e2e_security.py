@@ -1,0 +1,133 @@
+"""Secured terminals end to end: terminal_sim (DUKPT, PIN blocks, MACs) → switch → hsm_mock,
+each a real TCP peer. The switch never sees a clear PIN or key."""
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from hsm_mock.config import HsmConfig as ServiceConfig
+from hsm_mock.service import HsmServer
+from switch.audit import verify
+from switch.clock import FixedClock
+from switch.hsm_client import HsmConfig
+from terminal_sim.client import TerminalClient
+from terminal_sim.security import TerminalSecurity
+from terminal_sim.terminal import Terminal
+
+from conftest import LAUNCH, start_switch
+
+PIN = "1234"
+
+
+async def _secured(tmp_path: Path, profile: str, *, hsms=1, **hsm_kw):
+    servers = [HsmServer(ServiceConfig(port=0)) for _ in range(hsms)]
+    for s in servers:
+        await s.start()
+    cfg = HsmConfig(endpoints=tuple(("127.0.0.1", s.port) for s in servers), call_timeout_ms=300,
+                    health_interval_s=0.1, **hsm_kw)
+    ctx = start_switch(tmp_path / "var", clock=FixedClock(LAUNCH), hsm=cfg)
+    env = await ctx.__aenter__()
+    await env.op("merchant-add", mid="NAMDONG01", name="Namdong Cafe", district="namdong", annual_sales=250_000_000)
+    term = await env.op("terminal-add", tid="T0000001", mid="NAMDONG01", security=profile, keys="test")
+    card = await env.op("card-issue", program="namdong", pin=PIN)
+    await env.op("card-charge", pan=card["pan"], amount=100_000)
+    security = TerminalSecurity.for_test_keys(profile, term["ksn"])
+    client = await TerminalClient("127.0.0.1", env.port, env.dialect, security=security).connect()
+    terminal = Terminal("T0000001", "NAMDONG01")
+    assert (await client.request(terminal.sign_on()))["39"] == "00"
+    return env, ctx, servers, client, terminal, card, term
+
+
+async def _close(ctx, servers, client):
+    await client.close()
+    await ctx.__aexit__(None, None, None)
+    for s in servers:
+        await s.stop()
+
+
+def _purchases(db):
+    import sqlite3
+    return sqlite3.connect(db).execute("SELECT COUNT(*) FROM postings WHERE kind='purchase'").fetchone()[0]
+
+
+@pytest.mark.parametrize("profile", ["dukpt-tdes", "dukpt-aes"])
+async def test_pin_purchase_is_approved_with_the_right_pin_and_a_valid_mac(tmp_path, profile):
+    env, ctx, servers, client, term, card, provisioned = await _secured(tmp_path, profile)
+    try:
+        assert provisioned["ksn"] == ("FFFF9876540000200000" if profile == "dukpt-tdes"
+                                      else "123456780000000100000000")
+        answer = await client.request(term.purchase(card["pan"], 20_000), pin=PIN, pan=card["pan"])
+        assert answer["39"] == "00"
+        assert client.last_response_mac_ok is True
+        assert answer["54"] == "0002410C000000080000" + "0091410C000000001500"
+        stored = json.dumps(env.core.reader.conn.execute("SELECT * FROM cards").fetchall())
+        assert PIN not in stored.replace(card["pan"], "")  # only the PVV is kept
+        assert verify(env.core.db_path).ok
+    finally:
+        await _close(ctx, servers, client)
+
+
+async def test_wrong_pins_decline_55_then_75_and_block_until_unblocked(tmp_path):
+    env, ctx, servers, client, term, card, _ = await _secured(tmp_path, "dukpt-tdes")
+    try:
+        codes = []
+        for pin in ("0000", "1111", "2222", PIN):
+            answer = await client.request(term.purchase(card["pan"], 1_000), pin=pin, pan=card["pan"])
+            codes.append(answer["39"])
+        assert codes == ["55", "55", "75", "75"]
+        assert _purchases(env.core.db_path) == 0
+        await env.op("card-unblock-pin", pan=card["pan"])
+        answer = await client.request(term.purchase(card["pan"], 1_000), pin=PIN, pan=card["pan"])
+        assert answer["39"] == "00"
+        assert verify(env.core.db_path).ok
+    finally:
+        await _close(ctx, servers, client)
+
+
+async def test_a_bad_mac_is_declined_63_and_nothing_is_posted(tmp_path):
+    env, ctx, servers, client, term, card, _ = await _secured(tmp_path, "dukpt-tdes")
+    try:
+        fields, payload = client.secure(term.purchase(card["pan"], 5_000), pin=PIN, pan=card["pan"])
+        tampered = payload[:-9] + bytes([payload[-9] ^ 0x01]) + payload[-8:]  # the last field before DE64
+        await client.send_raw(client._frame(tampered))
+        answer = await client.receive()
+        assert answer["39"] == "63"
+        unsigned = term.purchase(card["pan"], 5_000)  # no DE53/DE64 at all
+        plain = TerminalClient("127.0.0.1", env.port, env.dialect)
+        await plain.connect()
+        assert (await plain.request(unsigned))["39"] == "30"
+        await plain.close()
+        assert _purchases(env.core.db_path) == 0
+    finally:
+        await _close(ctx, servers, client)
+
+
+async def test_no_hsm_answering_declines_91_quickly_and_posts_nothing(tmp_path):
+    env, ctx, servers, client, term, card, _ = await _secured(tmp_path, "dukpt-tdes")
+    try:
+        await servers[0].stop()
+        await asyncio.sleep(0.3)  # the health check notices
+        started = time.perf_counter()
+        answer = await client.request(term.purchase(card["pan"], 5_000), pin=PIN, pan=card["pan"])
+        assert answer["39"] == "91"
+        assert time.perf_counter() - started < 0.5
+        assert _purchases(env.core.db_path) == 0
+    finally:
+        await _close(ctx, servers[1:], client)
+
+
+async def test_a_hanging_hsm_fails_over_to_the_second(tmp_path):
+    from hsm_mock.service import FaultPlan
+
+    env, ctx, servers, client, term, card, _ = await _secured(tmp_path, "dukpt-tdes", hsms=2)
+    try:
+        servers[0].faults = FaultPlan(hang=1.0)
+        answer = await client.request(term.purchase(card["pan"], 5_000), pin=PIN, pan=card["pan"])
+        assert answer["39"] == "00"
+        assert client.last_response_mac_ok is True
+        assert env.core.hsm.healthy == [f"127.0.0.1:{servers[1].port}"]
+    finally:
+        await _close(ctx, servers, client)
