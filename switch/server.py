@@ -92,7 +92,9 @@ class Processor:
         with a zero MAC, which the terminal rejects and reverses."""
         if sign is None or self.engine.security is None:
             return encode_fields(out, self.dialect)
-        payload = encode_fields({**out, "64": "0" * 16}, self.dialect)
+        # the MAC is the last field: DE128 when the message has a secondary bitmap, else DE64
+        mac_field = "128" if any(k.isdigit() and 65 <= int(k) <= 127 for k in out) else "64"
+        payload = encode_fields({**out, mac_field: "0" * 16}, self.dialect)
         keys, ksn = sign
         try:
             mac = await self.engine.security.response_mac(keys, ksn, payload[:-8])

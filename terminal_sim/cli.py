@@ -164,7 +164,8 @@ async def _exchange(args: argparse.Namespace) -> tuple[list[dict[str, str]], dic
     term = Terminal(args.tid, mid, stan=state.get("stan", 0))
     host, port = parse_hostport(args.switch)
     dialect = load_dialect(args.dialect)
-    sign_on = term.sign_on() if args.action not in ("sign-on", "sign-off", "echo") else None  # a POS signs on when it connects
+    # A POS signs on when it connects.
+    sign_on = term.sign_on() if args.action not in ("sign-on", "sign-off", "echo") else None
     request = build_request(args, term, state)
     client = TerminalClient(host, port, dialect, response_timeout_ms=args.timeout_ms, security=security)
     secured, _ = client.secure(request, pin=args.pin, pan=args.pan)  # advances the KSN

@@ -131,3 +131,18 @@ async def test_a_hanging_hsm_fails_over_to_the_second(tmp_path):
         assert env.core.hsm.healthy == [f"127.0.0.1:{servers[1].port}"]
     finally:
         await _close(ctx, servers, client)
+
+
+async def test_a_secured_reversal_is_macd_in_de128_both_ways(tmp_path):
+    env, ctx, servers, client, term, card, _ = await _secured(tmp_path, "dukpt-tdes")
+    try:
+        purchase = term.purchase(card["pan"], 7_000)
+        assert (await client.request(purchase, pin=PIN, pan=card["pan"]))["39"] == "00"
+        answer = await client.request(term.reversal(purchase))
+        assert answer["t"] == "0410" and answer["39"] == "00"
+        assert "128" in answer and "64" not in answer
+        assert client.last_response_mac_ok is True
+        assert answer["54"] == "0002410C000000100000" + "0091410C000000000000"
+        assert verify(env.core.db_path).ok
+    finally:
+        await _close(ctx, servers, client)

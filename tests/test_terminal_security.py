@@ -326,6 +326,10 @@ class FakeSwitch:
     """A loopback peer that speaks the contract: checks the request MAC and PIN with host-side
     keys from the test BDK, and answers with a response MAC (optionally a corrupted one)."""
 
+    FINANCIAL_ECHO = ("2", "3", "4", "7", "11", "41", "42", "49")
+    ECHO = {"0800": ("0810", ("7", "11", "41", "70")), "0200": ("0210", FINANCIAL_ECHO),
+            "0400": ("0410", (*FINANCIAL_ECHO, "90", "95"))}
+
     def __init__(self, dialect) -> None:
         self.dialect = dialect
         self.corrupt_mac = False
@@ -362,8 +366,8 @@ class FakeSwitch:
 
     def _answer(self, payload: bytes) -> bytes:
         req = decode_fields(payload, self.dialect)
-        echo = ("7", "11", "41", "70") if req["t"] == "0800" else ("2", "3", "4", "7", "11", "41", "42", "49")
-        resp = {"t": "0810" if req["t"] == "0800" else "0210", **{k: req[k] for k in echo if k in req}, "39": "00"}
+        mti, echo = self.ECHO[req["t"]]
+        resp = {"t": mti, **{k: req[k] for k in echo if k in req}, "39": "00"}
         if "53" not in req:
             return encode_fields(resp, self.dialect)
         ksn = req["53"]
@@ -371,7 +375,9 @@ class FakeSwitch:
         if "52" in req:
             pin_key = dukpt.tdes_working_key(TDES_BDK, ksn, dukpt.TdesUsage.PIN)
             self.pins.append(pinblock.decode_iso0(crypto.tdes_ecb_decrypt(pin_key, H(req["52"])), req["2"]))
-        body = encode_fields({**resp, "37": "000000000001", "64": "0000000000000000"}, self.dialect)[:-8]
+        resp["37"] = "000000000001"
+        resp[mac_field(resp)] = "0000000000000000"  # DE128 on a 0410 that echoes DE90
+        body = encode_fields(resp, self.dialect)[:-8]
         mac = self._mac(ksn, body, response=True)
         return body + (bytes(b ^ 0xFF for b in mac) if self.corrupt_mac else mac)
 
@@ -441,3 +447,13 @@ def test_cli_refuses_a_pin_on_an_unsecured_terminal(tmp_path: Path, capsys) -> N
     err = capsys.readouterr().err
     assert rc == 2 and "DUKPT" in err and PIN not in err
     assert not (tmp_path / "T0000009.json").exists()
+
+
+def test_cli_reversal_carries_and_checks_its_mac_in_de128(fake_switch: FakeSwitch, tmp_path: Path, capsys) -> None:
+    assert eum_terminal(fake_switch.port, tmp_path, "purchase", "--pan", PAN, "--amount", "1000",
+                        "--security", "dukpt-tdes", "--ksn", TDES_KSN0) == 0
+    capsys.readouterr()
+    assert eum_terminal(fake_switch.port, tmp_path, "reverse") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("MTI 0410  response 00") and "ksn FFFF9876543210E00002  response MAC ok" in out
+    assert fake_switch.request_macs_ok == [True, True]
