@@ -11,11 +11,12 @@ The main CLI (switch/cli.py) wires it with:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from switch.loop import run as _run
 
 DESCRIPTION = ("payShield-style software HSM over TCP (variant LMK; default LMK = Thales' public TEST LMK, "
                "never for production)")  # fmt: skip
@@ -106,14 +107,6 @@ def run_hsm(args: argparse.Namespace) -> int:
     finally:
         server.audit.close()
     return 0
-
-
-def _run(coro: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from switch.config import parse_hostport  # one HOST:PORT rule for every command
+
 DEFAULT_PORT = 1500
 AUDIT_FILE_NAME = "hsm-audit.jsonl"
 
@@ -100,15 +102,6 @@ class HsmConfig:
     @property
     def audit_path(self) -> Path | None:
         return self.log_dir / AUDIT_FILE_NAME if self.log_dir is not None else None
-
-
-def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = default_host, text
-    if not port.isdigit():
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    return host or default_host, int(port)
 
 
 def parse_fault_error(text: str) -> tuple[str, float]:

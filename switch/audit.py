@@ -73,7 +73,7 @@ def _verify(conn: sqlite3.Connection) -> VerifyResult:
         return VerifyResult(False, f"card account {row[0]} is negative: {row[1]}", stats)
     row = conn.execute(
         "SELECT p.id FROM postings p LEFT JOIN entries e ON e.posting_id = p.id "
-        "WHERE e.posting_id IS NULL AND p.amount != 0 AND p.kind != 'seed' LIMIT 1").fetchone()
+        "WHERE e.posting_id IS NULL AND p.amount != 0 LIMIT 1").fetchone()
     if row:
         return VerifyResult(False, f"posting {row[0]} has an amount but no entries", stats)
     row = conn.execute(

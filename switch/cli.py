@@ -12,15 +12,7 @@ from typing import Any
 
 from .clock import Clock, OffsetClock, SystemClock, parse_instant
 from .config import SwitchConfig, parse_hostport
-
-
-def _run(coro: Any) -> Any:
-    try:
-        import uvloop
-
-        return uvloop.run(coro)
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(coro)
+from .loop import run as _run
 
 
 def _clock(args: argparse.Namespace) -> Clock:
@@ -192,7 +184,8 @@ def _seed(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from .operations import OperationError
     from .policy import default_config_dir, load_rules
     from .runtime import DataDirBusy, lock_data_dir, unlock
-    from .seed import ensure_store, seed
+    from .ledger import open_store
+    from .seed import seed
 
     try:
         fd = lock_data_dir(data_dir, wait=False)
@@ -201,7 +194,7 @@ def _seed(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
                              "to itself: stop the switch, seed, start it again") from None
     try:
         started = time.perf_counter()
-        result = seed(ensure_store(data_dir), load_rules(default_config_dir()), cards=args.cards,
+        result = seed(open_store(data_dir), load_rules(default_config_dir()), cards=args.cards,
                       merchants=args.merchants, seed_value=args.seed, now=_clock(args).now())
         return {**result.__dict__, "seconds": round(time.perf_counter() - started, 2)}
     finally:

@@ -26,6 +26,7 @@ import structlog
 
 from .cashback import clawback, proportional, quote_cashback
 from .clock import Clock
+from .codec import response_fields
 from .domain import KST, month_key
 from .fees import quote_fee
 from .ledger import LedgerUnavailable, LedgerWriter, Unit
@@ -214,7 +215,7 @@ class Engine:
 
     async def _commit(self, req: Request, pending: MessageState, outcome: Outcome, unit: Unit) -> Outcome:
         resp = outcome.response
-        stored = resp if isinstance(resp, dict) else _response_dict(resp)
+        stored = resp if isinstance(resp, dict) else response_fields(resp)
         pending.response = stored
         pending.posting_id = outcome.posting_id
         unit.statements.append((
@@ -240,7 +241,7 @@ class Engine:
             await asyncio.shield(prior.done)
             current = self.state.messages.get(req.key)
             if current is None:  # the original failed to commit: treat this one as new
-                return await self.handle(req, fields)
+                return await self._handle_financial(req, fields, self.state.terminal(req.terminal))
             prior = current
         return Outcome(dict(prior.response), posting_id=prior.posting_id, replayed=True, note="repeat")
 
@@ -504,7 +505,7 @@ def _expired(expiry: str, now: datetime) -> bool:
     """A card is valid through the last day of its expiry month (YYMM)."""
     yy, mm = int(expiry[:2]), int(expiry[2:])
     local = now.astimezone(KST)
-    return (local.year % 100, local.month) > (yy, mm) if local.year < 2100 else True
+    return (local.year % 100, local.month) > (yy, mm)  # YYMM is 20YY: the platform began in 2019
 
 
 def unit_fee(unit: Unit) -> int:
@@ -533,12 +534,6 @@ def _upsert_member_month(member: str, month: str, delta: int) -> tuple[str, tupl
 def _upsert_card_day(card_id: int, day: str, delta: int) -> tuple[str, tuple]:
     return ("INSERT INTO card_days(card_id, day, spent) VALUES (?,?,?) "
             "ON CONFLICT(card_id, day) DO UPDATE SET spent = spent + excluded.spent", (card_id, day, delta))
-
-
-def _response_dict(resp: Response) -> dict[str, str]:
-    from .codec import response_fields  # codec is pure; imported late to keep engine light
-
-    return response_fields(resp)
 
 
 def _system_error(stored: dict[str, str]) -> dict[str, str]:

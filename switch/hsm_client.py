@@ -19,6 +19,8 @@ import structlog
 
 from hsm_mock.protocol import FrameReader, ProtocolError, frame
 
+from .config import parse_hostport
+
 log = structlog.get_logger()
 
 
@@ -237,10 +239,8 @@ class HsmPool:
 
 
 def parse_endpoints(text: str) -> tuple[tuple[str, int], ...]:
-    out = []
-    for part in text.split(","):
-        host, sep, port = part.strip().rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"--hsm: {part!r} is not HOST:PORT")
-        out.append((host or "127.0.0.1", int(port)))
-    return tuple(out)
+    """'HOST:PORT[,HOST:PORT…]', in failover order; each part must name its port."""
+    parts = [p.strip() for p in text.split(",")]
+    if any(":" not in p for p in parts):
+        raise ValueError(f"--hsm: {text!r} is not HOST:PORT[,HOST:PORT…]")
+    return tuple(parse_hostport(p) for p in parts)

@@ -57,6 +57,15 @@ class Operations:
         self.writer = writer
         self.clock = clock
         self.security = security
+        self._device_count: int | None = None
+
+    def _next_device(self) -> int:
+        """DUKPT device ids, one per secured terminal: counted from the store once, then
+        handed out synchronously, so two concurrent provisionings never share one."""
+        if self._device_count is None:
+            self._device_count = self.state.reader.secured_terminals()
+        self._device_count += 1
+        return self._device_count
 
     async def run(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         handler = getattr(self, "op_" + op.replace("-", "_"), None)
@@ -100,9 +109,7 @@ class Operations:
             raise OperationError(f"terminal {tid} already exists")
         bdk = ksn = ""
         if security in SECURED:
-            device = self.state.reader.secured_terminals() + len(
-                [t for t in self.state.terminals.values() if t.security != "none"]) + 1
-            provisioned = provision_test_keys(security, device)
+            provisioned = provision_test_keys(security, self._next_device())
             bdk, ksn = provisioned.bdk, provisioned.ksn_initial
         self.state.terminals[tid] = Terminal(tid=tid, mid=mid, security=security, bdk=bdk, ksn_initial=ksn)
         await self.writer.submit(Unit(statements=[(

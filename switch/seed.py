@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .domain import DISTRICTS, PROGRAMS
-from .ledger import connect, open_store
+from .ledger import connect
 from .operations import card_pan, default_expiry
 from .policy import Rules
 
@@ -111,6 +111,3 @@ def _cards(rng: random.Random, rules: Rules, start: int, n: int) -> Iterator[tup
         program = rng.choices(programs, weights)[0]
         yield cid, program, member, rng.choice(CHARGE_STEPS)
 
-
-def ensure_store(data_dir: Path) -> Path:
-    return open_store(data_dir)

@@ -24,7 +24,8 @@ from switch.codec import load_dialect
 from switch.config import SwitchConfig
 from switch.policy import default_config_dir, load_rules
 from switch.runtime import lock_data_dir, open_core, unlock
-from switch.seed import ensure_store, seed, tid_for
+from switch.ledger import open_store
+from switch.seed import seed, tid_for
 from switch.server import Processor, SwitchServer
 
 from .cli import RC_TEXT
@@ -52,7 +53,7 @@ async def _demo(data_dir: Path, transactions: int, seed_value: int, clock_start:
     logs.configure(data_dir=data_dir, name="switch", stream=open(data_dir.parent / "switch.out", "w"),
                    json_output=True)
     rules = load_rules(default_config_dir())
-    result = seed(ensure_store(data_dir), rules, cards=200, merchants=TERMINALS, seed_value=seed_value,
+    result = seed(open_store(data_dir), rules, cards=200, merchants=TERMINALS, seed_value=seed_value,
                   now=clock.now())
     print(f"eum demo: data dir {data_dir}")
     print(f"seeded {result.merchants} merchants with a terminal each, {result.cards} cards "
