@@ -291,7 +291,7 @@ def _admin_parsers(asub: Any) -> None:
     ta = t.add_parser("add")
     ta.add_argument("--tid", required=True)
     ta.add_argument("--mid", required=True)
-    ta.add_argument("--security", default="none", help="none | dukpt-tdes | dukpt-aes")
+    ta.add_argument("--security", default="none", help="none | mac | dukpt-tdes | dukpt-aes")
     ta.add_argument("--keys", default="test", help="key set: test (the published X9.24 test BDKs)")
     ta.set_defaults(admin_action="terminal-add")
 

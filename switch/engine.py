@@ -33,7 +33,7 @@ from .ledger import LedgerUnavailable, LedgerWriter, Unit
 from .messages import RESPONSE_MTI, Balances, Kind, Rc, Request, Response
 from .hsm_client import HsmUnavailable
 from .policy import Rules
-from .security import PIN_TRIES_MAX, SECURED, Security, SecurityError, TerminalKeys
+from .security import DUKPT, PIN_TRIES_MAX, SECURED, Security, SecurityError, TerminalKeys
 from .state import CardState, HotState, MessageState, PostingState, Terminal
 
 log = structlog.get_logger()
@@ -95,13 +95,14 @@ class Engine:
             return Outcome(self._response(req, fields, Rc.TERMINAL_NOT_PERMITTED), note="DE42 is not the terminal's merchant")
         sign = None
         if terminal.security in SECURED:
-            keys = TerminalKeys(terminal.security, terminal.bdk, terminal.ksn_initial)
+            keys = TerminalKeys(terminal.security, terminal.key_lmk, terminal.ksn_initial)
             refused = await self._check_mac(req, fields, raw, keys)
             if refused is not None:
                 return refused
             sign = (keys, req.ksn)
-        elif req.pin_block:
-            return Outcome(self._response(req, fields, Rc.NOT_PERMITTED), note="PIN from a terminal without security")
+        if req.pin_block and terminal.security not in DUKPT:
+            return Outcome(self._response(req, fields, Rc.NOT_PERMITTED),
+                           note=f"PIN from a terminal whose profile ({terminal.security}) carries no PIN key")
         outcome = await self._handle_financial(req, fields, terminal)
         outcome.sign = sign
         return outcome
@@ -126,8 +127,9 @@ class Engine:
     async def _check_mac(self, req: Request, fields: dict[str, str], raw: bytes, keys: TerminalKeys) -> Outcome | None:
         """A secured terminal's request must carry its KSN (DE53) and a MAC (DE64) over every
         byte of the message before the MAC; a bad MAC is answered 63 and nothing is done."""
-        if not req.ksn or not req.mac or len(req.ksn) != (20 if keys.profile == "dukpt-tdes" else 24):
-            field_no = "53" if not req.ksn or req.mac else "64"
+        ksn_size = {"dukpt-tdes": 20, "dukpt-aes": 24}.get(keys.profile, 0)
+        if not req.mac or len(req.ksn) != ksn_size:
+            field_no = "64" if not req.mac else "53"
             return Outcome(self._response(req, fields, Rc.FORMAT_ERROR), note=f"DE{field_no} required by the "
                            f"terminal's {keys.profile} profile")
         if raw[-8:].hex().upper() != req.mac.upper():
@@ -154,7 +156,7 @@ class Engine:
             return Decline(Rc.PIN_TRIES_EXCEEDED, "PIN blocked")
         if not card.pvv:
             return Decline(Rc.INCORRECT_PIN, "card has no PIN")
-        keys = TerminalKeys(terminal.security, terminal.bdk, terminal.ksn_initial)
+        keys = TerminalKeys(terminal.security, terminal.key_lmk, terminal.ksn_initial)
         try:
             ok = await self.security.verify_pin(keys, req.ksn, req.pin_block, req.pan, card.pvv)
         except HsmUnavailable:

@@ -101,7 +101,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 # Columns added after the first schema: (table, column, declaration). Added on open.
 MIGRATIONS = (
-    ("terminals", "bdk", "TEXT NOT NULL DEFAULT ''"),          # the terminal group's BDK under the LMK
+    ("terminals", "key_lmk", "TEXT NOT NULL DEFAULT ''"),      # BDK (DUKPT) or TAK (mac), under the LMK
     ("terminals", "ksn_initial", "TEXT NOT NULL DEFAULT ''"),
     ("cards", "pvv", "TEXT NOT NULL DEFAULT ''"),              # Visa PVV; the PIN itself is never stored
     ("cards", "pin_tries", "INTEGER NOT NULL DEFAULT 0"),

@@ -18,7 +18,7 @@ from .clock import Clock
 from .domain import DISTRICTS, KST, Merchant, mask_pan, month_key
 from .ledger import LedgerWriter, Unit
 from .policy import Rules
-from .security import PROFILES, SECURED, Security, provision_test_keys
+from .security import DUKPT, PROFILES, SECURED, Security, provision_test_keys
 from .state import CardState, HotState, PostingState, Terminal
 
 KEY_SETS = ("test",)
@@ -107,17 +107,19 @@ class Operations:
             raise OperationError(f"merchant {mid.strip()} not found")
         if self.state.terminal(tid) is not None:
             raise OperationError(f"terminal {tid} already exists")
-        bdk = ksn = ""
+        key = ksn = ""
         if security in SECURED:
             provisioned = provision_test_keys(security, self._next_device())
-            bdk, ksn = provisioned.bdk, provisioned.ksn_initial
-        self.state.terminals[tid] = Terminal(tid=tid, mid=mid, security=security, bdk=bdk, ksn_initial=ksn)
+            key, ksn = provisioned.key, provisioned.ksn_initial
+        self.state.terminals[tid] = Terminal(tid=tid, mid=mid, security=security, key_lmk=key, ksn_initial=ksn)
         await self.writer.submit(Unit(statements=[(
-            "INSERT INTO terminals(tid, mid, security, bdk, ksn_initial) VALUES (?,?,?,?,?)",
-            (tid, mid, security, bdk, ksn))]))
+            "INSERT INTO terminals(tid, mid, security, key_lmk, ksn_initial) VALUES (?,?,?,?,?)",
+            (tid, mid, security, key, ksn))]))
         out = {"tid": tid, "mid": mid.strip(), "security": security}
-        if security in SECURED:
+        if security in DUKPT:
             out.update(keys=keys, ksn=ksn)
+        elif security in SECURED:
+            out.update(keys=keys)
         else:
             log.warning("terminal_without_security", tid=tid, note="no PIN, no MAC: certification/legacy only")
         return out

@@ -5,6 +5,7 @@ under the HSM's LMK; the HSM derives the DUKPT transaction keys from it and the 
 terminal sends in DE53. Profiles (docs/security.md):
 
   none        no PIN, no MAC (legacy and certification terminals; logged as such)
+  mac         a static TAK: X9.19 MACs both ways (HSM commands M8, M6), no PIN
   dukpt-tdes  ANSI X9.24-1 TDES DUKPT: ISO-0 PIN blocks, X9.19 MACs (HSM commands G0, GW)
   dukpt-aes   ANSI X9.24-3 AES DUKPT: ISO-4 PIN blocks, AES-CMAC MACs (HSM commands Z0, Z2)
 
@@ -20,15 +21,19 @@ from hsm_mock.lmk import TEST_LMK, encrypt_key_under_lmk
 
 from .hsm_client import HsmPool, HsmReply, HsmUnavailable
 
-PROFILES = ("none", "dukpt-tdes", "dukpt-aes")
-SECURED = ("dukpt-tdes", "dukpt-aes")
+PROFILES = ("none", "mac", "dukpt-tdes", "dukpt-aes")
+DUKPT = ("dukpt-tdes", "dukpt-aes")
+SECURED = ("mac",) + DUKPT
 
 # The published test BDKs (ANSI X9.24-1 and X9.24-3 examples): `--keys test` provisions
 # terminals under them so any third-party terminal or test tool can be certified.
 TEST_BDK = {"dukpt-tdes": bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"),
             "dukpt-aes": bytes.fromhex("FEDCBA9876543210F1F1F1F1F1F1F1F1")}
+# For `mac`, the certification TAK is the double-length test key of the same examples.
+TEST_TAK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
 TEST_KSI = {"dukpt-tdes": "FFFF987654", "dukpt-aes": "12345678"}
 BDK_KEY_TYPE = "009"
+TAK_KEY_TYPE = "003"
 PVKI = "1"
 PIN_TRIES_MAX = 3
 MAC_SIZE = 8  # bytes of DE64
@@ -46,8 +51,8 @@ class SecurityError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class TerminalKeys:
     profile: str
-    bdk: str          # BDK under the LMK, with its scheme tag
-    ksn_initial: str
+    key: str          # BDK (DUKPT) or TAK (mac) under the LMK, with its scheme tag
+    ksn_initial: str  # DUKPT only
 
 
 def initial_ksn(profile: str, device: int) -> str:
@@ -59,11 +64,14 @@ def initial_ksn(profile: str, device: int) -> str:
 
 
 def provision_test_keys(profile: str, device: int) -> TerminalKeys:
-    """Keys under the public test BDKs. The BDK is put under the LMK here, with Thales'
-    public test LMK, so `--keys test` needs an HSM running the test LMK (docs/security.md)."""
+    """Keys under the public test BDKs (or the test TAK). The key is put under the LMK here,
+    with Thales' public test LMK, so `--keys test` needs an HSM running the test LMK
+    (docs/security.md)."""
+    if profile == "mac":
+        return TerminalKeys(profile, encrypt_key_under_lmk(TEST_TAK, TAK_KEY_TYPE, "U", lmk=TEST_LMK), "")
     bdk = encrypt_key_under_lmk(TEST_BDK[profile], BDK_KEY_TYPE, "U", lmk=TEST_LMK,
                                 check_key_parity=profile == "dukpt-tdes")
-    return TerminalKeys(profile=profile, bdk=bdk, ksn_initial=initial_ksn(profile, device))
+    return TerminalKeys(profile=profile, key=bdk, ksn_initial=initial_ksn(profile, device))
 
 
 def _ok(reply: HsmReply, command: str, *, allow: tuple[str, ...] = ("00",)) -> HsmReply:
@@ -88,29 +96,36 @@ class Security:
         return zpk, pvk
 
     async def verify_mac(self, keys: TerminalKeys, ksn: str, message: bytes, mac: str) -> bool:
+        if keys.profile == "mac":  # M8: mode 0, binary, 16H, ISO 9797-1 alg 3, padding 1, TAK
+            body = b"00131" + TAK_KEY_TYPE.encode() + keys.key.encode() + f"{len(message):04X}".encode() + message \
+                + mac.encode()
+            return _ok(await self.hsm.call("M8", body), "M8", allow=("00", "01")).error == "00"
         if keys.profile == "dukpt-tdes":
-            body = (b"11" + keys.bdk.encode() + b"A05" + ksn.encode() + mac.encode()
+            body = (b"11" + keys.key.encode() + b"A05" + ksn.encode() + mac.encode()
                     + f"{len(message):04d}".encode() + message)
             return _ok(await self.hsm.call("GW", body), "GW", allow=("00", "01")).error == "00"
-        body = (b"101" + keys.bdk.encode() + ksn.encode() + mac.encode() + f"{len(message):04d}".encode() + message)
+        body = (b"101" + keys.key.encode() + ksn.encode() + mac.encode() + f"{len(message):04d}".encode() + message)
         return _ok(await self.hsm.call("Z2", body), "Z2", allow=("00", "01")).error == "00"
 
     async def response_mac(self, keys: TerminalKeys, ksn: str, message: bytes) -> str:
+        if keys.profile == "mac":
+            body = b"00131" + TAK_KEY_TYPE.encode() + keys.key.encode() + f"{len(message):04X}".encode() + message
+            return _ok(await self.hsm.call("M6", body), "M6").body.decode()[:16]
         if keys.profile == "dukpt-tdes":
-            body = b"42" + keys.bdk.encode() + b"A05" + ksn.encode() + f"{len(message):04d}".encode() + message
+            body = b"42" + keys.key.encode() + b"A05" + ksn.encode() + f"{len(message):04d}".encode() + message
             return _ok(await self.hsm.call("GW", body), "GW").body.decode()[:16]
-        body = b"411" + keys.bdk.encode() + ksn.encode() + f"{len(message):04d}".encode() + message
+        body = b"411" + keys.key.encode() + ksn.encode() + f"{len(message):04d}".encode() + message
         return _ok(await self.hsm.call("Z2", body), "Z2").body.decode()[:16]
 
     async def verify_pin(self, keys: TerminalKeys, ksn: str, pin_block: str, pan: str, pvv: str) -> bool:
         """Translate the terminal's block to the switch ZPK (G0/Z0), then verify by PVV (EC)."""
         account = _account(pan)
         if keys.profile == "dukpt-tdes":
-            body = (keys.bdk.encode() + self.zpk.encode() + b"A05" + ksn.encode() + pin_block.encode()
+            body = (keys.key.encode() + self.zpk.encode() + b"A05" + ksn.encode() + pin_block.encode()
                     + b"0101" + account.encode())
             reply = _ok(await self.hsm.call("G0", body), "G0")
         else:
-            body = (keys.bdk.encode() + self.zpk.encode() + ksn.encode() + pin_block.encode() + b"01"
+            body = (keys.key.encode() + self.zpk.encode() + ksn.encode() + pin_block.encode() + b"01"
                     + f"{len(pan):02d}".encode() + pan.encode())
             reply = _ok(await self.hsm.call("Z0", body), "Z0")
         zpk_block = reply.body.decode()[2:18]
@@ -134,4 +149,4 @@ def _account(pan: str) -> str:
 
 
 __all__ = ["Security", "SecurityError", "HsmUnavailable", "TerminalKeys", "provision_test_keys", "PROFILES",
-           "SECURED", "PIN_TRIES_MAX"]
+           "SECURED", "DUKPT", "PIN_TRIES_MAX"]

@@ -84,7 +84,7 @@ class Terminal:
     tid: str
     mid: str
     security: str
-    bdk: str = ""          # under the LMK; empty for profile none
+    key_lmk: str = ""      # BDK (DUKPT profiles) or TAK (mac) under the LMK; empty for none
     ksn_initial: str = ""
 
 
@@ -124,7 +124,7 @@ class StoreReader:
                         category=row[4], online_mall=bool(row[5]))
 
     def terminal(self, tid: str) -> Terminal | None:
-        row = self.conn.execute("SELECT tid, mid, security, bdk, ksn_initial FROM terminals WHERE tid=?",
+        row = self.conn.execute("SELECT tid, mid, security, key_lmk, ksn_initial FROM terminals WHERE tid=?",
                                 (tid,)).fetchone()
         return Terminal(*row) if row else None
 

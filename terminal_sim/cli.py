@@ -26,7 +26,8 @@ from switch.domain import mask_pan
 from switch.messages import Rc, decode_balances
 
 from .client import TerminalClient
-from .security import DUKPT_PROFILES, KEY_SETS, PROFILE_NONE, PROFILES, SECURED_MTIS, TerminalSecurity
+from .security import (DUKPT_PROFILES, KEY_SETS, PROFILE_MAC, PROFILE_NONE, PROFILES, SECURED_MTIS, TakSecurity,
+                       TerminalSecurity)
 from .terminal import Terminal
 
 PIN_ACTIONS = ("purchase", "refund", "balance")
@@ -121,15 +122,15 @@ def build_request(args: argparse.Namespace, term: Terminal, state: dict[str, Any
     return term.balance(args.pan, expiry=args.expiry)
 
 
-def terminal_security(args: argparse.Namespace, state: dict[str, Any]) -> TerminalSecurity | None:
+def terminal_security(args: argparse.Namespace, state: dict[str, Any]) -> TerminalSecurity | TakSecurity | None:
     """The terminal's DUKPT state: from the state file, unless --security/--ksn re-provision it
     (another profile or initial KSN: the counter restarts at that KSN). None for `none`."""
     stored = state.get("security") or {"profile": PROFILE_NONE}
     profile = args.security or stored["profile"]
-    if profile == PROFILE_NONE:
+    if profile in (PROFILE_NONE, PROFILE_MAC):
         if args.ksn:
             raise ValueError("--ksn is for a DUKPT terminal: give --security dukpt-tdes or dukpt-aes")
-        return None
+        return TakSecurity.for_test_keys() if profile == PROFILE_MAC else None
     same_profile = stored["profile"] == profile and stored.get("keys", "test") == args.keys
     initial = args.ksn or (stored.get("initial_ksn") if same_profile else None)
     if not initial:
@@ -140,16 +141,16 @@ def terminal_security(args: argparse.Namespace, state: dict[str, Any]) -> Termin
     return fresh
 
 
-def _security_state(security: TerminalSecurity | None) -> dict[str, str]:
+def _security_state(security: TerminalSecurity | TakSecurity | None) -> dict[str, str]:
     return security.to_state() if security is not None else {"profile": PROFILE_NONE}
 
 
-def _check_pin_use(args: argparse.Namespace, security: TerminalSecurity | None) -> None:
+def _check_pin_use(args: argparse.Namespace, security: TerminalSecurity | TakSecurity | None) -> None:
     if args.pin is None:
         return
     if args.action not in PIN_ACTIONS:
         raise ValueError(f"--pin is for {', '.join(PIN_ACTIONS)}")
-    if security is None:
+    if security is None or security.profile not in DUKPT_PROFILES:
         raise ValueError(f"--pin needs a DUKPT terminal (--security {' or '.join(DUKPT_PROFILES)}): "
                          "a PIN never goes out in clear")
 
@@ -214,8 +215,9 @@ def run_terminal(args: argparse.Namespace) -> int:
     else:
         lines = describe(final)
         if verdict is not None:
-            lines.append(f"security {client.security.profile}  ksn {client.last_request['53']}  "
-                         f"response MAC {verdict}")
+            ksn = client.last_request.get("53")
+            lines.append(f"security {client.security.profile}  " + (f"ksn {ksn}  " if ksn else "")
+                         + f"response MAC {verdict}")
         print("\n".join(lines))
     # An approval whose MAC is missing is as untrustworthy as one whose MAC is wrong.
     if verdict == "INVALID" or (verdict == "absent" and final.get("39") == "00"):

@@ -12,14 +12,14 @@ import asyncio
 from switch.codec import Dialect, decode_fields, encode_fields
 from switch.framing import FrameBuffer, frame
 
-from .security import SECURED_MTIS, TerminalSecurity, mac_field
+from .security import SECURED_MTIS, TakSecurity, TerminalSecurity, mac_field
 
 DEFAULT_TPDU = bytes.fromhex("6000010000")
 
 
 class TerminalClient:
     def __init__(self, host: str, port: int, dialect: Dialect, *, response_timeout_ms: float = 5000,
-                 security: TerminalSecurity | None = None) -> None:
+                 security: TerminalSecurity | TakSecurity | None = None) -> None:
         self.host = host
         self.port = port
         self.dialect = dialect
@@ -72,7 +72,7 @@ class TerminalClient:
                 raise ValueError("a PIN needs a DUKPT-secured terminal and a financial MTI")
             return dict(fields), encode_fields(fields, self.dialect)
         secured = self.security.protect(fields, pin=pin, pan=pan)
-        payload = self.security.sign(encode_fields(secured, self.dialect), ksn=secured["53"])
+        payload = self.security.sign(encode_fields(secured, self.dialect), ksn=secured.get("53"))
         return secured, payload
 
     async def receive(self) -> dict[str, str] | None:
@@ -101,8 +101,8 @@ class TerminalClient:
         self.last_response_mac_ok = None
         await self.send_raw(self._frame(payload))
         response = await self.receive()
-        if response is not None and "53" in secured:
-            self.last_response_mac_ok = self._response_mac_ok(response, secured["53"])
+        if response is not None and self.security is not None and secured.get("t") in SECURED_MTIS:
+            self.last_response_mac_ok = self._response_mac_ok(response, secured.get("53"))
         return response
 
     async def resend(self, fields: dict[str, str]) -> dict[str, str] | None:
@@ -112,7 +112,7 @@ class TerminalClient:
             raise ValueError("resend needs fields that were secured before (with DE53)")
         return await self.request(fields)
 
-    def _response_mac_ok(self, response: dict[str, str], ksn: str) -> bool | None:
+    def _response_mac_ok(self, response: dict[str, str], ksn: str | None) -> bool | None:
         field = mac_field(response)
         if field not in response:
             stray = "64" in response or "128" in response

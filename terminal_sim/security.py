@@ -2,7 +2,8 @@
 
 Profiles (`eum admin terminal add --security ...`): `none` (no object of this class: the
 terminal sends neither PIN nor MAC), `dukpt-tdes` (ANSI X9.24-1:2009) and `dukpt-aes`
-(ANSI X9.24-3:2017, AES-128 working keys). `mac` (a static TAK) is not simulated here.
+(ANSI X9.24-3:2017, AES-128 working keys), and `mac` (`TakSecurity`: a static TAK, X9.19
+MACs both ways, no PIN, no KSN).
 
 Key injection. A real terminal leaves the key-injection facility holding only its initial key
 (TDES IPEK, AES initial key) and initial KSN; the BDK never enters it. terminal_sim plays
@@ -46,7 +47,8 @@ from .terminal import REPEAT_MTI
 PROFILE_NONE = "none"
 PROFILE_TDES = "dukpt-tdes"
 PROFILE_AES = "dukpt-aes"
-PROFILES = (PROFILE_NONE, PROFILE_TDES, PROFILE_AES)
+PROFILE_MAC = "mac"
+PROFILES = (PROFILE_NONE, PROFILE_MAC, PROFILE_TDES, PROFILE_AES)
 DUKPT_PROFILES = (PROFILE_TDES, PROFILE_AES)
 KEY_SETS = ("test",)
 
@@ -55,6 +57,7 @@ TEST_BDKS = {
     PROFILE_TDES: bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"),  # ANSI X9.24-1 Annex A
     PROFILE_AES: bytes.fromhex("FEDCBA9876543210F1F1F1F1F1F1F1F1"),  # ANSI X9.24-3 Annex B
 }
+TEST_TAK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")  # the certification TAK (docs/security.md)
 KSN_HEX_SIZE = {PROFILE_TDES: 2 * dukpt.TDES_KSN_SIZE, PROFILE_AES: 2 * dukpt.AES_KSN_SIZE}
 
 MAC_SIZE = 8
@@ -356,3 +359,50 @@ def _initial_key(config: SecurityConfig) -> bytes:
     if config.profile == PROFILE_TDES:
         return dukpt.tdes_ipek(bdk, config.initial_ksn)
     return dukpt.aes_initial_key(bdk, config.initial_ksn[: 2 * dukpt.AES_IKID_SIZE])
+
+
+class TakSecurity:
+    """A MAC-only terminal (`mac` profile): one static TAK, ANSI X9.19 (ISO 9797-1 algorithm 3,
+    padding method 1) over the same MAC input as DUKPT terminals, both ways. No PIN, no KSN;
+    the same duck type as TerminalSecurity for the client (`protect`, `sign`,
+    `verify_response`, `to_state`)."""
+
+    profile = PROFILE_MAC
+
+    def __init__(self, tak: bytes, *, keys: str = "test") -> None:
+        self._tak = bytes(tak)
+        self.keys = keys
+
+    @classmethod
+    def for_test_keys(cls) -> TakSecurity:
+        return cls(TEST_TAK)
+
+    def __repr__(self) -> str:
+        return "TakSecurity(profile='mac')"
+
+    def to_state(self) -> dict[str, str]:
+        return {"profile": PROFILE_MAC, "keys": self.keys}
+
+    def protect(self, fields: dict[str, str], *, pin: str | None = None, pan: str | None = None) -> dict[str, str]:
+        if pin is not None:
+            raise SecurityError("a mac-profile terminal has no PIN key: PINs need a DUKPT profile")
+        if fields.get("t", "") not in SECURED_MTIS:
+            return dict(fields)
+        out = {k: v for k, v in fields.items() if k not in ("64", "128")}
+        out[mac_field(out)] = MAC_PLACEHOLDER
+        return out
+
+    def _mac(self, data: bytes) -> bytes:
+        return mac_iso9797_alg3(self._tak, bytes(data), padding=1, length=MAC_SIZE)
+
+    def sign(self, payload_with_zero_mac: bytes, *, ksn: str | None = None) -> bytes:
+        payload = bytes(payload_with_zero_mac)
+        if len(payload) <= MAC_SIZE or payload[-MAC_SIZE:] != bytes(MAC_SIZE):
+            raise SecurityError("payload must end with the 8-byte zero MAC placeholder (the MAC field last)")
+        return payload[:-MAC_SIZE] + self._mac(payload[:-MAC_SIZE])
+
+    def verify_response(self, payload: bytes, *, ksn: str | None = None) -> bool:
+        payload = bytes(payload)
+        if len(payload) <= MAC_SIZE:
+            return False
+        return hmac.compare_digest(self._mac(payload[:-MAC_SIZE]), payload[-MAC_SIZE:])

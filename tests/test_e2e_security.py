@@ -14,7 +14,7 @@ from switch.audit import verify
 from switch.clock import FixedClock
 from switch.hsm_client import HsmConfig
 from terminal_sim.client import TerminalClient
-from terminal_sim.security import TerminalSecurity
+from terminal_sim.security import TakSecurity, TerminalSecurity
 from terminal_sim.terminal import Terminal
 
 from conftest import LAUNCH, start_switch
@@ -32,9 +32,9 @@ async def _secured(tmp_path: Path, profile: str, *, hsms=1, **hsm_kw):
     env = await ctx.__aenter__()
     await env.op("merchant-add", mid="NAMDONG01", name="Namdong Cafe", district="namdong", annual_sales=250_000_000)
     term = await env.op("terminal-add", tid="T0000001", mid="NAMDONG01", security=profile, keys="test")
-    card = await env.op("card-issue", program="namdong", pin=PIN)
+    card = await env.op("card-issue", program="namdong", pin=PIN)  # only the PVV is kept
     await env.op("card-charge", pan=card["pan"], amount=100_000)
-    security = TerminalSecurity.for_test_keys(profile, term["ksn"])
+    security = TakSecurity.for_test_keys() if profile == "mac" else TerminalSecurity.for_test_keys(profile, term["ksn"])
     client = await TerminalClient("127.0.0.1", env.port, env.dialect, security=security).connect()
     terminal = Terminal("T0000001", "NAMDONG01")
     assert (await client.request(terminal.sign_on()))["39"] == "00"
@@ -143,6 +143,29 @@ async def test_a_secured_reversal_is_macd_in_de128_both_ways(tmp_path):
         assert "128" in answer and "64" not in answer
         assert client.last_response_mac_ok is True
         assert answer["54"] == "0002410C000000100000" + "0091410C000000000000"
+        assert verify(env.core.db_path).ok
+    finally:
+        await _close(ctx, servers, client)
+
+
+async def test_a_mac_only_terminal_signs_both_ways_and_cannot_send_pins(tmp_path):
+    env, ctx, servers, client, term, card, provisioned = await _secured(tmp_path, "mac")
+    try:
+        assert provisioned == {"tid": "T0000001", "mid": "NAMDONG01", "security": "mac", "keys": "test"}
+        answer = await client.request(term.purchase(card["pan"], 3_000))
+        assert answer["39"] == "00" and client.last_response_mac_ok is True
+        reversal = await client.request(term.reversal(client.last_request))
+        assert reversal["39"] == "00" and "128" in reversal and client.last_response_mac_ok is True
+        # a TAK that is not the terminal's: 63, nothing posted
+        wrong = TerminalClient("127.0.0.1", env.port, env.dialect, security=TakSecurity(bytes.fromhex("0123" * 8)))
+        await wrong.connect()
+        assert (await wrong.request(term.purchase(card["pan"], 3_000)))["39"] == "63"
+        await wrong.close()
+        # a PIN block from a mac-only terminal cannot be verified: 57
+        fields, payload = client.secure({**term.purchase(card["pan"], 3_000), "52": "0123456789ABCDEF"})
+        await client.send_raw(client._frame(payload))
+        assert (await client.receive())["39"] == "57"
+        assert _purchases(env.core.db_path) == 1
         assert verify(env.core.db_path).ok
     finally:
         await _close(ctx, servers, client)
