@@ -33,7 +33,7 @@ from .ledger import LedgerUnavailable, LedgerWriter, Unit
 from .messages import RESPONSE_MTI, Balances, Kind, Rc, Request, Response
 from .hsm_client import HsmUnavailable
 from .policy import Rules
-from .security import DUKPT, PIN_TRIES_MAX, SECURED, Security, SecurityError, TerminalKeys
+from .security import DUKPT, PIN_TRIES_MAX, SECURED, KsnGuard, Security, SecurityError, TerminalKeys, ksn_parts
 from .state import CardState, HotState, MessageState, PostingState, Terminal
 
 log = structlog.get_logger()
@@ -80,6 +80,7 @@ class Engine:
         self.writer = writer
         self.clock = clock
         self.security = security
+        self.ksn_guard = KsnGuard()
         self.signed_on: set[str] = set()
 
     # ------------------------------------------------------------------ entry point
@@ -111,11 +112,19 @@ class Engine:
         prior = self.state.message(req.key)
         if prior is not None:
             return await self._replay(req, fields, prior)
+        ksn_counter = None
+        if terminal.security in DUKPT:  # a new message: its KSN must not have been used before
+            ksn_counter = ksn_parts(terminal.security, req.ksn)[1]
+            if not self.ksn_guard.claim(terminal.tid, ksn_counter, floor=terminal.ksn_max):
+                return Outcome(self._response(req, fields, Rc.SECURITY_VIOLATION), note="KSN counter used before")
         pending = MessageState(req.base_mti, req.digest, None, None, asyncio.get_running_loop().create_future())
         self.state.messages[req.key] = pending
         try:
             pin = await self._check_pin(req, terminal) if req.pin_block and req.kind is not Kind.REVERSAL else None
             outcome, unit = await self._decide(req, fields, pin)
+            if ksn_counter is not None:
+                unit.statements.append(("UPDATE terminals SET ksn_max = MAX(ksn_max, ?) WHERE tid = ?",
+                                        (ksn_counter, terminal.tid)))
         except BaseException:
             del self.state.messages[req.key]
             pending.done.set_result(None)
@@ -132,6 +141,8 @@ class Engine:
             field_no = "64" if not req.mac else "53"
             return Outcome(self._response(req, fields, Rc.FORMAT_ERROR), note=f"DE{field_no} required by the "
                            f"terminal's {keys.profile} profile")
+        if keys.profile in DUKPT and ksn_parts(keys.profile, req.ksn)[0] != ksn_parts(keys.profile, keys.ksn_initial)[0]:
+            return Outcome(self._response(req, fields, Rc.SECURITY_VIOLATION), note="KSN of another device")
         if raw[-8:].hex().upper() != req.mac.upper():
             return Outcome(self._response(req, fields, Rc.FORMAT_ERROR), note="DE64 must be the last field")
         if self.security is None:

@@ -103,6 +103,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 MIGRATIONS = (
     ("terminals", "key_lmk", "TEXT NOT NULL DEFAULT ''"),      # BDK (DUKPT) or TAK (mac), under the LMK
     ("terminals", "ksn_initial", "TEXT NOT NULL DEFAULT ''"),
+    ("terminals", "ksn_max", "INTEGER NOT NULL DEFAULT 0"),    # highest DUKPT counter accepted
     ("cards", "pvv", "TEXT NOT NULL DEFAULT ''"),              # Visa PVV; the PIN itself is never stored
     ("cards", "pin_tries", "INTEGER NOT NULL DEFAULT 0"),
     ("cards", "pin_blocked", "INTEGER NOT NULL DEFAULT 0"),

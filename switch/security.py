@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from collections import OrderedDict
+
+from hsm_mock.dukpt import TDES_COUNTER_MASK
 from hsm_mock.lmk import TEST_LMK, encrypt_key_under_lmk
 
 from .hsm_client import HsmPool, HsmReply, HsmUnavailable
@@ -72,6 +75,37 @@ def provision_test_keys(profile: str, device: int) -> TerminalKeys:
     bdk = encrypt_key_under_lmk(TEST_BDK[profile], BDK_KEY_TYPE, "U", lmk=TEST_LMK,
                                 check_key_parity=profile == "dukpt-tdes")
     return TerminalKeys(profile=profile, key=bdk, ksn_initial=initial_ksn(profile, device))
+
+
+def ksn_parts(profile: str, ksn: str) -> tuple[str, int]:
+    """(device part, transaction counter) of a KSN: TDES 21-bit counter, AES 32-bit."""
+    if profile == "dukpt-tdes":
+        value = int(ksn, 16)
+        return f"{value & ~TDES_COUNTER_MASK:020X}", value & TDES_COUNTER_MASK
+    return ksn[:16], int(ksn[16:], 16)
+
+
+class KsnGuard:
+    """Each DUKPT transaction counter is accepted once per terminal: a captured message
+    cannot be replayed under a new STAN. Counters may arrive out of order (pipelined
+    terminals), so the guard remembers the last `window` counters it accepted, above a floor:
+    the highest counter accepted before this process started (persisted in ksn_max)."""
+
+    def __init__(self, *, window: int = 4096) -> None:
+        self.window = window
+        self._used: dict[str, OrderedDict[int, None]] = {}
+        self._floor: dict[str, int] = {}
+
+    def claim(self, tid: str, counter: int, *, floor: int) -> bool:
+        used = self._used.setdefault(tid, OrderedDict())
+        low = self._floor.setdefault(tid, floor)
+        if counter <= low or counter in used:
+            return False
+        used[counter] = None
+        if len(used) > self.window:  # forget the oldest, and refuse everything at or below it
+            oldest, _ = used.popitem(last=False)
+            self._floor[tid] = max(low, oldest)
+        return True
 
 
 def _ok(reply: HsmReply, command: str, *, allow: tuple[str, ...] = ("00",)) -> HsmReply:
@@ -148,5 +182,5 @@ def _account(pan: str) -> str:
     return pan[:-1][-12:].rjust(12, "0")
 
 
-__all__ = ["Security", "SecurityError", "HsmUnavailable", "TerminalKeys", "provision_test_keys", "PROFILES",
+__all__ = ["KsnGuard", "ksn_parts", "Security", "SecurityError", "HsmUnavailable", "TerminalKeys", "provision_test_keys", "PROFILES",
            "SECURED", "DUKPT", "PIN_TRIES_MAX"]

@@ -86,6 +86,7 @@ class Terminal:
     security: str
     key_lmk: str = ""      # BDK (DUKPT profiles) or TAK (mac) under the LMK; empty for none
     ksn_initial: str = ""
+    ksn_max: int = 0       # highest DUKPT counter accepted before this process started
 
 
 class StoreReader:
@@ -124,7 +125,7 @@ class StoreReader:
                         category=row[4], online_mall=bool(row[5]))
 
     def terminal(self, tid: str) -> Terminal | None:
-        row = self.conn.execute("SELECT tid, mid, security, key_lmk, ksn_initial FROM terminals WHERE tid=?",
+        row = self.conn.execute("SELECT tid, mid, security, key_lmk, ksn_initial, ksn_max FROM terminals WHERE tid=?",
                                 (tid,)).fetchone()
         return Terminal(*row) if row else None
 

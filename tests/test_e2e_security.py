@@ -169,3 +169,27 @@ async def test_a_mac_only_terminal_signs_both_ways_and_cannot_send_pins(tmp_path
         assert verify(env.core.db_path).ok
     finally:
         await _close(ctx, servers, client)
+
+
+async def test_a_replayed_ksn_or_another_devices_ksn_is_refused_63(tmp_path):
+    env, ctx, servers, client, term, card, provisioned = await _secured(tmp_path, "dukpt-tdes")
+    try:
+        assert (await client.request(term.purchase(card["pan"], 2_000), pin=PIN, pan=card["pan"]))["39"] == "00"
+        secured = client.last_request
+        # the same KSN and PIN block under a new STAN: a replay, refused before any posting
+        replay = {**secured, "11": "000777"}
+        assert (await client.resend(replay))["39"] == "63"
+        # a KSN of another device of the same BDK: refused
+        other_device = "FFFF9876540000400001"
+        other = TerminalSecurity.for_test_keys("dukpt-tdes", "FFFF9876540000400000")
+        intruder = TerminalClient("127.0.0.1", env.port, env.dialect, security=other)
+        await intruder.connect()
+        answer = await intruder.request(term.purchase(card["pan"], 2_000))
+        assert intruder.last_request["53"] == other_device and answer["39"] == "63"
+        await intruder.close()
+        # the repeat of the first (same key, same KSN) still gets its stored answer
+        assert (await client.resend(Terminal.repeat(secured)))["39"] == "00"
+        assert _purchases(env.core.db_path) == 1
+        assert env.core.reader.conn.execute("SELECT ksn_max FROM terminals").fetchone() == (1,)
+    finally:
+        await _close(ctx, servers, client)

@@ -1,0 +1,77 @@
+"""Issue 3's 'done means', as separate processes: `eum hsm`, `eum switch --hsm`, `eum admin`
+and `eum terminal --pin`. A DUKPT terminal's PIN purchase is approved only with the right
+PIN and a valid MAC. Every process runs under a timeout and is stopped by its own PID."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from switch.audit import verify
+from test_cli import EUM, admin_json, eum, free_port, wait_listening
+
+
+@pytest.fixture
+def processes(tmp_path):
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str, port: int) -> subprocess.Popen:
+        out = (tmp_path / f"proc-{len(started)}.out").open("w")
+        proc = subprocess.Popen([*EUM, *args], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        started.append(proc)
+        wait_listening(port, proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+@pytest.mark.parametrize("profile", ["dukpt-tdes", "dukpt-aes"])
+def test_pin_purchase_through_hsm_and_switch_processes(tmp_path: Path, processes, profile):
+    data = tmp_path / "var"
+    hsm_port, switch_port = free_port(), free_port()
+    hsm = processes("hsm", "--listen", f"127.0.0.1:{hsm_port}", "--log-dir", str(tmp_path / "hsm"), port=hsm_port)
+    admin_json(data, "merchant", "add", "--mid", "NAMDONG01", "--name", "Namdong Cafe", "--district", "namdong",
+               "--annual-sales", "250000000", cwd=tmp_path)
+    term = admin_json(data, "terminal", "add", "--tid", "T0000007", "--mid", "NAMDONG01", "--security", profile,
+                      "--keys", "test", cwd=tmp_path)
+    card = admin_json(data, "--hsm", f"127.0.0.1:{hsm_port}", "card", "issue", "--program", "namdong",
+                      "--pin", "1234", cwd=tmp_path)
+    eum("admin", "--data-dir", str(data), "card", "charge", "--pan", card["pan"], "--amount", "50000", cwd=tmp_path)
+    switch = processes("switch", "--data-dir", str(data), "--listen", f"127.0.0.1:{switch_port}",
+                       "--clock-start", "2019-07-20T12:00:00+09:00", "--hsm", f"127.0.0.1:{hsm_port}",
+                       port=switch_port)
+
+    def buy(pin: str, *extra: str, rc: int) -> dict:
+        proc = eum("terminal", "purchase", "--switch", f"127.0.0.1:{switch_port}", "--tid", "T0000007",
+                   "--mid", "NAMDONG01", "--pan", card["pan"], "--amount", "20000", "--pin", pin,
+                   "--state-dir", str(tmp_path / "terminals"), "--json", *extra, cwd=tmp_path, check_rc=rc)
+        assert pin not in proc.stdout and pin not in proc.stderr
+        return json.loads(proc.stdout)
+
+    first = buy("1234", "--security", profile, "--ksn", term["ksn"], rc=0)
+    assert (first["39"], first["response_mac"]) == ("00", "ok")
+    assert first["54"] == "0002410C000000030000" + "0091410C000000001500"
+    wrong = buy("4321", rc=1)  # the state file remembers the profile and the KSN counter
+    assert (wrong["39"], wrong["response_mac"]) == ("55", "ok")
+    state = json.loads((tmp_path / "terminals" / "T0000007.json").read_text())
+    assert state["security"]["ksn"].endswith("2" if profile == "dukpt-tdes" else "00000002")
+
+    for proc in (switch, hsm):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    assert verify(data / "ledger.sqlite3").ok
+    logs = (data / "logs" / "switch.jsonl").read_text() + (tmp_path / "hsm" / "hsm-audit.jsonl").read_text()
+    assert card["pan"] not in logs
+    assert '"rc": "55"' in logs and '"rc": "00"' in logs
