@@ -63,7 +63,7 @@ class Operations:
         """DUKPT device ids, one per secured terminal: counted from the store once, then
         handed out synchronously, so two concurrent provisionings never share one."""
         if self._device_count is None:
-            self._device_count = self.state.reader.secured_terminals()
+            self._device_count = self.state.reader.dukpt_terminals()
         self._device_count += 1
         return self._device_count
 
@@ -109,7 +109,7 @@ class Operations:
             raise OperationError(f"terminal {tid} already exists")
         key = ksn = ""
         if security in SECURED:
-            provisioned = provision_test_keys(security, self._next_device())
+            provisioned = provision_test_keys(security, self._next_device() if security in DUKPT else 0)
             key, ksn = provisioned.key, provisioned.ksn_initial
         self.state.terminals[tid] = Terminal(tid=tid, mid=mid, security=security, key_lmk=key, ksn_initial=ksn)
         await self.writer.submit(Unit(statements=[(

@@ -176,8 +176,8 @@ class StoreReader:
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
 
-    def secured_terminals(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM terminals WHERE security != 'none'").fetchone()[0]
+    def dukpt_terminals(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM terminals WHERE security LIKE 'dukpt-%'").fetchone()[0]
 
     def max_posting_id(self) -> int:
         return self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM postings").fetchone()[0]

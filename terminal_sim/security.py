@@ -151,6 +151,7 @@ class TerminalSecurity:
         self._ksn = config.initial_ksn
         self._keys: OrderedDict[str, _WorkingKeys] = OrderedDict()
         self._sent: OrderedDict[tuple[str, str, str], _Sent] = OrderedDict()
+        self.iso4_fill: bytes | None = None  # fixed ISO-4 random fill: reproducible documents only
         if ksn is not None:
             self._ksn = self._own_ksn(ksn)
 
@@ -259,7 +260,7 @@ class TerminalSecurity:
         if self.profile == PROFILE_TDES:
             block = tdes_ecb_encrypt_once(keys.pin, pinblock.encode_iso0(pin, pan))
         else:
-            block = pinblock.encipher_iso4(keys.pin, pin, pan)
+            block = pinblock.encipher_iso4(keys.pin, pin, pan, fill=self.iso4_fill)
         return block.hex().upper()
 
     # ------------------------------------------------------------------ MAC
