@@ -1,6 +1,6 @@
-"""The switch's HSM client: pipelined connections to one or more payShield-style HSMs.
+"""The switch's HSM client: a pool of pipelined connections to one or more payShield-style HSMs.
 
-Each connection carries many commands at once; the 4-character message header is the
+`connections_per_hsm` connections to each HSM, used in turn; each carries many commands at once; the 4-character message header is the
 correlation id (the HSM returns it unchanged). Every call has a timeout. A background task
 health-checks each HSM with NC and reconnects with backoff; calls go to the first healthy
 HSM in the configured order and fail over to the next on a timeout or a broken connection.
@@ -42,12 +42,15 @@ class HsmConfig:
     call_timeout_ms: float = 300.0
     connect_timeout_ms: float = 500.0
     health_interval_s: float = 2.0
+    connections_per_hsm: int = 2      # pipelined connections to each HSM, used in turn
     in_flight_max: int = 256          # per connection; callers wait beyond it
     reconnect_backoff_s_max: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.endpoints:
             raise ValueError("hsm endpoints: at least one HOST:PORT")
+        if self.connections_per_hsm < 1:
+            raise ValueError("hsm connections_per_hsm must be ≥ 1")
         if self.header_length < 4:
             raise ValueError("hsm header_length must be ≥ 4 (it carries the correlation id)")
 
@@ -129,7 +132,8 @@ class _Endpoint:
     host: str
     port: int
     healthy: bool = False
-    conn: _Connection | None = None
+    conns: list[_Connection] = field(default_factory=list)
+    turn: int = 0
     failures: int = 0
     last_check: float = 0.0
     lmk_check: str = ""
@@ -141,6 +145,23 @@ class _Endpoint:
     @property
     def name(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def open_conns(self) -> list[_Connection]:
+        return [c for c in self.conns if c.open]
+
+    def next_conn(self) -> _Connection | None:
+        """The endpoint's open connections in turn: pipelining spread over all of them."""
+        live = self.open_conns
+        if not live:
+            return None
+        self.turn += 1
+        return live[self.turn % len(live)]
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+        self.conns = []
 
 
 class HsmPool:
@@ -161,8 +182,7 @@ class HsmPool:
             except asyncio.CancelledError:
                 pass
         for ep in self.endpoints:
-            if ep.conn is not None:
-                ep.conn.close()
+            ep.close()
 
     @property
     def healthy(self) -> list[str]:
@@ -170,7 +190,7 @@ class HsmPool:
 
     @staticmethod
     def _usable(ep: _Endpoint) -> bool:
-        return ep.healthy and ep.conn is not None and ep.conn.open
+        return ep.healthy and bool(ep.open_conns)
 
     async def call(self, code: str, body: bytes) -> HsmReply:
         """Send one command to the first healthy HSM; fail over on timeout or broken link."""
@@ -183,7 +203,7 @@ class HsmPool:
                 continue
             tried.append(ep.name)
             try:
-                reply = await ep.conn.call(code, body, timeout_s)
+                reply = await ep.next_conn().call(code, body, timeout_s)
                 ep.calls += 1
                 return reply
             except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
@@ -195,9 +215,7 @@ class HsmPool:
         if ep.healthy:
             log.warning("hsm_down", hsm=ep.name, reason=reason)
         ep.healthy = False
-        if ep.conn is not None:
-            ep.conn.close()
-            ep.conn = None
+        ep.close()
 
     async def _health_loop(self) -> None:
         while True:
@@ -205,16 +223,19 @@ class HsmPool:
             await asyncio.gather(*(self._check(ep) for ep in self.endpoints), return_exceptions=True)
 
     async def _check(self, ep: _Endpoint) -> None:
-        """NC diagnostics on the endpoint's connection, reconnecting (with backoff) if needed."""
+        """NC diagnostics on each of the endpoint's connections, (re)connecting the missing
+        ones, with backoff after failures."""
         async with ep.lock:
             now = time.monotonic()
-            if ep.conn is None or not ep.conn.open:
+            ep.conns = ep.open_conns
+            if len(ep.conns) < self.config.connections_per_hsm:
                 if now < ep.reconnect_at:
                     return
                 try:
-                    conn = _Connection(ep.host, ep.port, self.config)
-                    await conn.connect()
-                    ep.conn = conn
+                    while len(ep.conns) < self.config.connections_per_hsm:
+                        conn = _Connection(ep.host, ep.port, self.config)
+                        await conn.connect()
+                        ep.conns.append(conn)
                 except (asyncio.TimeoutError, OSError) as exc:
                     ep.failures += 1
                     backoff = min(self.config.reconnect_backoff_s_max, 0.1 * 2 ** min(ep.failures, 10))
@@ -222,13 +243,15 @@ class HsmPool:
                     self._mark_down(ep, type(exc).__name__)
                     return
             try:
-                reply = await ep.conn.call("NC", b"", self.config.call_timeout_ms / 1000)
+                replies = await asyncio.gather(*(c.call("NC", b"", self.config.call_timeout_ms / 1000)
+                                                 for c in ep.conns))
             except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
                 ep.failures += 1
                 self._mark_down(ep, type(exc).__name__)
                 return
             ep.last_check = now
-            if reply.error != "00":
+            reply = replies[0]
+            if any(r.error != "00" for r in replies):
                 self._mark_down(ep, f"NC error {reply.error}")
                 return
             if not ep.healthy:

@@ -193,3 +193,22 @@ async def test_a_replayed_ksn_or_another_devices_ksn_is_refused_63(tmp_path):
         assert env.core.reader.conn.execute("SELECT ksn_max FROM terminals").fetchone() == (1,)
     finally:
         await _close(ctx, servers, client)
+
+
+async def test_a_slow_hsm_answers_slowly_and_a_too_slow_one_gets_91(tmp_path):
+    from dataclasses import replace
+
+    env, ctx, servers, client, term, card, _ = await _secured(tmp_path, "dukpt-tdes")
+    try:
+        servers[0].config = replace(servers[0].config, latency_ms=60)
+        started = time.perf_counter()
+        answer = await client.request(term.purchase(card["pan"], 1_000), pin=PIN, pan=card["pan"])
+        # MAC verify, PIN translate, PIN verify, response MAC: four HSM calls of 60 ms each
+        assert answer["39"] == "00" and time.perf_counter() - started >= 0.24
+        servers[0].config = replace(servers[0].config, latency_ms=1_000)  # beyond the 300 ms call timeout
+        started = time.perf_counter()
+        answer = await client.request(term.purchase(card["pan"], 1_000), pin=PIN, pan=card["pan"])
+        assert answer["39"] == "91" and time.perf_counter() - started < 0.6
+        assert _purchases(env.core.db_path) == 1
+    finally:
+        await _close(ctx, servers, client)

@@ -124,3 +124,35 @@ def test_endpoints_parse_and_reject():
     assert parse_endpoints("127.0.0.1:1500,127.0.0.1:1501") == (("127.0.0.1", 1500), ("127.0.0.1", 1501))
     with pytest.raises(ValueError, match="not HOST:PORT"):
         parse_endpoints("localhost")
+
+
+async def test_calls_are_spread_over_the_pool_of_connections():
+    async with service(latency_ms=2) as hsm:
+        pool = pool_for(hsm, connections_per_hsm=3)
+        await pool.start()
+        try:
+            assert len(pool.endpoints[0].open_conns) == 3
+            replies = await asyncio.gather(*(pool.call("B2", b"0002ok") for _ in range(30)))
+            assert [r.body for r in replies] == [b"ok"] * 30
+            assert len(hsm._connections) == 3  # the service saw exactly three clients
+        finally:
+            await pool.close()
+
+
+async def test_a_slow_hsm_within_the_timeout_still_answers_and_one_beyond_it_fails_over():
+    async with service(latency_ms=120) as slow, service(latency_ms=400) as slower, service() as fast:
+        pool = pool_for(slow, call_timeout_ms=300, health_interval_s=30)
+        await pool.start()
+        try:
+            started = time.perf_counter()
+            assert (await pool.call("B2", b"0002ok")).body == b"ok"
+            assert 0.12 <= time.perf_counter() - started < 0.3
+        finally:
+            await pool.close()
+        pool = pool_for(slower, fast, call_timeout_ms=300, health_interval_s=30)
+        await pool.start()  # the slower HSM's NC times out at start: only the fast one is healthy
+        try:
+            assert pool.healthy == [f"127.0.0.1:{fast.port}"]
+            assert (await pool.call("B2", b"0002ok")).body == b"ok"
+        finally:
+            await pool.close()
