@@ -39,6 +39,7 @@ from hsm_mock.crypto import (
     KeyParityError,
     aes_cmac,
     aes_key_check_value,
+    combine_components,
     fix_parity,
     has_odd_parity,
     key_check_value,
@@ -165,6 +166,7 @@ class Hsm:
             "FW": self._fw, "BK": self._bk, "BA": self._ba, "DG": self._dg, "DE": self._de,
             "CW": self._cw, "CY": self._cy,
             "M6": self._m6, "M8": self._m8, "GW": self._gw, "Z2": self._z2,
+            "Z4": self._z4, "Z6": self._z6,
         }  # fmt: skip
         # Commands whose bodies carry binary data (which may hold 0x19): their trailer is
         # found after the fields, by parsing them (see `parse`).
@@ -801,6 +803,57 @@ class Hsm:
         if req.mode in "12":
             return OK, to_hex(value)
         return (OK if hmac.compare_digest(to_hex(value[: req.size]), req.mac or "") else VERIFICATION_FAILED), ""
+
+    # ------------------------------------------------------------------------- key ceremony: Z4 Z6
+
+    def _z4(self, r: FieldReader, audit: Audit) -> Reply:
+        """Ours (payShield does this at its console, FK): form a double-length key from 2..9
+        clear components entered by key custodians, XORed. Key type 3H, LMK scheme 1A (U),
+        component count 1N, components 32H each (odd parity) → key under the LMK + KCV 6H."""
+        key_type = resolve_key_type(r.take(3, "key type")).code
+        scheme = _scheme(r.take(1, "key scheme (LMK)"))
+        if SCHEME_KEY_SIZES[scheme] != 16:
+            raise HsmCryptoError("components form double-length keys: scheme U or X", code="26")
+        count = int(r.digits(1, "number of components"))
+        if not 2 <= count <= 9:
+            raise ProtocolError("number of components must be 2..9")
+        components = []
+        for n in range(count):
+            component = bytes.fromhex(r.hex(32, f"component {n + 1}"))
+            if not has_odd_parity(component):
+                raise HsmCryptoError(f"component {n + 1} parity", code="10")
+            components.append(component)
+        r.done()
+        clear = combine_components(components)
+        audit.kcv("formed", clear)
+        audit.note(key_type=key_type, components=count)
+        return OK, encrypt_key_under_lmk(clear, key_type, scheme, lmk=self.lmk) + key_check_value(clear)
+
+    def _z6(self, r: FieldReader, audit: Audit) -> Reply:
+        """Ours (payShield A0 derive modes): derive a DUKPT initial key and export it under a
+        ZMK for the key-injection facility. Algorithm 1A (`T` TDES: IPEK from BDK + KSN 20H;
+        `A` AES-128: initial key from BDK + initial key ID 16H), BDK (009), KSN / IKID, ZMK
+        (000), export scheme 1A (X or U) → initial key under the ZMK + KCV 6H (TDES KCV; AES:
+        CMAC KCV). The BDK never leaves the HSM; the initial key leaves only under the ZMK."""
+        algorithm = r.take(1, "algorithm")
+        if algorithm not in "TA":
+            raise ProtocolError("algorithm must be T (TDES DUKPT) or A (AES DUKPT)")
+        bdk_text = r.key("BDK", single_allowed=False)
+        ident = r.hex(20 if algorithm == "T" else 16, "KSN" if algorithm == "T" else "initial key ID")
+        zmk = self._tdes(r.key("ZMK", single_allowed=False), ZMK, "zmk", audit, parity="11")
+        export = _scheme(r.take(1, "key scheme (ZMK)"))
+        r.done()
+        if algorithm == "T":
+            bdk = self._tdes(bdk_text, BDK, "bdk", audit)
+            initial = dukpt.tdes_ipek(bdk, ident)
+            check = key_check_value(initial)
+        else:
+            bdk = self._aes(bdk_text, BDK, "bdk", audit)
+            initial = dukpt.aes_initial_key(bdk, ident)
+            check = aes_key_check_value(initial)
+        audit.note(algorithm=algorithm)
+        under_zmk = encrypt_key_under_kek(initial, zmk, export, check_key_parity=False)
+        return OK, under_zmk + check
 
     # ------------------------------------------------------------------------- DUKPT MAC: GW Z2
 

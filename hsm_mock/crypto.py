@@ -350,3 +350,14 @@ def mac_iso9797_alg3(key: bytes, data: bytes, *, padding: int = 1, length: int =
     padded = pad_iso9797(data, padding)
     chained = tdes_cbc_encrypt(k, padded)[-DES_BLOCK_SIZE:]
     return tdes_ecb_encrypt(k, tdes_ecb_decrypt(k_prime, chained))[:length]
+
+
+def combine_components(components: list[bytes]) -> bytes:
+    """A key formed from clear components held by separate custodians: their XOR, with odd
+    parity restored (an even number of odd-parity components gives even parity)."""
+    if len(components) < 2 or len({len(c) for c in components}) != 1:
+        raise HsmCryptoError("key components: at least two, all of one length", code="15")
+    key = bytes(len(components[0]))
+    for component in components:
+        key = xor(key, component)
+    return fix_parity(key)

@@ -136,7 +136,12 @@ def _merchant_add(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 def _terminal_add(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     return _admin_op(data_dir, "terminal-add", {"tid": args.tid, "mid": args.mid, "security": args.security,
-                                                 "keys": args.keys}, clock=_clock(args))
+                                                 "keys": args.keys, "group": args.group},
+                     clock=_clock(args), hsm=_hsm(args))
+
+
+def _kif_zmk(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    return _admin_op(data_dir, "kif-zmk", {"components": args.component}, clock=_clock(args), hsm=_hsm(args))
 
 
 def _card_issue(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
@@ -211,6 +216,7 @@ ADMIN_ACTIONS = {
     "card-unblock-pin": _card_status("card-unblock-pin"),
     "card-show": _card_show,
     "verify": _verify,
+    "kif-zmk": _kif_zmk,
     "seed": _seed,
 }
 
@@ -292,7 +298,10 @@ def _admin_parsers(asub: Any) -> None:
     ta.add_argument("--tid", required=True)
     ta.add_argument("--mid", required=True)
     ta.add_argument("--security", default="none", help="none | mac | dukpt-tdes | dukpt-aes")
-    ta.add_argument("--keys", default="test", help="key set: test (the published X9.24 test BDKs)")
+    ta.add_argument("--keys", default="test", choices=("test", "generated"),
+                    help="test: the published X9.24 test keys; generated: a BDK generated in the HSM per "
+                         "--group, the terminal's initial key exported under the KIF ZMK (docs/security.md)")
+    ta.add_argument("--group", default="default", help="terminal group sharing one generated BDK")
     ta.set_defaults(admin_action="terminal-add")
 
     c = asub.add_parser("card").add_subparsers(dest="action", required=True)
@@ -311,6 +320,10 @@ def _admin_parsers(asub: Any) -> None:
         cp.add_argument("--pan", required=True)
         cp.set_defaults(admin_action=f"card-{name}")
 
+    kz = asub.add_parser("kif-zmk", help="form the key-injection facility's ZMK in the HSM from custodians' "
+                         "clear components")
+    kz.add_argument("--component", action="append", required=True, help="32 hex digits; give it 2-9 times")
+    kz.set_defaults(admin_action="kif-zmk")
     v = asub.add_parser("verify", help="prove the whole ledger; exit 1 at the first discrepancy")
     v.set_defaults(admin_action="verify")
     s = asub.add_parser("seed", help="deterministic population of merchants, terminals and charged cards")
@@ -318,7 +331,7 @@ def _admin_parsers(asub: Any) -> None:
     s.add_argument("--merchants", type=int, required=True)
     s.add_argument("--seed", type=int, default=1)
     s.set_defaults(admin_action="seed")
-    for sp in (ma, ta, ci, cc, v, s) + tuple(c.choices[n] for n in ("block", "unblock", "unblock-pin", "show")):
+    for sp in (ma, ta, ci, cc, v, s, kz) + tuple(c.choices[n] for n in ("block", "unblock", "unblock-pin", "show")):
         _json_flag(sp)
 
 

@@ -81,6 +81,10 @@ CREATE TABLE IF NOT EXISTS messages(
     digest TEXT NOT NULL, rc TEXT NOT NULL, response TEXT NOT NULL, posting_id INTEGER,
     at TEXT NOT NULL, PRIMARY KEY(tid, stan, tx_time)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS key_groups(
+    name TEXT NOT NULL, profile TEXT NOT NULL, bdk TEXT NOT NULL, kcv TEXT NOT NULL,
+    PRIMARY KEY(name, profile)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tombstones(
     tid TEXT NOT NULL, stan TEXT NOT NULL, tx_time TEXT NOT NULL, at TEXT NOT NULL,
     PRIMARY KEY(tid, stan, tx_time)

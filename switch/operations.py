@@ -18,10 +18,10 @@ from .clock import Clock
 from .domain import DISTRICTS, KST, Merchant, mask_pan, month_key
 from .ledger import LedgerWriter, Unit
 from .policy import Rules
-from .security import DUKPT, PROFILES, SECURED, Security, provision_test_keys
+from .security import DUKPT, PROFILES, SECURED, Security, SecurityError, initial_ksn, provision_test_keys
 from .state import CardState, HotState, PostingState, Terminal
 
-KEY_SETS = ("test",)
+KEY_SETS = ("test", "generated")
 log = structlog.get_logger()
 
 
@@ -95,34 +95,73 @@ class Operations:
         return {"mid": mid.strip(), "name": name, "district": district, "annual_sales": annual_sales,
                 "category": category, "online_mall": online_mall}
 
-    async def op_terminal_add(self, *, tid: str, mid: str, security: str = "none", keys: str = "test") -> dict[str, Any]:
+    async def op_terminal_add(self, *, tid: str, mid: str, security: str = "none", keys: str = "test",
+                              group: str = "default") -> dict[str, Any]:
         if len(tid) != 8:
             raise OperationError("--tid must be exactly 8 characters (DE41)")
         if security not in PROFILES:
             raise OperationError(f"--security must be one of {', '.join(PROFILES)}")
         if keys not in KEY_SETS:
-            raise OperationError("--keys: only the published test key set ('test') is provisioned so far")
+            raise OperationError(f"--keys must be one of {', '.join(KEY_SETS)}")
+        if keys == "generated" and security not in DUKPT:
+            raise OperationError("--keys generated provisions DUKPT terminals (dukpt-tdes, dukpt-aes)")
         mid = mid.ljust(15)
         if self.state.merchant(mid) is None:
             raise OperationError(f"merchant {mid.strip()} not found")
         if self.state.terminal(tid) is not None:
             raise OperationError(f"terminal {tid} already exists")
+        out: dict[str, Any] = {"tid": tid, "mid": mid.strip(), "security": security}
         key = ksn = ""
-        if security in SECURED:
+        if keys == "generated":
+            key, ksn, injection = await self._generated_keys(security, group)
+            out.update(keys=keys, group=group, ksn=ksn, **injection)
+        elif security in SECURED:
             provisioned = provision_test_keys(security, self._next_device() if security in DUKPT else 0)
             key, ksn = provisioned.key, provisioned.ksn_initial
+            out["keys"] = keys
+            if security in DUKPT:
+                out["ksn"] = ksn
+        else:
+            log.warning("terminal_without_security", tid=tid, note="no PIN, no MAC: certification/legacy only")
         self.state.terminals[tid] = Terminal(tid=tid, mid=mid, security=security, key_lmk=key, ksn_initial=ksn)
         await self.writer.submit(Unit(statements=[(
             "INSERT INTO terminals(tid, mid, security, key_lmk, ksn_initial) VALUES (?,?,?,?,?)",
             (tid, mid, security, key, ksn))]))
-        out = {"tid": tid, "mid": mid.strip(), "security": security}
-        if security in DUKPT:
-            out.update(keys=keys, ksn=ksn)
-        elif security in SECURED:
-            out.update(keys=keys)
-        else:
-            log.warning("terminal_without_security", tid=tid, note="no PIN, no MAC: certification/legacy only")
         return out
+
+    async def _generated_keys(self, profile: str, group: str) -> tuple[str, str, dict[str, str]]:
+        """A production-style key set: the group's BDK is generated in the HSM and never leaves
+        it; the terminal's initial key is derived there and leaves only under the KIF's ZMK."""
+        if self.security is None:
+            raise OperationError("--keys generated needs an HSM: pass --hsm HOST:PORT (or run the switch with --hsm)")
+        kif_zmk = self.state.reader.meta("kif_zmk")
+        if kif_zmk is None:
+            raise OperationError("no key-injection ZMK yet: custodians form it with `eum admin kif-zmk --component …`")
+        found = self.state.reader.key_group(group, profile)
+        if found is None:
+            bdk, kcv = await self.security.generate_bdk(profile)
+            await self.writer.submit(Unit(statements=[(
+                "INSERT INTO key_groups(name, profile, bdk, kcv) VALUES (?,?,?,?)", (group, profile, bdk, kcv))]))
+        else:
+            bdk, kcv = found
+        ksn = initial_ksn(profile, self._next_device())
+        under_zmk, ikcv = await self.security.export_initial_key(profile, bdk, ksn, kif_zmk)
+        return bdk, ksn, {"bdk_kcv": kcv, "initial_key_under_kif_zmk": under_zmk, "initial_key_kcv": ikcv}
+
+    async def op_kif_zmk(self, *, components: list[str]) -> dict[str, Any]:
+        """Custodians' clear components → the key-injection facility's ZMK, formed in the HSM
+        and kept under the LMK. The components are never stored or logged."""
+        if self.security is None:
+            raise OperationError("kif-zmk needs an HSM: pass --hsm HOST:PORT (or run the switch with --hsm)")
+        if len(components) < 2 or any(len(c) != 32 for c in components):
+            raise OperationError("--component: at least two, each 32 hex digits")
+        try:
+            zmk, kcv = await self.security.form_kif_zmk([c.upper() for c in components])
+        except SecurityError as exc:
+            raise OperationError(f"the HSM refused the components (error {exc.error})") from None
+        await self.writer.submit(Unit(statements=[("INSERT OR REPLACE INTO meta(key, value) VALUES ('kif_zmk', ?)",
+                                                    (zmk,))]))
+        return {"kif_zmk_kcv": kcv}
 
     # ------------------------------------------------------------------ cards
 

@@ -167,6 +167,29 @@ class Security:
             + pvv.encode()
         return _ok(await self.hsm.call("EC", body), "EC", allow=("00", "01")).error == "00"
 
+    # ------------------------------------------------------------------ production-style key sets
+
+    async def form_kif_zmk(self, components: list[str]) -> tuple[str, str]:
+        """The key-injection facility's ZMK, formed in the HSM from custodians' clear
+        components (Z4): (ZMK under the LMK, KCV)."""
+        body = b"000U" + str(len(components)).encode() + "".join(components).encode()
+        reply = _ok(await self.hsm.call("Z4", body), "Z4").body.decode()
+        return reply[:33], reply[33:39]
+
+    async def generate_bdk(self, profile: str) -> tuple[str, str]:
+        """A new BDK generated inside the HSM (A0; AES with our '#A'): (under the LMK, KCV)."""
+        body = b"0009U" + (b"#A" if profile == "dukpt-aes" else b"")
+        reply = _ok(await self.hsm.call("A0", body), "A0").body.decode()
+        return reply[:33], reply[33:39]
+
+    async def export_initial_key(self, profile: str, bdk: str, ksn: str, kif_zmk: str) -> tuple[str, str]:
+        """The terminal's initial key, derived in the HSM from the BDK and its initial KSN, and
+        exported under the KIF's ZMK (Z6): (initial key under the ZMK, KCV)."""
+        ident = ksn if profile == "dukpt-tdes" else ksn[:16]
+        body = (b"T" if profile == "dukpt-tdes" else b"A") + bdk.encode() + ident.encode() + kif_zmk.encode() + b"X"
+        reply = _ok(await self.hsm.call("Z6", body), "Z6").body.decode()
+        return reply[:33], reply[33:39]
+
     async def pvv_for(self, pin: str, pan: str) -> str:
         """Card issuance: the PIN goes under the LMK (BA) and becomes a PVV (DG); only the PVV
         is stored."""

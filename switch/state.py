@@ -176,6 +176,10 @@ class StoreReader:
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
 
+    def key_group(self, name: str, profile: str) -> tuple[str, str] | None:
+        row = self.conn.execute("SELECT bdk, kcv FROM key_groups WHERE name=? AND profile=?", (name, profile)).fetchone()
+        return (row[0], row[1]) if row else None
+
     def dukpt_terminals(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM terminals WHERE security LIKE 'dukpt-%'").fetchone()[0]
 

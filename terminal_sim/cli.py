@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -66,8 +67,15 @@ def add_terminal_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> 
                     help="the terminal's security profile (default: as in its state file, else none)")
     tp.add_argument("--ksn", help="initial KSN of a DUKPT terminal (counter 0), as `eum admin terminal add "
                                   "--json` prints it; needed once, then remembered with the counter")
-    tp.add_argument("--keys", choices=KEY_SETS, default="test",
-                    help="key set the terminal was injected with: the public test BDKs")
+    tp.add_argument("--keys", choices=KEY_SETS, default=None,
+                    help="key set the terminal was injected with: test (the public test BDKs, default) or "
+                         "generated (give --initial-key and the KIF ZMK components)")
+    tp.add_argument("--initial-key", help="generated key set: the initial key under the KIF ZMK, as "
+                                          "`eum admin terminal add --keys generated --json` prints it")
+    tp.add_argument("--initial-key-kcv", help="generated key set: its check value, verified after decryption")
+    tp.add_argument("--zmk-component", action="append", default=None,
+                    help="generated key set: a KIF ZMK component (2-9 times; also EUM_KIF_ZMK_COMPONENTS, "
+                         "comma-separated); never stored")
     tp.set_defaults(func=func)
 
 
@@ -131,13 +139,22 @@ def terminal_security(args: argparse.Namespace, state: dict[str, Any]) -> Termin
         if args.ksn:
             raise ValueError("--ksn is for a DUKPT terminal: give --security dukpt-tdes or dukpt-aes")
         return TakSecurity.for_test_keys() if profile == PROFILE_MAC else None
-    same_profile = stored["profile"] == profile and stored.get("keys", "test") == args.keys
+    keys = args.keys or stored.get("keys", "test")
+    same_profile = stored["profile"] == profile and stored.get("keys", "test") == keys
     initial = args.ksn or (stored.get("initial_ksn") if same_profile else None)
     if not initial:
         raise ValueError(f"--ksn (the initial KSN) is required the first time a terminal uses {profile}")
-    fresh = TerminalSecurity.for_test_keys(profile, initial)
-    if same_profile and stored.get("initial_ksn") == fresh.initial_ksn:
-        return TerminalSecurity.from_state(stored)  # the same injected key: continue its counter
+    components = args.zmk_component or [c for c in os.environ.get("EUM_KIF_ZMK_COMPONENTS", "").split(",") if c]
+    if keys == "generated":
+        injected = args.initial_key or (stored.get("initial_key_under_kif_zmk") if same_profile else None)
+        if not injected or not components:
+            raise ValueError("a generated key set needs --initial-key (once) and the KIF ZMK components")
+        fresh = TerminalSecurity.for_injected_key(profile, initial, injected, components, kcv=args.initial_key_kcv)
+    else:
+        fresh = TerminalSecurity.for_test_keys(profile, initial)
+    if same_profile and stored.get("initial_ksn") == fresh.initial_ksn \
+            and stored.get("initial_key_under_kif_zmk") == fresh.to_state().get("initial_key_under_kif_zmk"):
+        return TerminalSecurity.from_state(stored, zmk_components=components)  # same injected key: keep counting
     return fresh
 
 

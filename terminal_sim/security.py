@@ -40,7 +40,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hsm_mock import dukpt, pinblock
-from hsm_mock.crypto import aes_cmac, mac_iso9797_alg3, tdes_ecb_encrypt_once
+from hsm_mock.crypto import (HsmCryptoError, aes_cmac, aes_key_check_value, combine_components, key_check_value,
+                             mac_iso9797_alg3, tdes_ecb_encrypt_once)
+from hsm_mock.lmk import decrypt_key_under_kek
 
 from .terminal import REPEAT_MTI
 
@@ -50,7 +52,7 @@ PROFILE_AES = "dukpt-aes"
 PROFILE_MAC = "mac"
 PROFILES = (PROFILE_NONE, PROFILE_MAC, PROFILE_TDES, PROFILE_AES)
 DUKPT_PROFILES = (PROFILE_TDES, PROFILE_AES)
-KEY_SETS = ("test",)
+KEY_SETS = ("test", "generated")
 
 # The certification key set: published test BDKs (REFERENCE.md "Standard test vectors").
 TEST_BDKS = {
@@ -145,8 +147,10 @@ class TerminalSecurity:
     does all of it at the field level for one request.
     """
 
-    def __init__(self, config: SecurityConfig, initial_key: bytes, *, ksn: str | None = None) -> None:
+    def __init__(self, config: SecurityConfig, initial_key: bytes, *, ksn: str | None = None,
+                 injected: str | None = None) -> None:
         self.config = config
+        self._injected = injected  # generated key set: the initial key as the KIF received it, under its ZMK
         self._initial_key = bytes(initial_key)
         self._ksn = config.initial_ksn
         self._keys: OrderedDict[str, _WorkingKeys] = OrderedDict()
@@ -164,20 +168,44 @@ class TerminalSecurity:
         return cls(config, _initial_key(config))
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> TerminalSecurity:
-        """Inverse of `to_state`: the terminal continues from its saved counter."""
+    def for_injected_key(cls, profile: str, ksn: str, initial_key_under_zmk: str,
+                         zmk_components: list[str], *, kcv: str | None = None) -> TerminalSecurity:
+        """A terminal of a generated key set (`eum admin terminal add --keys generated`): the
+        key-injection facility forms its ZMK from the custodians' components, decrypts the
+        initial key the HSM exported under it, and injects it. Nothing else ever held it."""
+        config = SecurityConfig(profile=profile, initial_ksn=ksn, keys="generated")
+        key = _injected_key(initial_key_under_zmk, zmk_components)
+        if kcv is not None:  # the KIF checks what it decrypted against the HSM's check value
+            check = key_check_value(key) if profile == PROFILE_TDES else aes_key_check_value(key)
+            if not hmac.compare_digest(check, kcv.upper()):
+                raise SecurityError("the initial key does not decrypt under the given ZMK components (KCV differs)")
+        return cls(config, key, injected=initial_key_under_zmk)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], *, zmk_components: list[str] | None = None) -> TerminalSecurity:
+        """Inverse of `to_state`: the terminal continues from its saved counter. A generated
+        key set needs the KIF's ZMK components again (the state keeps the key only under it)."""
         try:
             config = SecurityConfig(profile=state["profile"], initial_ksn=state["initial_ksn"],
                                     keys=state.get("keys", "test"))
             ksn = state["ksn"]
         except (KeyError, TypeError):
             raise SecurityError("security state lacks profile, initial_ksn or ksn") from None
+        if config.keys == "generated":
+            injected = state.get("initial_key_under_kif_zmk")
+            if not injected or not zmk_components:
+                raise SecurityError("a generated key set needs its initial key under the KIF ZMK and the ZMK components")
+            return cls(config, _injected_key(injected, zmk_components), ksn=ksn, injected=injected)
         return cls(config, _initial_key(config), ksn=ksn)
 
     def to_state(self) -> dict[str, str]:
-        """Public values only: profile, key set name, initial and current KSN."""
-        return {"profile": self.profile, "keys": self.config.keys,
-                "initial_ksn": self.config.initial_ksn, "ksn": self._ksn}
+        """Public values only: profile, key set name, initial and current KSN (and, for a
+        generated key set, the initial key under the KIF ZMK, useless without its components)."""
+        state = {"profile": self.profile, "keys": self.config.keys,
+                 "initial_ksn": self.config.initial_ksn, "ksn": self._ksn}
+        if self._injected is not None:
+            state["initial_key_under_kif_zmk"] = self._injected
+        return state
 
     def __repr__(self) -> str:
         return f"TerminalSecurity(profile={self.profile!r}, ksn={self._ksn!r})"
@@ -352,6 +380,14 @@ def _pan_of(fields: dict[str, str]) -> str:
         if sep in track2:
             return track2.split(sep, 1)[0]
     raise SecurityError("a PIN block needs the PAN: DE2 or track 2 (DE35), or pan=")
+
+
+def _injected_key(under_zmk: str, components: list[str]) -> bytes:
+    try:
+        zmk = combine_components([bytes.fromhex(c) for c in components])
+        return decrypt_key_under_kek(under_zmk, zmk, check_key_parity=False)
+    except (ValueError, HsmCryptoError):
+        raise SecurityError("the initial key does not decrypt under the given ZMK components") from None
 
 
 def _initial_key(config: SecurityConfig) -> bytes:

@@ -75,3 +75,35 @@ def test_pin_purchase_through_hsm_and_switch_processes(tmp_path: Path, processes
     logs = (data / "logs" / "switch.jsonl").read_text() + (tmp_path / "hsm" / "hsm-audit.jsonl").read_text()
     assert card["pan"] not in logs
     assert '"rc": "55"' in logs and '"rc": "00"' in logs
+
+
+def test_generated_keys_from_kif_ceremony_to_pin_purchase_as_processes(tmp_path: Path, processes):
+    """Custodians form the KIF ZMK in the HSM, the HSM generates the group's BDK and exports
+    the terminal's initial key under that ZMK, the KIF (terminal_sim) injects it: the BDK
+    never appears outside the HSM, and the PIN purchase is approved."""
+    data = tmp_path / "var"
+    hsm_port, switch_port = free_port(), free_port()
+    processes("hsm", "--listen", f"127.0.0.1:{hsm_port}", port=hsm_port)
+    hsm_arg = ["--hsm", f"127.0.0.1:{hsm_port}"]
+    components = ["0123456789ABCDEFFEDCBA9876543210", "0101010101010101" * 2]
+    kif = admin_json(data, *hsm_arg, "kif-zmk", "--component", components[0], "--component", components[1],
+                     cwd=tmp_path)
+    assert kif == {"kif_zmk_kcv": "08D7B4"}
+    admin_json(data, "merchant", "add", "--mid", "NAMDONG01", "--name", "Namdong Cafe", "--district", "namdong",
+               "--annual-sales", "250000000", cwd=tmp_path)
+    term = admin_json(data, *hsm_arg, "terminal", "add", "--tid", "T0000005", "--mid", "NAMDONG01",
+                      "--security", "dukpt-tdes", "--keys", "generated", "--group", "namdong", cwd=tmp_path)
+    card = admin_json(data, *hsm_arg, "card", "issue", "--program", "namdong", "--pin", "1234", cwd=tmp_path)
+    eum("admin", "--data-dir", str(data), "card", "charge", "--pan", card["pan"], "--amount", "30000", cwd=tmp_path)
+    processes("switch", "--data-dir", str(data), "--listen", f"127.0.0.1:{switch_port}", *hsm_arg,
+              "--clock-start", "2019-07-20T12:00:00+09:00", port=switch_port)
+    proc = eum("terminal", "purchase", "--switch", f"127.0.0.1:{switch_port}", "--tid", "T0000005",
+               "--mid", "NAMDONG01", "--pan", card["pan"], "--amount", "10000", "--pin", "1234",
+               "--security", "dukpt-tdes", "--ksn", term["ksn"], "--keys", "generated",
+               "--initial-key", term["initial_key_under_kif_zmk"], "--initial-key-kcv", term["initial_key_kcv"],
+               "--zmk-component", components[0], "--zmk-component", components[1],
+               "--state-dir", str(tmp_path / "terminals"), "--json", cwd=tmp_path)
+    answer = json.loads(proc.stdout)
+    assert (answer["39"], answer["response_mac"]) == ("00", "ok")
+    state = (tmp_path / "terminals" / "T0000005.json").read_text()
+    assert components[0] not in state and components[1] not in state  # never stored

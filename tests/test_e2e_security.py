@@ -212,3 +212,48 @@ async def test_a_slow_hsm_answers_slowly_and_a_too_slow_one_gets_91(tmp_path):
         assert _purchases(env.core.db_path) == 1
     finally:
         await _close(ctx, servers, client)
+
+
+# Two custodians' clear components of the key-injection facility's ZMK (test values).
+KIF_COMPONENTS = ["0123456789ABCDEFFEDCBA9876543210", "0101010101010101" * 2]
+
+
+@pytest.mark.parametrize("profile", ["dukpt-tdes", "dukpt-aes"])
+async def test_a_generated_key_set_never_shows_the_bdk_and_works_end_to_end(tmp_path, profile):
+    env, ctx, servers, client, term, card, _ = await _secured(tmp_path, profile)
+    await client.close()
+    try:
+        with pytest.raises(Exception, match="no key-injection ZMK yet"):
+            await env.op("terminal-add", tid="T0000008", mid="NAMDONG01", security=profile, keys="generated")
+        assert await env.op("kif-zmk", components=KIF_COMPONENTS) == {"kif_zmk_kcv": "08D7B4"}
+        first = await env.op("terminal-add", tid="T0000008", mid="NAMDONG01", security=profile, keys="generated",
+                             group="namdong")
+        second = await env.op("terminal-add", tid="T0000009", mid="NAMDONG01", security=profile, keys="generated",
+                              group="namdong")
+        assert set(first) == {"tid", "mid", "security", "keys", "group", "ksn", "bdk_kcv",
+                              "initial_key_under_kif_zmk", "initial_key_kcv"}
+        assert first["bdk_kcv"] == second["bdk_kcv"]  # one BDK per group
+        assert first["ksn"] != second["ksn"] and first["initial_key_kcv"] != second["initial_key_kcv"]
+        rows = env.core.reader.conn.execute("SELECT name, profile, bdk FROM key_groups").fetchall()
+        assert [(n, p) for n, p, _ in rows] == [("namdong", profile)] and rows[0][2][0] == "U"  # under the LMK only
+        security = TerminalSecurity.for_injected_key(profile, first["ksn"], first["initial_key_under_kif_zmk"],
+                                                     KIF_COMPONENTS, kcv=first["initial_key_kcv"])
+        terminal = Terminal("T0000008", "NAMDONG01")
+        async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as injected:
+            assert (await injected.request(terminal.sign_on()))["39"] == "00"
+            answer = await injected.request(terminal.purchase(card["pan"], 4_000), pin=PIN, pan=card["pan"])
+            assert answer["39"] == "00" and injected.last_response_mac_ok is True
+        # the same KSN under the public test BDK is not this terminal's key: its MAC fails, 63
+        wrong = TerminalSecurity.for_test_keys(profile, first["ksn"])
+        wrong.next_ksn()
+        async with TerminalClient("127.0.0.1", env.port, env.dialect, security=wrong) as impostor:
+            assert (await impostor.request(terminal.purchase(card["pan"], 4_000)))["39"] == "63"
+        with pytest.raises(Exception, match="KCV differs"):
+            TerminalSecurity.for_injected_key(profile, first["ksn"], first["initial_key_under_kif_zmk"],
+                                              ["0123456789ABCDEFFEDCBA9876543210", "1010101010101010" * 2],
+                                              kcv=first["initial_key_kcv"])
+        assert verify(env.core.db_path).ok
+    finally:
+        await ctx.__aexit__(None, None, None)
+        for s in servers:
+            await s.stop()

@@ -506,3 +506,29 @@ def test_audit_events_hold_check_values_and_no_secrets(hsm: Hsm) -> None:
     assert events[1]["kcv"]["bdk"] == "08D7B4" and events[1]["ksn_counter"] == 1
     assert events[2]["kcv"] == {"cvk": "08D7B4"}
     assert dukpt.tdes_ksn_counter(KSN_1) == 1
+
+
+# ---------------------------------------------------------------------------- key ceremony: Z4, Z6 (ours)
+
+COMPONENTS = ("0123456789ABCDEFFEDCBA9876543210", "0101010101010101" * 2)  # XOR: 0022…, parity fixed → 0123…3210
+
+
+def test_z4_forms_a_zmk_from_clear_components(hsm: Hsm) -> None:
+    reply = run(hsm, "Z4", "000U2" + "".join(COMPONENTS))
+    assert reply[:2] == "00" and reply[-6:] == "08D7B4"  # KCV of 0123456789ABCDEFFEDCBA9876543210
+    assert clear(reply[2:35], "000").hex().upper() == "0123456789ABCDEFFEDCBA9876543210"
+    assert run(hsm, "Z4", "000U1" + COMPONENTS[0])[:2] == "15"  # dual control: at least two
+    assert run(hsm, "Z4", "000U2" + COMPONENTS[0] + "0000000000000000" * 2)[:2] == "10"  # component parity
+
+
+def test_z6_exports_the_x9_24_ipek_under_the_kif_zmk(hsm: Hsm) -> None:
+    zmk = run(hsm, "Z4", "000U2" + "".join(COMPONENTS))[2:35]
+    bdk = lmk.encrypt_key_under_lmk(bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"), "009", "U")
+    reply = run(hsm, "Z6", "T" + bdk + "FFFF9876543210E00000" + zmk + "X")
+    assert reply[:2] == "00" and reply[-6:] == "AF8C07"  # the X9.24-1 Annex A IPEK's KCV
+    ipek = lmk.decrypt_key_under_kek(reply[2:35], bytes.fromhex(COMPONENTS[0]), check_key_parity=False)
+    assert ipek.hex().upper() == "6AC292FAA1315B4D858AB3A3D7D5933A"  # X9.24-1 Annex A IPEK
+    aes = run(hsm, "Z6", "A" + AES_BDK + "1234567890123456" + zmk + "X")
+    initial = lmk.decrypt_key_under_kek(aes[2:35], bytes.fromhex(COMPONENTS[0]), check_key_parity=False)
+    assert initial.hex().upper() == "1273671EA26AC29AFA4D1084127652A1"  # X9.24-3 Annex B initial key
+    assert run(hsm, "Z6", "T" + bdk + "FFFF9876543210E00000" + TAK + "X")[:2] in ("10", "11", "29")
