@@ -58,7 +58,7 @@ class JsonFile:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: TextIO = path.open("a", encoding="utf-8", buffering=1 << 16)
+        self._fh: TextIO = path.open("a", encoding="utf-8", buffering=1)  # line-buffered: operators tail it
 
     def __call__(self, _logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
         self._fh.write(json.dumps(event, default=str, ensure_ascii=False) + "\n")

@@ -83,7 +83,7 @@ def test_generated_keys_from_kif_ceremony_to_pin_purchase_as_processes(tmp_path:
     never appears outside the HSM, and the PIN purchase is approved."""
     data = tmp_path / "var"
     hsm_port, switch_port = free_port(), free_port()
-    processes("hsm", "--listen", f"127.0.0.1:{hsm_port}", port=hsm_port)
+    hsm = processes("hsm", "--listen", f"127.0.0.1:{hsm_port}", "--log-dir", str(tmp_path / "hsm"), port=hsm_port)
     hsm_arg = ["--hsm", f"127.0.0.1:{hsm_port}"]
     components = ["0123456789ABCDEFFEDCBA9876543210", "0101010101010101" * 2]
     kif = admin_json(data, *hsm_arg, "kif-zmk", "--component", components[0], "--component", components[1],
@@ -95,8 +95,8 @@ def test_generated_keys_from_kif_ceremony_to_pin_purchase_as_processes(tmp_path:
                       "--security", "dukpt-tdes", "--keys", "generated", "--group", "namdong", cwd=tmp_path)
     card = admin_json(data, *hsm_arg, "card", "issue", "--program", "namdong", "--pin", "1234", cwd=tmp_path)
     eum("admin", "--data-dir", str(data), "card", "charge", "--pan", card["pan"], "--amount", "30000", cwd=tmp_path)
-    processes("switch", "--data-dir", str(data), "--listen", f"127.0.0.1:{switch_port}", *hsm_arg,
-              "--clock-start", "2019-07-20T12:00:00+09:00", port=switch_port)
+    switch = processes("switch", "--data-dir", str(data), "--listen", f"127.0.0.1:{switch_port}", *hsm_arg,
+                       "--clock-start", "2019-07-20T12:00:00+09:00", port=switch_port)
     proc = eum("terminal", "purchase", "--switch", f"127.0.0.1:{switch_port}", "--tid", "T0000005",
                "--mid", "NAMDONG01", "--pan", card["pan"], "--amount", "10000", "--pin", "1234",
                "--security", "dukpt-tdes", "--ksn", term["ksn"], "--keys", "generated",
@@ -106,4 +106,10 @@ def test_generated_keys_from_kif_ceremony_to_pin_purchase_as_processes(tmp_path:
     answer = json.loads(proc.stdout)
     assert (answer["39"], answer["response_mac"]) == ("00", "ok")
     state = (tmp_path / "terminals" / "T0000005.json").read_text()
-    assert components[0] not in state and components[1] not in state  # never stored
+    for proc in (switch, hsm):  # logs are flushed on a graceful stop
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    logs = (data / "logs" / "switch.jsonl").read_text() + (tmp_path / "hsm" / "hsm-audit.jsonl").read_text()
+    for text in (state, logs):  # clear components are never stored or logged
+        assert components[0] not in text and components[1] not in text
+    assert '"kcv"' in logs  # the HSM audits key check values instead
