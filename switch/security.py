@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from collections import OrderedDict
 
 from hsm_mock.dukpt import TDES_COUNTER_MASK
-from hsm_mock.lmk import TEST_LMK, encrypt_key_under_lmk
 
 from .hsm_client import HsmPool, HsmReply, HsmUnavailable
 
@@ -28,12 +27,16 @@ PROFILES = ("none", "mac", "dukpt-tdes", "dukpt-aes")
 DUKPT = ("dukpt-tdes", "dukpt-aes")
 SECURED = ("mac",) + DUKPT
 
-# The published test BDKs (ANSI X9.24-1 and X9.24-3 examples): `--keys test` provisions
-# terminals under them so any third-party terminal or test tool can be certified.
-TEST_BDK = {"dukpt-tdes": bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"),
-            "dukpt-aes": bytes.fromhex("FEDCBA9876543210F1F1F1F1F1F1F1F1")}
-# For `mac`, the certification TAK is the double-length test key of the same examples.
-TEST_TAK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
+# `--keys test` provisions terminals under the published test keys, so any third-party
+# terminal or test tool can be certified: the X9.24-1 BDK 0123456789ABCDEFFEDCBA9876543210,
+# the X9.24-3 AES BDK FEDCBA9876543210F1F1F1F1F1F1F1F1 and, for `mac`, the double-length test
+# key 0123…3210 as TAK. The switch holds them only as Thales' public test LMK encrypts them
+# (docs/hsm.md §3, proved by tests/test_hsm_commands.py): no clear key, no LMK, in this process.
+TEST_KEYS_UNDER_TEST_LMK = {
+    "dukpt-tdes": "U8E3D3E2FD5919657F05A1AA90D32A014",  # BDK, key type 009, KCV 08D7B4
+    "dukpt-aes": "UC0106228334ECB2E12B49BA556660547",   # AES BDK, key type 009, KCV FF0BD7 (CMAC)
+    "mac": "U7AD0BB2A32ADE115807C3572FC302BA5",         # TAK, key type 003, KCV 08D7B4
+}
 TEST_KSI = {"dukpt-tdes": "FFFF987654", "dukpt-aes": "12345678"}
 BDK_KEY_TYPE = "009"
 TAK_KEY_TYPE = "003"
@@ -67,14 +70,10 @@ def initial_ksn(profile: str, device: int) -> str:
 
 
 def provision_test_keys(profile: str, device: int) -> TerminalKeys:
-    """Keys under the public test BDKs (or the test TAK). The key is put under the LMK here,
-    with Thales' public test LMK, so `--keys test` needs an HSM running the test LMK
-    (docs/security.md)."""
-    if profile == "mac":
-        return TerminalKeys(profile, encrypt_key_under_lmk(TEST_TAK, TAK_KEY_TYPE, "U", lmk=TEST_LMK), "")
-    bdk = encrypt_key_under_lmk(TEST_BDK[profile], BDK_KEY_TYPE, "U", lmk=TEST_LMK,
-                                check_key_parity=profile == "dukpt-tdes")
-    return TerminalKeys(profile=profile, key=bdk, ksn_initial=initial_ksn(profile, device))
+    """Keys under the public test keys, as the test LMK holds them: `--keys test` needs an
+    HSM running the test LMK (the `eum hsm` default; docs/security.md)."""
+    ksn = initial_ksn(profile, device) if profile in DUKPT else ""
+    return TerminalKeys(profile=profile, key=TEST_KEYS_UNDER_TEST_LMK[profile], ksn_initial=ksn)
 
 
 def ksn_parts(profile: str, ksn: str) -> tuple[str, int]:

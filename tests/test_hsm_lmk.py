@@ -338,3 +338,14 @@ def test_thalessim_dukpt_pin_verification_with_ibm_offset() -> None:
     pin = pinblock.decode_iso0(crypto.tdes_ecb_decrypt(pin_key, H("1B9C1845EB993A7A")), account="401234567890")
     assert cardverify.ibm3624_offset(pvk, data, "0123456789012345", pin) == "9252"
     assert cardverify.verify_ibm3624_offset(pvk, data, "0123456789012345", pin, "9252")
+
+
+def test_the_switchs_test_keys_are_the_published_keys_under_the_test_lmk() -> None:
+    """switch/security.py holds the certification keys only encrypted; they decrypt, under
+    the public test LMK, to the published X9.24 test keys."""
+    from switch.security import TEST_KEYS_UNDER_TEST_LMK as keys
+
+    assert decrypt_key_under_lmk(keys["dukpt-tdes"], "009").hex().upper() == "0123456789ABCDEFFEDCBA9876543210"
+    assert decrypt_key_under_lmk(keys["dukpt-aes"], "009", check_key_parity=False).hex().upper() \
+        == "FEDCBA9876543210F1F1F1F1F1F1F1F1"
+    assert decrypt_key_under_lmk(keys["mac"], "003").hex().upper() == "0123456789ABCDEFFEDCBA9876543210"
