@@ -190,20 +190,54 @@ def _seed(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from .policy import default_config_dir, load_rules
     from .runtime import DataDirBusy, lock_data_dir, unlock
     from .ledger import open_store
-    from .seed import seed
+    from .seed import export_population, seed
 
     try:
         fd = lock_data_dir(data_dir, wait=False)
     except DataDirBusy:
         raise OperationError("a switch is running on this data dir; seed bulk-loads the ledger and needs it "
                              "to itself: stop the switch, seed, start it again") from None
+    if args.pin_cards and not (args.hsm and args.pin):
+        raise OperationError("--pin-cards needs --pin and --hsm (the HSM turns the PIN into each card's PVV)")
     try:
         started = time.perf_counter()
-        result = seed(open_store(data_dir), load_rules(default_config_dir()), cards=args.cards,
-                      merchants=args.merchants, seed_value=args.seed, now=_clock(args).now())
-        return {**result.__dict__, "seconds": round(time.perf_counter() - started, 2)}
+        db = open_store(data_dir)
+        first_card = db_first_free_card(db)
+        result = seed(db, load_rules(default_config_dir()), cards=args.cards, merchants=args.merchants,
+                      seed_value=args.seed, now=_clock(args).now(), security=args.security)
+        pins = _run(_set_pins(data_dir, first_card, args)) if args.pin_cards else {}
+        if args.export:
+            population = export_population(db, first_tid=result.first_tid, first_card_id=first_card,
+                                           cards_max=args.export_cards, pins=pins)
+            Path(args.export).write_text(json.dumps(population))
+        return {**result.__dict__, "pin_cards": len(pins), "security": args.security,
+                "seconds": round(time.perf_counter() - started, 2)}
     finally:
         unlock(fd)
+
+
+def db_first_free_card(db: Path) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM cards").fetchone()[0]
+    finally:
+        conn.close()
+
+
+async def _set_pins(data_dir: Path, first_card: int, args: argparse.Namespace) -> dict[str, str]:
+    """PVVs for the first --pin-cards seeded cards, computed by the HSM (BA + DG)."""
+    from .ledger import Unit
+    from .runtime import open_core
+
+    async with open_core(data_dir, clock=_clock(args), hsm=_hsm(args)) as core:
+        rows = core.reader.conn.execute("SELECT id, pan FROM cards WHERE id >= ? ORDER BY id LIMIT ?",
+                                        (first_card, args.pin_cards)).fetchall()
+        pvvs = await asyncio.gather(*(core.ops.security.pvv_for(args.pin, pan) for _, pan in rows))
+        await core.writer.submit(Unit(statements=[("UPDATE cards SET pvv = ? WHERE id = ?", (pvv, cid))
+                                                  for (cid, _), pvv in zip(rows, pvvs)]))
+    return {pan: args.pin for _, pan in rows}
 
 
 ADMIN_ACTIONS = {
@@ -330,6 +364,11 @@ def _admin_parsers(asub: Any) -> None:
     s.add_argument("--cards", type=int, required=True)
     s.add_argument("--merchants", type=int, required=True)
     s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--security", default="none", help="profile of the seeded terminals, under the test keys")
+    s.add_argument("--pin-cards", type=int, default=0, help="the first K seeded cards get --pin (needs --hsm)")
+    s.add_argument("--pin", help="the PIN of the --pin-cards cards")
+    s.add_argument("--export", help="write the population file (terminals, cards, PINs) a fleet drives")
+    s.add_argument("--export-cards", type=int, default=10_000, help="cards in the population file")
     s.set_defaults(admin_action="seed")
     for sp in (ma, ta, ci, cc, v, s, kz) + tuple(c.choices[n] for n in ("block", "unblock", "unblock-pin", "show")):
         _json_flag(sp)

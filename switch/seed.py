@@ -18,6 +18,7 @@ from .domain import DISTRICTS, PROGRAMS
 from .ledger import connect
 from .operations import card_pan, default_expiry
 from .policy import Rules
+from .security import SECURED, provision_test_keys
 
 # Annual sales (won) cycle over merchants: every fee tier and the >3B cashback ceiling appear
 # in any run of six merchants, in every district over sixty.
@@ -47,7 +48,10 @@ def tid_for(i: int) -> str:
     return f"T{i:07d}"
 
 
-def seed(db_path: Path, rules: Rules, *, cards: int, merchants: int, seed_value: int, now: datetime) -> SeedResult:
+def seed(db_path: Path, rules: Rules, *, cards: int, merchants: int, seed_value: int, now: datetime,
+         security: str = "none") -> SeedResult:
+    """`security` provisions every seeded terminal with that profile under the published test
+    keys (DUKPT device ids continue after the ledger's existing DUKPT terminals)."""
     rng = random.Random(seed_value)
     conn = connect(db_path)
     try:
@@ -59,8 +63,14 @@ def seed(db_path: Path, rules: Rules, *, cards: int, merchants: int, seed_value:
         merchant_rows = list(_merchants(rng, m0, merchants))
         conn.executemany("INSERT INTO merchants(mid, name, district, annual_sales, category, online_mall) "
                          "VALUES (?,?,?,?,?,0)", merchant_rows)
-        conn.executemany("INSERT INTO terminals(tid, mid, security) VALUES (?,?, 'none')",
-                         [(tid_for(m0 + i), row[0]) for i, row in enumerate(merchant_rows)])
+        device0 = conn.execute("SELECT COUNT(*) FROM terminals WHERE security LIKE 'dukpt-%'").fetchone()[0] + 1
+        terminal_rows = []
+        for i, row in enumerate(merchant_rows):
+            keys = provision_test_keys(security, device0 + i) if security in SECURED else None
+            terminal_rows.append((tid_for(m0 + i), row[0], security, keys.key if keys else "",
+                                  keys.ksn_initial if keys else ""))
+        conn.executemany("INSERT INTO terminals(tid, mid, security, key_lmk, ksn_initial) VALUES (?,?,?,?,?)",
+                         terminal_rows)
         expiry = default_expiry(now)
         card_rows, entries, members = [], [], 0
         total = 0
@@ -111,3 +121,22 @@ def _cards(rng: random.Random, rules: Rules, start: int, n: int) -> Iterator[tup
         program = rng.choices(programs, weights)[0]
         yield cid, program, member, rng.choice(CHARGE_STEPS)
 
+
+
+def export_population(db_path: Path, *, first_tid: str, first_card_id: int, cards_max: int,
+                      pins: dict[str, str]) -> dict:
+    """The population file a fleet drives (docs/performance.md): the seeded terminals with their
+    profile and initial KSN, and up to `cards_max` seeded cards (PAN, expiry, PIN if one was set).
+    It holds full PANs and test PINs: test data for load generators, never a log."""
+    conn = connect(db_path, readonly=True)
+    try:
+        terminals = [{"tid": t, "mid": m.strip(), "security": s, "keys": "test", **({"ksn": k} if k else {})}
+                     for t, m, s, k in conn.execute(
+                         "SELECT tid, mid, security, ksn_initial FROM terminals WHERE tid >= ? ORDER BY tid",
+                         (first_tid,))]
+        rows = conn.execute("SELECT pan, expiry FROM cards WHERE id >= ? ORDER BY id LIMIT ?",
+                            (first_card_id, cards_max)).fetchall()
+    finally:
+        conn.close()
+    return {"dialect": "default", "terminals": terminals,
+            "cards": [{"pan": pan, "expiry": expiry, "pin": pins.get(pan)} for pan, expiry in rows]}

@@ -113,3 +113,24 @@ def test_generated_keys_from_kif_ceremony_to_pin_purchase_as_processes(tmp_path:
     for text in (state, logs):  # clear components are never stored or logged
         assert components[0] not in text and components[1] not in text
     assert '"kcv"' in logs  # the HSM audits key check values instead
+
+
+def test_seed_provisions_secured_terminals_pin_cards_and_a_population_file(tmp_path: Path, processes):
+    data = tmp_path / "var"
+    hsm_port, switch_port = free_port(), free_port()
+    processes("hsm", "--listen", f"127.0.0.1:{hsm_port}", port=hsm_port)
+    result = admin_json(data, "--hsm", f"127.0.0.1:{hsm_port}", "seed", "--cards", "300", "--merchants", "4",
+                        "--security", "dukpt-aes", "--pin-cards", "20", "--pin", "2580",
+                        "--export", str(tmp_path / "population.json"), cwd=tmp_path)
+    assert (result["cards"], result["terminals"], result["pin_cards"], result["security"]) == (300, 4, 20, "dukpt-aes")
+    population = json.loads((tmp_path / "population.json").read_text())
+    assert [t["tid"] for t in population["terminals"]] == ["T0000001", "T0000002", "T0000003", "T0000004"]
+    assert [t["ksn"] for t in population["terminals"]][:2] == ["123456780000000100000000", "123456780000000200000000"]
+    assert len(population["cards"]) == 300 and [c["pin"] for c in population["cards"]].count("2580") == 20
+    processes("switch", "--data-dir", str(data), "--listen", f"127.0.0.1:{switch_port}",
+              "--hsm", f"127.0.0.1:{hsm_port}", port=switch_port)
+    term, card = population["terminals"][1], population["cards"][0]
+    proc = eum("terminal", "purchase", "--switch", f"127.0.0.1:{switch_port}", "--tid", term["tid"], "--mid",
+               term["mid"], "--pan", card["pan"], "--amount", "10000", "--pin", card["pin"], "--security",
+               term["security"], "--ksn", term["ksn"], "--state-dir", str(tmp_path / "t"), "--json", cwd=tmp_path)
+    assert (json.loads(proc.stdout)["39"], json.loads(proc.stdout)["response_mac"]) == ("00", "ok")
