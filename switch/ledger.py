@@ -223,23 +223,21 @@ class LedgerWriter:
                 self._busy = False
 
     async def _collect(self, first: tuple[Unit, asyncio.Future[None]]) -> list[tuple[Unit, asyncio.Future[None]]]:
-        loop = asyncio.get_running_loop()
+        """A group: what is queued now, then, if there is room, what arrives within
+        commit_interval_ms_max of the first (one sleep, not a timed wait per unit)."""
         batch = [first]
-        deadline = loop.time() + self.commit_interval_s_max
+        self._drain_into(batch)
+        if len(batch) < self.batch_size_max:
+            await asyncio.sleep(self.commit_interval_s_max)
+            self._drain_into(batch)
+        return batch
+
+    def _drain_into(self, batch: list[tuple[Unit, asyncio.Future[None]]]) -> None:
         while len(batch) < self.batch_size_max:
             try:
                 batch.append(self.queue.get_nowait())
-                continue
             except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-            except asyncio.TimeoutError:
-                break
-        return batch
+                return
 
     async def _commit(self, batch: list[tuple[Unit, asyncio.Future[None]]]) -> None:
         loop = asyncio.get_running_loop()
