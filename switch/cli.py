@@ -234,7 +234,13 @@ async def _set_pins(data_dir: Path, first_card: int, args: argparse.Namespace) -
     async with open_core(data_dir, clock=_clock(args), hsm=_hsm(args)) as core:
         rows = core.reader.conn.execute("SELECT id, pan FROM cards WHERE id >= ? ORDER BY id LIMIT ?",
                                         (first_card, args.pin_cards)).fetchall()
-        pvvs = await asyncio.gather(*(core.ops.security.pvv_for(args.pin, pan) for _, pan in rows))
+        slots = asyncio.Semaphore(32)  # bounded: an HSM answers a few commands at a time, not thousands
+
+        async def pvv(pan: str) -> str:
+            async with slots:
+                return await core.ops.security.pvv_for(args.pin, pan)
+
+        pvvs = await asyncio.gather(*(pvv(pan) for _, pan in rows))
         await core.writer.submit(Unit(statements=[("UPDATE cards SET pvv = ? WHERE id = ?", (pvv, cid))
                                                   for (cid, _), pvv in zip(rows, pvvs)]))
     return {pan: args.pin for _, pan in rows}
@@ -298,8 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     from hsm_mock.cli import add_hsm_parser, run_hsm
     from terminal_sim.cli import add_terminal_parser
 
+    from terminal_sim.fleet_cli import add_fleet_parser, run_fleet_cli
+
+    from .bench_cli import add_bench_parser, run_bench_cli
+
     add_terminal_parser(sub, cmd_terminal)
     add_hsm_parser(sub, run_hsm)
+    add_fleet_parser(sub, run_fleet_cli)
+    add_bench_parser(sub, run_bench_cli)
 
     de = sub.add_parser("demo", help="switch + terminals + summary on embedded defaults, in a temp dir")
     de.add_argument("--transactions", type=int, default=300)

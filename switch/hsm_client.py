@@ -206,16 +206,22 @@ class HsmPool:
                 reply = await ep.next_conn().call(code, body, timeout_s)
                 ep.calls += 1
                 return reply
-            except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
+            except asyncio.TimeoutError:
+                # slow, not necessarily gone: send new calls elsewhere, but let the calls in
+                # flight on its connections finish; the health check decides when it is back
+                ep.errors += 1
+                self._mark_down(ep, "timeout", close=False)
+            except (ConnectionError, OSError) as exc:
                 ep.errors += 1
                 self._mark_down(ep, type(exc).__name__)
         raise HsmUnavailable(f"no HSM answered {code} (tried: {', '.join(tried) or 'none healthy'})")
 
-    def _mark_down(self, ep: _Endpoint, reason: str) -> None:
+    def _mark_down(self, ep: _Endpoint, reason: str, *, close: bool = True) -> None:
         if ep.healthy:
             log.warning("hsm_down", hsm=ep.name, reason=reason)
         ep.healthy = False
-        ep.close()
+        if close:
+            ep.close()
 
     async def _health_loop(self) -> None:
         while True:

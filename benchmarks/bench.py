@@ -1,0 +1,676 @@
+"""`eum bench`: the standard benchmark set on this machine, and correctness under load.
+
+    eum bench [--quick] [--out-dir benchmarks/results]
+    python benchmarks/bench.py [--quick] [--out-dir DIR]
+
+What runs (issue 4, items 4 and 5), every process on 127.0.0.1 free ports, in a temp dir:
+  1. codec: one 0200 decode and one 0210 encode, in process (benchmarks/codec_bench.py);
+  2. e2e: `eum hsm` and `eum switch --hsm` as separate processes, a data dir seeded with
+     DUKPT-TDES terminals and PIN cards, the fleet (this process) driving the standard
+     scenario: a short closed-loop capacity run finds the maximum rate, then open loop at
+     OFFERED_FRACTION of it (60 s; quick 10 s), then open loop at half that rate (p99 target);
+  3. ceiling: the same fleet, closed loop, against benchmarks/responder.py;
+  4. scale: benchmarks/scale.py's one_run (1,000,000 cards; quick: 100,000).
+After every e2e run the switch is stopped, `eum admin verify` must pass and the fleet's
+approvals must equal the ledger's approved postings of that run; otherwise the bench writes
+its results marked failed and raises BenchFailure (non-zero exit).
+
+Writes <out-dir>/<date>-<host>.json (quick: <date>-<host>-quick.json), a Markdown table of the
+same name (.md) and PNG plots (-latency.png, -throughput.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.codec_bench import codec_bench  # noqa: E402
+
+EUM = [sys.executable, "-m", "switch.cli"]  # run with cwd=ROOT: works from a fresh clone
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0       # SIGTERM, then SIGKILL after this
+COMMAND_TIMEOUT_S = 600.0   # seed of 1M cards takes ~40 s on this machine kind
+OFFERED_FRACTION = 0.9      # open loop at this share of the closed-loop capacity
+CLOSED_LOOP_RATE_PER_S = 1_000_000.0  # closed loop: each terminal sends as soon as answered
+PIN = "1234"
+SEED_ATTEMPTS_MAX = 3
+OVERLOAD_RCS = ("91", "96")  # issuer/switch inoperative, system malfunction
+
+# key → (target, comparison) for the Markdown table; the bench does not fail on a target
+TARGETS: dict[str, tuple[float, str]] = {
+    "e2e.approved_per_s": (3000, ">="),
+    "e2e_half.latency_ms.p99": (20, "<="),
+    "switch.cpu_us_per_auth": (150, "<="),
+    "ratio.e2e_to_ceiling": (0.35, ">="),
+    "scale.rss_mib_1m": (1024, "<="),
+}
+REQUIRED_KEYS = (
+    "codec.decode_us", "codec.encode_us",
+    "e2e.approved_per_s", "e2e.latency_ms.p50", "e2e.latency_ms.p99", "e2e.latency_ms.p999", "e2e.offered_per_s",
+    "ceiling.per_s", "ratio.e2e_to_ceiling", "switch.cpu_us_per_auth",
+    "scale.seed_1m_s", "scale.start_1m_s", "scale.rss_mib_1m",
+    "e2e_half.latency_ms.p99", "e2e_half.offered_per_s",
+)
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """Every size and duration of one bench run."""
+
+    mode: str
+    terminals: int = 200            # one per seeded merchant; each its own TCP connection
+    capacity_terminals: int = 32    # closed-loop capacity run: enough in flight to saturate, few
+                                    # enough that queueing stays under the HSM call timeout
+    cards: int = 100_000            # seeded for the e2e ledger, all in the population file
+    pin_cards: int = 2_000          # the first K get PIN 1234, for the scenario's PIN share; more
+                                    # overruns the HSM during seed (its PVVs are one unbounded gather)
+    capacity_s: float = 15.0
+    e2e_s: float = 60.0
+    half_s: float = 30.0
+    ceiling_s: float = 15.0
+    scale_cards: int = 1_000_000
+    scale_merchants: int = 10_000
+    switch_log_level: str = "info"  # as `eum switch` runs by default: one canonical line per message
+    response_timeout_ms: int = 2000
+    scenario: str = "standard"
+
+    def __post_init__(self) -> None:
+        assert 0 < self.pin_cards <= self.cards
+        assert 0 < self.capacity_terminals <= self.terminals
+        assert min(self.capacity_s, self.e2e_s, self.half_s, self.ceiling_s) > 0
+
+
+PLANS = {
+    "full": BenchPlan(mode="full"),
+    "quick": BenchPlan(mode="quick", cards=30_000, capacity_s=5.0, e2e_s=10.0, half_s=8.0,
+                       ceiling_s=5.0, scale_cards=100_000, scale_merchants=1_000),
+}
+
+
+class BenchFailure(Exception):
+    """The bench could not measure, or the ledger disagrees with the fleet: exit non-zero."""
+
+
+# ---------------------------------------------------------------------------- processes and /proc
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_split_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, all its threads, from /proc/PID/stat."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()  # comm may hold spaces and parentheses
+    utime, stime = int(fields[11]), int(fields[12])  # stat fields 14 and 15
+    return utime / CLOCK_TICKS_PER_S, stime / CLOCK_TICKS_PER_S
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    return sum(process_cpu_split_s(pid))
+
+
+def own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class Processes:
+    """Starts named processes with output to files; stops each by its PID (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.running: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        out = (self.log_dir / f"{name}.out").open("ab")
+        err = (self.log_dir / f"{name}.err").open("ab")
+        try:
+            proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        finally:
+            out.close()
+            err.close()
+        self.running[name] = proc
+        return proc
+
+    def stop(self, name: str) -> int:
+        proc = self.running.pop(name)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                return proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=STOP_TIMEOUT_S)
+                raise BenchFailure(f"{name} (pid {proc.pid}) ignored SIGTERM for {STOP_TIMEOUT_S} s; killed") from None
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            with contextlib.suppress(BenchFailure):
+                self.stop(name)
+
+    def stderr_tail(self, name: str, lines: int = 15) -> str:
+        path = self.log_dir / f"{name}.err"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_listening(self, name: str, port: int) -> None:
+        proc = self.running[name]
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BenchFailure(f"{name} exited with {proc.returncode} while starting:\n{self.stderr_tail(name)}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise BenchFailure(f"{name} did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S} s")
+
+
+def eum_command(*args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+    return subprocess.run([*EUM, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+
+
+# ---------------------------------------------------------------------------- ledger checks
+
+def kst_now_iso() -> str:
+    """The switch's `messages.at` format (KST, microseconds), so bounds compare as strings."""
+    from switch.domain import KST
+
+    return datetime.now(timezone.utc).astimezone(KST).isoformat(timespec="microseconds")
+
+
+def ledger_approvals(db_path: Path, *, start: str, end: str) -> dict[str, int]:
+    """Approved postings of a run, by posting kind: messages answered 00 that posted, read
+    read-only after the switch stopped."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT p.kind, COUNT(*) FROM messages m JOIN postings p ON p.id = m.posting_id "
+            "WHERE m.rc = '00' AND m.at >= ? AND m.at <= ? GROUP BY p.kind", (start, end)).fetchall()
+    finally:
+        conn.close()
+    return dict(rows)
+
+
+POSTING_KINDS = ("purchase", "refund", "reversal")  # the fleet's kinds whose approval posts (not balance)
+
+
+def fleet_posting_approvals(report: Any) -> int:
+    """The fleet's approvals of scenario messages that post: purchases, refunds, reversals
+    (FleetReport.by_kind; a balance inquiry is approved without a posting)."""
+    return sum(int(report.by_kind.get(kind, {}).get("approved", 0)) for kind in POSTING_KINDS)
+
+
+def check_run(name: str, *, data_dir: Path, report: Any, start: str, end: str) -> dict[str, Any]:
+    """`eum admin verify` and approvals fleet == ledger. Never raises: the caller decides."""
+    verify = eum_command("admin", "--data-dir", str(data_dir), "verify", "--json", timeout_s=120)
+    verified = verify.returncode == 0
+    problem = ""
+    if not verified:
+        problem = f"eum admin verify failed after the {name} run: {(verify.stdout + verify.stderr).strip()}"
+    ledger = ledger_approvals(data_dir / "ledger.sqlite3", start=start, end=end)
+    ledger_total = sum(ledger.values())
+    fleet_total = fleet_posting_approvals(report)
+    timeouts = int(getattr(report, "timeouts", 0))
+    # What the fleet cannot count: a message it gave up on (timeout) may still have posted,
+    # and a timeout reversal (0400/0401, also one carried over from an earlier run) posts
+    # when its original did. Without either, the counts must be equal; with them, the ledger
+    # may hold at most that many approved postings more than the fleet saw.
+    unseen_max = (timeouts + int(getattr(report, "reversals_sent", 0))
+                  + int(getattr(report, "reversal_repeats_sent", 0)))
+    exact = unseen_max == 0
+    matched = fleet_total <= ledger_total <= fleet_total + unseen_max
+    if verified and not matched:
+        problem = (f"{name} run: the fleet counted {fleet_total} approvals, the ledger holds {ledger_total} "
+                   f"approved postings {ledger} between {start} and {end} (at most {unseen_max} more allowed: "
+                   f"timeouts and timeout reversals)")
+    # Every approval of a secured request is signed. A MAC that does not verify is not a ledger
+    # fault: the switch sends a zero MAC when the HSM fails at response time (server._encode),
+    # for the terminal to reverse; it is recorded, not failed.
+    mac_invalid, mac_missing = int(getattr(report, "mac_invalid", 0)), int(getattr(report, "mac_missing", 0))
+    macs_ok = mac_missing == 0
+    if verified and matched and not macs_ok:
+        problem = f"{name} run: {mac_missing} approvals of secured requests came without a MAC"
+    return {"run": name, "ok": verified and matched and macs_ok, "verify_ok": verified, "fleet_approved": fleet_total,
+            "ledger_approved": ledger_total, "ledger_by_kind": ledger, "timeouts": timeouts, "exact": exact,
+            "mac_invalid": mac_invalid, "mac_missing": mac_missing, "problem": problem}
+
+
+# ---------------------------------------------------------------------------- the fleet
+
+def fleet_api() -> Any:
+    try:
+        from terminal_sim import fleet
+    except ImportError as exc:
+        raise BenchFailure(f"terminal_sim.fleet is not importable ({exc}): the e2e and ceiling runs need it") from None
+    return fleet
+
+
+def drive(port: int, plan: BenchPlan, population: Any, state_dir: Path | None, *, closed_loop: bool, rate_per_s: float,
+          duration_s: float, seed: int, terminals: int | None = None) -> tuple[Any, float]:
+    """One fleet run from this process; returns its report and the fleet's own CPU seconds."""
+    from switch.loop import run
+
+    fleet = fleet_api()
+    config = fleet.FleetConfig(host="127.0.0.1", port=port, terminals=terminals or plan.terminals,
+                               rate_per_s=rate_per_s, duration_s=duration_s, arrivals="poisson",
+                               closed_loop=closed_loop, scenario=fleet.load_scenario(plan.scenario),
+                               population=population,
+                               response_timeout_ms=plan.response_timeout_ms, seed=seed, progress=False,
+                               state_dir=state_dir)
+    cpu0 = own_cpu_s()
+    try:
+        report = run(fleet.run_fleet(config))
+    except fleet.FleetError as exc:
+        raise BenchFailure(f"the fleet could not run against 127.0.0.1:{port}: {exc}") from None
+    return report, own_cpu_s() - cpu0
+
+
+def summary(report: Any) -> dict[str, Any]:
+    """The fleet report as JSON, without the encoded histogram (the percentiles stay)."""
+    return {k: v for k, v in report.to_json().items() if k != "histogram"}
+
+
+# ---------------------------------------------------------------------------- e2e suite
+
+@dataclass
+class SwitchRun:
+    name: str
+    report: Any
+    switch_cpu_s: float
+    switch_system_s: float
+    fleet_cpu_s: float
+    hsm_cpu_s: float
+    wall_s: float
+    check: dict[str, Any]
+
+
+class E2eSuite:
+    def __init__(self, plan: BenchPlan, tmp: Path, procs: Processes) -> None:
+        self.plan = plan
+        self.tmp = tmp
+        self.procs = procs
+        self.data_dir = tmp / "var"
+        self.population_path = tmp / "population.json"
+        self.state_dir = tmp / "fleet-state"
+        self.hsm_port = 0
+        self.population: Any = None
+
+    def start_hsm(self) -> None:
+        self.hsm_port = free_port()
+        self.procs.start("hsm", [*EUM, "hsm", "--listen", f"127.0.0.1:{self.hsm_port}"])
+        self.procs.wait_listening("hsm", self.hsm_port)
+
+    def seed(self) -> dict[str, Any]:
+        """Seed the e2e data dir and export the population. The PIN cards' PVVs come from the
+        HSM in one unbounded burst (switch/cli.py _set_pins); one call timing out fails the
+        seed, so a failed seed is retried on a fresh data dir."""
+        plan = self.plan
+        t0 = time.perf_counter()
+        failures = []
+        for _ in range(SEED_ATTEMPTS_MAX):
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            done = eum_command("admin", "--data-dir", str(self.data_dir), "--hsm", f"127.0.0.1:{self.hsm_port}",
+                               "--json", "seed", "--cards", str(plan.cards), "--merchants", str(plan.terminals),
+                               "--security", "dukpt-tdes", "--pin-cards", str(plan.pin_cards), "--pin", PIN,
+                               "--export", str(self.population_path), "--export-cards", str(plan.cards))
+            if done.returncode == 0:
+                break
+            failures.append(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+        else:
+            raise BenchFailure(f"eum admin seed failed {SEED_ATTEMPTS_MAX} times: {'; '.join(failures)}")
+        self.population = fleet_api().load_population(self.population_path)
+        return {"seconds": round(time.perf_counter() - t0, 2), "failed_attempts": failures, **json.loads(done.stdout)}
+
+    def switch_run(self, name: str, *, closed_loop: bool, rate_per_s: float, duration_s: float,
+                   seed: int, terminals: int | None = None) -> SwitchRun:
+        port = free_port()
+        self.procs.start("switch", [*EUM, "switch", "--data-dir", str(self.data_dir), "--listen",
+                                    f"127.0.0.1:{port}", "--hsm", f"127.0.0.1:{self.hsm_port}",
+                                    "--log-level", self.plan.switch_log_level])
+        try:
+            self.procs.wait_listening("switch", port)
+            pid, hsm_pid = self.procs.running["switch"].pid, self.procs.running["hsm"].pid
+            start = kst_now_iso()
+            (user0, sys0), hsm0, t0 = process_cpu_split_s(pid), process_cpu_s(hsm_pid), time.perf_counter()
+            report, fleet_cpu = drive(port, self.plan, self.population, self.state_dir, closed_loop=closed_loop,
+                                      rate_per_s=rate_per_s, duration_s=duration_s, seed=seed, terminals=terminals)
+            wall = time.perf_counter() - t0
+            (user1, sys1), hsm_cpu = process_cpu_split_s(pid), process_cpu_s(hsm_pid) - hsm0
+            switch_cpu, switch_sys = (user1 + sys1) - (user0 + sys0), sys1 - sys0
+        finally:
+            rc = self.procs.stop("switch")
+        end = kst_now_iso()
+        if rc != 0:
+            raise BenchFailure(f"eum switch exited with {rc} after the {name} run:\n{self.procs.stderr_tail('switch')}")
+        check = check_run(name, data_dir=self.data_dir, report=report, start=start, end=end)
+        return SwitchRun(name, report, switch_cpu, switch_sys, fleet_cpu, hsm_cpu, wall, check)
+
+    def ceiling_run(self, *, duration_s: float, seed: int) -> tuple[Any, float, float]:
+        port = free_port()
+        self.procs.start("responder", [sys.executable, str(ROOT / "benchmarks" / "responder.py"),
+                                       "--listen", f"127.0.0.1:{port}"])
+        try:
+            self.procs.wait_listening("responder", port)
+            pid = self.procs.running["responder"].pid
+            cpu0 = process_cpu_s(pid)
+            report, fleet_cpu = drive(port, self.plan, self.population, None,  # no KSNs to keep
+                                      closed_loop=True, rate_per_s=CLOSED_LOOP_RATE_PER_S, duration_s=duration_s,
+                                      seed=seed)
+            responder_cpu = process_cpu_s(pid) - cpu0
+        finally:
+            self.procs.stop("responder")
+        return report, fleet_cpu, responder_cpu
+
+
+def run_e2e(plan: BenchPlan, tmp: Path, procs: Processes) -> tuple[dict[str, Any], dict[str, Any], list[dict]]:
+    """Returns (flat keys, run details, correctness checks)."""
+    suite = E2eSuite(plan, tmp, procs)
+    suite.start_hsm()
+    seeded = suite.seed()
+    capacity = suite.switch_run("capacity", closed_loop=True, rate_per_s=CLOSED_LOOP_RATE_PER_S,
+                                duration_s=plan.capacity_s, seed=11, terminals=plan.capacity_terminals)
+    capacity_per_s = served_per_s(capacity.report)
+    if capacity_per_s <= 0:
+        raise BenchFailure(f"the capacity run served nothing: by_rc {capacity.report.by_rc}, "
+                           f"timeouts {capacity.report.timeouts}")
+    rate = round(capacity_per_s * OFFERED_FRACTION, 1)
+    e2e = suite.switch_run("e2e", closed_loop=False, rate_per_s=rate, duration_s=plan.e2e_s, seed=12)
+    half = suite.switch_run("e2e_half", closed_loop=False, rate_per_s=round(rate / 2, 1), duration_s=plan.half_s,
+                            seed=13)
+    ceiling, ceiling_fleet_cpu, responder_cpu = suite.ceiling_run(duration_s=plan.ceiling_s, seed=14)
+    procs.stop("hsm")
+
+    ceiling_per_s = float(ceiling.achieved_per_s)
+    approved = int(e2e.report.approved)
+    lat, half_lat = e2e.report.latency_ms, half.report.latency_ms
+    flat = {
+        "e2e.approved_per_s": round(float(e2e.report.approved_per_s), 1),
+        "e2e.latency_ms.p50": _ms(lat["p50"]), "e2e.latency_ms.p99": _ms(lat["p99"]),
+        "e2e.latency_ms.p999": _ms(lat["p999"]),
+        "e2e.offered_per_s": round(float(e2e.report.offered_per_s), 1),
+        "e2e.capacity_per_s": round(capacity_per_s, 1),
+        "ceiling.per_s": round(ceiling_per_s, 1),
+        "ratio.e2e_to_ceiling": round(float(e2e.report.approved_per_s) / ceiling_per_s, 3) if ceiling_per_s else 0.0,
+        "switch.cpu_us_per_auth": round(e2e.switch_cpu_s * 1e6 / approved, 1) if approved else float("inf"),
+        "hsm.cpu_us_per_auth": round(e2e.hsm_cpu_s * 1e6 / approved, 1) if approved else float("inf"),
+        "fleet.cpu_us_per_tx": round(e2e.fleet_cpu_s * 1e6 / max(1, int(e2e.report.sent)), 1),
+        "e2e_half.latency_ms.p50": _ms(half_lat["p50"]), "e2e_half.latency_ms.p99": _ms(half_lat["p99"]),
+        "e2e_half.latency_ms.p999": _ms(half_lat["p999"]),
+        "e2e_half.offered_per_s": round(float(half.report.offered_per_s), 1),
+        "e2e_half.approved_per_s": round(float(half.report.approved_per_s), 1),
+        "e2e.overload_declines": sum(int(e2e.report.by_rc.get(rc, 0)) for rc in OVERLOAD_RCS),
+        "e2e.mac_invalid": int(e2e.report.mac_invalid),
+    }
+    runs: dict[str, Any] = {"seed": seeded}
+    for r in (capacity, e2e, half):
+        runs[r.name] = {**summary(r.report), "closed_loop": r.name == "capacity", "wall_s": round(r.wall_s, 2),
+                        "switch_cpu_s": round(r.switch_cpu_s, 3), "switch_system_s": round(r.switch_system_s, 3),
+                        "hsm_cpu_s": round(r.hsm_cpu_s, 3),
+                        "fleet_cpu_s": round(r.fleet_cpu_s, 3), "check": r.check}
+    runs["ceiling"] = {**summary(ceiling), "closed_loop": True, "fleet_cpu_s": round(ceiling_fleet_cpu, 3),
+                       "responder_cpu_s": round(responder_cpu, 3)}
+    return flat, runs, [capacity.check, e2e.check, half.check]
+
+
+def served_per_s(report: Any) -> float:
+    """Answers per second that are decisions, not overload: 91/96 (HSM or switch unavailable)
+    and timeouts are what a rate beyond capacity produces, so they do not count."""
+    overload = sum(int(report.by_rc.get(rc, 0)) for rc in OVERLOAD_RCS)
+    return max(0, int(report.responses) - overload) / float(report.duration_s)
+
+
+def _ms(value: Any) -> float:
+    return round(float(value), 3)
+
+
+# ---------------------------------------------------------------------------- scale
+
+def run_scale(plan: BenchPlan) -> dict[str, Any]:
+    from benchmarks.scale import one_run
+
+    try:
+        r = one_run(plan.scale_cards, plan.scale_merchants)
+    except SystemExit as exc:  # one_run reports a failed purchase or verify this way
+        raise BenchFailure(f"scale run: {exc}") from None
+    return {"scale.cards": plan.scale_cards, "scale.merchants": plan.scale_merchants,
+            "scale.seed_1m_s": round(r["seed_s"], 3), "scale.start_1m_s": round(r["start_s"], 3),
+            "scale.first_purchase_1m_ms": round(r["first_purchase_ms"], 3), "scale.rss_mib_1m": round(r["rss_mib"], 1)}
+
+
+# ---------------------------------------------------------------------------- machine and output
+
+def describe_machine() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    from benchmarks.scale import machine
+
+    m = machine()
+    for package in ("eum-switch", "hdrhistogram", "rich", "matplotlib"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            m["packages"][package] = md.version(package)
+    m["python_implementation"] = platform.python_implementation()
+    with contextlib.suppress(OSError):
+        m["loadavg_at_start"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            m["git"] = head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    return m
+
+
+def result_stem(*, quick: bool, today: date | None = None, host: str | None = None) -> str:
+    stem = f"{(today or date.today()).isoformat()}-{host or socket.gethostname()}"
+    return stem + "-quick" if quick else stem
+
+
+def target_met(key: str, value: Any) -> bool | None:
+    if key not in TARGETS or not isinstance(value, (int, float)):
+        return None
+    target, op = TARGETS[key]
+    return value >= target if op == ">=" else value <= target
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result.get("machine", {})
+    packages = ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items())
+    lines = [
+        f"# eum bench {result.get('mode', '')} — {result.get('date', '')} on {m.get('host', '?')}",
+        "",
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, kernel {m.get('kernel', '?')}, "
+        f"Python {m.get('python', '?')}, SQLite {m.get('sqlite', '?')}; {packages}. "
+        f"Load average at start: {m.get('loadavg_at_start', '?')}. Commit {m.get('git', '?')}.",
+        "",
+        f"Result: **{'passed' if result.get('correctness.ok') else 'FAILED'}** "
+        f"(correctness under load: verify + approvals fleet = ledger after every e2e run).",
+        "",
+        "| key | value | target | met |",
+        "|---|---|---|---|",
+    ]
+    for key in sorted(k for k in result if "." in k and not isinstance(result[k], (dict, list))):
+        value = result[key]
+        target = TARGETS.get(key)
+        met = target_met(key, value)
+        lines.append(f"| `{key}` | {_fmt(value)} | {f'{target[1]} {_fmt(target[0])}' if target else ''} | "
+                     f"{'' if met is None else ('yes' if met else '**no**')} |")
+    runs = result.get("runs", {})
+    if runs:
+        lines += ["", "## Runs", "", "| run | loop | offered/s | achieved/s | approved/s | p50 ms | p99 ms | "
+                  "p99.9 ms | sent | timeouts | reversals | response codes |", "|---" * 12 + "|"]
+        for name in ("capacity", "e2e", "e2e_half", "ceiling"):
+            r = runs.get(name)
+            if not r:
+                continue
+            lat = r.get("latency_ms") or {}
+            lines.append(
+                f"| {name} | {'closed' if r.get('closed_loop') else 'open'} | {_fmt(r.get('offered_per_s'))} | "
+                f"{_fmt(r.get('achieved_per_s'))} | {_fmt(r.get('approved_per_s'))} | {_fmt(lat.get('p50'))} | "
+                f"{_fmt(lat.get('p99'))} | {_fmt(lat.get('p999'))} | {_fmt(r.get('sent'))} | "
+                f"{_fmt(r.get('timeouts'))} | {_fmt(r.get('reversals_sent'))} | "
+                f"{', '.join(f'{k}: {v}' for k, v in sorted((r.get('by_rc') or {}).items()))} |")
+    checks = result.get("checks", [])
+    if checks:
+        lines += ["", "## Correctness under load", "", "| run | verify | fleet approvals | ledger approved postings "
+                  "| timeouts | ok |", "|---|---|---|---|---|---|"]
+        for c in checks:
+            lines.append(f"| {c['run']} | {'passed' if c['verify_ok'] else '**failed**'} | {c['fleet_approved']} | "
+                         f"{c['ledger_approved']} {c['ledger_by_kind']} | {c['timeouts']} | "
+                         f"{'yes' if c['ok'] else '**no**: ' + c['problem']} |")
+    plots = result.get("plots", [])
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    notes = result.get("notes", [])
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    return str(value)
+
+
+def notes_for(plan: BenchPlan) -> list[str]:
+    return [
+        f"mode {plan.mode}: e2e {plan.e2e_s:g} s open loop at {OFFERED_FRACTION:g} × the closed-loop capacity "
+        f"({plan.capacity_s:g} s, {plan.capacity_terminals} terminals; answers other than "
+        f"{'/'.join(OVERLOAD_RCS)} per second), e2e_half {plan.half_s:g} s at half that rate, "
+        f"ceiling {plan.ceiling_s:g} s "
+        f"closed loop against benchmarks/responder.py; {plan.terminals} terminals (DUKPT-TDES, test keys), "
+        f"{plan.cards:,} cards of which {plan.pin_cards:,} with a PIN; scenario {plan.scenario}.",
+        "fleet, switch, HSM and responder share this machine's cores: the fleet runs in the bench process.",
+        f"latencies from each transaction's intended send time (open loop), HdrHistogram; the switch logs at "
+        f"{plan.switch_log_level}.",
+        f"scale.* keys are measured with scale.cards = {plan.scale_cards:,} cards "
+        f"({'not 1,000,000: quick mode' if plan.scale_cards != 1_000_000 else 'as named'}).",
+        "switch.cpu_us_per_auth: the switch process's utime+stime (/proc/PID/stat) over the e2e run ÷ approvals.",
+    ]
+
+
+# ---------------------------------------------------------------------------- entry point
+
+def run_bench(quick: bool, out_dir: Path, *, plan: BenchPlan | None = None) -> dict[str, Any]:
+    """Run the standard set, write JSON + Markdown + PNGs into out_dir, return the result.
+    Raises BenchFailure (after writing the files, when there is something to write) if a run
+    could not be measured or the ledger disagrees with the fleet."""
+    plan = plan or PLANS["quick" if quick else "full"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    result: dict[str, Any] = {"date": date.today().isoformat(), "mode": plan.mode, "machine": describe_machine(),
+                              "plan": asdict(plan)}
+    result.update(codec_bench())
+    stem = result_stem(quick=plan.mode == "quick")
+    with tempfile.TemporaryDirectory(prefix="eum-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        procs = Processes(tmp)
+        try:
+            flat, runs, checks = run_e2e(plan, tmp, procs)
+        except BenchFailure as exc:
+            procs.stop_all()
+            kept = keep_logs(tmp, out_dir / f"{stem}-failed-logs")
+            raise BenchFailure(f"{exc}\n(the processes' output is in {kept})") from None
+        finally:
+            procs.stop_all()
+    result.update(flat)
+    result.update(run_scale(plan))
+    result["correctness.ok"] = all(c["ok"] for c in checks)
+    result["checks"] = checks
+    result["runs"] = runs
+    result["notes"] = notes_for(plan)
+    result["bench.seconds"] = round(time.perf_counter() - started, 1)
+    missing = [k for k in REQUIRED_KEYS if k not in result]
+    assert not missing, f"bench result lacks {missing}"  # our bug, not the machine's
+    result["plots"] = write_plots(result, out_dir, stem)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    write_json(result, json_path)
+    md_path.write_text(markdown(result))
+    result["files"] = [str(json_path), str(md_path), *result["plots"]]
+    if not result["correctness.ok"]:
+        problems = "; ".join(c["problem"] for c in checks if not c["ok"])
+        raise BenchFailure(f"correctness under load failed: {problems} (results written to {json_path})")
+    return result
+
+
+def keep_logs(tmp: Path, dest: Path) -> Path:
+    """Copy the processes' stdout/stderr files out of the temp dir before it goes."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in (*tmp.glob("*.out"), *tmp.glob("*.err")):
+        shutil.copy2(path, dest / path.name)
+    return dest
+
+
+def write_plots(result: dict[str, Any], out_dir: Path, stem: str) -> list[str]:
+    from benchmarks.plots import plot_latency, plot_throughput
+
+    runs = result.get("runs", {})
+    written = []
+    tables = {name: runs[name].get("percentiles") for name in ("e2e", "e2e_half", "ceiling")
+              if runs.get(name) and runs[name].get("percentiles")}
+    if tables:
+        written.append(str(plot_latency(tables, out_dir / f"{stem}-latency.png", title=f"eum bench {stem}")))
+    series = {name: runs[name].get("series") for name in ("e2e", "e2e_half")
+              if runs.get(name) and runs[name].get("series")}
+    if series:
+        written.append(str(plot_throughput(series, out_dir / f"{stem}-throughput.png", title=f"eum bench {stem}")))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="shorter runs, 100,000 cards for scale (< 3 min)")
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args(argv)
+    try:
+        result = run_bench(args.quick, args.out_dir)
+    except BenchFailure as exc:
+        print(f"eum bench: FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: v for k, v in result.items() if "." in k and not isinstance(v, (dict, list))}, indent=2))
+    print("written: " + ", ".join(result["files"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The benchmark suite's parts: the bare responder on the wire, the codec micro-benchmark,
+the /proc CPU reader, the ledger-vs-fleet check, the result writers and plots, and (when the
+fleet exists) a tiny end-to-end `run_bench` smoke run.
+
+Every process is on a free loopback port, under a timeout, and stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks.bench import (
+    REQUIRED_KEYS,
+    BenchPlan,
+    check_run,
+    kst_now_iso,
+    markdown,
+    process_cpu_s,
+    result_stem,
+    run_bench,
+    write_json,
+)
+from benchmarks.codec_bench import codec_bench
+from benchmarks.plots import percentile_points, plot_latency, plot_throughput
+from benchmarks.responder import Responder
+from switch.codec import decode_fields, encode_fields, load_dialect
+from switch.framing import FrameBuffer, frame
+from switch.ledger import open_store
+from terminal_sim.client import TerminalClient
+from terminal_sim.terminal import Terminal
+
+ROOT = Path(__file__).resolve().parents[1]
+PROCESS_TIMEOUT_S = 20
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    """Starts processes; each one still running at the end is stopped by its PID."""
+    started: list[subprocess.Popen] = []
+
+    def start(argv: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(tmp_path / "err").open("ab"),
+                                stdin=subprocess.DEVNULL)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=PROCESS_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=PROCESS_TIMEOUT_S)
+
+
+def wait_listening(port: int, proc: subprocess.Popen) -> None:
+    import socket
+
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the process exited while starting"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+# ---------------------------------------------------------------------------- responder
+
+async def test_responder_process_answers_a_terminal_client_with_the_response_mti(spawn):
+    port = free_port()
+    proc = spawn([sys.executable, str(ROOT / "benchmarks" / "responder.py"), "--listen", f"127.0.0.1:{port}"])
+    wait_listening(port, proc)
+    term = Terminal("T0000001", "EUM000000000001")
+    async with TerminalClient("127.0.0.1", port, load_dialect("default"), response_timeout_ms=3000) as client:
+        signed_on = await client.request(term.sign_on())
+        bought = await client.request(term.purchase("9410100000012345", 20_000))
+        reversed_ = await client.request(term.reversal(client.last_request))
+        advised = await client.request(term.reversal(client.last_request, advice=True))
+        repeated = await client.request(Terminal.repeat(term.purchase("9410100000012345", 1_000)))
+    assert [(r["t"], r["39"]) for r in (signed_on, bought, reversed_, advised, repeated)] == [
+        ("0810", "00"), ("0210", "00"), ("0410", "00"), ("0430", "00"), ("0210", "00")]
+    assert client.last_response_bytes[:2] == (len(client.last_response_bytes) - 2).to_bytes(2, "big")
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=PROCESS_TIMEOUT_S) == 0
+
+
+def test_responder_core_answers_split_and_pipelined_frames_and_swaps_the_tpdu():
+    dialect = load_dialect("bcd-tpdu")
+    core = Responder(dialect)
+    tpdu = bytes.fromhex("6000010000")
+    requests = b"".join(frame(dialect.framing, encode_fields(fields, dialect), tpdu=tpdu) for fields in (
+        Terminal("T0000001", "M1").sign_on(), Terminal("T0000001", "M1").purchase("9410100000012345", 5_000)))
+    out = b"".join(core.receive_data(requests[i : i + 7]) for i in range(0, len(requests), 7))
+    buffer = FrameBuffer(dialect.framing)
+    buffer.receive_data(out)
+    frames = [buffer.next_frame(), buffer.next_frame()]
+    assert buffer.next_frame() is None and buffer.pending == 0
+    assert [decode_fields(f.payload, dialect)["t"] for f in frames] == ["0810", "0210"]
+    assert [f.tpdu for f in frames] == [bytes.fromhex("6000000001")] * 2
+
+
+# ---------------------------------------------------------------------------- codec, /proc
+
+def test_codec_bench_returns_positive_microseconds():
+    result = codec_bench(number=50, repeat=3)
+    assert set(result) == {"codec.decode_us", "codec.encode_us", "codec.decode_bytes"}
+    assert isinstance(result["codec.decode_us"], float) and result["codec.decode_us"] > 0
+    assert isinstance(result["codec.encode_us"], float) and result["codec.encode_us"] > 0
+
+
+def test_proc_cpu_reader_sees_a_busy_process_and_not_a_sleeping_one(spawn):
+    busy = spawn([sys.executable, "-c", "import time\nend = time.process_time() + 0.8\n"
+                                        "while time.process_time() < end: pass\ntime.sleep(30)"])
+    idle = spawn([sys.executable, "-c", "import time; time.sleep(30)"])
+    start = time.monotonic()
+    while process_cpu_s(busy.pid) < 0.8 and time.monotonic() - start < 10:
+        time.sleep(0.05)
+    busy_s, idle_s, wall_s = process_cpu_s(busy.pid), process_cpu_s(idle.pid), time.monotonic() - start
+    assert 0.8 <= busy_s <= wall_s + 0.5  # python start-up counts too
+    assert idle_s < 0.3
+
+
+# ---------------------------------------------------------------------------- correctness check
+
+def ledger_with(tmp_path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """A data dir whose messages table holds (mti, rc, posting kind or '') rows, posted at one
+    instant; zero-amount postings, so `eum admin verify` passes."""
+    data_dir = tmp_path / "var"
+    db = open_store(data_dir)
+    conn = sqlite3.connect(db)
+    at = kst_now_iso()
+    for i, (mti, rc, kind) in enumerate(rows, start=1):
+        posting_id = i if kind else None
+        if kind:
+            conn.execute("INSERT INTO postings(id, kind, at, amount) VALUES (?,?,?,0)", (i, kind, at))
+        conn.execute("INSERT INTO messages(tid, stan, tx_time, mti, digest, rc, response, posting_id, at) "
+                     "VALUES ('T0000001', ?, '0101000000', ?, '', ?, '{}', ?, ?)",
+                     (f"{i:06d}", mti, rc, posting_id, at))
+    conn.commit()
+    conn.close()
+    return data_dir
+
+
+def test_approvals_check_passes_on_equal_counts_and_fails_on_a_lost_posting(tmp_path):
+    data_dir = ledger_with(tmp_path, [("0200", "00", "purchase"), ("0200", "00", "purchase"),
+                                      ("0200", "51", ""), ("0200", "00", ""), ("0400", "00", "reversal")])
+    start, end = "2000-01-01T00:00:00+09:00", "2999-01-01T00:00:00+09:00"
+    equal = SimpleNamespace(approved=5, timeouts=0, by_kind={
+        "purchase": {"approved": 2}, "balance": {"approved": 2}, "reversal": {"approved": 1}})
+    ok = check_run("e2e", data_dir=data_dir, report=equal, start=start, end=end)
+    assert (ok["ok"], ok["verify_ok"], ok["ledger_approved"], ok["ledger_by_kind"]) == (
+        True, True, 3, {"purchase": 2, "reversal": 1})
+    one_more = SimpleNamespace(approved=5, timeouts=0, by_kind={
+        "purchase": {"approved": 3}, "reversal": {"approved": 1}})
+    unsigned = SimpleNamespace(approved=5, timeouts=0, mac_missing=2, by_kind=equal.by_kind)
+    lost = check_run("e2e", data_dir=data_dir, report=one_more, start=start, end=end)
+    assert not lost["ok"] and "the fleet counted 4 approvals, the ledger holds 3" in lost["problem"]
+    timed_out = SimpleNamespace(approved=4, timeouts=1, reversals_sent=1, by_kind={"purchase": {"approved": 2}})
+    allowed = check_run("e2e", data_dir=data_dir, report=timed_out, start=start, end=end)
+    assert (allowed["ok"], allowed["exact"], allowed["fleet_approved"]) == (True, False, 2)
+    bad_macs = check_run("e2e", data_dir=data_dir, report=unsigned, start=start, end=end)
+    assert not bad_macs["ok"] and "2 approvals of secured requests came without a MAC" in bad_macs["problem"]
+    before = check_run("e2e", data_dir=data_dir, report=equal, start=start, end="2001-01-01T00:00:00+09:00")
+    assert not before["ok"] and before["ledger_approved"] == 0
+
+
+# ---------------------------------------------------------------------------- writers and plots
+
+def fake_result() -> dict:
+    result = {key: float(i + 1) for i, key in enumerate(REQUIRED_KEYS)}
+    result.update({"date": "2026-11-25", "mode": "quick", "scale.cards": 100_000, "correctness.ok": True,
+                   "machine": {"host": "vm", "cpu": "AMD EPYC", "cores": 2, "packages": {"pyiso8583": "4.0.1"}},
+                   "checks": [{"run": "e2e", "ok": True, "verify_ok": True, "fleet_approved": 10,
+                               "ledger_approved": 10, "ledger_by_kind": {"purchase": 10}, "timeouts": 0,
+                               "problem": ""}],
+                   "runs": {"e2e": {"offered_per_s": 100.0, "latency_ms": {"p50": 1.0, "p99": 2.0, "p999": 3.0},
+                                    "by_rc": {"00": 10}}}})
+    return result
+
+
+def test_json_and_markdown_writers_carry_every_key(tmp_path):
+    result = fake_result()
+    path = tmp_path / f"{result_stem(quick=True, host='vm')}.json"
+    write_json(result, path)
+    loaded = json.loads(path.read_text())
+    assert all(loaded[key] == result[key] for key in REQUIRED_KEYS)
+    assert path.name.endswith("-vm-quick.json")
+    md = markdown(result)
+    for key in REQUIRED_KEYS:
+        assert f"| `{key}` |" in md
+    assert "| `e2e.approved_per_s` | 3.000 | >= 3,000 | **no** |" in md
+    assert "Result: **passed**" in md and "| e2e | passed | 10 |" in md
+
+
+def test_plots_write_pngs_from_a_percentile_table_and_a_series(tmp_path):
+    table = [{"percentile": p, "latency_ms": ms} for p, ms in ((0, 0.5), (50, 1.0), (90, 2.0), (99, 5.0),
+                                                               (99.9, 9.0), (100, 12.0))]
+    assert percentile_points({"0.5": 1.0, "0.99": 5.0}) == [(50.0, 1.0), (99.0, 5.0)]
+    series = [{"t": t, "sent": 100, "responses": 99, "approved": 95, "p99_ms": 4.0} for t in range(5)]
+    latency = plot_latency({"e2e": table, "ceiling": [(50, 0.3), (99, 1.0)]}, tmp_path / "lat.png")
+    throughput = plot_throughput({"e2e": series}, tmp_path / "tp.png")
+    for png in (latency, throughput):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
+
+
+# ---------------------------------------------------------------------------- end to end (small)
+
+def _fleet_exists() -> bool:
+    return (ROOT / "terminal_sim" / "fleet.py").exists()
+
+
+@pytest.mark.skipif(not _fleet_exists(), reason="terminal_sim/fleet.py is not there yet")
+def test_tiny_bench_runs_every_part_and_the_ledger_agrees_with_the_fleet(tmp_path):
+    plan = BenchPlan(mode="smoke", terminals=4, capacity_terminals=2, cards=400, pin_cards=100, capacity_s=1.5,
+                     e2e_s=2.0, half_s=1.5,
+                     ceiling_s=1.0, scale_cards=2_000, scale_merchants=10)
+    result = run_bench(True, tmp_path, plan=plan)
+    assert all(key in result for key in REQUIRED_KEYS)
+    assert result["correctness.ok"] and [c["run"] for c in result["checks"]] == ["capacity", "e2e", "e2e_half"]
+    assert all(c["fleet_approved"] == c["ledger_approved"] > 0 for c in result["checks"] if c["exact"])
+    assert result["e2e.approved_per_s"] > 0 and result["ceiling.per_s"] > 0 and result["scale.cards"] == 2_000
+    written = json.loads(Path(result["files"][0]).read_text())
+    assert all(key in written for key in REQUIRED_KEYS)
+    assert Path(result["files"][1]).read_text().count("| `") >= len(REQUIRED_KEYS)
