@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.codec_bench import codec_bench  # noqa: E402
+from benchmarks.scale import free_port  # noqa: E402
 
 EUM = [sys.executable, "-m", "switch.cli"]  # run with cwd=ROOT: works from a fresh clone
 START_TIMEOUT_S = 30.0
@@ -81,8 +82,8 @@ class BenchPlan:
     capacity_terminals: int = 32    # closed-loop capacity run: enough in flight to saturate, few
                                     # enough that queueing stays under the HSM call timeout
     cards: int = 100_000            # seeded for the e2e ledger, all in the population file
-    pin_cards: int = 2_000          # the first K get PIN 1234, for the scenario's PIN share; more
-                                    # overruns the HSM during seed (its PVVs are one unbounded gather)
+    pin_cards: int = 2_000          # the first K get PIN 1234, for the scenario's PIN share (the
+                                    # seed asks the HSM for their PVVs, 32 at a time)
     capacity_s: float = 15.0
     e2e_s: float = 60.0
     half_s: float = 30.0
@@ -111,12 +112,6 @@ class BenchFailure(Exception):
 
 
 # ---------------------------------------------------------------------------- processes and /proc
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
