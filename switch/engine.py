@@ -118,7 +118,7 @@ class Engine:
             if not self.ksn_guard.claim(terminal.tid, ksn_counter, floor=terminal.ksn_max):
                 return Outcome(self._response(req, fields, Rc.SECURITY_VIOLATION), note="KSN counter used before")
         pending = MessageState(req.base_mti, req.digest, None, None, asyncio.get_running_loop().create_future())
-        self.state.messages[req.key] = pending
+        self.state.remember_message(req.key, pending)
         try:
             pin = await self._check_pin(req, terminal) if req.pin_block and req.kind is not Kind.REVERSAL else None
             outcome, unit = await self._decide(req, fields, pin)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,8 +194,9 @@ class StoreReader:
 class HotState:
     """Caches keyed like the store. `clear()` after a failed commit: reload from the store."""
 
-    def __init__(self, reader: StoreReader) -> None:
+    def __init__(self, reader: StoreReader, *, messages_max: int = 200_000) -> None:
         self.reader = reader
+        self.messages_max = messages_max  # committed outcomes kept in memory; older ones are re-read
         self.clear()
 
     def clear(self) -> None:
@@ -207,7 +209,7 @@ class HotState:
         self.card_months: dict[tuple[int, str], int] = {}
         self.postings: dict[int, PostingState] = {}
         self.rrns: dict[str, int] = {}
-        self.messages: dict[tuple[str, str, str], MessageState] = {}
+        self.messages: OrderedDict[tuple[str, str, str], MessageState] = OrderedDict()
         self.tombstones: set[tuple[str, str, str]] = set()
         self.next_posting_id = self.reader.max_posting_id() + 1
         self.next_card_id = self.reader.max_card_id() + 1
@@ -285,8 +287,19 @@ class HotState:
         if m is None:
             m = self.reader.message(key)
             if m is not None:
-                self.messages[key] = m
+                self.remember_message(key, m)
         return m
+
+    def remember_message(self, key: tuple[str, str, str], m: MessageState) -> None:
+        """Cache an outcome; beyond messages_max, forget the oldest committed ones (the store
+        has them). An outcome still being committed is never forgotten."""
+        self.messages[key] = m
+        for _ in range(len(self.messages) - self.messages_max):
+            old_key, old = next(iter(self.messages.items()))
+            if old.done is not None:  # still in flight: keep it, look again next time
+                self.messages.move_to_end(old_key)
+                break
+            del self.messages[old_key]
 
     def tombstoned(self, key: tuple[str, str, str]) -> bool:
         return key in self.tombstones or self.reader.tombstone(key)

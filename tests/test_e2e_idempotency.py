@@ -196,3 +196,16 @@ async def test_stored_responses_survive_a_restart(tmp_path):
         assert posting_count(env.core.db_path) == count
         assert card_accounts(env.core.db_path, pan) == (80_000, 1_500)
         assert verify(env.core.db_path).ok
+
+
+async def test_the_outcome_cache_is_bounded_and_forgotten_outcomes_still_replay(switch_env):
+    env = switch_env
+    env.core.state.messages_max = 3
+    client, term = await env.signed_on()
+    sent = [term.purchase(env.cards["incheon"]["pan"], 1_000 + i) for i in range(6)]
+    answers = [await client.request(fields) for fields in sent]
+    assert [a["39"] for a in answers] == ["00"] * 6
+    assert len(env.core.state.messages) == 3  # the oldest committed outcomes were dropped
+    assert (await client.request(Terminal.repeat(sent[0]))) == answers[0]  # re-read from the store
+    assert len(postings(env.core.db_path, "purchase")) == 6
+    await client.close()
