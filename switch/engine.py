@@ -212,7 +212,8 @@ class Engine:
             self._pin_outcome(pin, unit)
             outcome = self._dispatch(req, fields, unit, now)
         except Decline as d:
-            unit = Unit(statements=[s for s in unit.statements if s[0].startswith("UPDATE cards SET pin_")])
+            unit = Unit(statements=[s for s in unit.statements if s[0].startswith("UPDATE cards SET pin_")],
+                        pinned=unit.pinned)
             outcome = Outcome(self._response(req, fields, d.rc), note=d.note)
         return outcome, unit
 
@@ -241,6 +242,7 @@ class Engine:
             self.state.messages.pop(req.key, None)
             return Outcome(_system_error(stored), note="ledger unavailable")
         finally:
+            self.state.unpin(unit.pinned)
             pending.done.set_result(None)
             pending.done = None
         outcome.response = stored
@@ -339,9 +341,8 @@ class Engine:
         card.cash -= cash_used
         self.state.member_months[(card.member, month)] = month_spend + cb.eligible
         self.state.card_days[(card.id, day)] = spent_today + amount
-        self.state.postings[pid] = PostingState(pid, "purchase", card.id, merchant.mid, amount, 0, _iso(now),
-                                                json.loads(json.dumps(detail)), rrn, None)
-        self.state.rrns[rrn] = pid
+        self.state.remember_posting(PostingState(pid, "purchase", card.id, merchant.mid, amount, 0, _iso(now),
+                                                 json.loads(json.dumps(detail)), rrn, None))
         resp = self._response(req, fields, Rc.APPROVED, rrn=rrn, auth_code=f"{pid % 1_000_000:06d}",
                               balances=self._balances(card))
         return Outcome(resp, posting_id=pid, fee=fee.fee, cashback=cb.total)
@@ -396,6 +397,7 @@ class Engine:
 
     def _undo_purchase(self, p: PostingState, undo: int, kind: str, req: Request, unit: Unit, now: datetime) -> int:
         """Refund or (partial) reversal of `undo` won of purchase `p`, proportionally."""
+        self._pin(unit, p.id)
         d = p.detail
         before = p.undone
         share = dict(original_amount=p.amount, undone_before=before, undone_now=undo)
@@ -435,16 +437,18 @@ class Engine:
             unit.statements.append(_upsert_card_day(card.id, d["day"], -undo))
             d["reversed"] = d.get("reversed", 0) + undo
             unit.statements.append(("UPDATE postings SET detail = ? WHERE id = ?", (json.dumps(d), p.id)))
-        self.state.postings[pid] = PostingState(pid, kind, card.id, p.mid, undo, 0, _iso(now),
-                                                json.loads(json.dumps(detail)), rrn, p.id)
+        self.state.remember_posting(PostingState(pid, kind, card.id, p.mid, undo, 0, _iso(now),
+                                                 json.loads(json.dumps(detail)), rrn, p.id))
         return pid
 
     def _undo_refund(self, r: PostingState, req: Request, unit: Unit, now: datetime) -> int:
         """Reversal of a refund: the refund's money is taken back, and fee, support and
         cashback return to the shares of what then stands of the purchase (the cumulative
         floor rule), so a later full undo still returns exactly what was posted."""
+        self._pin(unit, r.id)
         d = r.detail
         purchase = self.state.posting(r.original_id)
+        self._pin(unit, purchase.id)
         pd = purchase.detail
         share = dict(original_amount=purchase.amount, undone_before=purchase.undone - r.amount, undone_now=r.amount)
         fee_back, cb_back = proportional(pd["fee"], **share), proportional(pd["cb_used"], **share)
@@ -475,8 +479,8 @@ class Engine:
         purchase.undone -= r.amount
         mm = (d["member"], d["month"])
         self.state.member_months[mm] = self.state.member_month(*mm) + eligible_back
-        self.state.postings[pid] = PostingState(pid, "reversal", card.id, r.mid, r.amount, 0, _iso(now), detail,
-                                                f"{pid:012d}", r.id)
+        self.state.remember_posting(PostingState(pid, "reversal", card.id, r.mid, r.amount, 0, _iso(now), detail,
+                                                 f"{pid:012d}", r.id))
         return pid
 
     def _settle(self, card: CardState, *, d_cash: int, d_cashback: int) -> list[tuple[str, int]]:
@@ -498,6 +502,11 @@ class Engine:
         return entries
 
     # ------------------------------------------------------------------ helpers
+
+    def _pin(self, unit: Unit, posting_id: int) -> None:
+        """The cached posting stays cached until this unit is durable (see HotState)."""
+        unit.pinned.append(posting_id)
+        self.state.pin([posting_id])
 
     def _next_posting_id(self) -> int:
         pid = self.state.next_posting_id

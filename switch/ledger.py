@@ -137,6 +137,7 @@ class Unit:
     entries: list[tuple[str, int]] = field(default_factory=list)  # (account, signed won)
     statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     posting_id: int | None = None
+    pinned: list[int] = field(default_factory=list)  # cached postings this unit changes (see HotState.pin)
 
     def check_balanced(self) -> None:
         # A posting that does not balance is our bug, never an input error: fail loudly.

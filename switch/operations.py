@@ -19,7 +19,7 @@ from .domain import DISTRICTS, KST, Merchant, mask_pan, month_key
 from .ledger import LedgerWriter, Unit
 from .policy import Rules
 from .security import DUKPT, PROFILES, SECURED, Security, SecurityError, initial_ksn, provision_test_keys
-from .state import CardState, HotState, PostingState, Terminal
+from .state import CardState, HotState, Terminal
 
 KEY_SETS = ("test", "generated")
 log = structlog.get_logger()
@@ -231,7 +231,6 @@ class Operations:
         card.receivable += repay
         card.cash += amount - repay
         self.state.card_months[(card.id, month)] = charged + amount
-        self.state.postings[pid] = PostingState(pid, "charge", card.id, None, amount, 0, now.isoformat(), {}, None, None)
         await self.writer.submit(unit)
         return {"pan": mask_pan(pan), "charged": amount, "receivable_repaid": repay, "cash": card.cash,
                 "cashback": card.cashback, "posting": pid}

@@ -194,9 +194,10 @@ class StoreReader:
 class HotState:
     """Caches keyed like the store. `clear()` after a failed commit: reload from the store."""
 
-    def __init__(self, reader: StoreReader, *, messages_max: int = 200_000) -> None:
+    def __init__(self, reader: StoreReader, *, messages_max: int = 200_000, postings_max: int = 200_000) -> None:
         self.reader = reader
         self.messages_max = messages_max  # committed outcomes kept in memory; older ones are re-read
+        self.postings_max = postings_max  # likewise postings a refund or reversal may need
         self.clear()
 
     def clear(self) -> None:
@@ -207,7 +208,8 @@ class HotState:
         self.member_months: dict[tuple[str, str], int] = {}
         self.card_days: dict[tuple[int, str], int] = {}
         self.card_months: dict[tuple[int, str], int] = {}
-        self.postings: dict[int, PostingState] = {}
+        self.postings: OrderedDict[int, PostingState] = OrderedDict()
+        self.pinned: dict[int, int] = {}  # posting id → units in flight that changed it
         self.rrns: dict[str, int] = {}
         self.messages: OrderedDict[tuple[str, str, str], MessageState] = OrderedDict()
         self.tombstones: set[tuple[str, str, str]] = set()
@@ -269,7 +271,7 @@ class HotState:
         if p is None:
             p = self.reader.posting(posting_id)
             if p is not None:
-                self.postings[posting_id] = p
+                self.remember_posting(p)
         return p
 
     def posting_by_rrn(self, rrn: str) -> PostingState | None:
@@ -278,9 +280,36 @@ class HotState:
             return self.posting(pid)
         p = self.reader.posting_by_rrn(rrn)
         if p is not None:
-            p = self.postings.setdefault(p.id, p)
-            self.rrns[rrn] = p.id
+            p = self.postings.get(p.id) or p
+            self.remember_posting(p)
         return p
+
+    def remember_posting(self, p: PostingState) -> None:
+        """Cache a posting (purchases also by RRN); beyond postings_max forget the oldest that
+        no unit in flight has changed (the store has them, as committed)."""
+        self.postings[p.id] = p
+        if p.kind == "purchase" and p.rrn:
+            self.rrns[p.rrn] = p.id
+        for _ in range(len(self.postings) - self.postings_max):
+            old_id, old = next(iter(self.postings.items()))
+            if old_id in self.pinned:  # changed by a unit not yet durable: keep it, look again later
+                self.postings.move_to_end(old_id)
+                break
+            del self.postings[old_id]
+            if old.rrn and self.rrns.get(old.rrn) == old_id:
+                del self.rrns[old.rrn]
+
+    def pin(self, posting_ids: list[int]) -> None:
+        for pid in posting_ids:
+            self.pinned[pid] = self.pinned.get(pid, 0) + 1
+
+    def unpin(self, posting_ids: list[int]) -> None:
+        for pid in posting_ids:
+            left = self.pinned.get(pid, 0) - 1
+            if left > 0:
+                self.pinned[pid] = left
+            else:
+                self.pinned.pop(pid, None)
 
     def message(self, key: tuple[str, str, str]) -> MessageState | None:
         m = self.messages.get(key)

@@ -346,3 +346,26 @@ async def test_a_partial_reversal_is_remembered_across_a_restart(tmp_path):
         assert postings(env.core.db_path, "purchase")[0]["undone"] == 8_000
         assert len(postings(env.core.db_path, "reversal")) == 1
         assert verify(env.core.db_path).ok
+
+
+async def test_the_posting_cache_is_bounded_and_refunds_of_forgotten_purchases_still_work(switch_env):
+    env = switch_env
+    env.core.state.postings_max = 2
+    client, term = await env.signed_on()
+    pan = env.cards["incheon"]["pan"]
+    bought = [await client.request(term.purchase(pan, 10_000 + i)) for i in range(4)]
+    assert len(env.core.state.postings) == 2 and len(env.core.state.rrns) <= 2
+    # the first purchase is no longer cached: refund it in two parts, then reverse the refund
+    first = await client.request(term.refund(pan, 4_000, bought[0]["37"]))
+    second = await client.request(term.refund(pan, 6_000, bought[0]["37"]))
+    assert (first["39"], second["39"]) == ("00", "00")
+    assert (await client.request(term.refund(pan, 1, bought[0]["37"])))["39"] == "13"  # nothing left
+    refund = term.refund(pan, 5_000, bought[1]["37"])
+    assert (await client.request(refund))["39"] == "00"
+    env.core.state.postings.clear()  # nothing cached: the reversal reads refund and purchase back
+    env.core.state.rrns.clear()
+    assert (await client.request(term.reversal(refund)))["39"] == "00"
+    assert (await client.request(term.refund(pan, 10_001, bought[1]["37"])))["39"] == "00"  # all of it again
+    assert verify(env.core.db_path).ok
+    assert env.core.state.pinned == {}
+    await client.close()
