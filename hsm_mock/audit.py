@@ -101,13 +101,3 @@ class AuditLog:
             self._file.close()
             self._tee.sinks.remove(self._file)
             self._file = None
-
-
-class NullAudit(AuditLog):
-    """No audit trail (benchmarks); same interface."""
-
-    def __init__(self) -> None:
-        super().__init__(None, stream=None)
-
-    def record(self, **fields: Any) -> None:
-        return None

@@ -46,22 +46,6 @@ def response_code(command_code: str) -> str:
     return command_code[0] + advanced
 
 
-def parse_command(payload: bytes, *, header_length: int) -> Command:
-    if len(payload) < header_length + 2:
-        raise ProtocolError("message shorter than header + command code")
-    header = payload[:header_length]
-    code = payload[header_length : header_length + 2].decode("ascii", "replace")
-    rest = payload[header_length + 2 :]
-    trailer = None
-    idx = rest.find(bytes([TRAILER_DELIMITER]))
-    if idx >= 0:
-        trailer = rest[idx + 1 :]
-        rest = rest[:idx]
-        if len(trailer) > TRAILER_SIZE_MAX:
-            raise ProtocolError("message trailer longer than 32 characters")
-    return Command(header=header, code=code, body=rest, trailer=trailer)
-
-
 def build_response(cmd: Command, error: str, body: bytes = b"") -> bytes:
     out = cmd.header + response_code(cmd.code).encode("ascii") + error.encode("ascii") + body
     if cmd.trailer is not None:

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import structlog
 
@@ -52,7 +51,6 @@ class Outcome:
     cashback: int = 0
     note: str = ""
     replayed: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
     sign: tuple[TerminalKeys, str] | None = None  # the response gets a MAC under these keys and KSN
 
 
