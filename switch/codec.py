@@ -2,12 +2,19 @@
 
 Pure module. A dialect is data (config/dialects/<name>.toml): framing plus the full field
 spec in pyiso8583's format, so a terminal speaking another dialect needs a file, not code.
+
+Two codecs, one behaviour. pyiso8583 is the reference. On the hot path each dialect is
+compiled once into per-field tuples (`_Compiled`): a message the compiled codec reads or
+writes without surprise gives exactly pyiso8583's dict or bytes (tests/test_codec_compiled.py
+checks this on generated messages); anything else — a short field, a non-digit length, a
+field outside the spec, an encoding the compiled codec does not know — is handed to
+pyiso8583, so every error, its field and its message are pyiso8583's own.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +46,54 @@ class Dialect:
     name: str
     framing: Framing
     spec: dict[str, dict[str, Any]]
+    compiled: "_Compiled | None" = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compiled", _compile(self.spec))
+
+
+class _Fallback(Exception):
+    """The compiled codec met something it does not handle: pyiso8583 decides."""
+
+
+# A field as the compiled codec sees it: (key, is_binary, len_type, len_is_binary, max_len).
+_FieldPlan = tuple[str, bool, int, bool, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    header_len: int                 # fixed ASCII header before the MTI (0: none)
+    mti_binary: bool
+    mti_len: int
+    fields: tuple[_FieldPlan | None, ...]   # index = field number 0..128; None: not in the spec
+
+
+def _plan(key: str, f: dict[str, Any]) -> _FieldPlan | None:
+    if f["data_enc"] not in ("ascii", "b") or f["len_enc"] not in ("ascii", "b"):
+        return None
+    if f["len_type"] not in (0, 1, 2, 3, 4) or set(f) - {*_SPEC_KEYS, "len_count"} or f.get("len_count", "bytes") != "bytes":
+        return None
+    return (key, f["data_enc"] == "b", f["len_type"], f["len_enc"] == "b", f["max_len"])
+
+
+def _compile(spec: dict[str, dict[str, Any]]) -> _Compiled | None:
+    """The dialect as tuples for the hot path, or None when any part of it needs pyiso8583
+    (non-ASCII text encodings, BCD lengths, padding, a variable header or MTI)."""
+    h, t, p, sec = spec["h"], spec["t"], spec["p"], spec["1"]
+    if h["len_type"] != 0 or h["data_enc"] != "ascii" or t["len_type"] != 0 or t["data_enc"] not in ("ascii", "b"):
+        return None
+    if any(b["data_enc"] != "b" or b["len_type"] != 0 or b["max_len"] != 8 for b in (p, sec)):
+        return None
+    plans: list[_FieldPlan | None] = [None] * 129
+    for no in range(2, 129):
+        f = spec.get(str(no))
+        if f is not None:
+            plan = _plan(str(no), f)
+            if plan is None:
+                return None
+            plans[no] = plan
+    return _Compiled(header_len=h["max_len"], mti_binary=t["data_enc"] == "b", mti_len=t["max_len"],
+                     fields=tuple(plans))
 
 
 def dialects_dir() -> Path:
@@ -67,9 +122,76 @@ def load_dialect(name: str, *, directory: Path | None = None) -> Dialect:
 # ---------------------------------------------------------------------------- decode
 
 def decode_fields(payload: bytes, dialect: Dialect) -> dict[str, str]:
-    """pyiso8583 decode. A present-but-empty secondary bitmap is accepted (pyiso8583 does)."""
+    """Bytes → fields as pyiso8583 gives them. A present-but-empty secondary bitmap is
+    accepted (pyiso8583 does)."""
+    if dialect.compiled is not None:
+        try:
+            return _fast_decode(payload, dialect.compiled)
+        except _Fallback:
+            pass
     fields, _ = iso8583.decode(payload, dialect.spec)
     return fields
+
+
+# _BYTE_FIELDS[i][b]: the field numbers that bitmap byte i (0..15) with value b marks present.
+_BYTE_FIELDS = tuple(tuple(tuple(i * 8 + bit + 1 for bit in range(8) if b & (0x80 >> bit)) for b in range(256))
+                     for i in range(16))
+
+
+def _fast_decode(s: bytes, c: _Compiled) -> dict[str, str]:
+    out: dict[str, str] = {}
+    pos = c.header_len
+    try:
+        if pos:
+            out["h"] = s[:pos].decode("ascii")
+        end = pos + c.mti_len
+        out["t"] = s[pos:end].hex().upper() if c.mti_binary else s[pos:end].decode("ascii")
+        if len(s) < end + 8:
+            raise _Fallback
+        bitmap = s[end : end + 8]
+        out["p"] = bitmap.hex().upper()
+        pos = end + 8
+        if bitmap[0] & 0x80:
+            secondary = s[pos : pos + 8]
+            if len(secondary) != 8:
+                raise _Fallback
+            out["1"] = secondary.hex().upper()
+            bitmap += secondary
+            pos += 8
+            if secondary[0] & 0x80:
+                raise _Fallback  # a tertiary bitmap: pyiso8583 reads those
+        plans = c.fields
+        for no in [no for i, b in enumerate(bitmap) if b for no in _BYTE_FIELDS[i][b]]:
+            if no != 1:
+                plan = plans[no]
+                if plan is None:
+                    raise _Fallback
+                key, binary, len_type, len_binary, max_len = plan
+                if len_type:
+                    raw_len = s[pos : pos + len_type]
+                    if len(raw_len) != len_type:
+                        raise _Fallback
+                    if len_binary:
+                        size = int.from_bytes(raw_len, "big")
+                    elif raw_len.isdigit():
+                        size = int(raw_len)
+                    else:
+                        raise _Fallback
+                    if size > max_len:
+                        raise _Fallback
+                    pos += len_type
+                else:
+                    size = max_len
+                value = s[pos : pos + size]
+                if len(value) != size:
+                    raise _Fallback
+                out[key] = value.hex().upper() if binary else value.decode("ascii")
+                pos += size
+    except UnicodeDecodeError:
+        raise _Fallback from None
+    if pos != len(s):
+        raise _Fallback
+    return out
 
 
 def partial_fields(exc: DecodeError) -> dict[str, str]:
@@ -222,8 +344,82 @@ def response_fields(resp: Response) -> dict[str, str]:
 
 
 def encode_fields(fields: dict[str, str], dialect: Dialect) -> bytes:
+    if dialect.compiled is not None:
+        try:
+            return _fast_encode(fields, dialect.compiled)
+        except _Fallback:
+            pass
     raw, _ = iso8583.encode(dict(fields), dialect.spec)
     return bytes(raw)
+
+
+_ASCII_LENGTHS = {n: f"%0{n}d" for n in range(1, 5)}
+
+
+def _fast_encode(doc: dict[str, str], c: _Compiled) -> bytes:
+    numbered: list[int] = []
+    for key in doc:
+        if key.isdigit() and key.isascii():
+            no = int(key)
+            if not 2 <= no <= 128 or no == 65 or key != str(no):
+                raise _Fallback  # "1" and "65" are pyiso8583's to drop; out-of-range is its error
+            numbered.append(no)
+        elif key not in ("t", "h", "p"):
+            raise _Fallback
+    numbered.sort()
+    parts: list[bytes] = []
+    try:
+        header = doc.get("h", "")
+        if len(header) != c.header_len:
+            raise _Fallback
+        mti = doc.get("t")
+        if mti is None:
+            raise _Fallback
+        mti_raw = bytes.fromhex(mti) if c.mti_binary else mti.encode("ascii")
+        if len(mti_raw) != c.mti_len or (c.mti_binary and " " in mti):
+            raise _Fallback
+        primary = secondary = 0
+        plans = c.fields
+        for no in numbered:
+            plan = plans[no]
+            if plan is None:
+                raise _Fallback
+            _key, binary, len_type, len_binary, max_len = plan
+            value = doc[_key]
+            if binary:
+                if " " in value or len(value) % 2:
+                    raise _Fallback
+                data = bytes.fromhex(value)
+            else:
+                data = value.encode("ascii")
+            size = len(data)
+            if len_type:
+                if size > max_len:
+                    raise _Fallback
+                if len_binary:
+                    if size >= 1 << (8 * len_type):
+                        raise _Fallback
+                    parts.append(size.to_bytes(len_type, "big"))
+                else:
+                    length = _ASCII_LENGTHS[len_type] % size
+                    if len(length) != len_type:
+                        raise _Fallback
+                    parts.append(length.encode())
+            elif size != max_len:
+                raise _Fallback
+            parts.append(data)
+            if no <= 64:
+                primary |= 1 << (64 - no)
+            else:
+                secondary |= 1 << (128 - no)
+        if secondary:
+            primary |= 1 << 63
+            bitmaps = primary.to_bytes(8, "big") + secondary.to_bytes(8, "big")
+        else:
+            bitmaps = primary.to_bytes(8, "big")
+    except (ValueError, AttributeError, TypeError):  # non-hex, non-ASCII, not a str
+        raise _Fallback from None
+    return b"".join((header.encode("ascii"), mti_raw, bitmaps, *parts))
 
 
 __all__ = [

@@ -126,9 +126,11 @@ def test_responder_core_answers_split_and_pipelined_frames_and_swaps_the_tpdu():
 
 def test_codec_bench_returns_positive_microseconds():
     result = codec_bench(number=50, repeat=3)
-    assert set(result) == {"codec.decode_us", "codec.encode_us", "codec.decode_bytes"}
-    assert isinstance(result["codec.decode_us"], float) and result["codec.decode_us"] > 0
-    assert isinstance(result["codec.encode_us"], float) and result["codec.encode_us"] > 0
+    assert set(result) == {"codec.decode_us", "codec.encode_us", "codec.decode_bytes", "codec.pyiso8583_decode_us",
+                           "codec.pyiso8583_encode_us"}
+    assert result["codec.decode_bytes"] == 146  # the standard 0200 with PIN block, KSN and MAC
+    for key in ("codec.decode_us", "codec.encode_us", "codec.pyiso8583_decode_us", "codec.pyiso8583_encode_us"):
+        assert isinstance(result[key], float) and result[key] > 0
 
 
 def test_proc_cpu_reader_sees_a_busy_process_and_not_a_sleeping_one(spawn):
