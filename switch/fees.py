@@ -15,6 +15,9 @@ from switch.domain import Merchant
 
 BP_PER_UNIT = 10_000
 ONLINE_MALL_TIER = "online_mall"
+# POS entry mode (DE22) positions 1-2 that mean card not present: 01 key-entered PAN,
+# 81 e-commerce (ISO 8583:1987 / card-scheme usage). config/fees.toml [online_mall] sets them.
+ECOMMERCE_ENTRY_MODES = ("01", "81")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +63,12 @@ class FeeBook:
     tiers: tuple[FeeTier, ...]
     schedules: tuple[FeeSchedule, ...]
     supports: tuple[FeeSupport, ...]
-    online_mall_bp: int
+    online_mall_bp: int  # the mall's PG fee: replaces the card schedule, no district support
+    ecommerce_entry_modes: tuple[str, ...] = ECOMMERCE_ENTRY_MODES
+
+    def is_ecommerce(self, entry_mode: str) -> bool:
+        """True when DE22 says the card was not present (an absent DE22 means present)."""
+        return entry_mode[:2] in self.ecommerce_entry_modes
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,8 @@ def quote_fee(
         raise ValueError(f"amount must not be negative, got {amount}")
     schedule = schedule_at(book, now)
     if merchant.online_mall:
+        # The mall's PG fee instead of the check-card schedule, and no district fee
+        # support: DOMAIN.md says the mall charges merchants "only a 3% PG fee".
         rate_bp = book.online_mall_bp
         return FeeQuote(ONLINE_MALL_TIER, rate_bp, won_at(amount, rate_bp), ())
     tier = tier_for(book.tiers, merchant.annual_sales)

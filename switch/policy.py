@@ -29,7 +29,10 @@ from switch.domain import DISTRICTS, Merchant
 from switch.fees import FeeBook, FeeSchedule, FeeSupport, FeeTier
 
 __all__ = [
+    "CARDHOLDER",
+    "TERMINAL",
     "CashbackBook",
+    "ChannelRefusal",
     "FeeBook",
     "Limits",
     "Program",
@@ -77,6 +80,19 @@ class LimitPeriod:
     limits: Limits
 
 
+# Who is not permitted a transaction (ISO 8583 response codes 57 and 58 respectively).
+CARDHOLDER = "cardholder"
+TERMINAL = "terminal"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRefusal:
+    """A channel the merchant does not take: `party` is who is not permitted it."""
+
+    party: str  # CARDHOLDER | TERMINAL
+    note: str
+
+
 @dataclass(frozen=True, slots=True)
 class Rules:
     programs: dict[str, Program]
@@ -97,6 +113,21 @@ class Rules:
             merchant.district in DISTRICTS
             and merchant.category not in self.categories_not_accepted
         )
+
+    def channel_refusal(self, merchant: Merchant, entry_mode: str) -> ChannelRefusal | None:
+        """Why a purchase or refund may not take this channel here, or None if it may.
+
+        The card is a card-present product everywhere except the city's online mall, whose
+        merchants take only e-commerce (DE22 01x / 81x, `[online_mall]` in fees.toml). DE22
+        is optional in the host interface: a message without it is card present.
+        """
+        ecommerce = self.fees.is_ecommerce(entry_mode)
+        if ecommerce and not merchant.online_mall:
+            return ChannelRefusal(CARDHOLDER, f"e-commerce entry mode {entry_mode} outside the online mall")
+        if merchant.online_mall and not ecommerce:
+            mode = entry_mode or "absent"
+            return ChannelRefusal(TERMINAL, f"online mall merchant takes e-commerce only, DE22 {mode}")
+        return None
 
     def limits(self, now: datetime) -> Limits:
         if now.tzinfo is None:
@@ -435,10 +466,24 @@ def _fee_book(root: _Table, programs: dict[str, Program]) -> FeeBook:
         tiers=tiers,
         schedules=_fee_schedules(root, tiers),
         supports=_supports(root, programs),
-        online_mall_bp=mall.bp("pg_rate_bp"),
+        online_mall_bp=mall.bp("pg_rate_bp"),  # a PG fee, not a card fee: the 2.5 % cap does not bound it
+        ecommerce_entry_modes=_entry_modes(mall, "ecommerce_entry_modes"),
     )
     mall.finish()
     return book
+
+
+def _entry_modes(t: _Table, key: str) -> tuple[str, ...]:
+    """DE22 PAN-entry modes: two digits each, at least one, no repeats."""
+    modes = t.strings(key)
+    if not modes:
+        raise t.fail(key, "at least one entry mode is required")
+    for i, mode in enumerate(modes):
+        if len(mode) != 2 or not mode.isdigit():
+            raise t.fail(f"{key}[{i}]", f"must be two digits (DE22 positions 1-2), got {mode!r}")
+        if mode in modes[:i]:
+            raise t.fail(f"{key}[{i}]", f"duplicate entry mode {mode!r}")
+    return modes
 
 
 def _fee_tiers(root: _Table) -> tuple[FeeTier, ...]:
