@@ -27,6 +27,16 @@ def _hsm(args: argparse.Namespace) -> Any:
     return HsmConfig(endpoints=parse_endpoints(text)) if text else None
 
 
+def _relay(args: argparse.Namespace) -> Any:
+    """--mqtt mqtt://HOST:PORT: the outbox relay's broker (docs/events.md); None: no relay."""
+    url = getattr(args, "mqtt", None)
+    if not url:
+        return None
+    from .relay import RelayConfig
+
+    return RelayConfig.from_url(url)
+
+
 # ---------------------------------------------------------------------------- switch
 
 def cmd_switch(args: argparse.Namespace) -> int:
@@ -38,6 +48,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
     host, port = parse_hostport(args.listen)
     config = SwitchConfig(host=host, port=port, data_dir=Path(args.data_dir), dialect=args.dialect)
     dialect = load_dialect(config.dialect)
+    relay = _relay(args)
     try:
         fd = lock_data_dir(config.data_dir, wait=False)
     except DataDirBusy:
@@ -49,7 +60,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with open_core(config.data_dir, clock=_clock(args), batch_size_max=config.batch_size_max,
                              commit_interval_ms_max=config.commit_interval_ms_max,
-                             queue_size_max=config.queue_size_max, hsm=_hsm(args)) as core:
+                             queue_size_max=config.queue_size_max, hsm=_hsm(args), relay=relay) as core:
             server = SwitchServer(config, Processor(core.engine, dialect), core.ops)
             await serve_until_signalled(server)
 
@@ -288,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--dialect", default="default", help="config/dialects/NAME.toml (default: default)")
     sw.add_argument("--clock-start", help="run the clock from this instant, e.g. 2019-07-20T12:00:00+09:00")
     sw.add_argument("--hsm", help="HOST:PORT[,HOST:PORT…] of the HSMs, in failover order (eum hsm: 127.0.0.1:1500)")
+    sw.add_argument("--mqtt", help="mqtt://HOST:PORT: publish the event outbox to this broker (docs/events.md)")
     sw.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     sw.set_defaults(func=cmd_switch)
 
@@ -312,6 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_hsm_parser(sub, run_hsm)
     add_fleet_parser(sub, run_fleet_cli)
     add_bench_parser(sub, run_bench_cli)
+
+    from .report_cli import add_report_parser
+
+    add_report_parser(sub)
+
+    from .events_cli import add_events_parser
+
+    add_events_parser(sub)
 
     de = sub.add_parser("demo", help="switch + terminals + summary on embedded defaults, in a temp dir")
     de.add_argument("--transactions", type=int, default=300)

@@ -26,12 +26,13 @@ import structlog
 from .cashback import clawback, proportional, quote_cashback
 from .clock import Clock
 from .codec import response_fields
-from .domain import KST, month_key
+from .domain import KST, Merchant, month_key
 from .fees import quote_fee
+from .events import CardFacts, PostingFacts, posting_events
 from .ledger import LedgerUnavailable, LedgerWriter, Unit
 from .messages import RESPONSE_MTI, Balances, Kind, Rc, Request, Response
 from .hsm_client import HsmUnavailable
-from .policy import Rules
+from .policy import CARDHOLDER, TERMINAL, Rules
 from .security import DUKPT, PIN_TRIES_MAX, SECURED, KsnGuard, Security, SecurityError, TerminalKeys, ksn_parts
 from .state import CardState, HotState, MessageState, PostingState, Terminal
 
@@ -39,6 +40,9 @@ log = structlog.get_logger()
 
 # A late original after its reversal: declined with this code and not posted.
 RC_REVERSED_BEFORE_ARRIVAL = Rc.INVALID_TRANSACTION
+# A channel the merchant does not take (Rules.channel_refusal): e-commerce outside the
+# online mall is not permitted to the card (57); card present at the mall, to the terminal (58).
+RC_CHANNEL_REFUSED = {CARDHOLDER: Rc.NOT_PERMITTED, TERMINAL: Rc.TERMINAL_NOT_PERMITTED}
 
 
 @dataclass(slots=True)
@@ -286,6 +290,15 @@ class Engine:
             raise Decline(Rc.CARD_BLOCKED, f"card {card.status}")
         return card
 
+    def _check_channel(self, req: Request, merchant: Merchant | None) -> Merchant:
+        """The merchant exists and takes this DE22 channel (online mall: e-commerce only)."""
+        if merchant is None:
+            raise Decline(Rc.TERMINAL_NOT_PERMITTED, "merchant unknown")
+        refusal = self.rules.channel_refusal(merchant, req.entry_mode)
+        if refusal is not None:
+            raise Decline(RC_CHANNEL_REFUSED[refusal.party], refusal.note)
+        return merchant
+
     # ------------------------------------------------------------------ purchase
 
     def _purchase(self, req: Request, fields: dict[str, str], unit: Unit, now: datetime) -> Outcome:
@@ -299,6 +312,7 @@ class Engine:
             raise Decline(Rc.INVALID_AMOUNT, "amount out of range")
         if not self.rules.accepts(merchant, now):
             raise Decline(Rc.NOT_PERMITTED, f"card not accepted at category {merchant.category}")
+        self._check_channel(req, merchant)
         day = now.astimezone(KST).strftime("%Y-%m-%d")
         spent_today = self.state.card_day(card.id, day)
         if spent_today + amount > limits.daily_spend_max:
@@ -341,6 +355,7 @@ class Engine:
         self.state.card_days[(card.id, day)] = spent_today + amount
         self.state.remember_posting(PostingState(pid, "purchase", card.id, merchant.mid, amount, 0, _iso(now),
                                                  json.loads(json.dumps(detail)), rrn, None))
+        self._emit(unit, "purchase", now, card, merchant.mid, req, rrn, amount)
         resp = self._response(req, fields, Rc.APPROVED, rrn=rrn, auth_code=f"{pid % 1_000_000:06d}",
                               balances=self._balances(card))
         return Outcome(resp, posting_id=pid, fee=fee.fee, cashback=cb.total)
@@ -354,6 +369,7 @@ class Engine:
             raise Decline(Rc.ORIGINAL_NOT_FOUND, "original purchase not found for this card")
         if original.mid != req.merchant:  # money comes out of the payable of the merchant that sold
             raise Decline(Rc.ORIGINAL_NOT_FOUND, "original purchase was at another merchant")
+        self._check_channel(req, self.state.merchant(req.merchant))
         if req.amount <= 0 or req.amount > original.remaining:
             raise Decline(Rc.INVALID_AMOUNT, "refund exceeds what is left of the original")
         pid = self._undo_purchase(original, req.amount, "refund", req, unit, now)
@@ -437,6 +453,7 @@ class Engine:
             unit.statements.append(("UPDATE postings SET detail = ? WHERE id = ?", (json.dumps(d), p.id)))
         self.state.remember_posting(PostingState(pid, kind, card.id, p.mid, undo, 0, _iso(now),
                                                  json.loads(json.dumps(detail)), rrn, p.id))
+        self._emit(unit, kind, now, card, p.mid, req, rrn, undo, original_id=p.id)
         return pid
 
     def _undo_refund(self, r: PostingState, req: Request, unit: Unit, now: datetime) -> int:
@@ -479,6 +496,7 @@ class Engine:
         self.state.member_months[mm] = self.state.member_month(*mm) + eligible_back
         self.state.remember_posting(PostingState(pid, "reversal", card.id, r.mid, r.amount, 0, _iso(now), detail,
                                                  f"{pid:012d}", r.id))
+        self._emit(unit, "reversal", now, card, r.mid, req, f"{pid:012d}", r.amount, original_id=r.id)
         return pid
 
     def _settle(self, card: CardState, *, d_cash: int, d_cashback: int) -> list[tuple[str, int]]:
@@ -500,6 +518,18 @@ class Engine:
         return entries
 
     # ------------------------------------------------------------------ helpers
+
+    def _emit(self, unit: Unit, kind: str, now: datetime, card: CardState, mid: str, req: Request, rrn: str,
+              amount: int, *, original_id: int | None = None) -> None:
+        """The posting's events (docs/events.md), told from its own entries and the card's
+        balances after it; they commit with the posting or not at all."""
+        merchant = self.state.merchant(mid)
+        facts = PostingFacts(
+            posting_id=unit.posting_id, kind=kind, at=_iso(now), amount=amount, entries=tuple(unit.entries),
+            card=CardFacts(card.program, card.member, card.pan, card.cash, card.cashback, card.receivable),
+            rrn=rrn, merchant=mid.strip(), district=merchant.district if merchant else None,
+            terminal=req.terminal, stan=req.stan, original_posting_id=original_id)
+        unit.events = posting_events(self.writer.ledger_id, facts)
 
     def _pin(self, unit: Unit, posting_id: int) -> None:
         """The cached posting stays cached until this unit is durable (see HotState)."""

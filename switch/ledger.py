@@ -13,6 +13,11 @@ Account names:
   fee_subsidy:<funder>                   fee support paid by a funder on merchants' behalf
   bank_settlement                        money charged in from members' bank accounts
 
+Outbox: a unit that posts also carries the events that tell of it (docs/events.md); they are
+inserted into `outbox` in the same transaction, so a posting never exists without its events
+nor an event without its posting. `seq` orders the outbox; one writer commits in seq order,
+so every reader sees a prefix of it and the relay keeps one position (`outbox_relay`).
+
 Durability: WAL with synchronous=FULL. One writer owns every write: many connections feed
 it through a bounded queue; it commits a group of units in one transaction (one fsync),
 then resolves each unit's future, and only then does a response leave.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +36,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import structlog
+
+from .events import OutboxEvent
 
 log = structlog.get_logger()
 
@@ -89,6 +97,14 @@ CREATE TABLE IF NOT EXISTS tombstones(
     tid TEXT NOT NULL, stan TEXT NOT NULL, tx_time TEXT NOT NULL, at TEXT NOT NULL,
     PRIMARY KEY(tid, stan, tx_time)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, topic TEXT NOT NULL, type TEXT NOT NULL,
+    posting_id INTEGER NOT NULL, payload TEXT NOT NULL, committed_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_posting_type ON outbox(posting_id, type);
+CREATE TABLE IF NOT EXISTS outbox_relay(
+    name TEXT PRIMARY KEY, seq INTEGER NOT NULL, at TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -115,7 +131,8 @@ MIGRATIONS = (
 
 
 def open_store(data_dir: Path) -> Path:
-    """Create the data dir and the schema on first run; return the database path."""
+    """Create the data dir and the schema on first run; return the database path. New tables
+    (the outbox) are in SCHEMA, whose CREATE … IF NOT EXISTS also upgrades an older store."""
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "ledger.sqlite3"
     conn = connect(path)
@@ -125,9 +142,19 @@ def open_store(data_dir: Path) -> Path:
             have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        if conn.execute("SELECT 1 FROM meta WHERE key = 'ledger_id'").fetchone() is None:
+            # names this ledger: event ids are derived from it (events.event_id), so two
+            # ledgers never emit the same id and one ledger always emits the same id again
+            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('ledger_id', ?)", (str(uuid.uuid4()),))
     finally:
         conn.close()
     return path
+
+
+def ledger_id(conn: sqlite3.Connection) -> str:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchone()
+    assert row is not None, "open_store names every ledger before it is used"
+    return row[0]
 
 
 @dataclass(slots=True)
@@ -138,6 +165,7 @@ class Unit:
     statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     posting_id: int | None = None
     pinned: list[int] = field(default_factory=list)  # cached postings this unit changes (see HotState.pin)
+    events: list[OutboxEvent] = field(default_factory=list)  # the posting's events, same commit
 
     def check_balanced(self) -> None:
         # A posting that does not balance is our bug, never an input error: fail loudly.
@@ -145,20 +173,29 @@ class Unit:
         assert total == 0, f"posting {self.posting_id} does not balance: {total}"
 
 
-def apply_units(conn: sqlite3.Connection, units: Iterable[Unit]) -> None:
+def apply_units(conn: sqlite3.Connection, units: Iterable[Unit], *, committed_at: float = 0.0) -> None:
     """Apply units in one transaction (the caller commits). Balances are updated once per
-    account per group, from the sum of that group's entries."""
+    account per group, from the sum of that group's entries. `committed_at` (unix seconds)
+    stamps the group's events, for the relay's lag."""
     deltas: dict[str, int] = defaultdict(int)
     entry_rows: list[tuple[int | None, str, int]] = []
+    event_rows: list[tuple[str, str, str, int, str, float]] = []
     for unit in units:
         unit.check_balanced()
+        # every posting is told by its events, in this same transaction (our bug otherwise)
+        assert unit.posting_id is None or unit.events, f"posting {unit.posting_id} has no events"
         for sql, params in unit.statements:
             conn.execute(sql, params)
         for account, amount in unit.entries:
             deltas[account] += amount
             entry_rows.append((unit.posting_id, account, amount))
+        for ev in unit.events:
+            event_rows.append((ev.event_id, ev.topic, ev.type, ev.posting_id, ev.payload, committed_at))
     if entry_rows:
         conn.executemany("INSERT INTO entries(posting_id, account, amount) VALUES (?,?,?)", entry_rows)
+    if event_rows:
+        conn.executemany("INSERT INTO outbox(event_id, topic, type, posting_id, payload, committed_at) "
+                         "VALUES (?,?,?,?,?,?)", event_rows)
     if deltas:
         conn.executemany(
             "INSERT INTO accounts(name, balance) VALUES (?, ?) "
@@ -170,7 +207,7 @@ def apply_units(conn: sqlite3.Connection, units: Iterable[Unit]) -> None:
 def commit_units(conn: sqlite3.Connection, units: list[Unit]) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        apply_units(conn, units)
+        apply_units(conn, units, committed_at=time.time())
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -199,6 +236,9 @@ class LedgerWriter:
         self.commit_interval_s_max = commit_interval_ms_max / 1000
         self.queue: asyncio.Queue[tuple[Unit, asyncio.Future[None]]] = asyncio.Queue(queue_size_max)
         self._conn = connect(path)
+        self.ledger_id = ledger_id(self._conn)
+        # set after a commit that carried events: the outbox relay waits on it instead of polling
+        self.events_committed = asyncio.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
         self._task: asyncio.Task[None] | None = None
         self._on_failure = on_failure
@@ -260,6 +300,8 @@ class LedgerWriter:
             return
         self.batches += 1
         self.units += len(units)
+        if any(u.events for u in units):
+            self.events_committed.set()
         for _, f in batch:
             if not f.done():
                 f.set_result(None)

@@ -16,6 +16,7 @@ import structlog
 
 from .clock import Clock
 from .domain import DISTRICTS, KST, Merchant, mask_pan, month_key
+from .events import CardFacts, PostingFacts, posting_events
 from .ledger import LedgerWriter, Unit
 from .policy import Rules
 from .security import DUKPT, PROFILES, SECURED, Security, SecurityError, initial_ksn, provision_test_keys
@@ -231,6 +232,11 @@ class Operations:
         card.receivable += repay
         card.cash += amount - repay
         self.state.card_months[(card.id, month)] = charged + amount
+        unit.events = posting_events(self.writer.ledger_id, PostingFacts(
+            posting_id=pid, kind="charge", at=now.astimezone(KST).isoformat(timespec="microseconds"), amount=amount,
+            entries=tuple(unit.entries),
+            card=CardFacts(card.program, card.member, card.pan, card.cash, card.cashback, card.receivable),
+            rrn=f"{pid:012d}", extra=(("receivable_repaid", repay),)))
         await self.writer.submit(unit)
         return {"pan": mask_pan(pan), "charged": amount, "receivable_repaid": repay, "cash": card.cash,
                 "cashback": card.cashback, "posting": pid}

@@ -7,16 +7,24 @@ import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
+
+import structlog
 
 from .clock import Clock
 from .engine import Engine
 from .hsm_client import HsmConfig, HsmPool
 from .ledger import LedgerWriter, Unit, open_store
 from .operations import Operations
+from .outbox import OutboxReader, OutboxStatus
 from .policy import Rules, default_config_dir, load_rules
 from .security import Security
 from .state import HotState, StoreReader
+
+if TYPE_CHECKING:  # aiomqtt is imported only by a switch that relays
+    from .relay import Relay, RelayConfig
+
+log = structlog.get_logger()
 
 
 class DataDirBusy(RuntimeError):
@@ -50,13 +58,16 @@ class Core:
     ops: Operations
     db_path: Path
     hsm: HsmPool | None = None
+    relay: Relay | None = None
 
 
 @contextlib.asynccontextmanager
 async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = None,
                     batch_size_max: int = 512, commit_interval_ms_max: float = 2.0,
-                    queue_size_max: int = 8192, hsm: HsmConfig | None = None) -> AsyncIterator[Core]:
-    """Store, hot state, writer, engine and operations for a data dir (caller holds the lock)."""
+                    queue_size_max: int = 8192, hsm: HsmConfig | None = None,
+                    relay: RelayConfig | None = None) -> AsyncIterator[Core]:
+    """Store, hot state, writer, engine and operations for a data dir (caller holds the lock).
+    With `relay`, the outbox is published to that MQTT broker while the core is open."""
     rules = load_rules(config_dir or default_config_dir())
     db_path = open_store(data_dir)
     reader = StoreReader(db_path)
@@ -64,19 +75,36 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
     writer = LedgerWriter(db_path, batch_size_max=batch_size_max, commit_interval_ms_max=commit_interval_ms_max,
                           queue_size_max=queue_size_max, on_failure=state.clear)
     writer.start()
-    pool = security = None
+    pool = security = relay_task = None
     try:
+        if relay is not None:
+            from .relay import Relay
+
+            relay_task = Relay(relay, db_path, writer)
+            relay_task.start()
+        else:  # the outbox fills all the same; say so once
+            log.info("outbox_not_relayed", **_outbox_status(db_path).as_dict())
         if hsm is not None:
             pool = HsmPool(hsm)
             await pool.start()
             security = await _switch_security(pool, reader, writer)
         engine = Engine(rules=rules, state=state, writer=writer, clock=clock, security=security)
         ops = Operations(rules=rules, state=state, writer=writer, clock=clock, security=security)
-        yield Core(rules, reader, state, writer, engine, ops, db_path, pool)
+        yield Core(rules, reader, state, writer, engine, ops, db_path, pool, relay_task)
     finally:
+        if relay_task is not None:  # before the writer closes: the relay marks through it
+            await relay_task.stop()
         if pool is not None:
             await pool.close()
         await writer.close()
+        reader.close()
+
+
+def _outbox_status(db_path: Path) -> OutboxStatus:
+    reader = OutboxReader(db_path)
+    try:
+        return reader.status()
+    finally:
         reader.close()
 
 
