@@ -44,7 +44,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
         print(f"eum switch: another process holds {config.data_dir}/switch.lock (a switch already runs there)",
               file=sys.stderr)
         return 2
-    logs.configure(data_dir=config.data_dir, name="switch", level=args.log_level)
+    logs.configure(data_dir=config.data_dir, name="switch", level=args.log_level, queued=True)
 
     async def main() -> None:
         async with open_core(config.data_dir, clock=_clock(args), batch_size_max=config.batch_size_max,
