@@ -44,6 +44,7 @@ from hsm_mock.crypto import (
     has_odd_parity,
     key_check_value,
     pad_iso9797,
+    retail_mac_once,
     tdes_cbc_encrypt,
     tdes_ecb_decrypt,
     tdes_ecb_encrypt,
@@ -878,7 +879,7 @@ class Hsm:
         if len(bdk) != 16:
             raise HsmCryptoError("TDES DUKPT needs a double-length BDK", code="27")
         usage = dukpt.TdesUsage.MAC_REQUEST if req.variant == "1" else dukpt.TdesUsage.MAC_RESPONSE
-        mac = _retail_mac(dukpt.tdes_working_key(bdk, req.ksn, usage), req.message)
+        mac = retail_mac_once(dukpt.tdes_working_key(bdk, req.ksn, usage), req.message)  # a key used once
         part = {"1": mac, "4": mac, "2": mac[:4], "5": mac[:4], "3": mac[4:], "6": mac[4:]}[req.mode]
         audit.note(mode=req.mode, method=req.variant, ksn_counter=dukpt.tdes_ksn_counter(req.ksn))
         if req.mode in "456":
