@@ -36,7 +36,9 @@ def cmd_switch(args: argparse.Namespace) -> int:
     from .server import Processor, SwitchServer, serve_until_signalled
 
     host, port = parse_hostport(args.listen)
-    config = SwitchConfig(host=host, port=port, data_dir=Path(args.data_dir), dialect=args.dialect)
+    config = SwitchConfig(host=host, port=port, data_dir=Path(args.data_dir), dialect=args.dialect,
+                          program_in_flight_max=args.program_in_flight_max, program_queue_max=args.program_queue_max,
+                          program_wait_ms=args.program_wait_ms)
     dialect = load_dialect(config.dialect)
     try:
         fd = lock_data_dir(config.data_dir, wait=False)
@@ -50,7 +52,8 @@ def cmd_switch(args: argparse.Namespace) -> int:
         async with open_core(config.data_dir, clock=_clock(args), batch_size_max=config.batch_size_max,
                              commit_interval_ms_max=config.commit_interval_ms_max,
                              queue_size_max=config.queue_size_max, hsm=_hsm(args)) as core:
-            server = SwitchServer(config, Processor(core.engine, dialect), core.ops)
+            server = SwitchServer(config, Processor(core.engine, dialect, program_limits=config.program_limits()),
+                                  core.ops)
             await serve_until_signalled(server)
 
     try:
@@ -289,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--clock-start", help="run the clock from this instant, e.g. 2019-07-20T12:00:00+09:00")
     sw.add_argument("--hsm", help="HOST:PORT[,HOST:PORT…] of the HSMs, in failover order (eum hsm: 127.0.0.1:1500)")
     sw.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    defaults = SwitchConfig()
+    sw.add_argument("--program-in-flight-max", type=int, default=defaults.program_in_flight_max,
+                    help="requests of one card program in progress at once (default %(default)s)")
+    sw.add_argument("--program-queue-max", type=int, default=defaults.program_queue_max,
+                    help="requests of one program waiting for a slot; more are answered 91 (default %(default)s)")
+    sw.add_argument("--program-wait-ms", type=float, default=defaults.program_wait_ms,
+                    help="longest wait for a program slot, then 91 (default %(default)s)")
     sw.set_defaults(func=cmd_switch)
 
     ad = sub.add_parser("admin", help="operate on data: merchants, terminals, cards, verify, seed")
