@@ -44,6 +44,7 @@ from hsm_mock.crypto import (
     has_odd_parity,
     key_check_value,
     pad_iso9797,
+    retail_mac_once,
     tdes_cbc_encrypt,
     tdes_ecb_decrypt,
     tdes_ecb_encrypt,
@@ -196,15 +197,15 @@ class Hsm:
         if parser is not None:
             reader = FieldReader(rest)
             try:
-                parser(reader)
+                request = parser(reader)
             except (ProtocolError, HsmCryptoError):
                 pass  # answered with an error by `handle`; fall back to the first-0x19 split
             else:
                 tail = rest[reader.pos :]
                 if not tail:
-                    return Command(header, code, rest, None)
+                    return Command(header, code, rest, None, request=request)
                 if tail[0] == TRAILER_DELIMITER and len(tail) - 1 <= TRAILER_SIZE_MAX:
-                    return Command(header, code, rest[: reader.pos], tail[1:])
+                    return Command(header, code, rest[: reader.pos], tail[1:], request=request)
         idx = rest.find(bytes([TRAILER_DELIMITER]))
         if idx >= 0 and len(rest) - idx - 1 <= TRAILER_SIZE_MAX:
             return Command(header, code, rest[:idx], rest[idx + 1 :])
@@ -222,7 +223,7 @@ class Hsm:
             return UNKNOWN_COMMAND, b"", event
         audit = Audit(event)
         try:
-            error, body = handler(FieldReader(cmd.body), audit)
+            error, body = handler(FieldReader(cmd.body, parsed=cmd.request), audit)
         except (ProtocolError, HsmCryptoError) as exc:
             event["reason"] = str(exc)  # our messages name fields and rules, never values
             return exc.code, b"", event
@@ -301,7 +302,7 @@ class Hsm:
         return r.raw(n, "echo data")
 
     def _b2(self, r: FieldReader, audit: Audit) -> Reply:
-        data = self._parse_b2(r)
+        data = r.parse_with(self._parse_b2)
         r.done()
         audit.note(length=len(data))
         return OK, data
@@ -791,13 +792,13 @@ class Hsm:
         return state
 
     def _m6(self, r: FieldReader, audit: Audit) -> Reply:
-        req = self._parse_m6(r)
+        req = r.parse_with(self._parse_m6)
         r.done()
         value = self._mac(req, audit)
         return OK, to_hex(value if req.mode in "12" else value[: req.size])
 
     def _m8(self, r: FieldReader, audit: Audit) -> Reply:
-        req = self._parse_m8(r)
+        req = r.parse_with(self._parse_m8)
         r.done()
         value = self._mac(req, audit)
         if req.mode in "12":
@@ -872,13 +873,13 @@ class Hsm:
     def _gw(self, r: FieldReader, audit: Audit) -> Reply:
         """MAC with the TDES DUKPT MAC key (X9.19, zero padding): modes 1-3 verify the 8-byte,
         approval (left 4 bytes) or decline (right 4 bytes) MAC, modes 4-6 generate them."""
-        req = self._parse_gw(r)
+        req = r.parse_with(self._parse_gw)
         r.done()
         bdk = self._tdes(req.bdk, BDK, "bdk", audit)
         if len(bdk) != 16:
             raise HsmCryptoError("TDES DUKPT needs a double-length BDK", code="27")
         usage = dukpt.TdesUsage.MAC_REQUEST if req.variant == "1" else dukpt.TdesUsage.MAC_RESPONSE
-        mac = _retail_mac(dukpt.tdes_working_key(bdk, req.ksn, usage), req.message)
+        mac = retail_mac_once(dukpt.tdes_working_key(bdk, req.ksn, usage), req.message)  # a key used once
         part = {"1": mac, "4": mac, "2": mac[:4], "5": mac[:4], "3": mac[4:], "6": mac[4:]}[req.mode]
         audit.note(mode=req.mode, method=req.variant, ksn_counter=dukpt.tdes_ksn_counter(req.ksn))
         if req.mode in "456":
@@ -901,7 +902,7 @@ class Hsm:
     def _z2(self, r: FieldReader, audit: Audit) -> Reply:
         """Ours: AES-CMAC with the AES DUKPT MAC key (X9.24-3; usage 2000 for requests,
         2001 for responses; AES-128 working key)."""
-        req = self._parse_z2(r)
+        req = r.parse_with(self._parse_z2)
         r.done()
         direction, size_flag = req.variant
         bdk = self._aes(req.bdk, BDK, "bdk", audit)

@@ -352,6 +352,25 @@ def mac_iso9797_alg3(key: bytes, data: bytes, *, padding: int = 1, length: int =
     return tdes_ecb_encrypt(k, tdes_ecb_decrypt(k_prime, chained))[:length]
 
 
+def retail_mac_once(key: bytes, data: bytes, *, length: int = DES_BLOCK_SIZE) -> bytes:
+    """MAC algorithm 3 (X9.19), padding method 1, for a key used once (a DUKPT transaction's
+    MAC key): two fresh contexts, nothing cached. The final E_K(D_K'(·)) after the single-DES
+    CBC is a 2-key TDES-EDE encryption of the last block (P_n ⊕ C_{n-1}) under K||K', so the
+    single-DES CBC runs over the first n-1 blocks only; equal to mac_iso9797_alg3, which
+    keeps contexts warm for long-lived keys."""
+    if len(key) != 16:
+        raise HsmCryptoError(f"retail MAC key must be 16 bytes (K||K'), got {len(key)}", code="27")
+    _mac_length(length)
+    padded = pad_iso9797(data, 1)
+    chained = ZERO_BLOCK_DES
+    if len(padded) > DES_BLOCK_SIZE:
+        cbc = Cipher(TripleDES(bytes(key[:8]) * 3), modes.CBC(ZERO_BLOCK_DES)).encryptor()
+        chained = cbc.update(padded[:-DES_BLOCK_SIZE])[-DES_BLOCK_SIZE:]
+    last = xor(padded[-DES_BLOCK_SIZE:], chained)
+    ede = Cipher(TripleDES(bytes(key) + bytes(key[:8])), modes.ECB()).encryptor()
+    return ede.update(last)[:length]
+
+
 def combine_components(components: list[bytes]) -> bytes:
     """A key formed from clear components held by separate custodians: their XOR, with odd
     parity restored (an even number of odd-parity components gives even parity)."""

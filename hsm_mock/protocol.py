@@ -9,7 +9,9 @@ CA→CB, M6→M7), followed by a 2-digit error code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from typing import Any
 
 TRAILER_DELIMITER = 0x19
 TRAILER_SIZE_MAX = 32
@@ -30,6 +32,9 @@ class Command:
     code: str
     body: bytes
     trailer: bytes | None = None
+    # what the command's field parser made of `body` while `parse` looked for the trailer
+    # (commands with binary data only); `handle` uses it instead of parsing again
+    request: Any = field(default=None, compare=False, repr=False)
 
 
 UNKNOWN_RESPONSE_CODE = "ZZ"  # answer code for a command code that cannot be advanced (garbage, 'xZ', 'x9')
@@ -82,14 +87,25 @@ class FrameReader:
         return out
 
 
+_HEX = re.compile(r"[0-9A-Fa-f]*")
+
+
 class FieldReader:
     """Reads fixed and key fields from a command body, left to right; exact lengths."""
 
-    __slots__ = ("data", "pos")
+    __slots__ = ("data", "pos", "parsed")
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, *, parsed: Any = None) -> None:
         self.data = body
         self.pos = 0
+        self.parsed = parsed  # the body already parsed by `Hsm.parse`, or None
+
+    def parse_with(self, parser: Any) -> Any:
+        """The body's fields: as parsed before (the reader then stands at the end), or now."""
+        if self.parsed is not None:
+            self.pos = len(self.data)
+            return self.parsed
+        return parser(self)
 
     def take(self, n: int, what: str) -> str:
         if self.pos + n > len(self.data):
@@ -123,7 +139,7 @@ class FieldReader:
 
     def hex(self, n: int, what: str) -> str:
         value = self.take(n, what)
-        if any(c not in "0123456789ABCDEFabcdef" for c in value):
+        if _HEX.fullmatch(value) is None:
             raise ProtocolError(f"{what}: not hexadecimal")
         return value.upper()
 

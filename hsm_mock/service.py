@@ -116,13 +116,23 @@ class _Connection:
     in_flight: asyncio.Semaphore
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     closed: bool = False
+    out: list[bytes] = field(default_factory=list)
 
     def write(self, data: bytes) -> None:
+        """Queue a response; the responses of one loop iteration leave in one write."""
         if not self.closed:
-            self.writer.write(data)
+            if not self.out:
+                asyncio.get_running_loop().call_soon(self.flush)
+            self.out.append(data)
+
+    def flush(self) -> None:
+        if self.out and not self.closed:
+            self.writer.write(b"".join(self.out))
+        self.out.clear()
 
     def close(self) -> None:
         if not self.closed:
+            self.flush()
             self.closed = True
             self.writer.close()
 
@@ -213,7 +223,8 @@ class HsmServer:
         try:
             while not conn.closed:
                 try:
-                    data = await asyncio.wait_for(reader.read(READ_SIZE), cfg.idle_timeout_s)
+                    async with asyncio.timeout(cfg.idle_timeout_s):  # no task per read, unlike wait_for
+                        data = await reader.read(READ_SIZE)
                 except TimeoutError:
                     reason = "idle"
                     break
@@ -266,6 +277,13 @@ class HsmServer:
                     refused, wait = True, 0.0
                 elif wait > 0:
                     self._waiting += 1  # counted now: the frames of one read are dispatched before any task runs
+        if wait == 0 and self.config.latency_s(cmd.code) == 0:
+            # Nothing to wait for: answer now, in arrival order, without a task per command.
+            try:
+                self._answer(conn, cmd, fault, received, 0.0, refused)
+            finally:
+                conn.in_flight.release()
+            return
         task = asyncio.get_running_loop().create_task(self._process(conn, cmd, fault, received, wait, refused))
         conn.tasks.add(task)
         task.add_done_callback(conn.tasks.discard)
@@ -273,37 +291,39 @@ class HsmServer:
     async def _process(
         self, conn: _Connection, cmd: Command, fault: Fault, received: float, wait: float, refused: bool
     ) -> None:
-        loop = asyncio.get_running_loop()
+        """A command that waits first: for capacity (cps cap) and/or the configured latency."""
         wait_done = False
         try:
-            if refused:
-                self.counts["overload"] += 1
-                error, body, event = self.config.overload_error_code, b"", {"command": cmd.code, "reason": "over capacity"}
-            else:
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                    self._waiting -= 1
-                    wait_done = True
-                if fault is Fault.ERROR:
-                    self.counts["error"] += 1
-                    error, body, event = self.config.fault_error_code, b"", {"command": cmd.code}
-                else:
-                    error, body, event = self.hsm.handle(cmd)
-                delay = self.config.latency_s(cmd.code)
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            conn.write(frame(build_response(cmd, error, body)))
-            self._record(conn, cmd, error, event, fault=fault, received=received, queued_s=wait,
-                         refused=refused, now=loop.time())  # fmt: skip
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("hsm_internal_error", conn=conn.id, command=cmd.code)
-            conn.write(frame(build_response(cmd, INTERNAL_ERROR, b"")))
+            if wait > 0:
+                await asyncio.sleep(wait)
+                self._waiting -= 1
+                wait_done = True
+            delay = 0.0 if refused else self.config.latency_s(cmd.code)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._answer(conn, cmd, fault, received, wait, refused)
         finally:
             if wait > 0 and not wait_done:  # cancelled while queued
                 self._waiting -= 1
             conn.in_flight.release()
+
+    def _answer(self, conn: _Connection, cmd: Command, fault: Fault, received: float, wait: float,
+                refused: bool) -> None:
+        try:
+            if refused:
+                self.counts["overload"] += 1
+                error, body, event = self.config.overload_error_code, b"", {"command": cmd.code, "reason": "over capacity"}
+            elif fault is Fault.ERROR:
+                self.counts["error"] += 1
+                error, body, event = self.config.fault_error_code, b"", {"command": cmd.code}
+            else:
+                error, body, event = self.hsm.handle(cmd)
+            conn.write(frame(build_response(cmd, error, body)))
+            self._record(conn, cmd, error, event, fault=fault, received=received, queued_s=wait,
+                         refused=refused, now=asyncio.get_running_loop().time())  # fmt: skip
+        except Exception:
+            log.exception("hsm_internal_error", conn=conn.id, command=cmd.code)
+            conn.write(frame(build_response(cmd, INTERNAL_ERROR, b"")))
 
     def _record(self, conn: _Connection, cmd: Command, error: str | None, event: dict[str, Any], *, fault: Fault,
                 received: float, queued_s: float, refused: bool = False, now: float | None = None) -> None:  # fmt: skip

@@ -46,7 +46,9 @@ def cmd_switch(args: argparse.Namespace) -> int:
     from .server import Processor, SwitchServer, serve_until_signalled
 
     host, port = parse_hostport(args.listen)
-    config = SwitchConfig(host=host, port=port, data_dir=Path(args.data_dir), dialect=args.dialect)
+    config = SwitchConfig(host=host, port=port, data_dir=Path(args.data_dir), dialect=args.dialect,
+                          program_in_flight_max=args.program_in_flight_max, program_queue_max=args.program_queue_max,
+                          program_wait_ms=args.program_wait_ms)
     dialect = load_dialect(config.dialect)
     relay = _relay(args)
     try:
@@ -55,13 +57,14 @@ def cmd_switch(args: argparse.Namespace) -> int:
         print(f"eum switch: another process holds {config.data_dir}/switch.lock (a switch already runs there)",
               file=sys.stderr)
         return 2
-    logs.configure(data_dir=config.data_dir, name="switch", level=args.log_level)
+    logs.configure(data_dir=config.data_dir, name="switch", level=args.log_level, queued=True)
 
     async def main() -> None:
         async with open_core(config.data_dir, clock=_clock(args), batch_size_max=config.batch_size_max,
                              commit_interval_ms_max=config.commit_interval_ms_max,
                              queue_size_max=config.queue_size_max, hsm=_hsm(args), relay=relay) as core:
-            server = SwitchServer(config, Processor(core.engine, dialect), core.ops)
+            server = SwitchServer(config, Processor(core.engine, dialect, program_limits=config.program_limits()),
+                                  core.ops)
             await serve_until_signalled(server)
 
     try:
@@ -301,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--hsm", help="HOST:PORT[,HOST:PORT…] of the HSMs, in failover order (eum hsm: 127.0.0.1:1500)")
     sw.add_argument("--mqtt", help="mqtt://HOST:PORT: publish the event outbox to this broker (docs/events.md)")
     sw.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    defaults = SwitchConfig()
+    sw.add_argument("--program-in-flight-max", type=int, default=defaults.program_in_flight_max,
+                    help="requests of one card program in progress at once (default %(default)s)")
+    sw.add_argument("--program-queue-max", type=int, default=defaults.program_queue_max,
+                    help="requests of one program waiting for a slot; more are answered 91 (default %(default)s)")
+    sw.add_argument("--program-wait-ms", type=float, default=defaults.program_wait_ms,
+                    help="longest wait for a program slot, then 91 (default %(default)s)")
     sw.set_defaults(func=cmd_switch)
 
     ad = sub.add_parser("admin", help="operate on data: merchants, terminals, cards, verify, seed")

@@ -20,6 +20,10 @@ class SwitchConfig:
     commit_interval_ms_max: float = 2.0
     queue_size_max: int = 8192         # ledger units waiting for the writer
     shutdown_grace_s: float = 10.0
+    # per card program (switch/fairness.py): slots in the engine, waiting room, longest wait
+    program_in_flight_max: int = 64
+    program_queue_max: int = 256
+    program_wait_ms: float = 500.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -32,6 +36,13 @@ class SwitchConfig:
             raise ValueError("commit_interval_ms_max must be > 0")
         if self.idle_timeout_s <= 0:
             raise ValueError("idle_timeout_s must be > 0")
+        self.program_limits()  # checks them
+
+    def program_limits(self) -> "ProgramLimits":
+        from .fairness import ProgramLimits
+
+        return ProgramLimits(in_flight_max=self.program_in_flight_max, queue_max=self.program_queue_max,
+                             wait_ms=self.program_wait_ms)
 
 
 def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:

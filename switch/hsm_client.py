@@ -66,6 +66,7 @@ class _Connection:
         self.ids = itertools.count()
         self.slots = asyncio.Semaphore(config.in_flight_max)
         self.read_task: asyncio.Task[None] | None = None
+        self.out: list[bytes] = []  # commands of this loop iteration, written together
 
     @property
     def open(self) -> bool:
@@ -88,13 +89,24 @@ class _Connection:
             if not self.open:
                 raise ConnectionError("hsm connection closed")
             header = self._next_header()
-            fut: asyncio.Future[HsmReply] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[HsmReply] = loop.create_future()
             self.pending[header] = fut
+            # one timer handle per call (asyncio.wait_for costs a wrapper future and callbacks)
+            timer = loop.call_later(timeout_s, _expire, fut)
             try:
-                self.writer.write(frame(header + code.encode() + body))
-                return await asyncio.wait_for(fut, timeout_s)
+                if not self.out:
+                    loop.call_soon(self._flush)
+                self.out.append(frame(header + code.encode() + body))
+                return await fut
             finally:
+                timer.cancel()
                 self.pending.pop(header, None)
+
+    def _flush(self) -> None:
+        if self.out and self.open:
+            self.writer.write(b"".join(self.out))
+        self.out.clear()
 
     async def _read_loop(self) -> None:
         frames = FrameReader()
@@ -125,6 +137,11 @@ class _Connection:
             if not fut.done():
                 fut.set_exception(ConnectionError("hsm connection lost"))
         self.pending.clear()
+
+
+def _expire(fut: asyncio.Future[HsmReply]) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
 
 
 @dataclass

@@ -38,6 +38,7 @@ class Rc(str, Enum):
     SECURITY_VIOLATION = "63"
     PIN_TRIES_EXCEEDED = "75"
     HSM_UNAVAILABLE = "91"
+    PROGRAM_BUSY = "91"  # the same code (issuer or switch inoperative): a program over its capacity
     DUPLICATE = "94"
     SYSTEM_ERROR = "96"
 

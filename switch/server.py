@@ -25,7 +25,8 @@ from .config import SwitchConfig
 from .domain import mask_pan
 from .engine import Engine
 from .framing import Frame, FrameBuffer, FramingError, frame, swap_tpdu
-from .messages import RESPONSE_MTI, FieldError, Rc
+from .fairness import ProgramGate, ProgramLimits
+from .messages import RESPONSE_MTI, FieldError, Kind, Rc
 from .operations import OperationError, Operations
 
 log = structlog.get_logger()
@@ -55,10 +56,11 @@ def _error_response(fields: dict[str, str], rc: Rc) -> dict[str, str] | None:
 class Processor:
     """Frame → response bytes, plus the one canonical log line. Shared by all connections."""
 
-    def __init__(self, engine: Engine, dialect: Dialect) -> None:
+    def __init__(self, engine: Engine, dialect: Dialect, *, program_limits: ProgramLimits = ProgramLimits()) -> None:
         self.engine = engine
         self.dialect = dialect
         self.counts: dict[str, int] = {}
+        self.gate = ProgramGate(program_limits)
 
     async def process(self, fr: Frame, peer: str) -> bytes | None:
         started = time.perf_counter_ns()
@@ -103,6 +105,14 @@ class Processor:
             return payload
         return payload[:-8] + bytes.fromhex(mac)
 
+    def _gated_program(self, req: Any) -> str | None:
+        """The program whose slot a request takes (switch/fairness.py): financial requests but
+        reversals, by BIN; None for network messages, reversals and PANs of no program."""
+        if not req.pan or req.kind is Kind.REVERSAL:
+            return None
+        program = self.engine.rules.program_for_pan(req.pan)
+        return None if program is None else program.id
+
     async def _process(self, fr: Frame, line: dict[str, Any]) -> dict[str, str] | None:
         try:
             fields = decode_fields(fr.payload, self.dialect)
@@ -125,7 +135,17 @@ class Processor:
         line["amount"] = req.amount
         if req.pan:
             line["pan"] = mask_pan(req.pan)
-        outcome = await self.engine.handle(req, fields, fr.payload)
+        program = self._gated_program(req)
+        if program is not None:
+            if not await self.gate.enter(program):
+                line.update(program=program, note="program over capacity: shed")
+                return _error_response(fields, Rc.PROGRAM_BUSY)
+            try:
+                outcome = await self.engine.handle(req, fields, fr.payload)
+            finally:
+                self.gate.leave(program)
+        else:
+            outcome = await self.engine.handle(req, fields, fr.payload)
         line.update(fee=outcome.fee, cashback=outcome.cashback)
         if outcome.sign is not None:
             line["_sign"] = outcome.sign

@@ -53,6 +53,9 @@ def add_terminal_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> 
     tp.add_argument("--mid", help="DE42 (default: the terminal's merchant from its last run)")
     tp.add_argument("--pan")
     tp.add_argument("--expiry", help="YYMM, sent in DE14 when given")
+    tp.add_argument("--entry-mode", default="051",
+                    help="DE22 POS entry mode (default 051, chip with PIN capability; 012 or 812: e-commerce, "
+                         "as the city's online mall sends)")
     tp.add_argument("--amount", type=int, default=0, help="won")
     tp.add_argument("--rrn", help="refund: DE37 of the original purchase")
     tp.add_argument("--replacement-amount", type=int, help="reverse: partial, the amount that stands (DE95)")
@@ -122,12 +125,12 @@ def build_request(args: argparse.Namespace, term: Terminal, state: dict[str, Any
     if not args.pan:
         raise ValueError(f"--pan is required for {action}")
     if action == "purchase":
-        return term.purchase(args.pan, args.amount, expiry=args.expiry)
+        return term.purchase(args.pan, args.amount, expiry=args.expiry, entry_mode=args.entry_mode)
     if action == "refund":
         if not args.rrn:
             raise ValueError("--rrn (DE37 of the original purchase) is required for refund")
-        return term.refund(args.pan, args.amount, args.rrn, expiry=args.expiry)
-    return term.balance(args.pan, expiry=args.expiry)
+        return term.refund(args.pan, args.amount, args.rrn, expiry=args.expiry, entry_mode=args.entry_mode)
+    return term.balance(args.pan, expiry=args.expiry, entry_mode=args.entry_mode)
 
 
 def terminal_security(args: argparse.Namespace, state: dict[str, Any]) -> TerminalSecurity | TakSecurity | None:

@@ -41,7 +41,7 @@ from typing import Any
 
 from hsm_mock import dukpt, pinblock
 from hsm_mock.crypto import (HsmCryptoError, aes_cmac, aes_key_check_value, combine_components, key_check_value,
-                             mac_iso9797_alg3, tdes_ecb_encrypt_once)
+                             mac_iso9797_alg3, retail_mac_once, tdes_ecb_encrypt_once)
 from hsm_mock.lmk import decrypt_key_under_kek
 
 from .terminal import REPEAT_MTI
@@ -295,7 +295,7 @@ class TerminalSecurity:
 
     def _mac(self, key: bytes, data: bytes) -> bytes:
         if self.profile == PROFILE_TDES:
-            return mac_iso9797_alg3(key, data, padding=1, length=MAC_SIZE)
+            return retail_mac_once(key, data, length=MAC_SIZE)  # this transaction's key: no warm contexts
         return aes_cmac(key, data, length=MAC_SIZE)
 
     def request_mac(self, data: bytes, *, ksn: str | None = None) -> bytes:

@@ -62,7 +62,7 @@ async def start_switch(data_dir: Path, *, clock: FixedClock, dialect: str = "def
         async with open_core(data_dir, clock=clock, commit_interval_ms_max=config.commit_interval_ms_max,
                              hsm=hsm) as core:
             d = load_dialect(dialect, directory=dialect_dir)
-            server = SwitchServer(config, Processor(core.engine, d), core.ops)
+            server = SwitchServer(config, Processor(core.engine, d, program_limits=config.program_limits()), core.ops)
             await server.start()
             try:
                 yield SwitchEnv(core, server, clock, d, data_dir)

@@ -293,6 +293,7 @@ def test_tdes_dukpt_annex_a_row(ksn: str, pin_key: str, mac_key: str, epb: str, 
     assert to_hex(dukpt.tdes_mac_request_key(base)) == mac_key
     assert to_hex(crypto.tdes_ecb_encrypt(H(pin_key), ANNEX_A_CLEAR_BLOCK)) == epb
     assert to_hex(crypto.mac_iso9797_alg3(H(mac_key), b"1234567890" * 4, length=4)) == mac
+    assert to_hex(crypto.retail_mac_once(H(mac_key), b"1234567890" * 4, length=4)) == mac
     assert dukpt.tdes_working_key(BDK, ksn, TdesUsage.PIN) == H(pin_key)
 
 
@@ -328,6 +329,8 @@ def test_x9_19_mac_request_and_response_counter_1() -> None:
     response = dukpt.tdes_working_key(BDK, ksn, TdesUsage.MAC_RESPONSE)
     assert to_hex(crypto.mac_iso9797_alg3(request, b"4012345678909D987")) == "9CCC78173FC4FB64"
     assert to_hex(crypto.mac_iso9797_alg3(response, b"4012345678909D987")) == "20364223C1FF00FA"
+    assert to_hex(crypto.retail_mac_once(request, b"4012345678909D987")) == "9CCC78173FC4FB64"
+    assert to_hex(crypto.retail_mac_once(response, b"4012345678909D987")) == "20364223C1FF00FA"
 
 
 def test_tdes_next_ksn_skips_counters_with_more_than_ten_one_bits() -> None:
@@ -714,6 +717,8 @@ def test_iso4_agrees_with_psec(key: bytes, pin: str, pan: str) -> None:
 def test_retail_mac_agrees_with_psec(key: bytes, data: bytes, padding: int) -> None:
     expected = psec.mac.generate_retail_mac(key[:8], key[8:], data, padding)
     assert crypto.mac_iso9797_alg3(key, data, padding=padding) == expected
+    if padding == 1:  # the one-shot form (DUKPT transaction keys) pads with zeros only
+        assert crypto.retail_mac_once(key, data) == expected
 
 
 @ORACLE

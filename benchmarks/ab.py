@@ -1,0 +1,128 @@
+"""Before/after in one run: the closed-loop capacity of two source trees, alternated.
+
+    python benchmarks/ab.py --base REV [--head REV] [--rounds 3] [--seconds 12] [--out-dir DIR]
+
+Each revision is checked out into a temporary git worktree; for each, an `eum hsm`, a seeded
+data dir (the quick bench's: DUKPT-TDES terminals, PIN cards) and, per round, `eum switch`
+plus the fleet of that same tree (closed loop, 32 terminals, the standard scenario). Rounds
+alternate base, head, base, head … so both see the same machine; the result is the median of
+the rounds per revision: approvals per second, latency, and CPU per approval of the switch,
+the HSM and the fleet (from /proc). This is how docs/performance.md's before/after table is
+measured. Writes <out-dir>/<date>-<host>-ab.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# One round, run by a fresh interpreter inside the tree being measured (its own switch,
+# fleet and HSM code), printing one JSON line.
+ROUND = r"""
+import json, sys, time
+from pathlib import Path
+from benchmarks.bench import (BenchPlan, E2eSuite, Processes, drive, fleet_api, free_port, process_cpu_s,
+                              process_cpu_split_s)
+import benchmarks.bench as bench
+work, seconds, seed = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+plan = BenchPlan(mode="quick", cards=30_000)
+procs = Processes(work)
+suite = E2eSuite(plan, work, procs)
+try:
+    suite.start_hsm()
+    if (work / "population.json").exists() and (work / "var").exists():
+        suite.population = fleet_api().load_population(suite.population_path)
+    else:
+        suite.seed()
+    port = free_port()
+    procs.start("switch", [*bench.EUM, "switch", "--data-dir", str(suite.data_dir), "--listen", f"127.0.0.1:{port}",
+                           "--hsm", f"127.0.0.1:{suite.hsm_port}"])
+    procs.wait_listening("switch", port)
+    pid, hsm_pid = procs.running["switch"].pid, procs.running["hsm"].pid
+    (u0, s0), h0 = process_cpu_split_s(pid), process_cpu_s(hsm_pid)
+    report, fleet_cpu = drive(port, plan, suite.population, suite.state_dir, closed_loop=True, rate_per_s=1e6,
+                              duration_s=seconds, seed=seed, terminals=plan.capacity_terminals)
+    (u1, s1), h1 = process_cpu_split_s(pid), process_cpu_s(hsm_pid)
+    n = max(1, int(report.approved))
+    print(json.dumps({"approved_per_s": round(float(report.approved_per_s), 1),
+                      "p50_ms": round(float(report.latency_ms["p50"]), 3),
+                      "p99_ms": round(float(report.latency_ms["p99"]), 3),
+                      "switch_cpu_us_per_auth": round(((u1 + s1) - (u0 + s0)) * 1e6 / n, 1),
+                      "switch_system_us_per_auth": round((s1 - s0) * 1e6 / n, 1),
+                      "hsm_cpu_us_per_auth": round((h1 - h0) * 1e6 / n, 1),
+                      "fleet_cpu_us_per_auth": round(fleet_cpu * 1e6 / n, 1)}))
+finally:
+    procs.stop_all()
+"""
+
+KEYS = ("approved_per_s", "p50_ms", "p99_ms", "switch_cpu_us_per_auth", "switch_system_us_per_auth",
+        "hsm_cpu_us_per_auth", "fleet_cpu_us_per_auth")
+
+
+def worktree(rev: str, parent: Path) -> Path:
+    path = parent / f"tree-{rev.replace('/', '_')}"
+    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(path), rev], cwd=ROOT, check=True)
+    return path
+
+
+def one_round(tree: Path, work: Path, seconds: float, seed: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree)}  # the tree's own packages, in every process it starts
+    done = subprocess.run([sys.executable, "-c", ROUND, str(work), str(seconds), str(seed)], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise SystemExit(f"round in {tree} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, help="git revision before")
+    ap.add_argument("--head", default="HEAD", help="git revision after (default HEAD)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=12.0)
+    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench import describe_machine
+
+    revs = {name: subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.strip() for name, rev in (("base", args.base), ("head", args.head))}
+    runs: dict[str, list[dict]] = {"base": [], "head": []}
+    with tempfile.TemporaryDirectory(prefix="eum-ab-") as tmp:
+        trees = {name: worktree(rev, Path(tmp)) for name, rev in revs.items()}
+        try:
+            for i in range(args.rounds):
+                for name in ("base", "head"):
+                    work = Path(tmp) / f"work-{name}"
+                    work.mkdir(exist_ok=True)
+                    r = one_round(trees[name], work, args.seconds, seed=100 + i)
+                    runs[name].append(r)
+                    print(name, revs[name], json.dumps(r), flush=True)
+        finally:
+            for tree in trees.values():
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+    medians = {name: {k: round(statistics.median(r[k] for r in rs), 1) for k in KEYS} for name, rs in runs.items()}
+    result = {"machine": describe_machine(), "revisions": revs, "rounds": args.rounds, "seconds": args.seconds,
+              "median": medians, "runs": runs,
+              "ratio_head_to_base": {k: round(medians["head"][k] / medians["base"][k], 3)
+                                     for k in KEYS if medians["base"][k]}}
+    out = Path(args.out_dir) / f"{date.today().isoformat()}-{socket.gethostname()}-ab.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"median": medians, "ratio_head_to_base": result["ratio_head_to_base"]}, indent=2))
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
