@@ -172,6 +172,23 @@ def test_switch_terminal_and_admin_processes_end_to_end(tmp_path, switch_proc):
     # spends the 1,500 cashback and all 130,000 cash; earns 5,260 + 2,630 + 1,972 (7.5 %)
     assert "balance  cash 0 KRW, cashback 9,862 KRW" in big
 
+    # the city's online mall takes e-commerce only: --entry-mode sends DE22 as a mall terminal does
+    admin_json(data_dir, "merchant", "add", "--mid", "MALL01", "--name", "e-mall seller", "--district", "namdong",
+               "--annual-sales", "250000000", "--online-mall", cwd=tmp_path)
+    admin_json(data_dir, "terminal", "add", "--tid", "T0000009", "--mid", "MALL01", cwd=tmp_path)
+    assert admin_json(data_dir, "card", "charge", "--pan", pan, "--amount", "20000", cwd=tmp_path)["cash"] == 20_000
+    mall = ["--switch", f"127.0.0.1:{port}", "--tid", "T0000009", "--mid", "MALL01",
+            "--state-dir", str(tmp_path / "terminals")]
+    assert "response 00" in eum("terminal", "sign-on", *mall, cwd=tmp_path).stdout
+    present = json.loads(eum("terminal", "purchase", *mall, "--pan", pan, "--amount", "10000", "--json",
+                             cwd=tmp_path, check_rc=1).stdout)
+    assert present["39"] == "58"  # card present (051, the default) at the mall
+    online = json.loads(eum("terminal", "purchase", *mall, "--pan", pan, "--amount", "10000", "--entry-mode", "812",
+                            "--json", cwd=tmp_path).stdout)
+    assert online["39"] == "00"
+    # cashback first (9,862), then 138 of the 20,000 cash; earns 7.5 % of 10,000 (750)
+    assert online["54"] == "0002410C000000019862" + "0091410C000000000750"
+
     admin_json(data_dir, "card", "block", "--pan", pan, cwd=tmp_path)
     blocked = terminal("purchase", "--pan", pan, "--amount", "1000", rc=1).stdout
     assert "response 62 (card blocked)" in blocked
@@ -179,7 +196,8 @@ def test_switch_terminal_and_admin_processes_end_to_end(tmp_path, switch_proc):
     assert "response 00 (approved)" in terminal("purchase", "--pan", pan, "--amount", "1000").stdout
 
     shown = admin_json(data_dir, "card", "show", "--pan", pan, cwd=tmp_path)
-    assert (shown["cash"], shown["cashback"]) == (0, 9_862 - 1_000 + 75)
+    # the 1,000 purchase spends the 750 cashback from the mall, then 250 cash; earns 75
+    assert (shown["cash"], shown["cashback"]) == (19_862 - 250, 750 - 750 + 75)
     assert eum("admin", "--data-dir", str(data_dir), "verify", cwd=tmp_path).returncode == 0
 
     os.kill(proc.pid, signal.SIGTERM)
