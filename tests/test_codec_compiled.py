@@ -23,40 +23,31 @@ ALL = [*DIALECTS, WITH_HEADER]
 HEX = "0123456789ABCDEF"
 
 
-def reference_decode(payload: bytes, dialect: Dialect):
+def outcome(fn, *args):
+    """What a codec call gives: its result, or its error as (kind, field, message)."""
     try:
-        return iso8583.decode(payload, dialect.spec)[0]
-    except DecodeError as exc:
+        result = fn(*args)
+    except (DecodeError, EncodeError) as exc:
         return ("error", exc.field, exc.msg)
     except Exception as exc:  # pyiso8583 lets a few others through (KeyError for a field not in the spec)
         return (type(exc).__name__, str(exc))
+    return bytes(result) if isinstance(result, bytearray) else result
+
+
+def reference_decode(payload: bytes, dialect: Dialect):
+    return outcome(lambda: iso8583.decode(payload, dialect.spec)[0])
 
 
 def ours_decode(payload: bytes, dialect: Dialect):
-    try:
-        return decode_fields(payload, dialect)
-    except DecodeError as exc:
-        return ("error", exc.field, exc.msg)
-    except Exception as exc:  # pyiso8583 lets a few others through (KeyError for a field not in the spec)
-        return (type(exc).__name__, str(exc))
+    return outcome(decode_fields, payload, dialect)
 
 
 def reference_encode(doc: dict, dialect: Dialect):
-    try:
-        return bytes(iso8583.encode(dict(doc), dialect.spec)[0])
-    except EncodeError as exc:
-        return ("error", exc.field, exc.msg)
-    except Exception as exc:  # pyiso8583 lets a few others through (KeyError for a field not in the spec)
-        return (type(exc).__name__, str(exc))
+    return outcome(lambda: iso8583.encode(dict(doc), dialect.spec)[0])
 
 
 def ours_encode(doc: dict, dialect: Dialect):
-    try:
-        return encode_fields(doc, dialect)
-    except EncodeError as exc:
-        return ("error", exc.field, exc.msg)
-    except Exception as exc:  # pyiso8583 lets a few others through (KeyError for a field not in the spec)
-        return (type(exc).__name__, str(exc))
+    return outcome(encode_fields, doc, dialect)
 
 
 @st.composite
