@@ -133,6 +133,15 @@ def test_codec_bench_returns_positive_microseconds():
         assert isinstance(result[key], float) and result[key] > 0
 
 
+def test_micro_benchmarks_measure_every_key_on_this_tree():
+    from benchmarks.micro import ROOT, measure
+
+    result = measure(ROOT)
+    assert set(result) == {"log.canonical_line_us", "hsm.audit_record_us", "hsm.gw_generate_us",
+                           "hsm.retail_mac_fresh_key_us"}
+    assert all(isinstance(v, float) and v > 0 for v in result.values())
+
+
 def test_proc_cpu_reader_sees_a_busy_process_and_not_a_sleeping_one(spawn):
     busy = spawn([sys.executable, "-c", "import time\nend = time.process_time() + 0.8\n"
                                         "while time.process_time() < end: pass\ntime.sleep(30)"])
