@@ -25,7 +25,8 @@ class VerifyResult:
 def verify(db_path: Path) -> VerifyResult:
     """Prove the ledger: every posting balances, all accounts sum to zero, every account's
     balance equals its entries (so each card's cash and cashback do), no card balance is
-    negative, every entry belongs to a posting, and no message key posted twice."""
+    negative, every entry belongs to a posting, no message key posted twice, and the event
+    outbox agrees with the postings (_verify_outbox)."""
     conn = connect(db_path, readonly=True)
     try:
         conn.execute("BEGIN")  # one snapshot for every check
@@ -86,7 +87,46 @@ def _verify(conn: sqlite3.Connection) -> VerifyResult:
         "AND (p.undone < 0 OR p.undone > p.amount) LIMIT 1").fetchone()
     if row:
         return VerifyResult(False, f"posting {row[0]} undone {row[2]} outside 0..{row[1]}", stats)
+    problem = _verify_outbox(conn, stats)
+    if problem:
+        return VerifyResult(False, problem, stats)
     return VerifyResult(True, "", stats)
+
+
+# The posting kinds that are told by a transaction event of the same name (switch/events.py).
+_TOLD = ("purchase", "refund", "reversal", "charge")
+
+
+def _verify_outbox(conn: sqlite3.Connection, stats: dict[str, int]) -> str:
+    """Events and postings agree (docs/events.md): no event without its posting; every
+    purchase, refund, reversal and charge since the outbox began has its transaction event;
+    a posting moves cashback exactly when it has a cashback event, which carries that amount."""
+    stats["events"] = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    row = conn.execute("SELECT value FROM meta WHERE key = 'outbox_since_posting'").fetchone()
+    since = int(row[0]) if row else None
+    row = conn.execute("SELECT o.seq, o.posting_id FROM outbox o LEFT JOIN postings p ON p.id = o.posting_id "
+                       "WHERE p.id IS NULL LIMIT 1").fetchone()
+    if row:
+        return f"event {row[0]} tells of posting {row[1]}, which does not exist"
+    if since is None:  # a store no switch with an outbox has opened: nothing to hold it to
+        return ""
+    told = ",".join("?" * len(_TOLD))
+    row = conn.execute(
+        f"SELECT p.id, p.kind FROM postings p LEFT JOIN outbox o ON o.posting_id = p.id AND o.type = p.kind "
+        f"WHERE p.id > ? AND p.kind IN ({told}) AND o.seq IS NULL ORDER BY p.id LIMIT 1", (since, *_TOLD)).fetchone()
+    if row:
+        return f"posting {row[0]} ({row[1]}) has no {row[1]} event"
+    row = conn.execute(
+        f"SELECT p.id, COALESCE(c.moved, 0), json_extract(o.payload, '$.cashback') FROM postings p "
+        "LEFT JOIN (SELECT posting_id, -SUM(amount) AS moved FROM entries WHERE account LIKE 'cashback_expense:%' "
+        "           GROUP BY posting_id) c ON c.posting_id = p.id "
+        "LEFT JOIN outbox o ON o.posting_id = p.id AND o.type IN ('cashback.credited', 'cashback.clawed_back') "
+        f"WHERE p.id > ? AND p.kind IN ({told}) "
+        "AND COALESCE(json_extract(o.payload, '$.cashback'), 0) != COALESCE(c.moved, 0) ORDER BY p.id LIMIT 1",
+        (since, *_TOLD)).fetchone()
+    if row:
+        return f"posting {row[0]} moved {row[1]} won of cashback, its cashback event says {row[2] or 0}"
+    return ""
 
 
 def card_statement(db_path: Path, pan: str, *, recent: int = 10) -> dict[str, Any] | None:

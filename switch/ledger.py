@@ -146,6 +146,10 @@ def open_store(data_dir: Path) -> Path:
             # names this ledger: event ids are derived from it (events.event_id), so two
             # ledgers never emit the same id and one ledger always emits the same id again
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('ledger_id', ?)", (str(uuid.uuid4()),))
+            # postings above this id are told by events (a store older than the outbox keeps
+            # its earlier postings without); `eum admin verify` checks them (switch/audit.py)
+            since = conn.execute("SELECT COALESCE(MAX(id), 0) FROM postings").fetchone()[0]
+            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('outbox_since_posting', ?)", (str(since),))
     finally:
         conn.close()
     return path
