@@ -36,7 +36,12 @@ class SwitchConfig:
             raise ValueError("commit_interval_ms_max must be > 0")
         if self.idle_timeout_s <= 0:
             raise ValueError("idle_timeout_s must be > 0")
-        self.program_limits()  # checks them
+        if self.program_in_flight_max < 1:
+            raise ValueError("program_in_flight_max (--program-in-flight-max) must be ≥ 1")
+        if self.program_queue_max < 0:
+            raise ValueError("program_queue_max (--program-queue-max) must be ≥ 0")
+        if self.program_wait_ms <= 0:
+            raise ValueError("program_wait_ms (--program-wait-ms) must be > 0")
 
     def program_limits(self) -> "ProgramLimits":
         from .fairness import ProgramLimits

@@ -78,8 +78,12 @@ async def test_a_cancelled_waiter_gives_back_a_slot_handed_to_it():
 
 
 def test_limits_are_checked_when_the_switch_is_configured():
-    with pytest.raises(ValueError, match="in_flight_max ≥ 1"):
+    with pytest.raises(ValueError, match=r"program_in_flight_max \(--program-in-flight-max\) must be ≥ 1"):
         SwitchConfig(program_in_flight_max=0)
+    with pytest.raises(ValueError, match=r"program_wait_ms \(--program-wait-ms\) must be > 0"):
+        SwitchConfig(program_wait_ms=0)
+    with pytest.raises(ValueError, match="in_flight_max ≥ 1"):
+        ProgramLimits(in_flight_max=0)
     assert SwitchConfig().program_limits() == ProgramLimits(in_flight_max=64, queue_max=256, wait_ms=500.0)
 
 
