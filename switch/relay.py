@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -69,6 +70,8 @@ class RelayConfig:
     idle_poll_s: float = 1.0          # re-read the outbox at least this often when idle
     status_interval_s: float = 10.0   # relay_status log line
     stop_timeout_s: float = 2.0       # on stop, time to finish the batch in flight
+    resend_window_s: float = 10.0     # after a lost connection, re-send what the broker acknowledged
+                                      # this recently: a broker that crashed may not have saved it
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -79,6 +82,8 @@ class RelayConfig:
             raise ValueError("backoff_s_min must be > 0 and ≤ backoff_s_max")
         if min(self.publish_timeout_s, self.connect_timeout_s, self.idle_poll_s, self.status_interval_s) <= 0:
             raise ValueError("timeouts and intervals must be > 0")
+        if self.resend_window_s < 0:
+            raise ValueError("resend_window_s must be ≥ 0")
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> "RelayConfig":
@@ -93,6 +98,9 @@ class Relay:
         self.writer = writer
         self.client_id = config.client_id or f"eum-switch-{writer.ledger_id[:8]}"
         self.position = 0           # last seq acknowledged by the broker (durable mark may lag a batch)
+        self.cursor = 0             # last seq sent and acknowledged on this connection (≤ position after a rewind)
+        self.resent = 0             # rows sent again after a lost connection (resend_window_s)
+        self._acks: deque[tuple[float, int]] = deque()  # (monotonic time, first seq) of acknowledged batches
         self.connected = False
         self.published = 0          # rows acknowledged since start
         self.reconnects = 0
@@ -148,7 +156,7 @@ class Relay:
     # ------------------------------------------------------------------ the loop
 
     async def _run(self) -> None:
-        self.position = await self._read(lambda r: r.position())
+        self.position = self.cursor = await self._read(lambda r: r.position())
         status = await self._read(lambda r: r.status(relayed_seq=self.position))
         log.info("relay_started", broker=self.broker, client_id=self.client_id, **status.as_dict())
         backoff = self.config.backoff_s_min
@@ -174,6 +182,7 @@ class Relay:
                                 detail=str(exc), retry_in_s=round(wait, 2), relayed_seq=self.position)
                 else:
                     log.exception("relay_failed", error=type(exc).__name__, retry_in_s=round(wait, 2))
+                self._rewind()
                 await self._sleep(wait)
                 backoff = min(backoff * 2, self.config.backoff_s_max)
             finally:
@@ -186,7 +195,7 @@ class Relay:
         try:
             while not self._stopping:
                 self.writer.events_committed.clear()  # before the read: a commit after it wakes us
-                rows = await self._read(lambda r: r.rows_after(self.position, limit=self.config.batch_size_max))
+                rows = await self._read(lambda r: r.rows_after(self.cursor, limit=self.config.batch_size_max))
                 if rows:
                     await self._publish(client, rows, watch)
                     continue
@@ -214,13 +223,32 @@ class Relay:
         if acked:
             self._publish_lag_ms_max = max(self._publish_lag_ms_max, (time.time() - rows[0].committed_at) * 1000)
             self.published += acked
-            await self._mark(rows[acked - 1].seq)
+            self.resent += sum(1 for r in rows[:acked] if r.seq <= self.position)
+            self._acks.append((time.monotonic(), rows[0].seq))
+            self.cursor = rows[acked - 1].seq
+            if self.cursor > self.position:
+                await self._mark(self.cursor)
         if acked < len(rows):
             errors = [s.exception() for s in sends if s.done() and not s.cancelled() and s.exception() is not None]
             if watch.done() and not watch.cancelled() and watch.exception() is not None:
                 errors.insert(0, watch.exception())
             raise aiomqtt.MqttError(f"{len(rows) - acked} of {len(rows)} publishes not acknowledged"
                                     + (f" ({errors[0]})" if errors else ""))
+
+    def _rewind(self) -> None:
+        """The connection is gone. A broker acknowledges a QoS 1 PUBLISH before it has saved
+        it (Mosquitto saves every `autosave_interval`), so a broker that crashed may have lost
+        what it acknowledged last: send again, on the next connection, every row acknowledged
+        within resend_window_s. Consumers deduplicate on event_id; the durable mark does not
+        move back (a switch restart re-sends from the mark anyway)."""
+        horizon = time.monotonic() - self.config.resend_window_s
+        while self._acks and self._acks[0][0] < horizon:
+            self._acks.popleft()
+        if self._acks:
+            first = self._acks[0][1]
+            log.info("relay_resend", rows=self.cursor - first + 1, from_seq=first, window_s=self.config.resend_window_s)
+            self.cursor = first - 1
+        self._acks.clear()
 
     async def _mark(self, seq: int) -> None:
         """The broker has every row up to `seq`. The durable mark goes through the ledger
@@ -252,7 +280,7 @@ class Relay:
             log.warning("relay_status_failed", error=type(exc).__name__)
             return
         log.info("relay_status", broker=self.broker, connected=self.connected, published=self.published,
-                 reconnects=self.reconnects, publish_lag_ms_max=round(self._publish_lag_ms_max, 1),
+                 resent=self.resent, reconnects=self.reconnects, publish_lag_ms_max=round(self._publish_lag_ms_max, 1),
                  **status.as_dict())
         self._publish_lag_ms_max = 0.0
 

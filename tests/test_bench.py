@@ -158,7 +158,8 @@ def test_proc_cpu_reader_sees_a_busy_process_and_not_a_sleeping_one(spawn):
 
 def ledger_with(tmp_path: Path, rows: list[tuple[str, str, str]]) -> Path:
     """A data dir whose messages table holds (mti, rc, posting kind or '') rows, posted at one
-    instant; zero-amount postings, so `eum admin verify` passes."""
+    instant; zero-amount postings, each with its transaction event, so `eum admin verify`
+    passes."""
     data_dir = tmp_path / "var"
     db = open_store(data_dir)
     conn = sqlite3.connect(db)
@@ -167,6 +168,8 @@ def ledger_with(tmp_path: Path, rows: list[tuple[str, str, str]]) -> Path:
         posting_id = i if kind else None
         if kind:
             conn.execute("INSERT INTO postings(id, kind, at, amount) VALUES (?,?,?,0)", (i, kind, at))
+            conn.execute("INSERT INTO outbox(event_id, topic, type, posting_id, payload, committed_at) "
+                         "VALUES (?, 'eum/incheon/transactions', ?, ?, '{}', 0)", (f"event-{i}", kind, i))
         conn.execute("INSERT INTO messages(tid, stan, tx_time, mti, digest, rc, response, posting_id, at) "
                      "VALUES ('T0000001', ?, '0101000000', ?, '', ?, '{}', ?, ?)",
                      (f"{i:06d}", mti, rc, posting_id, at))
