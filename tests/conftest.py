@@ -84,6 +84,16 @@ async def provision(env: SwitchEnv) -> None:
         env.cards[name] = card
 
 
+async def bought(env: SwitchEnv, amount: int = 20_000):
+    """A signed-on Namdong terminal buys `amount` with the Namdong card: approved."""
+    client, term = await env.signed_on("T0000001", "NAMDONG01")
+    pan = env.cards["namdong"]["pan"]
+    req = term.purchase(pan, amount)
+    resp = await client.request(req)
+    assert resp["39"] == "00"
+    return client, term, pan, req, resp
+
+
 @pytest.fixture
 async def switch_env(tmp_path: Path) -> AsyncIterator[SwitchEnv]:
     async with start_switch(tmp_path / "var", clock=FixedClock(LAUNCH)) as env:

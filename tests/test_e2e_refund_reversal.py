@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from conftest import (LAUNCH, account_balances, card_accounts, payable, posting_count, posting_entries, postings,
                       provision, start_switch)
+from conftest import bought as _bought
 from switch.audit import verify
 from switch.clock import FixedClock
 from switch.messages import Balances, decode_balances
@@ -20,15 +21,6 @@ UNDONE_ACCOUNTS = ("fee_income", "fee_subsidy:namdong", "cashback_expense:nation
 
 def balances(resp: dict[str, str]) -> Balances:
     return decode_balances(resp["54"])
-
-
-async def _bought(env, amount: int = 20_000):
-    client, term = await env.signed_on("T0000001", "NAMDONG01")
-    pan = env.cards["namdong"]["pan"]
-    req = term.purchase(pan, amount)
-    resp = await client.request(req)
-    assert resp["39"] == "00"
-    return client, term, pan, req, resp
 
 
 def _all_undone(db) -> None:

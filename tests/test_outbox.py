@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import LAUNCH, postings, query, start_switch
+from conftest import bought as _bought
 from switch.audit import verify
 from switch.clock import FixedClock
 from switch.domain import mask_pan
@@ -38,15 +39,6 @@ def outbox_rows(db: Path) -> list[tuple]:
 
 def the_ledger_id(db: Path) -> str:
     return query(db, "SELECT value FROM meta WHERE key='ledger_id'")[0][0]
-
-
-async def _bought(env, amount: int = 20_000):
-    client, term = await env.signed_on("T0000001", "NAMDONG01")
-    pan = env.cards["namdong"]["pan"]
-    req = term.purchase(pan, amount)
-    resp = await client.request(req)
-    assert resp["39"] == "00"
-    return client, term, pan, req, resp
 
 
 # ---------------------------------------------------------------------------- what events say
