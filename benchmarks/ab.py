@@ -4,7 +4,8 @@
 
 Each revision is checked out into a temporary git worktree; for each, an `eum hsm`, a seeded
 data dir (the quick bench's: DUKPT-TDES terminals, PIN cards) and, per round, `eum switch`
-plus the fleet of that same tree (closed loop, 32 terminals, the standard scenario). Rounds
+plus the fleet of that same tree (closed loop, 32 terminals, the standard scenario; the bench's
+own E2eSuite.switch_run, so every round is also checked: verify, fleet = ledger). Rounds
 alternate base, head, base, head … so both see the same machine; the result is the median of
 the rounds per revision: approvals per second, latency, and CPU per approval of the switch,
 the HSM and the fleet (from /proc). This is how docs/performance.md's before/after table is
@@ -29,11 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # One round, run by a fresh interpreter inside the tree being measured (its own switch,
 # fleet and HSM code), printing one JSON line.
 ROUND = r"""
-import json, sys, time
+import json, sys
 from pathlib import Path
-from benchmarks.bench import (BenchPlan, E2eSuite, Processes, drive, fleet_api, free_port, process_cpu_s,
-                              process_cpu_split_s)
-import benchmarks.bench as bench
+from benchmarks.bench import BenchPlan, E2eSuite, Processes, fleet_api
 work, seconds, seed = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 plan = BenchPlan(mode="quick", cards=30_000)
 procs = Processes(work)
@@ -44,25 +43,20 @@ try:
         suite.population = fleet_api().load_population(suite.population_path)
     else:
         suite.seed()
-    port = free_port()
-    procs.start("switch", [*bench.EUM, "switch", "--data-dir", str(suite.data_dir), "--listen", f"127.0.0.1:{port}",
-                           "--hsm", f"127.0.0.1:{suite.hsm_port}"])
-    procs.wait_listening("switch", port)
-    pid, hsm_pid = procs.running["switch"].pid, procs.running["hsm"].pid
-    (u0, s0), h0 = process_cpu_split_s(pid), process_cpu_s(hsm_pid)
-    report, fleet_cpu = drive(port, plan, suite.population, suite.state_dir, closed_loop=True, rate_per_s=1e6,
-                              duration_s=seconds, seed=seed, terminals=plan.capacity_terminals)
-    (u1, s1), h1 = process_cpu_split_s(pid), process_cpu_s(hsm_pid)
-    n = max(1, int(report.approved))
-    print(json.dumps({"approved_per_s": round(float(report.approved_per_s), 1),
-                      "p50_ms": round(float(report.latency_ms["p50"]), 3),
-                      "p99_ms": round(float(report.latency_ms["p99"]), 3),
-                      "switch_cpu_us_per_auth": round(((u1 + s1) - (u0 + s0)) * 1e6 / n, 1),
-                      "switch_system_us_per_auth": round((s1 - s0) * 1e6 / n, 1),
-                      "hsm_cpu_us_per_auth": round((h1 - h0) * 1e6 / n, 1),
-                      "fleet_cpu_us_per_auth": round(fleet_cpu * 1e6 / n, 1)}))
+    run = suite.switch_run("ab", closed_loop=True, rate_per_s=1e6, duration_s=seconds, seed=seed,
+                           terminals=plan.capacity_terminals)
 finally:
     procs.stop_all()
+if not run.check["ok"]:
+    sys.exit(f"correctness check failed: {run.check['problem']}")
+report, n = run.report, max(1, int(run.report.approved))
+print(json.dumps({"approved_per_s": round(float(report.approved_per_s), 1),
+                  "p50_ms": round(float(report.latency_ms["p50"]), 3),
+                  "p99_ms": round(float(report.latency_ms["p99"]), 3),
+                  "switch_cpu_us_per_auth": round(run.switch_cpu_s * 1e6 / n, 1),
+                  "switch_system_us_per_auth": round(run.switch_system_s * 1e6 / n, 1),
+                  "hsm_cpu_us_per_auth": round(run.hsm_cpu_s * 1e6 / n, 1),
+                  "fleet_cpu_us_per_auth": round(run.fleet_cpu_s * 1e6 / n, 1)}))
 """
 
 KEYS = ("approved_per_s", "p50_ms", "p99_ms", "switch_cpu_us_per_auth", "switch_system_us_per_auth",
@@ -97,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     revs = {name: subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True,
                                  check=True).stdout.strip() for name, rev in (("base", args.base), ("head", args.head))}
+    if revs["base"] == revs["head"]:
+        raise SystemExit(f"--base and --head are the same commit ({revs['base']}): nothing to compare")
     runs: dict[str, list[dict]] = {"base": [], "head": []}
     with tempfile.TemporaryDirectory(prefix="eum-ab-") as tmp:
         trees = {name: worktree(rev, Path(tmp)) for name, rev in revs.items()}

@@ -34,11 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Runs inside the tree being measured (PYTHONPATH), printing one JSON line.
 MEASURE = r"""
-import io, itertools, json, os, statistics, sys, tempfile, timeit
+import io, itertools, json, os, sys, tempfile
 from pathlib import Path
+from benchmarks.codec_bench import per_call_us as _per_call_us
 
 def per_call_us(fn, number=3000, repeat=7):
-    return round(statistics.median(timeit.Timer(fn).repeat(repeat=repeat, number=number)) / number * 1e6, 2)
+    return round(_per_call_us(fn, number=number, repeat=repeat), 2)
 
 out = {}
 tmp = Path(tempfile.mkdtemp(prefix="eum-micro-"))
