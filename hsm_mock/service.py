@@ -40,6 +40,7 @@ from hsm_mock.commands import Hsm
 from hsm_mock.config import HsmConfig
 from hsm_mock.lmk import TEST_LMK, VariantLmk
 from hsm_mock.protocol import Command, FrameReader, ProtocolError, build_response, frame, response_code
+from switch.loop import WriteBatch
 
 log = structlog.get_logger("hsm")
 
@@ -116,23 +117,19 @@ class _Connection:
     in_flight: asyncio.Semaphore
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     closed: bool = False
-    out: list[bytes] = field(default_factory=list)
+    out: WriteBatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.out = WriteBatch(self.writer.write, lambda: not self.closed)
 
     def write(self, data: bytes) -> None:
         """Queue a response; the responses of one loop iteration leave in one write."""
         if not self.closed:
-            if not self.out:
-                asyncio.get_running_loop().call_soon(self.flush)
-            self.out.append(data)
-
-    def flush(self) -> None:
-        if self.out and not self.closed:
-            self.writer.write(b"".join(self.out))
-        self.out.clear()
+            self.out.add(data)
 
     def close(self) -> None:
         if not self.closed:
-            self.flush()
+            self.out.flush()
             self.closed = True
             self.writer.close()
 

@@ -20,6 +20,7 @@ import structlog
 from hsm_mock.protocol import FrameReader, ProtocolError, frame
 
 from .config import parse_hostport
+from .loop import WriteBatch
 
 log = structlog.get_logger()
 
@@ -66,7 +67,7 @@ class _Connection:
         self.ids = itertools.count()
         self.slots = asyncio.Semaphore(config.in_flight_max)
         self.read_task: asyncio.Task[None] | None = None
-        self.out: list[bytes] = []  # commands of this loop iteration, written together
+        self.out: WriteBatch | None = None  # commands of one loop iteration leave in one write
 
     @property
     def open(self) -> bool:
@@ -75,6 +76,7 @@ class _Connection:
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.wait_for(
             asyncio.open_connection(self.host, self.port), self.config.connect_timeout_ms / 1000)
+        self.out = WriteBatch(self.writer.write, lambda: self.open)
         self.read_task = asyncio.get_running_loop().create_task(self._read_loop())
 
     def _next_header(self) -> bytes:
@@ -95,18 +97,11 @@ class _Connection:
             # one timer handle per call (asyncio.wait_for costs a wrapper future and callbacks)
             timer = loop.call_later(timeout_s, _expire, fut)
             try:
-                if not self.out:
-                    loop.call_soon(self._flush)
-                self.out.append(frame(header + code.encode() + body))
+                self.out.add(frame(header + code.encode() + body))
                 return await fut
             finally:
                 timer.cancel()
                 self.pending.pop(header, None)
-
-    def _flush(self) -> None:
-        if self.out and self.open:
-            self.writer.write(b"".join(self.out))
-        self.out.clear()
 
     async def _read_loop(self) -> None:
         frames = FrameReader()
