@@ -621,7 +621,7 @@ def run_bench(quick: bool, out_dir: Path, *, plan: BenchPlan | None = None) -> d
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     write_json(result, json_path)
     md_path.write_text(markdown(result))
-    result["files"] = [str(json_path), str(md_path), *result["plots"]]
+    result["files"] = [str(json_path), str(md_path), *(str(out_dir / name) for name in result["plots"])]
     if not result["correctness.ok"]:
         problems = "; ".join(c["problem"] for c in checks if not c["ok"])
         raise BenchFailure(f"correctness under load failed: {problems} (results written to {json_path})")
@@ -637,6 +637,8 @@ def keep_logs(tmp: Path, dest: Path) -> Path:
 
 
 def write_plots(result: dict[str, Any], out_dir: Path, stem: str) -> list[str]:
+    """Write the PNGs into out_dir; return their file names, relative to the result JSON (no
+    absolute path of this machine goes into a committed result)."""
     from benchmarks.plots import plot_latency, plot_throughput
 
     runs = result.get("runs", {})
@@ -644,11 +646,11 @@ def write_plots(result: dict[str, Any], out_dir: Path, stem: str) -> list[str]:
     tables = {name: runs[name].get("percentiles") for name in ("e2e", "e2e_half", "ceiling")
               if runs.get(name) and runs[name].get("percentiles")}
     if tables:
-        written.append(str(plot_latency(tables, out_dir / f"{stem}-latency.png", title=f"eum bench {stem}")))
+        written.append(plot_latency(tables, out_dir / f"{stem}-latency.png", title=f"eum bench {stem}").name)
     series = {name: runs[name].get("series") for name in ("e2e", "e2e_half")
               if runs.get(name) and runs[name].get("series")}
     if series:
-        written.append(str(plot_throughput(series, out_dir / f"{stem}-throughput.png", title=f"eum bench {stem}")))
+        written.append(plot_throughput(series, out_dir / f"{stem}-throughput.png", title=f"eum bench {stem}").name)
     return written
 
 

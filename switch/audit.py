@@ -5,7 +5,6 @@ Both read one consistent WAL snapshot, so they run while a switch is writing.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +152,3 @@ def card_statement(db_path: Path, pan: str, *, recent: int = 10) -> dict[str, An
                 "postings": postings}
     finally:
         conn.close()
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, indent=2)

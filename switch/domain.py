@@ -47,3 +47,19 @@ def mask_pan(pan: str) -> str:
     if len(pan) < 11:
         return "*" * len(pan)
     return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+
+
+def luhn_digit(body: str) -> str:
+    """The Luhn (ISO/IEC 7812-1) check digit of a PAN's body."""
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch)
+        if i % 2 == 0:
+            d = d * 2 - 9 if d * 2 > 9 else d * 2
+        total += d
+    return str((10 - total % 10) % 10)
+
+
+def luhn_ok(pan: str) -> bool:
+    """Every issued PAN ends in its Luhn digit: one that does not is a mistyped number."""
+    return pan.isdigit() and luhn_digit(pan[:-1]) == pan[-1]

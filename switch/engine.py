@@ -4,7 +4,7 @@ Decisions run synchronously on the event loop thread against the hot state (no a
 between reading a balance and updating it), then the unit goes to the single ledger writer
 and the response is released only once that unit is durable.
 
-Spending order (DOMAIN.md assumption, documented in docs/architecture.md): a purchase
+Spending order (an assumption: docs/domain.md, "Cashback"; docs/architecture.md): a purchase
 spends the cashback balance first, then cash; cashback is earned on the full amount and
 credited in the same posting. A refund or reversal of U won out of a purchase of A undoes
 fee, fee support, cashback spent and cashback earned in proportion, by the cumulative floor
@@ -26,7 +26,7 @@ import structlog
 from .cashback import clawback, proportional, quote_cashback
 from .clock import Clock
 from .codec import response_fields
-from .domain import KST, Merchant, month_key
+from .domain import KST, Merchant, luhn_ok, month_key
 from .fees import quote_fee
 from .events import CardFacts, PostingFacts, posting_events
 from .ledger import LedgerUnavailable, LedgerWriter, Unit
@@ -279,6 +279,8 @@ class Engine:
     # ------------------------------------------------------------------ checks
 
     def _card(self, req: Request, now: datetime) -> CardState:
+        if not luhn_ok(req.pan):  # a mistyped number: every issued PAN ends in its Luhn digit
+            raise Decline(Rc.UNKNOWN_CARD, "PAN check digit is wrong")
         card = self.state.card(req.pan)
         if card is None:
             raise Decline(Rc.UNKNOWN_CARD, "card unknown")

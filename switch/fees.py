@@ -101,7 +101,7 @@ def quote_fee(
     schedule = schedule_at(book, now)
     if merchant.online_mall:
         # The mall's PG fee instead of the check-card schedule, and no district fee
-        # support: DOMAIN.md says the mall charges merchants "only a 3% PG fee".
+        # support: the mall charges merchants only a 3 % PG fee (docs/domain.md, "Merchant fees").
         rate_bp = book.online_mall_bp
         return FeeQuote(ONLINE_MALL_TIER, rate_bp, won_at(amount, rate_bp), ())
     tier = tier_for(book.tiers, merchant.annual_sales)

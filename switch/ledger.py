@@ -214,7 +214,8 @@ def commit_units(conn: sqlite3.Connection, units: list[Unit]) -> None:
         apply_units(conn, units, committed_at=time.time())
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite itself rolls back after some errors (disk full, I/O error):
+            conn.execute("ROLLBACK")  # a second ROLLBACK would raise and hide the real cause
         raise
 
 
@@ -244,6 +245,9 @@ class LedgerWriter:
         # set after a commit that carried events: the outbox relay waits on it instead of polling
         self.events_committed = asyncio.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
+        # The one call that makes a group durable (run on the writer thread). A fault-injection
+        # seam: tests/test_failure_paths.py wraps it on a running writer to make one commit fail.
+        self.commit_units = commit_units
         self._task: asyncio.Task[None] | None = None
         self._on_failure = on_failure
         self.batches = 0
@@ -289,7 +293,7 @@ class LedgerWriter:
         units = [u for u, _ in batch]
         started = time.perf_counter()
         try:
-            await loop.run_in_executor(self._pool, commit_units, self._conn, units)
+            await loop.run_in_executor(self._pool, self.commit_units, self._conn, units)
         except Exception as exc:  # disk full, I/O error, or our bug: nobody gets approved
             log.error("ledger_commit_failed", units=len(units), error=type(exc).__name__, detail=str(exc))
             failed = [f for _, f in batch]

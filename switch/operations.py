@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from .clock import Clock
-from .domain import DISTRICTS, KST, Merchant, mask_pan, month_key
+from .domain import DISTRICTS, KST, Merchant, luhn_digit, mask_pan, month_key
 from .events import CardFacts, PostingFacts, posting_events
 from .ledger import LedgerWriter, Unit
 from .policy import Rules
@@ -30,22 +30,8 @@ class OperationError(ValueError):
     """A clear, operator-facing refusal (bad argument, unknown id, limit)."""
 
 
-def luhn_digit(body: str) -> str:
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        d = int(ch)
-        if i % 2 == 0:
-            d = d * 2 - 9 if d * 2 > 9 else d * 2
-        total += d
-    return str((10 - total % 10) % 10)
-
-
-def luhn_ok(pan: str) -> bool:
-    return pan.isdigit() and luhn_digit(pan[:-1]) == pan[-1]
-
-
 def default_expiry(now: datetime) -> str:
-    """Charged money and cashback are valid for 5 years (DOMAIN.md): so is the card."""
+    """Charged money and cashback are valid for 5 years (docs/domain.md, "Cashback"): so is the card."""
     local = now.astimezone(KST)
     return f"{(local.year + 5) % 100:02d}{local.month:02d}"
 

@@ -9,7 +9,7 @@ One asyncio task in the switch process, off the authorization path:
 
 The mark rides in the writer's next group commit like any unit, so there is still exactly
 one writer of the ledger: no second connection ever takes SQLite's write lock, and the
-writer never waits on the relay (see docs/events.md, "How rows are marked"). A crash
+writer never waits on the relay (see docs/events.md, "How the relay marks rows"). A crash
 between a PUBACK and its mark re-sends those rows after restart with the same event_id:
 consumers deduplicate.
 

@@ -7,7 +7,7 @@ transaction at a time, reverses a transaction that got no answer (0400, then at 
 comes from a scenario (terminal_sim/scenario.py); which terminals and cards it plays, from
 a population file (terminal_sim/population.py).
 
-Load model (REFERENCE.md "Measuring latency in the load generator"):
+Load model (docs/performance.md, "Latency in the load generator"):
 - Open loop (default). Every transaction has an *intended* send time from the arrival
   schedule (Poisson or constant, the total rate split evenly over the terminals, seeded).
   A terminal still busy when its next intended time comes sends it as soon as it is free,

@@ -15,6 +15,7 @@ from typing import AsyncIterator
 
 import pytest
 
+import hypothesis_profiles  # noqa: F401  (registers and loads the Hypothesis profile: HYPOTHESIS_PROFILE)
 from switch.clock import FixedClock
 from switch.codec import Dialect, load_dialect
 from switch.config import SwitchConfig

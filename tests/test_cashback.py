@@ -1,7 +1,7 @@
 """Cashback timeline, layers, tiers and clawback; programs, acceptance and limits;
 programs.toml load errors.
 
-Figures from /work/shared/DOMAIN.md "Cashback" and "Limits"; amounts are won, rates bp.
+Figures from docs/domain.md, "Cashback" and "Limits"; amounts are won, rates bp.
 """
 
 from __future__ import annotations

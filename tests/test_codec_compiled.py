@@ -3,6 +3,11 @@
 For every input, decode_fields / encode_fields must give exactly what pyiso8583 gives: the
 same dict, the same bytes, or the same error (class, field, message). Inputs are generated
 from the dialect's own spec (valid messages), then broken in the ways a terminal breaks them.
+Values take every length a field allows (0 … max_len of each LLVAR/LLLVAR field, so LLLVAR
+lengths past 100 up to 999), at random in whole messages and exhaustively one field at a
+time for each shipped dialect (config/dialects/*.toml), with the compiled path itself
+(_fast_encode / _fast_decode, no fallback) on valid input; one unit too long (or short) must
+fail exactly as pyiso8583 fails, the compiled path handing it over rather than accepting it.
 """
 
 from __future__ import annotations
@@ -12,13 +17,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from switch.codec import DecodeError, Dialect, EncodeError, _fast_decode, _Fallback, decode_fields, encode_fields, \
-    load_dialect
+from switch.codec import DecodeError, Dialect, EncodeError, _fast_decode, _fast_encode, _Fallback, decode_fields, \
+    dialects_dir, encode_fields, load_dialect
 from switch.framing import Framing
 
-DIALECTS = [load_dialect("default"), load_dialect("bcd-tpdu")]
+DIALECTS = [load_dialect(path.stem) for path in sorted(dialects_dir().glob("*.toml"))]  # every shipped dialect
+DEFAULT = next(d for d in DIALECTS if d.name == "default")
+# The codec sees only the field spec (framing is outside it): each distinct spec once.
+SHIPPED_SPECS = [d for i, d in enumerate(DIALECTS) if all(d.spec != e.spec for e in DIALECTS[:i])]
 HEADER_SPEC = {"data_enc": "ascii", "len_enc": "ascii", "len_type": 0, "max_len": 4, "desc": "Header"}
-WITH_HEADER = Dialect(name="hdr", framing=Framing(), spec={**DIALECTS[0].spec, "h": HEADER_SPEC})
+WITH_HEADER = Dialect(name="hdr", framing=Framing(), spec={**DEFAULT.spec, "h": HEADER_SPEC})
 ALL = [*DIALECTS, WITH_HEADER]
 HEX = "0123456789ABCDEF"
 
@@ -55,12 +63,12 @@ def field_values(draw, spec: dict, *, valid: bool = True):
     """A value for one field: within the spec, or (valid=False) possibly one char off."""
     max_len = spec["max_len"]
     if spec["data_enc"] == "b":
-        n = max_len if spec["len_type"] == 0 else draw(st.integers(0, min(max_len, 24)))
+        n = max_len if spec["len_type"] == 0 else draw(st.integers(0, max_len))
         value = draw(st.text(alphabet=HEX, min_size=2 * n, max_size=2 * n))
         if not valid:
             value = draw(st.sampled_from([value + "0", value[:-1], value.lower(), value + "G1", value + "  "]))
         return value
-    n = max_len if spec["len_type"] == 0 else draw(st.integers(0, min(max_len, 40)))
+    n = max_len if spec["len_type"] == 0 else draw(st.integers(0, max_len))
     alphabet = st.characters(min_codepoint=32, max_codepoint=126)
     value = draw(st.text(alphabet=alphabet, min_size=n, max_size=n))
     if not valid:
@@ -122,7 +130,7 @@ def test_broken_bytes_decode_exactly_as_pyiso8583(data):
 
 
 def test_a_standard_purchase_takes_the_compiled_path_both_ways():
-    dialect = DIALECTS[0]
+    dialect = DEFAULT
     doc = {"t": "0200", "2": "9410100000012345", "3": "000000", "4": "000000020000", "7": "0715031500",
            "11": "000123", "41": "T0000001", "42": "EUM000000000001", "49": "410", "52": "0123456789ABCDEF",
            "53": "FFFF9876540000200001", "64": "0011223344556677"}
@@ -132,7 +140,7 @@ def test_a_standard_purchase_takes_the_compiled_path_both_ways():
 
 
 def test_the_compiled_decoder_hands_what_it_does_not_know_to_pyiso8583():
-    dialect = DIALECTS[0]
+    dialect = DEFAULT
     payload = encode_fields({"t": "0800", "7": "0715031500", "11": "000001", "70": "301"}, dialect)
     with pytest.raises(_Fallback):
         _fast_decode(payload + b"X", dialect.compiled)  # extra data after the last field
@@ -142,10 +150,105 @@ def test_the_compiled_decoder_hands_what_it_does_not_know_to_pyiso8583():
 
 
 def test_a_dialect_the_compiled_codec_cannot_serve_uses_pyiso8583_throughout():
-    spec = {**DIALECTS[0].spec, "2": {**DIALECTS[0].spec["2"], "len_enc": "bcd"}}
+    spec = {**DEFAULT.spec, "2": {**DEFAULT.spec["2"], "len_enc": "bcd"}}
     dialect = Dialect(name="bcd-lengths", framing=Framing(), spec=spec)
     assert dialect.compiled is None
     doc = {"t": "0200", "2": "9410100000012345", "3": "000000"}
     payload = encode_fields(doc, dialect)
     assert payload[4 + 8 : 4 + 8 + 2] == b"\x00\x16"  # length 16 in two BCD bytes
     assert decode_fields(payload, dialect) == {**doc, "p": "6000000000000000"}
+
+
+# ---------------------------------------------------------------------------- every length, one field at a time
+
+def field_numbers(dialect: Dialect) -> list[int]:
+    return sorted(int(k) for k in dialect.spec if k.isdigit() and 2 <= int(k) <= 128 and int(k) != 65)
+
+
+def value_of(spec: dict, n: int, salt: int) -> str:
+    """A value of n units (characters, or bytes as hex) whose content varies with n and salt."""
+    if spec["data_enc"] == "b":
+        return bytes((salt + 7 * i) % 256 for i in range(n)).hex().upper()
+    return "".join(chr(32 + (salt + 7 * i) % 95) for i in range(n))
+
+
+def lone_field(dialect: Dialect, no: int, value: str) -> dict[str, str]:
+    doc = {"t": "0200", str(no): value}
+    if dialect.spec["h"]["max_len"]:
+        doc["h"] = "0" * dialect.spec["h"]["max_len"]
+    return doc
+
+
+@pytest.mark.parametrize("dialect", SHIPPED_SPECS, ids=lambda d: d.name)
+def test_every_length_of_every_field_goes_through_the_compiled_path_exactly_as_pyiso8583(dialect):
+    """Each field alone at every length it allows: the compiled encoder gives pyiso8583's
+    bytes and the compiled decoder gives pyiso8583's fields back, neither falling back."""
+    mismatches, longest = [], {}
+    for no in field_numbers(dialect):
+        spec = dialect.spec[str(no)]
+        for n in [spec["max_len"]] if spec["len_type"] == 0 else range(spec["max_len"] + 1):
+            doc = lone_field(dialect, no, value_of(spec, n, no))
+            expected = reference_encode(doc, dialect)
+            ours = outcome(_fast_encode, doc, dialect.compiled)
+            if ours != expected or not isinstance(ours, bytes):
+                mismatches.append(("encode", no, n, ours, expected))
+            elif outcome(_fast_decode, ours, dialect.compiled) != reference_decode(ours, dialect):
+                mismatches.append(("decode", no, n))
+            longest[spec["len_type"]] = max(longest.get(spec["len_type"], 0), n)
+    assert mismatches == []
+    # by prefix size, the longest value sent: LLLVAR up to 999 characters (DE46-48, DE56-63)
+    assert longest == {0: 42, 1: 16, 2: 76, 3: 999}
+
+
+def too_long_payload(dialect: Dialect, no: int) -> bytes | None:
+    """A message whose field `no` says (and carries) max_len + 1 units, or None when the
+    length prefix cannot express that many (999 in three digits)."""
+    spec = dialect.spec[str(no)]
+    max_len, len_type = spec["max_len"], spec["len_type"]
+    if spec["len_enc"] == "b":
+        prefix = (max_len + 1).to_bytes(len_type, "big")
+    elif len(str(max_len + 1)) <= len_type:
+        prefix = str(max_len + 1).zfill(len_type).encode()
+    else:
+        return None
+    payload = reference_encode(lone_field(dialect, no, value_of(spec, max_len, no)), dialect)
+    at = dialect.spec["h"]["max_len"] + 4 + (16 if no > 64 else 8)  # header, MTI, bitmap(s)
+    return payload[:at] + prefix + payload[at + len_type:] + (b"\x5a" if spec["data_enc"] == "b" else b"Z")
+
+
+@pytest.mark.parametrize("dialect", ALL, ids=lambda d: d.name)
+def test_a_value_one_unit_too_long_or_short_fails_exactly_as_pyiso8583(dialect):
+    """Encoding max_len + 1 (and, for a fixed field, max_len - 1) and decoding a length
+    prefix of max_len + 1: the same error (field, message) as pyiso8583, and the compiled
+    path hands the input over (_Fallback) instead of accepting it."""
+    mismatches, decoded_too_long = [], 0
+    for no in field_numbers(dialect):
+        spec = dialect.spec[str(no)]
+        wrong = [spec["max_len"] + 1] + ([spec["max_len"] - 1] if spec["len_type"] == 0 else [])
+        for n in wrong:
+            doc = lone_field(dialect, no, value_of(spec, n, no))
+            expected = reference_encode(doc, dialect)
+            assert expected[0] == "error" and expected[1] == str(no), (no, n, expected)
+            if ours_encode(doc, dialect) != expected:
+                mismatches.append(("encode", no, n))
+            if not falls_back(_fast_encode, doc, dialect.compiled):
+                mismatches.append(("compiled encode accepted", no, n))
+        payload = too_long_payload(dialect, no)
+        if payload is not None:
+            decoded_too_long += 1
+            expected = reference_decode(payload, dialect)
+            assert expected[0] == "error" and expected[1] == str(no), (no, expected)
+            if ours_decode(payload, dialect) != expected:
+                mismatches.append(("decode", no))
+            if not falls_back(_fast_decode, payload, dialect.compiled):
+                mismatches.append(("compiled decode accepted", no))
+    assert mismatches == []
+    assert decoded_too_long == 18  # DE52, every LLVAR field and the LLLVAR ones below 999
+
+
+def falls_back(fn, *args) -> bool:
+    try:
+        fn(*args)
+    except _Fallback:
+        return True
+    return False

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from conftest import posting_count, postings
+from waiting import eventually, switch_side
 from switch.audit import verify
 from switch.codec import encode_fields
 from switch.framing import frame
@@ -77,9 +78,12 @@ async def test_truncated_frame_then_close_posts_nothing(switch_env):
     req = term.purchase(pan, 20_000)
     data = framed(env, payload_of(env, req))
     half = await env.client().connect()
+    conn = await switch_side(env.server, half)
     await half.send_raw(data[: len(data) // 2])
+    await eventually(lambda: conn.buffer.pending == len(data) // 2, what="the switch to buffer the half frame")
     await half.close()
-    await asyncio.sleep(0.05)
+    await eventually(lambda: conn.closed, what="the switch to see the half-sent connection closed")
+    assert conn.in_flight == 0  # the half frame never became a request
     assert postings(env.core.db_path, "purchase") == []
     # the whole message, sent later, is new to the switch
     resp = await good.request(req)
@@ -92,11 +96,13 @@ async def test_truncated_frame_then_close_posts_nothing(switch_env):
 async def test_a_frame_sent_byte_by_byte_is_answered(switch_env):
     env = switch_env
     client, term = await env.signed_on()
+    conn = await switch_side(env.server, client)
     data = framed(env, payload_of(env, term.purchase(env.cards["namdong"]["pan"], 20_000)))
-    for i in range(len(data)):
+    for i in range(len(data) - 1):  # each byte read by the switch on its own before the next is sent
         await client.send_raw(data[i : i + 1])
-        if i % 16 == 0:
-            await asyncio.sleep(0.001)
+        await eventually(lambda: conn.buffer.pending == i + 1, what=f"the switch to buffer byte {i + 1}")
+    assert conn.in_flight == 0  # one byte short: not a frame yet
+    await client.send_raw(data[-1:])
     resp = await client.receive()
     await client.close()
     assert resp["39"] == "00"
@@ -112,9 +118,12 @@ async def test_frames_split_across_reads_and_joined_in_one_read_are_all_answered
     data = b"".join(framed(env, payload_of(env, r)) for r in reqs)
     cut = len(data) - 7  # two and a bit frames, then the tail
     await client.send_raw(data[:cut])
-    await asyncio.sleep(0.05)
+    # the two whole frames are answered while the third is still a fragment in the switch
+    answers = [await client.receive() for _ in reqs[:2]]
+    conn, tail = await switch_side(env.server, client), len(framed(env, payload_of(env, reqs[2]))) - 7
+    await eventually(lambda: conn.buffer.pending == tail, what="the third frame's first part in the switch's buffer")
     await client.send_raw(data[cut:])
-    answers = [await client.receive() for _ in reqs]
+    answers.append(await client.receive())
     await client.close()
     assert sorted(a["11"] for a in answers) == [r["11"] for r in reqs]
     assert all(a["39"] == "00" for a in answers)
@@ -192,14 +201,22 @@ async def test_bad_input_on_many_connections_never_disturbs_a_busy_terminal(swit
         framed(env, payload_of(env, {**stranger.purchase(pan, 1_000), "4": "abcdefghijkl"})),
     ]
 
-    async def attacker(data: bytes) -> None:
-        bad = await env.client(response_timeout_ms=500).connect()
+    truncated = bad_frames[2]
+
+    async def attacker(data: bytes) -> str:
+        """What the switch did with the bad bytes: a response code, "closed", or (the
+        truncated frame) "buffered", still waiting for the rest when the peer goes away."""
+        bad = await env.client().connect()
+        conn = await switch_side(env.server, bad)
         await bad.send_raw(data)
-        try:
-            await bad.receive()
-        except asyncio.TimeoutError:
-            pass
+        if data is truncated:
+            await eventually(lambda: conn.buffer.pending == len(truncated), what="the truncated frame in the buffer")
+            outcome = "buffered" if conn.in_flight == 0 and not conn.closed else "taken"
+        else:
+            resp = await bad.receive()
+            outcome = "closed" if resp is None else resp["39"]
         await bad.close()
+        return outcome
 
     async def busy() -> list[str]:
         return [(await good.request(term.purchase(pan, 1_000)))["39"] for _ in range(10)]
@@ -207,5 +224,6 @@ async def test_bad_input_on_many_connections_never_disturbs_a_busy_terminal(swit
     results = await asyncio.gather(busy(), *(attacker(b) for b in bad_frames))
     await good.close()
     assert results[0] == ["00"] * 10
+    assert results[1:] == ["closed", "30", "buffered", "30"]
     assert len(postings(env.core.db_path, "purchase")) == 10
     assert verify(env.core.db_path).ok

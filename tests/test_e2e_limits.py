@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
+
+import structlog
 
 from conftest import LAUNCH, postings, provision, start_switch
 from switch.audit import verify
@@ -14,6 +15,7 @@ from switch.codec import encode_fields
 from switch.framing import frame
 from terminal_sim.client import TerminalClient
 from terminal_sim.terminal import Terminal
+from waiting import eventually, switch_side
 
 
 def framed(env, fields: dict[str, str]) -> bytes:
@@ -32,10 +34,7 @@ async def test_connections_over_connections_max_are_refused_and_room_frees_up(tm
         assert (await first.request(term.echo()))["39"] == "00"
 
         await second.close()
-        for _ in range(100):  # the switch notices the close
-            if len(env.server.connections) < 2:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(env.server.connections) == 1, what="the switch to see the second connection closed")
         fourth = await env.client().connect()
         resp = await fourth.request(term.purchase(env.cards["incheon"]["pan"], 1_000))
         assert resp["39"] == "00"
@@ -45,17 +44,23 @@ async def test_connections_over_connections_max_are_refused_and_room_frees_up(tm
 
 
 async def test_idle_connections_time_out_while_busy_ones_stay_open(tmp_path):
-    async with start_switch(tmp_path / "var", clock=FixedClock(LAUNCH), idle_timeout_s=0.4) as env:
+    async with start_switch(tmp_path / "var", clock=FixedClock(LAUNCH), idle_timeout_s=1.0) as env:
         await provision(env)
         busy, term = await env.signed_on()
-        idle = await env.client(response_timeout_ms=3000).connect()
+        idle = await env.client(response_timeout_ms=30_000).connect()
+        idle_side = await switch_side(env.server, idle)
         assert (await idle.request(Terminal("T0000002", "YEONSU01", stan=900).sign_on()))["39"] == "00"
-        started = time.monotonic()
-        for _ in range(8):
-            await asyncio.sleep(0.1)
-            assert (await busy.request(term.echo()))["39"] == "00"
-        assert await idle.receive() is None
-        assert time.monotonic() - started < 2.5
+        with structlog.testing.capture_logs() as logged:
+            idle_closed = asyncio.ensure_future(idle.receive())  # None once the switch closes it
+            echoes = 0
+            while not idle_closed.done():  # the busy terminal keeps talking, well within the idle timeout
+                assert (await busy.request(term.echo()))["39"] == "00"
+                echoes += 1
+                await asyncio.wait([idle_closed], timeout=0.05)
+            assert idle_closed.result() is None, "the idle connection got a message instead of being closed"
+        assert echoes > 1  # the busy one was used while the idle one aged
+        closes = [(e["peer"], e["reason"]) for e in logged if e["event"] == "connection_closed"]
+        assert closes == [(idle_side.peer, "idle")]  # only the idle connection, and for being idle
         resp = await busy.request(term.purchase(env.cards["incheon"]["pan"], 1_000))
         assert resp["39"] == "00"
         await idle.close()
@@ -69,17 +74,20 @@ async def test_a_slow_writer_does_not_stall_other_terminals(switch_env):
     slow = await env.client().connect()
     assert (await slow.request(slow_term.sign_on()))["39"] == "00"
     data = framed(env, slow_term.purchase(env.cards["namdong"]["pan"], 20_000))
-    await slow.send_raw(data[:9])  # then nothing for a while
+    slow_side = await switch_side(env.server, slow)
+    await slow.send_raw(data[:9])  # then nothing until the fast terminal is done
+    await eventually(lambda: slow_side.buffer.pending == 9, what="the slow writer's first 9 bytes in the switch")
 
     fast, term = await env.signed_on()
-    started = time.monotonic()
     answers = [await fast.request(term.purchase(env.cards["incheon"]["pan"], 1_000)) for _ in range(5)]
     assert [a["39"] for a in answers] == ["00"] * 5
-    assert time.monotonic() - started < 1.0
+    # all five were answered while the slow writer's frame was still incomplete
+    assert (slow_side.buffer.pending, slow_side.in_flight) == (9, 0)
 
-    for i in range(9, len(data), 5):  # the slow writer finishes, a few bytes at a time
+    for i in range(9, len(data), 5):  # the slow writer finishes, a few bytes at a time, each read on its own
         await slow.send_raw(data[i : i + 5])
-        await asyncio.sleep(0.005)
+        if i + 5 < len(data):
+            await eventually(lambda: slow_side.buffer.pending == i + 5, what=f"{i + 5} bytes of the slow frame")
     resp = await slow.receive()
     assert resp["39"] == "00"
     await slow.close()
@@ -98,11 +106,7 @@ async def _connect_with_small_buffers(env) -> tuple[TerminalClient, object]:
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", env.port))
     client = TerminalClient("127.0.0.1", env.port, env.dialect, response_timeout_ms=5000)
     client.reader, client.writer = await asyncio.open_connection(sock=sock)
-    for _ in range(100):
-        added = set(env.server.connections) - before
-        if added:
-            break
-        await asyncio.sleep(0.01)
+    added = await eventually(lambda: set(env.server.connections) - before, what="the switch to accept the connection")
     (conn,) = added
     conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     return client, conn
@@ -119,20 +123,18 @@ async def test_a_peer_that_does_not_read_is_paused_and_others_are_served(tmp_pat
         requests = [pump.echo() for _ in range(3_000)]
         reader_less.writer.write(b"".join(framed(env, r) for r in requests))
 
-        for _ in range(300):
-            if conn.writing_paused and conn.reading_paused:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: conn.writing_paused and conn.reading_paused,
+                         what="the switch to pause writing to and reading from the peer that does not read")
+        # the requests it had already taken are answered into its write buffer, then nothing more is taken
+        await eventually(lambda: conn.in_flight == 0, what="the paused connection's requests in flight to finish")
         assert conn.writing_paused and conn.reading_paused
-        await asyncio.sleep(0.1)
         echo_size = len(framed(env, {"t": "0810", "7": "0720120000", "11": "000001", "41": "T0000001",
                                      "70": "301", "39": "00"}))
         assert conn.transport.get_write_buffer_size() <= write_buffer_max + (in_flight_max + 1) * echo_size
 
-        started = time.monotonic()
         resp = await other.request(term.purchase(env.cards["incheon"]["pan"], 1_000))
         assert resp["39"] == "00"
-        assert time.monotonic() - started < 1.0
+        assert conn.writing_paused and conn.reading_paused  # served while the other peer still does not read
 
         answers = [await reader_less.receive() for _ in requests]  # now it reads: nothing was lost
         assert [a["11"] for a in answers] == [r["11"] for r in requests]

@@ -1,6 +1,6 @@
 """Merchant fees: check-card tiers and schedules, online mall, district support, fees.toml errors.
 
-Figures from /work/shared/DOMAIN.md "Merchant fees"; amounts are won, rates bp.
+Figures from docs/domain.md, "Merchant fees"; amounts are won, rates bp.
 """
 
 from __future__ import annotations

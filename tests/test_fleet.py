@@ -29,6 +29,7 @@ from terminal_sim.scenario import (PinPolicy, Scenario, ScenarioError, TerminalB
                                    parse_scenario)
 
 from conftest import LAUNCH, postings, start_switch
+from waiting import eventually
 
 PIN = "1234"
 PURCHASES_ONLY = Scenario(name="purchases")
@@ -85,6 +86,10 @@ class ScriptedSwitch:
         self.delay = delay
         self.received: list[tuple[float, dict[str, str]]] = []
         self.counts: Counter[str] = Counter()
+        # (MTI, n, messages received so far) as each answer is written: what came in before it
+        self.answered: list[tuple[str, int, int]] = []
+        self.unanswered = 0  # messages received whose answer is still to come
+        self.unanswered_max = 0
         self.server: asyncio.AbstractServer | None = None
         self.writers: set[asyncio.StreamWriter] = set()
         self.port = 0
@@ -99,7 +104,7 @@ class ScriptedSwitch:
         for writer in list(self.writers):
             writer.close()  # the handlers see end of stream and return
         await self.server.wait_closed()
-        await asyncio.sleep(0.01)
+        await eventually(lambda: not self.writers, what="the scripted switch's connection handlers to return")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         buffer = FrameBuffer(self.dialect.framing)
@@ -113,12 +118,15 @@ class ScriptedSwitch:
                     fields = decode_fields(fr.payload, self.dialect)
                     self.received.append((loop.time(), fields))
                     self.counts[fields["t"]] += 1
-                    wait = self.delay(fields, self.counts[fields["t"]])
+                    n = self.counts[fields["t"]]
+                    wait = self.delay(fields, n)
                     if wait is HANG_UP:
                         return
                     if wait is None:
                         continue
-                    task = asyncio.ensure_future(self._answer(writer, fields, wait))
+                    self.unanswered += 1
+                    self.unanswered_max = max(self.unanswered_max, self.unanswered)
+                    task = asyncio.ensure_future(self._answer(writer, fields, wait, n))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
         except ConnectionError:
@@ -129,7 +137,7 @@ class ScriptedSwitch:
             self.writers.discard(writer)
             writer.close()
 
-    async def _answer(self, writer: asyncio.StreamWriter, fields: dict[str, str], wait: float) -> None:
+    async def _answer(self, writer: asyncio.StreamWriter, fields: dict[str, str], wait: float, n: int) -> None:
         if wait:
             await asyncio.sleep(wait)
         answer = {k: v for k, v in fields.items() if k in ("2", "3", "4", "7", "11", "41", "70", "90")}
@@ -138,6 +146,8 @@ class ScriptedSwitch:
         if fields["t"] == "0200":
             answer["37"] = f"{int(fields['11']):012d}"
         writer.write(frame(self.dialect.framing, encode_fields(answer, self.dialect)))
+        self.unanswered -= 1
+        self.answered.append((fields["t"], n, len(self.received)))
 
     def mtis(self) -> list[str]:
         return [f["t"] for _, f in self.received]
@@ -247,9 +257,12 @@ async def test_a_crash_mid_run_never_reuses_a_counter_because_blocks_are_reserve
     try:
         config = _config(env.port, population, tmp_path, rate_per_s=40.0, duration_s=2.0)
         task = asyncio.ensure_future(run_fleet(config))
-        await asyncio.sleep(0.6)
+        # mid-run: the switch has answered the sign-on and two of the run's messages
+        await eventually(lambda: sum(env.server.processor.counts.values()) >= 3,
+                         what="the fleet's first messages answered by the switch")
+        assert not task.done()
         on_disk_mid_run = _ksn_counter(tmp_path, "T0000001")
-        assert on_disk_mid_run >= 256  # the reservation, written before the first message
+        assert on_disk_mid_run == 256  # the reserved block, written before the first message
         task.cancel()  # the fleet dies; its state file says at least the reserved counter
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -276,13 +289,14 @@ async def test_closed_loop_against_the_switch_sends_as_fast_as_answers_come(tmp_
 # ---------------------------------------------------------------------------- scripted peers
 
 async def test_closed_loop_keeps_in_flight_requests_outstanding_per_terminal(tmp_path):
-    server = await ScriptedSwitch(delay=lambda f, n: 0.02 if f["t"] == "0200" else 0.0).start()
+    server = await ScriptedSwitch(delay=lambda f, n: 0.1 if f["t"] == "0200" else 0.0).start()
     try:
         report = await run_fleet(_config(server.port, _fake_population(), tmp_path, duration_s=1.0,
                                          closed_loop=True, in_flight_per_terminal_max=4))
-        # 4 outstanding, 20 ms each: about 200 in the second (loop overheads take a little).
-        assert 120 <= report.sent <= 205
-        assert report.responses == report.sent and report.latency_ms["p50"] >= 20.0
+        # Closed loop: the terminal keeps exactly 4 purchases outstanding (each answered after
+        # 100 ms), never more; the rate that gives is the machine's (benchmarks/bench.py).
+        assert server.unanswered_max == 4
+        assert report.sent == report.responses == server.counts["0200"] and report.timeouts == 0
     finally:
         await server.stop()
 
@@ -299,11 +313,14 @@ async def test_constant_arrivals_reach_the_switch_at_the_intended_times(tmp_path
     try:
         report = await run_fleet(_config(server.port, _fake_population(2), tmp_path, terminals=2, rate_per_s=40.0,
                                          duration_s=1.0, arrivals="constant"))
-        sends = [t for t, f in server.received if f["t"] == "0200"]
+        sends = [f for _, f in server.received if f["t"] == "0200"]
         assert report.sent == report.offered == len(sends) == 40
-        gaps = [b - a for a, b in zip(sends, sends[1:])]
-        assert abs(sum(gaps) / len(gaps) - 0.025) < 0.002  # 40/s: one every 25 ms
-        assert max(gaps) < 0.025 + 0.02  # timer jitter only, no bunching
+        # 20 from each terminal, in STAN order: every intended send time was used once (the
+        # spacing itself is arrival_offsets', tested above; timer jitter is the machine's)
+        for tid in ("T0000001", "T0000002"):
+            stans = [int(f["11"]) for f in sends if f["41"] == tid]
+            assert len(stans) == 20 and stans == sorted(stans) and len(set(stans)) == 20, tid
+        assert report.timeouts == 0 and report.unsent == 0
     finally:
         await server.stop()
 
@@ -328,13 +345,18 @@ async def test_a_stalled_answer_shows_in_latency_from_intended_send_times(tmp_pa
         report = await run_fleet(_config(server.port, _fake_population(), tmp_path, rate_per_s=10.0,
                                          duration_s=2.0, arrivals="constant"))
         assert report.sent == report.responses == 20 and report.timeouts == 0
-        # From intended times: ~500, 400, 300, 200, 100 ms (thresholds halfway between).
+        # Nothing was sent while the 5th was outstanding: when it was answered the switch had
+        # received the sign-on and five purchases only; the four intended meanwhile queued.
+        assert ("0200", 5, 6) in server.answered
+        # From intended times the stall is counted for each queued one: about 500, 400, 300,
+        # 200, 100 ms (they are sent after the answer, at ≥ 0.9 s). These are lower bounds (a
+        # busy machine can only add to them; thresholds halfway below allow a timer that wakes
+        # a little early), so the counts are "at least".
         counts = [_count_at_least(report.latency_histogram, ms) for ms in (450, 350, 250, 150, 50)]
-        assert counts == [1, 2, 3, 4, 5]
+        assert all(c >= n for c, n in zip(counts, [1, 2, 3, 4, 5])), counts
         assert report.latency_ms["p99"] >= 490 and report.latency_ms["p90"] >= 190
-        # From actual sends (what a closed-loop sampler sees): one slow answer, nothing else.
-        assert [_count_at_least(report.service_histogram, ms) for ms in (450, 50)] == [1, 1]
-        assert report.service_ms["p90"] < 50
+        # From actual sends (what a closed-loop sampler sees): the slow answer shows too.
+        assert _count_at_least(report.service_histogram, 450) >= 1
     finally:
         await server.stop()
 
@@ -361,8 +383,13 @@ async def test_a_timeout_is_reversed_with_0400_then_0401_repeats_until_answered(
         assert reversal["4"] == lost["4"] and reversal["2"] == lost["2"]
         assert {**repeat, "t": "0400"} == reversal  # a repeat: same STAN, same DE7, same content
         # The purchase intended at 0.3 s waited for the timeout (0.35 s), the 0400 and the first
-        # 0401 (150 ms each): sent at ~0.65 s, 350 ms late; the next three ~250, ~150, ~50 ms.
-        assert [_count_at_least(report.latency_histogram, ms) for ms in (300, 200, 100, 30)] == [1, 2, 3, 4]
+        # 0401 (150 ms each): sent at ≥ 0.65 s, at least 350 ms late (the timeouts are lower
+        # bounds; a busy machine can only add to them); the next three ≥ 250, 150, 50 ms.
+        counts = [_count_at_least(report.latency_histogram, ms) for ms in (300, 200, 100, 30)]
+        assert all(c >= n for c, n in zip(counts, [1, 2, 3, 4])), counts
+        # and nothing overtook the reversal: the 4th purchase went out after the answered 0401
+        assert server.mtis()[7] == "0200" and [a[:2] for a in server.answered].index(("0401", 2)) < \
+            [a[:2] for a in server.answered].index(("0200", 4))
     finally:
         await server.stop()
 
@@ -437,8 +464,8 @@ async def test_a_peer_that_does_not_echo_the_stan_still_gets_every_request_answe
     server = await ScriptedSwitch().start()
     original = server._answer
 
-    async def fixed_stan(writer, fields, wait):
-        await original(writer, {**fields, "11": "000000"}, wait)
+    async def fixed_stan(writer, fields, wait, n):
+        await original(writer, {**fields, "11": "000000"}, wait, n)
 
     server._answer = fixed_stan
     try:
@@ -517,7 +544,7 @@ def test_amounts_are_lognormal_around_the_average_ticket_rounded_and_clamped():
     amounts = [model.draw(rng) for _ in range(20_000)]
     assert all(a % 100 == 0 and 1_000 <= a <= 300_000 for a in amounts)
     assert 19_500 <= sorted(amounts)[10_000] <= 20_500
-    assert 21_000 <= sum(amounts) / len(amounts) <= 24_000  # DOMAIN.md: average ticket 20,000-24,000
+    assert 21_000 <= sum(amounts) / len(amounts) <= 24_000  # docs/domain.md, The platform: ticket 20,000-24,000
 
 
 @pytest.mark.parametrize("text, key", [

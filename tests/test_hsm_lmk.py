@@ -31,7 +31,7 @@ STANDARD_BDK = H("0123456789ABCDEFFEDCBA9876543210")  # X9.24-1 test BDK, KCV 08
 
 
 def test_public_test_lmk_pairs_as_published() -> None:
-    # REFERENCE.md "Thales test LMK set" (also ThalesSim LMKStorage / StorageTests).
+    # docs/hsm.md §3, the test LMK (also ThalesSim LMKStorage / StorageTests).
     assert TEST_LMK.pair("00-01") == H("01010101010101017902CD1FD36EF8BA")
     assert TEST_LMK.pair("04-05") == H("40404040404040405151515151515151")
     assert TEST_LMK.pair("14") == H("E0E0010101010101F1F1010101010101")
@@ -59,7 +59,7 @@ def test_key_type_variant_is_xored_into_byte_0(kt_code: str, expected: str) -> N
 
 
 def test_key_type_table_maps_vll_to_pair_and_variant() -> None:
-    # REFERENCE.md: 00→04-05, 01→06-07, 02→14-15, 03→16-17, 08→26-27, 09→28-29, 0A→30-31.
+    # docs/hsm.md §8, variant LMK: 00→04-05, 01→06-07, 02→14-15, 03→16-17, 08→26-27, 09→28-29, 0A→30-31.
     expected = {
         "000": ("ZMK", "04-05", 0), "001": ("ZPK", "06-07", 0), "002": ("TPK/TMK/PVK", "14-15", 0),
         "003": ("TAK", "16-17", 0), "008": ("ZAK", "26-27", 0), "009": ("BDK type-1", "28-29", 0),
@@ -147,7 +147,7 @@ def test_different_key_types_give_different_ciphertexts() -> None:
 
 
 def test_u_scheme_halves_use_the_a6_and_5a_scheme_variants() -> None:
-    # REFERENCE.md: U = left half under LMK' with byte 8 XOR A6, right half with byte 8 XOR 5A.
+    # docs/hsm.md §8, variant LMK: U = left half under LMK' with byte 8 XOR A6, right half with byte 8 XOR 5A.
     pair = bytearray(TEST_LMK.pair("06-07"))
     left_key, right_key = bytearray(pair), bytearray(pair)
     left_key[8] ^= 0xA6

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
+import io
 import json
 import os
 import signal
 import subprocess
+import struct
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from hsm_mock.cli import add_hsm_parser, config_from_args, run_hsm
 from hsm_mock.config import HsmConfig, build_config
 from hsm_mock.crypto import tdes_ecb_encrypt, to_hex
 from hsm_mock.service import Fault, FaultPlan, HsmServer, TokenBucket
+from waiting import eventually
 
 ND = b"ND007B44AC1DDEE2A94B1500-0023"
 CVK = "U9B4934384B19946B040CD702B4D58145"
@@ -37,6 +42,11 @@ ZPK_G0 = "U9D961F6AF1D24B38AB37B320022FF57D"
 
 def framed(payload: bytes) -> bytes:
     return len(payload).to_bytes(2, "big") + payload
+
+
+def unread_bytes(sock) -> int:
+    """Bytes the kernel holds for this socket that its owner has not read yet (FIONREAD)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 class Client:
@@ -154,11 +164,13 @@ async def test_many_clients_at_once() -> None:
 async def test_partial_reads_byte_by_byte() -> None:
     async with serve() as hsm:
         c = await Client.connect(hsm.port)
+        (conn,) = await eventually(lambda: list(hsm._connections), what="the HSM to accept the connection")
+        server_socket = conn.writer.get_extra_info("socket")
         data = framed(b"SLOWNC") + framed(b"0002B20003abc")
-        for i in range(len(data)):
+        for i in range(len(data)):  # each byte read by the HSM on its own before the next is sent
             c.writer.write(data[i : i + 1])
             await c.writer.drain()
-            await asyncio.sleep(0.002)
+            await eventually(lambda: unread_bytes(server_socket) == 0, what=f"the HSM to read byte {i + 1}")
         assert await c.recv() == b"SLOW" + ND
         assert await c.recv() == b"0002B300abc"
         await c.close()
@@ -198,12 +210,19 @@ async def test_parseable_frames_with_bad_fields_are_answered_15() -> None:
 
 
 async def test_latency_option() -> None:
-    async with serve(latency_ms=120.0) as hsm:
+    # every command waits 120 ms before its answer, but B2 (0 ms by command_latency_ms): sent
+    # after NC on the same connection, B2 is answered first, and NC's audit line counts its wait
+    audit = io.StringIO()
+    async with HsmServer(HsmConfig(port=0, latency_ms=120.0, command_latency_ms=(("B2", 0.0),)),
+                         audit=AuditLog(stream=audit)) as hsm:
         c = await Client.connect(hsm.port)
-        started = time.perf_counter()
-        assert await c.call(b"0000NC") == b"0000" + ND
-        assert time.perf_counter() - started >= 0.12
+        c.send(b"0000NC")
+        c.send(b"0001B20003abc")
+        await c.writer.drain()
+        assert [await c.recv(), await c.recv()] == [b"0001B300abc", b"0000" + ND]
         await c.close()
+    records = [json.loads(line) for line in audit.getvalue().splitlines()]
+    assert [(r["header"], r["command"], r["queue_ms"]) for r in records] == [("0001", "B2", 0.0), ("0000", "NC", 0.0)]
 
 
 def test_token_bucket_reservations() -> None:
@@ -215,17 +234,22 @@ def test_token_bucket_reservations() -> None:
 
 
 async def test_cps_cap_queues_commands() -> None:
-    async with serve(cps_max=20.0, cps_burst=1) as hsm:
+    audit = io.StringIO()
+    async with HsmServer(HsmConfig(port=0, cps_max=10.0, cps_burst=1), audit=AuditLog(stream=audit)) as hsm:
         c = await Client.connect(hsm.port)
-        started = time.perf_counter()
-        for i in range(6):
+        for i in range(5):
             c.send(f"{i:04d}NC".encode())
         await c.writer.drain()
-        answers = sorted([await c.recv() for _ in range(6)])
-        elapsed = time.perf_counter() - started
-        assert answers == [f"{i:04d}".encode() + ND for i in range(6)]
-        assert 0.25 - 0.02 <= elapsed < 1.5  # 1 token at once, then one per 50 ms
+        answers = [await c.recv() for _ in range(5)]
+        # 1 token at once, then one per 100 ms: answered in arrival order, none refused
+        assert answers == [f"{i:04d}".encode() + ND for i in range(5)]
+        assert hsm.counts["overload"] == 0
         await c.close()
+    # the first had its token at once; each of the others waited for a token after the one
+    # before it (the waits are the bucket's reservations: 100, 200, 300, 400 ms less the time
+    # the frames took to arrive)
+    waits = [json.loads(line)["queue_ms"] for line in audit.getvalue().splitlines()]
+    assert waits[0] == 0.0 and 0 < waits[1] and all(a < b for a, b in zip(waits[1:], waits[2:])), waits
 
 
 async def test_cps_cap_refuses_with_67_beyond_the_queue_bound_and_timeout() -> None:

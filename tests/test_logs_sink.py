@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import pytest
 import structlog
 
 from switch import logs
+from waiting import wait_until
 
 
 @pytest.fixture
@@ -41,9 +41,7 @@ def test_the_flusher_thread_writes_without_an_explicit_flush(tmp_path, restore_s
     logs.configure(data_dir=tmp_path, name="switch", stream=io.StringIO(), json_output=True, queued=True)
     structlog.get_logger().info("switch_listening", port=8583)
     path = tmp_path / "logs" / "switch.jsonl"
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and not path.read_text():
-        time.sleep(0.01)
+    wait_until(path.read_text, what="the flusher thread to write the line to switch.jsonl")
     assert [e["event"] for e in _events(path.read_text())] == ["switch_listening"]
 
 

@@ -3,7 +3,7 @@
 DE22 positions 1-2 `01` (key-entered) or `81` (e-commerce) are card-not-present. A mall
 merchant takes only those (card present or no DE22: 58); any other merchant takes none of
 them (57). Fee = floor(amount x 300 / 10000). Cashback as at any merchant of the mall
-merchant's district (DOMAIN.md publishes nothing mall-specific).
+merchant's district (docs/domain.md, "Merchant fees": nothing mall-specific is published).
 
 Base case, 2019-07-20 (policy 2019-04): a Namdong card buys 12,345 at MALL01, a Namdong
 250M mall merchant: fee floor(370.35) = 370 with no Namdong support (the same sale at a

@@ -2,13 +2,14 @@
 transaction; events tell exactly what the posting's entries say; repeats and duplicates of
 an ISO message never make a second event; no full PAN is ever in an event.
 
-Base case (DOMAIN.md worked example 1): the Namdong card buys 20,000 at NAMDONG01 on
+Base case (docs/domain.md, "Worked examples", 1): the Namdong card buys 20,000 at NAMDONG01 on
 2019-07-20: cashback 1,500 (national 800, city 400, Namdong 300), fee 100 paid by Namdong.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -25,6 +26,7 @@ from switch.ledger import Unit, commit_units, connect, ledger_id, open_store
 from switch.outbox import OutboxReader
 from terminal_sim.terminal import Terminal
 from test_cli import EUM
+from waiting import eventually, settled
 
 KST_LAUNCH = "2019-07-20T12:00:00.000000+09:00"
 
@@ -269,10 +271,17 @@ async def test_tail_follow_prints_events_as_they_commit(switch_env, tmp_path):
     proc = await asyncio.create_subprocess_exec(
         *EUM, "events", "tail", "--data-dir", str(env.data_dir), "--follow", "--after-seq", "2", "--count", "2",
         "--timeout", "30", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path)
-    await asyncio.sleep(0.5)  # following, with nothing new yet
+    # following, with nothing new yet: it has the ledger open and sleeps between polls
+    fds = Path(f"/proc/{proc.pid}/fd")
+
+    def polling_in_vain() -> bool:
+        opened = any(os.path.realpath(fd) == str(env.core.db_path.resolve()) for fd in fds.glob("*"))
+        return opened and Path(f"/proc/{proc.pid}/wchan").read_text() == "hrtimer_nanosleep"
+
+    await eventually(polling_in_vain, what="`eum events tail --follow` to poll the ledger and find nothing new")
     client, _, _, _, _ = await _bought(env)
     await client.close()
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    out, err = await settled(proc.communicate(), what="`eum events tail --follow --count 2` to print two events and exit")
     assert proc.returncode == 0, err
     assert [json.loads(x)["type"] for x in out.decode().splitlines()] == ["purchase", "cashback.credited"]
 

@@ -2,7 +2,7 @@
 
 The ledger is built once per module by driving a real switch (open_core + TCP terminals)
 over three KST days with a pinned clock, then read back by the report. Every expected
-figure is worked out below from the DOMAIN.md rules in force in July 2019:
+figure is worked out below from the docs/domain.md rules in force in July 2019:
 
   cashback (policy 2019-04): national 4 %, city 2 %, + district 1.5 % (Namdong card in
   Namdong), 4 % (Seo card in Seo-gu), 4 % (Yeonsu card in Yeonsu); no monthly cap

@@ -1,6 +1,6 @@
 """terminal_sim's DUKPT side in process: KSN counter, PIN blocks, MACs, repeats, persistence.
 
-Exact values, each cited (REFERENCE.md "Standard test vectors"):
+Exact values, each cited (docs/hsm.md, "Test vectors and their sources"):
 - ANSI X9.24-1 Annex A (TDES BDK 0123456789ABCDEFFEDCBA9876543210, KSN FFFF9876543210E00000,
   PIN 1234, PAN 4012345678909): the EPB and MAC columns of the table, counters E00001,
   E00002, E00012 and F00000; "Further counter-1 values": the X9.19 MACs over ASCII
