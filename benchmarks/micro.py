@@ -12,6 +12,8 @@ revisions have:
                           parse + handle, no I/O
   hsm.retail_mac_fresh_key_us  X9.19 MAC over 140 bytes under a key used once, as the HSM
                           and the terminals compute it for a DUKPT transaction
+  --hsm-auth-mix          instead of the above: the HSM's CPU per authorisation of the
+                          standard scenario's commands, key caches on and off (HSM_AUTH_MIX)
 Without --base: this tree only. With --base REV: REV is checked out into a temporary git
 worktree and each round measures base, then this tree, alternating; medians per side.
 Writes <out-dir>/<date>-<host>-micro.json.
@@ -98,13 +100,162 @@ def measure(tree: Path) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# ----------------------------------------------------------------------------- HSM: one authorisation's commands
+# Issue 10, item 4 (HSM lever): `python benchmarks/micro.py --hsm-auth-mix [--base REV] [--rounds 5]`.
+# The HSM's command handler (Hsm.parse + Hsm.handle, no I/O, no audit line) for the commands one
+# authorisation of the standard scenario sends (switch/security.py, switch/engine.py): GW mode 1
+# method 1 (verify the request's X9.19 MAC), on 1 purchase in 4 G0 (PIN block DUKPT → ZPK) and EC
+# (PVV check under the ZPK), then GW mode 4 method 2 (MAC the response). 32 terminals (the bench's
+# capacity run) under the X9.24-1 test BDK as the switch holds it, each transaction a fresh KSN
+# (the terminal's next counter), MAC inputs the size of codec_bench's 0200 and 0210. Every answer
+# is checked ("00"). CPU µs per authorisation = time.process_time() of the block / authorisations.
+# Variants in one process, alternated block by block: `cache_on` (the default Hsm) and
+# `cache_off` (Hsm(key_cache_size_max=0), the reference path); a tree without key caches
+# (--base before them) measures `default` only. The terminal-side precomputation shares
+# hsm_mock.dukpt's derivation memo, so that memo is cleared before the HSM sees any command.
+HSM_AUTH_MIX = r"""
+import inspect, json, statistics, sys, time
+from hsm_mock import cardverify, dukpt, pinblock
+from hsm_mock.commands import Hsm
+from hsm_mock.crypto import retail_mac_once, tdes_ecb_encrypt, tdes_ecb_encrypt_once
+from hsm_mock.lmk import TEST_LMK, encrypt_key_under_lmk
+from benchmarks.codec_bench import APPROVAL_0210, PURCHASE_0200
+from switch.codec import encode_fields, load_dialect
+from switch.security import TEST_KEYS_UNDER_TEST_LMK, initial_ksn
+
+rounds, block, terminals, warm = (int(a) for a in sys.argv[1:5])
+BDK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")  # X9.24-1 Annex A test BDK
+ZPK = bytes.fromhex("1C1C1C1C1C1C1C1C7A7A7A7A7A7A7A7A")
+PVK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
+dialect = load_dialect("default")
+request = encode_fields(PURCHASE_0200, dialect)[:-8]                         # MAC input: all but DE64
+response = encode_fields(dict(APPROVAL_0210, **{"64": "0" * 16}), dialect)[:-8]
+bdk = TEST_KEYS_UNDER_TEST_LMK["dukpt-tdes"].encode()
+zpk = encrypt_key_under_lmk(ZPK, "001", "U").encode()
+pvk = encrypt_key_under_lmk(PVK, "002", "U").encode()
+
+def luhn(digits):
+    total = 0
+    for i, c in enumerate(reversed(digits)):
+        d = int(c) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return str((10 - total % 10) % 10)
+
+variants = {"cache_on": {}, "cache_off": {"key_cache_size_max": 0}}
+if "key_cache_size_max" not in inspect.signature(Hsm).parameters:
+    variants = {"default": {}}
+count = warm * len(variants) + rounds * block * len(variants)
+ksns = [bytes.fromhex(initial_ksn("dukpt-tdes", d)) for d in range(terminals)]
+auths = []
+for n in range(count):
+    d = n % terminals
+    ksns[d] = dukpt.tdes_next_ksn(ksns[d])
+    ksn = ksns[d].hex().upper().encode()
+    key = dukpt.tdes_transaction_key(BDK, ksns[d])
+    mac = retail_mac_once(dukpt.tdes_mac_request_key(key), request).hex().upper().encode()
+    cmds = [b"0001GW11" + bdk + b"A05" + ksn + mac + b"%04d" % len(request) + request]
+    if n % 4 == 0:  # the standard scenario: 1 purchase in 4 with an online PIN
+        pan = "9410100000" + "%05d" % (n % 100000)
+        account = (pan + luhn(pan))[:-1][-12:]
+        clear = pinblock.encode_iso0("1234", account=account)
+        epb = tdes_ecb_encrypt_once(dukpt.tdes_pin_key(key), clear).hex().upper().encode()
+        cmds.append(b"0002G0" + bdk + zpk + b"A05" + ksn + epb + b"0101" + account.encode())
+        zpb = tdes_ecb_encrypt(ZPK, clear).hex().upper().encode()
+        pvv = cardverify.visa_pvv(PVK, account, "1", "1234", check_digit_included=False).encode()
+        cmds.append(b"0003EC" + zpk + pvk + zpb + b"01" + account.encode() + b"1" + pvv)
+    cmds.append(b"0004GW42" + bdk + b"A05" + ksn + b"%04d" % len(response) + response)
+    auths.append(cmds)
+for memo in ("_tdes_future_key", "_tdes_ipek"):  # the terminal side's derivations are not the HSM's
+    getattr(getattr(dukpt, memo, None), "cache_clear", lambda: None)()
+
+hsms = {name: Hsm(TEST_LMK, **kw) for name, kw in variants.items()}
+
+def run(hsm, part):
+    answers = []
+    for cmds in part:
+        for payload in cmds:
+            error, body, _ = hsm.handle(hsm.parse(payload))
+            if error != "00":
+                raise SystemExit(f"{payload[4:6]!r} answered {error}")
+            answers.append(body)
+    return answers
+
+pos = 0
+for hsm in hsms.values():  # warm-up: fills the caches' steady state (previous KSNs of each terminal)
+    run(hsm, auths[pos:pos + warm])
+    pos += warm
+# The variants give byte-identical answers (the same commands, answered by each).
+same = [run(hsm, auths[:8]) for hsm in hsms.values()]
+assert all(s == same[0] for s in same), "variants disagree"
+cpu = {name: [] for name in hsms}
+names = list(hsms)
+for r in range(rounds):
+    for name in (names if r % 2 == 0 else names[::-1]):  # alternate the order
+        part = auths[pos:pos + block]
+        pos += block
+        t0 = time.process_time()
+        run(hsms[name], part)
+        cpu[name].append(round((time.process_time() - t0) / len(part) * 1e6, 2))
+print(json.dumps({name: round(statistics.median(v), 2) for name, v in cpu.items()} | {"runs": cpu}))
+"""
+
+
+def hsm_auth_mix(tree: Path, *, rounds: int, block: int = 400, terminals: int = 32, warm: int = 128) -> dict:
+    """One process in `tree`: CPU µs per authorisation of each variant (median of its blocks)."""
+    done = subprocess.run([sys.executable, "-c", HSM_AUTH_MIX, str(rounds), str(block), str(terminals), str(warm)],
+                          cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True,
+                          timeout=1200)
+    if done.returncode != 0:
+        raise SystemExit(f"hsm auth mix in {tree} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def hsm_auth_mix_main(args: argparse.Namespace) -> int:
+    """--hsm-auth-mix: this tree's cache_on/cache_off alternated in one process per round; with
+    --base, the base tree's process runs before this tree's in each round. Medians of rounds."""
+    from benchmarks.ab import worktree
+    from benchmarks.bench import describe_machine
+
+    per_round: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="eum-micro-hsm-") as tmp:
+        trees = {"head": ROOT}
+        if args.base:
+            trees = {"base": worktree(args.base, Path(tmp)), "head": ROOT}
+        try:
+            for _ in range(args.rounds):
+                for side, tree in trees.items():
+                    r = hsm_auth_mix(tree, rounds=5)
+                    per_round.setdefault(side, []).append(r)
+                    print(side, json.dumps({k: v for k, v in r.items() if k != "runs"}), flush=True)
+        finally:
+            if args.base:
+                subprocess.run(["git", "worktree", "remove", "--force", str(trees["base"])], cwd=ROOT, check=False)
+    median = {f"{side}.{k}": round(statistics.median(r[k] for r in rs), 2)
+              for side, rs in per_round.items() for k in rs[0] if k != "runs"}
+    ratios = {"head.cache_on/head.cache_off": round(median["head.cache_on"] / median["head.cache_off"], 3)}
+    if "base.default" in median:
+        ratios["head.cache_on/base.default"] = round(median["head.cache_on"] / median["base.default"], 3)
+    result = {"machine": describe_machine(), "what": "hsm.auth_mix_cpu_us (HSM command handler, CPU µs per "
+              "authorisation: GW verify + 1/4 (G0 + EC) + GW generate)", "base": args.base, "rounds": args.rounds,
+              "median": median, "ratio": ratios, "runs": per_round}
+    out = Path(args.out_dir) / f"{date.today().isoformat()}-{socket.gethostname()}-micro-hsm-auth.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"median": median, "ratio": ratios}, indent=2))
+    print(f"written: {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", help="git revision to compare with, in the same run")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--hsm-auth-mix", action="store_true", help="only the HSM authorisation mix (key caches on/off)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    if args.hsm_auth_mix:
+        return hsm_auth_mix_main(args)
     from benchmarks.ab import worktree
     from benchmarks.bench import describe_machine
 

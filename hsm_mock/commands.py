@@ -23,6 +23,12 @@ error (10/11) the HSM checks whether the key decrypts with good parity under ano
 and then answers 29 (key function not permitted) — explicit key-type separation, computed only
 on the error path. The audit event carries the command, key check values (6H, on the clear
 keys) and non-secret parameters: never a key, PIN, PAN or PIN block.
+
+Key caches (hsm_mock/keycache.py, docs/hsm.md §6): a key under the LMK is decrypted once and
+kept (with its check value) keyed by its ciphertext and key type, and a DUKPT transaction key
+is derived once per (BDK under the LMK, KSN), so the request-MAC check (GW), the PIN
+translation (G0) and the response MAC (GW) of one transaction share it. Bounded by count,
+in memory only; `key_cache_size_max=0` runs every command from scratch (the reference path).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from hsm_mock import cardverify, dukpt, pinblock
@@ -47,9 +54,11 @@ from hsm_mock.crypto import (
     retail_mac_once,
     tdes_cbc_encrypt,
     tdes_ecb_decrypt,
+    tdes_ecb_decrypt_once,
     tdes_ecb_encrypt,
     to_hex,
 )
+from hsm_mock.keycache import KEY_CACHE_SIZE_MAX, KeyCache
 from hsm_mock.lmk import (
     KEY_TYPES,
     LMK_CODES,
@@ -84,7 +93,7 @@ PIN_KEY_TYPES = (ZPK, TPK)
 PIN_BLOCK_HEX = {0: 16, 1: 16, 3: 16, 4: 32}  # ISO format → encrypted block length in hex digits
 PAN_BOUND_FORMATS = (0, 3, 4)  # formats that bind the PIN to the PAN (PCI: never translate to 1)
 ISO4 = 4
-PIN_UNDER_LMK_PAIR = "02-03"  # our PIN-under-LMK encoding (docs/hsm.md, BA/DG/DE)
+PIN_UNDER_LMK_PAIR = "02-03"  # our PIN-under-LMK encoding (docs/hsm.md, "Card issuance": BA/DG/DE)
 KSN_TDES_HEX_MAX = 20
 KSN_AES_HEX = 24
 MAC_SIZES = {"0": 4, "1": 8, "2": 16}  # MAC size flag → bytes (8H, 16H, 32H)
@@ -103,8 +112,12 @@ class Audit:
     def __init__(self, event: dict[str, Any]) -> None:
         self.event = event
 
-    def kcv(self, role: str, clear: bytes, *, aes: bool = False) -> None:
+    def kcv(self, role: str, clear: bytes, *, aes: bool = False) -> str:
         check = aes_key_check_value(clear) if aes else key_check_value(clear)
+        self.event.setdefault("kcv", {})[role] = check
+        return check
+
+    def kcv_known(self, role: str, check: str) -> None:
         self.event.setdefault("kcv", {})[role] = check
 
     def note(self, **values: Any) -> None:
@@ -136,8 +149,10 @@ class _DukptMacRequest:
 
 
 class Hsm:
-    """The command processor: one per HSM process, shared by every connection (stateless
-    between commands, so concurrent use from one event loop is safe)."""
+    """The command processor: one per HSM process, shared by every connection. Between
+    commands it keeps only its key caches (a pure function of the LMK and the inputs, so a
+    hit answers exactly as a miss would); concurrent use from one event loop is safe.
+    `key_cache_size_max`: entries per cache (docs/hsm.md §6); 0 = no cache."""
 
     def __init__(
         self,
@@ -149,9 +164,15 @@ class Hsm:
         disabled_commands: frozenset[str] = frozenset(),
         tcp_sockets: int = 64,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        key_cache_size_max: int = KEY_CACHE_SIZE_MAX,
     ) -> None:
         if not 0 <= header_length <= 255:
             raise ValueError("header_length must be 0..255")
+        if key_cache_size_max < 0:
+            raise ValueError("key_cache_size_max must be ≥ 0 (0: no key cache)")
+        # Keys under the LMK → (clear, KCV); (BDK under the LMK, KSN) → DUKPT key. None: off.
+        self._lmk_keys = KeyCache(key_cache_size_max) if key_cache_size_max else None
+        self._dukpt_keys = KeyCache(key_cache_size_max) if key_cache_size_max else None
         self.lmk = lmk
         self.firmware = firmware
         self.lmk_check_value = lmk.check_value(convention=lmk_check_convention)
@@ -232,25 +253,69 @@ class Hsm:
     # ------------------------------------------------------------------------- keys
 
     def _tdes(self, text: str, key_type: str, role: str, audit: Audit, *, parity: str = "10") -> bytes:
-        """A DES/TDES key under the LMK as the command's key type, parity checked."""
+        """A DES/TDES key under the LMK as the command's key type, parity checked. Cached by
+        (key type, ciphertext) once it decrypted with good parity (errors are never cached:
+        the parity code, 10 or 11, only matters on the error path)."""
+        cache = self._lmk_keys
+        if cache is not None:
+            hit = cache.get(("T", key_type, text))
+            if hit is not None:
+                audit.kcv_known(role, hit[1])
+                return hit[0]
         try:
             clear = decrypt_key_under_lmk(text, key_type, lmk=self.lmk, parity_error_code=parity)
         except KeyParityError:
             if self._decrypts_as_other_type(text, key_type):
                 raise HsmCryptoError(f"{role}: key of another key type", code="29") from None
             raise
-        audit.kcv(role, clear)
+        check = audit.kcv(role, clear)
+        if cache is not None:
+            cache.put(("T", key_type, text), (clear, check))
         return clear
 
     def _aes(self, text: str, key_type: str, role: str, audit: Audit) -> bytes:
         """An AES key under the variant LMK (our convention: scheme U = AES-128, T = AES-192,
         no parity); the command decides that the field holds an AES key."""
+        cache = self._lmk_keys
+        if cache is not None:
+            hit = cache.get(("A", key_type, text))
+            if hit is not None:
+                audit.kcv_known(role, hit[1])
+                return hit[0]
         scheme, _ = split_key(text)
         if scheme not in ("U", "T"):
             raise HsmCryptoError(f"{role}: AES keys travel in key scheme U or T", code="26")
         clear = decrypt_key_under_lmk(text, key_type, lmk=self.lmk, check_key_parity=False)
-        audit.kcv(role, clear, aes=True)
+        check = audit.kcv(role, clear, aes=True)
+        if cache is not None:
+            cache.put(("A", key_type, text), (clear, check))
         return clear
+
+    def _tdes_transaction_key(self, bdk_text: str, bdk: bytes, ksn: str) -> bytes:
+        """The TDES DUKPT transaction key of `ksn` (20H) under the clear BDK whose ciphertext
+        under the LMK is `bdk_text`: derived once per (BDK under the LMK, KSN)."""
+        cache = self._dukpt_keys
+        if cache is None:
+            return dukpt.tdes_transaction_key(bdk, ksn)
+        slot = ("T", bdk_text, ksn.upper())
+        key = cache.get(slot)
+        if key is None:
+            key = dukpt.tdes_transaction_key(bdk, ksn)
+            cache.put(slot, key)
+        return key
+
+    def _aes_working_key(self, bdk_text: str, bdk: bytes, ksn: str, usage: dukpt.AesUsage) -> bytes:
+        """An AES DUKPT working key (AES-128) of `ksn` (24H): the KSN's derivation key is
+        derived once per (BDK under the LMK, KSN), each working key is one AES block from it."""
+        cache = self._dukpt_keys
+        if cache is None:
+            return dukpt.aes_transaction_key(bdk, ksn, usage)
+        slot = ("A", bdk_text, ksn.upper())
+        derivation = cache.get(slot)
+        if derivation is None:
+            derivation = dukpt.aes_derivation_key(dukpt.aes_initial_key(bdk, ksn), ksn)
+            cache.put(slot, derivation)
+        return dukpt.aes_working_key(derivation, ksn, usage)
 
     def _decrypts_as_other_type(self, text: str, key_type: str) -> bool:
         # Only for double/triple-length keys: a random 8-byte block has odd parity 1 time in
@@ -481,8 +546,8 @@ class Hsm:
         if len(bdk) != 16:
             raise HsmCryptoError("TDES DUKPT needs a double-length BDK", code="27")
         zpk = self._tdes(zpk_text, ZPK, "zpk", audit, parity="11")
-        pin_key = dukpt.tdes_working_key(bdk, ksn, dukpt.TdesUsage.PIN)
-        pin = pinblock.parse_pin_block(src, tdes_ecb_decrypt(pin_key, bytes.fromhex(block)), account=account)
+        pin_key = dukpt.tdes_pin_key(self._tdes_transaction_key(bdk_text, bdk, ksn))
+        pin = pinblock.parse_pin_block(src, tdes_ecb_decrypt_once(pin_key, bytes.fromhex(block)), account=account)
         audit.note(formats=f"{_code(src)}>{_code(dst)}", ksn_counter=dukpt.tdes_ksn_counter(ksn))
         return OK, f"{len(pin):02d}" + self._encrypt_pin(zpk, pin, dst, account, None) + _code(dst)
 
@@ -507,7 +572,7 @@ class Hsm:
             raise HsmCryptoError("PCI: a PAN-bound PIN block may not become ISO format 1", code="23")
         bdk = self._aes(bdk_text, BDK, "bdk", audit)
         zpk = self._pin_key(zpk_text, ZPK, "zpk", dst, audit, parity="11")
-        pin_key = dukpt.aes_transaction_key(bdk, ksn, dukpt.AesUsage.PIN_ENCRYPTION)
+        pin_key = self._aes_working_key(bdk_text, bdk, ksn, dukpt.AesUsage.PIN_ENCRYPTION)
         pin = pinblock.decipher_iso4(pin_key, bytes.fromhex(block), pan)
         audit.note(formats=f"48>{_code(dst)}", ksn_counter=dukpt.aes_ksn_counter(ksn))
         return OK, f"{len(pin):02d}" + self._encrypt_pin(zpk, pin, dst, account, pan) + _code(dst)
@@ -878,8 +943,9 @@ class Hsm:
         bdk = self._tdes(req.bdk, BDK, "bdk", audit)
         if len(bdk) != 16:
             raise HsmCryptoError("TDES DUKPT needs a double-length BDK", code="27")
-        usage = dukpt.TdesUsage.MAC_REQUEST if req.variant == "1" else dukpt.TdesUsage.MAC_RESPONSE
-        mac = retail_mac_once(dukpt.tdes_working_key(bdk, req.ksn, usage), req.message)  # a key used once
+        transaction_key = self._tdes_transaction_key(req.bdk, bdk, req.ksn)
+        variant = dukpt.tdes_mac_request_key if req.variant == "1" else dukpt.tdes_mac_response_key
+        mac = retail_mac_once(variant(transaction_key), req.message)  # a key used once
         part = {"1": mac, "4": mac, "2": mac[:4], "5": mac[:4], "3": mac[4:], "6": mac[4:]}[req.mode]
         audit.note(mode=req.mode, method=req.variant, ksn_counter=dukpt.tdes_ksn_counter(req.ksn))
         if req.mode in "456":
@@ -907,7 +973,7 @@ class Hsm:
         direction, size_flag = req.variant
         bdk = self._aes(req.bdk, BDK, "bdk", audit)
         usage = dukpt.AES_MAC_REQUEST_USAGE if direction == "0" else dukpt.AES_MAC_RESPONSE_USAGE
-        key = dukpt.aes_transaction_key(bdk, req.ksn, usage)
+        key = self._aes_working_key(req.bdk, bdk, req.ksn, usage)
         mac = to_hex(aes_cmac(key, req.message, length=MAC_SIZES[size_flag]))
         audit.note(mode=req.mode, direction=direction, ksn_counter=dukpt.aes_ksn_counter(req.ksn))
         if req.mode == "4":
@@ -981,6 +1047,7 @@ def _alternatives(r: FieldReader, parse: Callable[[int], Any], *, lengths: tuple
     raise first
 
 
+@lru_cache(maxsize=256)  # a handful of descriptors in use; parsed twice per GW/G0 otherwise
 def _descriptor_length(descriptor: str) -> int:
     """KSN descriptor 3H: key set ID length, sub-key length, device ID length (hex digits);
     the KSN those describe has them plus 5 hex digits for the counter."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from hsm_mock.keycache import KEY_CACHE_SIZE_MAX
 from switch.config import parse_hostport  # one HOST:PORT rule for every command
 
 DEFAULT_PORT = 1500
@@ -63,6 +64,7 @@ class HsmConfig:
     idle_timeout_s: float = 600.0          # a silent connection is closed
     write_buffer_max: int = 1 << 20        # bytes queued to a peer that does not read; then reads pause
     shutdown_grace_s: float = 5.0
+    key_cache_size_max: int = KEY_CACHE_SIZE_MAX  # entries per key cache, in memory only (docs/hsm.md §6); 0 = off
     log_dir: Path | None = None            # audit log file <log_dir>/hsm-audit.jsonl
 
     def __post_init__(self) -> None:
@@ -86,6 +88,8 @@ class HsmConfig:
             raise ValueError("connections_max and in_flight_max must be ≥ 1")
         if not 16 <= self.frame_size_max <= 65_535:
             raise ValueError("frame_size_max must fit the 2-byte length prefix")
+        if self.key_cache_size_max < 0:
+            raise ValueError("key_cache_size_max must be ≥ 0 (0: no key cache)")
         if self.idle_timeout_s <= 0 or self.shutdown_grace_s < 0:
             raise ValueError("idle_timeout_s must be > 0, shutdown_grace_s ≥ 0")
 

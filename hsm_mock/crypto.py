@@ -3,7 +3,7 @@
 Pure functions, bytes in and bytes out, on the `cryptography` package only. No I/O, no
 logging; nothing here ever puts a key, PIN or data value into an exception message.
 
-Hot-path notes (REFERENCE.md, "Measured ceilings"): building a `Cipher` and a context costs
+Hot-path notes (docs/performance.md, "Crypto costs on this machine kind"): building a `Cipher` and a context costs
 about 4 µs, an update on a reused context about 0.4 µs. ECB is stateless, so one encryptor
 and one decryptor context per key can serve any number of block-aligned `update()` calls and
 are never finalised. They are cached per key *and per thread* (contexts are not thread-safe),
@@ -33,6 +33,12 @@ MAC_PADDINGS = (0, 1, 2, 3)  # 0 = none (data must be block-aligned), then ISO/I
 
 ZERO_BLOCK_DES = bytes(DES_BLOCK_SIZE)
 ZERO_BLOCK_AES = bytes(AES_BLOCK_SIZE)
+
+# Mode objects hold no key and no state (CBC only its IV), so one instance serves every Cipher:
+# building `modes.ECB()` / `modes.CBC(iv)` costs about as much as the rest of a one-shot
+# Cipher's set-up (docs/performance.md, "Issue 10 levers").
+_ECB = modes.ECB()
+_CBC_ZERO = {DES_BLOCK_SIZE: modes.CBC(ZERO_BLOCK_DES), AES_BLOCK_SIZE: modes.CBC(ZERO_BLOCK_AES)}
 
 
 class HsmCryptoError(ValueError):
@@ -148,14 +154,14 @@ class _Contexts:
     def __init__(self, algorithm: algorithms.AES | TripleDES, block: int) -> None:
         self._algorithm = algorithm
         self._block = block
-        ecb = Cipher(algorithm, modes.ECB())
+        ecb = Cipher(algorithm, _ECB)
         self.ecb_encryptor = ecb.encryptor()
         self.ecb_decryptor = ecb.decryptor()
         self._cbc_enc = self._cbc_dec = None
         self._enc_state = self._dec_state = bytes(block)
 
     def _cbc(self) -> Cipher:
-        return Cipher(self._algorithm, modes.CBC(bytes(self._block)))
+        return Cipher(self._algorithm, _CBC_ZERO[self._block])
 
     def cbc_encrypt(self, data: bytes, iv: bytes) -> bytes:
         if not data:
@@ -216,8 +222,15 @@ def tdes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
 def tdes_ecb_encrypt_once(key: bytes, data: bytes) -> bytes:
     """TDES-ECB for a key used once (DUKPT intermediates): no cache, so hot keys stay cached."""
     _aligned(data, DES_BLOCK_SIZE, "TDES data")
-    enc = Cipher(TripleDES(expand_tdes_key(key)), modes.ECB()).encryptor()
+    enc = Cipher(TripleDES(expand_tdes_key(key)), _ECB).encryptor()
     return enc.update(data) + enc.finalize()
+
+
+def tdes_ecb_decrypt_once(key: bytes, data: bytes) -> bytes:
+    """TDES-ECB decryption for a key used once (a DUKPT PIN key): no cache, one context."""
+    _aligned(data, DES_BLOCK_SIZE, "TDES data")
+    dec = Cipher(TripleDES(expand_tdes_key(key)), _ECB).decryptor()
+    return dec.update(data) + dec.finalize()
 
 
 def tdes_cbc_encrypt(key: bytes, data: bytes, *, iv: bytes = ZERO_BLOCK_DES) -> bytes:
@@ -256,7 +269,7 @@ def aes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
 def aes_ecb_encrypt_once(key: bytes, data: bytes) -> bytes:
     """AES-ECB for a key used once (AES DUKPT intermediates): bypasses the context cache."""
     _aligned(data, AES_BLOCK_SIZE, "AES data")
-    enc = Cipher(algorithms.AES(_aes_key(key)), modes.ECB()).encryptor()
+    enc = Cipher(algorithms.AES(_aes_key(key)), _ECB).encryptor()
     return enc.update(data) + enc.finalize()
 
 
@@ -364,10 +377,10 @@ def retail_mac_once(key: bytes, data: bytes, *, length: int = DES_BLOCK_SIZE) ->
     padded = pad_iso9797(data, 1)
     chained = ZERO_BLOCK_DES
     if len(padded) > DES_BLOCK_SIZE:
-        cbc = Cipher(TripleDES(bytes(key[:8]) * 3), modes.CBC(ZERO_BLOCK_DES)).encryptor()
+        cbc = Cipher(TripleDES(bytes(key[:8]) * 3), _CBC_ZERO[DES_BLOCK_SIZE]).encryptor()
         chained = cbc.update(padded[:-DES_BLOCK_SIZE])[-DES_BLOCK_SIZE:]
     last = xor(padded[-DES_BLOCK_SIZE:], chained)
-    ede = Cipher(TripleDES(bytes(key) + bytes(key[:8])), modes.ECB()).encryptor()
+    ede = Cipher(TripleDES(bytes(key) + bytes(key[:8])), _ECB).encryptor()
     return ede.update(last)[:length]
 
 

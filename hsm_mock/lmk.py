@@ -1,7 +1,7 @@
 """The variant LMK of a Thales payShield (9000/10K, variant mode) and keys under it.
 
-Sources: REFERENCE.md "Thales payShield 9000/10K host protocol" (key type codes, variants,
-key schemes, the public test LMK) and the ThalesSim / thalessimulatorlibrary code and its
+Sources: docs/hsm.md, "payShield host protocol: sources" (key type codes, variants, key
+schemes, the public test LMK) and the ThalesSim / thalessimulatorlibrary code and its
 published test vectors (tests/test_hsm_lmk.py reproduces them).
 
 The default LMK is Thales' public *test* LMK set (pairs 00-01 … 38-39, below). It is printed
@@ -39,8 +39,8 @@ LMK check value (NC): the algorithm of a real payShield is not published. Defaul
 gives 7B44AC1DDEE2A94B, the value every ThalesSim-based simulator returns in
 `0000ND007B44AC1DDEE2A94B0007-E000`, so tools written against those simulators see the
 value they expect. Convention "kcv": the 6-digit check value of pair 00-01 padded with ten
-zeros (7D22270000000000), the shape a real payShield answers with (REFERENCE.md quotes
-5D67270000000000). Both are deterministic, so HSMs sharing an LMK agree.
+zeros (7D22270000000000), the shape a real payShield answers with (docs/hsm.md §8
+quotes 5D67270000000000). Both are deterministic, so HSMs sharing an LMK agree.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from hsm_mock.crypto import (
 LMK_PAIR_COUNT = 20
 LMK_PAIR_NAMES = tuple(f"{2 * i:02d}-{2 * i + 1:02d}" for i in range(LMK_PAIR_COUNT))
 
-# Thales' public test LMK set, pairs 00-01 … 38-39 (REFERENCE.md; ThalesSim LMKStorage).
+# Thales' public test LMK set, pairs 00-01 … 38-39 (docs/hsm.md §3; ThalesSim LMKStorage).
 TEST_LMK_HEX = (
     "01010101010101017902CD1FD36EF8BA",
     "20202020202020203131313131313131",

@@ -33,7 +33,8 @@ ISO4_PAN_LENGTH_MAX = 19  # the M nibble covers 12..19 digits
 FORMATS_TDES = (0, 1, 3)
 FORMAT_AES = 4
 
-# Thales PIN block format codes (REFERENCE.md "Thales PIN block codes"); 48 is ours for ISO-4.
+# Thales PIN block format codes (docs/hsm.md §8, "payShield host protocol: sources"); 48 is
+# ours for ISO-4.
 THALES_FORMAT_CODES = {"01": 0, "05": 1, "47": 3, "48": 4}
 
 _HEX = "0123456789ABCDEF"

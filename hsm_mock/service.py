@@ -150,6 +150,7 @@ class HsmServer:
             header_length=config.header_length,
             disabled_commands=config.disabled_commands,
             tcp_sockets=config.connections_max,
+            key_cache_size_max=config.key_cache_size_max,
         )
         assert self.hsm.header_length == config.header_length, "Hsm and config disagree on the header length"
         self.audit = audit if audit is not None else AuditLog(config.audit_path)
