@@ -28,8 +28,27 @@ Wire contract (docs/host-interface.md; the switch implements the other side):
       8 bytes. The response carries a MAC made the same way with the response key of the
       request's KSN (TDES MAC-response variant; AES usage 2001).
 
+Key registers (the terminal algorithm of ANSI X9.24-1:2009 Annex A, "Future Key Registers";
+its AES form in X9.24-3:2017, the intermediate derivation key registers). Register i holds the
+key of the next counter whose lowest one-bit is bit i: TDES, that counter's transaction key;
+AES, its intermediate derivation key. A transaction takes the key of its counter's lowest
+one-bit register and erases it, then ("New Key") generates, from that key, the keys of the
+counters it leads to (the counter with each lower bit set) into the lower registers, unless
+the counter already has the most one-bits a terminal uses (10 TDES, 16 AES; such counters are
+skipped, as `next_ksn` does). So a transaction costs one batch of derivations from one key
+(TDES: two single-DES contexts, the halves of the non-reversible key generation; AES: one
+AES context, which also gives the working keys) instead of walking every set counter bit from
+the initial key. The walk from the initial key (`_derive`, the host's derivation in
+hsm_mock.dukpt) stays as the reference: tests/test_future_keys.py checks the registers
+against it, and it serves a KSN whose keys are no longer at hand (a repeat after more than
+KEY_CACHE_SIZE_MAX transactions, a restored terminal's last KSN).
+
 Nothing here logs, and no exception message carries a key, PIN or PIN block. The state
 (`to_state`) is the profile, the key set name and the KSNs: all public on the wire anyway.
+The registers are never part of it: they hold at most 21 (TDES) / 32 (AES) keys per terminal,
+in memory only, and a terminal restored with `from_state` rebuilds them from its initial key
+at its saved counter, as the simulator always re-derives the initial key itself (test key set:
+from the public test BDK; generated: from the KIF's ZMK components).
 """
 
 from __future__ import annotations
@@ -37,11 +56,12 @@ from __future__ import annotations
 import hmac
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from hsm_mock import dukpt, pinblock
-from hsm_mock.crypto import (HsmCryptoError, aes_cmac, aes_key_check_value, combine_components, key_check_value,
-                             mac_iso9797_alg3, retail_mac_once, tdes_ecb_encrypt_once)
+from hsm_mock.crypto import (HsmCryptoError, aes_cmac, aes_ecb_encrypt_once, aes_key_check_value, combine_components,
+                             key_check_value, mac_iso9797_alg3, retail_mac_once, tdes_ecb_encrypt_once)
 from hsm_mock.lmk import decrypt_key_under_kek
 
 from .terminal import REPEAT_MTI
@@ -54,7 +74,7 @@ PROFILES = (PROFILE_NONE, PROFILE_MAC, PROFILE_TDES, PROFILE_AES)
 DUKPT_PROFILES = (PROFILE_TDES, PROFILE_AES)
 KEY_SETS = ("test", "generated")
 
-# The certification key set: published test BDKs (REFERENCE.md "Standard test vectors").
+# The certification key set: published test BDKs (docs/hsm.md, "Test vectors and their sources").
 TEST_BDKS = {
     PROFILE_TDES: bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"),  # ANSI X9.24-1 Annex A
     PROFILE_AES: bytes.fromhex("FEDCBA9876543210F1F1F1F1F1F1F1F1"),  # ANSI X9.24-3 Annex B
@@ -65,6 +85,11 @@ KSN_HEX_SIZE = {PROFILE_TDES: 2 * dukpt.TDES_KSN_SIZE, PROFILE_AES: 2 * dukpt.AE
 MAC_SIZE = 8
 MAC_PLACEHOLDER = "00" * MAC_SIZE
 KEY_CACHE_SIZE_MAX = 8  # KSNs whose working keys stay derived (the current one and a few repeats)
+# Key registers per terminal (X9.24-1 "Future Key Registers": one per counter bit; X9.24-3 likewise)
+# and the most one-bits a counter the terminal uses may have.
+KEY_REGISTERS = {PROFILE_TDES: dukpt.TDES_COUNTER_BITS, PROFILE_AES: dukpt.AES_COUNTER_BITS}  # 21 / 32 keys at most
+COUNTER_ONE_BITS_MAX = {PROFILE_TDES: dukpt.TDES_COUNTER_ONE_BITS_MAX, PROFILE_AES: dukpt.AES_COUNTER_ONE_BITS_MAX}
+COUNTER_MAX = {PROFILE_TDES: dukpt.TDES_COUNTER_MASK, PROFILE_AES: (1 << dukpt.AES_COUNTER_BITS) - 1}
 SENT_REMEMBERED_MAX = 64  # originals whose KSN and PIN block a repeat may still need
 
 ORIGINAL_MTI = {repeat: original for original, repeat in REPEAT_MTI.items()}
@@ -94,11 +119,18 @@ class SecurityConfig:
             raise SecurityError("initial KSN must have transaction counter 0")
 
 
-@dataclass(frozen=True, repr=False)
 class _WorkingKeys:
-    pin: bytes
-    mac_request: bytes
-    mac_response: bytes
+    """One KSN's working keys. No repr of its values (no key in any log or error)."""
+
+    __slots__ = ("pin", "mac_request", "mac_response")
+
+    def __init__(self, pin: bytes, mac_request: bytes, mac_response: bytes) -> None:
+        self.pin = pin
+        self.mac_request = mac_request
+        self.mac_response = mac_response
+
+    def __repr__(self) -> str:
+        return "_WorkingKeys(...)"
 
 
 @dataclass(frozen=True, repr=False)
@@ -132,6 +164,156 @@ def _device(profile: str, ksn: str) -> str:
     return ksn[: 2 * dukpt.AES_IKID_SIZE]
 
 
+def _next_counter(profile: str, counter: int) -> int | None:
+    """The counter after `counter` that a terminal uses (dukpt.tdes_next_ksn / aes_next_ksn on
+    integers: + 1, then skip counters with too many one-bits by adding their lowest one-bit),
+    or None when the counter is spent."""
+    limit, ones = COUNTER_MAX[profile], COUNTER_ONE_BITS_MAX[profile]
+    counter += 1
+    while counter <= limit and counter.bit_count() > ones:
+        counter += counter & -counter
+    return counter if counter <= limit else None
+
+
+# ----------------------------------------------------------------------------- key registers
+
+_TDES_BDK_MASK = int.from_bytes(bytes.fromhex("C0C0C0C000000000C0C0C0C000000000"), "big")  # X9.24-1 key mask
+_TDES_VARIANTS = tuple(int.from_bytes(bytes.fromhex(v), "big") for v in (  # X9.24-1:2009 Table 3
+    "00000000000000FF00000000000000FF",  # PIN
+    "000000000000FF00000000000000FF00",  # MAC request
+    "00000000FF00000000000000FF000000",  # MAC response
+))
+_LOW64 = (1 << 64) - 1
+
+
+def _tdes_future_keys(key: bytes, registers: list[int]) -> list[bytes]:
+    """X9.24-1 non-reversible key generation of `key` for each KSN register value (the KSN's
+    rightmost 64 bits, counter included), in one batch: every right half is DES under the
+    key's left half, every left half DES under the left half of key XOR C0C0C0C0 00000000
+    C0C0C0C0 00000000, so two single-DES contexts serve any number of registers."""
+    k = int.from_bytes(key, "big")
+    km = k ^ _TDES_BDK_MASK
+    right, right_m = k & _LOW64, km & _LOW64
+    plain = b"".join((reg ^ right).to_bytes(8, "big") for reg in registers)
+    plain_m = b"".join((reg ^ right_m).to_bytes(8, "big") for reg in registers)
+    crypt = tdes_ecb_encrypt_once((k >> 64).to_bytes(8, "big"), plain)
+    crypt_m = tdes_ecb_encrypt_once((km >> 64).to_bytes(8, "big"), plain_m)
+    out = []
+    for i in range(0, 8 * len(registers), 8):
+        new_left = int.from_bytes(crypt_m[i:i + 8], "big") ^ right_m
+        new_right = int.from_bytes(crypt[i:i + 8], "big") ^ right
+        out.append(((new_left << 64) | new_right).to_bytes(16, "big"))
+    return out
+
+
+@lru_cache(maxsize=16)  # a handful of (usage, key type) pairs; no key material
+def _aes_data_head(usage: dukpt.AesUsage, key_type: dukpt.AesKeyType) -> bytes:
+    """The first 8 bytes of X9.24-3 derivation data (version, block counter 01, usage,
+    algorithm, length), as hsm_mock.dukpt builds them."""
+    return dukpt.aes_derivation_data(usage, key_type, bytes(dukpt.AES_IKID_SIZE), 0)[:8]
+
+
+_AES_WORKING_USAGES = (dukpt.AesUsage.PIN_ENCRYPTION, dukpt.AES_MAC_REQUEST_USAGE, dukpt.AES_MAC_RESPONSE_USAGE)
+
+
+def _aes_keys(key: bytes, ikid: bytes, counter: int | None, future: list[int]) -> list[bytes]:
+    """From an intermediate derivation key in one AES-ECB pass (X9.24-3: every key is
+    AES(parent, derivation data)): the AES-128 working keys of `counter` (PIN 1000, MAC 2000,
+    MAC 2001; none when counter is None), then the intermediate derivation keys (usage 8000,
+    the parent's length) of the `future` counters."""
+    key_type = dukpt.AesKeyType.aes_for_length(len(key))
+    blocks = -(-key_type.bits // 128)
+    tail = ikid[4:8]
+    data = []
+    if counter is not None:
+        suffix = tail + counter.to_bytes(4, "big")
+        data += [_aes_data_head(usage, dukpt.AesKeyType.AES128) + suffix for usage in _AES_WORKING_USAGES]
+    head = _aes_data_head(dukpt.AesUsage.KEY_DERIVATION, key_type)
+    for c in future:
+        suffix = tail + c.to_bytes(4, "big")
+        data += [head[:1] + bytes((b,)) + head[2:] + suffix for b in range(1, blocks + 1)]
+    crypt = aes_ecb_encrypt_once(key, b"".join(data))
+    at = 0 if counter is None else 16 * len(_AES_WORKING_USAGES)
+    size, step = key_type.bits // 8, 16 * blocks
+    return [crypt[i:i + 16] for i in range(0, at, 16)] + [crypt[i:i + size] for i in range(at, len(crypt), step)]
+
+
+class _KeyRegisters:
+    """One terminal's key registers, ready for counter `next_counter` (None: spent).
+
+    Register i (bit i of the counter) holds the key of the next counter whose lowest one-bit
+    is bit i, or None (erased, or never needed). `advance()` runs one transaction: take the
+    register of the counter's lowest one-bit, erase it, refill the lower registers from it.
+    At most KEY_REGISTERS[profile] keys, in memory only (never in `to_state`, logs or errors).
+    """
+
+    __slots__ = ("profile", "next_counter", "_regs", "_register_base", "_ikid")
+
+    def __init__(self, profile: str, initial_key: bytes, initial_ksn: str, next_counter: int | None) -> None:
+        self.profile = profile
+        self.next_counter = next_counter
+        self._regs: list[bytes | None] = [None] * KEY_REGISTERS[profile]
+        raw = bytes.fromhex(initial_ksn)
+        self._register_base = int.from_bytes(raw[-8:], "big") & ~dukpt.TDES_COUNTER_MASK  # TDES: KSN register, counter 0
+        self._ikid = raw[:dukpt.AES_IKID_SIZE]  # AES: the initial key ID
+        if next_counter is not None:
+            self._load(bytes(initial_key), next_counter)
+
+    def __repr__(self) -> str:
+        return f"_KeyRegisters(profile={self.profile!r}, next_counter={self.next_counter!r})"
+
+    def _future(self, key: bytes, counters: list[int]) -> list[bytes]:
+        if self.profile == PROFILE_TDES:
+            return _tdes_future_keys(key, [self._register_base | c for c in counters])
+        return _aes_keys(key, self._ikid, None, counters)
+
+    def _load(self, initial_key: bytes, counter: int) -> None:
+        """The registers as the terminal holds them when `counter` is next: walk the counter's
+        one-bits from the top, and from each key on the way fill the registers of the zero
+        bits it passes (their counters come later) and step to the next one-bit. A fresh
+        terminal (counter 1) gets X9.24-1's "Load Initial Key": every register from the
+        initial key."""
+        key, prefix = initial_key, 0
+        above = KEY_REGISTERS[self.profile]  # the bit above the last one-bit passed
+        while True:
+            bit = (counter & ~prefix).bit_length() - 1  # the highest one-bit not yet walked
+            zeros = list(range(above - 1, bit, -1))
+            keys = self._future(key, [prefix | (1 << z) for z in zeros] + [prefix | (1 << bit)])
+            for z, k in zip(zeros, keys):
+                self._regs[z] = k
+            key, prefix, above = keys[-1], prefix | (1 << bit), bit
+            if prefix == counter:
+                self._regs[bit] = key
+                return
+
+    def advance(self) -> tuple[int, _WorkingKeys]:
+        """The next counter and its working keys; the registers move on to the counter after."""
+        counter = self.next_counter
+        if counter is None:
+            raise SecurityError("KSN transaction counter exhausted: inject a new initial key")
+        low = (counter & -counter).bit_length() - 1
+        key = self._regs[low]
+        if key is None:  # cannot happen while the registers follow the counter
+            raise SecurityError("key register empty: the terminal's key registers lost their place")
+        self._regs[low] = None  # X9.24-1: a used key is erased
+        # "New Key": the counters this one leads to, one per lower bit, unless it has the most
+        # one-bits a terminal uses (then those counters are skipped).
+        lower = list(range(low - 1, -1, -1)) if counter.bit_count() < COUNTER_ONE_BITS_MAX[self.profile] else []
+        future = [counter | (1 << j) for j in lower]
+        if self.profile == PROFILE_TDES:
+            k = int.from_bytes(key, "big")
+            pin, mac_request, mac_response = ((k ^ v).to_bytes(16, "big") for v in _TDES_VARIANTS)
+            keys = _WorkingKeys(pin=pin, mac_request=mac_request, mac_response=mac_response)
+            new = _tdes_future_keys(key, [self._register_base | c for c in future]) if future else []
+        else:
+            pin, mac_request, mac_response, *new = _aes_keys(key, self._ikid, counter, future)
+            keys = _WorkingKeys(pin=pin, mac_request=mac_request, mac_response=mac_response)
+        for j, k in zip(lower, new):
+            self._regs[j] = k
+        self.next_counter = _next_counter(self.profile, counter)
+        return counter, keys
+
+
 def mac_field(fields: dict[str, str]) -> str:
     """Where the MAC goes: DE128 when any field 65..127 needs the secondary bitmap, else DE64
     (ISO 8583: the MAC is always the message's last field)."""
@@ -153,11 +335,14 @@ class TerminalSecurity:
         self._injected = injected  # generated key set: the initial key as the KIF received it, under its ZMK
         self._initial_key = bytes(initial_key)
         self._ksn = config.initial_ksn
+        self._counter = 0
+        self._registers: _KeyRegisters | None = None  # built at the first next_ksn(), from the initial key
         self._keys: OrderedDict[str, _WorkingKeys] = OrderedDict()
         self._sent: OrderedDict[tuple[str, str, str], _Sent] = OrderedDict()
         self.iso4_fill: bytes | None = None  # fixed ISO-4 random fill: reproducible documents only
         if ksn is not None:
             self._ksn = self._own_ksn(ksn)
+            self._counter = _counter(self.profile, self._ksn)
 
     # ------------------------------------------------------------------ construction, state
 
@@ -225,20 +410,29 @@ class TerminalSecurity:
 
     @property
     def counter(self) -> int:
-        return _counter(self.profile, self._ksn)
+        return self._counter
 
     # ------------------------------------------------------------------ counter
 
     def next_ksn(self) -> str:
         """Advance to the next valid KSN (X9.24: at most 10 (TDES) / 16 (AES) counter one-bits)
-        and return it. Raises SecurityError when the counter is spent: the terminal needs a
-        new initial key."""
-        try:
-            raw = dukpt.tdes_next_ksn(self._ksn) if self.profile == PROFILE_TDES else dukpt.aes_next_ksn(self._ksn)
-        except dukpt.DukptError as exc:
-            raise SecurityError(f"{exc}: inject a new initial key") from None
-        self._ksn = raw.hex().upper()
+        and return it, its working keys taken from the key registers. Raises SecurityError
+        when the counter is spent: the terminal needs a new initial key."""
+        registers = self._registers
+        if registers is None:
+            registers = self._registers = _KeyRegisters(self.profile, self._initial_key, self.config.initial_ksn,
+                                                        _next_counter(self.profile, self._counter))
+        counter, keys = registers.advance()
+        self._ksn = self._ksn_of(counter)
+        self._counter = counter
+        self._remember_keys(self._ksn, keys)
         return self._ksn
+
+    def _ksn_of(self, counter: int) -> str:
+        initial = self.config.initial_ksn
+        if self.profile == PROFILE_TDES:
+            return f"{int(initial, 16) | counter:0{len(initial)}X}"  # the initial KSN's counter is 0
+        return initial[: 2 * dukpt.AES_IKID_SIZE] + f"{counter:08X}"
 
     def _own_ksn(self, ksn: str) -> str:
         text = _ksn_text(self.profile, ksn)
@@ -257,18 +451,33 @@ class TerminalSecurity:
 
     # ------------------------------------------------------------------ keys
 
+    def _keys_for(self, ksn: str | None) -> _WorkingKeys:
+        """The working keys of `ksn` (default: the current KSN). A KSN whose keys are at hand
+        is one this terminal used, checked when it was made; any other is checked first."""
+        keys = self._keys.get(self._ksn if ksn is None else ksn)
+        if keys is not None:
+            self._keys.move_to_end(self._ksn if ksn is None else ksn)
+            return keys
+        return self._working_keys(self._usable_ksn(ksn))
+
     def _working_keys(self, ksn: str) -> _WorkingKeys:
         keys = self._keys.get(ksn)
         if keys is not None:
             self._keys.move_to_end(ksn)
             return keys
         keys = self._derive(ksn)
-        self._keys[ksn] = keys
-        if len(self._keys) > KEY_CACHE_SIZE_MAX:
-            self._keys.popitem(last=False)
+        self._remember_keys(ksn, keys)
         return keys
 
+    def _remember_keys(self, ksn: str, keys: _WorkingKeys) -> None:
+        self._keys[ksn] = keys
+        self._keys.move_to_end(ksn)
+        if len(self._keys) > KEY_CACHE_SIZE_MAX:
+            self._keys.popitem(last=False)
+
     def _derive(self, ksn: str) -> _WorkingKeys:
+        """The reference: the KSN's keys walked down from the initial key (hsm_mock.dukpt, the
+        host's derivation). Used for a KSN whose keys are no longer at hand."""
         if self.profile == PROFILE_TDES:
             transaction = dukpt.tdes_derive_key(self._initial_key, ksn)
             return _WorkingKeys(pin=dukpt.tdes_pin_key(transaction),
@@ -284,7 +493,7 @@ class TerminalSecurity:
     def pin_block(self, pin: str, pan: str, *, ksn: str | None = None) -> str:
         """The encrypted PIN block for DE52, uppercase hex: ISO-0 under the TDES PIN key
         (16 hex) or ISO-4 under the AES PIN key (32 hex, random fill)."""
-        keys = self._working_keys(self._usable_ksn(ksn))
+        keys = self._keys_for(ksn)
         if self.profile == PROFILE_TDES:
             block = tdes_ecb_encrypt_once(keys.pin, pinblock.encode_iso0(pin, pan))
         else:
@@ -300,11 +509,11 @@ class TerminalSecurity:
 
     def request_mac(self, data: bytes, *, ksn: str | None = None) -> bytes:
         """The 8-byte request MAC of `data` (the MAC input itself, not a whole payload)."""
-        return self._mac(self._working_keys(self._usable_ksn(ksn)).mac_request, bytes(data))
+        return self._mac(self._keys_for(ksn).mac_request, bytes(data))
 
     def response_mac(self, data: bytes, *, ksn: str | None = None) -> bytes:
         """The 8-byte MAC the switch puts on its response to a request sent under `ksn`."""
-        return self._mac(self._working_keys(self._usable_ksn(ksn)).mac_response, bytes(data))
+        return self._mac(self._keys_for(ksn).mac_response, bytes(data))
 
     def sign(self, payload_with_zero_mac: bytes, *, ksn: str | None = None) -> bytes:
         """The encoded message with its MAC in place of the 8 zero bytes that end it."""
