@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.codec_bench import codec_bench  # noqa: E402
 from benchmarks.scale import free_port  # noqa: E402
 
-EUM = [sys.executable, "-m", "switch.cli"]  # run with cwd=ROOT: works from a fresh clone
+EUM = [sys.executable, "-m", "switch.cli.main"]  # run with cwd=ROOT: works from a fresh clone
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0       # SIGTERM, then SIGKILL after this
 COMMAND_TIMEOUT_S = 600.0   # seed of 1M cards takes ~40 s on this machine kind
@@ -271,7 +271,7 @@ def fleet_api() -> Any:
 def drive(port: int, plan: BenchPlan, population: Any, state_dir: Path | None, *, closed_loop: bool, rate_per_s: float,
           duration_s: float, seed: int, terminals: int | None = None) -> tuple[Any, float]:
     """One fleet run from this process; returns its report and the fleet's own CPU seconds."""
-    from switch.loop import run
+    from switch.wire.transport import run
 
     fleet = fleet_api()
     config = fleet.FleetConfig(host="127.0.0.1", port=port, terminals=terminals or plan.terminals,
@@ -325,7 +325,7 @@ class E2eSuite:
 
     def seed(self) -> dict[str, Any]:
         """Seed the e2e data dir and export the population. The PIN cards' PVVs come from the
-        HSM in one unbounded burst (switch/cli.py _set_pins); one call timing out fails the
+        HSM in one unbounded burst (switch/cli/main.py _set_pins); one call timing out fails the
         seed, so a failed seed is retried on a fresh data dir."""
         plan = self.plan
         t0 = time.perf_counter()

@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 
 import iso8583  # noqa: E402
 
-from switch.codec import Dialect, decode_fields, encode_fields, load_dialect  # noqa: E402
+from switch.wire.codec import Dialect, decode_fields, encode_fields, load_dialect  # noqa: E402
 
 PURCHASE_0200 = {
     "t": "0200", "2": "9410100000012345", "3": "000000", "4": "000000020000", "7": "0715031500", "11": "000123",

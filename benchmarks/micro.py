@@ -47,7 +47,7 @@ out = {}
 tmp = Path(tempfile.mkdtemp(prefix="eum-micro-"))
 
 import structlog
-from switch import logs
+from switch.ops import logs
 kw = {"queued": True} if "queued" in logs.configure.__code__.co_varnames else {}
 stdout = open(tmp / "stdout.jsonl", "w")
 logs.configure(data_dir=tmp, name="switch", stream=stdout, json_output=True, **kw)
@@ -67,7 +67,7 @@ audit.close()
 
 from hsm_mock.commands import Hsm
 from hsm_mock.lmk import TEST_LMK
-from switch.security import TEST_KEYS_UNDER_TEST_LMK
+from switch.authorize.security import TEST_KEYS_UNDER_TEST_LMK
 hsm = Hsm(TEST_LMK, header_length=4)
 bdk = TEST_KEYS_UNDER_TEST_LMK["dukpt-tdes"].encode()
 message = b"0200" + bytes(range(136))
@@ -103,7 +103,7 @@ def measure(tree: Path) -> dict[str, float]:
 # ----------------------------------------------------------------------------- HSM: one authorisation's commands
 # Issue 10, item 4 (HSM lever): `python benchmarks/micro.py --hsm-auth-mix [--base REV] [--rounds 5]`.
 # The HSM's command handler (Hsm.parse + Hsm.handle, no I/O, no audit line) for the commands one
-# authorisation of the standard scenario sends (switch/security.py, switch/engine.py): GW mode 1
+# authorisation of the standard scenario sends (switch/authorize/security.py, switch/authorize/engine.py): GW mode 1
 # method 1 (verify the request's X9.19 MAC), on 1 purchase in 4 G0 (PIN block DUKPT → ZPK) and EC
 # (PVV check under the ZPK), then GW mode 4 method 2 (MAC the response). 32 terminals (the bench's
 # capacity run) under the X9.24-1 test BDK as the switch holds it, each transaction a fresh KSN
@@ -120,8 +120,8 @@ from hsm_mock.commands import Hsm
 from hsm_mock.crypto import retail_mac_once, tdes_ecb_encrypt, tdes_ecb_encrypt_once
 from hsm_mock.lmk import TEST_LMK, encrypt_key_under_lmk
 from benchmarks.codec_bench import APPROVAL_0210, PURCHASE_0200
-from switch.codec import encode_fields, load_dialect
-from switch.security import TEST_KEYS_UNDER_TEST_LMK, initial_ksn
+from switch.wire.codec import encode_fields, load_dialect
+from switch.authorize.security import TEST_KEYS_UNDER_TEST_LMK, initial_ksn
 
 rounds, block, terminals, warm = (int(a) for a in sys.argv[1:5])
 BDK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")  # X9.24-1 Annex A test BDK

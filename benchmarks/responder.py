@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from switch.codec import Dialect, encode_fields, load_dialect  # noqa: E402
-from switch.config import parse_hostport  # noqa: E402
-from switch.framing import TPDU_SIZE, Framing, FramingError, frame, swap_tpdu  # noqa: E402
-from switch.messages import RESPONSE_MTI  # noqa: E402
+from switch.wire.codec import Dialect, encode_fields, load_dialect  # noqa: E402
+from switch.ops.config import parse_hostport  # noqa: E402
+from switch.wire.framing import TPDU_SIZE, Framing, FramingError, frame, swap_tpdu  # noqa: E402
+from switch.wire.messages import RESPONSE_MTI  # noqa: E402
 
 # One response per request MTI, approved, with the fields a terminal reads.
 RESPONSE_FIELDS = {
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dialect", default="default", help="config/dialects/NAME.toml")
     args = ap.parse_args(argv)
     host, port = parse_hostport(args.listen)
-    from switch.loop import run
+    from switch.wire.transport import run
 
     run(serve(host, port, load_dialect(args.dialect)))
     return 0

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from switch.codec import load_dialect  # noqa: E402
+from switch.wire.codec import load_dialect  # noqa: E402
 from terminal_sim.client import TerminalClient  # noqa: E402
 from terminal_sim.terminal import Terminal  # noqa: E402
 
@@ -86,7 +86,7 @@ async def first_purchase(port: int, tid: str, mid: str, pan: str) -> str:
 
 
 def one_run(cards: int, merchants: int) -> dict:
-    eum = [sys.executable, "-m", "switch.cli"]
+    eum = [sys.executable, "-m", "switch.cli.main"]
     with tempfile.TemporaryDirectory(prefix="eum-scale-") as tmp:
         data = Path(tmp) / "var"
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """`eum hsm`: the entry point of the software HSM process.
 
-The main CLI (switch/cli.py) wires it with:
+The main CLI (switch/cli/main.py) wires it with:
 
     from hsm_mock.cli import add_hsm_parser, run_hsm
     add_hsm_parser(sub, run_hsm)      # sub = the subparsers of `eum`; sets func=run_hsm
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from switch.loop import run as _run
+from switch.wire.transport import run as _run
 
 DESCRIPTION = ("payShield-style software HSM over TCP (variant LMK; default LMK = Thales' public TEST LMK, "
                "never for production)")  # fmt: skip
@@ -29,6 +29,11 @@ def add_hsm_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> argpa
     _add_arguments(p)
     p.set_defaults(func=func)
     return p
+
+
+def register(sub: Any) -> None:
+    """`eum hsm` (entry point `eum.commands`, pyproject.toml)."""
+    add_hsm_parser(sub, run_hsm)
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:

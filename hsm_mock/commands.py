@@ -73,7 +73,7 @@ from hsm_mock.lmk import (
     resolve_key_type,
     split_key,
 )
-from hsm_mock.protocol import (
+from switch.wire.payshield import (
     TRAILER_DELIMITER,
     TRAILER_SIZE_MAX,
     Command,

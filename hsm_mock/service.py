@@ -39,8 +39,8 @@ from hsm_mock.audit import AuditLog
 from hsm_mock.commands import Hsm
 from hsm_mock.config import HsmConfig
 from hsm_mock.lmk import TEST_LMK, VariantLmk
-from hsm_mock.protocol import Command, FrameReader, ProtocolError, build_response, frame, response_code
-from switch.loop import WriteBatch
+from switch.wire.payshield import Command, FrameReader, ProtocolError, build_response, frame, response_code
+from switch.wire.transport import WriteBatch
 
 log = structlog.get_logger("hsm")
 

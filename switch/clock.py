@@ -10,7 +10,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from .domain import KST
+from switch.domain import KST
 
 
 class Clock(Protocol):

@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from switch.codec import load_dialect
-from switch.config import parse_hostport
+from switch.wire.codec import load_dialect
+from switch.ops.config import parse_hostport
 from switch.domain import mask_pan
-from switch.messages import Rc, decode_balances
+from switch.wire.messages import Rc, decode_balances
 
 from .client import TerminalClient
 from .security import (DUKPT_PROFILES, KEY_SETS, PROFILE_MAC, PROFILE_NONE, PROFILES, SECURED_MTIS, TakSecurity,
@@ -43,6 +43,11 @@ RC_TEXT = {
     "94": "duplicate", "96": "system error",
 }
 assert set(RC_TEXT) == {rc.value for rc in Rc}
+
+
+def register(sub: Any) -> None:
+    """`eum terminal` (entry point `eum.commands`, pyproject.toml)."""
+    add_terminal_parser(sub, run_terminal)
 
 
 def add_terminal_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:

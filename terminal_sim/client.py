@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from switch.codec import Dialect, decode_fields, encode_fields
-from switch.framing import FrameBuffer, frame
+from switch.wire.codec import Dialect, decode_fields, encode_fields
+from switch.wire.framing import FrameBuffer, frame
 
 from .security import SECURED_MTIS, TakSecurity, TerminalSecurity, mac_field
 

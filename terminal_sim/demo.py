@@ -16,17 +16,18 @@ import sqlite3
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from switch import logs
-from switch.audit import verify
+from switch.ops import logs
+from switch.ledger.audit import verify
 from switch.clock import OffsetClock, parse_instant
-from switch.codec import load_dialect
-from switch.config import SwitchConfig
-from switch.policy import default_config_dir, load_rules
-from switch.runtime import lock_data_dir, open_core, unlock
-from switch.ledger import open_store
-from switch.seed import seed, tid_for
-from switch.server import Processor, SwitchServer
+from switch.wire.codec import load_dialect
+from switch.ops.config import SwitchConfig
+from switch.rules.policy import default_config_dir, load_rules
+from switch.ops.runtime import lock_data_dir, open_core, unlock
+from switch.ledger.store import open_store
+from switch.ops.seed import seed, tid_for
+from switch.authorize.server import Processor, SwitchServer
 
 from .cli import RC_TEXT
 from .client import TerminalClient
@@ -34,6 +35,18 @@ from .terminal import Terminal
 
 TERMINALS = 10
 DEMO_START = "2025-10-15T12:00:00+09:00"  # lunch peak under the 2025-09 policy (10 %, 15 % Ganghwa/Ongjin)
+
+
+def register(sub: Any) -> None:
+    """`eum demo` (entry point `eum.commands`, pyproject.toml)."""
+    de = sub.add_parser("demo", help="switch + terminals + summary on embedded defaults, in a temp dir")
+    de.add_argument("--transactions", type=int, default=300)
+    de.add_argument("--seed", type=int, default=7)
+    de.add_argument("--keep", action="store_true", help="keep the temporary data dir and print its path")
+    de.add_argument("--clock-start", default="2025-10-15T12:00:00+09:00",
+                    help="the switch's clock starts here (default: a lunch peak under the 2025-09 policy)")
+    de.set_defaults(func=lambda args: run_demo(transactions=args.transactions, seed_value=args.seed,
+                                                keep=args.keep, clock_start=args.clock_start))
 
 
 def run_demo(*, transactions: int = 300, seed_value: int = 7, keep: bool = False,

@@ -54,8 +54,8 @@ from typing import Any, Iterator, NamedTuple
 from hdrh.histogram import HdrHistogram
 
 from hsm_mock import dukpt
-from switch.codec import Dialect, decode_fields, encode_fields, load_dialect
-from switch.framing import FrameBuffer, FramingError, frame
+from switch.wire.codec import Dialect, decode_fields, encode_fields, load_dialect
+from switch.wire.framing import FrameBuffer, FramingError, frame
 
 from .client import DEFAULT_TPDU
 from .population import Population, PopulationCard, PopulationError, PopulationTerminal, load_population

@@ -22,12 +22,17 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
-from switch.config import parse_hostport
+from switch.ops.config import parse_hostport
 
 from .fleet import FleetConfig, FleetError, FleetReport, load_population, load_scenario, run_fleet
 from .scenario import ARRIVALS
 
 EXIT_OK, EXIT_SUSPECT, EXIT_ERROR = 0, 1, 2
+
+
+def register(sub: Any) -> None:
+    """`eum fleet` (entry point `eum.commands`, pyproject.toml)."""
+    add_fleet_parser(sub, run_fleet_cli)
 
 
 def add_fleet_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
@@ -69,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
 
 
 def run_fleet_cli(args: argparse.Namespace) -> int:
-    from switch.loop import run
+    from switch.wire.transport import run
 
     try:
         config = config_from_args(args)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from switch.configdir import config_dir
+
 KINDS = ("purchase", "refund", "balance", "reversal")
 ARRIVALS = ("poisson", "constant")
 MINUTES_PER_DAY = 24 * 60
@@ -193,7 +195,7 @@ def arrival_offsets(rate_per_s: float, duration_s: float, *, arrivals: str, rng:
 # ---------------------------------------------------------------------------- loading
 
 def scenarios_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "config" / "scenarios"
+    return config_dir() / "scenarios"
 
 
 def load_scenario(name_or_path: str | Path, *, directory: Path | None = None) -> Scenario:

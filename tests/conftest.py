@@ -17,10 +17,10 @@ import pytest
 
 import hypothesis_profiles  # noqa: F401  (registers and loads the Hypothesis profile: HYPOTHESIS_PROFILE)
 from switch.clock import FixedClock
-from switch.codec import Dialect, load_dialect
-from switch.config import SwitchConfig
-from switch.runtime import Core, lock_data_dir, open_core, unlock
-from switch.server import Processor, SwitchServer
+from switch.wire.codec import Dialect, load_dialect
+from switch.ops.config import SwitchConfig
+from switch.ops.runtime import Core, lock_data_dir, open_core, unlock
+from switch.authorize.server import Processor, SwitchServer
 from terminal_sim.client import TerminalClient
 from terminal_sim.terminal import Terminal
 

@@ -33,10 +33,10 @@ from benchmarks.bench import (
 from benchmarks.codec_bench import codec_bench
 from benchmarks.plots import percentile_points, plot_latency, plot_throughput
 from benchmarks.responder import Responder
-from switch.codec import decode_fields, encode_fields, load_dialect
+from switch.wire.codec import decode_fields, encode_fields, load_dialect
 from waiting import wait_until
-from switch.framing import FrameBuffer, frame
-from switch.ledger import open_store
+from switch.wire.framing import FrameBuffer, frame
+from switch.ledger.store import open_store
 from terminal_sim.client import TerminalClient
 from terminal_sim.terminal import Terminal
 

@@ -11,9 +11,9 @@ from datetime import datetime
 
 import pytest
 
-from switch.cashback import CashbackQuote, clawback, proportional, quote_cashback
+from switch.rules.cashback import CashbackQuote, clawback, proportional, quote_cashback
 from switch.domain import KST, Merchant
-from switch.policy import Limits, default_config_dir, load_rules
+from switch.rules.policy import Limits, default_config_dir, load_rules
 
 RULES = load_rules(default_config_dir())
 EXCLUDED = ("adult_entertainment", "gambling", "car_sales", "large_electronics")

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from switch.audit import verify
+from switch.ledger.audit import verify
 
 EUM_SCRIPT = Path(sys.executable).parent / "eum"
-EUM = [str(EUM_SCRIPT)] if EUM_SCRIPT.exists() else [sys.executable, "-m", "switch.cli"]
+EUM = [str(EUM_SCRIPT)] if EUM_SCRIPT.exists() else [sys.executable, "-m", "switch.cli.main"]
 COMMAND_TIMEOUT_S = 30
 START_TIMEOUT_S = 20
 

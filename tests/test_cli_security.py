@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from switch.audit import verify
+from switch.ledger.audit import verify
 from test_cli import EUM, admin_json, eum, free_port, wait_listening
 
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from switch.codec import (DecodeError, decode_fields, encode_fields, load_dialect, parse_request,
+from switch.wire.codec import (DecodeError, decode_fields, encode_fields, load_dialect, parse_request,
                           response_fields)
-from switch.messages import (Balances, FieldError, Kind, Rc, Response, decode_balances, encode_balances,
+from switch.wire.messages import (Balances, FieldError, Kind, Rc, Response, decode_balances, encode_balances,
                              idempotency_digest)
 
 DIALECT = load_dialect("default")

@@ -1,4 +1,4 @@
-"""The compiled codec (switch/codec.py `_Compiled`) against pyiso8583, the reference.
+"""The compiled codec (switch/wire/codec.py `_Compiled`) against pyiso8583, the reference.
 
 For every input, decode_fields / encode_fields must give exactly what pyiso8583 gives: the
 same dict, the same bytes, or the same error (class, field, message). Inputs are generated
@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from switch.codec import DecodeError, Dialect, EncodeError, _fast_decode, _fast_encode, _Fallback, decode_fields, \
+from switch.wire.codec import DecodeError, Dialect, EncodeError, _fast_decode, _fast_encode, _Fallback, decode_fields, \
     dialects_dir, encode_fields, load_dialect
-from switch.framing import Framing
+from switch.wire.framing import Framing
 
 DIALECTS = [load_dialect(path.stem) for path in sorted(dialects_dir().glob("*.toml"))]  # every shipped dialect
 DEFAULT = next(d for d in DIALECTS if d.name == "default")

@@ -34,7 +34,7 @@ def test_demo_runs_every_kind_and_verifies(capsys):
 
 
 def test_demo_command_exits_zero_as_a_process():
-    proc = subprocess.run([sys.executable, "-m", "switch.cli", "demo", "--transactions", "100"],
+    proc = subprocess.run([sys.executable, "-m", "switch.cli.main", "demo", "--transactions", "100"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "ledger verify: OK" in proc.stdout

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from switch.docgen import BEGIN, END, render
-from switch.messages import Rc
+from terminal_sim.docgen import BEGIN, END, render
+from switch.wire.messages import Rc
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "host-interface.md"
 
@@ -11,7 +11,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "host-interface.md"
 def test_generated_examples_match_the_code():
     text = DOC.read_text(encoding="utf-8")
     committed = text[text.index(BEGIN) : text.index(END) + len(END)]
-    assert committed == render(), "docs/host-interface.md is stale: run python -m switch.docgen"
+    assert committed == render(), "docs/host-interface.md is stale: run python -m terminal_sim.docgen"
 
 
 def test_every_response_code_is_documented():

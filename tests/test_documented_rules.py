@@ -23,12 +23,12 @@ import structlog
 from conftest import (LAUNCH, account, account_balances, card_accounts, card_id, payable, posting_count,
                       posting_entries, postings, provision, query, start_switch)
 from conftest import bought as _bought
-from switch.audit import verify
+from switch.ledger.audit import verify
 from switch.clock import FixedClock
-from switch.codec import encode_fields
-from switch.framing import frame
-from switch.messages import Balances, decode_balances
-from switch.operations import OperationError
+from switch.wire.codec import encode_fields
+from switch.wire.framing import frame
+from switch.wire.messages import Balances, decode_balances
+from switch.ops.operations import OperationError
 from terminal_sim.terminal import Terminal
 
 

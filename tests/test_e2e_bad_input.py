@@ -7,10 +7,10 @@ import asyncio
 
 from conftest import posting_count, postings
 from waiting import eventually, switch_side
-from switch.audit import verify
-from switch.codec import encode_fields
-from switch.framing import frame
-from switch.messages import Balances, decode_balances
+from switch.ledger.audit import verify
+from switch.wire.codec import encode_fields
+from switch.wire.framing import frame
+from switch.wire.messages import Balances, decode_balances
 from terminal_sim.terminal import Terminal
 
 

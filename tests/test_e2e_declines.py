@@ -7,8 +7,8 @@ from datetime import datetime
 import pytest
 
 from conftest import card_accounts, posting_count, postings
-from switch.audit import verify
-from switch.messages import Balances, decode_balances
+from switch.ledger.audit import verify
+from switch.wire.messages import Balances, decode_balances
 from terminal_sim.terminal import Terminal
 
 

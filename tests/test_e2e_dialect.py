@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from conftest import LAUNCH, posting_count, postings, provision, start_switch
-from switch.audit import verify
+from switch.ledger.audit import verify
 from switch.clock import FixedClock
-from switch.codec import decode_fields, dialects_dir, encode_fields, load_dialect
-from switch.messages import Balances, decode_balances
+from switch.wire.codec import decode_fields, dialects_dir, encode_fields, load_dialect
+from switch.wire.messages import Balances, decode_balances
 from terminal_sim.client import DEFAULT_TPDU
 from terminal_sim.terminal import Terminal
 

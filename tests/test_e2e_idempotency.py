@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 from conftest import LAUNCH, card_accounts, posting_count, postings, provision, start_switch
-from switch.audit import verify
+from switch.ledger.audit import verify
 from switch.clock import FixedClock
-from switch.messages import Balances, decode_balances
+from switch.wire.messages import Balances, decode_balances
 from terminal_sim.terminal import Terminal
 
 

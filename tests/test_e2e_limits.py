@@ -9,10 +9,10 @@ import socket
 import structlog
 
 from conftest import LAUNCH, postings, provision, start_switch
-from switch.audit import verify
+from switch.ledger.audit import verify
 from switch.clock import FixedClock
-from switch.codec import encode_fields
-from switch.framing import frame
+from switch.wire.codec import encode_fields
+from switch.wire.framing import frame
 from terminal_sim.client import TerminalClient
 from terminal_sim.terminal import Terminal
 from waiting import eventually, switch_side

@@ -10,8 +10,8 @@ from datetime import datetime
 
 from conftest import (account, account_balances, card_accounts, payable, posting_count, posting_entries,
                       postings, query)
-from switch.audit import verify
-from switch.messages import Balances, decode_balances
+from switch.ledger.audit import verify
+from switch.wire.messages import Balances, decode_balances
 from terminal_sim.terminal import Terminal
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from conftest import (LAUNCH, account_balances, card_accounts, payable, posting_count, posting_entries, postings,
                       provision, start_switch)
 from conftest import bought as _bought
-from switch.audit import verify
+from switch.ledger.audit import verify
 from switch.clock import FixedClock
-from switch.messages import Balances, decode_balances
+from switch.wire.messages import Balances, decode_balances
 from terminal_sim.terminal import Terminal
 
 UNDONE_ACCOUNTS = ("fee_income", "fee_subsidy:namdong", "cashback_expense:national", "cashback_expense:city",

@@ -9,10 +9,10 @@ import structlog
 
 from hsm_mock.config import HsmConfig as ServiceConfig
 from hsm_mock.service import HsmServer
-from switch.audit import verify
+from switch.ledger.audit import verify
 from switch.clock import FixedClock
-from switch.hsm_client import HsmConfig
-from switch.operations import OperationError
+from switch.authorize.hsm_client import HsmConfig
+from switch.ops.operations import OperationError
 from terminal_sim.client import TerminalClient
 from terminal_sim.security import SecurityError, TakSecurity, TerminalSecurity
 from terminal_sim.terminal import Terminal

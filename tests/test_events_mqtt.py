@@ -28,11 +28,11 @@ import structlog.testing
 
 from conftest import LAUNCH, account_balances, postings, provision, query, start_switch
 from mqtt_broker import Broker, broker, needs_mosquitto, persistent_broker  # noqa: F401 (fixtures)
-from switch.audit import verify
+from switch.ledger.audit import verify
 from switch.clock import FixedClock
-from switch.codec import load_dialect
-from switch.consumer import ConsumerConfig, consume
-from switch.relay import Relay, RelayConfig
+from switch.wire.codec import load_dialect
+from switch.ops.consumer import ConsumerConfig, consume
+from switch.ledger.relay import Relay, RelayConfig
 from terminal_sim.client import TerminalClient
 from terminal_sim.terminal import Terminal
 from test_cli import EUM, admin_json, free_port, wait_listening

@@ -22,7 +22,7 @@ How the commit is made to fail — two ways, each for what it proves:
 
 * A fault injected at the writer's commit, in process (the issue allows it): `LedgerWriter`
   exposes the one call that commits a group as `writer.commit_units` (the seam, in
-  switch/ledger.py). `CommitSteps` wraps it on the running writer of a real switch (real TCP,
+  switch/ledger/store.py). `CommitSteps` wraps it on the running writer of a real switch (real TCP,
   real SQLite): a wrapped call records its group, holds the writer thread until the test has
   lined up the requests it wants queued behind, then either commits for real or raises
   sqlite3.OperationalError("database or disk is full") without touching the store. That makes
@@ -53,11 +53,11 @@ import structlog
 
 from hsm_mock.config import HsmConfig as HsmServiceConfig
 from hsm_mock.service import HsmServer
-from switch.audit import verify
+from switch.ledger.audit import verify
 from switch.clock import FixedClock
-from switch.codec import load_dialect
-from switch.hsm_client import HsmConfig
-from switch.ledger import LedgerWriter
+from switch.wire.codec import load_dialect
+from switch.authorize.hsm_client import HsmConfig
+from switch.ledger.store import LedgerWriter
 from terminal_sim.client import TerminalClient
 from terminal_sim.security import TerminalSecurity
 from terminal_sim.terminal import Terminal
@@ -67,7 +67,7 @@ from conftest import (LAUNCH, SwitchEnv, account_balances, card_accounts, entry_
 from waiting import eventually, logged, settled, wait_until
 
 EUM_SCRIPT = Path(sys.executable).parent / "eum"
-EUM = [str(EUM_SCRIPT)] if EUM_SCRIPT.exists() else [sys.executable, "-m", "switch.cli"]
+EUM = [str(EUM_SCRIPT)] if EUM_SCRIPT.exists() else [sys.executable, "-m", "switch.cli.main"]
 COMMAND_TIMEOUT_S = 30
 
 # docs/host-interface.md §2: the 0210 echoes these fields of the 0200 (when present).

@@ -1,6 +1,6 @@
 """Per-program fairness (issue 5, item 7): one program's flood must not starve another's.
 
-The gate itself (switch/fairness.py) with exact counts, then end to end: a real switch, a
+The gate itself (switch/authorize/fairness.py) with exact counts, then end to end: a real switch, a
 real HSM whose capacity is the shared bottleneck (a cps cap), MAC'd terminals. Incheon city
 cards flood it from many terminals while a Namdong card buys at one terminal; the Namdong
 purchases are all approved and keep their latency, and the ledger holds exactly the
@@ -23,11 +23,11 @@ import pytest
 from hsm_mock.audit import AuditLog
 from hsm_mock.config import HsmConfig as ServiceConfig
 from hsm_mock.service import HsmServer
-from switch.audit import verify
+from switch.ledger.audit import verify
 from switch.clock import FixedClock
-from switch.config import SwitchConfig
-from switch.fairness import ProgramGate, ProgramLimits
-from switch.hsm_client import HsmConfig
+from switch.ops.config import SwitchConfig
+from switch.authorize.fairness import ProgramGate, ProgramLimits
+from switch.authorize.hsm_client import HsmConfig
 from terminal_sim.client import TerminalClient
 from terminal_sim.security import TakSecurity, TerminalSecurity
 from terminal_sim.terminal import Terminal

@@ -16,11 +16,11 @@ import pytest
 
 from hsm_mock.config import HsmConfig as ServiceConfig
 from hsm_mock.service import HsmServer
-from switch.audit import verify
+from switch.ledger.audit import verify
 from switch.clock import FixedClock
-from switch.codec import decode_fields, encode_fields, load_dialect
-from switch.framing import FrameBuffer, frame
-from switch.hsm_client import HsmConfig
+from switch.wire.codec import decode_fields, encode_fields, load_dialect
+from switch.wire.framing import FrameBuffer, frame
+from switch.authorize.hsm_client import HsmConfig
 from terminal_sim.fleet import (REPORT_KEYS, FleetConfig, FleetConfigError, FleetError, Population, run_fleet,
                                 schedule_for)
 from terminal_sim.fleet_cli import add_fleet_parser, run_fleet_cli

@@ -2,7 +2,7 @@
 
 import pytest
 
-from switch.framing import Frame, FrameBuffer, Framing, FramingError, frame, swap_tpdu
+from switch.wire.framing import Frame, FrameBuffer, Framing, FramingError, frame, swap_tpdu
 
 
 @pytest.mark.parametrize("header, encoded", [("binary2", b"\x00\x05"), ("ascii4", b"0005"), ("bcd2", b"\x00\x05")])

@@ -4,8 +4,8 @@ that names a field; it never crashes with anything else."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from switch.codec import DecodeError, decode_fields, encode_fields, load_dialect, parse_request
-from switch.messages import FieldError
+from switch.wire.codec import DecodeError, decode_fields, encode_fields, load_dialect, parse_request
+from switch.wire.messages import FieldError
 
 DIALECT = load_dialect("default")
 VALID = encode_fields({"t": "0200", "2": "9410100000000011", "3": "000000", "4": "000000020000",

@@ -8,7 +8,7 @@ import structlog
 
 from hsm_mock.config import HsmConfig as ServiceConfig
 from hsm_mock.service import FaultPlan, HsmServer
-from switch.hsm_client import HsmConfig, HsmPool, HsmUnavailable, parse_endpoints
+from switch.authorize.hsm_client import HsmConfig, HsmPool, HsmUnavailable, parse_endpoints
 from waiting import eventually
 
 

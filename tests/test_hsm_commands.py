@@ -21,7 +21,7 @@ import pytest
 from hsm_mock import crypto, dukpt, lmk, pinblock
 from hsm_mock.commands import Hsm
 from hsm_mock.crypto import tdes_ecb_decrypt, tdes_ecb_encrypt, to_hex
-from hsm_mock.protocol import Command, build_response
+from switch.wire.payshield import Command, build_response
 
 H = bytes.fromhex
 STANDARD_KEY = H("0123456789ABCDEFFEDCBA9876543210")  # X9.24 BDK, Visa CVK/PVK test pair, ISO 9797-1 K||K'

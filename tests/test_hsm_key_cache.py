@@ -27,7 +27,7 @@ from hsm_mock.config import HsmConfig
 from hsm_mock.crypto import fix_parity, retail_mac_once, tdes_ecb_encrypt, tdes_ecb_encrypt_once, to_hex
 from hsm_mock.keycache import KEY_CACHE_SIZE_MAX, KeyCache
 from hsm_mock.lmk import encrypt_key_under_lmk
-from hsm_mock.protocol import Command
+from switch.wire.payshield import Command
 from hsm_mock.service import HsmServer
 from test_hsm_crypto import ANNEX_A_CLEAR_BLOCK, X9_24_1_ANNEX_A  # ANSI X9.24-1:2009 Annex A, 38 rows
 

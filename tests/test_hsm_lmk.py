@@ -341,9 +341,9 @@ def test_thalessim_dukpt_pin_verification_with_ibm_offset() -> None:
 
 
 def test_the_switchs_test_keys_are_the_published_keys_under_the_test_lmk() -> None:
-    """switch/security.py holds the certification keys only encrypted; they decrypt, under
+    """switch/authorize/security.py holds the certification keys only encrypted; they decrypt, under
     the public test LMK, to the published X9.24 test keys."""
-    from switch.security import TEST_KEYS_UNDER_TEST_LMK as keys
+    from switch.authorize.security import TEST_KEYS_UNDER_TEST_LMK as keys
 
     assert decrypt_key_under_lmk(keys["dukpt-tdes"], "009").hex().upper() == "0123456789ABCDEFFEDCBA9876543210"
     assert decrypt_key_under_lmk(keys["dukpt-aes"], "009", check_key_parity=False).hex().upper() \

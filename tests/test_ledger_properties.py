@@ -24,7 +24,7 @@ policy boundaries (docs/domain.md, Policy timeline and Limits):
 The model predicts every response code, every RRN, every DE54 balance, every operator
 refusal message and, after the example, every account balance, every member's monthly
 eligible spend, every card's daily spend and monthly charges. Fees and cashback come from
-the pure quote functions (switch/fees.py, switch/cashback.py: the oracle for rates and
+the pure quote functions (switch/rules/fees.py, switch/rules/cashback.py: the oracle for rates and
 tiers); balances, limits, caps, the month's eligible spend and the undo bookkeeping
 (cumulative floor shares, docs/architecture.md "Choices made where the issues are silent")
 are the model's own. The ledger must agree to the won and pass verify().
@@ -48,15 +48,15 @@ from hypothesis import strategies as st
 from conftest import LAUNCH, account_balances, query, start_switch
 from hsm_mock.config import HsmConfig as HsmServiceConfig
 from hsm_mock.service import HsmServer
-from switch.audit import verify
-from switch.cashback import quote_cashback
+from switch.ledger.audit import verify
+from switch.rules.cashback import quote_cashback
 from switch.clock import FixedClock
 from switch.domain import KST, Merchant
-from switch.fees import quote_fee
-from switch.hsm_client import HsmConfig
-from switch.messages import decode_balances
-from switch.operations import OperationError
-from switch.policy import default_config_dir, load_rules
+from switch.rules.fees import quote_fee
+from switch.authorize.hsm_client import HsmConfig
+from switch.wire.messages import decode_balances
+from switch.ops.operations import OperationError
+from switch.rules.policy import default_config_dir, load_rules
 from terminal_sim.client import TerminalClient
 from terminal_sim.security import TerminalSecurity
 from terminal_sim.terminal import Terminal

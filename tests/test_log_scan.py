@@ -12,13 +12,13 @@ import pytest
 import structlog
 
 from conftest import LAUNCH, provision, start_switch
-from switch import logs
-from switch.audit import verify
+from switch.ops import logs
+from switch.ledger.audit import verify
 from switch.clock import FixedClock
-from switch.codec import encode_fields
+from switch.wire.codec import encode_fields
 from switch.domain import mask_pan
-from switch.framing import frame
-from switch.server import control_socket_path
+from switch.wire.framing import frame
+from switch.authorize.server import control_socket_path
 from terminal_sim.terminal import Terminal
 
 PIN_BLOCKS = ("8A3F9C2D1E0B7A64", "1234567890123456", "0412AC89FFEE0011")

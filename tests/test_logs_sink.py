@@ -8,7 +8,7 @@ import json
 import pytest
 import structlog
 
-from switch import logs
+from switch.ops import logs
 from waiting import wait_until
 
 

@@ -19,11 +19,11 @@ from datetime import datetime
 import pytest
 
 from conftest import account_balances, card_accounts, payable, posting_count, posting_entries, postings
-from switch.audit import verify
+from switch.ledger.audit import verify
 from switch.domain import KST, Merchant
-from switch.fees import ECOMMERCE_ENTRY_MODES, FeeQuote, quote_fee
-from switch.messages import Balances, decode_balances
-from switch.policy import CARDHOLDER, TERMINAL, default_config_dir, load_rules
+from switch.rules.fees import ECOMMERCE_ENTRY_MODES, FeeQuote, quote_fee
+from switch.wire.messages import Balances, decode_balances
+from switch.rules.policy import CARDHOLDER, TERMINAL, default_config_dir, load_rules
 
 RULES = load_rules(default_config_dir())
 MALL_SHOP = Merchant("MALL01", "mall seller", "namdong", 250_000_000, online_mall=True)

@@ -18,12 +18,12 @@ import pytest
 
 from conftest import LAUNCH, postings, query, start_switch
 from conftest import bought as _bought
-from switch.audit import verify
+from switch.ledger.audit import verify
 from switch.clock import FixedClock
 from switch.domain import mask_pan
-from switch.events import (CardFacts, PostingFacts, event_id, posting_events)
-from switch.ledger import Unit, commit_units, connect, ledger_id, open_store
-from switch.outbox import OutboxReader
+from switch.ledger.events import (CardFacts, PostingFacts, event_id, posting_events)
+from switch.ledger.store import Unit, commit_units, connect, ledger_id, open_store
+from switch.ledger.outbox import OutboxReader
 from terminal_sim.terminal import Terminal
 from test_cli import EUM
 from waiting import eventually, settled

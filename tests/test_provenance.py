@@ -138,7 +138,7 @@ def citation_problems(relpath: str, text: str, docs_dir: Path) -> list[str]:
 def test_scan_sees_the_repository() -> None:
     # Guards the scans below against passing because they read nothing.
     scanned = texts()
-    for expected in ("switch/engine.py", "tests/conftest.py", "config/programs.toml", "docs/domain.md",
+    for expected in ("switch/authorize/engine.py", "tests/conftest.py", "config/programs.toml", "docs/domain.md",
                      "docs/hsm.md", "tests/test_provenance.py"):
         assert expected in scanned, f"the scan did not reach {expected}"
 

@@ -28,10 +28,10 @@ from pathlib import Path
 import pytest
 
 from conftest import account_balances, query, start_switch
-from switch.audit import verify
+from switch.ledger.audit import verify
 from switch.clock import FixedClock
-from switch.report_cli import csv_text, write_csv_files
-from switch.reports import Period, ReportError, build_report, kst_day, table
+from switch.cli.report import csv_text, write_csv_files
+from switch.ops.reports import Period, ReportError, build_report, kst_day, table
 from terminal_sim.terminal import Terminal
 
 D0 = "2019-07-19"  # day D-1
@@ -39,7 +39,7 @@ D1 = "2019-07-20"  # day D
 D2 = "2019-07-21"  # day D+1
 
 EUM_SCRIPT = Path(sys.executable).parent / "eum"
-EUM = [str(EUM_SCRIPT)] if EUM_SCRIPT.exists() else [sys.executable, "-m", "switch.cli"]
+EUM = [str(EUM_SCRIPT)] if EUM_SCRIPT.exists() else [sys.executable, "-m", "switch.cli.main"]
 
 
 def won(amount: int, bp: int) -> int:
@@ -380,7 +380,7 @@ def test_eum_report_daily_and_month_as_separate_processes(ledger):
 def test_cli_main_exits_1_when_the_figures_do_not_reconcile(ledger, tmp_path, capsys):
     import sqlite3
 
-    from switch.cli import main
+    from switch.cli.main import main
 
     broken = tmp_path / "var"
     broken.mkdir()

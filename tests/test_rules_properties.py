@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from switch.cashback import clawback, policy_at, proportional, quote_cashback
+from switch.rules.cashback import clawback, policy_at, proportional, quote_cashback
 from switch.domain import DISTRICTS, KST, PROGRAMS, Merchant
-from switch.fees import quote_fee
-from switch.policy import default_config_dir, load_rules
+from switch.rules.fees import quote_fee
+from switch.rules.policy import default_config_dir, load_rules
 
 RULES = load_rules(default_config_dir())
 

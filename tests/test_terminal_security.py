@@ -28,9 +28,9 @@ import pytest
 
 from hsm_mock import crypto, dukpt, pinblock
 from hsm_mock.commands import Hsm
-from hsm_mock.protocol import Command
-from switch.codec import decode_fields, encode_fields, load_dialect
-from switch.framing import FrameBuffer, frame
+from switch.wire.payshield import Command
+from switch.wire.codec import decode_fields, encode_fields, load_dialect
+from switch.wire.framing import FrameBuffer, frame
 from terminal_sim.cli import add_terminal_parser, run_terminal
 from terminal_sim.security import SecurityError, TerminalSecurity, mac_field
 from terminal_sim.terminal import Terminal

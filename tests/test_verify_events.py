@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from switch.audit import verify
+from switch.ledger.audit import verify
 
 from conftest import postings
 
@@ -70,7 +70,7 @@ async def test_an_event_without_its_posting_fails(switch_env):
 
 
 def test_postings_older_than_the_outbox_are_not_held_to_it(tmp_path):
-    from switch.ledger import connect, open_store
+    from switch.ledger.store import connect, open_store
 
     db = open_store(tmp_path / "var")
     conn = connect(db)

@@ -13,7 +13,7 @@ two messages; no purchase is undone beyond its amount) and docs/events.md, Deliv
 semantics: at least once (the outbox agrees with the postings). A card balance never goes
 negative: docs/domain.md, Spending order and clawback (assumptions).
 
-verify reports the FIRST discrepancy, in this order (switch/audit.py): posting balance,
+verify reports the FIRST discrepancy, in this order (switch/ledger/audit.py): posting balance,
 entries without a posting, accounts sum, account balance = entries, entries without an
 account, negative card balance, posting with an amount and no entries, posting answering two
 messages, undone outside 0..amount, then the outbox. Each tamper leaves every earlier check
@@ -39,7 +39,7 @@ from switch.clock import FixedClock
 from conftest import LAUNCH, account_balances, bought, card_id, payable, postings, provision, start_switch
 
 EUM_SCRIPT = Path(sys.executable).parent / "eum"
-EUM = [str(EUM_SCRIPT)] if EUM_SCRIPT.exists() else [sys.executable, "-m", "switch.cli"]
+EUM = [str(EUM_SCRIPT)] if EUM_SCRIPT.exists() else [sys.executable, "-m", "switch.cli.main"]
 COMMAND_TIMEOUT_S = 30
 
 # The postings of the traffic below, in order (asserted by the `built` fixture).

@@ -9,10 +9,10 @@ from datetime import datetime
 
 import pytest
 
-from switch.cashback import CashbackQuote, quote_cashback
+from switch.rules.cashback import CashbackQuote, quote_cashback
 from switch.domain import KST, Merchant
-from switch.fees import FeeQuote, quote_fee
-from switch.policy import default_config_dir, load_rules
+from switch.rules.fees import FeeQuote, quote_fee
+from switch.rules.policy import default_config_dir, load_rules
 
 RULES = load_rules(default_config_dir())
 

@@ -1,0 +1,1 @@
+"""The benchmark set (`eum bench`): docs/performance.md."""

@@ -1,0 +1,55 @@
+"""`eum bench`: the benchmark suite (benchmarks/bench.py) behind the main CLI.
+
+`eum` finds it through the entry point `eum.commands` (pyproject.toml): `register` adds the
+subcommand; the switch itself imports nothing from benchmarks/.
+
+The suite lives in benchmarks/ next to this package (a source checkout, as installed with
+`pip install -e .`); it is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def add_bench_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    p = sub.add_parser("bench", help="run the benchmark suite on this machine (fleet + switch + HSM, codec, scale)",
+                       description="Runs the standard benchmark set and checks correctness under load; writes "
+                                   "<out-dir>/<date>-<host>[-quick].json, .md and PNG plots. Exit 1 when a run "
+                                   "cannot be measured or the ledger disagrees with the fleet.")
+    p.add_argument("--quick", action="store_true", help="shorter runs and 100,000 cards for scale (< 3 minutes)")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results",
+                   help="where results go (default benchmarks/results)")
+    p.set_defaults(func=func)
+    return p
+
+
+def register(sub: Any) -> None:
+    """`eum bench` (entry point `eum.commands`, pyproject.toml)."""
+    add_bench_parser(sub, run_bench_cli)
+
+
+def run_bench_cli(args: argparse.Namespace) -> int:
+    if not (ROOT / "benchmarks" / "bench.py").exists():
+        print(f"eum bench: benchmarks/bench.py not found under {ROOT} (needs a source checkout)", file=sys.stderr)
+        return 2
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.bench import BenchFailure, run_bench
+
+    try:
+        result = run_bench(args.quick, Path(args.out_dir))
+    except BenchFailure as exc:
+        print(f"eum bench: FAILED: {exc}", file=sys.stderr)
+        return 1
+    flat = {k: v for k, v in result.items() if "." in k and not isinstance(v, (dict, list))}
+    print(json.dumps(flat, indent=2))
+    print("written: " + ", ".join(result["files"]))
+    return 0

@@ -1,0 +1,1 @@
+"""One authorization in flow order: connection glue, fairness, the decision, hot state, HSM checks."""

@@ -1,0 +1,287 @@
+"""The switch's HSM client: a pool of pipelined connections to one or more payShield-style HSMs.
+
+`connections_per_hsm` connections to each HSM, used in turn; each carries many commands at once; the 4-character message header is the
+correlation id (the HSM returns it unchanged). Every call has a timeout. A background task
+health-checks each HSM with NC and reconnects with backoff; calls go to the first healthy
+HSM in the configured order and fail over to the next on a timeout or a broken connection.
+With no HSM answering, `call` raises HsmUnavailable quickly, and the engine declines (91):
+never an approval without the HSM's word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from switch.wire.payshield import FrameReader, ProtocolError, frame
+
+from switch.ops.config import parse_hostport
+from switch.wire.transport import WriteBatch
+
+log = structlog.get_logger()
+
+
+class HsmUnavailable(RuntimeError):
+    """No HSM answered in time; the message is declined and nothing is posted."""
+
+
+@dataclass(frozen=True, slots=True)
+class HsmReply:
+    code: str    # response code, e.g. "ND"
+    error: str   # "00" success, "01" verification failure, ...
+    body: bytes  # fields after the error code (trailer removed)
+
+
+@dataclass(frozen=True, slots=True)
+class HsmConfig:
+    endpoints: tuple[tuple[str, int], ...]
+    header_length: int = 4
+    call_timeout_ms: float = 300.0
+    connect_timeout_ms: float = 500.0
+    health_interval_s: float = 2.0
+    connections_per_hsm: int = 2      # pipelined connections to each HSM, used in turn
+    in_flight_max: int = 256          # per connection; callers wait beyond it
+    reconnect_backoff_s_max: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.endpoints:
+            raise ValueError("hsm endpoints: at least one HOST:PORT")
+        if self.connections_per_hsm < 1:
+            raise ValueError("hsm connections_per_hsm must be ≥ 1")
+        if self.header_length < 4:
+            raise ValueError("hsm header_length must be ≥ 4 (it carries the correlation id)")
+
+
+class _Connection:
+    """One TCP connection; responses matched to calls by header."""
+
+    def __init__(self, host: str, port: int, config: HsmConfig) -> None:
+        self.host, self.port, self.config = host, port, config
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.pending: dict[bytes, asyncio.Future[HsmReply]] = {}
+        self.ids = itertools.count()
+        self.slots = asyncio.Semaphore(config.in_flight_max)
+        self.read_task: asyncio.Task[None] | None = None
+        self.out: WriteBatch | None = None  # commands of one loop iteration leave in one write
+
+    @property
+    def open(self) -> bool:
+        return self.writer is not None and not self.writer.is_closing()
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), self.config.connect_timeout_ms / 1000)
+        self.out = WriteBatch(self.writer.write, lambda: self.open)
+        self.read_task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    def _next_header(self) -> bytes:
+        n = self.config.header_length
+        while True:
+            header = f"{next(self.ids) % 10**n:0{n}d}".encode()
+            if header not in self.pending:
+                return header
+
+    async def call(self, code: str, body: bytes, timeout_s: float) -> HsmReply:
+        async with self.slots:
+            if not self.open:
+                raise ConnectionError("hsm connection closed")
+            header = self._next_header()
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[HsmReply] = loop.create_future()
+            self.pending[header] = fut
+            # one timer handle per call (asyncio.wait_for costs a wrapper future and callbacks)
+            timer = loop.call_later(timeout_s, _expire, fut)
+            try:
+                self.out.add(frame(header + code.encode() + body))
+                return await fut
+            finally:
+                timer.cancel()
+                self.pending.pop(header, None)
+
+    async def _read_loop(self) -> None:
+        frames = FrameReader()
+        hl = self.config.header_length
+        try:
+            while True:
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                frames.receive_data(data)
+                while (payload := frames.next_frame()) is not None:
+                    fut = self.pending.get(payload[:hl])
+                    if fut is None or fut.done():
+                        continue  # a late answer to a call that timed out
+                    rest = payload[hl:]
+                    body = rest[4:].split(b"\x19", 1)[0]
+                    fut.set_result(HsmReply(rest[:2].decode("ascii", "replace"), rest[2:4].decode("ascii", "replace"),
+                                            body))
+        except (ConnectionError, OSError, ProtocolError):
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.close()
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("hsm connection lost"))
+        self.pending.clear()
+
+
+def _expire(fut: asyncio.Future[HsmReply]) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
+
+
+@dataclass
+class _Endpoint:
+    host: str
+    port: int
+    healthy: bool = False
+    conns: list[_Connection] = field(default_factory=list)
+    turn: int = 0
+    failures: int = 0
+    last_check: float = 0.0
+    lmk_check: str = ""
+    calls: int = 0
+    errors: int = 0
+    reconnect_at: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def open_conns(self) -> list[_Connection]:
+        return [c for c in self.conns if c.open]
+
+    def next_conn(self) -> _Connection | None:
+        """The endpoint's open connections in turn: pipelining spread over all of them."""
+        live = self.open_conns
+        if not live:
+            return None
+        self.turn += 1
+        return live[self.turn % len(live)]
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+        self.conns = []
+
+
+class HsmPool:
+    def __init__(self, config: HsmConfig) -> None:
+        self.config = config
+        self.endpoints = [_Endpoint(h, p) for h, p in config.endpoints]
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await asyncio.gather(*(self._check(ep) for ep in self.endpoints))
+        self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+
+    async def close(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            try:
+                await self._health_task
+            except asyncio.CancelledError:
+                pass
+        for ep in self.endpoints:
+            ep.close()
+
+    @property
+    def healthy(self) -> list[str]:
+        return [ep.name for ep in self.endpoints if self._usable(ep)]
+
+    @staticmethod
+    def _usable(ep: _Endpoint) -> bool:
+        return ep.healthy and bool(ep.open_conns)
+
+    async def call(self, code: str, body: bytes) -> HsmReply:
+        """Send one command to the first healthy HSM; fail over on timeout or broken link."""
+        timeout_s = self.config.call_timeout_ms / 1000
+        tried = []
+        for ep in self.endpoints:
+            if not self._usable(ep):
+                if ep.healthy:
+                    self._mark_down(ep, "connection closed")
+                continue
+            tried.append(ep.name)
+            try:
+                reply = await ep.next_conn().call(code, body, timeout_s)
+                ep.calls += 1
+                return reply
+            except asyncio.TimeoutError:
+                # slow, not necessarily gone: send new calls elsewhere, but let the calls in
+                # flight on its connections finish; the health check decides when it is back
+                ep.errors += 1
+                self._mark_down(ep, "timeout", close=False)
+            except (ConnectionError, OSError) as exc:
+                ep.errors += 1
+                self._mark_down(ep, type(exc).__name__)
+        raise HsmUnavailable(f"no HSM answered {code} (tried: {', '.join(tried) or 'none healthy'})")
+
+    def _mark_down(self, ep: _Endpoint, reason: str, *, close: bool = True) -> None:
+        if ep.healthy:
+            log.warning("hsm_down", hsm=ep.name, reason=reason)
+        ep.healthy = False
+        if close:
+            ep.close()
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval_s)
+            await asyncio.gather(*(self._check(ep) for ep in self.endpoints), return_exceptions=True)
+
+    async def _check(self, ep: _Endpoint) -> None:
+        """NC diagnostics on each of the endpoint's connections, (re)connecting the missing
+        ones, with backoff after failures."""
+        async with ep.lock:
+            now = time.monotonic()
+            ep.conns = ep.open_conns
+            if len(ep.conns) < self.config.connections_per_hsm:
+                if now < ep.reconnect_at:
+                    return
+                try:
+                    while len(ep.conns) < self.config.connections_per_hsm:
+                        conn = _Connection(ep.host, ep.port, self.config)
+                        await conn.connect()
+                        ep.conns.append(conn)
+                except (asyncio.TimeoutError, OSError) as exc:
+                    ep.failures += 1
+                    backoff = min(self.config.reconnect_backoff_s_max, 0.1 * 2 ** min(ep.failures, 10))
+                    ep.reconnect_at = now + backoff
+                    self._mark_down(ep, type(exc).__name__)
+                    return
+            try:
+                replies = await asyncio.gather(*(c.call("NC", b"", self.config.call_timeout_ms / 1000)
+                                                 for c in ep.conns))
+            except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
+                ep.failures += 1
+                self._mark_down(ep, type(exc).__name__)
+                return
+            ep.last_check = now
+            reply = replies[0]
+            if any(r.error != "00" for r in replies):
+                self._mark_down(ep, f"NC error {reply.error}")
+                return
+            if not ep.healthy:
+                ep.lmk_check = reply.body[:16].decode("ascii", "replace")
+                log.info("hsm_up", hsm=ep.name, lmk_check=ep.lmk_check)
+            ep.healthy = True
+            ep.failures = 0
+
+
+def parse_endpoints(text: str) -> tuple[tuple[str, int], ...]:
+    """'HOST:PORT[,HOST:PORT…]', in failover order; each part must name its port."""
+    parts = [p.strip() for p in text.split(",")]
+    if any(":" not in p for p in parts):
+        raise ValueError(f"--hsm: {text!r} is not HOST:PORT[,HOST:PORT…]")
+    return tuple(parse_hostport(p) for p in parts)

@@ -1,0 +1,1 @@
+"""The `eum` command line."""

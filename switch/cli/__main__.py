@@ -1,0 +1,7 @@
+"""`python -m switch.cli.main` runs the `eum` command line."""
+
+import sys
+
+from switch.cli.main.main import main
+
+sys.exit(main())

@@ -1,0 +1,145 @@
+"""`eum report daily|month`: the operator's reports (switch/ops/reports.py) as terminal tables
+or CSV. docs/reports.md describes the figures and the options.
+
+The main CLI (switch/cli/main.py) wires it with:
+
+    from switch.cli.report import add_report_parser
+    add_report_parser(sub)   # sub = the subparsers of `eum`; sets func
+
+Exit status: 0 when every figure reconciles with the ledger, 1 when a check fails (the
+report says which), 2 for a bad date or a missing ledger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from switch.ops.reports import TABLES, Period, Report, ReportError, build_report, table
+
+TEXT_COLUMNS = frozenset({"mid", "name", "district", "channel", "program", "date", "account"})
+TITLES = {
+    "merchants": "Merchant settlement (won)",
+    "programs": "Programs (won)",
+    "city": "City figures: subscribers, issued, spent per day (won)",
+    "accounts": "Ledger reconciliation by account (won)",
+}
+
+
+def add_report_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("report", help="daily or monthly settlement and program figures, reconciled with the ledger",
+                       description="Reads the ledger read-only (safe while a switch runs). Days are KST calendar "
+                                   "days; a posting counts on the day it was posted (docs/reports.md).")
+    rsub = p.add_subparsers(dest="report_kind", required=True)
+    daily = rsub.add_parser("daily", help="one KST day")
+    daily.add_argument("--date", required=True, help="YYYY-MM-DD (KST)")
+    monthly = rsub.add_parser("month", help="one KST calendar month, with the city figures per day")
+    monthly.add_argument("--month", required=True, help="YYYY-MM (KST)")
+    for sp in (daily, monthly):
+        sp.add_argument("--data-dir", default="var", help="the switch's data dir (default ./var)")
+        sp.add_argument("--csv", action="store_true", help="write one table as CSV to stdout (see --table)")
+        sp.add_argument("--table", choices=TABLES, default="merchants",
+                        help="the table --csv writes (default merchants)")
+        sp.add_argument("--out", type=Path, help="write every table as CSV into this directory: "
+                        "<label>-merchants.csv, -programs.csv, -city.csv, -accounts.csv")
+        sp.add_argument("--verify", action="store_true",
+                        help="also run the whole-ledger proof of `eum admin verify` on the same snapshot")
+        sp.set_defaults(func=run_report)
+    return p
+
+
+def run_report(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
+    out = stdout or sys.stdout
+    try:
+        period = Period.day(args.date) if args.report_kind == "daily" else Period.month(args.month)
+        report = build_report(Path(args.data_dir) / "ledger.sqlite3", period, verify=args.verify)
+    except ReportError as exc:
+        print(f"eum report: {exc}", file=sys.stderr)
+        return 2
+    if args.out is not None:
+        for path in write_csv_files(report, args.out):
+            print(f"written: {path}", file=sys.stderr)
+    if args.csv:
+        write_csv(report, args.table, out)
+    elif args.out is None:
+        render(report, out)
+    if not report.ok:
+        for check in report.failed:
+            print(f"eum report: does not reconcile: {check.name}: report {check.report:,} != ledger "
+                  f"{check.ledger:,}", file=sys.stderr)
+        if report.verified is not None and not report.verified.ok:
+            print(f"eum report: ledger NOT verified: {report.verified.problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------- CSV
+
+def write_csv(report: Report, name: str, out: TextIO) -> None:
+    """One table: a header row of snake_case names, then one row per line, plain integers
+    (no thousands separators), no total row."""
+    header, rows = table(report, name)
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+
+
+def csv_text(report: Report, name: str) -> str:
+    buf = io.StringIO()
+    write_csv(report, name, buf)
+    return buf.getvalue()
+
+
+def write_csv_files(report: Report, directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in TABLES:
+        path = directory / f"{report.period.label}-{name}.csv"
+        path.write_text(csv_text(report, name), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------- terminal
+
+def render(report: Report, out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    # Not a terminal (a pipe, a file): wide enough that no column is cut or wrapped.
+    console = Console(file=out, highlight=False, width=None if out.isatty() else 1000)
+    p = report.period
+    console.print(f"[bold]eum report[/bold] — {p.kind} {p.label} (KST days {p.first} … {p.last}); "
+                  "a posting counts on the day it was posted")
+    for name in TABLES:
+        header, body = table(report, name)
+        rows = table(report, name, totals=True)[1] if body else []
+        t = Table()
+        for col in header:
+            text = col in TEXT_COLUMNS
+            t.add_column(col.replace("_", " "), justify="left" if text else "right", no_wrap=True)
+        for j, row in enumerate(rows):
+            is_total = j >= len(body)
+            t.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row), style="bold" if is_total else None,
+                      end_section=j == len(body) - 1 and len(rows) > len(body))
+        if not rows:
+            t.add_row("(none)", *[""] * (len(header) - 1))
+        console.print()
+        console.print(f"[bold]{TITLES[name]}[/bold]")
+        console.print(t)
+    failed = report.failed
+    if failed:
+        console.print(f"[bold red]{len(failed)} of {len(report.checks)} checks do NOT reconcile with the "
+                      "ledger:[/bold red]")
+        for c in failed:
+            console.print(f"  {c.name}: report {c.report:,} != ledger {c.ledger:,}")
+    else:
+        console.print(f"\nReconciled: {len(report.checks)} checks, every total equals the ledger's movement "
+                      "to the won.")
+    if report.verified is not None:
+        v = report.verified
+        console.print("Ledger proof (eum admin verify): " + ("verified" if v.ok else f"NOT verified: {v.problem}"))

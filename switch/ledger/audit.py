@@ -1,0 +1,154 @@
+"""Read-only views of the ledger: the whole-ledger proof and a card's statement.
+
+Both read one consistent WAL snapshot, so they run while a switch is writing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from switch.domain import mask_pan
+from switch.ledger.store import connect
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    problem: str = ""
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def verify(db_path: Path) -> VerifyResult:
+    """Prove the ledger: every posting balances, all accounts sum to zero, every account's
+    balance equals its entries (so each card's cash and cashback do), no card balance is
+    negative, every entry belongs to a posting, no message key posted twice, and the event
+    outbox agrees with the postings (_verify_outbox)."""
+    conn = connect(db_path, readonly=True)
+    try:
+        conn.execute("BEGIN")  # one snapshot for every check
+        return _verify(conn)
+    finally:
+        conn.execute("COMMIT")
+        conn.close()
+
+
+def _verify(conn: sqlite3.Connection) -> VerifyResult:
+    stats = {
+        "postings": conn.execute("SELECT COUNT(*) FROM postings").fetchone()[0],
+        "entries": conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0],
+        "accounts": conn.execute("SELECT COUNT(*) FROM accounts").fetchone()[0],
+        "cards": conn.execute("SELECT COUNT(*) FROM cards").fetchone()[0],
+    }
+    row = conn.execute(
+        "SELECT posting_id, SUM(amount) FROM entries GROUP BY posting_id HAVING SUM(amount) != 0 "
+        "ORDER BY posting_id LIMIT 1").fetchone()
+    if row:
+        return VerifyResult(False, f"posting {row[0]} does not balance: entries sum to {row[1]}", stats)
+    row = conn.execute(
+        "SELECT e.posting_id FROM entries e LEFT JOIN postings p ON p.id = e.posting_id "
+        "WHERE p.id IS NULL LIMIT 1").fetchone()
+    if row:
+        return VerifyResult(False, f"entries reference posting {row[0]}, which does not exist", stats)
+    total = conn.execute("SELECT COALESCE(SUM(balance), 0) FROM accounts").fetchone()[0]
+    if total != 0:
+        return VerifyResult(False, f"accounts sum to {total}, not 0", stats)
+    row = conn.execute(
+        "SELECT a.name, a.balance, COALESCE(e.total, 0) FROM accounts a "
+        "LEFT JOIN (SELECT account, SUM(amount) AS total FROM entries GROUP BY account) e ON e.account = a.name "
+        "WHERE a.balance != COALESCE(e.total, 0) ORDER BY a.name LIMIT 1").fetchone()
+    if row:
+        return VerifyResult(False, f"account {row[0]} balance {row[1]} != its entries {row[2]}", stats)
+    row = conn.execute(
+        "SELECT e.account FROM entries e LEFT JOIN accounts a ON a.name = e.account WHERE a.name IS NULL LIMIT 1"
+    ).fetchone()
+    if row:
+        return VerifyResult(False, f"entries post to account {row[0]}, which does not exist", stats)
+    row = conn.execute(
+        "SELECT name, balance FROM accounts WHERE (name LIKE 'card:%:cash' OR name LIKE 'card:%:cashback') "
+        "AND balance < 0 ORDER BY name LIMIT 1").fetchone()
+    if row:
+        return VerifyResult(False, f"card account {row[0]} is negative: {row[1]}", stats)
+    row = conn.execute(
+        "SELECT p.id FROM postings p LEFT JOIN entries e ON e.posting_id = p.id "
+        "WHERE e.posting_id IS NULL AND p.amount != 0 LIMIT 1").fetchone()
+    if row:
+        return VerifyResult(False, f"posting {row[0]} has an amount but no entries", stats)
+    row = conn.execute(
+        "SELECT posting_id, COUNT(*) FROM messages WHERE posting_id IS NOT NULL GROUP BY posting_id "
+        "HAVING COUNT(*) > 1 LIMIT 1").fetchone()
+    if row:
+        return VerifyResult(False, f"posting {row[0]} answers {row[1]} messages", stats)
+    row = conn.execute(
+        "SELECT p.id, p.amount, p.undone FROM postings p WHERE p.kind IN ('purchase', 'refund') "
+        "AND (p.undone < 0 OR p.undone > p.amount) LIMIT 1").fetchone()
+    if row:
+        return VerifyResult(False, f"posting {row[0]} undone {row[2]} outside 0..{row[1]}", stats)
+    problem = _verify_outbox(conn, stats)
+    if problem:
+        return VerifyResult(False, problem, stats)
+    return VerifyResult(True, "", stats)
+
+
+# The posting kinds that are told by a transaction event of the same name (switch/ledger/events.py).
+_TOLD = ("purchase", "refund", "reversal", "charge")
+
+
+def _verify_outbox(conn: sqlite3.Connection, stats: dict[str, int]) -> str:
+    """Events and postings agree (docs/events.md): no event without its posting; every
+    purchase, refund, reversal and charge since the outbox began has its transaction event;
+    a posting moves cashback exactly when it has a cashback event, which carries that amount."""
+    stats["events"] = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    row = conn.execute("SELECT value FROM meta WHERE key = 'outbox_since_posting'").fetchone()
+    since = int(row[0]) if row else None
+    row = conn.execute("SELECT o.seq, o.posting_id FROM outbox o LEFT JOIN postings p ON p.id = o.posting_id "
+                       "WHERE p.id IS NULL LIMIT 1").fetchone()
+    if row:
+        return f"event {row[0]} tells of posting {row[1]}, which does not exist"
+    if since is None:  # a store no switch with an outbox has opened: nothing to hold it to
+        return ""
+    told = ",".join("?" * len(_TOLD))
+    row = conn.execute(
+        f"SELECT p.id, p.kind FROM postings p LEFT JOIN outbox o ON o.posting_id = p.id AND o.type = p.kind "
+        f"WHERE p.id > ? AND p.kind IN ({told}) AND o.seq IS NULL ORDER BY p.id LIMIT 1", (since, *_TOLD)).fetchone()
+    if row:
+        return f"posting {row[0]} ({row[1]}) has no {row[1]} event"
+    row = conn.execute(
+        f"SELECT p.id, COALESCE(c.moved, 0), json_extract(o.payload, '$.cashback') FROM postings p "
+        "LEFT JOIN (SELECT posting_id, -SUM(amount) AS moved FROM entries WHERE account LIKE 'cashback_expense:%' "
+        "           GROUP BY posting_id) c ON c.posting_id = p.id "
+        "LEFT JOIN outbox o ON o.posting_id = p.id AND o.type IN ('cashback.credited', 'cashback.clawed_back') "
+        f"WHERE p.id > ? AND p.kind IN ({told}) "
+        "AND COALESCE(json_extract(o.payload, '$.cashback'), 0) != COALESCE(c.moved, 0) ORDER BY p.id LIMIT 1",
+        (since, *_TOLD)).fetchone()
+    if row:
+        return f"posting {row[0]} moved {row[1]} won of cashback, its cashback event says {row[2] or 0}"
+    return ""
+
+
+def card_statement(db_path: Path, pan: str, *, recent: int = 10) -> dict[str, Any] | None:
+    conn = connect(db_path, readonly=True)
+    try:
+        row = conn.execute("SELECT id, program, member, expiry, status FROM cards WHERE pan=?", (pan,)).fetchone()
+        if row is None:
+            return None
+        cid, program, member, expiry, status = row
+
+        def bal(kind: str) -> int:
+            r = conn.execute("SELECT balance FROM accounts WHERE name=?", (f"card:{cid}:{kind}",)).fetchone()
+            return r[0] if r else 0
+
+        postings = [
+            {"id": p[0], "kind": p[1], "at": p[2], "amount": p[3], "fee": p[4], "cashback": p[5], "rrn": p[6],
+             "merchant": (p[7] or "").strip()}
+            for p in conn.execute(
+                "SELECT id, kind, at, amount, fee, cashback, rrn, mid FROM postings WHERE card_id=? "
+                "ORDER BY id DESC LIMIT ?", (cid, recent))
+        ]
+        return {"pan": mask_pan(pan), "program": program, "member": member, "expiry": expiry, "status": status,
+                "cash": bal("cash"), "cashback": bal("cashback"), "receivable": bal("receivable"),
+                "postings": postings}
+    finally:
+        conn.close()

@@ -1,0 +1,141 @@
+"""Events: what a posting tells the city's and districts' systems (docs/events.md).
+
+Pure module: builds the outbox rows of one posting from the posting's own entries, so an
+event can never say something the ledger does not. No I/O; the ledger writer inserts the
+rows in the posting's commit and the relay (switch/ledger/relay.py) publishes them.
+
+Signs follow the postings table: `amount` is the transaction's amount (positive); `fee`,
+`fee_support` and `cashback` are what this posting did to them, so a refund's are negative.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Iterable
+
+from switch.domain import mask_pan
+
+SCHEMA_VERSION = 1
+TRANSACTION_TYPES = ("purchase", "refund", "reversal", "charge")
+CASHBACK_CREDITED = "cashback.credited"
+CASHBACK_CLAWED_BACK = "cashback.clawed_back"
+STREAMS = ("cashback", "transactions")
+FEE_SUBSIDY = "fee_subsidy:"            # ledger account prefixes, one account per funder
+CASHBACK_EXPENSE = "cashback_expense:"
+
+
+@dataclass(frozen=True, slots=True)
+class CardFacts:
+    """The card as it stands after the posting (balances after)."""
+
+    program: str
+    member: str
+    pan: str  # masked here, never published whole
+    cash: int
+    cashback: int
+    receivable: int
+
+
+@dataclass(frozen=True, slots=True)
+class PostingFacts:
+    posting_id: int
+    kind: str                      # one of TRANSACTION_TYPES
+    at: str                        # the posting's time: ISO 8601 in KST, microseconds
+    card: CardFacts
+    amount: int
+    entries: tuple[tuple[str, int], ...]
+    rrn: str = ""
+    merchant: str | None = None    # DE42 without padding
+    district: str | None = None    # the merchant's district
+    terminal: str | None = None
+    stan: str | None = None
+    original_posting_id: int | None = None
+    extra: tuple[tuple[str, int], ...] = ()  # kind-specific figures, e.g. receivable_repaid
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One outbox row: `payload` is the JSON published as is (`event_id` is inside it too)."""
+
+    event_id: str
+    topic: str
+    type: str
+    posting_id: int
+    payload: str
+
+
+def topic(program: str, stream: str) -> str:
+    return f"eum/{program}/{stream}"
+
+
+def event_id(ledger_id: str, posting_id: int, event_type: str) -> str:
+    """Stable idempotency key: the same posting's event has the same id however often it is
+    sent, and two ledgers never share one (each ledger has its own id, made at creation)."""
+    return str(uuid.uuid5(_namespace(ledger_id), f"{posting_id}/{event_type}"))
+
+
+@functools.lru_cache(maxsize=8)
+def _namespace(ledger_id: str) -> uuid.UUID:
+    return uuid.UUID(ledger_id)
+
+
+# one encoder for every payload (json.dumps with options builds a new one per call): compact, UTF-8
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _money(entries: Iterable[tuple[str, int]]) -> tuple[int, dict[str, int], dict[str, int]]:
+    """Fee, fee support by funder and cashback by funder, from the posting's entries in one
+    pass. Support and cashback are counted from the funder's side turned positive (what the
+    funder paid, what the card was credited); funders in first-seen order, zeros dropped."""
+    fee = 0
+    support: dict[str, int] = {}
+    cashback: dict[str, int] = {}
+    for account, amount in entries:
+        if account == "fee_income":
+            fee += amount
+        elif account.startswith(FEE_SUBSIDY):
+            funder = account[len(FEE_SUBSIDY):]
+            support[funder] = support.get(funder, 0) - amount
+        elif account.startswith(CASHBACK_EXPENSE):
+            funder = account[len(CASHBACK_EXPENSE):]
+            cashback[funder] = cashback.get(funder, 0) - amount
+    return fee, {f: v for f, v in support.items() if v}, {f: v for f, v in cashback.items() if v}
+
+
+def posting_events(ledger_id: str, facts: PostingFacts) -> list[OutboxEvent]:
+    """The transaction event of a posting, and its cashback event when the posting credits or
+    claws back cashback."""
+    assert facts.kind in TRANSACTION_TYPES, facts.kind
+    fee, support, cashback = _money(facts.entries)
+    cashback_total = sum(cashback.values())
+    card = facts.card
+    common = {
+        "time": facts.at, "posting_id": facts.posting_id, "program": card.program, "member": card.member,
+        "pan": mask_pan(card.pan), "merchant": facts.merchant, "district": facts.district,
+    }
+    balances = {"cash": card.cash, "cashback": card.cashback, "receivable": card.receivable}
+    transaction = {
+        **common, "rrn": facts.rrn, "terminal": facts.terminal, "stan": facts.stan,
+        "original_posting_id": facts.original_posting_id, "amount": facts.amount, "fee": fee,
+        "fee_support": support, "cashback": cashback_total, "cashback_by_funder": cashback, **dict(facts.extra),
+        "balances_after": balances,
+    }
+    events = [_event(ledger_id, facts, facts.kind, "transactions", transaction)]
+    if cashback:
+        kind = CASHBACK_CREDITED if cashback_total > 0 else CASHBACK_CLAWED_BACK
+        body = {**common, "transaction": facts.kind, "original_posting_id": facts.original_posting_id,
+                "amount": facts.amount, "cashback": cashback_total, "by_funder": cashback,
+                "balances_after": balances}
+        events.append(_event(ledger_id, facts, kind, "cashback", body))
+    return events
+
+
+def _event(ledger_id: str, facts: PostingFacts, event_type: str, stream: str, body: dict) -> OutboxEvent:
+    eid = event_id(ledger_id, facts.posting_id, event_type)
+    payload = {"event_id": eid, "type": event_type, "schema": SCHEMA_VERSION, **body}
+    return OutboxEvent(event_id=eid, topic=topic(facts.card.program, stream), type=event_type,
+                       posting_id=facts.posting_id,
+                       payload=_encode(payload))

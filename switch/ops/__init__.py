@@ -1,0 +1,1 @@
+"""Runtime wiring, operator operations, seed, reports, logs, configuration."""

@@ -1,0 +1,59 @@
+"""One frozen object holds every default of the switch; relationships are checked at load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchConfig:
+    host: str = "127.0.0.1"
+    port: int = 8583
+    data_dir: Path = field(default_factory=lambda: Path("var"))
+    dialect: str = "default"
+    connections_max: int = 2048
+    in_flight_max: int = 64            # requests in progress per connection before reads pause
+    idle_timeout_s: float = 300.0      # a connection silent this long is closed
+    write_buffer_max: int = 1 << 20    # bytes queued to a peer that does not read; then reads pause
+    batch_size_max: int = 512          # ledger units per group commit
+    commit_interval_ms_max: float = 2.0
+    queue_size_max: int = 8192         # ledger units waiting for the writer
+    shutdown_grace_s: float = 10.0
+    # per card program (switch/authorize/fairness.py): slots in the engine, waiting room, longest wait
+    program_in_flight_max: int = 64
+    program_queue_max: int = 256
+    program_wait_ms: float = 500.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError("port must be 0..65535 (0: any free port)")
+        if self.connections_max < 1 or self.in_flight_max < 1:
+            raise ValueError("connections_max and in_flight_max must be ≥ 1")
+        if self.batch_size_max > self.queue_size_max:
+            raise ValueError("batch_size_max must not exceed queue_size_max")
+        if self.commit_interval_ms_max <= 0:
+            raise ValueError("commit_interval_ms_max must be > 0")
+        if self.idle_timeout_s <= 0:
+            raise ValueError("idle_timeout_s must be > 0")
+        if self.program_in_flight_max < 1:
+            raise ValueError("program_in_flight_max (--program-in-flight-max) must be ≥ 1")
+        if self.program_queue_max < 0:
+            raise ValueError("program_queue_max (--program-queue-max) must be ≥ 0")
+        if self.program_wait_ms <= 0:
+            raise ValueError("program_wait_ms (--program-wait-ms) must be > 0")
+
+    def program_limits(self) -> "ProgramLimits":
+        from switch.authorize.fairness import ProgramLimits
+
+        return ProgramLimits(in_flight_max=self.program_in_flight_max, queue_max=self.program_queue_max,
+                             wait_ms=self.program_wait_ms)
+
+
+def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = default_host, text
+    if not port.isdigit():
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host or default_host, int(port)

@@ -1,0 +1,255 @@
+"""Operator actions on data (merchants, terminals, cards, charges, blocks).
+
+They run inside whichever process owns the data dir: the running switch (reached over its
+control socket) or, when no switch runs, the `eum admin` process itself. Either way they go
+through the same hot state and single ledger writer as authorizations, so a running switch
+honours them at once and nothing writes behind its back.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from switch.clock import Clock
+from switch.domain import DISTRICTS, KST, Merchant, luhn_digit, mask_pan, month_key
+from switch.ledger.events import CardFacts, PostingFacts, posting_events
+from switch.ledger.store import LedgerWriter, Unit
+from switch.rules.policy import Rules
+from switch.authorize.security import DUKPT, PROFILES, SECURED, Security, SecurityError, initial_ksn, provision_test_keys
+from switch.authorize.state import CardState, HotState, Terminal
+
+KEY_SETS = ("test", "generated")
+log = structlog.get_logger()
+
+
+class OperationError(ValueError):
+    """A clear, operator-facing refusal (bad argument, unknown id, limit)."""
+
+
+def default_expiry(now: datetime) -> str:
+    """Charged money and cashback are valid for 5 years (docs/domain.md, "Cashback"): so is the card."""
+    local = now.astimezone(KST)
+    return f"{(local.year + 5) % 100:02d}{local.month:02d}"
+
+
+class Operations:
+    def __init__(self, *, rules: Rules, state: HotState, writer: LedgerWriter, clock: Clock,
+                 security: Security | None = None) -> None:
+        self.rules = rules
+        self.state = state
+        self.writer = writer
+        self.clock = clock
+        self.security = security
+        self._device_count: int | None = None
+
+    def _next_device(self) -> int:
+        """DUKPT device ids, one per secured terminal: counted from the store once, then
+        handed out synchronously, so two concurrent provisionings never share one."""
+        if self._device_count is None:
+            self._device_count = self.state.reader.dukpt_terminals()
+        self._device_count += 1
+        return self._device_count
+
+    async def run(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        handler = getattr(self, "op_" + op.replace("-", "_"), None)
+        if handler is None:
+            raise OperationError(f"unknown operation {op!r}")
+        return await handler(**args)
+
+    # ------------------------------------------------------------------ merchants, terminals
+
+    async def op_merchant_add(self, *, mid: str, name: str, district: str, annual_sales: int,
+                              category: str = "general", online_mall: bool = False) -> dict[str, Any]:
+        if not mid or len(mid) > 15:
+            raise OperationError("--mid must be 1..15 characters (DE42)")
+        if district not in DISTRICTS:
+            raise OperationError(f"--district must be one of {', '.join(DISTRICTS)}")
+        if annual_sales < 0:
+            raise OperationError("--annual-sales must be ≥ 0 won")
+        mid = mid.ljust(15)
+        if self.state.merchant(mid) is not None:
+            raise OperationError(f"merchant {mid.strip()} already exists")
+        m = Merchant(mid=mid, name=name, district=district, annual_sales=annual_sales,
+                     category=category, online_mall=online_mall)
+        await self.writer.submit(Unit(statements=[(
+            "INSERT INTO merchants(mid, name, district, annual_sales, category, online_mall) VALUES (?,?,?,?,?,?)",
+            (mid, name, district, annual_sales, category, int(online_mall)))]))
+        self.state.merchants[mid] = m
+        return {"mid": mid.strip(), "name": name, "district": district, "annual_sales": annual_sales,
+                "category": category, "online_mall": online_mall}
+
+    async def op_terminal_add(self, *, tid: str, mid: str, security: str = "none", keys: str = "test",
+                              group: str = "default") -> dict[str, Any]:
+        if len(tid) != 8:
+            raise OperationError("--tid must be exactly 8 characters (DE41)")
+        if security not in PROFILES:
+            raise OperationError(f"--security must be one of {', '.join(PROFILES)}")
+        if keys not in KEY_SETS:
+            raise OperationError(f"--keys must be one of {', '.join(KEY_SETS)}")
+        if keys == "generated" and security not in DUKPT:
+            raise OperationError("--keys generated provisions DUKPT terminals (dukpt-tdes, dukpt-aes)")
+        mid = mid.ljust(15)
+        if self.state.merchant(mid) is None:
+            raise OperationError(f"merchant {mid.strip()} not found")
+        if self.state.terminal(tid) is not None:
+            raise OperationError(f"terminal {tid} already exists")
+        out: dict[str, Any] = {"tid": tid, "mid": mid.strip(), "security": security}
+        key = ksn = ""
+        if keys == "generated":
+            key, ksn, injection = await self._generated_keys(security, group)
+            out.update(keys=keys, group=group, ksn=ksn, **injection)
+        elif security in SECURED:
+            provisioned = provision_test_keys(security, self._next_device() if security in DUKPT else 0)
+            key, ksn = provisioned.key, provisioned.ksn_initial
+            out["keys"] = keys
+            if security in DUKPT:
+                out["ksn"] = ksn
+        else:
+            log.warning("terminal_without_security", tid=tid, note="no PIN, no MAC: certification/legacy only")
+        self.state.terminals[tid] = Terminal(tid=tid, mid=mid, security=security, key_lmk=key, ksn_initial=ksn)
+        await self.writer.submit(Unit(statements=[(
+            "INSERT INTO terminals(tid, mid, security, key_lmk, ksn_initial) VALUES (?,?,?,?,?)",
+            (tid, mid, security, key, ksn))]))
+        return out
+
+    async def _generated_keys(self, profile: str, group: str) -> tuple[str, str, dict[str, str]]:
+        """A production-style key set: the group's BDK is generated in the HSM and never leaves
+        it; the terminal's initial key is derived there and leaves only under the KIF's ZMK."""
+        if self.security is None:
+            raise OperationError("--keys generated needs an HSM: pass --hsm HOST:PORT (or run the switch with --hsm)")
+        kif_zmk = self.state.reader.meta("kif_zmk")
+        if kif_zmk is None:
+            raise OperationError("no key-injection ZMK yet: custodians form it with `eum admin kif-zmk --component …`")
+        found = self.state.reader.key_group(group, profile)
+        if found is None:
+            bdk, kcv = await self.security.generate_bdk(profile)
+            await self.writer.submit(Unit(statements=[(
+                "INSERT INTO key_groups(name, profile, bdk, kcv) VALUES (?,?,?,?)", (group, profile, bdk, kcv))]))
+        else:
+            bdk, kcv = found
+        ksn = initial_ksn(profile, self._next_device())
+        under_zmk, ikcv = await self.security.export_initial_key(profile, bdk, ksn, kif_zmk)
+        return bdk, ksn, {"bdk_kcv": kcv, "initial_key_under_kif_zmk": under_zmk, "initial_key_kcv": ikcv}
+
+    async def op_kif_zmk(self, *, components: list[str]) -> dict[str, Any]:
+        """Custodians' clear components → the key-injection facility's ZMK, formed in the HSM
+        and kept under the LMK. The components are never stored or logged."""
+        if self.security is None:
+            raise OperationError("kif-zmk needs an HSM: pass --hsm HOST:PORT (or run the switch with --hsm)")
+        if len(components) < 2 or any(len(c) != 32 for c in components):
+            raise OperationError("--component: at least two, each 32 hex digits")
+        try:
+            zmk, kcv = await self.security.form_kif_zmk([c.upper() for c in components])
+        except SecurityError as exc:
+            raise OperationError(f"the HSM refused the components (error {exc.error})") from None
+        await self.writer.submit(Unit(statements=[("INSERT OR REPLACE INTO meta(key, value) VALUES ('kif_zmk', ?)",
+                                                    (zmk,))]))
+        return {"kif_zmk_kcv": kcv}
+
+    # ------------------------------------------------------------------ cards
+
+    async def op_card_issue(self, *, program: str, member: str | None = None, expiry: str | None = None,
+                            pin: str | None = None) -> dict[str, Any]:
+        prog = self.rules.programs.get(program)
+        if prog is None:
+            raise OperationError(f"--program must be one of {', '.join(self.rules.programs)}")
+        now = self.clock.now()
+        expiry = expiry or default_expiry(now)
+        if len(expiry) != 4 or not expiry.isdigit() or not 1 <= int(expiry[2:]) <= 12:
+            raise OperationError("--expiry must be YYMM")
+        if pin is not None and (not pin.isdigit() or not 4 <= len(pin) <= 12):
+            raise OperationError("--pin must be 4 to 12 digits")
+        if pin is not None and self.security is None:
+            raise OperationError("--pin needs an HSM: pass --hsm HOST:PORT (or run the switch with --hsm)")
+        card_id = self.state.next_card_id
+        self.state.next_card_id += 1
+        pan = card_pan(prog.bins[0][0], card_id, prog.pan_length)
+        member = member or f"M{card_id:09d}"
+        pvv = await self.security.pvv_for(pin, pan) if pin is not None else ""  # only the PVV is kept
+        await self.writer.submit(Unit(statements=[(
+            "INSERT INTO cards(id, pan, program, member, expiry, status, issued_at, pvv) VALUES (?,?,?,?,?,?,?,?)",
+            (card_id, pan, program, member, expiry, "active", now.isoformat(), pvv))],
+            entries=[]))
+        card = CardState(card_id, pan, program, member, expiry, "active", 0, 0, 0, pvv=pvv)
+        self.state.cards[pan] = card
+        self.state.cards_by_id[card_id] = card
+        return {"pan": pan, "expiry": expiry, "member": member, "program": program}
+
+    def _card(self, pan: str) -> CardState:
+        card = self.state.card(pan)
+        if card is None:
+            raise OperationError(f"card {mask_pan(pan)} not found")
+        return card
+
+    async def op_card_charge(self, *, pan: str, amount: int) -> dict[str, Any]:
+        card = self._card(pan)
+        now = self.clock.now()
+        limits = self.rules.limits(now)
+        if amount < limits.charge_min:
+            raise OperationError(f"--amount {amount:,} is below the minimum charge of {limits.charge_min:,} won")
+        held = card.cash + card.cashback
+        if held + amount > limits.holding_max:
+            raise OperationError(f"charge would hold {held + amount:,} won, over the holding limit of "
+                                 f"{limits.holding_max:,} won (room: {limits.holding_max - held:,})")
+        month = month_key(now)
+        charged = self.state.card_month_charged(card.id, month)
+        if limits.charge_month_max is not None and charged + amount > limits.charge_month_max:
+            raise OperationError(f"charge would exceed the monthly charge limit of {limits.charge_month_max:,} won "
+                                 f"(charged this month: {charged:,})")
+        if card.status != "active":
+            raise OperationError(f"card {mask_pan(pan)} is {card.status}")
+        pid = self.state.next_posting_id
+        self.state.next_posting_id += 1
+        repay = min(amount, -card.receivable)  # a charge first settles what a clawback left owing
+        unit = Unit(posting_id=pid, entries=[e for e in (
+            ("bank_settlement", -amount), (f"card:{card.id}:cash", amount - repay),
+            (f"card:{card.id}:receivable", repay)) if e[1]])
+        unit.statements += [
+            ("INSERT INTO postings(id, kind, at, card_id, amount, rrn, detail) VALUES (?,?,?,?,?,?,?)",
+             (pid, "charge", now.isoformat(), card.id, amount, f"{pid:012d}",
+              json.dumps({"member": card.member, "receivable_repaid": repay}))),
+            ("INSERT INTO card_months(card_id, month, charged) VALUES (?,?,?) ON CONFLICT(card_id, month) "
+             "DO UPDATE SET charged = charged + excluded.charged", (card.id, month, amount)),
+        ]
+        card.receivable += repay
+        card.cash += amount - repay
+        self.state.card_months[(card.id, month)] = charged + amount
+        unit.events = posting_events(self.writer.ledger_id, PostingFacts(
+            posting_id=pid, kind="charge", at=now.astimezone(KST).isoformat(timespec="microseconds"), amount=amount,
+            entries=tuple(unit.entries),
+            card=CardFacts(card.program, card.member, card.pan, card.cash, card.cashback, card.receivable),
+            rrn=f"{pid:012d}", extra=(("receivable_repaid", repay),)))
+        await self.writer.submit(unit)
+        return {"pan": mask_pan(pan), "charged": amount, "receivable_repaid": repay, "cash": card.cash,
+                "cashback": card.cashback, "posting": pid}
+
+    async def _set_status(self, pan: str, status: str) -> dict[str, Any]:
+        card = self._card(pan)
+        card.status = status  # honoured by the very next authorization
+        await self.writer.submit(Unit(statements=[("UPDATE cards SET status=? WHERE id=?", (status, card.id))]))
+        return {"pan": mask_pan(pan), "status": status}
+
+    async def op_card_block(self, *, pan: str) -> dict[str, Any]:
+        return await self._set_status(pan, "blocked")
+
+    async def op_card_unblock(self, *, pan: str) -> dict[str, Any]:
+        return await self._set_status(pan, "active")
+
+    async def op_card_unblock_pin(self, *, pan: str) -> dict[str, Any]:
+        card = self._card(pan)
+        card.pin_tries, card.pin_blocked = 0, False
+        await self.writer.submit(Unit(statements=[
+            ("UPDATE cards SET pin_tries = 0, pin_blocked = 0 WHERE id = ?", (card.id,))]))
+        return {"pan": mask_pan(pan), "pin": "unblocked"}
+
+
+def card_pan(bin_prefix: str, card_id: int, pan_length: int) -> str:
+    body_len = pan_length - 1 - len(bin_prefix)
+    if card_id >= 10**body_len:
+        raise OperationError(f"BIN range {bin_prefix} is exhausted")
+    body = bin_prefix + f"{card_id:0{body_len}d}"
+    return body + luhn_digit(body)

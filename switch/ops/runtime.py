@@ -1,0 +1,122 @@
+"""Wiring: the one place concrete collaborators (store, writer, rules, clock) are built."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, AsyncIterator
+
+import structlog
+
+from switch.clock import Clock
+from switch.authorize.engine import Engine
+from switch.authorize.hsm_client import HsmConfig, HsmPool
+from switch.ledger.store import LedgerWriter, Unit, open_store
+from switch.ops.operations import Operations
+from switch.ledger.outbox import OutboxReader, OutboxStatus
+from switch.rules.policy import Rules, default_config_dir, load_rules
+from switch.authorize.security import Security
+from switch.authorize.state import HotState, StoreReader
+
+if TYPE_CHECKING:  # aiomqtt is imported only by a switch that relays
+    from switch.ledger.relay import Relay, RelayConfig
+
+log = structlog.get_logger()
+
+
+class DataDirBusy(RuntimeError):
+    """Another process (a running switch) owns the data dir."""
+
+
+def lock_data_dir(data_dir: Path, *, wait: bool) -> int:
+    """Take the data dir's exclusive lock; the holder is the only writer of its ledger."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "switch.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirBusy(str(data_dir)) from None
+    return fd
+
+
+def unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+@dataclass
+class Core:
+    rules: Rules
+    reader: StoreReader
+    state: HotState
+    writer: LedgerWriter
+    engine: Engine
+    ops: Operations
+    db_path: Path
+    hsm: HsmPool | None = None
+    relay: Relay | None = None
+
+
+@contextlib.asynccontextmanager
+async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = None,
+                    batch_size_max: int = 512, commit_interval_ms_max: float = 2.0,
+                    queue_size_max: int = 8192, hsm: HsmConfig | None = None,
+                    relay: RelayConfig | None = None) -> AsyncIterator[Core]:
+    """Store, hot state, writer, engine and operations for a data dir (caller holds the lock).
+    With `relay`, the outbox is published to that MQTT broker while the core is open."""
+    rules = load_rules(config_dir or default_config_dir())
+    db_path = open_store(data_dir)
+    reader = StoreReader(db_path)
+    state = HotState(reader)
+    writer = LedgerWriter(db_path, batch_size_max=batch_size_max, commit_interval_ms_max=commit_interval_ms_max,
+                          queue_size_max=queue_size_max, on_failure=state.clear)
+    writer.start()
+    pool = security = relay_task = None
+    try:
+        if relay is not None:
+            from switch.ledger.relay import Relay
+
+            relay_task = Relay(relay, db_path, writer)
+            relay_task.start()
+        else:  # the outbox fills all the same; say so once
+            log.info("outbox_not_relayed", **_outbox_status(db_path).as_dict())
+        if hsm is not None:
+            pool = HsmPool(hsm)
+            await pool.start()
+            security = await _switch_security(pool, reader, writer)
+        engine = Engine(rules=rules, state=state, writer=writer, clock=clock, security=security)
+        ops = Operations(rules=rules, state=state, writer=writer, clock=clock, security=security)
+        yield Core(rules, reader, state, writer, engine, ops, db_path, pool, relay_task)
+    finally:
+        if relay_task is not None:  # before the writer closes: the relay marks through it
+            await relay_task.stop()
+        if pool is not None:
+            await pool.close()
+        await writer.close()
+        reader.close()
+
+
+def _outbox_status(db_path: Path) -> OutboxStatus:
+    reader = OutboxReader(db_path)
+    try:
+        return reader.status()
+    finally:
+        reader.close()
+
+
+async def _switch_security(pool: HsmPool, reader: StoreReader, writer: LedgerWriter) -> Security:
+    """The switch's ZPK and PVK (under the LMK) live in the ledger's meta table; the first
+    start with an HSM has the HSM generate them (A0), so that first start needs an HSM
+    answering (HsmUnavailable otherwise). Later starts only read them."""
+    zpk, pvk = reader.meta("zpk"), reader.meta("pvk")
+    if zpk is None or pvk is None:
+        zpk, pvk = await Security.switch_keys(pool)
+        await writer.submit(Unit(statements=[
+            ("INSERT OR REPLACE INTO meta(key, value) VALUES ('zpk', ?)", (zpk,)),
+            ("INSERT OR REPLACE INTO meta(key, value) VALUES ('pvk', ?)", (pvk,)),
+        ]))
+    return Security(pool, zpk=zpk, pvk=pvk)

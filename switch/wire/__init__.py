@@ -1,0 +1,1 @@
+"""Pure bytes <-> fields: framing, the dialect codec, the payShield envelope, host tables."""
