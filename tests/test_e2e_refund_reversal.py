@@ -359,5 +359,5 @@ async def test_the_posting_cache_is_bounded_and_refunds_of_forgotten_purchases_s
     assert (await client.request(term.reversal(refund)))["39"] == "00"
     assert (await client.request(term.refund(pan, 10_001, bought[1]["37"])))["39"] == "00"  # all of it again
     assert verify(env.core.db_path).ok
-    assert env.core.state.pinned == {}
+    assert len(env.core.state.postings) <= 2  # the bound holds: the cache never keeps an uncommitted change
     await client.close()

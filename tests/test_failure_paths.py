@@ -21,7 +21,7 @@ How the commit is made to fail — two ways, each for what it proves:
   small posting fits in pages the store already has, so it fails no commit deterministically.)
 
 * A fault injected at the writer's commit, in process (the issue allows it): `LedgerWriter`
-  exposes the one call that commits a group as `writer.commit_units` (the seam, in
+  exposes the one call that commits a group as `writer.commit_group` (the seam, in
   switch/ledger/store.py). `CommitSteps` wraps it on the running writer of a real switch (real TCP,
   real SQLite): a wrapped call records its group, holds the writer thread until the test has
   lined up the requests it wants queued behind, then either commits for real or raises
@@ -57,7 +57,7 @@ from switch.ledger.audit import verify
 from switch.clock import FixedClock
 from switch.wire.codec import load_dialect
 from switch.authorize.hsm_client import HsmConfig
-from switch.ledger.store import LedgerWriter
+from switch.ledger.writer import LedgerWriter
 from terminal_sim.client import TerminalClient
 from terminal_sim.security import TerminalSecurity
 from terminal_sim.terminal import Terminal
@@ -119,17 +119,17 @@ class Step:
 
 
 class CommitSteps:
-    """Wraps `writer.commit_units` (the seam) on a running writer; calls beyond the planned
+    """Wraps `writer.commit_group` (the seam) on a running writer; calls beyond the planned
     steps commit for real and at once. Runs on the writer thread."""
 
     HOLD_TIMEOUT_S = 20
 
     def __init__(self, writer: LedgerWriter) -> None:
         self.writer = writer
-        self.real = writer.commit_units
+        self.real = writer.commit_group
         self.steps: list[Step] = []
         self.calls = 0
-        writer.commit_units = self._commit
+        writer.commit_group = self._commit
 
     def then(self, *, fail: bool) -> Step:
         step = Step(fail)
@@ -150,7 +150,7 @@ class CommitSteps:
         return self.real(conn, units)
 
     def restore(self) -> None:
-        self.writer.commit_units = self.real
+        self.writer.commit_group = self.real
 
 
 async def queued(env: SwitchEnv, n: int) -> None:
@@ -161,24 +161,38 @@ async def clients(env: SwitchEnv, n: int) -> list[TerminalClient]:
     return [await env.client().connect() for _ in range(n)]
 
 
+async def namdong_cards(env: SwitchEnv, n: int) -> list[str]:
+    """n more Namdong cards, one member each, charged 100,000 (postings 3 … n+2)."""
+    pans = []
+    for _ in range(n):
+        card = await env.op("card-issue", program="namdong")
+        await env.op("card-charge", pan=card["pan"], amount=100_000)
+        pans.append(card["pan"])
+    return pans
+
+
 async def test_a_failed_commit_answers_its_group_and_the_queue_behind_it_96_and_posts_nothing(switch_env, tmp_path):
+    """Decisions of different members share a group commit (one member's decisions never
+    overlap: docs/architecture.md, "One authorization, one direction"), so the failing group
+    and the queue behind it hold seven members' purchases."""
     env = switch_env
     db, pan = env.core.db_path, env.cards["namdong"]["pan"]
+    group_size, queue_size = 4, 3
+    others = await namdong_cards(env, group_size + queue_size)   # postings 3 … 9
     main, term = await env.signed_on("T0000001", "NAMDONG01")
     steps = CommitSteps(env.core.writer)
     first = steps.then(fail=False)   # a purchase that commits, with the failing group lined up behind it
     failing = steps.then(fail=True)
-    group_size, queue_size = 4, 3
     try:
         before_task = asyncio.ensure_future(main.request(term.purchase(pan, 20_000)))
         await first.reached("the first purchase's commit to start")
         group_clients = await clients(env, group_size)
-        group_reqs = [term.purchase(pan, 1_000 + i) for i in range(group_size)]
+        group_reqs = [term.purchase(card, 1_000 + i) for i, card in enumerate(others[:group_size])]
         group_tasks = [asyncio.ensure_future(c.request(r)) for c, r in zip(group_clients, group_reqs)]
         await queued(env, group_size)  # decided and waiting: they form the next group, all of them
         first.release.set()
         approved = await settled(before_task, what="the answer to the purchase before the fault")
-        assert approved["39"] == "00" and approved["37"] == "000000000003"
+        assert approved["39"] == "00" and approved["37"] == "000000000010"
         assert approved["54"] == balances_de54(80_000, 1_500)  # docs/domain.md, Worked examples: example 1
         snapshot = account_balances(db)
         entries_before = entry_count(db)
@@ -186,7 +200,7 @@ async def test_a_failed_commit_answers_its_group_and_the_queue_behind_it_96_and_
         await failing.reached("the failing group's commit to start")
         assert failing.units == group_size
         queue_clients = await clients(env, queue_size)
-        queue_reqs = [term.purchase(pan, 2_000 + i) for i in range(queue_size)]
+        queue_reqs = [term.purchase(card, 2_000 + i) for i, card in enumerate(others[group_size:])]
         queue_tasks = [asyncio.ensure_future(c.request(r)) for c, r in zip(queue_clients, queue_reqs)]
         await queued(env, queue_size)  # behind the failing group, decided on state about to be void
         with structlog.testing.capture_logs() as events:
@@ -203,31 +217,60 @@ async def test_a_failed_commit_answers_its_group_and_the_queue_behind_it_96_and_
     notes = [(e["stan"], e["rc"], e.get("note")) for e in logged(events, event="message")]
     assert sorted(notes) == sorted((r["11"], "96", "ledger unavailable") for r in group_reqs + queue_reqs)
     # nothing of the failed group or its queue reached the store
-    assert [p["id"] for p in postings(db)] == [1, 2, 3]
+    assert [p["id"] for p in postings(db)] == list(range(1, 11))
     assert account_balances(db) == snapshot and entry_count(db) == entries_before
-    assert query(db, "SELECT COUNT(*) FROM messages WHERE rc = '96' OR posting_id > 3") == [(0,)]
-    # the hot cache was dropped: it is filled again from the store, posting ids restart after 3
-    assert env.core.state.cards == {} and env.core.state.next_posting_id == 4
+    assert query(db, "SELECT COUNT(*) FROM messages WHERE rc = '96' OR posting_id > 10") == [(0,)]
+    # the hot cache was dropped: it is filled again from the store, posting ids restart after 10
+    assert env.core.state.cards == {} and env.core.state.next_posting_id == 11
     assert all(env.core.state.messages.get((term.tid, r["11"], r["7"])) is None for r in group_reqs + queue_reqs)
 
-    # a repeat (0201) of an original answered 96 is processed afresh: approved, posted once
+    # a repeat (0201) of an original answered 96 is processed afresh: approved, posted once;
+    # 2,000 from a card with no cashback yet earns 7.5 % = 150 (the store's balances)
     repeat = Terminal.repeat(queue_reqs[0])
     fresh = await main.request(repeat)
-    # 2,000 spends the 1,500 cashback then 500 cash, and earns 7.5 % = 150 (the store's balances,
-    # not the cache's: the failed purchases' 10,009 won were never spent)
-    assert (fresh["39"], fresh["37"], fresh["54"]) == ("00", "000000000004", balances_de54(79_500, 150))
+    assert (fresh["39"], fresh["37"], fresh["54"]) == ("00", "000000000011", balances_de54(98_000, 150))
     again = await main.request(repeat)
     assert fields_of(again) == fields_of(fresh)  # the stored answer now
     assert [(p["id"], p["stan"], p["amount"]) for p in postings(db, "purchase")] == [
-        (3, approved["11"], 20_000), (4, repeat["11"], 2_000)]
+        (10, approved["11"], 20_000), (11, repeat["11"], 2_000)]
 
-    # once the fault is gone a new purchase is approved, with exact balances
+    # once the fault is gone a new purchase is approved, with exact balances: 10,000 spends the
+    # 1,500 cashback then 8,500 cash, and earns 750
     after = await main.request(term.purchase(pan, 10_000))
-    assert (after["39"], after["37"], after["54"]) == ("00", "000000000005", balances_de54(69_650, 750))
-    assert card_accounts(db, pan) == (69_650, 750)
+    assert (after["39"], after["37"], after["54"]) == ("00", "000000000012", balances_de54(71_500, 750))
+    assert card_accounts(db, pan) == (71_500, 750)
     assert verify_cli(env.data_dir, tmp_path)["ok"] is True
     for c in (main, *group_clients, *queue_clients):
         await c.close()
+
+
+async def test_a_request_waiting_on_its_members_lock_is_decided_after_the_failed_commit_on_the_store(switch_env):
+    """A second purchase of the same member waits for the first's commit (the member's lock):
+    when that commit fails, the second is decided afresh on the store's balances, not on the
+    void decision before it, and is approved."""
+    env = switch_env
+    db, pan = env.core.db_path, env.cards["namdong"]["pan"]
+    main, term = await env.signed_on("T0000001", "NAMDONG01")
+    other = await env.client().connect()
+    steps = CommitSteps(env.core.writer)
+    failing = steps.then(fail=True)
+    first_req, second_req = term.purchase(pan, 90_000), term.purchase(pan, 60_000)
+    try:
+        first_task = asyncio.ensure_future(main.request(first_req))
+        await failing.reached("the first purchase's commit to start")
+        second_task = asyncio.ensure_future(other.request(second_req))
+        await eventually(lambda: len(env.core.engine.locks) == 1 and env.core.engine.pending.get(
+            (term.tid, second_req["11"], second_req["7"])) is not None, what="the second purchase waiting on the lock")
+        failing.release.set()
+        first, second = await settled(asyncio.gather(first_task, second_task), what="both answers")
+    finally:
+        steps.restore()
+    assert fields_of(first) == system_error_answer(first_req)
+    # had it been decided on the void 90,000 purchase, 60,000 would have been declined 51
+    assert (second["39"], second["37"], second["54"]) == ("00", "000000000003", balances_de54(40_000, 4_500))
+    assert [(p["id"], p["amount"]) for p in postings(db, "purchase")] == [(3, 60_000)]
+    await main.close()
+    await other.close()
 
 
 async def test_a_repeat_waiting_on_an_original_whose_commit_fails_is_processed_afresh_and_posted_once(switch_env):
@@ -283,15 +326,10 @@ async def test_a_system_error_echoes_the_request_and_carries_no_rrn_authorizatio
     inquiry = term.balance(pan)
     reversal = term.reversal(kept)
     steps = CommitSteps(env.core.writer)
-    failing = steps.then(fail=True)
-    others = await clients(env, 2)
+    for _ in range(3):  # each of the three commits fails in turn
+        steps.then(fail=True).release.set()
     try:
-        refund_task = asyncio.ensure_future(main.request(refund))
-        await failing.reached("the refund's commit to start")
-        rest = [asyncio.ensure_future(c.request(r)) for c, r in zip(others, (inquiry, reversal))]
-        await queued(env, 2)
-        failing.release.set()
-        answers = await settled(asyncio.gather(refund_task, *rest), what="the three answers")
+        answers = [await main.request(r) for r in (refund, inquiry, reversal)]
     finally:
         steps.restore()
 
@@ -320,8 +358,7 @@ async def test_a_system_error_echoes_the_request_and_carries_no_rrn_authorizatio
     # 20,000 back and claws 1,500 (375 cashback, 1,125 cash); the reversal gives 3,500 cash and
     # 1,500 cashback back and claws 375 (docs/domain.md, Spending order and clawback (assumptions))
     assert card_accounts(db, pan) == (98_875, 1_125)
-    for c in (main, *others):
-        await c.close()
+    await main.close()
 
 
 # ---------------------------------------------------------------------------- a real write failure
@@ -474,7 +511,6 @@ class HsmLink:
                 return
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10: the response MAC is computed after the commit")
 async def test_an_hsm_lost_before_the_response_mac_declines_91_posts_nothing_and_the_repeat_is_processed_afresh(
         tmp_path):
     hsm = HsmServer(HsmServiceConfig(port=0))

@@ -22,7 +22,9 @@ from switch.ledger.audit import verify
 from switch.clock import FixedClock
 from switch.domain import mask_pan
 from switch.ledger.events import (CardFacts, PostingFacts, event_id, posting_events)
-from switch.ledger.store import Unit, commit_units, connect, ledger_id, open_store
+from switch.ledger.records import ChargeDetail, Commit, Posting
+from switch.ledger.sqlite import commit_group
+from switch.ledger.store import connect, ledger_id, open_store
 from switch.ledger.outbox import OutboxReader
 from terminal_sim.terminal import Terminal
 from test_cli import EUM
@@ -182,17 +184,18 @@ def test_a_posting_and_its_events_commit_together_or_not_at_all(tmp_path):
     facts = PostingFacts(posting_id=1, kind="charge", at="2019-07-20T12:00:00+09:00", amount=10_000,
                          entries=(("bank_settlement", -10_000), ("card:1:cash", 10_000)),
                          card=CardFacts("namdong", "M1", "9410100000000011", 10_000, 0, 0))
-    posting = ("INSERT INTO postings(id, kind, at, amount) VALUES (1, 'charge', 'x', 10000)", ())
-    good = Unit(entries=list(facts.entries), statements=[posting], posting_id=1, events=posting_events(lid, facts))
-    clash = Unit(statements=[posting])  # the same posting id again: the group's commit fails
+    posting = Posting(id=1, kind="charge", at="2019-07-20T12:00:00+09:00", amount=10_000, entries=facts.entries,
+                      card_id=1, rrn="000000000001", detail=ChargeDetail("M1", 0))
+    good = Commit(posting, events=tuple(posting_events(lid, facts)))
+    clash = Commit(posting, events=tuple(posting_events(lid, facts)))  # the same posting id again: the group fails
     with pytest.raises(sqlite3.IntegrityError):
-        commit_units(conn, [good, clash])
+        commit_group(conn, [good, clash])
     assert query(db, "SELECT COUNT(*) FROM postings")[0][0] == 0
     assert query(db, "SELECT COUNT(*) FROM outbox")[0][0] == 0
     assert query(db, "SELECT COUNT(*) FROM entries")[0][0] == 0
     with pytest.raises(AssertionError, match="has no events"):  # a posting without its events is our bug
-        commit_units(conn, [Unit(entries=list(facts.entries), statements=[posting], posting_id=1)])
-    commit_units(conn, [good])
+        commit_group(conn, [Commit(posting)])
+    commit_group(conn, [good])
     assert query(db, "SELECT posting_id, type, topic FROM outbox") == [(1, "charge", "eum/namdong/transactions")]
     assert query(db, "SELECT COUNT(*) FROM postings")[0][0] == 1
     conn.close()

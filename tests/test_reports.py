@@ -31,7 +31,7 @@ from conftest import account_balances, query, start_switch
 from switch.ledger.audit import verify
 from switch.clock import FixedClock
 from switch.cli.report import csv_text, write_csv_files
-from switch.ops.reports import Period, ReportError, build_report, kst_day, table
+from switch.ledger.reports import Period, ReportError, build_report, kst_day, table
 from terminal_sim.terminal import Terminal
 
 D0 = "2019-07-19"  # day D-1

@@ -39,7 +39,6 @@ TEST_KSI = {"dukpt-tdes": "FFFF987654", "dukpt-aes": "12345678"}
 BDK_KEY_TYPE = "009"
 TAK_KEY_TYPE = "003"
 PVKI = "1"
-PIN_TRIES_MAX = 3
 # ANSI X9.24-1 TDES KSN: the low 21 bits are the transaction counter
 TDES_COUNTER_MASK = (1 << 21) - 1
 MAC_SIZE = 8  # bytes of DE64
@@ -105,6 +104,12 @@ class KsnGuard:
             oldest, _ = used.popitem(last=False)
             self._floor[tid] = max(low, oldest)
         return True
+
+    def release(self, tid: str, counter: int) -> None:
+        """A claimed counter whose message stored nothing (91, 96): its repeat may use it."""
+        used = self._used.get(tid)
+        if used is not None:
+            used.pop(counter, None)
 
 
 def _ok(reply: HsmReply, command: str, *, allow: tuple[str, ...] = ("00",)) -> HsmReply:
@@ -205,4 +210,4 @@ def _account(pan: str) -> str:
 
 
 __all__ = ["KsnGuard", "ksn_parts", "Security", "SecurityError", "HsmUnavailable", "TerminalKeys", "provision_test_keys", "PROFILES",
-           "SECURED", "DUKPT", "PIN_TRIES_MAX"]
+           "SECURED", "DUKPT"]

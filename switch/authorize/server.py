@@ -19,10 +19,11 @@ from typing import Any
 
 import structlog
 
-from switch.wire.codec import (DecodeError, Dialect, EncodeError, decode_fields, encode_fields, parse_request, partial_fields,
+from switch.wire.codec import (check_responses, DecodeError, Dialect, EncodeError, decode_fields, encode_fields, parse_request, partial_fields,
                     response_fields)
 from switch.ops.config import SwitchConfig
 from switch.domain import mask_pan
+from switch.authorize.answer import Answerer
 from switch.authorize.engine import Engine
 from switch.wire.framing import Frame, FrameBuffer, FramingError, frame, swap_tpdu
 from switch.authorize.fairness import ProgramGate, ProgramLimits
@@ -56,54 +57,44 @@ def _error_response(fields: dict[str, str], rc: Rc) -> dict[str, str] | None:
 class Processor:
     """Frame → response bytes, plus the one canonical log line. Shared by all connections."""
 
-    def __init__(self, engine: Engine, dialect: Dialect, *, program_limits: ProgramLimits = ProgramLimits()) -> None:
+    def __init__(self, engine: Engine, dialect: Dialect, *, program_limits: ProgramLimits = ProgramLimits(),
+                 check_dialect: bool = True) -> None:
+        if check_dialect:  # refuse a dialect that cannot carry every response (DialectError, one line)
+            check_responses(dialect)
         self.engine = engine
         self.dialect = dialect
         self.counts: dict[str, int] = {}
         self.gate = ProgramGate(program_limits)
+        self.answerer = Answerer(dialect, engine.security)
 
     async def process(self, fr: Frame, peer: str) -> bytes | None:
         started = time.perf_counter_ns()
         line: dict[str, Any] = {"peer": peer}
         try:
-            out = await self._process(fr, line)
+            out, payload = await self._process(fr, line)
         except Exception as exc:  # our bug: answer 96 if we can, keep serving
             log.exception("processing_failed", peer=peer, error=type(exc).__name__)
-            out = _error_response(line.pop("_fields", {}), Rc.SYSTEM_ERROR)
+            out, payload = _error_response(line.pop("_fields", {}), Rc.SYSTEM_ERROR), None
         line.pop("_fields", None)
-        sign = line.pop("_sign", None)  # keys: never logged
-        if out is None:
+        if out is not None and payload is None:  # an answer of the server's own: no MAC, nothing stored
+            payload = self._encode_plain(out, line)
+        if out is None or payload is None:
             line["latency_us"] = (time.perf_counter_ns() - started) // 1000
             log.warning("message_dropped", **line)
             return None
-        try:
-            payload = await self._encode(out, sign, line)
-            data = frame(self.dialect.framing, payload, tpdu=swap_tpdu(fr.tpdu) if fr.tpdu else b"")
-        except (EncodeError, ValueError) as exc:
-            log.error("response_encode_failed", peer=peer, error=str(exc))
-            return None
+        data = frame(self.dialect.framing, payload, tpdu=swap_tpdu(fr.tpdu) if fr.tpdu else b"")
         rc = out.get("39", "")
         self.counts[rc] = self.counts.get(rc, 0) + 1
         line.update(rc=rc, rrn=out.get("37", ""), latency_us=(time.perf_counter_ns() - started) // 1000)
         log.info("message", **line)
         return data
 
-    async def _encode(self, out: dict[str, str], sign: Any, line: dict[str, Any]) -> bytes:
-        """Encode; for a secured terminal, MAC the response under the request's KSN (the MAC is
-        the last 8 bytes). If the HSM fails here the posting stands: the response goes out
-        with a zero MAC, which the terminal rejects and reverses."""
-        if sign is None or self.engine.security is None:
-            return encode_fields(out, self.dialect)
-        # the MAC is the last field: DE128 when the message has a secondary bitmap, else DE64
-        mac_field = "128" if any(k.isdigit() and 65 <= int(k) <= 127 for k in out) else "64"
-        payload = encode_fields({**out, mac_field: "0" * 16}, self.dialect)
-        keys, ksn = sign
+    def _encode_plain(self, out: dict[str, str], line: dict[str, Any]) -> bytes | None:
         try:
-            mac = await self.engine.security.response_mac(keys, ksn, payload[:-8])
-        except Exception as exc:  # HsmUnavailable, SecurityError
-            line["response_mac"] = f"failed: {type(exc).__name__}"
-            return payload
-        return payload[:-8] + bytes.fromhex(mac)
+            return encode_fields(out, self.dialect)
+        except (EncodeError, ValueError) as exc:
+            line["error"] = f"response cannot be encoded: {exc}"
+            return None
 
     def _gated_program(self, req: Any) -> str | None:
         """The program whose slot a request takes (switch/authorize/fairness.py): financial requests but
@@ -113,13 +104,14 @@ class Processor:
         program = self.engine.rules.program_for_pan(req.pan)
         return None if program is None else program.id
 
-    async def _process(self, fr: Frame, line: dict[str, Any]) -> dict[str, str] | None:
+    async def _process(self, fr: Frame, line: dict[str, Any]) -> tuple[dict[str, str] | None, bytes | None]:
+        """The answer's fields and, when the engine built it (encoded, MAC'd), its bytes."""
         try:
             fields = decode_fields(fr.payload, self.dialect)
         except DecodeError as exc:
             partial = partial_fields(exc)
             line.update(mti=partial.get("t", ""), error="decode", field=exc.field, reason=exc.msg)
-            return _error_response(partial, Rc.FORMAT_ERROR)
+            return _error_response(partial, Rc.FORMAT_ERROR), None
         line["_fields"] = fields
         line["mti"] = fields.get("t", "")
         for no, name in _LOG_FIELDS.items():
@@ -131,7 +123,7 @@ class Processor:
             req = parse_request(fields)
         except FieldError as exc:
             line.update(error="field", field=exc.field, reason=exc.reason)
-            return _error_response(fields, exc.rc)
+            return _error_response(fields, exc.rc), None
         line["amount"] = req.amount
         if req.pan:
             line["pan"] = mask_pan(req.pan)
@@ -139,22 +131,19 @@ class Processor:
         if program is not None:
             if not await self.gate.enter(program):
                 line.update(program=program, note="program over capacity: shed")
-                return _error_response(fields, Rc.PROGRAM_BUSY)
+                return _error_response(fields, Rc.PROGRAM_BUSY), None
             try:
-                outcome = await self.engine.handle(req, fields, fr.payload)
+                outcome = await self.engine.handle(req, fields, fr.payload, self.answerer)
             finally:
                 self.gate.leave(program)
         else:
-            outcome = await self.engine.handle(req, fields, fr.payload)
+            outcome = await self.engine.handle(req, fields, fr.payload, self.answerer)
         line.update(fee=outcome.fee, cashback=outcome.cashback)
-        if outcome.sign is not None:
-            line["_sign"] = outcome.sign
         if outcome.note:
             line["note"] = outcome.note
         if outcome.replayed:
             line["replayed"] = True
-        resp = outcome.response
-        return resp if isinstance(resp, dict) else response_fields(resp)
+        return outcome.response, outcome.payload
 
 
 class TerminalConnection(asyncio.Protocol):

@@ -1,206 +1,44 @@
-"""Hot state: an in-memory cache of the store, filled lazily, owned by the event loop thread.
+"""Hot state: an in-memory cache of the store, owned by the event loop thread.
 
-Every write passes through this process's engine, which updates the cache and hands a unit
-to the ledger writer in the same step (no await in between), so the cache is always the
-store plus the units still in flight. A row not yet cached is read from the store: it
-cannot have uncommitted changes, because changing it would have cached it first.
+The shell (switch/authorize/engine.py) loads what a request needs (`prefetch`, the only
+place a cache miss reads the store) and then the pure decision reads it through the View
+methods, which never touch the store. A Decision's changes are applied here only after its
+commit (`apply`), while the member's lock is held, so the cache is always the committed
+store: a row not cached can be read from the store at any time. Bounds: committed message
+outcomes and postings (`messages_max`, `postings_max`, 200,000 each) are kept in insertion
+order and the oldest are dropped (the store has them); cards, merchants, terminals and the
+day/month counters are bounded by the population and the calendar.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections import OrderedDict
-import sqlite3
-from dataclasses import dataclass
-from pathlib import Path
+from datetime import datetime
 
-from switch.domain import Merchant
-from switch.ledger.store import connect
-
-
-class CardState:
-    __slots__ = ("id", "pan", "program", "member", "expiry", "status", "cash", "cashback", "receivable",
-                 "pvv", "pin_tries", "pin_blocked")
-
-    def __init__(self, id: int, pan: str, program: str, member: str, expiry: str, status: str,
-                 cash: int, cashback: int, receivable: int, pvv: str = "", pin_tries: int = 0,
-                 pin_blocked: bool = False) -> None:
-        self.id = id
-        self.pan = pan
-        self.program = program
-        self.member = member
-        self.expiry = expiry
-        self.status = status
-        self.cash = cash
-        self.cashback = cashback
-        self.receivable = receivable
-        self.pvv = pvv
-        self.pin_tries = pin_tries
-        self.pin_blocked = pin_blocked
-
-    def accounts(self) -> tuple[str, str, str]:
-        return (f"card:{self.id}:cash", f"card:{self.id}:cashback", f"card:{self.id}:receivable")
-
-
-class PostingState:
-    """What a refund or reversal needs to know about an earlier posting."""
-
-    __slots__ = ("id", "kind", "card_id", "mid", "amount", "undone", "at", "detail", "rrn", "original_id")
-
-    def __init__(self, id: int, kind: str, card_id: int | None, mid: str | None, amount: int,
-                 undone: int, at: str, detail: dict, rrn: str | None, original_id: int | None) -> None:
-        self.id = id
-        self.kind = kind
-        self.card_id = card_id
-        self.mid = mid
-        self.amount = amount
-        self.undone = undone
-        self.at = at
-        self.detail = detail
-        self.rrn = rrn
-        self.original_id = original_id
-
-    @property
-    def remaining(self) -> int:
-        return self.amount - self.undone
-
-
-class MessageState:
-    """The stored outcome of one financial message, by idempotency key."""
-
-    __slots__ = ("mti", "digest", "response", "posting_id", "done")
-
-    def __init__(self, mti: str, digest: str, response: dict[str, str] | None, posting_id: int | None,
-                 done: asyncio.Future[None] | None) -> None:
-        self.mti = mti
-        self.digest = digest
-        self.response = response
-        self.posting_id = posting_id
-        self.done = done  # resolved when durable; None when loaded from the store
-
-
-@dataclass(frozen=True, slots=True)
-class Terminal:
-    tid: str
-    mid: str
-    security: str
-    key_lmk: str = ""      # BDK (DUKPT profiles) or TAK (mac) under the LMK; empty for none
-    ksn_initial: str = ""
-    ksn_max: int = 0       # highest DUKPT counter accepted before this process started
-
-
-class StoreReader:
-    """Point reads on a read-only connection (WAL: readers never block the writer)."""
-
-    def __init__(self, path: Path) -> None:
-        self.conn: sqlite3.Connection = connect(path, readonly=True)
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def _balance(self, name: str) -> int:
-        row = self.conn.execute("SELECT balance FROM accounts WHERE name=?", (name,)).fetchone()
-        return row[0] if row else 0
-
-    def card_by_pan(self, pan: str) -> CardState | None:
-        row = self.conn.execute(
-            "SELECT id, pan, program, member, expiry, status, pvv, pin_tries, pin_blocked FROM cards WHERE pan=?",
-            (pan,)).fetchone()
-        if row is None:
-            return None
-        cid = row[0]
-        return CardState(*row[:6], cash=self._balance(f"card:{cid}:cash"),
-                         cashback=self._balance(f"card:{cid}:cashback"),
-                         receivable=self._balance(f"card:{cid}:receivable"),
-                         pvv=row[6], pin_tries=row[7], pin_blocked=bool(row[8]))
-
-    def merchant(self, mid: str) -> Merchant | None:
-        row = self.conn.execute(
-            "SELECT mid, name, district, annual_sales, category, online_mall FROM merchants WHERE mid=?",
-            (mid,),
-        ).fetchone()
-        if row is None:
-            return None
-        return Merchant(mid=row[0], name=row[1], district=row[2], annual_sales=row[3],
-                        category=row[4], online_mall=bool(row[5]))
-
-    def terminal(self, tid: str) -> Terminal | None:
-        row = self.conn.execute("SELECT tid, mid, security, key_lmk, ksn_initial, ksn_max FROM terminals WHERE tid=?",
-                                (tid,)).fetchone()
-        return Terminal(*row) if row else None
-
-    def member_month(self, member: str, month: str) -> int:
-        row = self.conn.execute(
-            "SELECT eligible FROM member_months WHERE member=? AND month=?", (member, month)
-        ).fetchone()
-        return row[0] if row else 0
-
-    def card_day(self, card_id: int, day: str) -> int:
-        row = self.conn.execute("SELECT spent FROM card_days WHERE card_id=? AND day=?", (card_id, day)).fetchone()
-        return row[0] if row else 0
-
-    def card_month_charged(self, card_id: int, month: str) -> int:
-        row = self.conn.execute(
-            "SELECT charged FROM card_months WHERE card_id=? AND month=?", (card_id, month)
-        ).fetchone()
-        return row[0] if row else 0
-
-    def _posting(self, where: str, arg: object) -> PostingState | None:
-        row = self.conn.execute(
-            f"SELECT id, kind, card_id, mid, amount, undone, at, detail, rrn, original_id FROM postings WHERE {where}",
-            (arg,),
-        ).fetchone()
-        if row is None:
-            return None
-        return PostingState(*row[:7], json.loads(row[7]), row[8], row[9])
-
-    def posting(self, posting_id: int) -> PostingState | None:
-        return self._posting("id=?", posting_id)
-
-    def posting_by_rrn(self, rrn: str) -> PostingState | None:
-        return self._posting("rrn=?", rrn)
-
-    def message(self, key: tuple[str, str, str]) -> MessageState | None:
-        row = self.conn.execute(
-            "SELECT mti, digest, response, posting_id FROM messages WHERE tid=? AND stan=? AND tx_time=?", key
-        ).fetchone()
-        if row is None:
-            return None
-        return MessageState(row[0], row[1], json.loads(row[2]), row[3], None)
-
-    def tombstone(self, key: tuple[str, str, str]) -> bool:
-        row = self.conn.execute("SELECT 1 FROM tombstones WHERE tid=? AND stan=? AND tx_time=?", key).fetchone()
-        return row is not None
-
-    def meta(self, key: str) -> str | None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def key_group(self, name: str, profile: str) -> tuple[str, str] | None:
-        row = self.conn.execute("SELECT bdk, kcv FROM key_groups WHERE name=? AND profile=?", (name, profile)).fetchone()
-        return (row[0], row[1]) if row else None
-
-    def dukpt_terminals(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM terminals WHERE security LIKE 'dukpt-%'").fetchone()[0]
-
-    def max_posting_id(self) -> int:
-        return self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM postings").fetchone()[0]
-
-    def max_card_id(self) -> int:
-        return self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM cards").fetchone()[0]
+from switch.domain import KST, Merchant, month_key
+from switch.ledger.records import (CardDayMoved, CardIssued, CardMonthCharged, CardPvvSet, CardState, CardStatusSet,
+                                   Change, MemberMonthMoved, MerchantAdded, MessageKey, MessageOutcome,
+                                   OriginalTombstoned, PinTriesSet, PostingState, PostingUndone, Terminal,
+                                   TerminalAdded)
+from switch.ledger.sqlite import SqliteReader
+from switch.wire.messages import Kind, Request
 
 
 class HotState:
-    """Caches keyed like the store. `clear()` after a failed commit: reload from the store."""
+    """Caches keyed like the store; the View of switch/authorize/decide.py."""
 
-    def __init__(self, reader: StoreReader, *, messages_max: int = 200_000, postings_max: int = 200_000) -> None:
+    def __init__(self, reader: SqliteReader, *, ledger_id: str = "", messages_max: int = 200_000,
+                 postings_max: int = 200_000) -> None:
         self.reader = reader
+        self.ledger_id = ledger_id
         self.messages_max = messages_max  # committed outcomes kept in memory; older ones are re-read
         self.postings_max = postings_max  # likewise postings a refund or reversal may need
+        self.epoch = 0                    # moves on clear(): a decision made before it is void
         self.clear()
 
     def clear(self) -> None:
+        """Forget everything (after a failed commit): the next requests reload from the store."""
+        self.epoch += 1
         self.cards: dict[str, CardState] = {}
         self.cards_by_id: dict[int, CardState] = {}
         self.merchants: dict[str, Merchant] = {}
@@ -209,30 +47,35 @@ class HotState:
         self.card_days: dict[tuple[int, str], int] = {}
         self.card_months: dict[tuple[int, str], int] = {}
         self.postings: OrderedDict[int, PostingState] = OrderedDict()
-        self.pinned: dict[int, int] = {}  # posting id → units in flight that changed it
         self.rrns: dict[str, int] = {}
-        self.messages: OrderedDict[tuple[str, str, str], MessageState] = OrderedDict()
-        self.tombstones: set[tuple[str, str, str]] = set()
+        self.messages: OrderedDict[MessageKey, MessageOutcome] = OrderedDict()
+        self.tombstones: set[MessageKey] = set()
         self.next_posting_id = self.reader.max_posting_id() + 1
         self.next_card_id = self.reader.max_card_id() + 1
 
-    def card(self, pan: str) -> CardState | None:
+    # ------------------------------------------------------------------ loading (may read the store)
+
+    def load_card(self, pan: str) -> CardState | None:
         card = self.cards.get(pan)
         if card is None:
             card = self.reader.card_by_pan(pan)
             if card is not None:
-                self.cards[pan] = card
-                self.cards_by_id[card.id] = card
+                self._cache_card(card)
         return card
 
-    def card_by_id(self, card_id: int) -> CardState | None:
+    def load_card_by_id(self, card_id: int) -> CardState | None:
         card = self.cards_by_id.get(card_id)
         if card is None:
-            row = self.reader.conn.execute("SELECT pan FROM cards WHERE id=?", (card_id,)).fetchone()
-            return self.card(row[0]) if row else None
+            card = self.reader.card_by_id(card_id)
+            if card is not None:
+                self._cache_card(card)
         return card
 
-    def merchant(self, mid: str) -> Merchant | None:
+    def _cache_card(self, card: CardState) -> None:
+        self.cards[card.pan] = card
+        self.cards_by_id[card.id] = card
+
+    def load_merchant(self, mid: str) -> Merchant | None:
         m = self.merchants.get(mid)
         if m is None:
             m = self.reader.merchant(mid)
@@ -240,7 +83,7 @@ class HotState:
                 self.merchants[mid] = m
         return m
 
-    def terminal(self, tid: str) -> Terminal | None:
+    def load_terminal(self, tid: str) -> Terminal | None:
         t = self.terminals.get(tid)
         if t is None:
             t = self.reader.terminal(tid)
@@ -248,25 +91,25 @@ class HotState:
                 self.terminals[tid] = t
         return t
 
-    def member_month(self, member: str, month: str) -> int:
+    def load_member_month(self, member: str, month: str) -> int:
         key = (member, month)
         if key not in self.member_months:
             self.member_months[key] = self.reader.member_month(member, month)
         return self.member_months[key]
 
-    def card_day(self, card_id: int, day: str) -> int:
+    def load_card_day(self, card_id: int, day: str) -> int:
         key = (card_id, day)
         if key not in self.card_days:
             self.card_days[key] = self.reader.card_day(card_id, day)
         return self.card_days[key]
 
-    def card_month_charged(self, card_id: int, month: str) -> int:
+    def load_card_month_charged(self, card_id: int, month: str) -> int:
         key = (card_id, month)
         if key not in self.card_months:
             self.card_months[key] = self.reader.card_month_charged(card_id, month)
         return self.card_months[key]
 
-    def posting(self, posting_id: int) -> PostingState | None:
+    def load_posting(self, posting_id: int) -> PostingState | None:
         p = self.postings.get(posting_id)
         if p is None:
             p = self.reader.posting(posting_id)
@@ -274,61 +117,156 @@ class HotState:
                 self.remember_posting(p)
         return p
 
-    def posting_by_rrn(self, rrn: str) -> PostingState | None:
+    def load_posting_by_rrn(self, rrn: str) -> PostingState | None:
         pid = self.rrns.get(rrn)
         if pid is not None:
-            return self.posting(pid)
+            return self.load_posting(pid)
         p = self.reader.posting_by_rrn(rrn)
         if p is not None:
             p = self.postings.get(p.id) or p
             self.remember_posting(p)
         return p
 
-    def remember_posting(self, p: PostingState) -> None:
-        """Cache a posting (purchases also by RRN); beyond postings_max forget the oldest that
-        no unit in flight has changed (the store has them, as committed)."""
-        self.postings[p.id] = p
-        if p.kind == "purchase" and p.rrn:
-            self.rrns[p.rrn] = p.id
-        for _ in range(len(self.postings) - self.postings_max):
-            old_id, old = next(iter(self.postings.items()))
-            if old_id in self.pinned:  # changed by a unit not yet durable: keep it, look again later
-                self.postings.move_to_end(old_id)
-                break
-            del self.postings[old_id]
-            if old.rrn and self.rrns.get(old.rrn) == old_id:
-                del self.rrns[old.rrn]
-
-    def pin(self, posting_ids: list[int]) -> None:
-        for pid in posting_ids:
-            self.pinned[pid] = self.pinned.get(pid, 0) + 1
-
-    def unpin(self, posting_ids: list[int]) -> None:
-        for pid in posting_ids:
-            left = self.pinned.get(pid, 0) - 1
-            if left > 0:
-                self.pinned[pid] = left
-            else:
-                self.pinned.pop(pid, None)
-
-    def message(self, key: tuple[str, str, str]) -> MessageState | None:
+    def load_message(self, key: MessageKey) -> MessageOutcome | None:
         m = self.messages.get(key)
         if m is None:
             m = self.reader.message(key)
             if m is not None:
-                self.remember_message(key, m)
+                self.remember_message(m)
         return m
 
-    def remember_message(self, key: tuple[str, str, str], m: MessageState) -> None:
-        """Cache an outcome; beyond messages_max, forget the oldest committed ones (the store
-        has them). An outcome still being committed is never forgotten."""
-        self.messages[key] = m
-        for _ in range(len(self.messages) - self.messages_max):
-            old_key, old = next(iter(self.messages.items()))
-            if old.done is not None:  # still in flight: keep it, look again next time
-                self.messages.move_to_end(old_key)
-                break
-            del self.messages[old_key]
+    def load_tombstone(self, key: MessageKey) -> bool:
+        if key in self.tombstones:
+            return True
+        if self.reader.tombstone(key):
+            self.tombstones.add(key)
+            return True
+        return False
 
-    def tombstoned(self, key: tuple[str, str, str]) -> bool:
-        return key in self.tombstones or self.reader.tombstone(key)
+    def prefetch(self, req: Request, now: datetime) -> None:
+        """Load every row the decision on `req` at `now` may read, so that deciding reads
+        memory only (switch/authorize/decide.py, View)."""
+        card = self.load_card(req.pan) if req.pan else None
+        if req.merchant:
+            self.load_merchant(req.merchant)
+        if card is not None:
+            self.load_member_month(card.member, month_key(now))
+            self.load_card_day(card.id, now.astimezone(KST).strftime("%Y-%m-%d"))
+        if req.kind is Kind.REVERSAL:
+            original = self.load_message((req.terminal, req.original.stan, req.original.transmission_time))
+            if original is not None and original.posting_id is not None:
+                self._load_undo_chain(original.posting_id)
+        else:
+            self.load_tombstone(req.key)
+            if req.kind is Kind.REFUND and req.rrn:
+                p = self.load_posting_by_rrn(req.rrn)
+                if p is not None:
+                    self._load_undo_chain(p.id)
+
+    def _load_undo_chain(self, posting_id: int) -> None:
+        """A posting to undo, its original (a refund's purchase), their card, merchant and
+        the member's month counters that undoing it moves."""
+        p = self.load_posting(posting_id)
+        if p is None:
+            return
+        if p.original_id is not None:
+            self.load_posting(p.original_id)
+        if p.card_id is not None:
+            self.load_card_by_id(p.card_id)
+        if p.mid:
+            self.load_merchant(p.mid)
+
+    # ------------------------------------------------------------------ the View (memory only)
+
+    def card(self, pan: str) -> CardState | None:
+        return self.cards.get(pan)
+
+    def card_by_id(self, card_id: int) -> CardState | None:
+        return self.cards_by_id.get(card_id)
+
+    def merchant(self, mid: str) -> Merchant | None:
+        return self.merchants.get(mid)
+
+    def member_month(self, member: str, month: str) -> int:
+        return self.member_months[(member, month)]
+
+    def card_day(self, card_id: int, day: str) -> int:
+        return self.card_days[(card_id, day)]
+
+    def posting(self, posting_id: int) -> PostingState | None:
+        return self.postings.get(posting_id)
+
+    def posting_by_rrn(self, rrn: str) -> PostingState | None:
+        pid = self.rrns.get(rrn)
+        return None if pid is None else self.postings.get(pid)
+
+    def message(self, key: MessageKey) -> MessageOutcome | None:
+        return self.messages.get(key)
+
+    def tombstoned(self, key: MessageKey) -> bool:
+        return key in self.tombstones
+
+    # ------------------------------------------------------------------ after a commit
+
+    def apply(self, changes: tuple[Change, ...]) -> None:
+        """A committed unit's changes. Only cached rows move: a row not cached is read from
+        the store, which already has them."""
+        for ch in changes:
+            if isinstance(ch, MemberMonthMoved):
+                _bump(self.member_months, (ch.member, ch.month), ch.eligible)
+            elif isinstance(ch, CardDayMoved):
+                _bump(self.card_days, (ch.card_id, ch.day), ch.spent)
+            elif isinstance(ch, CardMonthCharged):
+                _bump(self.card_months, (ch.card_id, ch.month), ch.charged)
+            elif isinstance(ch, PostingUndone):
+                p = self.postings.get(ch.posting_id)
+                if p is not None:
+                    p.undone += ch.undone
+                    p.reversed += ch.reversed
+            elif isinstance(ch, OriginalTombstoned):
+                self.tombstones.add(ch.key)
+            elif isinstance(ch, PinTriesSet):
+                card = self.cards_by_id.get(ch.card_id)
+                if card is not None:
+                    card.pin_tries, card.pin_blocked = ch.tries, ch.blocked
+            elif isinstance(ch, CardStatusSet):
+                card = self.cards_by_id.get(ch.card_id)
+                if card is not None:
+                    card.status = ch.status
+            elif isinstance(ch, CardPvvSet):
+                card = self.cards_by_id.get(ch.card_id)
+                if card is not None:
+                    card.pvv = ch.pvv
+            elif isinstance(ch, CardIssued):
+                self._cache_card(ch.card)
+            elif isinstance(ch, MerchantAdded):
+                self.merchants[ch.merchant.mid] = ch.merchant
+            elif isinstance(ch, TerminalAdded):
+                self.terminals[ch.terminal.tid] = ch.terminal
+
+    def set_balances(self, card_id: int, cash: int, cashback: int, receivable: int) -> None:
+        card = self.cards_by_id.get(card_id)
+        if card is not None:
+            card.cash, card.cashback, card.receivable = cash, cashback, receivable
+
+    def remember_posting(self, p: PostingState) -> None:
+        """Cache a posting (purchases also by RRN); beyond postings_max forget the oldest
+        (the store has them, as committed: the cache never holds an uncommitted change)."""
+        self.postings[p.id] = p
+        if p.kind == "purchase" and p.rrn:
+            self.rrns[p.rrn] = p.id
+        while len(self.postings) > self.postings_max:
+            old_id, old = self.postings.popitem(last=False)
+            if old.rrn and self.rrns.get(old.rrn) == old_id:
+                del self.rrns[old.rrn]
+
+    def remember_message(self, m: MessageOutcome) -> None:
+        """Cache a committed outcome; beyond messages_max forget the oldest (the store has them)."""
+        self.messages[m.key] = m
+        while len(self.messages) > self.messages_max:
+            self.messages.popitem(last=False)
+
+
+def _bump(counters: dict, key: object, delta: int) -> None:
+    if key in counters:
+        counters[key] += delta

@@ -232,23 +232,22 @@ def _seed(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 
 def db_first_free_card(db: Path) -> int:
-    import sqlite3
+    from switch.ledger.sqlite import SqliteReader
 
-    conn = sqlite3.connect(db)
+    reader = SqliteReader(db)
     try:
-        return conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM cards").fetchone()[0]
+        return reader.max_card_id() + 1
     finally:
-        conn.close()
+        reader.close()
 
 
 async def _set_pins(data_dir: Path, first_card: int, args: argparse.Namespace) -> dict[str, str]:
     """PVVs for the first --pin-cards seeded cards, computed by the HSM (BA + DG)."""
-    from switch.ledger.store import Unit
+    from switch.ledger.records import CardPvvSet, Commit
     from switch.ops.runtime import open_core
 
     async with open_core(data_dir, clock=_clock(args), hsm=_hsm(args)) as core:
-        rows = core.reader.conn.execute("SELECT id, pan FROM cards WHERE id >= ? ORDER BY id LIMIT ?",
-                                        (first_card, args.pin_cards)).fetchall()
+        rows = core.reader.cards_from(first_card, args.pin_cards)
         slots = asyncio.Semaphore(32)  # bounded: an HSM answers a few commands at a time, not thousands
 
         async def pvv(pan: str) -> str:
@@ -256,8 +255,7 @@ async def _set_pins(data_dir: Path, first_card: int, args: argparse.Namespace) -
                 return await core.ops.security.pvv_for(args.pin, pan)
 
         pvvs = await asyncio.gather(*(pvv(pan) for _, pan in rows))
-        await core.writer.submit(Unit(statements=[("UPDATE cards SET pvv = ? WHERE id = ?", (pvv, cid))
-                                                  for (cid, _), pvv in zip(rows, pvvs)]))
+        await core.writer.submit(Commit(changes=tuple(CardPvvSet(cid, pvv) for (cid, _), pvv in zip(rows, pvvs))))
     return {pan: args.pin for _, pan in rows}
 
 

@@ -1,4 +1,4 @@
-"""`eum report daily|month`: the operator's reports (switch/ops/reports.py) as terminal tables
+"""`eum report daily|month`: the operator's reports (switch/ledger/reports.py) as terminal tables
 or CSV. docs/reports.md describes the figures and the options.
 
 The main CLI (switch/cli/main.py) wires it with:
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from switch.ops.reports import TABLES, Period, Report, ReportError, build_report, table
+from switch.ledger.reports import TABLES, Period, Report, ReportError, build_report, table
 
 TEXT_COLUMNS = frozenset({"mid", "name", "district", "channel", "program", "date", "account"})
 TITLES = {

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from switch.domain import mask_pan
+from switch.ledger.records import OutboxEvent
 
 SCHEMA_VERSION = 1
 TRANSACTION_TYPES = ("purchase", "refund", "reversal", "charge")
@@ -54,17 +55,6 @@ class PostingFacts:
     stan: str | None = None
     original_posting_id: int | None = None
     extra: tuple[tuple[str, int], ...] = ()  # kind-specific figures, e.g. receivable_repaid
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEvent:
-    """One outbox row: `payload` is the JSON published as is (`event_id` is inside it too)."""
-
-    event_id: str
-    topic: str
-    type: str
-    posting_id: int
-    payload: str
 
 
 def topic(program: str, stream: str) -> str:

@@ -95,9 +95,3 @@ def _topic_filter(streams: tuple[str, ...], program: str | None) -> tuple[str, l
     if streams:
         return " AND (" + " OR ".join("topic LIKE ?" for _ in streams) + ")", [topic("%", s) for s in streams]
     return "", []
-
-
-def mark_statement(seq: int, at: str, name: str = RELAY_NAME) -> tuple[str, tuple]:
-    """The relay's position moves only forward (a late mark never undoes a newer one)."""
-    return ("INSERT INTO outbox_relay(name, seq, at) VALUES (?,?,?) "
-            "ON CONFLICT(name) DO UPDATE SET seq = MAX(seq, excluded.seq), at = excluded.at", (name, seq, at))

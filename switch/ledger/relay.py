@@ -34,8 +34,10 @@ from urllib.parse import urlsplit
 import aiomqtt
 import structlog
 
-from switch.ledger.store import LedgerUnavailable, LedgerWriter, Unit
-from switch.ledger.outbox import OutboxReader, OutboxRow, mark_statement
+from switch.ledger.outbox import RELAY_NAME, OutboxReader, OutboxRow
+from switch.ledger.records import Commit, RelayMarked
+from switch.ledger.store import LedgerUnavailable
+from switch.ledger.writer import LedgerWriter
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -256,7 +258,7 @@ class Relay:
         self.position = seq
         at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         try:
-            await self.writer.submit(Unit(statements=[mark_statement(seq, at)]))
+            await self.writer.submit(Commit(changes=(RelayMarked(RELAY_NAME, seq, at),)))
         except LedgerUnavailable:
             log.warning("relay_mark_failed", relayed_seq=seq)
 

@@ -8,7 +8,6 @@ honours them at once and nothing writes behind its back.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -16,11 +15,15 @@ import structlog
 
 from switch.clock import Clock
 from switch.domain import DISTRICTS, KST, Merchant, luhn_digit, mask_pan, month_key
+from switch.authorize.engine import MemberLocks
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
-from switch.ledger.store import LedgerWriter, Unit
+from switch.ledger.records import (CardIssued, CardMonthCharged, CardPvvSet, CardState, CardStatusSet, ChargeDetail,
+                                   Commit, KeyGroupAdded, MerchantAdded, MetaSet, PinTriesSet, Posting, Terminal,
+                                   TerminalAdded)
+from switch.ledger.writer import LedgerWriter
 from switch.rules.policy import Rules
 from switch.authorize.security import DUKPT, PROFILES, SECURED, Security, SecurityError, initial_ksn, provision_test_keys
-from switch.authorize.state import CardState, HotState, Terminal
+from switch.authorize.state import HotState
 
 KEY_SETS = ("test", "generated")
 log = structlog.get_logger()
@@ -38,8 +41,9 @@ def default_expiry(now: datetime) -> str:
 
 class Operations:
     def __init__(self, *, rules: Rules, state: HotState, writer: LedgerWriter, clock: Clock,
-                 security: Security | None = None) -> None:
+                 security: Security | None = None, locks: MemberLocks | None = None) -> None:
         self.rules = rules
+        self.locks = locks or MemberLocks()  # shared with the engine: one decision per member at a time
         self.state = state
         self.writer = writer
         self.clock = clock
@@ -71,14 +75,11 @@ class Operations:
         if annual_sales < 0:
             raise OperationError("--annual-sales must be ≥ 0 won")
         mid = mid.ljust(15)
-        if self.state.merchant(mid) is not None:
+        if self.state.load_merchant(mid) is not None:
             raise OperationError(f"merchant {mid.strip()} already exists")
         m = Merchant(mid=mid, name=name, district=district, annual_sales=annual_sales,
                      category=category, online_mall=online_mall)
-        await self.writer.submit(Unit(statements=[(
-            "INSERT INTO merchants(mid, name, district, annual_sales, category, online_mall) VALUES (?,?,?,?,?,?)",
-            (mid, name, district, annual_sales, category, int(online_mall)))]))
-        self.state.merchants[mid] = m
+        await self._commit(MerchantAdded(m))
         return {"mid": mid.strip(), "name": name, "district": district, "annual_sales": annual_sales,
                 "category": category, "online_mall": online_mall}
 
@@ -93,9 +94,9 @@ class Operations:
         if keys == "generated" and security not in DUKPT:
             raise OperationError("--keys generated provisions DUKPT terminals (dukpt-tdes, dukpt-aes)")
         mid = mid.ljust(15)
-        if self.state.merchant(mid) is None:
+        if self.state.load_merchant(mid) is None:
             raise OperationError(f"merchant {mid.strip()} not found")
-        if self.state.terminal(tid) is not None:
+        if self.state.load_terminal(tid) is not None:
             raise OperationError(f"terminal {tid} already exists")
         out: dict[str, Any] = {"tid": tid, "mid": mid.strip(), "security": security}
         key = ksn = ""
@@ -110,10 +111,7 @@ class Operations:
                 out["ksn"] = ksn
         else:
             log.warning("terminal_without_security", tid=tid, note="no PIN, no MAC: certification/legacy only")
-        self.state.terminals[tid] = Terminal(tid=tid, mid=mid, security=security, key_lmk=key, ksn_initial=ksn)
-        await self.writer.submit(Unit(statements=[(
-            "INSERT INTO terminals(tid, mid, security, key_lmk, ksn_initial) VALUES (?,?,?,?,?)",
-            (tid, mid, security, key, ksn))]))
+        await self._commit(TerminalAdded(Terminal(tid=tid, mid=mid, security=security, key_lmk=key, ksn_initial=ksn)))
         return out
 
     async def _generated_keys(self, profile: str, group: str) -> tuple[str, str, dict[str, str]]:
@@ -127,8 +125,7 @@ class Operations:
         found = self.state.reader.key_group(group, profile)
         if found is None:
             bdk, kcv = await self.security.generate_bdk(profile)
-            await self.writer.submit(Unit(statements=[(
-                "INSERT INTO key_groups(name, profile, bdk, kcv) VALUES (?,?,?,?)", (group, profile, bdk, kcv))]))
+            await self._commit(KeyGroupAdded(group, profile, bdk, kcv))
         else:
             bdk, kcv = found
         ksn = initial_ksn(profile, self._next_device())
@@ -146,8 +143,7 @@ class Operations:
             zmk, kcv = await self.security.form_kif_zmk([c.upper() for c in components])
         except SecurityError as exc:
             raise OperationError(f"the HSM refused the components (error {exc.error})") from None
-        await self.writer.submit(Unit(statements=[("INSERT OR REPLACE INTO meta(key, value) VALUES ('kif_zmk', ?)",
-                                                    (zmk,))]))
+        await self._commit(MetaSet("kif_zmk", zmk))
         return {"kif_zmk_kcv": kcv}
 
     # ------------------------------------------------------------------ cards
@@ -170,23 +166,30 @@ class Operations:
         pan = card_pan(prog.bins[0][0], card_id, prog.pan_length)
         member = member or f"M{card_id:09d}"
         pvv = await self.security.pvv_for(pin, pan) if pin is not None else ""  # only the PVV is kept
-        await self.writer.submit(Unit(statements=[(
-            "INSERT INTO cards(id, pan, program, member, expiry, status, issued_at, pvv) VALUES (?,?,?,?,?,?,?,?)",
-            (card_id, pan, program, member, expiry, "active", now.isoformat(), pvv))],
-            entries=[]))
-        card = CardState(card_id, pan, program, member, expiry, "active", 0, 0, 0, pvv=pvv)
-        self.state.cards[pan] = card
-        self.state.cards_by_id[card_id] = card
+        await self._commit(CardIssued(CardState(card_id, pan, program, member, expiry, "active", pvv=pvv),
+                                      now.isoformat()))
         return {"pan": pan, "expiry": expiry, "member": member, "program": program}
 
     def _card(self, pan: str) -> CardState:
-        card = self.state.card(pan)
+        card = self.state.load_card(pan)
         if card is None:
             raise OperationError(f"card {mask_pan(pan)} not found")
         return card
 
+    async def _commit(self, *changes, posting: Posting | None = None, events=()) -> None:
+        """Make the changes durable, then show them to the hot state (never before)."""
+        await self.writer.submit(Commit(posting, None, tuple(changes), tuple(events)))
+        self.state.apply(tuple(changes))
+
     async def op_card_charge(self, *, pan: str, amount: int) -> dict[str, Any]:
         card = self._card(pan)
+        await self.locks.acquire(card.member)  # a purchase of this member decides on the balance after it
+        try:
+            return await self._charge(card, pan, amount)
+        finally:
+            self.locks.release(card.member)
+
+    async def _charge(self, card: CardState, pan: str, amount: int) -> dict[str, Any]:
         now = self.clock.now()
         limits = self.rules.limits(now)
         if amount < limits.charge_min:
@@ -196,7 +199,7 @@ class Operations:
             raise OperationError(f"charge would hold {held + amount:,} won, over the holding limit of "
                                  f"{limits.holding_max:,} won (room: {limits.holding_max - held:,})")
         month = month_key(now)
-        charged = self.state.card_month_charged(card.id, month)
+        charged = self.state.load_card_month_charged(card.id, month)
         if limits.charge_month_max is not None and charged + amount > limits.charge_month_max:
             raise OperationError(f"charge would exceed the monthly charge limit of {limits.charge_month_max:,} won "
                                  f"(charged this month: {charged:,})")
@@ -205,32 +208,23 @@ class Operations:
         pid = self.state.next_posting_id
         self.state.next_posting_id += 1
         repay = min(amount, -card.receivable)  # a charge first settles what a clawback left owing
-        unit = Unit(posting_id=pid, entries=[e for e in (
-            ("bank_settlement", -amount), (f"card:{card.id}:cash", amount - repay),
-            (f"card:{card.id}:receivable", repay)) if e[1]])
-        unit.statements += [
-            ("INSERT INTO postings(id, kind, at, card_id, amount, rrn, detail) VALUES (?,?,?,?,?,?,?)",
-             (pid, "charge", now.isoformat(), card.id, amount, f"{pid:012d}",
-              json.dumps({"member": card.member, "receivable_repaid": repay}))),
-            ("INSERT INTO card_months(card_id, month, charged) VALUES (?,?,?) ON CONFLICT(card_id, month) "
-             "DO UPDATE SET charged = charged + excluded.charged", (card.id, month, amount)),
-        ]
-        card.receivable += repay
-        card.cash += amount - repay
-        self.state.card_months[(card.id, month)] = charged + amount
-        unit.events = posting_events(self.writer.ledger_id, PostingFacts(
+        entries = tuple(e for e in (("bank_settlement", -amount), (f"card:{card.id}:cash", amount - repay),
+                                    (f"card:{card.id}:receivable", repay)) if e[1])
+        posting = Posting(id=pid, kind="charge", at=now.isoformat(), amount=amount, entries=entries, card_id=card.id,
+                          rrn=f"{pid:012d}", detail=ChargeDetail(card.member, repay))
+        cash, receivable = card.cash + amount - repay, card.receivable + repay
+        events = posting_events(self.writer.ledger_id, PostingFacts(
             posting_id=pid, kind="charge", at=now.astimezone(KST).isoformat(timespec="microseconds"), amount=amount,
-            entries=tuple(unit.entries),
-            card=CardFacts(card.program, card.member, card.pan, card.cash, card.cashback, card.receivable),
+            entries=entries, card=CardFacts(card.program, card.member, card.pan, cash, card.cashback, receivable),
             rrn=f"{pid:012d}", extra=(("receivable_repaid", repay),)))
-        await self.writer.submit(unit)
+        await self._commit(CardMonthCharged(card.id, month, amount), posting=posting, events=events)
+        self.state.set_balances(card.id, cash, card.cashback, receivable)
         return {"pan": mask_pan(pan), "charged": amount, "receivable_repaid": repay, "cash": card.cash,
                 "cashback": card.cashback, "posting": pid}
 
     async def _set_status(self, pan: str, status: str) -> dict[str, Any]:
         card = self._card(pan)
-        card.status = status  # honoured by the very next authorization
-        await self.writer.submit(Unit(statements=[("UPDATE cards SET status=? WHERE id=?", (status, card.id))]))
+        await self._commit(CardStatusSet(card.id, status))  # honoured by the very next authorization
         return {"pan": mask_pan(pan), "status": status}
 
     async def op_card_block(self, *, pan: str) -> dict[str, Any]:
@@ -241,9 +235,7 @@ class Operations:
 
     async def op_card_unblock_pin(self, *, pan: str) -> dict[str, Any]:
         card = self._card(pan)
-        card.pin_tries, card.pin_blocked = 0, False
-        await self.writer.submit(Unit(statements=[
-            ("UPDATE cards SET pin_tries = 0, pin_blocked = 0 WHERE id = ?", (card.id,))]))
+        await self._commit(PinTriesSet(card.id, 0, False))
         return {"pan": mask_pan(pan), "pin": "unblocked"}
 
 

@@ -12,14 +12,17 @@ from typing import TYPE_CHECKING, AsyncIterator
 import structlog
 
 from switch.clock import Clock
-from switch.authorize.engine import Engine
+from switch.authorize.engine import Engine, MemberLocks
 from switch.authorize.hsm_client import HsmConfig, HsmPool
-from switch.ledger.store import LedgerWriter, Unit, open_store
+from switch.ledger.records import Commit, MetaSet
+from switch.ledger.sqlite import SqliteReader
+from switch.ledger.store import open_store
+from switch.ledger.writer import LedgerWriter
 from switch.ops.operations import Operations
 from switch.ledger.outbox import OutboxReader, OutboxStatus
 from switch.rules.policy import Rules, default_config_dir, load_rules
 from switch.authorize.security import Security
-from switch.authorize.state import HotState, StoreReader
+from switch.authorize.state import HotState
 
 if TYPE_CHECKING:  # aiomqtt is imported only by a switch that relays
     from switch.ledger.relay import Relay, RelayConfig
@@ -51,7 +54,7 @@ def unlock(fd: int) -> None:
 @dataclass
 class Core:
     rules: Rules
-    reader: StoreReader
+    reader: SqliteReader
     state: HotState
     writer: LedgerWriter
     engine: Engine
@@ -70,10 +73,11 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
     With `relay`, the outbox is published to that MQTT broker while the core is open."""
     rules = load_rules(config_dir or default_config_dir())
     db_path = open_store(data_dir)
-    reader = StoreReader(db_path)
-    state = HotState(reader)
+    reader = SqliteReader(db_path)
     writer = LedgerWriter(db_path, batch_size_max=batch_size_max, commit_interval_ms_max=commit_interval_ms_max,
-                          queue_size_max=queue_size_max, on_failure=state.clear)
+                          queue_size_max=queue_size_max)
+    state = HotState(reader, ledger_id=writer.ledger_id)
+    writer.on_failure = state.clear
     writer.start()
     pool = security = relay_task = None
     try:
@@ -88,8 +92,9 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
             pool = HsmPool(hsm)
             await pool.start()
             security = await _switch_security(pool, reader, writer)
-        engine = Engine(rules=rules, state=state, writer=writer, clock=clock, security=security)
-        ops = Operations(rules=rules, state=state, writer=writer, clock=clock, security=security)
+        locks = MemberLocks()  # one decision per member at a time, authorizations and operations alike
+        engine = Engine(rules=rules, state=state, writer=writer, clock=clock, security=security, locks=locks)
+        ops = Operations(rules=rules, state=state, writer=writer, clock=clock, security=security, locks=locks)
         yield Core(rules, reader, state, writer, engine, ops, db_path, pool, relay_task)
     finally:
         if relay_task is not None:  # before the writer closes: the relay marks through it
@@ -108,15 +113,12 @@ def _outbox_status(db_path: Path) -> OutboxStatus:
         reader.close()
 
 
-async def _switch_security(pool: HsmPool, reader: StoreReader, writer: LedgerWriter) -> Security:
+async def _switch_security(pool: HsmPool, reader: SqliteReader, writer: LedgerWriter) -> Security:
     """The switch's ZPK and PVK (under the LMK) live in the ledger's meta table; the first
     start with an HSM has the HSM generate them (A0), so that first start needs an HSM
     answering (HsmUnavailable otherwise). Later starts only read them."""
     zpk, pvk = reader.meta("zpk"), reader.meta("pvk")
     if zpk is None or pvk is None:
         zpk, pvk = await Security.switch_keys(pool)
-        await writer.submit(Unit(statements=[
-            ("INSERT OR REPLACE INTO meta(key, value) VALUES ('zpk', ?)", (zpk,)),
-            ("INSERT OR REPLACE INTO meta(key, value) VALUES ('pvk', ?)", (pvk,)),
-        ]))
+        await writer.submit(Commit(changes=(MetaSet("zpk", zpk), MetaSet("pvk", pvk))))
     return Security(pool, zpk=zpk, pvk=pvk)

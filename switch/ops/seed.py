@@ -7,7 +7,6 @@ entry per card against bank_settlement.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from switch.domain import DISTRICTS, PROGRAMS
-from switch.ledger.store import connect
+from switch.ledger.bulk import BulkLoad, population_rows
 from switch.ops.operations import card_pan, default_expiry
 from switch.rules.policy import Rules
 from switch.authorize.security import SECURED, provision_test_keys
@@ -53,51 +52,27 @@ def seed(db_path: Path, rules: Rules, *, cards: int, merchants: int, seed_value:
     """`security` provisions every seeded terminal with that profile under the published test
     keys (DUKPT device ids continue after the ledger's existing DUKPT terminals)."""
     rng = random.Random(seed_value)
-    conn = connect(db_path)
-    try:
-        conn.execute("PRAGMA cache_size=-262144")
-        conn.execute("BEGIN IMMEDIATE")
-        m0 = conn.execute("SELECT COUNT(*) FROM merchants").fetchone()[0] + 1
-        c0 = conn.execute("SELECT COALESCE(MAX(id), 0) FROM cards").fetchone()[0] + 1
-        p0 = conn.execute("SELECT COALESCE(MAX(id), 0) FROM postings").fetchone()[0] + 1
+    with BulkLoad(db_path) as load:
+        ids = load.next_ids()
+        m0, c0, p0 = ids.merchant, ids.card, ids.posting
         merchant_rows = list(_merchants(rng, m0, merchants))
-        conn.executemany("INSERT INTO merchants(mid, name, district, annual_sales, category, online_mall) "
-                         "VALUES (?,?,?,?,?,0)", merchant_rows)
-        device0 = conn.execute("SELECT COUNT(*) FROM terminals WHERE security LIKE 'dukpt-%'").fetchone()[0] + 1
+        load.merchants(merchant_rows)
         terminal_rows = []
         for i, row in enumerate(merchant_rows):
-            keys = provision_test_keys(security, device0 + i) if security in SECURED else None
+            keys = provision_test_keys(security, ids.dukpt_device + i) if security in SECURED else None
             terminal_rows.append((tid_for(m0 + i), row[0], security, keys.key if keys else "",
                                   keys.ksn_initial if keys else ""))
-        conn.executemany("INSERT INTO terminals(tid, mid, security, key_lmk, ksn_initial) VALUES (?,?,?,?,?)",
-                         terminal_rows)
+        load.terminals(terminal_rows)
         expiry = default_expiry(now)
-        card_rows, entries, members = [], [], 0
-        total = 0
+        card_rows, charges = [], []
         for cid, program, member, amount in _cards(rng, rules, c0, cards):
             pan = card_pan(rules.programs[program].bins[0][0], cid, rules.programs[program].pan_length)
             card_rows.append((cid, pan, program, member, expiry, "active", now.isoformat()))
-            entries.append((p0, f"card:{cid}:cash", amount))
-            total += amount
+            charges.append((cid, amount))
         members = len({r[3] for r in card_rows})
-        conn.executemany("INSERT INTO cards(id, pan, program, member, expiry, status, issued_at) "
-                         "VALUES (?,?,?,?,?,?,?)", card_rows)
-        if entries:
-            entries.append((p0, "bank_settlement", -total))
-            conn.execute("INSERT INTO postings(id, kind, at, amount, detail) VALUES (?, 'seed_charge', ?, ?, ?)",
-                         (p0, now.isoformat(), total, json.dumps({"cards": len(card_rows), "seed": seed_value})))
-            conn.executemany("INSERT INTO entries(posting_id, account, amount) VALUES (?,?,?)", entries)
-            conn.executemany(
-                "INSERT INTO accounts(name, balance) VALUES (?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET balance = balance + excluded.balance",
-                [(acc, amt) for _, acc, amt in entries])
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.close()
+        load.cards(card_rows)
+        total = load.opening_charges(p0, now.isoformat(), charges, {"cards": len(card_rows), "seed": seed_value}) \
+            if charges else 0
     return SeedResult(merchants=merchants, terminals=merchants, cards=cards, members=members, charged=total,
                       first_mid=mid_for(m0), first_tid=tid_for(m0))
 
@@ -128,15 +103,9 @@ def export_population(db_path: Path, *, first_tid: str, first_card_id: int, card
     """The population file a fleet drives (docs/performance.md): the seeded terminals with their
     profile and initial KSN, and up to `cards_max` seeded cards (PAN, expiry, PIN if one was set).
     It holds full PANs and test PINs: test data for load generators, never a log."""
-    conn = connect(db_path, readonly=True)
-    try:
-        terminals = [{"tid": t, "mid": m.strip(), "security": s, "keys": "test", **({"ksn": k} if k else {})}
-                     for t, m, s, k in conn.execute(
-                         "SELECT tid, mid, security, ksn_initial FROM terminals WHERE tid >= ? ORDER BY tid",
-                         (first_tid,))]
-        rows = conn.execute("SELECT pan, expiry FROM cards WHERE id >= ? ORDER BY id LIMIT ?",
-                            (first_card_id, cards_max)).fetchall()
-    finally:
-        conn.close()
+    terminal_rows, rows = population_rows(db_path, first_tid=first_tid, first_card_id=first_card_id,
+                                          cards_max=cards_max)
+    terminals = [{"tid": t, "mid": m.strip(), "security": s, "keys": "test", **({"ksn": k} if k else {})}
+                 for t, m, s, k in terminal_rows]
     return {"dialect": "default", "terminals": terminals,
             "cards": [{"pan": pan, "expiry": expiry, "pin": pins.get(pan)} for pan, expiry in rows]}

@@ -29,6 +29,7 @@ from switch.wire.messages import (
     NETWORK_CODES,
     PROCESSING_KINDS,
     RESPONSE_MTI,
+    Balances,
     FieldError,
     Kind,
     OriginalData,
@@ -342,6 +343,34 @@ def response_fields(resp: Response) -> dict[str, str]:
     if resp.balances is not None:
         out["54"] = encode_balances(resp.balances)
     return out
+
+
+class DialectError(ValueError):
+    """A dialect that cannot carry a response the switch sends: refused at start."""
+
+
+# What the switch itself puts in a response (the echoed fields came in under the same spec):
+# the most it ever sets, per field (docs/host-interface.md §2).
+_SET_BY_SWITCH = {"37": "000000000001", "38": "000001",
+                  "54": encode_balances(Balances(cash=2_000_000, cashback=2_000_000))}
+
+
+def check_responses(dialect: Dialect) -> None:
+    """Every response the switch can send fits the dialect: each response MTI with every
+    response code, the RRN, authorization code and balances it sets, and a MAC (DE64, or
+    DE128 with a secondary bitmap). Raises DialectError naming the field, in one line."""
+    for mti in sorted(set(RESPONSE_MTI.values())):
+        base = {"t": mti, "7": "0101000000", "11": "000001", "41": "T0000001"}
+        samples = [{**base, "39": rc.value} for rc in Rc]
+        samples.append({**base, "39": Rc.APPROVED.value, **_SET_BY_SWITCH})
+        samples.append({**base, "39": Rc.APPROVED.value, "64": "0" * 16})
+        samples.append({**base, "39": Rc.APPROVED.value, "95": "0" * 42, "128": "0" * 16})
+        for fields in samples:
+            try:
+                encode_fields(fields, dialect)
+            except EncodeError as exc:
+                raise DialectError(f"dialect {dialect.name}: DE{exc.field} cannot carry the {mti} response "
+                                   f"(DE{exc.field} = {fields.get(exc.field, '')!r}): {exc.msg}") from None
 
 
 def encode_fields(fields: dict[str, str], dialect: Dialect) -> bytes:

@@ -1,0 +1,67 @@
+"""Building the bytes of an answer: encode the response fields, and MAC them for a secured
+terminal. Done before the commit (switch/authorize/engine.py), so an answer that cannot be
+built is a decline with nothing stored, never an approval that cannot be sent.
+"""
+
+from __future__ import annotations
+
+from switch.authorize.hsm_client import HsmUnavailable
+from switch.authorize.security import Security, SecurityError, TerminalKeys
+from switch.wire.codec import Dialect, EncodeError, encode_fields
+from switch.wire.messages import Rc
+
+MAC_SIZE = 8  # bytes of DE64 / DE128
+
+
+class AnswerFailed(Exception):
+    """The answer cannot be built: `rc` is what the request gets instead (96 encoding,
+    91 the HSM could not MAC it)."""
+
+    def __init__(self, rc: Rc, note: str) -> None:
+        super().__init__(note)
+        self.rc = rc
+        self.note = note
+
+
+def mac_field(fields: dict[str, str]) -> str:
+    """The MAC is the last field: DE128 when the message has a secondary bitmap, else DE64."""
+    return "128" if any(k.isdigit() and 65 <= int(k) <= 127 for k in fields) else "64"
+
+
+class Answerer:
+    def __init__(self, dialect: Dialect, security: Security | None) -> None:
+        self.dialect = dialect
+        self.security = security
+
+    async def encode(self, fields: dict[str, str], sign: tuple[TerminalKeys, str] | None) -> bytes:
+        """The message bytes; for a secured terminal the MAC under the request's KSN is the
+        last 8 bytes. Raises AnswerFailed."""
+        if sign is None or self.security is None:
+            return self._encode(fields)
+        payload = self._encode({**fields, mac_field(fields): "0" * 2 * MAC_SIZE})
+        keys, ksn = sign
+        try:
+            mac = await self.security.response_mac(keys, ksn, payload[:-MAC_SIZE])
+        except HsmUnavailable:
+            raise AnswerFailed(Rc.HSM_UNAVAILABLE, "HSM unavailable for the response MAC") from None
+        except SecurityError as exc:
+            raise AnswerFailed(Rc.HSM_UNAVAILABLE, f"response MAC: HSM error {exc.error}") from None
+        return payload[:-MAC_SIZE] + bytes.fromhex(mac)
+
+    async def encode_best_effort(self, fields: dict[str, str], sign: tuple[TerminalKeys, str] | None) -> bytes | None:
+        """A decline nothing was stored for: MAC'd when the HSM can, else sent without a MAC
+        (a decline moves no money); None when even that cannot be encoded."""
+        try:
+            return await self.encode(fields, sign)
+        except AnswerFailed:
+            pass
+        try:
+            return self._encode(fields)
+        except AnswerFailed:
+            return None
+
+    def _encode(self, fields: dict[str, str]) -> bytes:
+        try:
+            return encode_fields(fields, self.dialect)
+        except (EncodeError, ValueError) as exc:
+            raise AnswerFailed(Rc.SYSTEM_ERROR, f"response cannot be encoded: {exc}") from None

@@ -1,0 +1,446 @@
+"""The decision core: one financial request in, one Decision out. Pure.
+
+`decide(request, view, rules, now, …)` does no I/O, never awaits and changes nothing: it
+reads the hot state through a `View` (every row it may need was loaded before: see
+switch/authorize/engine.py, `prefetch`) and returns what should happen — the response, the
+balanced posting, the state changes and the events that tell of it. The async shell
+(switch/authorize/engine.py) does the HSM checks before it, then encodes and MACs the
+response, commits the Decision and only then applies its changes to the hot state.
+
+Spending order (an assumption: docs/domain.md, "Cashback"; docs/architecture.md): a purchase
+spends the cashback balance first, then cash; cashback is earned on the full amount and
+credited in the same posting. A refund or reversal of U won out of a purchase of A undoes
+fee, fee support, cashback spent and cashback earned in proportion, by the cumulative floor
+rule (switch/rules/cashback.py, clawback), so undoing the whole amount in any number of
+steps undoes exactly what was posted. A clawback larger than the cashback balance is taken
+from cash, and what cash cannot cover is recorded on the card's receivable account: card
+balances never go below zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from switch.domain import KST, Merchant, luhn_ok, month_key
+from switch.ledger.events import CardFacts, PostingFacts, posting_events
+from switch.ledger.records import (Change, CardDayMoved, CardState, Entry, MemberMonthMoved, MessageKey,
+                                   MessageOutcome, OriginalTombstoned, OutboxEvent, PinTriesSet, Posting,
+                                   PostingState, PostingUndone, PurchaseDetail, RefundReversalDetail, UndoDetail)
+from switch.rules.cashback import clawback, proportional, quote_cashback
+from switch.rules.fees import quote_fee
+from switch.rules.policy import CARDHOLDER, TERMINAL, Rules
+from switch.wire.messages import RESPONSE_MTI, Balances, Kind, Rc, Request, Response
+
+PIN_TRIES_MAX = 3
+# A late original after its reversal: declined with this code and not posted.
+RC_REVERSED_BEFORE_ARRIVAL = Rc.INVALID_TRANSACTION
+# A channel the merchant does not take (Rules.channel_refusal): e-commerce outside the
+# online mall is not permitted to the card (57); card present at the mall, to the terminal (58).
+RC_CHANNEL_REFUSED = {CARDHOLDER: Rc.NOT_PERMITTED, TERMINAL: Rc.TERMINAL_NOT_PERMITTED}
+
+
+class View(Protocol):
+    """What a decision may read: the hot state, already loaded for this request."""
+
+    ledger_id: str
+    next_posting_id: int
+
+    def card(self, pan: str) -> CardState | None: ...
+    def card_by_id(self, card_id: int) -> CardState | None: ...
+    def merchant(self, mid: str) -> Merchant | None: ...
+    def member_month(self, member: str, month: str) -> int: ...
+    def card_day(self, card_id: int, day: str) -> int: ...
+    def posting(self, posting_id: int) -> PostingState | None: ...
+    def posting_by_rrn(self, rrn: str) -> PostingState | None: ...
+    def message(self, key: MessageKey) -> MessageOutcome | None: ...
+    def tombstoned(self, key: MessageKey) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PinVerified:
+    """The HSM's verdict on the request's PIN block against the card's PVV."""
+
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PinRefused:
+    """The HSM could not verify the PIN block (a malformed block: 55; a key fault: 63)."""
+
+    rc: Rc
+    note: str
+
+
+PinCheck = PinVerified | PinRefused | None
+
+
+@dataclass(frozen=True, slots=True)
+class CardChange:
+    """A card's balances after the decision (cash, cashback, receivable), for the hot state."""
+
+    card_id: int
+    cash: int
+    cashback: int
+    receivable: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    response: Response
+    posting: Posting | None = None
+    changes: tuple[Change, ...] = ()
+    cards: tuple[CardChange, ...] = ()        # balances after, applied to the hot state with the changes
+    postings: tuple[PostingState, ...] = ()   # the new posting as the hot state keeps it
+    events: tuple[OutboxEvent, ...] = ()
+    note: str = ""
+    fee: int = 0
+    cashback: int = 0
+
+
+class Decline(Exception):
+    def __init__(self, rc: Rc, note: str) -> None:
+        super().__init__(note)
+        self.rc = rc
+        self.note = note
+
+
+def pin_needs_hsm(card: CardState | None) -> bool:
+    """Whether a PIN block is worth sending to the HSM: not for an unknown card (14), a card
+    whose PIN is blocked (75) or a card that has no PIN (55) — the decision answers those."""
+    return card is not None and not card.pin_blocked and bool(card.pvv)
+
+
+def response(req: Request, fields: dict[str, str], rc: Rc, *, rrn: str = "", auth_code: str = "",
+             balances: Balances | None = None) -> Response:
+    return Response(mti=RESPONSE_MTI[req.mti], rc=rc, echo=fields, rrn=rrn, auth_code=auth_code, balances=balances)
+
+
+def decide(req: Request, fields: dict[str, str], view: View, rules: Rules, now: datetime, *,
+           pin: PinCheck = None) -> Decision:
+    """The decision on a new (not repeated) financial message. A decline still carries the
+    PIN-count change it caused: a wrong PIN counts even though the purchase is refused."""
+    pin_changes: list[Change] = []
+    try:
+        if req.kind is not Kind.REVERSAL and view.tombstoned(req.key):
+            raise Decline(RC_REVERSED_BEFORE_ARRIVAL, "reversed before it arrived")
+        if req.pin_block and req.kind is not Kind.REVERSAL:
+            _pin_outcome(req, view, pin, pin_changes)
+        return _Deciding(req, fields, view, rules, now, tuple(pin_changes)).dispatch()
+    except Decline as d:
+        return Decision(response(req, fields, d.rc), changes=tuple(pin_changes), note=d.note)
+
+
+def _pin_outcome(req: Request, view: View, pin: PinCheck, changes: list[Change]) -> None:
+    """A wrong PIN counts (the third blocks the PIN), a right one resets the count. Raises
+    Decline when the message must be refused."""
+    card = view.card(req.pan)
+    if card is None:
+        return  # the decision answers 14
+    if card.pin_blocked:
+        raise Decline(Rc.PIN_TRIES_EXCEEDED, "PIN blocked")
+    if not card.pvv:
+        raise Decline(Rc.INCORRECT_PIN, "card has no PIN")
+    if isinstance(pin, PinRefused):
+        raise Decline(pin.rc, pin.note)
+    assert isinstance(pin, PinVerified), "the shell verifies a PIN block before deciding"
+    if pin.ok:
+        if card.pin_tries:
+            changes.append(PinTriesSet(card.id, 0, False))
+        return
+    tries = card.pin_tries + 1
+    blocked = tries >= PIN_TRIES_MAX
+    changes.append(PinTriesSet(card.id, tries, blocked))
+    if blocked:
+        raise Decline(Rc.PIN_TRIES_EXCEEDED, f"wrong PIN {tries} times: PIN blocked")
+    raise Decline(Rc.INCORRECT_PIN, f"wrong PIN ({tries} of {PIN_TRIES_MAX})")
+
+
+def iso(now: datetime) -> str:
+    return now.astimezone(KST).isoformat(timespec="microseconds")
+
+
+def _merge(*entry_lists: list[Entry]) -> tuple[Entry, ...]:
+    """Entries with zero amounts dropped (they carry no meaning)."""
+    return tuple((a, v) for entries in entry_lists for a, v in entries if v)
+
+
+def expired(expiry: str, now: datetime) -> bool:
+    """A card is valid through the last day of its expiry month (YYMM)."""
+    yy, mm = int(expiry[:2]), int(expiry[2:])
+    local = now.astimezone(KST)
+    return (local.year % 100, local.month) > (yy, mm)  # YYMM is 20YY: the platform began in 2019
+
+
+class _Card:
+    """A card's balances as the decision moves them (the hot state's card is not touched)."""
+
+    __slots__ = ("state", "cash", "cashback", "receivable")
+
+    def __init__(self, state: CardState) -> None:
+        self.state = state
+        self.cash, self.cashback, self.receivable = state.cash, state.cashback, state.receivable
+
+    def change(self) -> CardChange:
+        return CardChange(self.state.id, self.cash, self.cashback, self.receivable)
+
+    def balances(self) -> Balances:
+        return Balances(cash=self.cash, cashback=self.cashback)
+
+    def settle(self, *, d_cash: int, d_cashback: int) -> list[Entry]:
+        """Card-side entries for the wanted changes, keeping cash and cashback ≥ 0: a
+        shortfall in one is taken from the other, then recorded as receivable."""
+        cash_acc, cb_acc, recv_acc = self.state.accounts()
+        new_cash, new_cb = self.cash + d_cash, self.cashback + d_cashback
+        if new_cb < 0:
+            new_cash += new_cb
+            new_cb = 0
+        if new_cash < 0:
+            take = min(new_cb, -new_cash)
+            new_cb -= take
+            new_cash += take
+        short = min(new_cash, 0)
+        new_cash -= short
+        entries = [(cash_acc, new_cash - self.cash), (cb_acc, new_cb - self.cashback), (recv_acc, short)]
+        self.cash, self.cashback, self.receivable = new_cash, new_cb, self.receivable + short
+        return entries
+
+
+class _Deciding:
+    """One decision in progress: reads the view, builds the Decision, mutates nothing shared."""
+
+    def __init__(self, req: Request, fields: dict[str, str], view: View, rules: Rules, now: datetime,
+                 pin_changes: tuple[Change, ...]) -> None:
+        self.req, self.fields, self.view, self.rules, self.now = req, fields, view, rules, now
+        self.at = iso(now)
+        self.pin_changes = pin_changes
+
+    def dispatch(self) -> Decision:
+        kind = self.req.kind
+        if kind is Kind.PURCHASE:
+            return self._purchase()
+        if kind is Kind.REFUND:
+            return self._refund()
+        if kind is Kind.BALANCE:
+            card = _Card(self._card())
+            return self._decision(response(self.req, self.fields, Rc.APPROVED, balances=card.balances()))
+        return self._reversal()
+
+    # ------------------------------------------------------------------ checks
+
+    def _card(self) -> CardState:
+        req = self.req
+        if not luhn_ok(req.pan):  # a mistyped number: every issued PAN ends in its Luhn digit
+            raise Decline(Rc.UNKNOWN_CARD, "PAN check digit is wrong")
+        card = self.view.card(req.pan)
+        if card is None:
+            raise Decline(Rc.UNKNOWN_CARD, "card unknown")
+        if req.expiry and req.expiry != card.expiry:
+            raise Decline(Rc.UNKNOWN_CARD, "expiry does not match the card")
+        if expired(card.expiry, self.now):
+            raise Decline(Rc.EXPIRED_CARD, "card expired")
+        if card.status != "active":
+            raise Decline(Rc.CARD_BLOCKED, f"card {card.status}")
+        return card
+
+    def _check_channel(self, merchant: Merchant | None) -> Merchant:
+        """The merchant exists and takes this DE22 channel (online mall: e-commerce only)."""
+        if merchant is None:
+            raise Decline(Rc.TERMINAL_NOT_PERMITTED, "merchant unknown")
+        refusal = self.rules.channel_refusal(merchant, self.req.entry_mode)
+        if refusal is not None:
+            raise Decline(RC_CHANNEL_REFUSED[refusal.party], refusal.note)
+        return merchant
+
+    # ------------------------------------------------------------------ purchase
+
+    def _purchase(self) -> Decision:
+        req, view, now = self.req, self.view, self.now
+        state = self._card()
+        merchant = view.merchant(req.merchant)
+        if merchant is None:
+            raise Decline(Rc.TERMINAL_NOT_PERMITTED, "merchant unknown")
+        limits = self.rules.limits(now)
+        amount = req.amount
+        if amount <= 0 or amount > limits.holding_max:
+            raise Decline(Rc.INVALID_AMOUNT, "amount out of range")
+        if not self.rules.accepts(merchant, now):
+            raise Decline(Rc.NOT_PERMITTED, f"card not accepted at category {merchant.category}")
+        self._check_channel(merchant)
+        day = now.astimezone(KST).strftime("%Y-%m-%d")
+        if view.card_day(state.id, day) + amount > limits.daily_spend_max:
+            raise Decline(Rc.OVER_LIMIT, "daily spend limit")
+        if state.cash + state.cashback < amount:
+            raise Decline(Rc.INSUFFICIENT_FUNDS, "insufficient funds")
+        month = month_key(now)
+        fee = quote_fee(self.rules.fees, merchant=merchant, card_program=state.program, amount=amount, now=now)
+        cb = quote_cashback(self.rules.cashback, card_program=state.program, merchant=merchant, amount=amount,
+                            month_spend=view.member_month(state.member, month), now=now)
+        card = _Card(state)
+        cb_used = min(card.cashback, amount)
+        cash_used = amount - cb_used
+        pid = view.next_posting_id
+        cash_acc, cb_acc, _ = state.accounts()
+        payable = f"merchant:{merchant.mid}:payable"
+        entries = _merge(
+            [(cb_acc, -cb_used), (cash_acc, -cash_used), (payable, amount), (payable, -fee.fee), ("fee_income", fee.fee)],
+            [(payable, s) for _, s in fee.support] + [(f"fee_subsidy:{f}", -s) for f, s in fee.support],
+            [(f"cashback_expense:{f}", -c) for f, c in cb.by_funder] + [(cb_acc, cb.total)],
+        )
+        card.cashback += cb.total - cb_used
+        card.cash -= cash_used
+        detail = PurchaseDetail(member=state.member, month=month, day=day, cb_used=cb_used, cash_used=cash_used,
+                                fee=fee.fee, fee_tier=fee.tier, rate_bp=fee.rate_bp, support=tuple(fee.support),
+                                cashback=tuple(cb.by_funder), eligible=cb.eligible, policy=cb.policy_id)
+        rrn = f"{pid:012d}"
+        posting = Posting(id=pid, kind="purchase", at=self.at, amount=amount, entries=entries, card_id=state.id,
+                          mid=merchant.mid, tid=req.terminal, stan=req.stan, rrn=rrn, fee=fee.fee,
+                          support=fee.support_total, cashback=cb.total, detail=detail)
+        changes = (MemberMonthMoved(state.member, month, cb.eligible), CardDayMoved(state.id, day, amount))
+        resp = response(req, self.fields, Rc.APPROVED, rrn=rrn, auth_code=f"{pid % 1_000_000:06d}",
+                        balances=card.balances())
+        return self._decision(resp, posting=posting, changes=changes, card=card, fee=fee.fee, cashback=cb.total)
+
+    # ------------------------------------------------------------------ refund / reversal
+
+    def _refund(self) -> Decision:
+        req, view = self.req, self.view
+        state = self._card()
+        original = view.posting_by_rrn(req.rrn)
+        if original is None or original.kind != "purchase" or original.card_id != state.id:
+            raise Decline(Rc.ORIGINAL_NOT_FOUND, "original purchase not found for this card")
+        if original.mid != req.merchant:  # money comes out of the payable of the merchant that sold
+            raise Decline(Rc.ORIGINAL_NOT_FOUND, "original purchase was at another merchant")
+        self._check_channel(view.merchant(req.merchant))
+        if req.amount <= 0 or req.amount > original.remaining:
+            raise Decline(Rc.INVALID_AMOUNT, "refund exceeds what is left of the original")
+        card = _Card(state)
+        posting, changes = self._undo_purchase(original, req.amount, "refund", card)
+        resp = response(req, self.fields, Rc.APPROVED, rrn=posting.rrn, auth_code=f"{posting.id % 1_000_000:06d}",
+                        balances=card.balances())
+        return self._decision(resp, posting=posting, changes=changes, card=card, fee=posting.fee,
+                              cashback=posting.cashback)
+
+    def _reversal(self) -> Decision:
+        req, view = self.req, self.view
+        orig_key = (req.terminal, req.original.stan, req.original.transmission_time)
+        original_msg = view.message(orig_key)
+        if original_msg is None:
+            return self._decision(response(req, self.fields, Rc.APPROVED), note="original unknown: remembered",
+                                  changes=(OriginalTombstoned(orig_key, self.at),))
+        if original_msg.posting_id is None:
+            return self._decision(response(req, self.fields, Rc.APPROVED), note="original had no posting")
+        original = view.posting(original_msg.posting_id)
+        state = view.card_by_id(original.card_id)
+        if state is None or state.pan != req.pan:
+            raise Decline(Rc.ORIGINAL_NOT_FOUND, "reversal PAN differs from the original's")
+        card = _Card(state)
+        if original.kind == "purchase":
+            final = req.replacement_amount if req.replacement_amount is not None else 0
+            undo = min(max(original.amount - original.reversed - final, 0), original.remaining)
+            if undo == 0:
+                return self._decision(response(req, self.fields, Rc.APPROVED, balances=card.balances()),
+                                      note="nothing left to reverse")
+            posting, changes = self._undo_purchase(original, undo, "reversal", card)
+        elif original.kind == "refund":
+            if original.undone:
+                return self._decision(response(req, self.fields, Rc.APPROVED, balances=card.balances()),
+                                      note="refund already reversed")
+            posting, changes = self._undo_refund(original, card)
+        else:
+            raise Decline(Rc.INVALID_TRANSACTION, f"cannot reverse a {original.kind}")
+        resp = response(req, self.fields, Rc.APPROVED, balances=card.balances())
+        return self._decision(resp, posting=posting, changes=changes, card=card, fee=posting.fee,
+                              cashback=posting.cashback)
+
+    def _undo_purchase(self, p: PostingState, undo: int, kind: str, card: _Card) -> tuple[Posting, tuple[Change, ...]]:
+        """Refund or (partial) reversal of `undo` won of purchase `p`, proportionally."""
+        d = p.detail
+        assert isinstance(d, PurchaseDetail), f"posting {p.id} is a purchase with its detail"
+        share = dict(original_amount=p.amount, undone_before=p.undone, undone_now=undo)
+        cb_back = proportional(d.cb_used, **share)
+        fee_back = proportional(d.fee, **share)
+        support_back = clawback(d.support, **share)
+        claw = clawback(d.cashback, **share)
+        eligible_back = proportional(d.eligible, **share)
+        claw_total = sum(c for _, c in claw)
+        support_total = sum(s for _, s in support_back)
+        payable = f"merchant:{p.mid}:payable"
+        card_entries = card.settle(d_cash=undo - cb_back, d_cashback=cb_back - claw_total)
+        pid = self.view.next_posting_id
+        entries = _merge(
+            [(payable, -undo), (payable, fee_back), ("fee_income", -fee_back)],
+            [(payable, -s) for _, s in support_back] + [(f"fee_subsidy:{f}", s) for f, s in support_back],
+            [(f"cashback_expense:{f}", c) for f, c in claw],
+            card_entries,
+        )
+        detail = UndoDetail(member=d.member, month=d.month, day=d.day, cb_back=cb_back, fee_back=fee_back,
+                            support_back=tuple(support_back), claw=tuple(claw), eligible_back=eligible_back)
+        posting = Posting(id=pid, kind=kind, at=self.at, amount=undo, entries=entries, card_id=card.state.id,
+                          mid=p.mid, tid=self.req.terminal, stan=self.req.stan, rrn=f"{pid:012d}", fee=-fee_back,
+                          support=-support_total, cashback=-claw_total, original_id=p.id, detail=detail)
+        reversal = kind == "reversal"
+        changes: list[Change] = [PostingUndone(p.id, undo, reversed=undo if reversal else 0),
+                                 MemberMonthMoved(d.member, d.month, -eligible_back)]
+        if reversal:  # a reversed purchase never happened: give the day's limit back
+            changes.append(CardDayMoved(card.state.id, d.day, -undo))
+        return posting, tuple(changes)
+
+    def _undo_refund(self, r: PostingState, card: _Card) -> tuple[Posting, tuple[Change, ...]]:
+        """Reversal of a refund: the refund's money is taken back, and fee, support and
+        cashback return to the shares of what then stands of the purchase (the cumulative
+        floor rule), so a later full undo still returns exactly what was posted."""
+        d = r.detail
+        purchase = self.view.posting(r.original_id)
+        pd = purchase.detail
+        assert isinstance(d, UndoDetail) and isinstance(pd, PurchaseDetail), f"refund {r.id} and its purchase"
+        share = dict(original_amount=purchase.amount, undone_before=purchase.undone - r.amount, undone_now=r.amount)
+        fee_back, cb_back = proportional(pd.fee, **share), proportional(pd.cb_used, **share)
+        claw = clawback(pd.cashback, **share)
+        support_back = clawback(pd.support, **share)
+        eligible_back = proportional(pd.eligible, **share)
+        claw_total = sum(c for _, c in claw)
+        payable = f"merchant:{r.mid}:payable"
+        card_entries = card.settle(d_cash=-(r.amount - cb_back), d_cashback=-(cb_back - claw_total))
+        pid = self.view.next_posting_id
+        entries = _merge(
+            [(payable, r.amount), (payable, -fee_back), ("fee_income", fee_back)],
+            [(payable, s) for _, s in support_back] + [(f"fee_subsidy:{f}", -s) for f, s in support_back],
+            [(f"cashback_expense:{f}", -c) for f, c in claw],
+            card_entries,
+        )
+        detail = RefundReversalDetail(member=d.member, month=d.month, day=d.day, reverses=r.id)
+        posting = Posting(id=pid, kind="reversal", at=self.at, amount=r.amount, entries=entries,
+                          card_id=card.state.id, mid=r.mid, tid=self.req.terminal, stan=self.req.stan,
+                          rrn=f"{pid:012d}", fee=fee_back, support=sum(s for _, s in support_back),
+                          cashback=claw_total, original_id=r.id, detail=detail)
+        changes = (PostingUndone(r.id, r.amount), PostingUndone(purchase.id, -r.amount),
+                   MemberMonthMoved(d.member, d.month, eligible_back))
+        return posting, changes
+
+    # ------------------------------------------------------------------ the decision
+
+    def _decision(self, resp: Response, *, posting: Posting | None = None, changes: tuple[Change, ...] = (),
+                  card: _Card | None = None, note: str = "", fee: int = 0, cashback: int = 0) -> Decision:
+        if posting is None:
+            return Decision(resp, changes=self.pin_changes + changes, note=note)
+        assert posting.imbalance() == 0, f"posting {posting.id} does not balance: {posting.imbalance()}"
+        kept = PostingState(posting.id, posting.kind, posting.card_id, posting.mid, posting.amount, 0, posting.at,
+                            posting.rrn, posting.original_id, posting.detail)
+        return Decision(resp, posting=posting, changes=self.pin_changes + changes, cards=(card.change(),),
+                        postings=(kept,), events=self._events(posting, card), note=note, fee=fee,
+                        cashback=cashback)
+
+    def _events(self, posting: Posting, card: _Card) -> tuple[OutboxEvent, ...]:
+        """The posting's events (docs/events.md), told from its own entries and the card's
+        balances after it; they commit with the posting or not at all."""
+        merchant = self.view.merchant(posting.mid) if posting.mid else None
+        s = card.state
+        facts = PostingFacts(
+            posting_id=posting.id, kind=posting.kind, at=posting.at, amount=posting.amount, entries=posting.entries,
+            card=CardFacts(s.program, s.member, s.pan, card.cash, card.cashback, card.receivable),
+            rrn=posting.rrn, merchant=posting.mid.strip() if posting.mid else None,
+            district=merchant.district if merchant else None, terminal=self.req.terminal, stan=self.req.stan,
+            original_posting_id=posting.original_id)
+        return tuple(posting_events(self.view.ledger_id, facts))

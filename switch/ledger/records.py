@@ -1,0 +1,284 @@
+"""The ledger's vocabulary: typed records that cross the store port (switch/ledger/port.py).
+
+Pure module: no SQL, no I/O. The decision core (switch/authorize/decide.py) and the
+operations build these; the store adapter (switch/ledger/sqlite.py) is the only code that
+turns them into rows. Money is an int of whole won; an entry is (account, signed won),
+credit positive, and a posting's entries sum to zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from switch.domain import Merchant
+
+Entry = tuple[str, int]          # (account name, signed won)
+Shares = tuple[tuple[str, int], ...]  # (funder, won) in the rules' order
+MessageKey = tuple[str, str, str]     # DE41 terminal, DE11 STAN, DE7 transmission time
+
+
+# ---------------------------------------------------------------------------- what a posting remembers
+
+@dataclass(frozen=True, slots=True)
+class PurchaseDetail:
+    """What a refund or reversal of this purchase needs: the shares to give back."""
+
+    member: str
+    month: str          # the member's month (KST) whose eligible spend the purchase counted in
+    day: str            # the card's day (KST) whose spending limit it used
+    cb_used: int        # cashback balance spent (the rest came from cash)
+    cash_used: int
+    fee: int
+    fee_tier: str
+    rate_bp: int
+    support: Shares     # fee support by funder
+    cashback: Shares    # cashback earned by funder
+    eligible: int       # what counted toward the month's eligible spend
+    policy: str
+
+
+@dataclass(frozen=True, slots=True)
+class UndoDetail:
+    """A refund or (partial) reversal of a purchase: what it gave back."""
+
+    member: str
+    month: str
+    day: str
+    cb_back: int
+    fee_back: int
+    support_back: Shares
+    claw: Shares
+    eligible_back: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefundReversalDetail:
+    """A reversal of a refund."""
+
+    member: str
+    month: str
+    day: str
+    reverses: int       # the refund's posting id
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeDetail:
+    member: str
+    receivable_repaid: int
+
+
+Detail = PurchaseDetail | UndoDetail | RefundReversalDetail | ChargeDetail | None
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One balanced set of entries, and the columns reports and undo read."""
+
+    id: int
+    kind: str                 # purchase | refund | reversal | charge | seed_charge
+    at: str                   # ISO 8601 in KST, microseconds
+    amount: int
+    entries: tuple[Entry, ...]
+    card_id: int | None = None
+    mid: str | None = None
+    tid: str | None = None
+    stan: str | None = None
+    rrn: str | None = None
+    fee: int = 0
+    support: int = 0
+    cashback: int = 0
+    original_id: int | None = None
+    detail: Detail = None
+
+    def imbalance(self) -> int:
+        return sum(a for _, a in self.entries)
+
+
+@dataclass(slots=True)
+class PostingState:
+    """A posting as the hot state keeps it: `undone` and `reversed` move with later undos."""
+
+    id: int
+    kind: str
+    card_id: int | None
+    mid: str | None
+    amount: int
+    undone: int
+    at: str
+    rrn: str | None
+    original_id: int | None
+    detail: Detail
+    reversed: int = 0         # of a purchase: the part undone by reversals (DE95 bookkeeping)
+
+    @property
+    def remaining(self) -> int:
+        return self.amount - self.undone
+
+
+@dataclass(frozen=True, slots=True)
+class MessageOutcome:
+    """The stored answer to one financial message, by its idempotency key."""
+
+    key: MessageKey
+    mti: str                  # the base MTI (a repeat is stored as its original)
+    digest: str
+    rc: str
+    response: dict[str, str]  # the response fields as sent (without the MAC)
+    posting_id: int | None
+    at: str
+
+
+# ---------------------------------------------------------------------------- rows of reference data
+
+@dataclass(slots=True)
+class CardState:
+    id: int
+    pan: str
+    program: str
+    member: str
+    expiry: str
+    status: str
+    cash: int = 0
+    cashback: int = 0
+    receivable: int = 0
+    pvv: str = ""
+    pin_tries: int = 0
+    pin_blocked: bool = False
+
+    def accounts(self) -> tuple[str, str, str]:
+        return (f"card:{self.id}:cash", f"card:{self.id}:cashback", f"card:{self.id}:receivable")
+
+
+@dataclass(frozen=True, slots=True)
+class Terminal:
+    tid: str
+    mid: str
+    security: str
+    key_lmk: str = ""      # BDK (DUKPT profiles) or TAK (mac) under the LMK; empty for none
+    ksn_initial: str = ""
+    ksn_max: int = 0       # highest DUKPT counter accepted before this process started
+
+
+# ---------------------------------------------------------------------------- changes a commit makes
+
+@dataclass(frozen=True, slots=True)
+class MemberMonthMoved:
+    member: str
+    month: str
+    eligible: int           # delta of the member's eligible spend in that month
+
+
+@dataclass(frozen=True, slots=True)
+class CardDayMoved:
+    card_id: int
+    day: str
+    spent: int              # delta of the card's spending that day
+
+
+@dataclass(frozen=True, slots=True)
+class CardMonthCharged:
+    card_id: int
+    month: str
+    charged: int            # delta of what was charged onto the card that month
+
+
+@dataclass(frozen=True, slots=True)
+class PostingUndone:
+    posting_id: int
+    undone: int             # delta of the amount undone (refunds and reversals)
+    reversed: int = 0       # of that, by reversal (a purchase's DE95 bookkeeping)
+
+
+@dataclass(frozen=True, slots=True)
+class OriginalTombstoned:
+    key: MessageKey         # a reversal arrived before this original
+    at: str
+
+
+@dataclass(frozen=True, slots=True)
+class PinTriesSet:
+    card_id: int
+    tries: int
+    blocked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KsnAccepted:
+    tid: str
+    counter: int            # the terminal's highest DUKPT counter is at least this
+
+
+@dataclass(frozen=True, slots=True)
+class CardStatusSet:
+    card_id: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class CardPvvSet:
+    card_id: int
+    pvv: str
+
+
+@dataclass(frozen=True, slots=True)
+class CardIssued:
+    card: CardState
+    issued_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantAdded:
+    merchant: Merchant
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalAdded:
+    terminal: Terminal
+
+
+@dataclass(frozen=True, slots=True)
+class MetaSet:
+    key: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGroupAdded:
+    name: str
+    profile: str
+    bdk: str                # under the LMK
+    kcv: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelayMarked:
+    name: str
+    seq: int
+    at: str
+
+
+Change = (MemberMonthMoved | CardDayMoved | CardMonthCharged | PostingUndone | OriginalTombstoned | PinTriesSet
+          | KsnAccepted | CardStatusSet | CardPvvSet | CardIssued | MerchantAdded | TerminalAdded | MetaSet
+          | KeyGroupAdded | RelayMarked)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One outbox row: `payload` is the JSON published as is (`event_id` is inside it too)."""
+
+    event_id: str
+    topic: str
+    type: str
+    posting_id: int
+    payload: str
+
+
+@dataclass(slots=True)
+class Commit:
+    """One unit of the group commit: a posting (or none), the message it answers, the changes
+    that go with it and the events that tell of it. All or nothing, with its whole group."""
+
+    posting: Posting | None = None
+    message: MessageOutcome | None = None
+    changes: tuple[Change, ...] = ()
+    events: tuple[OutboxEvent, ...] = field(default=())
