@@ -19,8 +19,8 @@ from typing import Any
 
 import structlog
 
-from switch.wire.codec import (check_responses, DecodeError, Dialect, EncodeError, decode_fields, encode_fields, parse_request, partial_fields,
-                    response_fields)
+from switch.wire.codec import (DecodeError, Dialect, EncodeError, check_responses, decode_fields, encode_fields,
+                               parse_request, partial_fields)
 from switch.ops.config import SwitchConfig
 from switch.domain import mask_pan
 from switch.authorize.answer import Answerer

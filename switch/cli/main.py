@@ -42,7 +42,7 @@ def _relay(args: argparse.Namespace) -> Any:
 
 def cmd_switch(args: argparse.Namespace) -> int:
     from switch.ops import logs
-    from switch.wire.codec import load_dialect
+    from switch.wire.codec import check_responses, load_dialect
     from switch.ops.runtime import DataDirBusy, lock_data_dir, open_core, unlock
     from switch.authorize.server import Processor, SwitchServer, serve_until_signalled
 
@@ -51,6 +51,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
                           program_in_flight_max=args.program_in_flight_max, program_queue_max=args.program_queue_max,
                           program_wait_ms=args.program_wait_ms)
     dialect = load_dialect(config.dialect)
+    check_responses(dialect)  # before anything is created: a dialect that cannot answer is refused
     relay = _relay(args)
     try:
         fd = lock_data_dir(config.data_dir, wait=False)

@@ -17,7 +17,7 @@ from switch.clock import Clock
 from switch.domain import DISTRICTS, KST, Merchant, luhn_digit, mask_pan, month_key
 from switch.authorize.engine import MemberLocks
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
-from switch.ledger.records import (CardIssued, CardMonthCharged, CardPvvSet, CardState, CardStatusSet, ChargeDetail,
+from switch.ledger.records import (CardIssued, CardMonthCharged, CardState, CardStatusSet, ChargeDetail,
                                    Commit, KeyGroupAdded, MerchantAdded, MetaSet, PinTriesSet, Posting, Terminal,
                                    TerminalAdded)
 from switch.ledger.writer import LedgerWriter

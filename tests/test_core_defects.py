@@ -1,0 +1,365 @@
+"""Defects of the old engine that the redesigned authorization core fixes, each end to end.
+
+The old engine (`git show 14cd5a4:switch/engine.py`) stored a message's outcome in the commit
+whatever happened before it, and built the response's bytes only after that commit. So an HSM
+that timed out on the PIN stored a 91 (its repeat was replayed 91, the KSN counter was spent),
+a response that could not be encoded was posted and then answered 96, and a dialect that could
+not carry a response was found out only when a terminal got none. The rules guarded:
+
+* docs/host-interface.md §4, 91: "Nothing is posted and nothing is stored: the terminal may
+  send the request again"; docs/security.md: a repeat is re-sent with its original's KSN, and
+  no HSM answering gets 91 within one call timeout, never an approval.
+* docs/host-interface.md §4, 96: "nothing was posted"; docs/architecture.md, "Hot state and the
+  single writer": a terminal never sees an approval that is not durable — and the switch never
+  makes durable what it cannot answer.
+* switch/wire/codec.py `check_responses`: `eum switch` refuses, at start, a dialect that
+  cannot carry every response, with one line naming the field.
+
+Real components only: a real hsm_mock HsmServer behind a TCP hop the test controls (`PinHop`:
+it forwards every payShield command but, while told to, swallows the PIN translation G0, as an
+HSM that hangs on it), the switch's real objects in the test's event loop (real TCP, real
+SQLite), terminal_sim's DUKPT terminal with a PIN, and `eum switch` as a subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+import structlog
+
+from hsm_mock.config import HsmConfig as HsmServiceConfig
+from hsm_mock.service import HsmServer
+from switch.authorize.hsm_client import HsmConfig
+from switch.authorize.server import Processor, SwitchServer
+from switch.clock import FixedClock
+from switch.ledger.audit import verify
+from switch.ops.config import SwitchConfig
+from switch.ops.runtime import lock_data_dir, open_core, unlock
+from switch.rules.policy import default_config_dir
+from switch.wire.codec import DialectError, check_responses, load_dialect
+from terminal_sim.client import TerminalClient
+from terminal_sim.security import TerminalSecurity
+from terminal_sim.terminal import Terminal
+
+from conftest import LAUNCH, SwitchEnv, card_accounts, postings, provision, query
+from waiting import eventually, logged
+
+EUM_SCRIPT = Path(sys.executable).parent / "eum"
+EUM = [str(EUM_SCRIPT)] if EUM_SCRIPT.exists() else [sys.executable, "-m", "switch.cli.main"]
+COMMAND_TIMEOUT_S = 30
+PIN = "1234"
+TID = "T0000001"
+
+# docs/host-interface.md §2: the 0210 echoes these fields of the 0200 (when present).
+ECHOED_0210 = ("2", "3", "4", "7", "11", "12", "13", "41", "42", "49")
+
+
+def balances_de54(cash: int, cashback: int) -> str:
+    """DE54 as docs/host-interface.md §5 spells it: cash available, then cashback available."""
+    return f"0002410C{cash:012d}0091410C{cashback:012d}"
+
+
+def declined(request: dict[str, str], rc: str) -> dict[str, str]:
+    """An answer with nothing posted (docs/host-interface.md §4): the request's echoed fields
+    and DE39, no DE37, DE38 or DE54."""
+    return {"t": "0210", **{k: request[k] for k in ECHOED_0210 if k in request}, "39": rc}
+
+
+def without(answer: dict[str, str], *keys: str) -> dict[str, str]:
+    return {k: v for k, v in answer.items() if k not in ("p", *keys)}
+
+
+def message_rows(db: Path, tid: str, stan: str) -> list[tuple]:
+    return query(db, "SELECT mti, rc, posting_id FROM messages WHERE tid=? AND stan=?", tid, stan)
+
+
+def dialect_variant(source: Path, target: Path, field_no: str, **spec: int) -> None:
+    """A copy of the dialect file `source` with some keys of one field's spec changed (text
+    edit of that field's block only)."""
+    text = source.read_text(encoding="utf-8")
+    head, sep, rest = text.partition(f'[fields."{field_no}"]\n')
+    assert sep, f"DE{field_no} not in {source}"
+    block, nxt, tail = rest.partition("\n[")
+    lines = block.split("\n")
+    for key, value in spec.items():
+        hits = [i for i, line in enumerate(lines) if line.startswith(f"{key} = ")]
+        assert len(hits) == 1, (field_no, key)
+        lines[hits[0]] = f"{key} = {value}"
+    target.write_text(head + sep + "\n".join(lines) + nxt + tail, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------- the HSM hop
+
+class PinHop:
+    """A TCP hop between the switch and a real hsm_mock server (frames: 2-byte length, then a
+    4-character header and the 2-character command code: docs/hsm.md, "Framing").
+
+    Every command is forwarded and recorded (`forwarded`, code plus mode for GW: "GW11" is the
+    TDES DUKPT request-MAC check, "GW42" the response MAC), except that while `hold_pin` is set
+    a G0 (DUKPT PIN translation, docs/hsm.md "PIN translation") is swallowed: recorded in
+    `swallowed`, never forwarded, so never answered."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.hold_pin = False
+        self.forwarded: list[str] = []
+        self.swallowed: list[str] = []
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.base_events.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        for w in list(self.writers):
+            w.close()
+        self.server.close()
+        await self.server.wait_closed()
+
+    def commands(self, *, but: tuple[str, ...] = ("NC",)) -> list[str]:
+        """What was forwarded, without the health checks (NC)."""
+        return [c for c in self.forwarded if c[:2] not in but]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self.writers |= {writer, up_writer}
+        await asyncio.gather(self._commands(reader, up_writer), self._pump(up_reader, writer),
+                             return_exceptions=True)
+        for w in (writer, up_writer):
+            w.close()
+            self.writers.discard(w)
+
+    @staticmethod
+    async def _frame(reader: asyncio.StreamReader) -> bytes:
+        size = int.from_bytes(await reader.readexactly(2), "big")
+        return await reader.readexactly(size)
+
+    async def _commands(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
+        while True:
+            payload = await self._frame(reader)
+            code = payload[4:6].decode()
+            label = code + (payload[6:8].decode() if code == "GW" else "")
+            if code == "G0" and self.hold_pin:
+                self.swallowed.append(label)
+                continue
+            self.forwarded.append(label)
+            up_writer.write(len(payload).to_bytes(2, "big") + payload)
+
+    async def _pump(self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            payload = await self._frame(up_reader)
+            writer.write(len(payload).to_bytes(2, "big") + payload)
+
+
+# ---------------------------------------------------------------------------- a: G0 timeout
+
+async def test_a_pin_translation_the_hsm_never_answers_is_declined_91_stores_nothing_and_the_repeat_is_approved(
+        tmp_path):
+    """The HSM verifies the request MAC (GW11) and then never answers the PIN translation (G0).
+    The switch answers 91 after its call timeout, and nothing of the message is stored: no
+    message row, no posting, no KSN counter, no PIN count. When the HSM answers again, the
+    terminal's 0201 repeat — re-sent under the original's KSN and PIN block (docs/security.md) —
+    is processed afresh and approved, posted once. The old engine committed the 91 with the
+    message (its repeat was replayed 91) and persisted the KSN counter."""
+    hsm = HsmServer(HsmServiceConfig(port=0))
+    await hsm.start()
+    hop = PinHop(hsm.port)
+    await hop.start()
+    config = HsmConfig(endpoints=(("127.0.0.1", hop.port),), call_timeout_ms=300, health_interval_s=0.05,
+                       reconnect_backoff_s_max=0.1)
+    try:
+        async with start_in_process(tmp_path / "var", hsm=config) as env:
+            db = env.core.db_path
+            await env.op("merchant-add", mid="NAMDONG01", name="Namdong Cafe", district="namdong",
+                         annual_sales=250_000_000)
+            provisioned = await env.op("terminal-add", tid=TID, mid="NAMDONG01", security="dukpt-tdes", keys="test")
+            pan = (await env.op("card-issue", program="namdong", pin=PIN))["pan"]
+            await env.op("card-charge", pan=pan, amount=100_000)  # posting 1
+            security = TerminalSecurity.for_test_keys("dukpt-tdes", provisioned["ksn"])
+            term = Terminal(TID, "NAMDONG01")
+            async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as client:
+                assert (await client.request(term.sign_on()))["39"] == "00"
+                hop.forwarded.clear()
+                hop.hold_pin = True
+                with structlog.testing.capture_logs() as events:
+                    answer = await client.request(term.purchase(pan, 20_000), pin=PIN, pan=pan)
+                original = client.last_request
+                assert (hop.commands(), hop.swallowed) == (["GW11"], ["G0"])  # MAC checked, PIN never answered
+                assert without(answer, "64") == declined(original, "91")
+                assert [(e["rc"], e.get("note")) for e in logged(events, event="message")] == [
+                    ("91", "HSM unavailable")]
+                # nothing stored: no message, no posting, no KSN counter persisted, no PIN try counted
+                assert message_rows(db, TID, original["11"]) == []
+                assert postings(db, "purchase") == []
+                assert card_accounts(db, pan) == (100_000, 0)
+                assert query(db, "SELECT ksn_max FROM terminals WHERE tid=?", TID) == [(0,)]
+                assert query(db, "SELECT pin_tries, pin_blocked FROM cards WHERE pan=?", pan) == [(0, 0)]
+                assert env.core.state.messages.get((TID, original["11"], original["7"])) is None
+
+                hop.hold_pin = False
+                await eventually(lambda: env.core.hsm.healthy, what="the switch to see the HSM healthy again")
+                hop.forwarded.clear()
+                again = await client.resend(Terminal.repeat(original))
+                assert client.last_request["53"] == original["53"]  # the same KSN: its counter was not spent
+                assert again["39"] == "00", f"the repeat under the original's KSN was answered {again['39']}"
+                assert (again["t"], again["37"], again["38"], again["54"], client.last_response_mac_ok) == (
+                    "0210", "000000000002", "000002", balances_de54(80_000, 1_500), True)
+                # processed afresh: its MAC and PIN checked by the HSM, its response MAC'd
+                assert hop.commands() == ["GW11", "G0", "EC", "GW42"]
+                replay = await client.resend(Terminal.repeat(original))
+                assert without(replay, "64") == without(again, "64")  # now the stored answer
+
+            assert [(p["id"], p["stan"], p["amount"]) for p in postings(db, "purchase")] == [
+                (2, original["11"], 20_000)]
+            assert message_rows(db, TID, original["11"]) == [("0200", "00", 2)]
+            assert card_accounts(db, pan) == (80_000, 1_500)
+            counter = int(original["53"], 16) & ((1 << 21) - 1)  # docs/security.md: the 21-bit counter
+            assert query(db, "SELECT ksn_max FROM terminals WHERE tid=?", TID) == [(counter,)]
+            assert verify(db).ok
+    finally:
+        await hop.stop()
+        await hsm.stop()
+
+
+# ---------------------------------------------------------------------------- c: dialect refused at start
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+THREE_DE39 = ("dialect three: DE39 cannot carry the 0210 response (DE39 = '00'): "
+              "Field data is 2 bytes, expecting 3")
+
+
+def config_with_three(tmp_path: Path) -> Path:
+    """A copy of the config dir with dialects/three.toml: the default dialect but DE39 fixed `an 3`."""
+    config = tmp_path / "config"
+    shutil.copytree(default_config_dir(), config)
+    dialects = config / "dialects"
+    dialect_variant(dialects / "default.toml", dialects / "three.toml", "39", max_len=3)
+    return config
+
+
+def test_a_dialect_whose_de39_cannot_carry_a_response_is_refused_by_check_responses(tmp_path):
+    config = config_with_three(tmp_path)
+    with pytest.raises(DialectError) as refused:
+        check_responses(load_dialect("three", directory=config / "dialects"))
+    assert str(refused.value) == THREE_DE39
+    for shipped in ("default", "bcd-tpdu"):  # the dialects we ship carry every response
+        assert check_responses(load_dialect(shipped)) is None
+
+
+def test_eum_switch_refuses_to_start_with_a_dialect_that_cannot_carry_every_response(tmp_path):
+    """`eum switch --dialect three` exits 2 with one stderr line naming DE39 (the command's
+    `eum: ` prefix for a refused configuration, then DialectError's one line) before it creates
+    anything: no data dir, ledger, log or lock. The old switch started and listened: a terminal learnt of the bad dialect
+    only when its response could not be sent."""
+    config = config_with_three(tmp_path)
+    data_dir, port = tmp_path / "var", free_port()
+    env = {**os.environ, "EUM_CONFIG_DIR": str(config)}
+    proc = subprocess.Popen([*EUM, "switch", "--dialect", "three", "--listen", f"127.0.0.1:{port}",
+                             "--data-dir", str(data_dir), "--clock-start", LAUNCH.isoformat()],
+                            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=COMMAND_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=COMMAND_TIMEOUT_S)
+        pytest.fail(f"eum switch --dialect three was still running after {COMMAND_TIMEOUT_S} s: it did not refuse")
+    assert proc.returncode == 2, (proc.returncode, err)
+    assert err.splitlines() == [f"eum: {THREE_DE39}"]
+    # refused before anything was made: no data dir, so no ledger, no log and no lock
+    assert not data_dir.exists()
+
+
+# ---------------------------------------------------------------------------- d: a response that cannot be encoded
+
+@contextlib.asynccontextmanager
+async def start_in_process(data_dir: Path, *, dialect: str = "default", dialect_dir: Path | None = None,
+                           check_dialect: bool = True, hsm=None) -> AsyncIterator[SwitchEnv]:
+    """The objects `eum switch` wires (tests/conftest.py start_switch), with the Processor's
+    start-up dialect check switchable: check_dialect=False only to reach the run-time second
+    line of defence (switch/authorize/server.py)."""
+    config = SwitchConfig(port=0, data_dir=data_dir, dialect=dialect)
+    clock = FixedClock(LAUNCH)
+    fd = lock_data_dir(data_dir, wait=False)
+    try:
+        async with open_core(data_dir, clock=clock, commit_interval_ms_max=config.commit_interval_ms_max,
+                             hsm=hsm) as core:
+            d = load_dialect(dialect, directory=dialect_dir)
+            processor = Processor(core.engine, d, program_limits=config.program_limits(), check_dialect=check_dialect)
+            server = SwitchServer(config, processor, core.ops)
+            await server.start()
+            try:
+                yield SwitchEnv(core, server, clock, d, data_dir)
+            finally:
+                await server.stop()
+    finally:
+        unlock(fd)
+
+
+@pytest.fixture
+async def narrow_de54_env(tmp_path: Path) -> AsyncIterator[SwitchEnv]:
+    """A switch whose dialect's DE54 holds at most 39 characters (balances take 40), started
+    with check_dialect=False, and the usual population (tests/conftest.py provision)."""
+    dialects = tmp_path / "dialects"
+    dialects.mkdir()
+    dialect_variant(default_config_dir() / "dialects" / "default.toml", dialects / "narrow54.toml", "54", max_len=39)
+    with pytest.raises(DialectError, match=r"^dialect narrow54: DE54 cannot carry the 0210 response"):
+        check_responses(load_dialect("narrow54", directory=dialects))  # what the start-up check would say
+    async with start_in_process(tmp_path / "var", dialect="narrow54", dialect_dir=dialects,
+                                check_dialect=False) as env:
+        await provision(env)
+        yield env
+
+
+async def test_an_answer_that_cannot_be_encoded_is_96_and_nothing_of_it_is_posted_or_stored(narrow_de54_env):
+    """An approval would carry DE54 (40 characters) that the dialect cannot encode: the purchase
+    and the balance inquiry are answered 96 — which carries no DE54, so it encodes — and nothing
+    is posted or stored; the card's balances, in the ledger and in the hot state, are unchanged.
+    A decline carries no DE54 either: it is answered and stored as usual. The old engine encoded
+    after the commit: the purchase was posted, and its terminal got a 96."""
+    env = narrow_de54_env
+    db, pan = env.core.db_path, env.cards["namdong"]["pan"]
+    client, term = await env.signed_on(TID, "NAMDONG01")
+    sale, inquiry = term.purchase(pan, 20_000), term.balance(pan)
+    with structlog.testing.capture_logs() as events:
+        answers = [await client.request(sale), await client.request(inquiry)]
+    assert [without(a) for a in answers] == [declined(sale, "96"), declined(inquiry, "96")]
+    cannot = "response cannot be encoded: Field data is 40 bytes, larger than maximum 39: field 54"
+    assert [(e["stan"], e["rc"], e.get("note")) for e in logged(events, event="message")] == [
+        (sale["11"], "96", cannot), (inquiry["11"], "96", cannot)]
+    assert postings(db, "purchase") == []
+    assert [p["id"] for p in postings(db)] == [1, 2]  # the two charges of provision()
+    assert query(db, "SELECT COUNT(*) FROM messages") == [(0,)]
+    assert card_accounts(db, pan) == (100_000, 0)
+    card = env.core.state.cards[pan]
+    assert (card.cash, card.cashback) == (100_000, 0)
+    assert query(db, "SELECT COUNT(*) FROM outbox WHERE type IN ('purchase', 'cashback.credited')") == [(0,)]
+
+    # a decline has no DE54: answered 51 and stored, posting nothing
+    too_much = term.purchase(pan, 150_000)
+    assert without(await client.request(too_much)) == declined(too_much, "51")
+    assert message_rows(db, TID, too_much["11"]) == [("0200", "51", None)]
+    # the repeat of the 96 is processed afresh (nothing was stored) and is again 96
+    repeat = Terminal.repeat(sale)
+    assert without(await client.request(repeat)) == declined(sale, "96")
+    assert message_rows(db, TID, sale["11"]) == []
+    assert postings(db, "purchase") == [] and card_accounts(db, pan) == (100_000, 0)
+    assert verify(db).ok
+    await client.close()
