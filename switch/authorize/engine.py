@@ -189,7 +189,7 @@ class Engine:
             state.set_balances(card.card_id, card.cash, card.cashback, card.receivable)
         for posting in decision.postings:
             state.remember_posting(posting)
-        state.remember_message(message)
+        state.message_committed(message)
 
     async def _replay(self, a: Answerer, req: Request, fields: dict[str, str], prior: MessageOutcome,
                       sign: Sign | None) -> Outcome:

@@ -20,6 +20,7 @@ from switch.ledger.records import (CardDayMoved, CardIssued, CardMonthCharged, C
                                    Change, MemberMonthMoved, MerchantAdded, MessageKey, MessageOutcome,
                                    OriginalTombstoned, PinTriesSet, PostingState, PostingUndone, Terminal,
                                    TerminalAdded)
+from switch.authorize.seen import SeenKeys
 from switch.ledger.sqlite import SqliteReader
 from switch.wire.messages import Kind, Request
 
@@ -49,7 +50,10 @@ class HotState:
         self.postings: OrderedDict[int, PostingState] = OrderedDict()
         self.rrns: dict[str, int] = {}
         self.messages: OrderedDict[MessageKey, MessageOutcome] = OrderedDict()
-        self.tombstones: set[MessageKey] = set()
+        # which keys the store holds, known without a query (switch/authorize/seen.py), and
+        # every tombstone (few): a new message reads nothing from the store to learn it is new
+        self.seen = self._seen_keys()
+        self.tombstones: set[MessageKey] = self.reader.tombstone_keys()
         self.next_posting_id = self.reader.max_posting_id() + 1
         self.next_card_id = self.reader.max_card_id() + 1
 
@@ -127,21 +131,19 @@ class HotState:
             self.remember_posting(p)
         return p
 
+    def _seen_keys(self) -> SeenKeys:
+        return SeenKeys.of(self.reader.message_keys(), stored=self.reader.message_count())
+
     def load_message(self, key: MessageKey) -> MessageOutcome | None:
         m = self.messages.get(key)
-        if m is None:
+        if m is None and self.seen.may_hold(key):
             m = self.reader.message(key)
             if m is not None:
                 self.remember_message(m)
         return m
 
     def load_tombstone(self, key: MessageKey) -> bool:
-        if key in self.tombstones:
-            return True
-        if self.reader.tombstone(key):
-            self.tombstones.add(key)
-            return True
-        return False
+        return key in self.tombstones  # all of them are in memory
 
     def prefetch(self, req: Request, now: datetime) -> None:
         """Load every row the decision on `req` at `now` may read, so that deciding reads
@@ -259,6 +261,13 @@ class HotState:
             old_id, old = self.postings.popitem(last=False)
             if old.rrn and self.rrns.get(old.rrn) == old_id:
                 del self.rrns[old.rrn]
+
+    def message_committed(self, m: MessageOutcome) -> None:
+        """A new outcome is durable: the store holds its key from now on."""
+        self.seen.add(m.key)
+        if self.seen.full:  # double the filter, from the store (which has this key too)
+            self.seen = self._seen_keys()
+        self.remember_message(m)
 
     def remember_message(self, m: MessageOutcome) -> None:
         """Cache a committed outcome; beyond messages_max forget the oldest (the store has them)."""

@@ -334,6 +334,17 @@ class SqliteReader:
             return None
         return MessageOutcome(key, row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
 
+    def message_keys(self) -> Iterable[MessageKey]:
+        """Every stored message's key (to build the switch's filter of known keys)."""
+        return self.conn.execute("SELECT tid, stan, tx_time FROM messages")
+
+    def message_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+
+    def tombstone_keys(self) -> set[MessageKey]:
+        """Every remembered reversal-before-original: few, all held in memory."""
+        return {tuple(row) for row in self.conn.execute("SELECT tid, stan, tx_time FROM tombstones")}
+
     def tombstone(self, key: MessageKey) -> bool:
         return self.conn.execute("SELECT 1 FROM tombstones WHERE tid=? AND stan=? AND tx_time=?",
                                  key).fetchone() is not None
