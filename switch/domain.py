@@ -39,7 +39,14 @@ class Merchant:
 
 def month_key(now: datetime) -> str:
     """Calendar month in Korea ("2019-07"): cashback tiers count spend per KST month."""
-    return now.astimezone(KST).strftime("%Y-%m")
+    local = now.astimezone(KST)
+    return f"{local.year:04d}-{local.month:02d}"
+
+
+def day_key(now: datetime) -> str:
+    """Calendar day in Korea ("2019-07-20"): the daily spending limit counts per KST day."""
+    local = now.astimezone(KST)
+    return f"{local.year:04d}-{local.month:02d}-{local.day:02d}"
 
 
 def mask_pan(pan: str) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from switch.domain import KST, Merchant, luhn_ok, month_key
+from switch.domain import KST, Merchant, day_key, luhn_ok, month_key
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
 from switch.ledger.records import (Change, CardDayMoved, CardState, Entry, MemberMonthMoved, MessageKey,
                                    MessageOutcome, OriginalTombstoned, OutboxEvent, PinTriesSet, Posting,
@@ -268,7 +268,7 @@ class _Deciding:
         if not self.rules.accepts(merchant, now):
             raise Decline(Rc.NOT_PERMITTED, f"card not accepted at category {merchant.category}")
         self._check_channel(merchant)
-        day = now.astimezone(KST).strftime("%Y-%m-%d")
+        day = day_key(now)
         if view.card_day(state.id, day) + amount > limits.daily_spend_max:
             raise Decline(Rc.OVER_LIMIT, "daily spend limit")
         if state.cash + state.cashback < amount:

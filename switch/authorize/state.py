@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from datetime import datetime
 
-from switch.domain import KST, Merchant, month_key
+from switch.domain import Merchant, day_key, month_key
 from switch.ledger.records import (CardDayMoved, CardIssued, CardMonthCharged, CardPvvSet, CardState, CardStatusSet,
                                    Change, MemberMonthMoved, MerchantAdded, MessageKey, MessageOutcome,
                                    OriginalTombstoned, PinTriesSet, PostingState, PostingUndone, Terminal,
@@ -153,7 +153,7 @@ class HotState:
             self.load_merchant(req.merchant)
         if card is not None:
             self.load_member_month(card.member, month_key(now))
-            self.load_card_day(card.id, now.astimezone(KST).strftime("%Y-%m-%d"))
+            self.load_card_day(card.id, day_key(now))
         if req.kind is Kind.REVERSAL:
             original = self.load_message((req.terminal, req.original.stan, req.original.transmission_time))
             if original is not None and original.posting_id is not None:

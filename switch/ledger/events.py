@@ -11,7 +11,7 @@ Signs follow the postings table: `amount` is the transaction's amount (positive)
 from __future__ import annotations
 
 import functools
-import json
+import orjson
 import uuid
 from dataclasses import dataclass
 from typing import Iterable
@@ -72,8 +72,12 @@ def _namespace(ledger_id: str) -> uuid.UUID:
     return uuid.UUID(ledger_id)
 
 
-# one encoder for every payload (json.dumps with options builds a new one per call): compact, UTF-8
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _encode(payload: dict) -> str:
+    """Compact UTF-8 JSON, rendered once (orjson: the same text json.dumps gives with
+    separators=(",", ":") and ensure_ascii=False, for the ints, strings and None events hold)."""
+    return orjson.dumps(payload).decode()
 
 
 def _money(entries: Iterable[tuple[str, int]]) -> tuple[int, dict[str, int], dict[str, int]]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+
+import orjson
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -46,7 +48,7 @@ def detail_json(detail: Detail) -> str:
         d = {"reverses": detail.reverses, "member": detail.member, "month": detail.month, "day": detail.day}
     else:
         d = {"member": detail.member, "receivable_repaid": detail.receivable_repaid}
-    return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
+    return orjson.dumps(d).decode()
 
 
 def _shares(value: list) -> tuple[tuple[str, int], ...]:
@@ -140,7 +142,7 @@ class _Rows:
                 self.accounts[account] += amount
         m = c.message
         if m is not None:
-            self.messages.append((*m.key, m.mti, m.digest, m.rc, json.dumps(m.response), m.posting_id, m.at))
+            self.messages.append((*m.key, m.mti, m.digest, m.rc, orjson.dumps(m.response).decode(), m.posting_id, m.at))
         for ev in c.events:
             self.events.append((ev.event_id, ev.topic, ev.type, ev.posting_id, ev.payload, committed_at))
         for ch in c.changes:
