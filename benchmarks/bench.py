@@ -10,10 +10,15 @@ What runs (issue 4, items 4 and 5), every process on 127.0.0.1 free ports, in a 
      scenario: a short closed-loop capacity run finds the maximum rate, then open loop at
      OFFERED_FRACTION of it (60 s; quick 10 s), then open loop at half that rate (p99 target);
   3. ceiling: the same fleet, closed loop, against benchmarks/responder.py;
-  4. scale: benchmarks/scale.py's one_run (1,000,000 cards; quick: 100,000).
-After every e2e run the switch is stopped, `eum admin verify` must pass and the fleet's
-approvals must equal the ledger's approved postings of that run; otherwise the bench writes
-its results marked failed and raises BenchFailure (non-zero exit).
+  4. scale: benchmarks/scale.py's one_run (1,000,000 cards; quick: 100,000);
+  5. switch_plain (issue 10, item 5): `eum switch` without an HSM on its own data dir seeded with
+     `--security none` terminals (no MAC, no PIN block), the fleet closed loop with the standard
+     scenario's mix; switch CPU per message answered.
+A full run also records a py-spy flame graph of the switch during the e2e run
+(<out-dir>/<date>-<host>-switch-flame.svg); py-spy missing or failing fails a full run.
+After every e2e run and the switch_plain run the switch is stopped, `eum admin verify` must
+pass and the fleet's approvals must equal the ledger's approved postings of that run; otherwise
+the bench writes its results marked failed and raises BenchFailure (non-zero exit).
 
 Writes <out-dir>/<date>-<host>.json (quick: <date>-<host>-quick.json), a Markdown table of the
 same name (.md) and PNG plots (-latency.png, -throughput.png).
@@ -63,6 +68,7 @@ TARGETS: dict[str, tuple[float, str]] = {
     "switch.cpu_us_per_auth": (150, "<="),
     "ratio.e2e_to_ceiling": (0.35, ">="),
     "scale.rss_mib_1m": (1024, "<="),
+    "switch_plain.cpu_us_per_msg": (100, "<="),
 }
 REQUIRED_KEYS = (
     "codec.decode_us", "codec.encode_us",
@@ -70,6 +76,7 @@ REQUIRED_KEYS = (
     "ceiling.per_s", "ratio.e2e_to_ceiling", "switch.cpu_us_per_auth",
     "scale.seed_1m_s", "scale.start_1m_s", "scale.rss_mib_1m",
     "e2e_half.latency_ms.p99", "e2e_half.offered_per_s",
+    "switch_plain.cpu_us_per_msg",
 )
 
 
@@ -93,17 +100,25 @@ class BenchPlan:
     switch_log_level: str = "info"  # as `eum switch` runs by default: one canonical line per message
     response_timeout_ms: int = 2000
     scenario: str = "standard"
+    plain_cards: int | None = None  # switch_plain's own ledger (security none, no PIN); None: `cards`
+    plain_s: float | None = None    # switch_plain closed-loop run (capacity_terminals); None: capacity_s
+    flame_graph: bool = False       # py-spy flame graph of the switch during the e2e run (full runs)
 
     def __post_init__(self) -> None:
+        if self.plain_cards is None:
+            object.__setattr__(self, "plain_cards", self.cards)
+        if self.plain_s is None:
+            object.__setattr__(self, "plain_s", self.capacity_s)
+        assert self.plain_cards > 0 and self.plain_s > 0
         assert 0 < self.pin_cards <= self.cards
         assert 0 < self.capacity_terminals <= self.terminals
         assert min(self.capacity_s, self.e2e_s, self.half_s, self.ceiling_s) > 0
 
 
 PLANS = {
-    "full": BenchPlan(mode="full"),
+    "full": BenchPlan(mode="full", plain_s=20.0, flame_graph=True),
     "quick": BenchPlan(mode="quick", cards=30_000, capacity_s=5.0, e2e_s=10.0, half_s=8.0,
-                       ceiling_s=5.0, scale_cards=100_000, scale_merchants=1_000),
+                       ceiling_s=5.0, scale_cards=100_000, scale_merchants=1_000, plain_cards=20_000, plain_s=8.0),
 }
 
 
@@ -190,6 +205,59 @@ class Processes:
 
 def eum_command(*args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
     return subprocess.run([*EUM, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+
+
+# ---------------------------------------------------------------------------- flame graph (py-spy)
+
+FLAME_FINISH_TIMEOUT_S = 60.0  # py-spy writes the SVG after its --duration; allow it this long more
+
+
+def py_spy_path() -> str:
+    """The py-spy executable (the project's `test` extra installs it beside this Python); raises
+    BenchFailure when there is none: a full bench run needs it."""
+    beside = Path(sys.executable).parent / "py-spy"
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if not found:
+        raise BenchFailure("py-spy is not installed, and a full bench run records a flame graph of the switch: "
+                           "pip install py-spy (or pip install -e '.[test]'), or run `eum bench --quick`")
+    return found
+
+
+class FlameGraph:
+    """`py-spy record --pid PID --duration N --format flamegraph -o PATH --nonblocking`: samples a
+    running Python process (needs ptrace: root, or kernel.yama.ptrace_scope 0) without pausing it,
+    and writes an SVG flame graph when the duration is over."""
+
+    def __init__(self, pid: int, path: Path, duration_s: int, *, log_dir: Path | None = None) -> None:
+        self.path = Path(path)
+        self.duration_s = max(1, int(duration_s))
+        self.log = (log_dir or self.path.parent) / "py-spy.err"
+        self.path.unlink(missing_ok=True)  # a stale SVG must not pass for this run's
+        argv = [py_spy_path(), "record", "--pid", str(pid), "--duration", str(self.duration_s),
+                "--format", "flamegraph", "-o", str(self.path), "--nonblocking"]
+        with self.log.open("ab") as err:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+
+    def finish(self) -> Path:
+        """Wait for py-spy to write the SVG; BenchFailure if it failed or wrote nothing."""
+        try:
+            rc = self.proc.wait(timeout=self.duration_s + FLAME_FINISH_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise BenchFailure(f"py-spy (pid {self.proc.pid}) did not finish its {self.duration_s} s recording "
+                               f"within {FLAME_FINISH_TIMEOUT_S:g} s more; killed") from None
+        if rc != 0 or not self.path.exists() or self.path.stat().st_size == 0:
+            tail = self.log.read_text(errors="replace").strip().splitlines()[-5:] if self.log.exists() else []
+            raise BenchFailure(f"py-spy could not record the switch's flame graph (exit {rc}, "
+                               f"{self.path.name} {'empty' if self.path.exists() else 'not written'}): "
+                               f"{' / '.join(tail) or 'no output'}")
+        return self.path
+
+    def stop(self) -> None:
+        """Stop py-spy by its PID if it still runs (the run failed under it)."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
 
 
 # ---------------------------------------------------------------------------- ledger checks
@@ -308,13 +376,18 @@ class SwitchRun:
 
 
 class E2eSuite:
-    def __init__(self, plan: BenchPlan, tmp: Path, procs: Processes) -> None:
+    """plain=False: the e2e ledger (DUKPT-TDES terminals, PIN cards, the switch with --hsm).
+    plain=True: the switch_plain ledger in its own files (security none, no PIN, no HSM)."""
+
+    def __init__(self, plan: BenchPlan, tmp: Path, procs: Processes, *, plain: bool = False) -> None:
         self.plan = plan
         self.tmp = tmp
         self.procs = procs
-        self.data_dir = tmp / "var"
-        self.population_path = tmp / "population.json"
-        self.state_dir = tmp / "fleet-state"
+        self.plain = plain
+        suffix = "-plain" if plain else ""
+        self.data_dir = tmp / f"var{suffix}"
+        self.population_path = tmp / f"population{suffix}.json"
+        self.state_dir = tmp / f"fleet-state{suffix}"
         self.hsm_port = 0
         self.population: Any = None
 
@@ -330,12 +403,16 @@ class E2eSuite:
         plan = self.plan
         t0 = time.perf_counter()
         failures = []
+        cards = plan.plain_cards if self.plain else plan.cards
+        security = (["--security", "none"] if self.plain
+                    else ["--security", "dukpt-tdes", "--pin-cards", str(plan.pin_cards), "--pin", PIN])
+        hsm = [] if self.plain else ["--hsm", f"127.0.0.1:{self.hsm_port}"]
         for _ in range(SEED_ATTEMPTS_MAX):
             shutil.rmtree(self.data_dir, ignore_errors=True)
-            done = eum_command("admin", "--data-dir", str(self.data_dir), "--hsm", f"127.0.0.1:{self.hsm_port}",
-                               "--json", "seed", "--cards", str(plan.cards), "--merchants", str(plan.terminals),
-                               "--security", "dukpt-tdes", "--pin-cards", str(plan.pin_cards), "--pin", PIN,
-                               "--export", str(self.population_path), "--export-cards", str(plan.cards))
+            done = eum_command("admin", "--data-dir", str(self.data_dir), *hsm,
+                               "--json", "seed", "--cards", str(cards), "--merchants", str(plan.terminals),
+                               *security,
+                               "--export", str(self.population_path), "--export-cards", str(cards))
             if done.returncode == 0:
                 break
             failures.append(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
@@ -345,22 +422,31 @@ class E2eSuite:
         return {"seconds": round(time.perf_counter() - t0, 2), "failed_attempts": failures, **json.loads(done.stdout)}
 
     def switch_run(self, name: str, *, closed_loop: bool, rate_per_s: float, duration_s: float,
-                   seed: int, terminals: int | None = None) -> SwitchRun:
+                   seed: int, terminals: int | None = None, flame: Path | None = None) -> SwitchRun:
+        """flame: record a py-spy flame graph of the switch into this SVG during the run."""
         port = free_port()
+        hsm = [] if self.plain else ["--hsm", f"127.0.0.1:{self.hsm_port}"]
         self.procs.start("switch", [*EUM, "switch", "--data-dir", str(self.data_dir), "--listen",
-                                    f"127.0.0.1:{port}", "--hsm", f"127.0.0.1:{self.hsm_port}",
-                                    "--log-level", self.plan.switch_log_level])
+                                    f"127.0.0.1:{port}", *hsm, "--log-level", self.plan.switch_log_level])
+        spy: FlameGraph | None = None
         try:
             self.procs.wait_listening("switch", port)
-            pid, hsm_pid = self.procs.running["switch"].pid, self.procs.running["hsm"].pid
+            pid = self.procs.running["switch"].pid
+            hsm_cpu_now = (lambda: 0.0) if self.plain else (lambda: process_cpu_s(self.procs.running["hsm"].pid))
+            if flame is not None:  # sample all but the run's last seconds: py-spy must end before the switch
+                spy = FlameGraph(pid, flame, max(1, int(duration_s) - 5), log_dir=self.procs.log_dir)
             start = kst_now_iso()
-            (user0, sys0), hsm0, t0 = process_cpu_split_s(pid), process_cpu_s(hsm_pid), time.perf_counter()
+            (user0, sys0), hsm0, t0 = process_cpu_split_s(pid), hsm_cpu_now(), time.perf_counter()
             report, fleet_cpu = drive(port, self.plan, self.population, self.state_dir, closed_loop=closed_loop,
                                       rate_per_s=rate_per_s, duration_s=duration_s, seed=seed, terminals=terminals)
             wall = time.perf_counter() - t0
-            (user1, sys1), hsm_cpu = process_cpu_split_s(pid), process_cpu_s(hsm_pid) - hsm0
+            (user1, sys1), hsm_cpu = process_cpu_split_s(pid), hsm_cpu_now() - hsm0
             switch_cpu, switch_sys = (user1 + sys1) - (user0 + sys0), sys1 - sys0
+            if spy is not None:
+                spy.finish()
         finally:
+            if spy is not None:
+                spy.stop()
             rc = self.procs.stop("switch")
         end = kst_now_iso()
         if rc != 0:
@@ -385,8 +471,10 @@ class E2eSuite:
         return report, fleet_cpu, responder_cpu
 
 
-def run_e2e(plan: BenchPlan, tmp: Path, procs: Processes) -> tuple[dict[str, Any], dict[str, Any], list[dict]]:
-    """Returns (flat keys, run details, correctness checks)."""
+def run_e2e(plan: BenchPlan, tmp: Path, procs: Processes, *,
+            flame: Path | None = None) -> tuple[dict[str, Any], dict[str, Any], list[dict]]:
+    """Returns (flat keys, run details, correctness checks). flame: the SVG of the switch's
+    py-spy flame graph during the e2e run (None: not recorded)."""
     suite = E2eSuite(plan, tmp, procs)
     suite.start_hsm()
     seeded = suite.seed()
@@ -397,11 +485,12 @@ def run_e2e(plan: BenchPlan, tmp: Path, procs: Processes) -> tuple[dict[str, Any
         raise BenchFailure(f"the capacity run served nothing: by_rc {capacity.report.by_rc}, "
                            f"timeouts {capacity.report.timeouts}")
     rate = round(capacity_per_s * OFFERED_FRACTION, 1)
-    e2e = suite.switch_run("e2e", closed_loop=False, rate_per_s=rate, duration_s=plan.e2e_s, seed=12)
+    e2e = suite.switch_run("e2e", closed_loop=False, rate_per_s=rate, duration_s=plan.e2e_s, seed=12, flame=flame)
     half = suite.switch_run("e2e_half", closed_loop=False, rate_per_s=round(rate / 2, 1), duration_s=plan.half_s,
                             seed=13)
     ceiling, ceiling_fleet_cpu, responder_cpu = suite.ceiling_run(duration_s=plan.ceiling_s, seed=14)
     procs.stop("hsm")
+    plain_flat, plain_runs, plain_check = run_switch_plain(plan, tmp, procs)
 
     ceiling_per_s = float(ceiling.achieved_per_s)
     approved = int(e2e.report.approved)
@@ -423,6 +512,7 @@ def run_e2e(plan: BenchPlan, tmp: Path, procs: Processes) -> tuple[dict[str, Any
         "e2e_half.approved_per_s": round(float(half.report.approved_per_s), 1),
         "e2e.overload_declines": sum(int(e2e.report.by_rc.get(rc, 0)) for rc in OVERLOAD_RCS),
         "e2e.mac_invalid": int(e2e.report.mac_invalid),
+        **plain_flat,
     }
     runs: dict[str, Any] = {"seed": seeded}
     for r in (capacity, e2e, half):
@@ -432,7 +522,27 @@ def run_e2e(plan: BenchPlan, tmp: Path, procs: Processes) -> tuple[dict[str, Any
                         "fleet_cpu_s": round(r.fleet_cpu_s, 3), "check": r.check}
     runs["ceiling"] = {**summary(ceiling), "closed_loop": True, "fleet_cpu_s": round(ceiling_fleet_cpu, 3),
                        "responder_cpu_s": round(responder_cpu, 3)}
-    return flat, runs, [capacity.check, e2e.check, half.check]
+    runs.update(plain_runs)
+    return flat, runs, [capacity.check, e2e.check, half.check, plain_check]
+
+
+def run_switch_plain(plan: BenchPlan, tmp: Path, procs: Processes) -> tuple[dict[str, Any], dict[str, Any], dict]:
+    """The switch_plain run (issue 10, item 5): `eum switch` without an HSM on its own ledger of
+    plan.plain_cards cards and plan.terminals `--security none` terminals (no MAC, no PIN block),
+    closed loop with plan.capacity_terminals terminals for plan.plain_s, the standard scenario's
+    mix. Returns (flat keys, run details, correctness check); the switch's CPU (/proc) ÷ messages
+    answered is switch_plain.cpu_us_per_msg."""
+    suite = E2eSuite(plan, tmp, procs, plain=True)
+    seeded = suite.seed()
+    r = suite.switch_run("switch_plain", closed_loop=True, rate_per_s=CLOSED_LOOP_RATE_PER_S,
+                         duration_s=plan.plain_s, seed=15, terminals=plan.capacity_terminals)
+    answered = int(r.report.responses)
+    flat = {"switch_plain.cpu_us_per_msg": round(r.switch_cpu_s * 1e6 / answered, 1) if answered else float("inf"),
+            "switch_plain.answered_per_s": round(answered / float(r.report.duration_s), 1)}
+    details = {**summary(r.report), "closed_loop": True, "wall_s": round(r.wall_s, 2),
+               "switch_cpu_s": round(r.switch_cpu_s, 3), "switch_system_s": round(r.switch_system_s, 3),
+               "fleet_cpu_s": round(r.fleet_cpu_s, 3), "check": r.check}
+    return flat, {"seed_plain": seeded, "switch_plain": details}, r.check
 
 
 def served_per_s(report: Any) -> float:
@@ -468,7 +578,7 @@ def describe_machine() -> dict[str, Any]:
     from benchmarks.scale import machine
 
     m = machine()
-    for package in ("eum-switch", "hdrhistogram", "rich", "matplotlib"):
+    for package in ("eum-switch", "hdrhistogram", "rich", "matplotlib", "py-spy"):
         with contextlib.suppress(md.PackageNotFoundError):
             m["packages"][package] = md.version(package)
     m["python_implementation"] = platform.python_implementation()
@@ -511,7 +621,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Load average at start: {m.get('loadavg_at_start', '?')}. Commit {m.get('git', '?')}.",
         "",
         f"Result: **{'passed' if result.get('correctness.ok') else 'FAILED'}** "
-        f"(correctness under load: verify + approvals fleet = ledger after every e2e run).",
+        f"(correctness under load: verify + approvals fleet = ledger after every e2e run and the switch_plain run).",
         "",
         "| key | value | target | met |",
         "|---|---|---|---|",
@@ -526,7 +636,7 @@ def markdown(result: dict[str, Any]) -> str:
     if runs:
         lines += ["", "## Runs", "", "| run | loop | offered/s | achieved/s | approved/s | p50 ms | p99 ms | "
                   "p99.9 ms | sent | timeouts | reversals | response codes |", "|---" * 12 + "|"]
-        for name in ("capacity", "e2e", "e2e_half", "ceiling"):
+        for name in ("capacity", "e2e", "e2e_half", "ceiling", "switch_plain"):
             r = runs.get(name)
             if not r:
                 continue
@@ -548,6 +658,9 @@ def markdown(result: dict[str, Any]) -> str:
     plots = result.get("plots", [])
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    if result.get("flame_graph"):
+        lines += ["", f"Flame graph of the switch during the e2e run (py-spy): [{result['flame_graph']}]"
+                      f"({result['flame_graph']})"]
     notes = result.get("notes", [])
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
@@ -580,7 +693,12 @@ def notes_for(plan: BenchPlan) -> list[str]:
         f"scale.* keys are measured with scale.cards = {plan.scale_cards:,} cards "
         f"({'not 1,000,000: quick mode' if plan.scale_cards != 1_000_000 else 'as named'}).",
         "switch.cpu_us_per_auth: the switch process's utime+stime (/proc/PID/stat) over the e2e run ÷ approvals.",
-    ]
+        f"switch_plain.cpu_us_per_msg: the same over a {plan.plain_s:g} s closed-loop run of "
+        f"{plan.capacity_terminals} terminals against `eum switch` without an HSM, on its own ledger of "
+        f"{plan.plain_cards:,} cards seeded with --security none (no MAC, no PIN block; the standard "
+        f"scenario's mix) ÷ messages answered; checked like the e2e runs.",
+    ] + (["the switch's flame graph: py-spy record --nonblocking (100 samples/s) during the e2e run; py-spy "
+          "runs on the same cores."] if plan.flame_graph else [])
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -597,11 +715,15 @@ def run_bench(quick: bool, out_dir: Path, *, plan: BenchPlan | None = None) -> d
                               "plan": asdict(plan)}
     result.update(codec_bench())
     stem = result_stem(quick=plan.mode == "quick")
+    flame = None
+    if plan.flame_graph:
+        py_spy_path()  # missing: fail now, not after the long runs
+        flame = out_dir / f"{stem}-switch-flame.svg"
     with tempfile.TemporaryDirectory(prefix="eum-bench-") as tmp_name:
         tmp = Path(tmp_name)
         procs = Processes(tmp)
         try:
-            flat, runs, checks = run_e2e(plan, tmp, procs)
+            flat, runs, checks = run_e2e(plan, tmp, procs, flame=flame)
         except BenchFailure as exc:
             procs.stop_all()
             kept = keep_logs(tmp, out_dir / f"{stem}-failed-logs")
@@ -614,6 +736,8 @@ def run_bench(quick: bool, out_dir: Path, *, plan: BenchPlan | None = None) -> d
     result["checks"] = checks
     result["runs"] = runs
     result["notes"] = notes_for(plan)
+    if flame is not None:
+        result["flame_graph"] = flame.name  # relative to the result JSON, like the plots
     result["bench.seconds"] = round(time.perf_counter() - started, 1)
     missing = [k for k in REQUIRED_KEYS if k not in result]
     assert not missing, f"bench result lacks {missing}"  # our bug, not the machine's
@@ -621,7 +745,8 @@ def run_bench(quick: bool, out_dir: Path, *, plan: BenchPlan | None = None) -> d
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     write_json(result, json_path)
     md_path.write_text(markdown(result))
-    result["files"] = [str(json_path), str(md_path), *(str(out_dir / name) for name in result["plots"])]
+    result["files"] = [str(json_path), str(md_path), *(str(out_dir / name) for name in result["plots"]),
+                       *([str(flame)] if flame is not None else [])]
     if not result["correctness.ok"]:
         problems = "; ".join(c["problem"] for c in checks if not c["ok"])
         raise BenchFailure(f"correctness under load failed: {problems} (results written to {json_path})")

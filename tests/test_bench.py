@@ -262,9 +262,75 @@ def test_tiny_bench_runs_every_part_and_the_ledger_agrees_with_the_fleet(tmp_pat
                      ceiling_s=1.0, scale_cards=2_000, scale_merchants=10)
     result = run_bench(True, tmp_path, plan=plan)
     assert all(key in result for key in REQUIRED_KEYS)
-    assert result["correctness.ok"] and [c["run"] for c in result["checks"]] == ["capacity", "e2e", "e2e_half"]
+    assert result["correctness.ok"] and [c["run"] for c in result["checks"]] == ["capacity", "e2e", "e2e_half",
+                                                                                 "switch_plain"]
     assert all(c["fleet_approved"] == c["ledger_approved"] > 0 for c in result["checks"] if c["exact"])
     assert result["e2e.approved_per_s"] > 0 and result["ceiling.per_s"] > 0 and result["scale.cards"] == 2_000
     written = json.loads(Path(result["files"][0]).read_text())
     assert all(key in written for key in REQUIRED_KEYS)
     assert Path(result["files"][1]).read_text().count("| `") >= len(REQUIRED_KEYS)
+
+
+@pytest.mark.skipif(not _fleet_exists(), reason="terminal_sim/fleet.py is not there yet")
+def test_switch_plain_run_measures_cpu_per_message_without_an_hsm_and_the_ledger_agrees(tmp_path):
+    from benchmarks.bench import Processes, run_switch_plain
+
+    plan = BenchPlan(mode="smoke", terminals=4, capacity_terminals=2, cards=400, pin_cards=100, plain_cards=300,
+                     plain_s=1.5)
+    procs = Processes(tmp_path)
+    try:
+        flat, runs, check = run_switch_plain(plan, tmp_path, procs)
+    finally:
+        procs.stop_all()
+    assert set(flat) == {"switch_plain.cpu_us_per_msg", "switch_plain.answered_per_s"}
+    assert 0 < flat["switch_plain.cpu_us_per_msg"] < float("inf") and flat["switch_plain.answered_per_s"] > 0
+    assert check["ok"] and check["verify_ok"] and check["run"] == "switch_plain", check["problem"]
+    assert check["fleet_approved"] == check["ledger_approved"] > 0 or not check["exact"]
+    plain = runs["switch_plain"]
+    # security none: no PIN block sent, no MAC expected or missing; no HSM process was started
+    assert (plain["pin_purchases"], plain["mac_missing"], plain["mac_invalid"]) == (0, 0, 0)
+    assert runs["seed_plain"]["security"] == "none" and runs["seed_plain"]["pin_cards"] == 0
+    assert "hsm" not in procs.running and not (tmp_path / "hsm.err").exists()
+
+
+def test_bench_plans_record_a_flame_graph_only_in_full_mode_and_fail_clearly_without_py_spy(monkeypatch):
+    import benchmarks.bench as bench
+
+    assert bench.PLANS["full"].flame_graph and not bench.PLANS["quick"].flame_graph
+    assert (bench.PLANS["quick"].plain_cards, bench.PLANS["quick"].plain_s) == (20_000, 8.0)
+    assert bench.TARGETS["switch_plain.cpu_us_per_msg"] == (100, "<=")
+    monkeypatch.setattr(bench.sys, "executable", "/nonexistent/python3")
+    monkeypatch.setattr(bench.shutil, "which", lambda name: None)
+    with pytest.raises(bench.BenchFailure, match="py-spy is not installed"):
+        bench.py_spy_path()
+
+
+def _py_spy_found() -> bool:
+    import shutil
+
+    return (Path(sys.executable).parent / "py-spy").exists() or shutil.which("py-spy") is not None
+
+
+@pytest.mark.skipif(not _py_spy_found(), reason="py-spy is not installed (pip install -e '.[test]')")
+def test_flame_graph_of_a_short_lived_python_process_is_a_non_empty_svg(spawn, tmp_path):
+    from benchmarks.bench import FlameGraph
+
+    busy = spawn([sys.executable, "-c", "import time\ndef spin_for_the_flame_graph(end):\n"
+                                        "    while time.monotonic() < end: pass\n"
+                                        "spin_for_the_flame_graph(time.monotonic() + 6)"])
+    wait_until(lambda: process_cpu_s(busy.pid) >= 0.3, what="the busy process to be spinning")
+    svg = FlameGraph(busy.pid, tmp_path / "busy-flame.svg", 2).finish()
+    text = svg.read_text()
+    assert svg.stat().st_size > 1_000 and "<svg" in text and "</svg>" in text
+    assert "spin_for_the_flame_graph" in text  # the sampled process's own frame
+    assert busy.poll() is None  # --nonblocking: sampled, not stopped
+
+
+@pytest.mark.skipif(not _py_spy_found(), reason="py-spy is not installed (pip install -e '.[test]')")
+def test_flame_graph_of_a_process_py_spy_cannot_sample_is_a_bench_failure(spawn, tmp_path):
+    from benchmarks.bench import BenchFailure, FlameGraph
+
+    not_python = spawn(["sleep", "30"])
+    with pytest.raises(BenchFailure, match=r"py-spy could not record the switch's flame graph \(exit [1-9]"):
+        FlameGraph(not_python.pid, tmp_path / "none.svg", 1).finish()
+    assert not (tmp_path / "none.svg").exists()
