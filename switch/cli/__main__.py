@@ -2,6 +2,6 @@
 
 import sys
 
-from switch.cli.main.main import main
+from switch.cli.main import main
 
 sys.exit(main())

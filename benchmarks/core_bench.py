@@ -1,0 +1,151 @@
+"""The switch's own CPU per message, in process, with no network, fleet or HSM to share the
+machine with: frames go straight into the Processor and answers come straight back.
+
+    python benchmarks/core_bench.py [--base REV ...] [--rounds 5] [--messages 4000] [--out-dir DIR]
+
+The plain path (security `none`, no HSM): a seeded ledger (`eum admin seed`, 20,000 cards,
+64 terminals), every terminal signed on, then `--messages` purchases of distinct cards and
+STANs, `--concurrency` (32) in flight at a time as a closed-loop fleet would keep them, so
+group commit works as under load. The figure is process CPU (user + system, the writer
+thread included) per answered purchase, after a warm-up pass over the same cards; every
+answer must be 00 and the ledger must verify, or the run fails. With --base, each REV is
+checked out into a temporary git worktree and rounds alternate REV…, this tree; medians per
+tree. This is how docs/performance.md's "Issue 10 levers" table is measured: one lever per
+commit, compared in one run. Writes <out-dir>/<date>-<host>-core.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs inside the tree being measured (PYTHONPATH = that tree), printing one JSON line.
+MEASURE = r"""
+import asyncio, json, resource, shutil, subprocess, sys, tempfile
+from pathlib import Path
+messages, concurrency, template = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+from switch.clock import FixedClock
+from switch.ops.config import SwitchConfig
+from switch.ops.runtime import open_core
+from switch.authorize.server import Processor
+from switch.wire.codec import encode_fields, load_dialect
+from switch.wire.framing import Frame
+from switch.ledger.audit import verify
+from terminal_sim.terminal import Terminal
+from datetime import datetime
+
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+async def main():
+    work = Path(tempfile.mkdtemp(prefix="eum-core-"))
+    shutil.copytree(template / "var", work / "var")
+    population = json.loads((template / "pop.json").read_text())
+    now = datetime.fromisoformat("2025-10-15T12:00:00+09:00")
+    dialect = load_dialect("default")
+    async with open_core(work / "var", clock=FixedClock(now)) as core:
+        proc = Processor(core.engine, dialect)
+        terminals = [Terminal(t["tid"], t["mid"], now=lambda: now) for t in population["terminals"]]
+        cards = [c["pan"] for c in population["cards"]]
+        for t in terminals:
+            answer = await proc.process(Frame(encode_fields(t.sign_on(), dialect)), "bench")
+        def frames(n, offset):
+            return [Frame(encode_fields(terminals[i % len(terminals)].purchase(cards[(offset + i) % len(cards)], 1_000),
+                                        dialect)) for i in range(n)]
+        async def drive(batch):
+            sem = asyncio.Semaphore(concurrency)
+            async def one(fr):
+                async with sem:
+                    return await proc.process(fr, "bench")
+            return await asyncio.gather(*(one(fr) for fr in batch))
+        await drive(frames(messages, 0))                      # warm: every card cached once
+        batch = frames(messages, 0)
+        c0 = cpu()
+        answers = await drive(batch)
+        used = cpu() - c0
+    from switch.wire.codec import decode_fields
+    codes = sorted({decode_fields(a[2:], dialect)["39"] for a in answers})  # after the binary2 length
+    ok = verify(work / "var" / "ledger.sqlite3").ok
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({"cpu_us_per_msg": round(used / messages * 1e6, 1), "codes": codes, "verified": ok}))
+
+asyncio.run(main())
+"""
+
+
+def seed_template(tree: Path, work: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    subprocess.run([sys.executable, "-m", "switch.cli", "admin", "--data-dir", str(work / "var"), "--json",
+                    "--clock-start", "2025-10-15T12:00:00+09:00", "seed", "--cards", "20000", "--merchants", "64",
+                    "--security", "none", "--export", str(work / "pop.json"), "--export-cards", "20000"],
+                   env=env, check=True, capture_output=True, cwd=work)
+
+
+def measure(tree: Path, template: Path, messages: int, concurrency: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run([sys.executable, "-c", MEASURE, str(messages), str(concurrency), str(template)],
+                          env=env, capture_output=True, text=True, cwd=template, timeout=600)
+    if done.returncode != 0:
+        raise SystemExit(f"core_bench: the run in {tree} failed:\n{done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["codes"] != ["00"] or not result["verified"]:
+        raise SystemExit(f"core_bench: the run in {tree} was not all approved and verified: {result}")
+    return result
+
+
+def worktree(rev: str, parent: Path) -> Path:
+    path = parent / rev.replace("/", "_")
+    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(path), rev], cwd=ROOT, check=True)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", action="append", default=[], help="git revision to compare with (repeatable)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--messages", type=int, default=4000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="eum-core-bench-") as tmp:
+        trees = {rev: worktree(rev, Path(tmp)) for rev in args.base}
+        trees["this tree"] = ROOT
+        template = Path(tmp) / "template"
+        template.mkdir()
+        seed_template(ROOT, template)
+        runs: dict[str, list[float]] = {name: [] for name in trees}
+        try:
+            for r in range(args.rounds):
+                for name, tree in trees.items():
+                    result = measure(tree, template, args.messages, args.concurrency)
+                    runs[name].append(result["cpu_us_per_msg"])
+                    print(f"round {r + 1} {name}: {result['cpu_us_per_msg']} us/msg", flush=True)
+        finally:
+            for name, tree in trees.items():
+                if tree != ROOT:
+                    subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    medians = {name: statistics.median(v) for name, v in runs.items()}
+    result = {"what": "switch CPU us per plain purchase, in process (benchmarks/core_bench.py)",
+              "this_tree": head, "messages": args.messages, "concurrency": args.concurrency,
+              "loadavg_at_end": os.getloadavg(), "runs": runs, "median": medians}
+    out = Path(args.out_dir) / f"{date.today().isoformat()}-vm-core.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"median": medians}, indent=2))
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
