@@ -53,6 +53,9 @@ async def main():
     population = json.loads((template / "pop.json").read_text())
     now = datetime.fromisoformat("2025-10-15T12:00:00+09:00")
     dialect = load_dialect("default")
+    from switch.ops import logs  # as `eum switch` configures them: JSON lines, queued off the hot path
+    logs.configure(data_dir=work / "var", name="switch", stream=open(work / "stdout.log", "w"), json_output=True,
+                   queued=True)
     async with open_core(work / "var", clock=FixedClock(now)) as core:
         proc = Processor(core.engine, dialect)
         terminals = [Terminal(t["tid"], t["mid"], now=lambda: now) for t in population["terminals"]]
@@ -73,6 +76,7 @@ async def main():
         c0 = cpu()
         answers = await drive(batch)
         used = cpu() - c0
+    logs.flush()
     from switch.wire.codec import decode_fields
     codes = sorted({decode_fields(a[2:], dialect)["39"] for a in answers})  # after the binary2 length
     ok = verify(work / "var" / "ledger.sqlite3").ok

@@ -56,14 +56,18 @@ class SwitchEnv:
 
 @contextlib.asynccontextmanager
 async def start_switch(data_dir: Path, *, clock: FixedClock, dialect: str = "default",
-                       dialect_dir: Path | None = None, hsm=None, **config_kw) -> AsyncIterator[SwitchEnv]:
+                       dialect_dir: Path | None = None, hsm=None, check_dialect: bool = True,
+                       **config_kw) -> AsyncIterator[SwitchEnv]:
+    """check_dialect=False skips the Processor's start-up dialect check, only to reach the
+    run-time second line of defence (switch/authorize/server.py)."""
     config = SwitchConfig(port=0, data_dir=data_dir, dialect=dialect, **config_kw)
     fd = lock_data_dir(data_dir, wait=False)
     try:
         async with open_core(data_dir, clock=clock, commit_interval_ms_max=config.commit_interval_ms_max,
                              hsm=hsm) as core:
             d = load_dialect(dialect, directory=dialect_dir)
-            server = SwitchServer(config, Processor(core.engine, d, program_limits=config.program_limits()), core.ops)
+            processor = Processor(core.engine, d, program_limits=config.program_limits(), check_dialect=check_dialect)
+            server = SwitchServer(config, processor, core.ops)
             await server.start()
             try:
                 yield SwitchEnv(core, server, clock, d, data_dir)

@@ -24,7 +24,6 @@ SQLite), terminal_sim's DUKPT terminal with a PIN, and `eum switch` as a subproc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import signal
@@ -40,18 +39,15 @@ import structlog
 from hsm_mock.config import HsmConfig as HsmServiceConfig
 from hsm_mock.service import HsmServer
 from switch.authorize.hsm_client import HsmConfig
-from switch.authorize.server import Processor, SwitchServer
 from switch.clock import FixedClock
 from switch.ledger.audit import verify
-from switch.ops.config import SwitchConfig
-from switch.ops.runtime import lock_data_dir, open_core, unlock
 from switch.rules.policy import default_config_dir
 from switch.wire.codec import DialectError, check_responses, load_dialect
 from terminal_sim.client import TerminalClient
 from terminal_sim.security import TerminalSecurity
 from terminal_sim.terminal import Terminal
 
-from conftest import LAUNCH, SwitchEnv, card_accounts, postings, provision, query
+from conftest import LAUNCH, SwitchEnv, card_accounts, postings, provision, query, start_switch
 from waiting import eventually, logged
 
 EUM_SCRIPT = Path(sys.executable).parent / "eum"
@@ -180,7 +176,7 @@ async def test_a_pin_translation_the_hsm_never_answers_is_declined_91_stores_not
     config = HsmConfig(endpoints=(("127.0.0.1", hop.port),), call_timeout_ms=300, health_interval_s=0.05,
                        reconnect_backoff_s_max=0.1)
     try:
-        async with start_in_process(tmp_path / "var", hsm=config) as env:
+        async with start_switch(tmp_path / "var", clock=FixedClock(LAUNCH), hsm=config) as env:
             db = env.core.db_path
             await env.op("merchant-add", mid="NAMDONG01", name="Namdong Cafe", district="namdong",
                          annual_sales=250_000_000)
@@ -289,30 +285,6 @@ def test_eum_switch_refuses_to_start_with_a_dialect_that_cannot_carry_every_resp
 
 # ---------------------------------------------------------------------------- d: a response that cannot be encoded
 
-@contextlib.asynccontextmanager
-async def start_in_process(data_dir: Path, *, dialect: str = "default", dialect_dir: Path | None = None,
-                           check_dialect: bool = True, hsm=None) -> AsyncIterator[SwitchEnv]:
-    """The objects `eum switch` wires (tests/conftest.py start_switch), with the Processor's
-    start-up dialect check switchable: check_dialect=False only to reach the run-time second
-    line of defence (switch/authorize/server.py)."""
-    config = SwitchConfig(port=0, data_dir=data_dir, dialect=dialect)
-    clock = FixedClock(LAUNCH)
-    fd = lock_data_dir(data_dir, wait=False)
-    try:
-        async with open_core(data_dir, clock=clock, commit_interval_ms_max=config.commit_interval_ms_max,
-                             hsm=hsm) as core:
-            d = load_dialect(dialect, directory=dialect_dir)
-            processor = Processor(core.engine, d, program_limits=config.program_limits(), check_dialect=check_dialect)
-            server = SwitchServer(config, processor, core.ops)
-            await server.start()
-            try:
-                yield SwitchEnv(core, server, clock, d, data_dir)
-            finally:
-                await server.stop()
-    finally:
-        unlock(fd)
-
-
 @pytest.fixture
 async def narrow_de54_env(tmp_path: Path) -> AsyncIterator[SwitchEnv]:
     """A switch whose dialect's DE54 holds at most 39 characters (balances take 40), started
@@ -322,7 +294,7 @@ async def narrow_de54_env(tmp_path: Path) -> AsyncIterator[SwitchEnv]:
     dialect_variant(default_config_dir() / "dialects" / "default.toml", dialects / "narrow54.toml", "54", max_len=39)
     with pytest.raises(DialectError, match=r"^dialect narrow54: DE54 cannot carry the 0210 response"):
         check_responses(load_dialect("narrow54", directory=dialects))  # what the start-up check would say
-    async with start_in_process(tmp_path / "var", dialect="narrow54", dialect_dir=dialects,
+    async with start_switch(tmp_path / "var", clock=FixedClock(LAUNCH), dialect="narrow54", dialect_dir=dialects,
                                 check_dialect=False) as env:
         await provision(env)
         yield env
