@@ -75,3 +75,33 @@ def test_a_console_stream_gets_readable_lines_and_the_file_json(tmp_path, restor
     assert "switch_listening" in stream.getvalue() and "port=8583" in stream.getvalue()
     assert not stream.getvalue().startswith("{")
     assert _events((tmp_path / "logs" / "switch.jsonl").read_text())[0]["port"] == 8583
+
+
+def test_the_canonical_line_is_the_event_structlog_would_render_masked_and_without_secrets(tmp_path):
+    """switch/ops/logs.py canonical(): the per-message line skips structlog's processor chain
+    but must render exactly the event the chain renders (only the timestamp differs)."""
+    import io
+    import json as _json
+
+    import structlog as _structlog
+
+    from switch.ops import logs as _logs
+
+    stream = io.StringIO()
+    _logs.configure(data_dir=tmp_path, name="switch", stream=stream, json_output=True)
+    fields = {"peer": "127.0.0.1:5555", "pan": "9410100000000011", "note": "card 9410100000000011 unknown",
+              "pin_block": "041274EDCBA9876F", "amount": 20000, "rc": "00"}
+    _logs.canonical("message", dict(fields))
+    _structlog.get_logger().info("message", **fields)
+    _logs.flush()
+    direct, chained = (_json.loads(line) for line in stream.getvalue().splitlines())
+    assert direct.pop("ts")[-1] == "Z" and chained.pop("ts")[-1] == "Z"
+    assert direct == chained == {"peer": "127.0.0.1:5555", "pan": "941010******0011",
+                                 "note": "card 941010******0011 unknown", "amount": 20000, "rc": "00",
+                                 "event": "message", "level": "info"}
+    assert (tmp_path / "logs" / "switch.jsonl").read_text().count("941010******0011") == 4
+    quiet = io.StringIO()
+    _logs.configure(stream=quiet, level="warning")
+    _logs.canonical("message", dict(fields))  # below the configured level: not written
+    _logs.flush()
+    assert quiet.getvalue() == ""

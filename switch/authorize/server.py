@@ -21,6 +21,7 @@ import structlog
 
 from switch.wire.codec import (DecodeError, Dialect, EncodeError, check_responses, decode_fields, encode_fields,
                                parse_request, partial_fields)
+from switch.ops import logs
 from switch.ops.config import SwitchConfig
 from switch.domain import mask_pan
 from switch.authorize.answer import Answerer
@@ -86,7 +87,7 @@ class Processor:
         rc = out.get("39", "")
         self.counts[rc] = self.counts.get(rc, 0) + 1
         line.update(rc=rc, rrn=out.get("37", ""), latency_us=(time.perf_counter_ns() - started) // 1000)
-        log.info("message", **line)
+        logs.canonical("message", line)  # no processor chain per message (switch/ops/logs.py)
         return data
 
     def _encode_plain(self, out: dict[str, str], line: dict[str, Any]) -> bytes | None:

@@ -9,6 +9,7 @@ flusher thread writes them every 50 ms, so logging costs the hot path no system 
 from __future__ import annotations
 
 import atexit
+import datetime
 import json
 import re
 import sys
@@ -57,6 +58,10 @@ def mask_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str,
     return event
 
 
+# JSON lines with ", " and ": " as operators grep them ('"rc": "55"'), one encoder for all
+_render = json.JSONEncoder(default=str, ensure_ascii=False).encode
+
+
 class Sink:
     """The last processor: renders each event once and hands the lines to the outputs — the
     stream (JSON, or a readable console line on a TTY) and, with a data dir, the JSONL file.
@@ -89,14 +94,19 @@ class Sink:
             self._thread.start()
 
     def __call__(self, _logger: Any, _method: str, event: dict[str, Any]) -> Any:
-        line = json.dumps(event, default=str, ensure_ascii=False)
+        self.take(event, _logger, _method)
+        raise structlog.DropEvent
+
+    def take(self, event: dict[str, Any], _logger: Any = None, _method: str = "info") -> None:
+        """Render once (JSON, and a console line on a TTY) and write or queue."""
+        line = _render(event)
         stream_line = line if self._console is None else self._console(_logger, _method, dict(event))
         if self._thread is None:
             with self._lock:
                 if self._fh is not None:
                     self._fh.write(line + "\n")
                 self._write_stream(stream_line + "\n")
-            raise structlog.DropEvent
+            return
         with self._lock:
             self._stream_lines.append(stream_line)
             if self._fh is not None:
@@ -104,7 +114,6 @@ class Sink:
             full = len(self._stream_lines) >= self.QUEUE_LINES_MAX
         if full:
             self.flush()
-        raise structlog.DropEvent
 
     def _write_stream(self, text: str) -> None:
         stream = self._stream or sys.stdout  # as print() does: a redirected stdout (capture) is honoured
@@ -140,13 +149,30 @@ class Sink:
 
 
 _sink: Sink | None = None
+_level_min = 20
+
+
+def canonical(event: str, fields: dict[str, Any]) -> None:
+    """The switch's one line per message, without structlog's processor chain: the same event
+    as `structlog.get_logger().info(event, **fields)` renders (level, UTC timestamp, secrets
+    dropped and PANs masked before rendering), handed straight to the sink."""
+    processors = structlog.get_config()["processors"]
+    if _sink is None or not processors or processors[-1] is not _sink:  # not ours (a test capturing logs)
+        structlog.get_logger().info(event, **fields)
+        return
+    if _level_min > 20:
+        return
+    record = {**fields, "event": event, "level": "info",
+              "ts": datetime.datetime.now(tz=datetime.timezone.utc).isoformat().replace("+00:00", "Z")}
+    _sink.take(mask_secrets(None, "info", record))
 
 
 def configure(*, data_dir: Path | None = None, name: str = "switch", stream: TextIO | None = None,
               json_output: bool | None = None, level: str = "info", queued: bool = False) -> None:
     """queued=True takes log writes off the hot path (Sink); the caller flushes at the end."""
-    global _sink
+    global _sink, _level_min
     stream = stream or sys.stdout
+    _level_min = _LEVELS[level]
     if json_output is None:
         json_output = not stream.isatty()
     if _sink is not None:
