@@ -9,8 +9,8 @@ not carry a response was found out only when a terminal got none. The rules guar
 * docs/host-interface.md §4, 91: "Nothing is posted and nothing is stored: the terminal may
   send the request again"; docs/security.md: a repeat is re-sent with its original's KSN, and
   no HSM answering gets 91 within one call timeout, never an approval.
-* docs/host-interface.md §4, 96: "nothing was posted"; docs/architecture.md, "Hot state and the
-  single writer": a terminal never sees an approval that is not durable — and the switch never
+* docs/host-interface.md §4, 96: "nothing was posted"; docs/architecture.md, "Hot state,
+  members and the single writer": a terminal never sees an approval that is not durable — and the switch never
   makes durable what it cannot answer.
 * switch/wire/codec.py `check_responses`: `eum switch` refuses, at start, a dialect that
   cannot carry every response, with one line naming the field.

@@ -6,7 +6,7 @@ are the real ones (`load_rules(default_config_dir())`), `now` is fixed and the r
 which also proves that the decision changed nothing it was given: the view's dicts and its
 CardState / PostingState objects are compared with deep copies taken before the call
 (switch/authorize/decide.py: "changes nothing"; the shell applies a Decision only after its
-commit, docs/architecture.md, "Hot state and the single writer").
+commit, docs/architecture.md, "Hot state, members and the single writer").
 
 Rules cited: docs/domain.md ("Worked examples", "Cashback", "Spending order and clawback
 (assumptions)", "Limits"), docs/architecture.md ("Choices made where the issues are silent"),
@@ -277,7 +277,7 @@ def test_worked_example_1_namdong_card_at_a_namdong_shop_posts_fee_support_and_c
         cashback=1_500, original_id=None, detail=EXAMPLE_1_DETAIL)
     assert d.posting.imbalance() == 0
     assert entries_by_account(d.posting)[payable] == 20_000  # the merchant pays 0 of the fee
-    # docs/architecture.md, "RRN is the posting id, 12 digits; DE38 its last 6 digits"
+    # docs/architecture.md, "RRN" (the posting id, 12 digits; DE38 its last 6 digits)
     assert d.response == Response(mti="0210", rc=Rc.APPROVED, echo=fields, rrn="000000000003",
                                   auth_code="000003", balances=Balances(cash=80_000, cashback=1_500))
     assert d.changes == (MemberMonthMoved("M000000001", "2019-07", 20_000), CardDayMoved(1, "2019-07-20", 20_000))
@@ -298,7 +298,7 @@ def test_worked_example_1_namdong_card_at_a_namdong_shop_posts_fee_support_and_c
 
 
 def test_the_rrn_is_the_posting_id_in_12_digits_and_the_authorization_code_its_last_6():
-    """docs/architecture.md, "RRN is the posting id, 12 digits; DE38 its last 6 digits"."""
+    """docs/architecture.md, "RRN": the posting id, 12 digits; DE38 its last 6 digits."""
     view = DictView((namdong_card(),), (NAMDONG_SHOP,), next_posting_id=91_234_567)
     req, fields = purchase(NAMDONG_PAN, 20_000)
     d = decided(view, req, fields)
@@ -473,7 +473,7 @@ DECLINES = ["51 insufficient funds", "61 daily limit", "13 amount zero", "13 abo
 @pytest.mark.parametrize("case", DECLINES)
 def test_a_declined_purchase_carries_its_code_and_no_posting_changes_or_events(case):
     """docs/host-interface.md §4; a decline posts nothing, moves no counter and tells no event
-    (docs/events.md, "Nothing else emits an event")."""
+    (docs/events.md, "Which postings emit which events")."""
     view, req, fields, now, rc, note = _decline_case(case)
     d = decided(view, req, fields, now=now)
     assert rc.value == case[:2]

@@ -1,7 +1,7 @@
 """Every failure path run end to end: the ledger's commit failing, a repeat racing a failed
 commit, the HSM failing on the response MAC, and the exact shape of a 96.
 
-Rules guarded (docs/architecture.md, "Hot state and the single writer"; docs/host-interface.md,
+Rules guarded (docs/architecture.md, "Hot state, members and the single writer"; docs/host-interface.md,
 §4 and §6): a terminal never sees an approval that is not durable; if a commit fails, every
 unit of the group and every unit queued behind it is answered 96, nothing is posted, and the
 hot cache is dropped and rebuilt from the store; a 96 carries no RRN, authorization code or
