@@ -77,7 +77,7 @@ def test_a_console_stream_gets_readable_lines_and_the_file_json(tmp_path, restor
     assert _events((tmp_path / "logs" / "switch.jsonl").read_text())[0]["port"] == 8583
 
 
-def test_the_canonical_line_is_the_event_structlog_would_render_masked_and_without_secrets(tmp_path):
+def test_the_canonical_line_is_the_event_structlog_would_render_masked_and_without_secrets(tmp_path, restore_structlog):
     """switch/ops/logs.py canonical(): the per-message line skips structlog's processor chain
     but must render exactly the event the chain renders (only the timestamp differs)."""
     import io
