@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from switch.wire.codec import Dialect, encode_fields, load_dialect  # noqa: E402
-from switch.ops.config import parse_hostport  # noqa: E402
+from switch.wire.transport import parse_hostport  # noqa: E402
 from switch.wire.framing import TPDU_SIZE, Framing, FramingError, frame, swap_tpdu  # noqa: E402
 from switch.wire.messages import RESPONSE_MTI  # noqa: E402
 

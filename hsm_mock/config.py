@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hsm_mock.keycache import KEY_CACHE_SIZE_MAX
-from switch.ops.config import parse_hostport  # one HOST:PORT rule for every command
+from switch.wire.transport import parse_hostport  # one HOST:PORT rule for every command
 
 DEFAULT_PORT = 1500
 AUDIT_FILE_NAME = "hsm-audit.jsonl"

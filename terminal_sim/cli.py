@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from switch.wire.codec import load_dialect
-from switch.ops.config import parse_hostport
+from switch.wire.transport import parse_hostport
 from switch.domain import mask_pan
 from switch.wire.messages import Rc, decode_balances
 

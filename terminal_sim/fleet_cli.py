@@ -22,7 +22,7 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
-from switch.ops.config import parse_hostport
+from switch.wire.transport import parse_hostport
 
 from .fleet import FleetConfig, FleetError, FleetReport, load_population, load_scenario, run_fleet
 from .scenario import ARRIVALS

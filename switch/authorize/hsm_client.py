@@ -19,7 +19,7 @@ import structlog
 
 from switch.wire.payshield import FrameReader, ProtocolError, frame
 
-from switch.ops.config import parse_hostport
+from switch.wire.transport import parse_hostport
 from switch.wire.transport import WriteBatch
 
 log = structlog.get_logger()

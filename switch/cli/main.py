@@ -12,7 +12,8 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from switch.clock import Clock, OffsetClock, SystemClock, parse_instant
-from switch.ops.config import SwitchConfig, parse_hostport
+from switch.ops.config import SwitchConfig
+from switch.wire.transport import parse_hostport
 from switch.wire.transport import run as _run
 
 

@@ -48,12 +48,3 @@ class SwitchConfig:
 
         return ProgramLimits(in_flight_max=self.program_in_flight_max, queue_max=self.program_queue_max,
                              wait_ms=self.program_wait_ms)
-
-
-def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = default_host, text
-    if not port.isdigit():
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    return host or default_host, int(port)

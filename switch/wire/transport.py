@@ -37,3 +37,13 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """HOST:PORT (or PORT alone) for every command that listens or connects."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = default_host, text
+    if not port.isdigit():
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host or default_host, int(port)
