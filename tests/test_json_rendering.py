@@ -34,3 +34,14 @@ def test_a_purchase_detail_round_trips_and_keeps_the_earlier_json_shape():
                     '"cashback":[["national",800],["city",400],["namdong",300]],"eligible":20000,'
                     '"policy":"2019-04-namdong"}')
     assert parse_detail(text) == detail
+
+
+@given(st.uuids(), st.integers(min_value=1, max_value=10**12), st.sampled_from(
+    ["purchase", "refund", "reversal", "charge", "cashback.credited", "cashback.clawed_back"]))
+def test_an_event_id_is_uuid5_of_the_ledger_and_the_posting(ledger, posting_id, event_type):
+    """docs/events.md, "event_id": uuid5(ledger id, "<posting id>/<type>"), computed without uuid.uuid5."""
+    import uuid
+
+    from switch.ledger.events import event_id
+
+    assert event_id(str(ledger), posting_id, event_type) == str(uuid.uuid5(ledger, f"{posting_id}/{event_type}"))

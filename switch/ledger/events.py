@@ -11,8 +11,10 @@ Signs follow the postings table: `amount` is the transaction's amount (positive)
 from __future__ import annotations
 
 import functools
-import orjson
+import hashlib
 import uuid
+
+import orjson
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -63,13 +65,21 @@ def topic(program: str, stream: str) -> str:
 
 def event_id(ledger_id: str, posting_id: int, event_type: str) -> str:
     """Stable idempotency key: the same posting's event has the same id however often it is
-    sent, and two ledgers never share one (each ledger has its own id, made at creation)."""
-    return str(uuid.uuid5(_namespace(ledger_id), f"{posting_id}/{event_type}"))
+    sent, and two ledgers never share one (each ledger has its own id, made at creation).
+    It is uuid5(ledger id, "<posting id>/<type>"), computed from a SHA-1 state of the ledger's
+    namespace kept once, without building UUID objects (a third of uuid.uuid5's time)."""
+    h = _namespace_sha1(ledger_id).copy()
+    h.update(f"{posting_id}/{event_type}".encode())
+    d = bytearray(h.digest()[:16])
+    d[6] = (d[6] & 0x0F) | 0x50  # version 5
+    d[8] = (d[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = d.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 @functools.lru_cache(maxsize=8)
-def _namespace(ledger_id: str) -> uuid.UUID:
-    return uuid.UUID(ledger_id)
+def _namespace_sha1(ledger_id: str) -> "hashlib._Hash":
+    return hashlib.sha1(uuid.UUID(ledger_id).bytes)
 
 
 
