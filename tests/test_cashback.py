@@ -481,3 +481,11 @@ def test_broken_programs_toml_names_the_key(
     with pytest.raises(ValueError) as caught:
         load_rules(config_dir)
     assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_a_zero_amount_earns_nothing_and_a_negative_one_is_refused():
+    """The boundary of quote_cashback's input check: 0 won is a valid (empty) quote."""
+    q = cashback(at(2019, 7, 20), amount=0)
+    assert (q.total, q.eligible, q.by_funder) == (0, 0, ())
+    with pytest.raises(ValueError, match=r"^amount and month_spend must not be negative: -1, 0$"):
+        cashback(at(2019, 7, 20), amount=-1)

@@ -482,3 +482,16 @@ MALL = Merchant("MALL01", "mall seller", "namdong", 250_000_000, online_mall=Tru
 )
 def test_channel_refusal_notes(merchant: Merchant, entry_mode: str, refusal: ChannelRefusal) -> None:
     assert RULES.channel_refusal(merchant, entry_mode) == refusal
+
+
+def test_a_fee_book_without_tiers_or_schedules_and_a_program_without_bins_are_refused_by_name(tmp_path) -> None:
+    """The three "at least one … is required" checks, with their exact messages."""
+    from switch.rules.policy import _fee_schedules, _fee_tiers, _Table
+
+    with pytest.raises(ValueError, match=r"^fees\.toml: tiers: at least one tier is required$"):
+        _fee_tiers(_Table({"tiers": []}, "fees.toml", ""))
+    with pytest.raises(ValueError, match=r"^fees\.toml: schedules: at least one schedule is required$"):
+        _fee_schedules(_Table({"schedules": []}, "fees.toml", ""), ())
+    config = edited_config(tmp_path, [("programs.toml", 'bins = [["94100000", "94100999"]]', "bins = []")])
+    with pytest.raises(ValueError, match=r"^programs\.toml: programs\[0\]\.bins: at least one range is required$"):
+        load_rules(config)

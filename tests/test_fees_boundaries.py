@@ -162,3 +162,10 @@ def test_zero_amount_quotes_a_zero_fee() -> None:
     q = quote(shop("namdong", 400_000_000), at(2023, 6, 1), amount=0)
     assert q == FeeQuote(tier="small1", rate_bp=85, fee=0, support=())
     assert q.merchant_fee == 0
+
+
+def test_a_support_of_exactly_one_won_is_kept():
+    """200 won at a 250M Namdong merchant in 2019: fee 0.5 % = 1 won, Namdong pays it all
+    (docs/domain.md, "Merchant fees": district fee support): the 1-won support is kept."""
+    q = quote(shop("namdong", 250_000_000), at(2019, 7, 20), amount=200)
+    assert (q.fee, q.support) == (1, (("namdong", 1),))
