@@ -489,3 +489,11 @@ def test_a_zero_amount_earns_nothing_and_a_negative_one_is_refused():
     assert (q.total, q.eligible, q.by_funder) == (0, 0, ())
     with pytest.raises(ValueError, match=r"^amount and month_spend must not be negative: -1, 0$"):
         cashback(at(2019, 7, 20), amount=-1)
+
+
+def test_a_tier_wholly_below_the_months_spend_adds_nothing_even_when_the_floor_is_close():
+    """2020-01 tiers (docs/domain.md, "Cashback"): 4 % to 300k, 2 % 300–500k. With 350,000
+    already spent, 10,098 won earns 2 %: 201.96 won, floored per funder (1 % each) to 100 + 100.
+    The 4 % tier below the month's spend must add nothing (an empty segment is zero won)."""
+    q = cashback(at(2020, 1, 15), amount=10_098, month_spend=350_000)
+    assert (q.total, q.by_funder, q.eligible) == (200, (("national", 100), ("city", 100)), 10_098)
