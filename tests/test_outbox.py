@@ -278,8 +278,11 @@ async def test_tail_follow_prints_events_as_they_commit(switch_env, tmp_path):
     fds = Path(f"/proc/{proc.pid}/fd")
 
     def polling_in_vain() -> bool:
-        opened = any(os.path.realpath(fd) == str(env.core.db_path.resolve()) for fd in fds.glob("*"))
-        return opened and Path(f"/proc/{proc.pid}/wchan").read_text() == "hrtimer_nanosleep"
+        try:  # the process opens and closes files while it starts: an fd may vanish while we look
+            opened = any(os.path.realpath(fd) == str(env.core.db_path.resolve()) for fd in fds.glob("*"))
+            return opened and Path(f"/proc/{proc.pid}/wchan").read_text() == "hrtimer_nanosleep"
+        except OSError:
+            return False
 
     await eventually(polling_in_vain, what="`eum events tail --follow` to poll the ledger and find nothing new")
     client, _, _, _, _ = await _bought(env)
