@@ -9,7 +9,8 @@ STANs, `--concurrency` (32) in flight at a time as a closed-loop fleet would kee
 group commit works as under load. The figure is process CPU (user + system, the writer
 thread included) per answered purchase, after a warm-up pass over the same cards; every
 answer must be 00 and the ledger must verify, or the run fails. With --base, each REV is
-checked out into a temporary git worktree and rounds alternate REV…, this tree; medians per
+checked out into a temporary git worktree (each tree seeds its own ledger, with its own schema) and
+rounds alternate REV…, this tree; medians per
 tree. This is how docs/performance.md's "Issue 10 levers" table is measured: one lever per
 commit, compared in one run. Writes <out-dir>/<date>-<host>-core.json.
 """
@@ -89,10 +90,12 @@ asyncio.run(main())
 
 def seed_template(tree: Path, work: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    subprocess.run([sys.executable, "-m", "switch.cli", "admin", "--data-dir", str(work / "var"), "--json",
-                    "--clock-start", "2025-10-15T12:00:00+09:00", "seed", "--cards", "20000", "--merchants", "64",
-                    "--security", "none", "--export", str(work / "pop.json"), "--export-cards", "20000"],
-                   env=env, check=True, capture_output=True, cwd=work)
+    done = subprocess.run([sys.executable, "-m", "switch.cli", "admin", "--data-dir", str(work / "var"), "--json",
+                           "--clock-start", "2025-10-15T12:00:00+09:00", "seed", "--cards", "20000", "--merchants",
+                           "64", "--security", "none", "--export", str(work / "pop.json"), "--export-cards", "20000"],
+                          env=env, capture_output=True, text=True, cwd=work)
+    if done.returncode != 0:
+        raise SystemExit(f"core_bench: seeding with {tree} failed:\n{done.stderr[-2000:]}")
 
 
 def measure(tree: Path, template: Path, messages: int, concurrency: int) -> dict:
@@ -124,14 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="eum-core-bench-") as tmp:
         trees = {rev: worktree(rev, Path(tmp)) for rev in args.base}
         trees["this tree"] = ROOT
-        template = Path(tmp) / "template"
-        template.mkdir()
-        seed_template(ROOT, template)
+        templates = {}
+        for i, (name, tree) in enumerate(trees.items()):  # each tree seeds with its own schema
+            templates[name] = Path(tmp) / f"template{i}"
+            templates[name].mkdir()
+            seed_template(tree, templates[name])
         runs: dict[str, list[float]] = {name: [] for name in trees}
         try:
             for r in range(args.rounds):
                 for name, tree in trees.items():
-                    result = measure(tree, template, args.messages, args.concurrency)
+                    result = measure(tree, templates[name], args.messages, args.concurrency)
                     runs[name].append(result["cpu_us_per_msg"])
                     print(f"round {r + 1} {name}: {result['cpu_us_per_msg']} us/msg", flush=True)
         finally:

@@ -62,20 +62,20 @@ CREATE TABLE IF NOT EXISTS entries(
 CREATE INDEX IF NOT EXISTS entries_posting ON entries(posting_id);
 CREATE TABLE IF NOT EXISTS member_months(
     member TEXT NOT NULL, month TEXT NOT NULL, eligible INTEGER NOT NULL,
-    PRIMARY KEY(member, month)
+    PRIMARY KEY(month, member)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS card_days(
     card_id INTEGER NOT NULL, day TEXT NOT NULL, spent INTEGER NOT NULL,
-    PRIMARY KEY(card_id, day)
+    PRIMARY KEY(day, card_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS card_months(
     card_id INTEGER NOT NULL, month TEXT NOT NULL, charged INTEGER NOT NULL,
-    PRIMARY KEY(card_id, month)
+    PRIMARY KEY(month, card_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS messages(
     tid TEXT NOT NULL, stan TEXT NOT NULL, tx_time TEXT NOT NULL, mti TEXT NOT NULL,
     digest TEXT NOT NULL, rc TEXT NOT NULL, response TEXT NOT NULL, posting_id INTEGER,
-    at TEXT NOT NULL, PRIMARY KEY(tid, stan, tx_time)
+    at TEXT NOT NULL, PRIMARY KEY(tx_time, tid, stan)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS key_groups(
     name TEXT NOT NULL, profile TEXT NOT NULL, bdk TEXT NOT NULL, kcv TEXT NOT NULL,
@@ -83,7 +83,7 @@ CREATE TABLE IF NOT EXISTS key_groups(
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tombstones(
     tid TEXT NOT NULL, stan TEXT NOT NULL, tx_time TEXT NOT NULL, at TEXT NOT NULL,
-    PRIMARY KEY(tid, stan, tx_time)
+    PRIMARY KEY(tx_time, tid, stan)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox(
     seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, topic TEXT NOT NULL, type TEXT NOT NULL,
@@ -124,6 +124,41 @@ BACKFILLS = {
 }
 
 
+# Tables the hot path writes once per message, keyed time first so a group's inserts land on
+# the few pages at the end of the key range instead of one page per card or terminal (a
+# scattered key dirties a page per row, each written to the WAL and again at checkpoint;
+# docs/performance.md "Issue 10 levers"). A store made before the re-keying is rebuilt on open.
+HOT_KEYS = {
+    "messages": ("tx_time", "tid", "stan"),
+    "tombstones": ("tx_time", "tid", "stan"),
+    "card_days": ("day", "card_id"),
+    "card_months": ("month", "card_id"),
+    "member_months": ("month", "member"),
+}
+
+
+def _primary_key(conn: sqlite3.Connection, table: str) -> tuple[str, ...]:
+    cols = sorted((row[5], row[1]) for row in conn.execute(f"PRAGMA table_info({table})") if row[5])
+    return tuple(name for _, name in cols)
+
+
+def _rekey(conn: sqlite3.Connection, table: str) -> None:
+    """Rebuild `table` with SCHEMA's key, keeping every row (one transaction)."""
+    start = SCHEMA.index(f"CREATE TABLE IF NOT EXISTS {table}(")
+    create = SCHEMA[start:SCHEMA.index(";", start)]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(f"ALTER TABLE {table} RENAME TO {table}_rekey")
+        conn.execute(create)
+        cols = ", ".join(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
+        conn.execute(f"INSERT INTO {table}({cols}) SELECT {cols} FROM {table}_rekey")
+        conn.execute(f"DROP TABLE {table}_rekey")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def open_store(data_dir: Path) -> Path:
     """Create the data dir and the schema on first run; return the database path. New tables
     (the outbox) are in SCHEMA, whose CREATE … IF NOT EXISTS also upgrades an older store."""
@@ -138,6 +173,9 @@ def open_store(data_dir: Path) -> Path:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
                 if (table, column) in BACKFILLS:
                     conn.execute(BACKFILLS[(table, column)])
+        for table, key in HOT_KEYS.items():
+            if _primary_key(conn, table) != key:
+                _rekey(conn, table)
         if conn.execute("SELECT 1 FROM meta WHERE key = 'ledger_id'").fetchone() is None:
             # names this ledger: event ids are derived from it (events.event_id), so two
             # ledgers never emit the same id and one ledger always emits the same id again
