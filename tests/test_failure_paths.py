@@ -259,8 +259,8 @@ async def test_a_request_waiting_on_its_members_lock_is_decided_after_the_failed
         first_task = asyncio.ensure_future(main.request(first_req))
         await failing.reached("the first purchase's commit to start")
         second_task = asyncio.ensure_future(other.request(second_req))
-        await eventually(lambda: len(env.core.engine.locks) == 1 and env.core.engine.pending.get(
-            (term.tid, second_req["11"], second_req["7"])) is not None, what="the second purchase waiting on the lock")
+        await eventually(lambda: len(env.core.engine.locks) == 1 and (term.tid, second_req["11"], second_req["7"])
+                         in env.core.engine.pending, what="the second purchase waiting on the lock")
         failing.release.set()
         first, second = await settled(asyncio.gather(first_task, second_task), what="both answers")
     finally:

@@ -55,21 +55,72 @@ class Outcome:
 
 
 class MemberLocks:
-    """One decision at a time per member (or per PAN of an unknown card)."""
+    """One decision at a time per member (or per PAN of an unknown card), first come first
+    served. An uncontended acquire creates nothing (the key maps to None); a waiter queues a
+    future and is handed the lock by release."""
 
     def __init__(self) -> None:
-        self._held: dict[str, asyncio.Future[None]] = {}
+        self._held: dict[str, list[asyncio.Future[None]] | None] = {}
 
     async def acquire(self, key: str) -> None:
-        while (held := self._held.get(key)) is not None:
-            await held
-        self._held[key] = asyncio.get_running_loop().create_future()
+        if key not in self._held:
+            self._held[key] = None
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._held[key]
+        if waiters is None:
+            self._held[key] = [fut]
+        else:
+            waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed the lock, then cancelled: pass it on
+                self.release(key)
+            raise
 
     def release(self, key: str) -> None:
-        self._held.pop(key).set_result(None)
+        waiters = self._held[key]
+        while waiters:
+            fut = waiters.pop(0)
+            if not fut.done():  # the lock passes to the first waiter still waiting
+                fut.set_result(None)
+                return
+        del self._held[key]
 
     def __len__(self) -> int:
         return len(self._held)
+
+
+class Pending:
+    """Message keys being decided. A request with the same key (a repeat that overtook its
+    original) or a reversal of it waits until that decision is over; nothing is created
+    for a key nobody waits on."""
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, str, str], list[asyncio.Future[None]] | None] = {}
+
+    def __contains__(self, key: tuple[str, str, str]) -> bool:
+        return key in self._keys
+
+    def start(self, key: tuple[str, str, str]) -> None:
+        self._keys[key] = None
+
+    def finish(self, key: tuple[str, str, str]) -> None:
+        for fut in self._keys.pop(key) or ():
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait(self, key: tuple[str, str, str]) -> None:
+        """Return once no decision of `key` is in progress."""
+        while key in self._keys:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiters = self._keys[key]
+            if waiters is None:
+                self._keys[key] = [fut]
+            else:
+                waiters.append(fut)
+            await fut
 
 
 class Engine:
@@ -83,7 +134,7 @@ class Engine:
         self.locks = locks or MemberLocks()
         self.ksn_guard = KsnGuard()
         self.signed_on: set[str] = set()
-        self.pending: dict[tuple[str, str, str], asyncio.Future[None]] = {}  # keys being decided
+        self.pending = Pending()  # keys being decided
 
     # ------------------------------------------------------------------ entry point
 
@@ -110,8 +161,8 @@ class Engine:
         return await self._financial(a, req, fields, terminal, sign)
 
     async def _financial(self, a: Answerer, req: Request, fields: dict[str, str], terminal, sign: Sign | None) -> Outcome:
-        while (deciding := self.pending.get(req.key)) is not None:  # the same key in progress: its outcome first
-            await deciding
+        if req.key in self.pending:  # the same key in progress: its outcome first
+            await self.pending.wait(req.key)
         prior = self.state.load_message(req.key)
         if prior is not None:
             return await self._replay(a, req, fields, prior, sign)
@@ -120,13 +171,11 @@ class Engine:
             counter = ksn_parts(terminal.security, req.ksn)[1]
             if not self.ksn_guard.claim(terminal.tid, counter, floor=terminal.ksn_max):
                 return await self._unstored(a, req, fields, Rc.SECURITY_VIOLATION, "KSN counter used before", sign)
-        done = asyncio.get_running_loop().create_future()
-        self.pending[req.key] = done
+        self.pending.start(req.key)
         try:
             outcome = await self._new(a, req, fields, terminal, sign, counter)
         finally:
-            del self.pending[req.key]
-            done.set_result(None)
+            self.pending.finish(req.key)
         if counter is not None and not outcome.stored:  # nothing stored: the KSN may come again (a repeat)
             self.ksn_guard.release(terminal.tid, counter)
         return outcome
@@ -146,8 +195,8 @@ class Engine:
                 pin = PinRefused(rc, f"PIN: HSM error {exc.error}")
         if req.kind is Kind.REVERSAL:  # reverse only what is settled
             original_key = (req.terminal, req.original.stan, req.original.transmission_time)
-            while (deciding := self.pending.get(original_key)) is not None:
-                await deciding
+            if original_key in self.pending:
+                await self.pending.wait(original_key)
         lock = card.member if card is not None else "pan:" + req.pan
         await self.locks.acquire(lock)
         try:
