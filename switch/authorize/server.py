@@ -1,9 +1,16 @@
 """The asyncio glue: TCP connections from terminals, the control socket for operators.
 
 Thin by design: a Protocol feeds bytes to the sans-I/O FrameBuffer, hands each frame to
-`process_frame` (codec → engine → codec) in its own task, and writes the framed response.
-Every limit is named with its unit: connections_max, in_flight_max, idle_timeout_s,
-write_buffer_max.
+`Processor.process` (codec → engine → codec) in its own task, and writes the framed response.
+Every limit is named with its unit: connections_max, per_peer_max, in_flight_max,
+idle_timeout_s, frame_timeout_ms, signon_timeout_s, write_buffer_max.
+
+Every frame whose MTI the switch can answer (four digits, a request, advice or notification)
+gets exactly one answer: the engine's, or 30/12/96 built here with the fields that could be
+echoed; only a frame without such an MTI closes its connection (docs/host-interface.md §4).
+Junk connections cannot lock terminals out (docs/architecture.md, "Connection limits"): a
+cap per peer address, deadlines for a frame to complete and for a first valid frame, and at
+a cap the oldest connection that never sent a valid frame makes room for the new one.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import structlog
 
@@ -45,14 +52,52 @@ def _response_mti(mti: str) -> str | None:
     return None
 
 
+_ERROR_ECHO = ("2", "3", "4", "7", "11", "12", "13", "41", "42", "49", "70", "90")
+_NEVER_DROPPED = ("t", "39")
+
+
 def _error_response(fields: dict[str, str], rc: Rc) -> dict[str, str] | None:
+    """The switch's own answer (30, 12, 91, 96) to a request it could read as far as its MTI:
+    the response MTI, the request's fields that can be echoed, DE39. None: no MTI to answer."""
     mti = _response_mti(fields.get("t", ""))
     if mti is None:
         return None
-    out = {k: v for k, v in fields.items() if k in ("2", "3", "4", "7", "11", "12", "13", "41", "42", "49", "70", "90")}
+    out = {k: v for k, v in fields.items() if k in _ERROR_ECHO}
     out["t"] = mti
     out["39"] = rc.value
     return out
+
+
+def encode_answer(out: dict[str, str], dialect: Dialect) -> tuple[bytes | None, list[str]]:
+    """An answer that is not MAC'd, as bytes, and the echoed fields that had to be left out
+    for it to encode: the field the encoder blames is dropped and the rest encoded again, one
+    field at a time, never the MTI or DE39. (None, dropped) only if even those cannot."""
+    fields, dropped = dict(out), []
+    while True:
+        try:
+            return encode_fields(fields, dialect), dropped
+        except EncodeError as exc:
+            blamed = exc.field
+        except ValueError:  # no field to blame: keep only what is never dropped
+            blamed = None
+        if blamed in fields and blamed not in _NEVER_DROPPED:
+            del fields[blamed]
+            dropped.append(blamed)
+        elif set(fields) - set(_NEVER_DROPPED):
+            dropped.extend(k for k in fields if k not in _NEVER_DROPPED)
+            fields = {k: fields[k] for k in _NEVER_DROPPED if k in fields}
+        else:
+            return None, dropped
+
+
+def _describe(line: dict[str, Any], fields: dict[str, str]) -> None:
+    """The canonical line's view of a request (as much of it as was decoded)."""
+    line["mti"] = fields.get("t", "")
+    for no, name in _LOG_FIELDS.items():
+        if no in fields:
+            line[name] = fields[no].strip()
+    if "2" in fields:
+        line["pan"] = mask_pan(fields["2"])  # masked at the source, and again by the log processor
 
 
 class Processor:
@@ -80,6 +125,8 @@ class Processor:
         if out is not None and payload is None:  # an answer of the server's own: no MAC, nothing stored
             payload = self._encode_plain(out, line)
         if out is None or payload is None:
+            if out is None and line.get("field") != "t":  # read, but not an MTI with a response MTI
+                line.update(error="mti", field="t", reason="not a request MTI: no response MTI to answer with")
             line["latency_us"] = (time.perf_counter_ns() - started) // 1000
             log.warning("message_dropped", **line)
             return None
@@ -91,11 +138,12 @@ class Processor:
         return data
 
     def _encode_plain(self, out: dict[str, str], line: dict[str, Any]) -> bytes | None:
-        try:
-            return encode_fields(out, self.dialect)
-        except (EncodeError, ValueError) as exc:
-            line["error"] = f"response cannot be encoded: {exc}"
-            return None
+        payload, dropped = encode_answer(out, self.dialect)
+        if dropped:
+            line["unechoed"] = dropped  # echoed fields the response could not carry
+        if payload is None:
+            line["error"] = "response cannot be encoded"
+        return payload
 
     def _gated_program(self, req: Any) -> str | None:
         """The program whose slot a request takes (switch/authorize/fairness.py): financial requests but
@@ -111,15 +159,11 @@ class Processor:
             fields = decode_fields(fr.payload, self.dialect)
         except DecodeError as exc:
             partial = partial_fields(exc)
-            line.update(mti=partial.get("t", ""), error="decode", field=exc.field, reason=exc.msg)
+            _describe(line, partial)
+            line.update(error="decode", field=exc.field, reason=exc.msg)
             return _error_response(partial, Rc.FORMAT_ERROR), None
         line["_fields"] = fields
-        line["mti"] = fields.get("t", "")
-        for no, name in _LOG_FIELDS.items():
-            if no in fields:
-                line[name] = fields[no].strip()
-        if "2" in fields:
-            line["pan"] = mask_pan(fields["2"])  # masked at the source, and again by the log processor
+        _describe(line, fields)
         try:
             req = parse_request(fields)
         except FieldError as exc:
@@ -148,34 +192,48 @@ class Processor:
 
 
 class TerminalConnection(asyncio.Protocol):
+    """One peer's TCP connection: frames in, answers out, and its deadlines.
+
+    `proven` once the switch has answered one of its frames (a frame with an MTI it can
+    answer). Until then the connection is one the switch may close to make room
+    (SwitchServer.admit) and must prove itself within signon_timeout_s. A frame whose first
+    byte has arrived must be complete within frame_timeout_ms: one timer, armed only while a
+    partial frame waits and reading is not paused by the switch itself, so a terminal whose
+    frames arrive whole never arms it."""
+
     def __init__(self, server: "SwitchServer") -> None:
         self.server = server
         self.buffer = FrameBuffer(server.processor.dialect.framing)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.host = "?"
         self.in_flight = 0
         self.reading_paused = False
         self.writing_paused = False
         self.last_activity = time.monotonic()
         self.closed = False
         self.closing = False
+        self.proven = False
+        self._frame_timer: asyncio.TimerHandle | None = None
+        self._signon_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        if len(self.server.connections) >= self.server.config.connections_max:
-            log.warning("connection_refused", peer=self.peer, reason="connections_max",
-                        connections_max=self.server.config.connections_max)
+        self.host = peer[0] if peer else "?"
+        if not self.server.admit(self):
             transport.close()
             self.closed = True
             return
-        self.server.connections.add(self)
         self.transport.set_write_buffer_limits(high=self.server.config.write_buffer_max)
+        self._signon_timer = asyncio.get_running_loop().call_later(self.server.config.signon_timeout_s,
+                                                                   self._signon_expired)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.connections.discard(self)
+        self._cancel_timers()
+        self.server.forget(self)
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
@@ -195,15 +253,71 @@ class TerminalConnection(asyncio.Protocol):
                 return
             if fr is None:
                 break
+            self._disarm_frame_timer()  # that frame is complete; the next one has its own deadline
             self.in_flight += 1
             task = asyncio.get_running_loop().create_task(self._handle(fr))
             self.server.tasks.add(task)
             task.add_done_callback(self.server.tasks.discard)
         self._update_reading()
+        self._watch_frame()
+
+    def _watch_frame(self) -> None:
+        """Arm the frame deadline while a partial frame waits on the peer (reading not paused
+        by the switch: a paused peer cannot complete it); disarm it otherwise."""
+        waiting_on_peer = not (self.closed or self.closing or self.reading_paused) and self.buffer.partial
+        if not waiting_on_peer:
+            self._disarm_frame_timer()
+        elif self._frame_timer is None:
+            self._frame_timer = asyncio.get_running_loop().call_later(
+                self.server.config.frame_timeout_ms / 1000, self._frame_expired)
+
+    def _disarm_frame_timer(self) -> None:
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
+
+    def _frame_expired(self) -> None:
+        self._frame_timer = None
+        if self.closed or self.closing or self.reading_paused or not self.buffer.partial:
+            return
+        log.info("connection_closed", peer=self.peer, reason="frame_timeout",
+                 frame_timeout_ms=self.server.config.frame_timeout_ms, buffered=self.buffer.pending)
+        self._close_when_answered()
+
+    def _signon_expired(self) -> None:
+        """No valid frame within signon_timeout_s. A frame still being processed settles it:
+        answered, the connection is proven; dropped, it is closed."""
+        self._signon_timer = None
+        if self.proven or self.closed or self.closing or self.in_flight:
+            return
+        log.info("connection_closed", peer=self.peer, reason="signon_timeout",
+                 signon_timeout_s=self.server.config.signon_timeout_s)
+        self._close_when_answered()
+
+    def _prove(self) -> None:
+        self.proven = True
+        if self._signon_timer is not None:
+            self._signon_timer.cancel()
+            self._signon_timer = None
+        self.server.proved(self)
+
+    def _cancel_timers(self) -> None:
+        self._disarm_frame_timer()
+        if self._signon_timer is not None:
+            self._signon_timer.cancel()
+            self._signon_timer = None
+
+    def evict(self) -> None:
+        """Closed by the switch to make room for a new connection (SwitchServer.admit)."""
+        self.closing = True
+        self._cancel_timers()
+        if self.transport is not None:
+            self.transport.close()
 
     def _close_when_answered(self) -> None:
         """Take no more requests; close once every request already taken is answered."""
         self.closing = True
+        self._disarm_frame_timer()
         if self.in_flight == 0 and not self.closed:
             self.transport.close()
         else:
@@ -215,6 +329,8 @@ class TerminalConnection(asyncio.Protocol):
             if data is None:
                 self.closing = True
             elif not self.closed:
+                if not self.proven:
+                    self._prove()
                 self.transport.write(data)
                 self.last_activity = time.monotonic()
         finally:
@@ -240,9 +356,15 @@ class TerminalConnection(asyncio.Protocol):
         if want_pause and not self.reading_paused:
             self.transport.pause_reading()
             self.reading_paused = True
+            self._disarm_frame_timer()  # the switch holds the peer back: no deadline on it
         elif not want_pause and self.reading_paused:
             self.transport.resume_reading()
             self.reading_paused = False
+
+
+def _oldest_unproven(conns: Iterable[TerminalConnection]) -> TerminalConnection | None:
+    """The first (oldest) connection that never sent a valid frame and has none in progress."""
+    return next((c for c in conns if not (c.proven or c.in_flight or c.closing or c.closed)), None)
 
 
 class SwitchServer:
@@ -251,11 +373,58 @@ class SwitchServer:
         self.processor = processor
         self.ops = ops
         self.connections: set[TerminalConnection] = set()
+        # insertion-ordered (oldest first): every connection per peer address, and those not yet proven
+        self.by_peer: dict[str, dict[TerminalConnection, None]] = {}
+        self.unproven: dict[TerminalConnection, None] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self._tcp: asyncio.base_events.Server | None = None
         self._control: asyncio.base_events.Server | None = None
         self._reaper: asyncio.Task[None] | None = None
         self.port = config.port
+
+    def admit(self, conn: TerminalConnection) -> bool:
+        """Room for a new connection, or a refusal (logged). At per_peer_max the peer's oldest
+        unproven connection is closed to make room, at connections_max anyone's: junk that
+        never sent a valid frame gives way to a terminal connecting later. Refused only when
+        every connection in the way has proven itself (or has a frame in progress)."""
+        config = self.config
+        mine = self.by_peer.get(conn.host)
+        if mine is not None and len(mine) >= config.per_peer_max:
+            if not self._evict(_oldest_unproven(mine), conn, "per_peer_max"):
+                log.warning("connection_refused", peer=conn.peer, reason="per_peer_max",
+                            per_peer_max=config.per_peer_max)
+                return False
+        if len(self.connections) >= config.connections_max:
+            if not self._evict(_oldest_unproven(self.unproven), conn, "connections_max"):
+                log.warning("connection_refused", peer=conn.peer, reason="connections_max",
+                            connections_max=config.connections_max)
+                return False
+        self.connections.add(conn)
+        self.by_peer.setdefault(conn.host, {})[conn] = None
+        self.unproven[conn] = None
+        log.debug("connection_opened", peer=conn.peer, connections=len(self.connections))
+        return True
+
+    def _evict(self, victim: TerminalConnection | None, newcomer: TerminalConnection, limit: str) -> bool:
+        if victim is None:
+            return False
+        log.info("connection_closed", peer=victim.peer, reason="evicted", limit=limit, admitted=newcomer.peer)
+        victim.evict()
+        self.forget(victim)
+        return True
+
+    def proved(self, conn: TerminalConnection) -> None:
+        self.unproven.pop(conn, None)
+
+    def forget(self, conn: TerminalConnection) -> None:
+        """Out of every count (idempotent): closed, or closing to make room."""
+        self.connections.discard(conn)
+        self.unproven.pop(conn, None)
+        mine = self.by_peer.get(conn.host)
+        if mine is not None:
+            mine.pop(conn, None)
+            if not mine:
+                del self.by_peer[conn.host]
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -50,7 +50,9 @@ def cmd_switch(args: argparse.Namespace) -> int:
     host, port = parse_hostport(args.listen)
     config = SwitchConfig(host=host, port=port, data_dir=Path(args.data_dir), dialect=args.dialect,
                           program_in_flight_max=args.program_in_flight_max, program_queue_max=args.program_queue_max,
-                          program_wait_ms=args.program_wait_ms)
+                          program_wait_ms=args.program_wait_ms, connections_max=args.connections_max,
+                          per_peer_max=args.per_peer_max, idle_timeout_s=args.idle_timeout_s,
+                          frame_timeout_ms=args.frame_timeout_ms, signon_timeout_s=args.signon_timeout_s)
     dialect = load_dialect(config.dialect)
     check_responses(dialect)  # before anything is created: a dialect that cannot answer is refused
     relay = _relay(args)
@@ -302,6 +304,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="requests of one program waiting for a slot; more are answered 91 (default %(default)s)")
     sw.add_argument("--program-wait-ms", type=float, default=defaults.program_wait_ms,
                     help="longest wait for a program slot, then 91 (default %(default)s)")
+    # connection limits: docs/architecture.md, "Connection limits"
+    sw.add_argument("--connections-max", type=int, default=defaults.connections_max,
+                    help="open terminal connections; at the limit the oldest one that never sent a valid frame "
+                    "is closed for a new one, else the new one is refused (default %(default)s)")
+    sw.add_argument("--per-peer-max", type=int, default=defaults.per_peer_max,
+                    help="open connections from one IP address, same rule (default %(default)s)")
+    sw.add_argument("--idle-timeout-s", type=float, default=defaults.idle_timeout_s,
+                    help="close a connection silent this long (default %(default)s)")
+    sw.add_argument("--frame-timeout-ms", type=float, default=defaults.frame_timeout_ms,
+                    help="close a connection whose frame is not complete this long after its first byte "
+                    "(default %(default)s)")
+    sw.add_argument("--signon-timeout-s", type=float, default=defaults.signon_timeout_s,
+                    help="close a connection that has sent no valid frame (one with an MTI) this long after "
+                    "connecting (default %(default)s)")
     sw.set_defaults(func=cmd_switch)
 
     ad = sub.add_parser("admin", help="operate on data: merchants, terminals, cards, verify, seed")

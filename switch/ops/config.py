@@ -12,9 +12,14 @@ class SwitchConfig:
     port: int = 8583
     data_dir: Path = field(default_factory=lambda: Path("var"))
     dialect: str = "default"
+    # Connections (docs/architecture.md, "Connection limits"). At per_peer_max or connections_max
+    # the oldest connection that never sent a valid frame is closed to admit the new one.
     connections_max: int = 2048
+    per_peer_max: int = 256            # connections from one IP address (a NAT'd POS concentrator shares one)
     in_flight_max: int = 64            # requests in progress per connection before reads pause
     idle_timeout_s: float = 300.0      # a connection silent this long is closed
+    frame_timeout_ms: float = 5000.0   # a frame must be complete this long after its first byte
+    signon_timeout_s: float = 30.0     # a connection must send a valid frame (one with an MTI) within this
     write_buffer_max: int = 1 << 20    # bytes queued to a peer that does not read; then reads pause
     batch_size_max: int = 512          # ledger units per group commit
     commit_interval_ms_max: float = 2.0
@@ -30,6 +35,12 @@ class SwitchConfig:
             raise ValueError("port must be 0..65535 (0: any free port)")
         if self.connections_max < 1 or self.in_flight_max < 1:
             raise ValueError("connections_max and in_flight_max must be ≥ 1")
+        if self.per_peer_max < 1:
+            raise ValueError("per_peer_max (--per-peer-max) must be ≥ 1")
+        if self.frame_timeout_ms <= 0:
+            raise ValueError("frame_timeout_ms (--frame-timeout-ms) must be > 0")
+        if self.signon_timeout_s <= 0:
+            raise ValueError("signon_timeout_s (--signon-timeout-s) must be > 0")
         if self.batch_size_max > self.queue_size_max:
             raise ValueError("batch_size_max must not exceed queue_size_max")
         if self.commit_interval_ms_max <= 0:

@@ -8,7 +8,10 @@ compiled once into per-field tuples (`_Compiled`): a message the compiled codec 
 writes without surprise gives exactly pyiso8583's dict or bytes (tests/test_codec_compiled.py
 checks this on generated messages); anything else — a short field, a non-digit length, a
 field outside the spec, an encoding the compiled codec does not know — is handed to
-pyiso8583, so every error, its field and its message are pyiso8583's own.
+pyiso8583, so every error, its field and its message are pyiso8583's own. One exception:
+where pyiso8583 raises KeyError for a field number the dialect does not define (129–192,
+announced by bit 65, the tertiary bitmap), `reference_decode` raises DecodeError naming that
+field, so the message is answered 30 like any other (docs/host-interface.md §4).
 """
 
 from __future__ import annotations
@@ -131,7 +134,35 @@ def decode_fields(payload: bytes, dialect: Dialect) -> dict[str, str]:
             return _fast_decode(payload, dialect.compiled)
         except _Fallback:
             pass
-    fields, _ = iso8583.decode(payload, dialect.spec)
+    return reference_decode(payload, dialect)
+
+
+FIELD_NOT_IN_DIALECT = "Field is not in the dialect"
+
+# What pyiso8583 reads for a field number the dialect does not define: a fixed field longer
+# than any frame, so it always fails there, with the partial document, and is renamed below.
+_ABSENT_FIELD = {"data_enc": "b", "len_enc": "b", "len_type": 0, "max_len": 1 << 30, "desc": "not in the dialect"}
+
+
+class _ReferenceSpec(dict):
+    """The dialect's spec as pyiso8583 reads it: a field number it lacks (129–192, behind a
+    tertiary bitmap, i.e. bit 65 set) is `_ABSENT_FIELD` instead of pyiso8583's KeyError."""
+
+    def __missing__(self, key: str) -> dict[str, Any]:
+        return _ABSENT_FIELD
+
+
+def reference_decode(payload: bytes, dialect: Dialect) -> dict[str, str]:
+    """pyiso8583's decode, with one difference: a field the dialect does not define is a
+    DecodeError naming it (FIELD_NOT_IN_DIALECT), where pyiso8583 raises KeyError, so such a
+    message is answered 30 like any other undecodable field."""
+    try:
+        fields, _ = iso8583.decode(payload, _ReferenceSpec(dialect.spec))
+    except DecodeError as exc:
+        if exc.field in dialect.spec:
+            raise
+        doc_dec = {k: v for k, v in exc.doc_dec.items() if k != exc.field}
+        raise DecodeError(FIELD_NOT_IN_DIALECT, exc.s, doc_dec, exc.doc_enc, exc.pos, exc.field) from None
     return fields
 
 
@@ -197,8 +228,16 @@ def _fast_decode(s: bytes, c: _Compiled) -> dict[str, str]:
 
 
 def partial_fields(exc: DecodeError) -> dict[str, str]:
-    """What a failed decode did parse: enough, often, to address a format-error response."""
-    return dict(exc.doc_dec)
+    """What a failed decode did parse: enough, often, to address a format-error response.
+    The field it failed on is left out (pyiso8583 holds it as "", or as what it read of a
+    bitmap): only whole fields are echoed. Extra bytes after the last field blame that
+    field, which was read whole: it stays."""
+    if exc.msg.startswith(_EXTRA_DATA):
+        return dict(exc.doc_dec)
+    return {k: v for k, v in exc.doc_dec.items() if k != exc.field}
+
+
+_EXTRA_DATA = "Extra data after last field"  # pyiso8583's message
 
 
 def _digits(fields: dict[str, str], no: str, *, size: int | None = None, required: bool = True) -> str:
@@ -462,4 +501,6 @@ __all__ = [
     "response_fields",
     "encode_fields",
     "partial_fields",
+    "reference_decode",
+    "FIELD_NOT_IN_DIALECT",
 ]

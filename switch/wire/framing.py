@@ -86,6 +86,24 @@ class FrameBuffer:
     def pending(self) -> int:
         return len(self._buf)
 
+    @property
+    def partial(self) -> bool:
+        """True when the buffer starts with a frame whose last byte has not arrived (the
+        length header itself may be incomplete). A buffer holding only whole frames, or
+        nothing, is not partial; nor is one whose length header `next_frame` will refuse.
+        The server runs its frame deadline (frame_timeout_ms) while this holds."""
+        buffered = len(self._buf)
+        if buffered == 0:
+            return False
+        hs = self.framing.header_size
+        if buffered < hs:
+            return True
+        try:
+            n = self.framing.decode_length(bytes(self._buf[:hs]))
+        except FramingError:
+            return False
+        return 0 < n <= self.framing.frame_size_max and buffered < hs + n
+
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None if more bytes are needed.
 
