@@ -10,7 +10,9 @@ What runs (issue 4, items 4 and 5), every process on 127.0.0.1 free ports, in a 
      scenario: a short closed-loop capacity run finds the maximum rate, then open loop at
      OFFERED_FRACTION of it (60 s; quick 10 s), then open loop at half that rate (p99 target);
   3. ceiling: the same fleet, closed loop, against benchmarks/responder.py;
-  4. scale: benchmarks/scale.py's one_run (1,000,000 cards; quick: 100,000);
+  4. scale: benchmarks/scale.py's one_run (1,000,000 cards; quick: 100,000), and
+     benchmarks/hot_memory.py's one_run on as many cards, every one used once (RSS of the
+     switch's core with every card hot: scale.rss_mib_1m_hot);
   5. switch_plain (issue 10, item 5): `eum switch` without an HSM on its own data dir seeded with
      `--security none` terminals (no MAC, no PIN block), the fleet closed loop with the standard
      scenario's mix; switch CPU per message answered.
@@ -68,13 +70,14 @@ TARGETS: dict[str, tuple[float, str]] = {
     "switch.cpu_us_per_auth": (150, "<="),
     "ratio.e2e_to_ceiling": (0.35, ">="),
     "scale.rss_mib_1m": (1024, "<="),
+    "scale.rss_mib_1m_hot": (512, "<="),
     "switch_plain.cpu_us_per_msg": (100, "<="),
 }
 REQUIRED_KEYS = (
     "codec.decode_us", "codec.encode_us",
     "e2e.approved_per_s", "e2e.latency_ms.p50", "e2e.latency_ms.p99", "e2e.latency_ms.p999", "e2e.offered_per_s",
     "ceiling.per_s", "ratio.e2e_to_ceiling", "switch.cpu_us_per_auth",
-    "scale.seed_1m_s", "scale.start_1m_s", "scale.rss_mib_1m",
+    "scale.seed_1m_s", "scale.start_1m_s", "scale.rss_mib_1m", "scale.rss_mib_1m_hot",
     "e2e_half.latency_ms.p99", "e2e_half.offered_per_s",
     "switch_plain.cpu_us_per_msg",
 )
@@ -559,15 +562,18 @@ def _ms(value: Any) -> float:
 # ---------------------------------------------------------------------------- scale
 
 def run_scale(plan: BenchPlan) -> dict[str, Any]:
+    from benchmarks import hot_memory
     from benchmarks.scale import one_run
 
     try:
         r = one_run(plan.scale_cards, plan.scale_merchants)
+        hot = hot_memory.one_run(plan.scale_cards)
     except SystemExit as exc:  # one_run reports a failed purchase or verify this way
         raise BenchFailure(f"scale run: {exc}") from None
     return {"scale.cards": plan.scale_cards, "scale.merchants": plan.scale_merchants,
             "scale.seed_1m_s": round(r["seed_s"], 3), "scale.start_1m_s": round(r["start_s"], 3),
-            "scale.first_purchase_1m_ms": round(r["first_purchase_ms"], 3), "scale.rss_mib_1m": round(r["rss_mib"], 1)}
+            "scale.first_purchase_1m_ms": round(r["first_purchase_ms"], 3), "scale.rss_mib_1m": round(r["rss_mib"], 1),
+            "scale.rss_mib_1m_hot": hot["rss_mib_hot"]}
 
 
 # ---------------------------------------------------------------------------- machine and output

@@ -4,14 +4,21 @@ The shell (switch/authorize/engine.py) loads what a request needs (`prefetch`, t
 place a cache miss reads the store) and then the pure decision reads it through the View
 methods, which never touch the store. A Decision's changes are applied here only after its
 commit (`apply`), while the member's lock is held, so the cache is always the committed
-store: a row not cached can be read from the store at any time. Bounds: committed message
-outcomes and postings (`messages_max`, `postings_max`, 200,000 each) are kept in insertion
-order and the oldest are dropped (the store has them); cards, merchants, terminals and the
-day/month counters are bounded by the population and the calendar.
+store: a row not cached can be read from the store at any time.
+
+Bounds (docs/architecture.md "Memory bounds"): committed message outcomes (`messages_max`
+10,000, `messages_age_s` 900 s), early-reversal tombstones (`tombstones_max` 10,000, the same
+age) and postings (`postings_max` 20,000) are kept in insertion order, the oldest dropped by
+count and by age (the store has them: a repeat, tombstone or posting not in memory is read
+from it, found through the Bloom filters of switch/authorize/seen.py); cards, merchants and
+terminals are bounded by the population; the day and month counters keep only the current
+day and month (an older period is read from the store, which is how a late reversal finds it).
 """
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections import OrderedDict
 from datetime import datetime
 
@@ -25,35 +32,160 @@ from switch.ledger.sqlite import SqliteReader
 from switch.wire.messages import Kind, Request
 
 
+TOMBSTONES_CAPACITY_MIN = 65_536  # the tombstones' filter starts at 80 KiB
+
+
+class PeriodCounters:
+    """Counters of one period (a KST day or month) keyed by card id or member: the only
+    period held in memory. Counting another period drops the one held (the store has it);
+    read and iterated as {(key, period): value}, the store's key."""
+
+    __slots__ = ("period", "values")
+
+    def __init__(self) -> None:
+        self.period = ""
+        self.values: dict = {}
+
+    def holds(self, key: object, period: str) -> bool:
+        return period == self.period and key in self.values
+
+    def set(self, key: object, period: str, value: int) -> None:
+        if period != self.period:
+            self.period, self.values = period, {}
+        self.values[key] = value
+
+    def get(self, key: object, period: str) -> int:
+        if period != self.period:
+            raise KeyError((key, period))
+        return self.values[key]
+
+    def bump(self, key: object, period: str, delta: int) -> None:
+        """Only a held counter moves: one not held is read from the store, which has it."""
+        if period == self.period and key in self.values:
+            self.values[key] += delta
+
+    def __contains__(self, item: tuple) -> bool:
+        return self.holds(*item)
+
+    def __iter__(self):
+        return ((k, self.period) for k in self.values)
+
+    def items(self):
+        return (((k, self.period), v) for k, v in self.values.items())
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class CardCounters(PeriodCounters):
+    """PeriodCounters keyed by card id, held in arrays indexed by the id (card ids are dense):
+    9 bytes a card instead of a dict entry and an int object (≈ 130 bytes)."""
+
+    __slots__ = ("held", "count")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values = array("q")  # type: ignore[assignment]
+        self.held = bytearray()
+        self.count = 0
+
+    def holds(self, key: int, period: str) -> bool:  # type: ignore[override]
+        return period == self.period and key < len(self.held) and self.held[key] == 1
+
+    def set(self, key: int, period: str, value: int) -> None:  # type: ignore[override]
+        if period != self.period:
+            self.period, self.values, self.held, self.count = period, array("q"), bytearray(), 0
+        if key >= len(self.held):
+            grow = key + 1 - len(self.held)
+            self.values.extend(array("q", bytes(8 * grow)))
+            self.held.extend(bytes(grow))
+        if not self.held[key]:
+            self.held[key] = 1
+            self.count += 1
+        self.values[key] = value
+
+    def get(self, key: int, period: str) -> int:  # type: ignore[override]
+        if not self.holds(key, period):
+            raise KeyError((key, period))
+        return self.values[key]
+
+    def bump(self, key: int, period: str, delta: int) -> None:  # type: ignore[override]
+        if self.holds(key, period):
+            self.values[key] += delta
+
+    def __iter__(self):
+        return ((k, self.period) for k, h in enumerate(self.held) if h)
+
+    def items(self):
+        values = self.values
+        return (((k, self.period), values[k]) for k, h in enumerate(self.held) if h)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+class CardsById:
+    """Cached cards by id: card ids are dense (1, 2, …), so a list of references (8 bytes a
+    card) rather than a dict (≈ 100 bytes a card with its int key)."""
+
+    __slots__ = ("slots",)
+
+    def __init__(self) -> None:
+        self.slots: list[CardState | None] = []
+
+    def get(self, card_id: int) -> CardState | None:
+        slots = self.slots
+        return slots[card_id] if 0 <= card_id < len(slots) else None
+
+    def put(self, card: CardState) -> None:
+        slots = self.slots
+        if card.id >= len(slots):
+            slots.extend([None] * (card.id + 1 - len(slots)))
+        slots[card.id] = card
+
+    def __getitem__(self, card_id: int) -> CardState:
+        card = self.get(card_id)
+        if card is None:
+            raise KeyError(card_id)
+        return card
+
+
 class HotState:
     """Caches keyed like the store; the View of switch/authorize/decide.py."""
 
-    def __init__(self, reader: SqliteReader, *, ledger_id: str = "", messages_max: int = 200_000,
-                 postings_max: int = 200_000) -> None:
+    def __init__(self, reader: SqliteReader, *, ledger_id: str = "", messages_max: int = 10_000,
+                 messages_age_s: float = 900.0, tombstones_max: int = 10_000, postings_max: int = 20_000) -> None:
         self.reader = reader
         self.ledger_id = ledger_id
-        self.messages_max = messages_max  # committed outcomes kept in memory; older ones are re-read
-        self.postings_max = postings_max  # likewise postings a refund or reversal may need
-        self.epoch = 0                    # moves on clear(): a decision made before it is void
+        self.messages_max = messages_max      # committed outcomes kept in memory; older ones are re-read
+        self.messages_age_s = messages_age_s  # … and none older than this (the repeat horizon)
+        self.tombstones_max = tombstones_max  # early reversals kept in memory (same age bound)
+        self.postings_max = postings_max      # postings a refund or reversal may need
+        self.epoch = 0                        # moves on clear(): a decision made before it is void
         self.clear()
 
     def clear(self) -> None:
         """Forget everything (after a failed commit): the next requests reload from the store."""
         self.epoch += 1
         self.cards: dict[str, CardState] = {}
-        self.cards_by_id: dict[int, CardState] = {}
+        self.cards_by_id = CardsById()
         self.merchants: dict[str, Merchant] = {}
         self.terminals: dict[str, Terminal] = {}
-        self.member_months: dict[tuple[str, str], int] = {}
-        self.card_days: dict[tuple[int, str], int] = {}
-        self.card_months: dict[tuple[int, str], int] = {}
+        # the current day's and month's counters only (PeriodCounters)
+        self.member_months = PeriodCounters()   # member → eligible spend this month
+        self.card_days = CardCounters()         # card id → spent today
+        self.card_months = CardCounters()       # card id → charged this month
         self.postings: OrderedDict[int, PostingState] = OrderedDict()
         self.rrns: dict[str, int] = {}
-        self.messages: OrderedDict[MessageKey, MessageOutcome] = OrderedDict()
-        # which keys the store holds, known without a query (switch/authorize/seen.py), and
-        # every tombstone (few): a new message reads nothing from the store to learn it is new
+        # key → (outcome, when it was cached, in clock seconds): the age bound's clock
+        self.messages: OrderedDict[MessageKey, tuple[MessageOutcome, float]] = OrderedDict()
+        # which keys the store holds, known without a query (switch/authorize/seen.py), for
+        # messages and tombstones alike: a new message reads nothing from the store to learn
+        # it is new; the recent tombstones are held exactly (key → clock seconds)
         self.seen = self._seen_keys()
-        self.tombstones: set[MessageKey] = self.reader.tombstone_keys()
+        self.tombstones_seen = self._seen_tombstones()
+        self.tombstones: OrderedDict[MessageKey, float] = OrderedDict()
+        self.clock_s = 0.0  # the latest decision's time (clock seconds): ages are measured on it
         self.next_posting_id = self.reader.max_posting_id() + 1
         self.next_card_id = self.reader.max_card_id() + 1
 
@@ -76,8 +208,11 @@ class HotState:
         return card
 
     def _cache_card(self, card: CardState) -> None:
+        # the few distinct values of these columns shared by every card (memory per card)
+        card.program, card.expiry, card.status = sys.intern(card.program), sys.intern(card.expiry), \
+            sys.intern(card.status)
         self.cards[card.pan] = card
-        self.cards_by_id[card.id] = card
+        self.cards_by_id.put(card)
 
     def load_merchant(self, mid: str) -> Merchant | None:
         m = self.merchants.get(mid)
@@ -96,22 +231,22 @@ class HotState:
         return t
 
     def load_member_month(self, member: str, month: str) -> int:
-        key = (member, month)
-        if key not in self.member_months:
-            self.member_months[key] = self.reader.member_month(member, month)
-        return self.member_months[key]
+        counters = self.member_months
+        if not counters.holds(member, month):
+            counters.set(member, month, self.reader.member_month(member, month))
+        return counters.get(member, month)
 
     def load_card_day(self, card_id: int, day: str) -> int:
-        key = (card_id, day)
-        if key not in self.card_days:
-            self.card_days[key] = self.reader.card_day(card_id, day)
-        return self.card_days[key]
+        counters = self.card_days
+        if not counters.holds(card_id, day):
+            counters.set(card_id, day, self.reader.card_day(card_id, day))
+        return counters.get(card_id, day)
 
     def load_card_month_charged(self, card_id: int, month: str) -> int:
-        key = (card_id, month)
-        if key not in self.card_months:
-            self.card_months[key] = self.reader.card_month_charged(card_id, month)
-        return self.card_months[key]
+        counters = self.card_months
+        if not counters.holds(card_id, month):
+            counters.set(card_id, month, self.reader.card_month_charged(card_id, month))
+        return counters.get(card_id, month)
 
     def load_posting(self, posting_id: int) -> PostingState | None:
         p = self.postings.get(posting_id)
@@ -134,20 +269,33 @@ class HotState:
     def _seen_keys(self) -> SeenKeys:
         return SeenKeys.of(self.reader.message_keys(), stored=self.reader.message_count())
 
+    def _seen_tombstones(self) -> SeenKeys:
+        return SeenKeys.of(self.reader.tombstone_keys(), stored=self.reader.tombstone_count(),
+                           capacity_min=TOMBSTONES_CAPACITY_MIN)
+
     def load_message(self, key: MessageKey) -> MessageOutcome | None:
-        m = self.messages.get(key)
-        if m is None and self.seen.may_hold(key):
+        cached = self.messages.get(key)
+        if cached is not None:
+            return cached[0]
+        if self.seen.may_hold(key):
             m = self.reader.message(key)
             if m is not None:
                 self.remember_message(m)
-        return m
+            return m
+        return None
 
     def load_tombstone(self, key: MessageKey) -> bool:
-        return key in self.tombstones  # all of them are in memory
+        if key in self.tombstones:
+            return True
+        if self.tombstones_seen.may_hold(key) and self.reader.tombstone(key):
+            self._remember_tombstone(key)  # an old one, back in memory for the decision to see
+            return True
+        return False
 
     def prefetch(self, req: Request, now: datetime) -> None:
         """Load every row the decision on `req` at `now` may read, so that deciding reads
         memory only (switch/authorize/decide.py, View)."""
+        self.clock_s = now.timestamp()
         card = self.load_card(req.pan) if req.pan else None
         if req.merchant:
             self.load_merchant(req.merchant)
@@ -190,10 +338,10 @@ class HotState:
         return self.merchants.get(mid)
 
     def member_month(self, member: str, month: str) -> int:
-        return self.member_months[(member, month)]
+        return self.member_months.get(member, month)
 
     def card_day(self, card_id: int, day: str) -> int:
-        return self.card_days[(card_id, day)]
+        return self.card_days.get(card_id, day)
 
     def posting(self, posting_id: int) -> PostingState | None:
         return self.postings.get(posting_id)
@@ -203,7 +351,8 @@ class HotState:
         return None if pid is None else self.postings.get(pid)
 
     def message(self, key: MessageKey) -> MessageOutcome | None:
-        return self.messages.get(key)
+        cached = self.messages.get(key)
+        return None if cached is None else cached[0]
 
     def tombstoned(self, key: MessageKey) -> bool:
         return key in self.tombstones
@@ -215,18 +364,21 @@ class HotState:
         the store, which already has them."""
         for ch in changes:
             if isinstance(ch, MemberMonthMoved):
-                _bump(self.member_months, (ch.member, ch.month), ch.eligible)
+                self.member_months.bump(ch.member, ch.month, ch.eligible)
             elif isinstance(ch, CardDayMoved):
-                _bump(self.card_days, (ch.card_id, ch.day), ch.spent)
+                self.card_days.bump(ch.card_id, ch.day, ch.spent)
             elif isinstance(ch, CardMonthCharged):
-                _bump(self.card_months, (ch.card_id, ch.month), ch.charged)
+                self.card_months.bump(ch.card_id, ch.month, ch.charged)
             elif isinstance(ch, PostingUndone):
                 p = self.postings.get(ch.posting_id)
                 if p is not None:
                     p.undone += ch.undone
                     p.reversed += ch.reversed
             elif isinstance(ch, OriginalTombstoned):
-                self.tombstones.add(ch.key)
+                self.tombstones_seen.add(ch.key)
+                if self.tombstones_seen.full:
+                    self.tombstones_seen = self._seen_tombstones()
+                self._remember_tombstone(ch.key)
             elif isinstance(ch, PinTriesSet):
                 card = self.cards_by_id.get(ch.card_id)
                 if card is not None:
@@ -270,12 +422,19 @@ class HotState:
         self.remember_message(m)
 
     def remember_message(self, m: MessageOutcome) -> None:
-        """Cache a committed outcome; beyond messages_max forget the oldest (the store has them)."""
-        self.messages[m.key] = m
-        while len(self.messages) > self.messages_max:
-            self.messages.popitem(last=False)
+        """Cache a committed outcome; beyond messages_max, or older than messages_age_s,
+        forget the oldest (the store has them)."""
+        messages = self.messages
+        messages[m.key] = (m, self.clock_s)
+        messages.move_to_end(m.key)
+        horizon = self.clock_s - self.messages_age_s
+        while messages and (len(messages) > self.messages_max or next(iter(messages.values()))[1] < horizon):
+            messages.popitem(last=False)
 
-
-def _bump(counters: dict, key: object, delta: int) -> None:
-    if key in counters:
-        counters[key] += delta
+    def _remember_tombstone(self, key: MessageKey) -> None:
+        tombstones = self.tombstones
+        tombstones[key] = self.clock_s
+        tombstones.move_to_end(key)
+        horizon = self.clock_s - self.messages_age_s
+        while tombstones and (len(tombstones) > self.tombstones_max or next(iter(tombstones.values())) < horizon):
+            tombstones.popitem(last=False)

@@ -343,9 +343,12 @@ class SqliteReader:
     def message_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
 
-    def tombstone_keys(self) -> set[MessageKey]:
-        """Every remembered reversal-before-original: few, all held in memory."""
-        return {tuple(row) for row in self.conn.execute("SELECT tid, stan, tx_time FROM tombstones")}
+    def tombstone_keys(self) -> Iterable[MessageKey]:
+        """Every remembered reversal-before-original's key (to build the switch's filter)."""
+        return self.conn.execute("SELECT tid, stan, tx_time FROM tombstones")
+
+    def tombstone_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM tombstones").fetchone()[0]
 
     def tombstone(self, key: MessageKey) -> bool:
         return self.conn.execute("SELECT 1 FROM tombstones WHERE tid=? AND stan=? AND tx_time=?",

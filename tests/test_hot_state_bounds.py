@@ -1,0 +1,141 @@
+"""The hot state's memory bounds (docs/architecture.md "Memory bounds"): outcomes and
+tombstones by count and by age, the day and month counters of the current period only, and
+what is dropped from memory still found in the store."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from switch.authorize.state import CardCounters, HotState, PeriodCounters
+from switch.ledger.records import MessageOutcome, OriginalTombstoned
+from switch.ledger.sqlite import SqliteReader
+from switch.ledger.store import open_store
+
+KEY = ("T0000001", "000001", "1015120000")
+
+
+class CountingReader(SqliteReader):
+    """The real SQLite reader, counting the point reads the hot state makes."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.reads: list[str] = []
+
+    def message(self, key):
+        self.reads.append("message")
+        return super().message(key)
+
+    def tombstone(self, key):
+        self.reads.append("tombstone")
+        return super().tombstone(key)
+
+
+def outcome(stan: str) -> MessageOutcome:
+    return MessageOutcome(("T0000001", stan, "1015120000"), "0200", "d" * 64, "14", {"t": "0210", "39": "14"}, None,
+                          "2025-10-15T12:00:00.000000+09:00")
+
+
+@pytest.fixture
+def store(tmp_path):
+    return open_store(tmp_path)
+
+
+def store_message(db, m: MessageOutcome) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO messages(tid, stan, tx_time, mti, digest, rc, response, posting_id, at) "
+                     "VALUES (?,?,?,?,?,?,?,?,?)", (*m.key, m.mti, m.digest, m.rc, '{"t":"0210","39":"14"}', None, m.at))
+
+
+def test_outcomes_are_kept_up_to_the_count_then_the_oldest_dropped(store):
+    state = HotState(SqliteReader(store), messages_max=3)
+    for i in range(5):
+        state.message_committed(outcome(f"{i:06d}"))
+    assert [k[1] for k in state.messages] == ["000002", "000003", "000004"]
+
+
+def test_outcomes_older_than_the_horizon_are_dropped_and_a_repeat_reads_the_store(store):
+    reader = CountingReader(store)
+    state = HotState(reader, messages_age_s=900.0)
+    old = outcome("000001")
+    store_message(store, old)           # committed, as the writer does before message_committed
+    state.clock_s = 1_000.0
+    state.message_committed(old)
+    state.clock_s = 1_900.0             # exactly the horizon: still kept
+    state.message_committed(outcome("000002"))
+    assert [k[1] for k in state.messages] == ["000001", "000002"]
+    state.clock_s = 1_900.5             # past it: the first goes
+    state.message_committed(outcome("000003"))
+    assert [k[1] for k in state.messages] == ["000002", "000003"]
+    assert reader.reads == []
+    again = state.load_message(old.key)  # the filter says "may be stored": the store answers
+    assert (again.key, again.rc, again.response, reader.reads) == (old.key, "14", {"t": "0210", "39": "14"},
+                                                                  ["message"])
+    assert state.load_message(("T0000009", "000009", "1015120000")) is None
+    assert reader.reads == ["message"]  # a key never stored: no read (Bloom filter)
+
+
+def test_tombstones_beyond_the_count_leave_memory_and_are_still_found_in_the_store(store):
+    reader = CountingReader(store)
+    state = HotState(reader, tombstones_max=2)
+    keys = [("T0000001", f"{i:06d}", "1015120000") for i in range(3)]
+    with sqlite3.connect(store) as conn:  # committed by the writer before apply()
+        conn.executemany("INSERT INTO tombstones(tid, stan, tx_time, at) VALUES (?,?,?,'x')", keys)
+    state.apply(tuple(OriginalTombstoned(k, "x") for k in keys))
+    assert list(state.tombstones) == keys[1:]
+    assert state.load_tombstone(keys[0]) is True and reader.reads == ["tombstone"]
+    assert state.tombstoned(keys[0]) is True           # back in memory for the decision
+    assert list(state.tombstones) == [keys[2], keys[0]]
+    assert state.load_tombstone(("T0000001", "999999", "1015120000")) is False
+    assert reader.reads == ["tombstone"]                # never tombstoned: no read
+
+
+def test_tombstones_older_than_the_horizon_leave_memory(store):
+    state = HotState(SqliteReader(store), messages_age_s=60.0)
+    state.clock_s = 0.0
+    state.apply((OriginalTombstoned(KEY, "x"),))
+    state.clock_s = 61.0
+    other = ("T0000002", "000002", "1015120001")
+    state.apply((OriginalTombstoned(other, "x"),))
+    assert list(state.tombstones) == [other]
+
+
+def test_a_tombstone_in_a_restarted_switch_is_found_through_the_filter(store):
+    with sqlite3.connect(store) as conn:
+        conn.execute("INSERT INTO tombstones(tid, stan, tx_time, at) VALUES (?,?,?,'x')", KEY)
+    reader = CountingReader(store)
+    state = HotState(reader)
+    assert len(state.tombstones) == 0                   # nothing loaded into memory at start
+    assert state.load_tombstone(KEY) is True and reader.reads == ["tombstone"]
+
+
+def test_period_counters_hold_one_period_and_move_only_what_they_hold():
+    c = PeriodCounters()
+    c.set("M1", "2025-10", 5_000)
+    c.set("M2", "2025-10", 0)
+    c.bump("M1", "2025-10", 1_000)
+    c.bump("M3", "2025-10", 7)          # not held: the store has it
+    c.bump("M1", "2025-09", 7)          # another period: the store has it
+    assert dict(c.items()) == {("M1", "2025-10"): 6_000, ("M2", "2025-10"): 0}
+    assert (("M1", "2025-10") in c, ("M1", "2025-09") in c, len(c)) == (True, False, 2)
+    with pytest.raises(KeyError):
+        c.get("M1", "2025-09")
+    c.set("M2", "2025-11", 10)          # a new month drops the old one
+    assert dict(c.items()) == {("M2", "2025-11"): 10} and c.period == "2025-11"
+
+
+def test_card_counters_are_arrays_by_card_id_with_the_same_behaviour():
+    c = CardCounters()
+    c.set(5, "2025-10-15", 0)
+    c.set(2, "2025-10-15", 30_000)
+    c.bump(5, "2025-10-15", 1_000)
+    c.bump(3, "2025-10-15", 9)          # not held
+    c.bump(2, "2025-10-14", 9)          # another day
+    assert dict(c.items()) == {(2, "2025-10-15"): 30_000, (5, "2025-10-15"): 1_000}
+    assert set(c) == {(2, "2025-10-15"), (5, "2025-10-15")} and len(c) == 2
+    assert (c.holds(3, "2025-10-15"), c.holds(99, "2025-10-15"), c.get(5, "2025-10-15")) == (False, False, 1_000)
+    with pytest.raises(KeyError):
+        c.get(3, "2025-10-15")
+    c.set(1, "2025-10-16", 500)
+    assert dict(c.items()) == {(1, "2025-10-16"): 500} and len(c) == 1
