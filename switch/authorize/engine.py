@@ -24,7 +24,8 @@ import structlog
 from switch.authorize.answer import Answerer, AnswerFailed
 from switch.authorize.decide import Decision, PinRefused, PinVerified, decide, iso, pin_needs_hsm, response
 from switch.authorize.hsm_client import HsmUnavailable
-from switch.authorize.security import DUKPT, SECURED, KsnGuard, Security, SecurityError, TerminalKeys, ksn_parts
+from switch.authorize.security import (DUKPT, HSM_FAILURE_ERRORS, SECURED, KsnGuard, Security, SecurityError, TerminalKeys,
+                                      ksn_parts)
 from switch.authorize.state import HotState
 from switch.clock import Clock
 from switch.ledger.records import Commit, KsnAccepted, MessageOutcome
@@ -131,7 +132,7 @@ class Engine:
         self.writer = writer
         self.clock = clock
         self.security = security
-        self.locks = locks or MemberLocks()
+        self.locks = locks if locks is not None else MemberLocks()  # shared: may be empty
         self.ksn_guard = KsnGuard()
         self.signed_on: set[str] = set()
         self.pending = Pending()  # keys being decided
@@ -191,6 +192,8 @@ class Engine:
             except HsmUnavailable:
                 return await self._unstored(a, req, fields, Rc.HSM_UNAVAILABLE, "HSM unavailable", sign)
             except SecurityError as exc:
+                if exc.error in HSM_FAILURE_ERRORS:  # the HSM could not check it: as if none answered
+                    return await self._unstored(a, req, fields, Rc.HSM_UNAVAILABLE, f"PIN: HSM error {exc.error}", sign)
                 rc = Rc.INCORRECT_PIN if exc.error in ("20", "23", "24") else Rc.SECURITY_VIOLATION
                 pin = PinRefused(rc, f"PIN: HSM error {exc.error}")
         if req.kind is Kind.REVERSAL:  # reverse only what is settled
@@ -279,6 +282,8 @@ class Engine:
         except HsmUnavailable:
             return Rc.HSM_UNAVAILABLE, "HSM unavailable"
         except SecurityError as exc:
+            if exc.error in HSM_FAILURE_ERRORS:  # the HSM could not check it: as if none answered
+                return Rc.HSM_UNAVAILABLE, f"MAC: HSM error {exc.error}"
             return Rc.SECURITY_VIOLATION, f"MAC: HSM error {exc.error}"
         if not ok:
             return Rc.SECURITY_VIOLATION, "MAC does not verify"

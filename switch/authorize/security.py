@@ -44,6 +44,12 @@ TDES_COUNTER_MASK = (1 << 21) - 1
 MAC_SIZE = 8  # bytes of DE64
 
 
+# Error codes by which the HSM says it could not do the work, not that the data is wrong:
+# internal error, an injected fault, over capacity, command disabled (docs/hsm.md §4). A MAC or
+# PIN it could not check is answered 91 with nothing stored, as when no HSM answers.
+HSM_FAILURE_ERRORS = frozenset({"13", "17", "67", "68"})
+
+
 class SecurityError(RuntimeError):
     """The HSM refused or failed a command; `error` is its 2-character code."""
 
@@ -209,5 +215,5 @@ def _account(pan: str) -> str:
     return pan[:-1][-12:].rjust(12, "0")
 
 
-__all__ = ["KsnGuard", "ksn_parts", "Security", "SecurityError", "HsmUnavailable", "TerminalKeys", "provision_test_keys", "PROFILES",
+__all__ = ["HSM_FAILURE_ERRORS", "KsnGuard", "ksn_parts", "Security", "SecurityError", "HsmUnavailable", "TerminalKeys", "provision_test_keys", "PROFILES",
            "SECURED", "DUKPT"]

@@ -43,7 +43,7 @@ class Operations:
     def __init__(self, *, rules: Rules, state: HotState, writer: LedgerWriter, clock: Clock,
                  security: Security | None = None, locks: MemberLocks | None = None) -> None:
         self.rules = rules
-        self.locks = locks or MemberLocks()  # shared with the engine: one decision per member at a time
+        self.locks = locks if locks is not None else MemberLocks()  # shared with the engine: one decision per member at a time
         self.state = state
         self.writer = writer
         self.clock = clock
