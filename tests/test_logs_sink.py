@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
+import threading
 
 import pytest
 import structlog
@@ -45,17 +48,130 @@ def test_the_flusher_thread_writes_without_an_explicit_flush(tmp_path, restore_s
     assert [e["event"] for e in _events(path.read_text())] == ["switch_listening"]
 
 
-def test_a_full_queue_is_flushed_by_the_logging_call_itself(tmp_path, restore_structlog, monkeypatch):
-    monkeypatch.setattr(logs.Sink, "FLUSH_INTERVAL_S", 3600.0)  # the thread never wakes in this test
-    monkeypatch.setattr(logs.Sink, "QUEUE_LINES_MAX", 3)
+class FaultyDisk:
+    """The sink file's write(2), failed on demand (the seam `logs._FileOutput.write_fd`):
+    `full` set → ENOSPC, after writing `part_bytes` of the data first when given (a write the
+    disk cut short); `hold` clear → the write waits, as on a disk or pipe that stalls."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.full = threading.Event()
+        self.hold = threading.Event()
+        self.hold.set()
+        self.waiting = threading.Event()  # a write is held
+        self.part_bytes = 0
+        monkeypatch.setattr(logs._FileOutput, "write_fd", staticmethod(self.write))
+
+    def write(self, fd: int, data) -> int:
+        if not self.hold.is_set():
+            self.waiting.set()
+            assert self.hold.wait(30), "the test never released the held write"
+        if not self.full.is_set():
+            return os.write(fd, data)
+        if self.part_bytes and len(data) > self.part_bytes:
+            return os.write(fd, data[: self.part_bytes])  # the rest of this write will fail
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _dropped(count: int, reason: str, output: str) -> dict:
+    return {"count": count, "reason": reason, "output": output, "event": "log_lines_dropped", "level": "warning"}
+
+
+def _without_times(events: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if k not in ("ts", "since")} for e in events]
+
+
+def test_the_flusher_survives_a_full_disk_and_says_how_many_lines_it_dropped_once_a_write_succeeds(
+        tmp_path, restore_structlog, monkeypatch):
+    """docs/reliability.md, "Full disk": lines that cannot be written are counted and dropped;
+    the flusher thread lives on; the next good write begins with `log_lines_dropped`."""
+    disk = FaultyDisk(monkeypatch)
     stream = io.StringIO()
     logs.configure(data_dir=tmp_path, name="switch", stream=stream, json_output=True, queued=True)
     log = structlog.get_logger()
-    for i in range(4):
-        log.info("message", n=i)
-    assert [e["n"] for e in _events(stream.getvalue())] == [0, 1, 2]  # the third call flushed
-    logs.configure(data_dir=None, stream=io.StringIO(), json_output=True)  # reconfigure closes: the rest lands
-    assert [e["n"] for e in _events((tmp_path / "logs" / "switch.jsonl").read_text())] == [0, 1, 2, 3]
+    path = tmp_path / "logs" / "switch.jsonl"
+    log.info("message", n=0)
+    wait_until(path.read_text, what="the first line in switch.jsonl")
+    disk.full.set()
+    for n in (1, 2, 3):
+        log.info("message", n=n)  # never raises, whatever the disk does
+    wait_until(lambda: logs._sink._file.dropped == 3, what="the flusher to drop lines 1-3 on the full disk")
+    disk.full.clear()
+    log.info("message", n=4)
+    wait_until(lambda: len(path.read_text().splitlines()) == 3, what="the drop count and line 4 in switch.jsonl")
+    assert logs._sink._thread.is_alive()
+    written = _events(path.read_text())
+    assert _without_times(written) == [
+        {"n": 0, "event": "message", "level": "info"}, _dropped(3, "ENOSPC", "file"),
+        {"n": 4, "event": "message", "level": "info"}]
+    assert written[1]["since"] <= written[1]["ts"]
+    logs.flush()
+    assert [e["n"] for e in _events(stream.getvalue())] == [0, 1, 2, 3, 4]  # the stream lost nothing
+
+
+def test_a_write_the_disk_cuts_short_is_cut_back_so_the_file_holds_no_torn_line(tmp_path, restore_structlog,
+                                                                                   monkeypatch):
+    disk = FaultyDisk(monkeypatch)
+    logs.configure(data_dir=tmp_path, name="admin", stream=io.StringIO(), json_output=True)
+    log = structlog.get_logger()
+    log.info("first")
+    disk.full.set()
+    disk.part_bytes = 7  # '{"event' reaches the file, then the disk is full
+    log.info("second")
+    path = tmp_path / "logs" / "admin.jsonl"
+    assert [e["event"] for e in _events(path.read_text())] == ["first"]  # the 7 bytes were cut back
+    disk.full.clear()
+    log.info("third")
+    assert _without_times(_events(path.read_text())) == [
+        {"event": "first", "level": "info"}, _dropped(1, "ENOSPC", "file"), {"event": "third", "level": "info"}]
+
+
+def test_a_logging_call_on_a_full_device_does_not_raise_and_the_stream_keeps_the_line(tmp_path, restore_structlog):
+    """A real ENOSPC, no seam: the log file is /dev/full, where every write fails so."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "admin.jsonl").symlink_to("/dev/full")
+    stream = io.StringIO()
+    logs.configure(data_dir=tmp_path, name="admin", stream=stream, json_output=True)
+    structlog.get_logger().error("ledger_commit_failed", code="SQLITE_FULL")
+    logs.canonical("message", {"rc": "96"})
+    assert [(e["event"], e["level"]) for e in _events(stream.getvalue())] == [
+        ("ledger_commit_failed", "error"), ("message", "info")]
+    assert (logs._sink._file.dropped, logs._sink._file.reason) == (2, "ENOSPC")
+
+
+def test_a_full_queue_drops_and_counts_new_lines_instead_of_waiting_on_a_stalled_write(
+        tmp_path, restore_structlog, monkeypatch):
+    """The queue is bounded (QUEUE_LINES_MAX lines): with the flusher stuck in a write, the
+    logging call neither blocks nor raises; the lines past the bound are counted, and said
+    on both outputs when the write completes."""
+    monkeypatch.setattr(logs.Sink, "QUEUE_LINES_MAX", 4)
+    disk = FaultyDisk(monkeypatch)
+    stream = io.StringIO()
+    logs.configure(data_dir=tmp_path, name="switch", stream=stream, json_output=True, queued=True)
+    log = structlog.get_logger()
+    disk.hold.clear()
+    log.info("message", n=0)
+    wait_until(disk.waiting.is_set, what="the flusher to be stuck writing line 0")
+    done = threading.Event()
+
+    def burst() -> None:
+        for n in range(1, 7):
+            log.info("message", n=n)
+        done.set()
+
+    threading.Thread(target=burst, daemon=True).start()
+    try:
+        wait_until(done.is_set, what="six logging calls to return while the flusher is stuck")
+    finally:
+        disk.hold.set()
+    path = tmp_path / "logs" / "switch.jsonl"
+    wait_until(lambda: len(path.read_text().splitlines()) == 6, what="line 0, the drop count and lines 1-4")
+    assert _without_times(_events(path.read_text())) == [
+        {"n": 0, "event": "message", "level": "info"}, _dropped(2, "queue_full", "file"),
+        *({"n": n, "event": "message", "level": "info"} for n in range(1, 5))]
+    logs.flush()
+    assert _without_times(_events(stream.getvalue())) == [
+        {"n": 0, "event": "message", "level": "info"}, _dropped(2, "queue_full", "stream"),
+        *({"n": n, "event": "message", "level": "info"} for n in range(1, 5))]
 
 
 def test_an_unqueued_sink_writes_at_once_and_drops_secret_keys(tmp_path, restore_structlog):

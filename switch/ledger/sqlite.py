@@ -248,8 +248,24 @@ def commit_group(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None:
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:  # SQLite itself rolls back after some errors (disk full, I/O error):
-            conn.execute("ROLLBACK")  # a second ROLLBACK would raise and hide the real cause
+            try:                  # a second ROLLBACK would raise and hide the real cause
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:  # the rollback's own failure must not hide the real cause either
+                pass
         raise
+
+
+def commit_unsynced(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None:
+    """commit_group without an fsync, and with no checkpoint run under it: only for the fence
+    the writer lays over a group whose fsync failed (switch/ledger/writer.py), while fsync
+    itself may be what fails. The connection goes back to synchronous=FULL."""
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("PRAGMA synchronous=OFF")
+    try:
+        commit_group(conn, commits)
+    finally:
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA wal_autocheckpoint=1000")
 
 
 # ---------------------------------------------------------------------------- reads

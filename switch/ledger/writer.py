@@ -3,23 +3,55 @@
 Many connections feed it through a bounded queue; it commits a group of Commits (typed
 records, switch/ledger/records.py) in one transaction through the store adapter
 (switch/ledger/sqlite.py), then resolves each one's future; only then does a response leave.
+
+A group that fails is never retried: its units and the queue behind them are answered 96
+and the hot state is rebuilt from the store (`on_failure`). A full disk (SQLITE_FULL) leaves
+the connection as it is: nothing of the group was made durable, and the next group commits
+once there is space. An I/O error (SQLITE_IOERR: a write or an fsync failed) is not trusted
+so far (PostgreSQL's "fsyncgate"): the data may sit in the page cache and reach the disk
+later, or never. Before the 96 leaves, the writer closes its connection, opens a new one and
+lays a fence over the failed group (`commit_unsynced`), so a crash after the 96 cannot bring
+the group back at the next start; see docs/reliability.md, "fsync failure".
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from switch.ledger.records import Commit
-from switch.ledger.sqlite import commit_group
+from switch.ledger.records import Commit, MetaSet
+from switch.ledger.sqlite import commit_group, commit_unsynced
 from switch.ledger.store import LedgerUnavailable, connect, ledger_id
 
 log = structlog.get_logger()
+
+FENCE_KEY = "io_error_fenced_at"  # meta: when and why the last fence was laid
+
+
+def io_error(exc: BaseException) -> bool:
+    """SQLITE_IOERR and its extended codes (a failed write, fsync, read…): the store's state
+    on disk is unknown. SQLITE_FULL and our own bugs are not."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_IOERR
+
+
+@dataclass(frozen=True)
+class Restart:
+    """What the writer did after an I/O error, before answering: the connection reopened, and
+    the failed group fenced off (both False with `error` when that step failed too)."""
+
+    reopened: bool
+    fenced: bool
+    error: str = ""
 
 
 class LedgerWriter:
@@ -43,7 +75,7 @@ class LedgerWriter:
         self.batch_size_max = batch_size_max
         self.commit_interval_s_max = commit_interval_ms_max / 1000
         self.queue: asyncio.Queue[tuple[Commit, asyncio.Future[None]]] = asyncio.Queue(queue_size_max)
-        self._conn = connect(path)
+        self._conn: sqlite3.Connection | None = connect(path)
         self.ledger_id = ledger_id(self._conn)
         # set after a commit that carried events: the outbox relay waits on it instead of polling
         self.events_committed = asyncio.Event()
@@ -55,6 +87,9 @@ class LedgerWriter:
         self.on_failure = on_failure
         self.batches = 0
         self.units = 0
+        self.failed_groups = 0   # in a row, since the last group that committed
+        self.reopens = 0         # connections reopened after an I/O error, in all
+        self._restart: Restart | None = None  # set on the writer thread by a failed group's I/O error
         self._busy = False
 
     def start(self) -> None:
@@ -69,8 +104,15 @@ class LedgerWriter:
         while True:
             first = await self.queue.get()
             self._busy = True
+            batch = [first]
             try:
-                await self._commit(await self._collect(first))
+                batch = await self._collect(first)
+                await self._commit(batch)
+            except Exception as exc:  # our bug: this group is answered 96, the writer lives on
+                log.exception("ledger_writer_failed", units=len(batch), error=type(exc).__name__)
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(LedgerUnavailable("ledger writer failed"))
             finally:
                 self._busy = False
 
@@ -96,19 +138,13 @@ class LedgerWriter:
         units = [u for u, _ in batch]
         started = time.perf_counter()
         try:
-            await loop.run_in_executor(self._pool, self.commit_group, self._conn, units)
+            await loop.run_in_executor(self._pool, self._write_group, units)
         except Exception as exc:  # disk full, I/O error, or our bug: nobody gets approved
-            log.error("ledger_commit_failed", units=len(units), error=type(exc).__name__, detail=str(exc))
-            failed = [f for _, f in batch]
-            while not self.queue.empty():  # later units were decided on state that is now void
-                _, f = self.queue.get_nowait()
-                failed.append(f)
-            for f in failed:
-                if not f.done():
-                    f.set_exception(LedgerUnavailable("ledger commit failed"))
-            if self.on_failure is not None:
-                self.on_failure()
+            self._failed(batch, exc)
             return
+        if self.failed_groups:
+            log.warning("ledger_commit_recovered", failed_groups=self.failed_groups, reopens=self.reopens)
+            self.failed_groups = 0
         self.batches += 1
         self.units += len(units)
         if any(u.events for u in units):
@@ -119,6 +155,69 @@ class LedgerWriter:
         elapsed_ms = (time.perf_counter() - started) * 1000
         if elapsed_ms > 100:
             log.warning("ledger_commit_slow", units=len(units), commit_ms=round(elapsed_ms, 1))
+
+    def _failed(self, batch: list[tuple[Commit, asyncio.Future[None]]], exc: Exception) -> None:
+        """Answer the group and everything queued behind it 96 (decided on state that is now
+        void) and rebuild the hot state. After an I/O error the writer thread has already
+        reopened the store and fenced the group (`_restart`), so a 96 is final."""
+        self.failed_groups += 1
+        log.error("ledger_commit_failed", units=len(batch), error=type(exc).__name__,
+                  code=getattr(exc, "sqlite_errorname", "") or "", detail=str(exc))
+        restart, self._restart = self._restart, None
+        if restart is not None:
+            detail = {"error": restart.error} if restart.error else {}
+            log.warning("ledger_store_reopened", reopened=restart.reopened, fenced=restart.fenced,
+                        cause=getattr(exc, "sqlite_errorname", ""), **detail)
+        failed = [f for _, f in batch]
+        while not self.queue.empty():
+            _, f = self.queue.get_nowait()
+            failed.append(f)
+        for f in failed:
+            if not f.done():
+                f.set_exception(LedgerUnavailable("ledger commit failed"))
+        if self.on_failure is not None:
+            try:
+                self.on_failure()
+            except Exception as rebuild_error:  # the store cannot be read either: the cache holds only
+                log.error("ledger_state_rebuild_failed",  # committed rows, so serving on goes on safely
+                          error=type(rebuild_error).__name__, detail=str(rebuild_error))
+
+    # ------------------------------------------------------------------ on the writer thread
+
+    def _write_group(self, units: list[Commit]) -> None:
+        if self._conn is None:  # the last reopen failed: try again, or fail this group too
+            self._conn = connect(self.path)
+            self.reopens += 1
+        try:
+            self.commit_group(self._conn, units)
+        except Exception as exc:
+            if io_error(exc):
+                self._restart = self._reopen_and_fence(exc)
+            raise
+
+    def _reopen_and_fence(self, exc: BaseException) -> Restart:
+        """Close the connection that met the I/O error, open a new one, and commit a small fence
+        over the failed group without an fsync (fsync may be what fails). SQLite wrote the
+        group's frames before the failed fsync, so they may be in the WAL file; as long as this
+        process keeps its read connection open they are invisible, but a crash would let the
+        next start's WAL recovery replay them: the fence, written at the same place in the WAL,
+        ends the log before them. Never raises: a step that fails is reported in the Restart."""
+        old, self._conn = self._conn, None
+        if old is not None:
+            with contextlib.suppress(sqlite3.Error):
+                old.close()
+        try:
+            self._conn = connect(self.path)
+        except sqlite3.Error as reopen_error:
+            return Restart(False, False, str(reopen_error))
+        self.reopens += 1
+        at = datetime.datetime.now(tz=datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+        fence = Commit(changes=(MetaSet(FENCE_KEY, f"{at} {getattr(exc, 'sqlite_errorname', '')}"),))
+        try:
+            commit_unsynced(self._conn, [fence])
+        except sqlite3.Error as fence_error:  # writes fail too: the group's frames likely never got there either
+            return Restart(True, False, str(fence_error))
+        return Restart(True, True)
 
     async def drain(self) -> None:
         """Wait until every queued unit is committed (graceful shutdown)."""
@@ -134,4 +233,5 @@ class LedgerWriter:
             except asyncio.CancelledError:
                 pass
         self._pool.shutdown(wait=True)
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()

@@ -3,19 +3,25 @@
 Only entry points call `configure`; modules call `structlog.get_logger()`. JSON when stdout
 is not a TTY, a readable console when it is; with a data dir, every event is also appended
 as JSON to <data-dir>/logs/<name>.jsonl. The switch queues its lines (Sink, queued=True): a
-flusher thread writes them every 50 ms, so logging costs the hot path no system call.
+flusher thread writes them every 50 ms, so logging costs the hot path no system call. Logging
+never raises: a line that cannot be written (a full disk) is dropped and counted, and the
+count is logged once a write succeeds again.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
+import errno
 import json
+import os
 import re
 import sys
 import threading
+import traceback
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import structlog
 
@@ -62,33 +68,141 @@ def mask_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str,
 _render = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
 
+def _utc_now() -> str:
+    return datetime.datetime.now(tz=datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _reason(exc: BaseException) -> str:
+    """ENOSPC, EIO, EFBIG… for an OSError; the exception's type otherwise (a closed stream)."""
+    code = getattr(exc, "errno", None)
+    return errno.errorcode.get(code, type(exc).__name__) if code is not None else type(exc).__name__
+
+
+class _Output:
+    """One destination of log lines, and the lines it could not take since its last good write.
+
+    `write` never raises: lines it cannot write are dropped and counted, and the next write
+    that succeeds starts with one `log_lines_dropped` line (count, reason, since) telling so."""
+
+    name = ""
+
+    def __init__(self, render_dropped: Callable[[dict[str, Any]], str]) -> None:
+        self._render_dropped = render_dropped
+        self.dropped = 0
+        self.reason = ""
+        self.since = ""
+
+    def drop(self, lines: int, reason: str) -> None:
+        if lines <= 0:
+            return
+        if self.dropped == 0:
+            self.since = _utc_now()
+        self.dropped += lines
+        self.reason = reason
+
+    def write(self, lines: list[str]) -> None:
+        if not lines and self.dropped == 0:
+            return
+        head = []
+        if self.dropped:
+            head = [self._render_dropped({"count": self.dropped, "reason": self.reason, "since": self.since,
+                                          "output": self.name, "event": "log_lines_dropped", "level": "warning",
+                                          "ts": _utc_now()})]
+        try:
+            self._write("\n".join(head + lines) + "\n")
+        except (OSError, ValueError) as exc:  # a full disk, an I/O error, a closed stream: never the caller's
+            self.drop(len(lines), _reason(exc))
+            return
+        self.dropped = 0
+
+    def _write(self, text: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _FileOutput(_Output):
+    """The JSON-lines file, appended through one descriptor. A write that fails part-way is
+    cut back to where it started, so the file never holds a torn line."""
+
+    name = "file"
+    write_fd = staticmethod(os.write)  # a fault-injection seam: tests/test_logs_sink.py fails it
+
+    def __init__(self, path: Path, render_dropped: Callable[[dict[str, Any]], str]) -> None:
+        super().__init__(render_dropped)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def _write(self, text: str) -> None:
+        if self._fd is None:
+            raise ValueError("log file closed")
+        data = memoryview(text.encode("utf-8"))
+        start = os.fstat(self._fd).st_size  # O_APPEND: this write begins at the end of the file
+        try:
+            while data:
+                data = data[self.write_fd(self._fd, data):]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)
+            raise
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+class _StreamOutput(_Output):
+    """stdout (or the stream given), resolved at each write as print() does, so a redirected
+    stdout (pytest's capture) is honoured."""
+
+    name = "stream"
+
+    def __init__(self, stream: TextIO, render_dropped: Callable[[dict[str, Any]], str]) -> None:
+        super().__init__(render_dropped)
+        self._stream: TextIO | None = None if stream is sys.stdout else stream  # None: sys.stdout when writing
+
+    def _write(self, text: str) -> None:
+        stream = self._stream or sys.stdout
+        stream.write(text)
+        stream.flush()
+
+
 class Sink:
     """The last processor: renders each event once and hands the lines to the outputs — the
     stream (JSON, or a readable console line on a TTY) and, with a data dir, the JSONL file.
 
     queued=True (the switch): lines wait in memory and a flusher thread writes them every
     FLUSH_INTERVAL_S in one write per output, so a message's log line costs the hot path a
-    render and an append, not two write(2) calls. The queue is bounded: past QUEUE_LINES_MAX
-    the logging call flushes itself. flush() (explicit, on reconfigure and at exit) empties it.
+    render and an append, never a write nor a wait on one. The queue is bounded:
+    past QUEUE_LINES_MAX lines a new line is dropped and counted (reason `queue_full`: the
+    flusher is stuck on a write); from half of it the flusher is woken early.
     queued=False (every other command and the tests' default): each line is written at once.
+
+    Nothing here raises into the caller: a line an output cannot take (full disk, I/O error,
+    closed stream) is dropped and counted, and the output's next good write begins with a
+    `log_lines_dropped` line (docs/reliability.md, "Full disk"). The flusher survives any error.
     """
 
     FLUSH_INTERVAL_S = 0.05
     QUEUE_LINES_MAX = 10_000
 
     def __init__(self, stream: TextIO, *, json_output: bool, path: Path | None, queued: bool) -> None:
-        self._stream: TextIO | None = None if stream is sys.stdout else stream  # None: sys.stdout when writing
         self._console = None if json_output else structlog.dev.ConsoleRenderer(
             colors=False, exception_formatter=structlog.dev.plain_traceback)  # never rich locals
-        self._fh: TextIO | None = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = path.open("a", encoding="utf-8", buffering=1)  # line-buffered: operators tail it
+        self._stream = _StreamOutput(stream, self._render_stream)
+        self._file = None if path is None else _FileOutput(path, _render)
         self._stream_lines: list[str] = []
         self._file_lines: list[str] = []
-        self._lock = threading.Lock()
+        self._queued_dropped = 0
+        self._lock = threading.Lock()        # the queues: held for an append or a swap, never across a write
+        self._write_lock = threading.Lock()  # one writer at a time, so batches land in order
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._bug_reported = False
         if queued:
             self._thread = threading.Thread(target=self._flush_periodically, name="log-flusher", daemon=True)
             self._thread.start()
@@ -97,55 +211,65 @@ class Sink:
         self.take(event, _logger, _method)
         raise structlog.DropEvent
 
+    def _render_stream(self, event: dict[str, Any]) -> str:
+        return _render(event) if self._console is None else self._console(None, event["level"], dict(event))
+
     def take(self, event: dict[str, Any], _logger: Any = None, _method: str = "info") -> None:
         """Render once (JSON, and a console line on a TTY) and write or queue."""
         line = _render(event)
         stream_line = line if self._console is None else self._console(_logger, _method, dict(event))
         if self._thread is None:
-            with self._lock:
-                if self._fh is not None:
-                    self._fh.write(line + "\n")
-                self._write_stream(stream_line + "\n")
+            with self._write_lock:
+                if self._file is not None:
+                    self._file.write([line])
+                self._stream.write([stream_line])
             return
         with self._lock:
+            queued = len(self._stream_lines)
+            if queued >= self.QUEUE_LINES_MAX:
+                self._queued_dropped += 1
+                return
             self._stream_lines.append(stream_line)
-            if self._fh is not None:
+            if self._file is not None:
                 self._file_lines.append(line)
-            full = len(self._stream_lines) >= self.QUEUE_LINES_MAX
-        if full:
-            self.flush()
-
-    def _write_stream(self, text: str) -> None:
-        stream = self._stream or sys.stdout  # as print() does: a redirected stdout (capture) is honoured
-        try:
-            stream.write(text)
-            stream.flush()
-        except (OSError, ValueError):  # a closed stdout must not stop the switch; the file keeps the lines
-            pass
+        if queued + 1 >= self.QUEUE_LINES_MAX // 2:
+            self._wake.set()
 
     def _flush_periodically(self) -> None:
-        while not self._stop.wait(self.FLUSH_INTERVAL_S):
-            self.flush()
+        while not self._stop.is_set():
+            self._wake.wait(self.FLUSH_INTERVAL_S)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - our bug: said once on stderr; the thread outlives it
+                if not self._bug_reported:
+                    self._bug_reported = True
+                    with contextlib.suppress(Exception):
+                        traceback.print_exc(file=sys.__stderr__)
 
     def flush(self) -> None:
-        with self._lock:
-            stream_lines, self._stream_lines = self._stream_lines, []
-            file_lines, self._file_lines = self._file_lines, []
-            if file_lines and self._fh is not None:
-                self._fh.write("\n".join(file_lines) + "\n")
-            if stream_lines:
-                self._write_stream("\n".join(stream_lines) + "\n")
-            if self._fh is not None:
-                self._fh.flush()
+        with self._write_lock:
+            with self._lock:
+                stream_lines, self._stream_lines = self._stream_lines, []
+                file_lines, self._file_lines = self._file_lines, []
+                full, self._queued_dropped = self._queued_dropped, 0
+            if full:  # lines refused at the door: every output lost them
+                self._stream.drop(full, "queue_full")
+                if self._file is not None:
+                    self._file.drop(full, "queue_full")
+            if self._file is not None:
+                self._file.write(file_lines)
+            self._stream.write(stream_lines)
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.flush()
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 _sink: Sink | None = None
@@ -162,8 +286,7 @@ def canonical(event: str, fields: dict[str, Any]) -> None:
         return
     if _level_min > 20:
         return
-    record = {**fields, "event": event, "level": "info",
-              "ts": datetime.datetime.now(tz=datetime.timezone.utc).isoformat().replace("+00:00", "Z")}
+    record = {**fields, "event": event, "level": "info", "ts": _utc_now()}
     _sink.take(mask_secrets(None, "info", record))
 
 
