@@ -53,3 +53,36 @@ def run_bench_cli(args: argparse.Namespace) -> int:
     print(json.dumps(flat, indent=2))
     print("written: " + ", ".join(result["files"]))
     return 0
+
+
+def register_chaos(sub: Any) -> None:
+    """`eum chaos` (entry point `eum.commands`, pyproject.toml): benchmarks/chaos.py."""
+    p = sub.add_parser("chaos", help="the chaos campaign: kill -9, HSM faults, a full disk, mutated frames, junk "
+                                     "connections, each held to the ledger",
+                       description="Runs the chaos campaign (benchmarks/chaos.py) against real processes on "
+                                   "127.0.0.1 and writes <out-dir>/<date>-<host>-chaos[-quick].json and .md. Exit 1 "
+                                   "on any loss, double posting, unanswered request with an MTI, 00 without a "
+                                   "valid MAC, failed verify, or an experiment that could not run.")
+    add_chaos_arguments(p)
+    p.set_defaults(func=run_chaos_cli)
+
+
+CHAOS_EXPERIMENTS = ("kill", "hsm", "disk", "mutation", "junk")
+
+
+def add_chaos_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `eum chaos` and of `python -m benchmarks.chaos` (nothing heavy imported here:
+    every `eum` command builds this parser)."""
+    p.add_argument("--quick", action="store_true", help="a smaller campaign (< 3 minutes), as the test suite runs it")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results",
+                   help="where the JSON and Markdown go (default benchmarks/results)")
+    p.add_argument("--only", type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
+                   default=CHAOS_EXPERIMENTS, help=f"a comma-separated subset of {','.join(CHAOS_EXPERIMENTS)}")
+
+
+def run_chaos_cli(args: argparse.Namespace) -> int:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.chaos import main_with
+
+    return main_with(args)
