@@ -48,6 +48,7 @@ from terminal_sim.security import TerminalSecurity
 from terminal_sim.terminal import Terminal
 
 from conftest import LAUNCH, SwitchEnv, card_accounts, postings, provision, query, start_switch
+from hsm_hop import HsmHop
 from waiting import eventually, logged
 
 EUM_SCRIPT = Path(sys.executable).parent / "eum"
@@ -96,69 +97,6 @@ def dialect_variant(source: Path, target: Path, field_no: str, **spec: int) -> N
 
 # ---------------------------------------------------------------------------- the HSM hop
 
-class PinHop:
-    """A TCP hop between the switch and a real hsm_mock server (frames: 2-byte length, then a
-    4-character header and the 2-character command code: docs/hsm.md, "Framing").
-
-    Every command is forwarded and recorded (`forwarded`, code plus mode for GW: "GW11" is the
-    TDES DUKPT request-MAC check, "GW42" the response MAC), except that while `hold_pin` is set
-    a G0 (DUKPT PIN translation, docs/hsm.md "PIN translation") is swallowed: recorded in
-    `swallowed`, never forwarded, so never answered."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.hold_pin = False
-        self.forwarded: list[str] = []
-        self.swallowed: list[str] = []
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.server: asyncio.base_events.Server | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        for w in list(self.writers):
-            w.close()
-        self.server.close()
-        await self.server.wait_closed()
-
-    def commands(self, *, but: tuple[str, ...] = ("NC",)) -> list[str]:
-        """What was forwarded, without the health checks (NC)."""
-        return [c for c in self.forwarded if c[:2] not in but]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        self.writers |= {writer, up_writer}
-        await asyncio.gather(self._commands(reader, up_writer), self._pump(up_reader, writer),
-                             return_exceptions=True)
-        for w in (writer, up_writer):
-            w.close()
-            self.writers.discard(w)
-
-    @staticmethod
-    async def _frame(reader: asyncio.StreamReader) -> bytes:
-        size = int.from_bytes(await reader.readexactly(2), "big")
-        return await reader.readexactly(size)
-
-    async def _commands(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
-        while True:
-            payload = await self._frame(reader)
-            code = payload[4:6].decode()
-            label = code + (payload[6:8].decode() if code == "GW" else "")
-            if code == "G0" and self.hold_pin:
-                self.swallowed.append(label)
-                continue
-            self.forwarded.append(label)
-            up_writer.write(len(payload).to_bytes(2, "big") + payload)
-
-    async def _pump(self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            payload = await self._frame(up_reader)
-            writer.write(len(payload).to_bytes(2, "big") + payload)
-
-
 # ---------------------------------------------------------------------------- a: G0 timeout
 
 async def test_a_pin_translation_the_hsm_never_answers_is_declined_91_stores_nothing_and_the_repeat_is_approved(
@@ -171,7 +109,7 @@ async def test_a_pin_translation_the_hsm_never_answers_is_declined_91_stores_not
     message (its repeat was replayed 91) and persisted the KSN counter."""
     hsm = HsmServer(HsmServiceConfig(port=0))
     await hsm.start()
-    hop = PinHop(hsm.port)
+    hop = HsmHop(hsm.port)
     await hop.start()
     config = HsmConfig(endpoints=(("127.0.0.1", hop.port),), call_timeout_ms=300, health_interval_s=0.05,
                        reconnect_backoff_s_max=0.1)

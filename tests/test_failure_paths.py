@@ -64,6 +64,7 @@ from terminal_sim.terminal import Terminal
 
 from conftest import (LAUNCH, SwitchEnv, account_balances, card_accounts, entry_count, postings, provision, query,
                       start_switch)
+from hsm_hop import HsmHop
 from waiting import eventually, logged, settled, wait_until
 
 EUM_SCRIPT = Path(sys.executable).parent / "eum"
@@ -435,87 +436,11 @@ async def test_a_real_write_failure_answers_96_posts_nothing_and_the_running_swi
 
 # ---------------------------------------------------------------------------- the HSM failing on the response MAC
 
-class HsmLink:
-    """A TCP hop between the switch and a real hsm_mock server, under the test's control.
-
-    It forwards frames both ways (2-byte length, 4-character header, 2-character command code:
-    docs/hsm.md, "Framing") and records each command it forwards (code + mode, e.g. "GW11" for a
-    TDES DUKPT request-MAC verification, "GW42" for a response MAC). With `cut_after_request_mac`
-    set, the reply to the next GW11 is delivered and then the HSM is gone: every connection is
-    dropped and new ones are closed at once, until `restore()`."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.up = True
-        self.cut_after_request_mac = False
-        self.forwarded: list[str] = []
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.server: asyncio.base_events.Server | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self._drop_all()
-        self.server.close()
-        await self.server.wait_closed()
-
-    def restore(self) -> None:
-        self.up = True
-
-    def _drop_all(self) -> None:
-        for w in list(self.writers):
-            w.close()
-        self.writers.clear()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.up:
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        self.writers |= {writer, up_writer}
-        watched: set[bytes] = set()  # headers of request-MAC checks on this connection
-        await asyncio.gather(self._commands(reader, up_writer, watched), self._replies(up_reader, writer, watched),
-                             return_exceptions=True)
-        for w in (writer, up_writer):
-            w.close()
-            self.writers.discard(w)
-
-    @staticmethod
-    async def _frame(reader: asyncio.StreamReader) -> bytes:
-        size = int.from_bytes(await reader.readexactly(2), "big")
-        return await reader.readexactly(size)
-
-    async def _commands(self, reader, up_writer, watched: set[bytes]) -> None:
-        while True:
-            payload = await self._frame(reader)
-            if not self.up:
-                raise ConnectionError("the HSM is gone")
-            label = payload[4:6].decode() + (payload[6:8].decode() if payload[4:6] == b"GW" else "")
-            self.forwarded.append(label)
-            if label == "GW11" and self.cut_after_request_mac:
-                watched.add(payload[:4])
-            up_writer.write(len(payload).to_bytes(2, "big") + payload)
-
-    async def _replies(self, up_reader, writer, watched: set[bytes]) -> None:
-        while True:
-            payload = await self._frame(up_reader)
-            writer.write(len(payload).to_bytes(2, "big") + payload)
-            if payload[:4] in watched:  # the request MAC is verified: the HSM dies before anything else
-                self.cut_after_request_mac = False
-                self.up = False
-                await writer.drain()
-                self._drop_all()
-                return
-
-
 async def test_an_hsm_lost_before_the_response_mac_declines_91_posts_nothing_and_the_repeat_is_processed_afresh(
         tmp_path):
     hsm = HsmServer(HsmServiceConfig(port=0))
     await hsm.start()
-    link = HsmLink(hsm.port)
+    link = HsmHop(hsm.port)
     await link.start()
     config = HsmConfig(endpoints=(("127.0.0.1", link.port),), call_timeout_ms=300, health_interval_s=0.05,
                        reconnect_backoff_s_max=0.1)

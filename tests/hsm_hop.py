@@ -1,0 +1,96 @@
+"""A TCP hop between the switch and a real hsm_mock server, under the test's control.
+
+It forwards payShield frames both ways (2-byte length, 4-character header, 2-character command
+code: docs/hsm.md, "Framing") and records each command it forwards as code plus mode for GW
+("GW11" is the TDES DUKPT request-MAC check, "GW42" the response MAC). What it does to a
+command is the test's choice:
+
+- `hold_pin`: a G0 (DUKPT PIN translation, docs/hsm.md "PIN translation") is swallowed —
+  recorded in `swallowed`, never forwarded, so never answered;
+- `cut_after_request_mac`: the reply to the next GW11 is delivered and then the HSM is gone:
+  every connection is dropped and new ones are closed at once, until `restore()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class HsmHop:
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.up = True
+        self.hold_pin = False
+        self.cut_after_request_mac = False
+        self.forwarded: list[str] = []
+        self.swallowed: list[str] = []
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.base_events.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self._drop_all()
+        self.server.close()
+        await self.server.wait_closed()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def commands(self, *, but: tuple[str, ...] = ("NC",)) -> list[str]:
+        """What was forwarded, without the health checks (NC)."""
+        return [c for c in self.forwarded if c[:2] not in but]
+
+    def _drop_all(self) -> None:
+        for w in list(self.writers):
+            w.close()
+        self.writers.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self.writers |= {writer, up_writer}
+        watched: set[bytes] = set()  # headers of request-MAC checks after which the HSM goes
+        await asyncio.gather(self._commands(reader, up_writer, watched), self._replies(up_reader, writer, watched),
+                             return_exceptions=True)
+        for w in (writer, up_writer):
+            w.close()
+            self.writers.discard(w)
+
+    @staticmethod
+    async def _frame(reader: asyncio.StreamReader) -> bytes:
+        size = int.from_bytes(await reader.readexactly(2), "big")
+        return await reader.readexactly(size)
+
+    async def _commands(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter,
+                        watched: set[bytes]) -> None:
+        while True:
+            payload = await self._frame(reader)
+            if not self.up:
+                raise ConnectionError("the HSM is gone")
+            code = payload[4:6].decode()
+            label = code + (payload[6:8].decode() if code == "GW" else "")
+            if code == "G0" and self.hold_pin:
+                self.swallowed.append(label)
+                continue
+            self.forwarded.append(label)
+            if label == "GW11" and self.cut_after_request_mac:
+                watched.add(payload[:4])
+            up_writer.write(len(payload).to_bytes(2, "big") + payload)
+
+    async def _replies(self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       watched: set[bytes]) -> None:
+        while True:
+            payload = await self._frame(up_reader)
+            writer.write(len(payload).to_bytes(2, "big") + payload)
+            if payload[:4] in watched:  # the request MAC is verified: the HSM dies before anything else
+                self.cut_after_request_mac = False
+                self.up = False
+                await writer.drain()
+                self._drop_all()
+                return
