@@ -222,7 +222,7 @@ async def test_a_failed_commit_answers_its_group_and_the_queue_behind_it_96_and_
     assert account_balances(db) == snapshot and entry_count(db) == entries_before
     assert query(db, "SELECT COUNT(*) FROM messages WHERE rc = '96' OR posting_id > 10") == [(0,)]
     # the hot cache was dropped: it is filled again from the store, posting ids restart after 10
-    assert env.core.state.cards == {} and env.core.state.next_posting_id == 11
+    assert len(env.core.state.cards) == 0 and env.core.state.next_posting_id == 11
     assert all(env.core.state.messages.get((term.tid, r["11"], r["7"])) is None for r in group_reqs + queue_reqs)
 
     # a repeat (0201) of an original answered 96 is processed afresh: approved, posted once;

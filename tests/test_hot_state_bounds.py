@@ -139,3 +139,30 @@ def test_card_counters_are_arrays_by_card_id_with_the_same_behaviour():
         c.get(3, "2025-10-15")
     c.set(1, "2025-10-16", 500)
     assert dict(c.items()) == {(1, "2025-10-16"): 500} and len(c) == 1
+
+
+def test_the_card_table_gives_back_every_field_it_was_given():
+    from switch.authorize.state import CardTable
+    from switch.ledger.records import CardState
+
+    table = CardTable()
+    cards = [CardState(3, "9410000000000039", "incheon", "M000000003", "3010", "active", 12_345, 678, -90,
+                       "1234", 2, False),
+             CardState(7, "0410000000000071", "namdong", "M000000001", "2912", "blocked", 0, 0, 0, "", 3, True)]
+    for card in cards:
+        table.put(card)
+    assert [table.get(3), table.get(7)] == cards
+    assert table.by_pan("0410000000000071") == cards[1]      # a leading zero kept
+    assert table.by_pan("410000000000071") is None            # … and not confused with the PAN without it
+    assert (table.get(5), table.get(99), table.by_pan("94100000000000xx"), len(table)) == (None, None, None, 2)
+    table.set_balances(3, 1, 2, 3)
+    table.set_pin_tries(3, 0, True)
+    table.set_status(3, "lost")
+    table.set_pvv(3, "")
+    assert table.get(3) == CardState(3, "9410000000000039", "incheon", "M000000003", "3010", "lost", 1, 2, 3, "", 0,
+                                     True)
+    table.set_balances(5, 1, 1, 1)                            # not cached: nothing to move (the store has it)
+    assert table.get(5) is None
+    with pytest.raises(KeyError) as err:
+        table["9410000000000047"]
+    assert "9410000000000047" not in str(err.value)           # a PAN never in an error

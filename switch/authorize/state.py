@@ -7,7 +7,7 @@ commit (`apply`), while the member's lock is held, so the cache is always the co
 store: a row not cached can be read from the store at any time.
 
 Bounds (docs/architecture.md "Memory bounds"): committed message outcomes (`messages_max`
-10,000, `messages_age_s` 900 s), early-reversal tombstones (`tombstones_max` 10,000, the same
+2,000, `messages_age_s` 900 s), early-reversal tombstones (`tombstones_max` 10,000, the same
 age) and postings (`postings_max` 20,000) are kept in insertion order, the oldest dropped by
 count and by age (the store has them: a repeat, tombstone or posting not in memory is read
 from it, found through the Bloom filters of switch/authorize/seen.py); cards, merchants and
@@ -17,7 +17,6 @@ day and month (an older period is read from the store, which is how a late rever
 
 from __future__ import annotations
 
-import sys
 from array import array
 from collections import OrderedDict
 from datetime import datetime
@@ -124,36 +123,134 @@ class CardCounters(PeriodCounters):
         return self.count
 
 
-class CardsById:
-    """Cached cards by id: card ids are dense (1, 2, …), so a list of references (8 bytes a
-    card) rather than a dict (≈ 100 bytes a card with its int key)."""
+class _Codes:
+    """The few distinct values of a column (program, expiry month, status) as small codes."""
 
-    __slots__ = ("slots",)
+    __slots__ = ("values", "codes")
 
     def __init__(self) -> None:
-        self.slots: list[CardState | None] = []
+        self.values: list[str] = []
+        self.codes: dict[str, int] = {}
 
-    def get(self, card_id: int) -> CardState | None:
-        slots = self.slots
-        return slots[card_id] if 0 <= card_id < len(slots) else None
+    def code(self, value: str) -> int:
+        code = self.codes.get(value)
+        if code is None:
+            code = self.codes[value] = len(self.values)
+            self.values.append(value)
+        return code
+
+
+class CardTable:
+    """The cached cards, in columns indexed by card id (card ids are dense: 1, 2, …), a
+    CardState built for whoever asks. A hot card costs ≈ 200 bytes (its PAN as an int key, a
+    dict entry, eight bytes each of cash, cashback and receivable, a few of codes), where a
+    CardState object with its strings and two dict entries cost ≈ 450 (docs/architecture.md
+    "Memory bounds"). A card's row changes only here (set_*), after its commit."""
+
+    __slots__ = ("ids", "keys", "cash", "cashback", "receivable", "tries", "blocked", "status", "program",
+                 "expiry", "member", "pvv", "members", "member_codes", "codes")
+
+    def __init__(self) -> None:
+        self.ids: dict[int, int] = {}                 # PAN key → card id
+        self.keys: list[int | None] = []              # card id → PAN key (None: not cached)
+        self.cash, self.cashback, self.receivable = array("q"), array("q"), array("q")
+        self.tries, self.blocked = bytearray(), bytearray()
+        self.status, self.program = bytearray(), bytearray()
+        self.expiry = array("H")
+        self.member = array("l")                      # card id → member code
+        self.pvv: dict[int, str] = {}                 # card id → PVV, for cards that have one
+        self.members: list[str] = []                  # member code → member id
+        self.member_codes: dict[str, int] = {}
+        self.codes = (_Codes(), _Codes(), _Codes())   # status, program, expiry
+
+    @staticmethod
+    def key(pan: str) -> int:
+        """A PAN as an int (half the memory of its string); the leading 1 keeps leading zeros."""
+        return int("1" + pan)
 
     def put(self, card: CardState) -> None:
-        slots = self.slots
-        if card.id >= len(slots):
-            slots.extend([None] * (card.id + 1 - len(slots)))
-        slots[card.id] = card
+        cid = card.id
+        if cid >= len(self.keys):
+            grow = cid + 1 - len(self.keys)
+            self.keys.extend([None] * grow)
+            zeros = bytes(8 * grow)
+            for column in (self.cash, self.cashback, self.receivable):
+                column.frombytes(zeros)
+            for column in (self.tries, self.blocked, self.status, self.program):
+                column.extend(bytes(grow))
+            self.expiry.frombytes(bytes(2 * grow))
+            self.member.frombytes(bytes(self.member.itemsize * grow))
+        key = self.key(card.pan)
+        self.ids[key] = cid
+        self.keys[cid] = key
+        self.cash[cid], self.cashback[cid], self.receivable[cid] = card.cash, card.cashback, card.receivable
+        self.tries[cid], self.blocked[cid] = card.pin_tries, int(card.pin_blocked)
+        status, program, expiry = self.codes
+        self.status[cid], self.program[cid] = status.code(card.status), program.code(card.program)
+        self.expiry[cid] = expiry.code(card.expiry)
+        code = self.member_codes.get(card.member)
+        if code is None:
+            code = self.member_codes[card.member] = len(self.members)
+            self.members.append(card.member)
+        self.member[cid] = code
+        if card.pvv:
+            self.pvv[cid] = card.pvv
+        else:
+            self.pvv.pop(cid, None)
 
-    def __getitem__(self, card_id: int) -> CardState:
-        card = self.get(card_id)
+    def get(self, card_id: int) -> CardState | None:
+        keys = self.keys
+        if not 0 <= card_id < len(keys) or keys[card_id] is None:
+            return None
+        status, program, expiry = self.codes
+        return CardState(card_id, str(keys[card_id])[1:], program.values[self.program[card_id]],
+                         self.members[self.member[card_id]], expiry.values[self.expiry[card_id]],
+                         status.values[self.status[card_id]], self.cash[card_id], self.cashback[card_id],
+                         self.receivable[card_id], self.pvv.get(card_id, ""), self.tries[card_id],
+                         bool(self.blocked[card_id]))
+
+    def by_pan(self, pan: str) -> CardState | None:
+        if not pan.isdigit():
+            return None
+        cid = self.ids.get(self.key(pan))
+        return None if cid is None else self.get(cid)
+
+    def holds(self, card_id: int) -> bool:
+        return 0 <= card_id < len(self.keys) and self.keys[card_id] is not None
+
+    def set_balances(self, card_id: int, cash: int, cashback: int, receivable: int) -> None:
+        if self.holds(card_id):
+            self.cash[card_id], self.cashback[card_id], self.receivable[card_id] = cash, cashback, receivable
+
+    def set_pin_tries(self, card_id: int, tries: int, blocked: bool) -> None:
+        if self.holds(card_id):
+            self.tries[card_id], self.blocked[card_id] = tries, int(blocked)
+
+    def set_status(self, card_id: int, status: str) -> None:
+        if self.holds(card_id):
+            self.status[card_id] = self.codes[0].code(status)
+
+    def set_pvv(self, card_id: int, pvv: str) -> None:
+        if self.holds(card_id):
+            if pvv:
+                self.pvv[card_id] = pvv
+            else:
+                self.pvv.pop(card_id, None)
+
+    def __getitem__(self, pan: str) -> CardState:
+        card = self.by_pan(pan)
         if card is None:
-            raise KeyError(card_id)
+            raise KeyError("card not cached")  # never the PAN itself in an error
         return card
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class HotState:
     """Caches keyed like the store; the View of switch/authorize/decide.py."""
 
-    def __init__(self, reader: SqliteReader, *, ledger_id: str = "", messages_max: int = 10_000,
+    def __init__(self, reader: SqliteReader, *, ledger_id: str = "", messages_max: int = 2_000,
                  messages_age_s: float = 900.0, tombstones_max: int = 10_000, postings_max: int = 20_000) -> None:
         self.reader = reader
         self.ledger_id = ledger_id
@@ -167,8 +264,7 @@ class HotState:
     def clear(self) -> None:
         """Forget everything (after a failed commit): the next requests reload from the store."""
         self.epoch += 1
-        self.cards: dict[str, CardState] = {}
-        self.cards_by_id = CardsById()
+        self.cards = CardTable()
         self.merchants: dict[str, Merchant] = {}
         self.terminals: dict[str, Terminal] = {}
         # the current day's and month's counters only (PeriodCounters)
@@ -192,27 +288,20 @@ class HotState:
     # ------------------------------------------------------------------ loading (may read the store)
 
     def load_card(self, pan: str) -> CardState | None:
-        card = self.cards.get(pan)
+        card = self.cards.by_pan(pan)
         if card is None:
             card = self.reader.card_by_pan(pan)
             if card is not None:
-                self._cache_card(card)
+                self.cards.put(card)
         return card
 
     def load_card_by_id(self, card_id: int) -> CardState | None:
-        card = self.cards_by_id.get(card_id)
+        card = self.cards.get(card_id)
         if card is None:
             card = self.reader.card_by_id(card_id)
             if card is not None:
-                self._cache_card(card)
+                self.cards.put(card)
         return card
-
-    def _cache_card(self, card: CardState) -> None:
-        # the few distinct values of these columns shared by every card (memory per card)
-        card.program, card.expiry, card.status = sys.intern(card.program), sys.intern(card.expiry), \
-            sys.intern(card.status)
-        self.cards[card.pan] = card
-        self.cards_by_id.put(card)
 
     def load_merchant(self, mid: str) -> Merchant | None:
         m = self.merchants.get(mid)
@@ -329,10 +418,10 @@ class HotState:
     # ------------------------------------------------------------------ the View (memory only)
 
     def card(self, pan: str) -> CardState | None:
-        return self.cards.get(pan)
+        return self.cards.by_pan(pan)
 
     def card_by_id(self, card_id: int) -> CardState | None:
-        return self.cards_by_id.get(card_id)
+        return self.cards.get(card_id)
 
     def merchant(self, mid: str) -> Merchant | None:
         return self.merchants.get(mid)
@@ -380,28 +469,20 @@ class HotState:
                     self.tombstones_seen = self._seen_tombstones()
                 self._remember_tombstone(ch.key)
             elif isinstance(ch, PinTriesSet):
-                card = self.cards_by_id.get(ch.card_id)
-                if card is not None:
-                    card.pin_tries, card.pin_blocked = ch.tries, ch.blocked
+                self.cards.set_pin_tries(ch.card_id, ch.tries, ch.blocked)
             elif isinstance(ch, CardStatusSet):
-                card = self.cards_by_id.get(ch.card_id)
-                if card is not None:
-                    card.status = ch.status
+                self.cards.set_status(ch.card_id, ch.status)
             elif isinstance(ch, CardPvvSet):
-                card = self.cards_by_id.get(ch.card_id)
-                if card is not None:
-                    card.pvv = ch.pvv
+                self.cards.set_pvv(ch.card_id, ch.pvv)
             elif isinstance(ch, CardIssued):
-                self._cache_card(ch.card)
+                self.cards.put(ch.card)
             elif isinstance(ch, MerchantAdded):
                 self.merchants[ch.merchant.mid] = ch.merchant
             elif isinstance(ch, TerminalAdded):
                 self.terminals[ch.terminal.tid] = ch.terminal
 
     def set_balances(self, card_id: int, cash: int, cashback: int, receivable: int) -> None:
-        card = self.cards_by_id.get(card_id)
-        if card is not None:
-            card.cash, card.cashback, card.receivable = cash, cashback, receivable
+        self.cards.set_balances(card_id, cash, cashback, receivable)
 
     def remember_posting(self, p: PostingState) -> None:
         """Cache a posting (purchases also by RRN); beyond postings_max forget the oldest

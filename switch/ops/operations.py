@@ -182,12 +182,14 @@ class Operations:
         self.state.apply(tuple(changes))
 
     async def op_card_charge(self, *, pan: str, amount: int) -> dict[str, Any]:
-        card = self._card(pan)
-        await self.locks.acquire(card.member)  # a purchase of this member decides on the balance after it
+        member = self._card(pan).member  # a card's member never changes
+        await self.locks.acquire(member)  # a purchase of this member decides on the balance after it
         try:
-            return await self._charge(card, pan, amount)
+            # read under the lock: the hot state hands out a snapshot of the card, and a purchase
+            # of the member may have committed while this waited
+            return await self._charge(self._card(pan), pan, amount)
         finally:
-            self.locks.release(card.member)
+            self.locks.release(member)
 
     async def _charge(self, card: CardState, pan: str, amount: int) -> dict[str, Any]:
         now = self.clock.now()
@@ -219,7 +221,7 @@ class Operations:
             rrn=f"{pid:012d}", extra=(("receivable_repaid", repay),)))
         await self._commit(CardMonthCharged(card.id, month, amount), posting=posting, events=events)
         self.state.set_balances(card.id, cash, card.cashback, receivable)
-        return {"pan": mask_pan(pan), "charged": amount, "receivable_repaid": repay, "cash": card.cash,
+        return {"pan": mask_pan(pan), "charged": amount, "receivable_repaid": repay, "cash": cash,
                 "cashback": card.cashback, "posting": pid}
 
     async def _set_status(self, pan: str, status: str) -> dict[str, Any]:
