@@ -108,6 +108,17 @@ async def test_a_full_disk_answers_96_drops_and_counts_log_lines_and_the_switch_
         load.phase = "full"
         await load.until(20, sent="full", what="while the disk is full")
         await load.stop()
+        # the log flusher writes every 50 ms: 20 quick 96s can all fall between two flushes, and
+        # then nothing was ever written to the full disk. Wait until the lines of the 96s are on
+        # stdout (the big disk), then for the flush after that one: both outputs of the flush
+        # that carried the 96s have been written (the file's failed) before the disk is freed.
+        await eventually(lambda: sum(1 for e in json_lines(stream) if e["event"] == "message" and e.get("rc") == "96")
+                         >= 20, what="the 96s' log lines on stdout")
+        marker = sum(1 for _ in json_lines(stream))
+        async with TerminalClient("127.0.0.1", port, dialect) as client:
+            late = await client.request(Terminal(TID, MID, stan=800_000).sign_on())
+        assert late is not None and late["39"] == "00"
+        await eventually(lambda: sum(1 for _ in json_lines(stream)) > marker, what="a later flush on stdout")
         assert proc.poll() is None, "the switch died on the full disk"
 
         (running / "filler").unlink()
@@ -148,7 +159,8 @@ async def test_a_full_disk_answers_96_drops_and_counts_log_lines_and_the_switch_
     assert len(everything) == len(written) + sum(e["count"] for e in drops)
     assert _is_subsequence(written, everything)
     messages = [e for e in everything if e["event"] == "message"]
-    assert len(messages) == len(load.exchanges) + 2  # each purchase, the sign-on, the purchase after
+    # each purchase, two sign-ons (the load's and the flush marker), the purchase after
+    assert len(messages) == len(load.exchanges) + 3
     resumed_line = next(i for i, e in enumerate(kept) if e["event"] == "message" and e.get("stan") == request["11"])
     assert kept.index(drops[-1]) < resumed_line  # said as soon as a write succeeded, before later lines
 
