@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from conftest import LAUNCH, provision, start_switch
+from fault_harness import free_port, listening
 from switch.clock import FixedClock
 from switch.wire.codec import decode_fields, load_dialect
 from switch.wire.framing import FrameBuffer
@@ -39,19 +40,8 @@ async def provisioned(data_dir: Path) -> dict[str, dict]:
         return dict(env.cards)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _listening(port: int, proc: subprocess.Popen) -> bool:
-    assert proc.poll() is None, f"eum switch exited while starting (rc {proc.returncode})"
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class SwitchProcess:
@@ -98,7 +88,7 @@ def running_switch(data_dir: Path, cwd: Path, *flags: str) -> Iterator[SwitchPro
                                  "--clock-start", LAUNCH.isoformat(), *flags],
                                 cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
     try:
-        wait_until(lambda: _listening(port, proc), what=f"eum switch to listen on {port}")
+        wait_until(lambda: listening(port, proc), what=f"eum switch to listen on {port}")
         yield SwitchProcess(proc, port, data_dir)
     finally:
         if proc.poll() is None:

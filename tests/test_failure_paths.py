@@ -41,14 +41,12 @@ import json
 import os
 import resource
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-import pytest
 import structlog
 
 from hsm_mock.config import HsmConfig as HsmServiceConfig
@@ -64,6 +62,7 @@ from terminal_sim.terminal import Terminal
 
 from conftest import (LAUNCH, SwitchEnv, account_balances, card_accounts, entry_count, postings, provision, query,
                       start_switch)
+from fault_harness import free_port, listening
 from hsm_hop import HsmHop
 from waiting import eventually, logged, settled, wait_until
 
@@ -363,20 +362,6 @@ async def test_a_system_error_echoes_the_request_and_carries_no_rrn_authorizatio
 
 
 # ---------------------------------------------------------------------------- a real write failure
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def listening(port: int, proc: subprocess.Popen) -> bool:
-    assert proc.poll() is None, f"eum switch exited while starting (rc {proc.returncode})"
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 async def test_a_real_write_failure_answers_96_posts_nothing_and_the_running_switch_recovers(tmp_path):
