@@ -75,7 +75,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.cli import CHAOS_EXPERIMENTS, add_chaos_arguments  # noqa: E402
 from benchmarks.chaos_load import (Card, Exchange, MutatorRun, RecordingTerminal, Target, now,  # noqa: E402
                                    p99_ms)
-from benchmarks.scale import free_port, machine, rss_mib  # noqa: E402
+from benchmarks.scale import free_port, rss_mib  # noqa: E402
 from switch.ledger.sqlite import SqliteReader  # noqa: E402
 from switch.wire.codec import load_dialect  # noqa: E402
 from terminal_sim.security import TerminalSecurity  # noqa: E402
@@ -995,14 +995,11 @@ def keep_logs(tmp: Path, dest: Path) -> None:
 
 
 def describe() -> dict[str, Any]:
-    m = machine()
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10)
-        if head.returncode == 0:
-            m["git"] = head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    """The machine as `eum bench` describes it (benchmarks/bench.py), and the user running it
+    (a tmpfs in a private namespace needs root or a user namespace)."""
+    from benchmarks.bench import describe_machine
+
+    m = describe_machine()
     m["uid"] = os.geteuid()
     return m
 
