@@ -32,8 +32,11 @@ def add_bench_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> arg
 
 
 def register(sub: Any) -> None:
-    """`eum bench` (entry point `eum.commands`, pyproject.toml)."""
+    """`eum bench` and `eum chaos` (one entry point of `eum.commands`, pyproject.toml: a new
+    subcommand joins this function rather than adding an entry point, so a checkout of an older
+    revision — benchmarks/core_bench.py and ab.py run them — still loads its own `register`)."""
     add_bench_parser(sub, run_bench_cli)
+    register_chaos(sub)
 
 
 def run_bench_cli(args: argparse.Namespace) -> int:
@@ -56,7 +59,7 @@ def run_bench_cli(args: argparse.Namespace) -> int:
 
 
 def register_chaos(sub: Any) -> None:
-    """`eum chaos` (entry point `eum.commands`, pyproject.toml): benchmarks/chaos.py."""
+    """`eum chaos`: benchmarks/chaos.py (registered by `register`)."""
     p = sub.add_parser("chaos", help="the chaos campaign: kill -9, HSM faults, a full disk, mutated frames, junk "
                                      "connections, each held to the ledger",
                        description="Runs the chaos campaign (benchmarks/chaos.py) against real processes on "
