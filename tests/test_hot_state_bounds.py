@@ -166,3 +166,10 @@ def test_the_card_table_gives_back_every_field_it_was_given():
     with pytest.raises(KeyError) as err:
         table["9410000000000047"]
     assert "9410000000000047" not in str(err.value)           # a PAN never in an error
+
+
+def test_the_card_table_answers_none_for_a_pan_that_is_not_ascii_digits():
+    from switch.authorize.state import CardTable
+
+    table = CardTable()
+    assert [table.by_pan(p) for p in ("", "94²0", "٣٣٣٣", "9410 0000")] == [None, None, None, None]

@@ -210,7 +210,7 @@ class CardTable:
                          bool(self.blocked[card_id]))
 
     def by_pan(self, pan: str) -> CardState | None:
-        if not pan.isdigit():
+        if not (pan.isascii() and pan.isdigit()):
             return None
         cid = self.ids.get(self.key(pan))
         return None if cid is None else self.get(cid)
