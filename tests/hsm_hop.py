@@ -8,7 +8,9 @@ command is the test's choice:
 - `hold_pin`: a G0 (DUKPT PIN translation, docs/hsm.md "PIN translation") is swallowed —
   recorded in `swallowed`, never forwarded, so never answered;
 - `cut_after_request_mac`: the reply to the next GW11 is delivered and then the HSM is gone:
-  every connection is dropped and new ones are closed at once, until `restore()`.
+  every connection is dropped and new ones are closed at once, until `restore()`;
+- `refuse`: a command whose label is a key ("GW11", "G0", …) is answered by the hop itself
+  with that error code (docs/hsm.md §4, e.g. 67 over capacity), recorded in `refused`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class HsmHop:
         self.cut_after_request_mac = False
         self.forwarded: list[str] = []
         self.swallowed: list[str] = []
+        self.refuse: dict[str, str] = {}
+        self.refused: list[str] = []
         self.writers: set[asyncio.StreamWriter] = set()
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
@@ -56,8 +60,8 @@ class HsmHop:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         self.writers |= {writer, up_writer}
         watched: set[bytes] = set()  # headers of request-MAC checks after which the HSM goes
-        await asyncio.gather(self._commands(reader, up_writer, watched), self._replies(up_reader, writer, watched),
-                             return_exceptions=True)
+        await asyncio.gather(self._commands(reader, up_writer, watched, writer),
+                             self._replies(up_reader, writer, watched), return_exceptions=True)
         for w in (writer, up_writer):
             w.close()
             self.writers.discard(w)
@@ -68,7 +72,7 @@ class HsmHop:
         return await reader.readexactly(size)
 
     async def _commands(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter,
-                        watched: set[bytes]) -> None:
+                        watched: set[bytes], writer: asyncio.StreamWriter) -> None:
         while True:
             payload = await self._frame(reader)
             if not self.up:
@@ -77,6 +81,11 @@ class HsmHop:
             label = code + (payload[6:8].decode() if code == "GW" else "")
             if code == "G0" and self.hold_pin:
                 self.swallowed.append(label)
+                continue
+            if label in self.refuse:  # the response code is the command's with its second letter + 1
+                self.refused.append(label)
+                reply = payload[:4] + (code[0] + chr(ord(code[1]) + 1)).encode() + self.refuse[label].encode()
+                writer.write(len(reply).to_bytes(2, "big") + reply)
                 continue
             self.forwarded.append(label)
             if label == "GW11" and self.cut_after_request_mac:

@@ -167,6 +167,64 @@ async def test_a_pin_translation_the_hsm_never_answers_is_declined_91_stores_not
         await hsm.stop()
 
 
+# ---------------------------------------------------------------------------- a2: an HSM error of its own
+
+@pytest.mark.parametrize("refused, forwarded, note", [
+    ("GW11", [], "MAC: HSM error 67"),                # the request MAC: nothing else is asked
+    ("G0", ["GW11", "GW42"], "PIN: HSM error 67"),    # the PIN, after the MAC verified; the 91 is MAC'd
+])
+async def test_an_hsm_that_answers_an_error_of_its_own_is_declined_91_stores_nothing_and_the_repeat_is_approved(
+        tmp_path, refused, forwarded, note):
+    """The HSM answers 67 (over capacity: an error of its own, not about the data, docs/hsm.md §4)
+    to the request-MAC check or to the PIN translation. It could not check them: 91, nothing
+    stored, the KSN counter not spent (docs/host-interface.md, 91). Before the fix the MAC case
+    was answered 63 and the PIN case a stored 63 (found by tests/test_simulation.py, seeds 1
+    and 64). When the HSM answers again the 0201 repeat is processed afresh and approved."""
+    hsm = HsmServer(HsmServiceConfig(port=0))
+    await hsm.start()
+    hop = HsmHop(hsm.port)
+    await hop.start()
+    config = HsmConfig(endpoints=(("127.0.0.1", hop.port),), call_timeout_ms=300, health_interval_s=0.05,
+                       reconnect_backoff_s_max=0.1)
+    try:
+        async with start_switch(tmp_path / "var", clock=FixedClock(LAUNCH), hsm=config) as env:
+            db = env.core.db_path
+            await env.op("merchant-add", mid="NAMDONG01", name="Namdong Cafe", district="namdong",
+                         annual_sales=250_000_000)
+            provisioned = await env.op("terminal-add", tid=TID, mid="NAMDONG01", security="dukpt-tdes", keys="test")
+            pan = (await env.op("card-issue", program="namdong", pin=PIN))["pan"]
+            await env.op("card-charge", pan=pan, amount=100_000)  # posting 1
+            security = TerminalSecurity.for_test_keys("dukpt-tdes", provisioned["ksn"])
+            term = Terminal(TID, "NAMDONG01")
+            async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as client:
+                assert (await client.request(term.sign_on()))["39"] == "00"
+                hop.forwarded.clear()
+                hop.refuse = {refused: "67"}
+                with structlog.testing.capture_logs() as events:
+                    answer = await client.request(term.purchase(pan, 20_000), pin=PIN, pan=pan)
+                original = client.last_request
+                assert (hop.commands(), hop.refused) == (forwarded, [refused])
+                assert without(answer, "64") == declined(original, "91")
+                assert [(e["rc"], e.get("note")) for e in logged(events, event="message")] == [("91", note)]
+                assert message_rows(db, TID, original["11"]) == []
+                assert postings(db, "purchase") == []
+                assert query(db, "SELECT ksn_max FROM terminals WHERE tid=?", TID) == [(0,)]
+                assert query(db, "SELECT pin_tries, pin_blocked FROM cards WHERE pan=?", pan) == [(0, 0)]
+
+                hop.refuse = {}
+                hop.forwarded.clear()
+                again = await client.resend(Terminal.repeat(original))
+                assert client.last_request["53"] == original["53"]  # the same KSN: its counter was not spent
+                assert (again["39"], again["37"], again["54"], client.last_response_mac_ok) == (
+                    "00", "000000000002", balances_de54(80_000, 1_500), True)
+                assert hop.commands() == ["GW11", "G0", "EC", "GW42"]
+            assert card_accounts(db, pan) == (80_000, 1_500)
+            assert verify(db).ok
+    finally:
+        await hop.stop()
+        await hsm.stop()
+
+
 # ---------------------------------------------------------------------------- c: dialect refused at start
 
 def free_port() -> int:
