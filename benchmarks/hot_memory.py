@@ -31,12 +31,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs in a fresh interpreter so the figure is the switch's own memory, nothing of the seeding.
-MEASURE = r"""
-import asyncio, gc, json, sys
+PREAMBLE = r"""
+import asyncio, gc, json, random, sqlite3, sys
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-data, pop_path = Path(sys.argv[1]), Path(sys.argv[2])
 from switch.clock import FixedClock
+from switch.domain import luhn_digit
 from switch.ops.runtime import open_core
 from switch.ops import logs
 from switch.authorize.server import Processor
@@ -51,7 +52,9 @@ def rss_mib():
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
 
-async def main():
+@asynccontextmanager
+async def signed_on(data, pop_path):
+    # the switch's core as `eum switch` opens it, with every terminal of the population signed on
     population = json.loads(pop_path.read_text())
     now = datetime.fromisoformat("2025-10-15T12:00:00+09:00")
     dialect = load_dialect("default")
@@ -61,9 +64,17 @@ async def main():
         terminals = [Terminal(t["tid"], t["mid"], now=lambda: now) for t in population["terminals"]]
         for t in terminals:
             await proc.process(Frame(encode_fields(t.sign_on(), dialect)), "bench")
+        yield core, proc, terminals, dialect
+"""
+
+# Every card used once.
+MEASURE = PREAMBLE + r"""
+data, pop_path = Path(sys.argv[1]), Path(sys.argv[2])
+
+async def main():
+    async with signed_on(data, pop_path) as (core, proc, terminals, dialect):
         gc.collect()
         before = rss_mib()
-        import sqlite3
         cards_db = sqlite3.connect(f"file:{data / 'ledger.sqlite3'}?mode=ro", uri=True)
         sem = asyncio.Semaphore(32)
         codes = {}
@@ -95,36 +106,12 @@ asyncio.run(main())
 """
 
 
-HOSTILE = r"""
-import asyncio, gc, json, random, sys
-from datetime import datetime
-from pathlib import Path
+# Hostile purchases: PANs no program has.
+HOSTILE = PREAMBLE + r"""
 data, pop_path, frames = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-from switch.clock import FixedClock
-from switch.domain import luhn_digit
-from switch.ops.runtime import open_core
-from switch.ops import logs
-from switch.authorize.server import Processor
-from switch.wire.codec import decode_fields, encode_fields, load_dialect
-from switch.wire.framing import Frame
-from terminal_sim.terminal import Terminal
-
-def rss_mib():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 async def main():
-    population = json.loads(pop_path.read_text())
-    now = datetime.fromisoformat("2025-10-15T12:00:00+09:00")
-    dialect = load_dialect("default")
-    logs.configure(data_dir=data, name="switch", stream=open(data / "stdout.log", "w"), json_output=True, queued=True)
-    async with open_core(data, clock=FixedClock(now)) as core:
-        proc = Processor(core.engine, dialect)
-        terminals = [Terminal(t["tid"], t["mid"], now=lambda: now) for t in population["terminals"]]
-        for t in terminals:
-            await proc.process(Frame(encode_fields(t.sign_on(), dialect)), "bench")
+    async with signed_on(data, pop_path) as (core, proc, terminals, dialect):
         rng = random.Random(7)
         sem = asyncio.Semaphore(32)
         codes = {}
