@@ -16,6 +16,19 @@ command is the test's choice:
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator
+
+from hsm_mock.config import HsmConfig as HsmServiceConfig
+from hsm_mock.service import HsmServer
+from switch.authorize.hsm_client import HsmConfig
+from switch.clock import FixedClock
+from terminal_sim.security import TerminalSecurity
+from terminal_sim.terminal import Terminal
+
+from conftest import LAUNCH, SwitchEnv, start_switch
 
 
 class HsmHop:
@@ -103,3 +116,39 @@ class HsmHop:
                 await writer.drain()
                 self._drop_all()
                 return
+
+
+@dataclass
+class BehindHop:
+    """A switch whose HSM (a real hsm_mock) answers through an HsmHop, provisioned with one
+    merchant (NAMDONG01), one DUKPT-TDES terminal under the test keys and one Namdong card
+    charged 100,000 (posting 1)."""
+
+    env: SwitchEnv
+    hop: HsmHop
+    pan: str
+    term: Terminal
+    security: TerminalSecurity
+
+
+@asynccontextmanager
+async def switch_behind_hop(data_dir: Path, *, tid: str, pin: str | None = None) -> AsyncIterator[BehindHop]:
+    hsm = HsmServer(HsmServiceConfig(port=0))
+    await hsm.start()
+    hop = HsmHop(hsm.port)
+    await hop.start()
+    config = HsmConfig(endpoints=(("127.0.0.1", hop.port),), call_timeout_ms=300, health_interval_s=0.05,
+                       reconnect_backoff_s_max=0.1)
+    try:
+        async with start_switch(data_dir, clock=FixedClock(LAUNCH), hsm=config) as env:
+            await env.op("merchant-add", mid="NAMDONG01", name="Namdong Cafe", district="namdong",
+                         annual_sales=250_000_000)
+            provisioned = await env.op("terminal-add", tid=tid, mid="NAMDONG01", security="dukpt-tdes", keys="test")
+            issue = {"program": "namdong", **({"pin": pin} if pin is not None else {})}
+            pan = (await env.op("card-issue", **issue))["pan"]
+            await env.op("card-charge", pan=pan, amount=100_000)  # posting 1
+            yield BehindHop(env, hop, pan, Terminal(tid, "NAMDONG01"),
+                            TerminalSecurity.for_test_keys("dukpt-tdes", provisioned["ksn"]))
+    finally:
+        await hop.stop()
+        await hsm.stop()

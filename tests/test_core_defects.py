@@ -23,7 +23,6 @@ SQLite), terminal_sim's DUKPT terminal with a PIN, and `eum switch` as a subproc
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -36,19 +35,15 @@ from typing import AsyncIterator
 import pytest
 import structlog
 
-from hsm_mock.config import HsmConfig as HsmServiceConfig
-from hsm_mock.service import HsmServer
-from switch.authorize.hsm_client import HsmConfig
 from switch.clock import FixedClock
 from switch.ledger.audit import verify
 from switch.rules.policy import default_config_dir
 from switch.wire.codec import DialectError, check_responses, load_dialect
 from terminal_sim.client import TerminalClient
-from terminal_sim.security import TerminalSecurity
 from terminal_sim.terminal import Terminal
 
 from conftest import LAUNCH, SwitchEnv, card_accounts, postings, provision, query, start_switch
-from hsm_hop import HsmHop
+from hsm_hop import switch_behind_hop
 from waiting import eventually, logged
 
 EUM_SCRIPT = Path(sys.executable).parent / "eum"
@@ -107,64 +102,48 @@ async def test_a_pin_translation_the_hsm_never_answers_is_declined_91_stores_not
     terminal's 0201 repeat — re-sent under the original's KSN and PIN block (docs/security.md) —
     is processed afresh and approved, posted once. The old engine committed the 91 with the
     message (its repeat was replayed 91) and persisted the KSN counter."""
-    hsm = HsmServer(HsmServiceConfig(port=0))
-    await hsm.start()
-    hop = HsmHop(hsm.port)
-    await hop.start()
-    config = HsmConfig(endpoints=(("127.0.0.1", hop.port),), call_timeout_ms=300, health_interval_s=0.05,
-                       reconnect_backoff_s_max=0.1)
-    try:
-        async with start_switch(tmp_path / "var", clock=FixedClock(LAUNCH), hsm=config) as env:
-            db = env.core.db_path
-            await env.op("merchant-add", mid="NAMDONG01", name="Namdong Cafe", district="namdong",
-                         annual_sales=250_000_000)
-            provisioned = await env.op("terminal-add", tid=TID, mid="NAMDONG01", security="dukpt-tdes", keys="test")
-            pan = (await env.op("card-issue", program="namdong", pin=PIN))["pan"]
-            await env.op("card-charge", pan=pan, amount=100_000)  # posting 1
-            security = TerminalSecurity.for_test_keys("dukpt-tdes", provisioned["ksn"])
-            term = Terminal(TID, "NAMDONG01")
-            async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as client:
-                assert (await client.request(term.sign_on()))["39"] == "00"
-                hop.forwarded.clear()
-                hop.hold_pin = True
-                with structlog.testing.capture_logs() as events:
-                    answer = await client.request(term.purchase(pan, 20_000), pin=PIN, pan=pan)
-                original = client.last_request
-                assert (hop.commands(), hop.swallowed) == (["GW11"], ["G0"])  # MAC checked, PIN never answered
-                assert without(answer, "64") == declined(original, "91")
-                assert [(e["rc"], e.get("note")) for e in logged(events, event="message")] == [
-                    ("91", "HSM unavailable")]
-                # nothing stored: no message, no posting, no KSN counter persisted, no PIN try counted
-                assert message_rows(db, TID, original["11"]) == []
-                assert postings(db, "purchase") == []
-                assert card_accounts(db, pan) == (100_000, 0)
-                assert query(db, "SELECT ksn_max FROM terminals WHERE tid=?", TID) == [(0,)]
-                assert query(db, "SELECT pin_tries, pin_blocked FROM cards WHERE pan=?", pan) == [(0, 0)]
-                assert env.core.state.messages.get((TID, original["11"], original["7"])) is None
+    async with switch_behind_hop(tmp_path / "var", tid=TID, pin=PIN) as setup:
+        env, hop, pan, term, security = setup.env, setup.hop, setup.pan, setup.term, setup.security
+        db = env.core.db_path
+        async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as client:
+            assert (await client.request(term.sign_on()))["39"] == "00"
+            hop.forwarded.clear()
+            hop.hold_pin = True
+            with structlog.testing.capture_logs() as events:
+                answer = await client.request(term.purchase(pan, 20_000), pin=PIN, pan=pan)
+            original = client.last_request
+            assert (hop.commands(), hop.swallowed) == (["GW11"], ["G0"])  # MAC checked, PIN never answered
+            assert without(answer, "64") == declined(original, "91")
+            assert [(e["rc"], e.get("note")) for e in logged(events, event="message")] == [
+                ("91", "HSM unavailable")]
+            # nothing stored: no message, no posting, no KSN counter persisted, no PIN try counted
+            assert message_rows(db, TID, original["11"]) == []
+            assert postings(db, "purchase") == []
+            assert card_accounts(db, pan) == (100_000, 0)
+            assert query(db, "SELECT ksn_max FROM terminals WHERE tid=?", TID) == [(0,)]
+            assert query(db, "SELECT pin_tries, pin_blocked FROM cards WHERE pan=?", pan) == [(0, 0)]
+            assert env.core.state.messages.get((TID, original["11"], original["7"])) is None
 
-                hop.hold_pin = False
-                await eventually(lambda: env.core.hsm.healthy, what="the switch to see the HSM healthy again")
-                hop.forwarded.clear()
-                again = await client.resend(Terminal.repeat(original))
-                assert client.last_request["53"] == original["53"]  # the same KSN: its counter was not spent
-                assert again["39"] == "00", f"the repeat under the original's KSN was answered {again['39']}"
-                assert (again["t"], again["37"], again["38"], again["54"], client.last_response_mac_ok) == (
-                    "0210", "000000000002", "000002", balances_de54(80_000, 1_500), True)
-                # processed afresh: its MAC and PIN checked by the HSM, its response MAC'd
-                assert hop.commands() == ["GW11", "G0", "EC", "GW42"]
-                replay = await client.resend(Terminal.repeat(original))
-                assert without(replay, "64") == without(again, "64")  # now the stored answer
+            hop.hold_pin = False
+            await eventually(lambda: env.core.hsm.healthy, what="the switch to see the HSM healthy again")
+            hop.forwarded.clear()
+            again = await client.resend(Terminal.repeat(original))
+            assert client.last_request["53"] == original["53"]  # the same KSN: its counter was not spent
+            assert again["39"] == "00", f"the repeat under the original's KSN was answered {again['39']}"
+            assert (again["t"], again["37"], again["38"], again["54"], client.last_response_mac_ok) == (
+                "0210", "000000000002", "000002", balances_de54(80_000, 1_500), True)
+            # processed afresh: its MAC and PIN checked by the HSM, its response MAC'd
+            assert hop.commands() == ["GW11", "G0", "EC", "GW42"]
+            replay = await client.resend(Terminal.repeat(original))
+            assert without(replay, "64") == without(again, "64")  # now the stored answer
 
-            assert [(p["id"], p["stan"], p["amount"]) for p in postings(db, "purchase")] == [
-                (2, original["11"], 20_000)]
-            assert message_rows(db, TID, original["11"]) == [("0200", "00", 2)]
-            assert card_accounts(db, pan) == (80_000, 1_500)
-            counter = int(original["53"], 16) & ((1 << 21) - 1)  # docs/security.md: the 21-bit counter
-            assert query(db, "SELECT ksn_max FROM terminals WHERE tid=?", TID) == [(counter,)]
-            assert verify(db).ok
-    finally:
-        await hop.stop()
-        await hsm.stop()
+        assert [(p["id"], p["stan"], p["amount"]) for p in postings(db, "purchase")] == [
+            (2, original["11"], 20_000)]
+        assert message_rows(db, TID, original["11"]) == [("0200", "00", 2)]
+        assert card_accounts(db, pan) == (80_000, 1_500)
+        counter = int(original["53"], 16) & ((1 << 21) - 1)  # docs/security.md: the 21-bit counter
+        assert query(db, "SELECT ksn_max FROM terminals WHERE tid=?", TID) == [(counter,)]
+        assert verify(db).ok
 
 
 # ---------------------------------------------------------------------------- a2: an HSM error of its own
@@ -180,49 +159,33 @@ async def test_an_hsm_that_answers_an_error_of_its_own_is_declined_91_stores_not
     stored, the KSN counter not spent (docs/host-interface.md, 91). Before the fix the MAC case
     was answered 63 and the PIN case a stored 63 (found by tests/test_simulation.py, seeds 1
     and 64). When the HSM answers again the 0201 repeat is processed afresh and approved."""
-    hsm = HsmServer(HsmServiceConfig(port=0))
-    await hsm.start()
-    hop = HsmHop(hsm.port)
-    await hop.start()
-    config = HsmConfig(endpoints=(("127.0.0.1", hop.port),), call_timeout_ms=300, health_interval_s=0.05,
-                       reconnect_backoff_s_max=0.1)
-    try:
-        async with start_switch(tmp_path / "var", clock=FixedClock(LAUNCH), hsm=config) as env:
-            db = env.core.db_path
-            await env.op("merchant-add", mid="NAMDONG01", name="Namdong Cafe", district="namdong",
-                         annual_sales=250_000_000)
-            provisioned = await env.op("terminal-add", tid=TID, mid="NAMDONG01", security="dukpt-tdes", keys="test")
-            pan = (await env.op("card-issue", program="namdong", pin=PIN))["pan"]
-            await env.op("card-charge", pan=pan, amount=100_000)  # posting 1
-            security = TerminalSecurity.for_test_keys("dukpt-tdes", provisioned["ksn"])
-            term = Terminal(TID, "NAMDONG01")
-            async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as client:
-                assert (await client.request(term.sign_on()))["39"] == "00"
-                hop.forwarded.clear()
-                hop.refuse = {refused: "67"}
-                with structlog.testing.capture_logs() as events:
-                    answer = await client.request(term.purchase(pan, 20_000), pin=PIN, pan=pan)
-                original = client.last_request
-                assert (hop.commands(), hop.refused) == (forwarded, [refused])
-                assert without(answer, "64") == declined(original, "91")
-                assert [(e["rc"], e.get("note")) for e in logged(events, event="message")] == [("91", note)]
-                assert message_rows(db, TID, original["11"]) == []
-                assert postings(db, "purchase") == []
-                assert query(db, "SELECT ksn_max FROM terminals WHERE tid=?", TID) == [(0,)]
-                assert query(db, "SELECT pin_tries, pin_blocked FROM cards WHERE pan=?", pan) == [(0, 0)]
+    async with switch_behind_hop(tmp_path / "var", tid=TID, pin=PIN) as setup:
+        env, hop, pan, term, security = setup.env, setup.hop, setup.pan, setup.term, setup.security
+        db = env.core.db_path
+        async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as client:
+            assert (await client.request(term.sign_on()))["39"] == "00"
+            hop.forwarded.clear()
+            hop.refuse = {refused: "67"}
+            with structlog.testing.capture_logs() as events:
+                answer = await client.request(term.purchase(pan, 20_000), pin=PIN, pan=pan)
+            original = client.last_request
+            assert (hop.commands(), hop.refused) == (forwarded, [refused])
+            assert without(answer, "64") == declined(original, "91")
+            assert [(e["rc"], e.get("note")) for e in logged(events, event="message")] == [("91", note)]
+            assert message_rows(db, TID, original["11"]) == []
+            assert postings(db, "purchase") == []
+            assert query(db, "SELECT ksn_max FROM terminals WHERE tid=?", TID) == [(0,)]
+            assert query(db, "SELECT pin_tries, pin_blocked FROM cards WHERE pan=?", pan) == [(0, 0)]
 
-                hop.refuse = {}
-                hop.forwarded.clear()
-                again = await client.resend(Terminal.repeat(original))
-                assert client.last_request["53"] == original["53"]  # the same KSN: its counter was not spent
-                assert (again["39"], again["37"], again["54"], client.last_response_mac_ok) == (
-                    "00", "000000000002", balances_de54(80_000, 1_500), True)
-                assert hop.commands() == ["GW11", "G0", "EC", "GW42"]
-            assert card_accounts(db, pan) == (80_000, 1_500)
-            assert verify(db).ok
-    finally:
-        await hop.stop()
-        await hsm.stop()
+            hop.refuse = {}
+            hop.forwarded.clear()
+            again = await client.resend(Terminal.repeat(original))
+            assert client.last_request["53"] == original["53"]  # the same KSN: its counter was not spent
+            assert (again["39"], again["37"], again["54"], client.last_response_mac_ok) == (
+                "00", "000000000002", balances_de54(80_000, 1_500), True)
+            assert hop.commands() == ["GW11", "G0", "EC", "GW42"]
+        assert card_accounts(db, pan) == (80_000, 1_500)
+        assert verify(db).ok
 
 
 # ---------------------------------------------------------------------------- c: dialect refused at start

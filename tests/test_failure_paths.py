@@ -49,21 +49,17 @@ from pathlib import Path
 
 import structlog
 
-from hsm_mock.config import HsmConfig as HsmServiceConfig
-from hsm_mock.service import HsmServer
 from switch.ledger.audit import verify
 from switch.clock import FixedClock
 from switch.wire.codec import load_dialect
-from switch.authorize.hsm_client import HsmConfig
 from switch.ledger.writer import LedgerWriter
 from terminal_sim.client import TerminalClient
-from terminal_sim.security import TerminalSecurity
 from terminal_sim.terminal import Terminal
 
 from conftest import (LAUNCH, SwitchEnv, account_balances, card_accounts, entry_count, postings, provision, query,
                       start_switch)
 from fault_harness import free_port, listening
-from hsm_hop import HsmHop
+from hsm_hop import switch_behind_hop
 from waiting import eventually, logged, settled, wait_until
 
 EUM_SCRIPT = Path(sys.executable).parent / "eum"
@@ -423,47 +419,30 @@ async def test_a_real_write_failure_answers_96_posts_nothing_and_the_running_swi
 
 async def test_an_hsm_lost_before_the_response_mac_declines_91_posts_nothing_and_the_repeat_is_processed_afresh(
         tmp_path):
-    hsm = HsmServer(HsmServiceConfig(port=0))
-    await hsm.start()
-    link = HsmHop(hsm.port)
-    await link.start()
-    config = HsmConfig(endpoints=(("127.0.0.1", link.port),), call_timeout_ms=300, health_interval_s=0.05,
-                       reconnect_backoff_s_max=0.1)
-    try:
-        async with start_switch(tmp_path / "var", clock=FixedClock(LAUNCH), hsm=config) as env:
-            db = env.core.db_path
-            await env.op("merchant-add", mid="NAMDONG01", name="Namdong Cafe", district="namdong",
-                         annual_sales=250_000_000)
-            provisioned = await env.op("terminal-add", tid="T0000001", mid="NAMDONG01", security="dukpt-tdes",
-                                       keys="test")
-            pan = (await env.op("card-issue", program="namdong"))["pan"]
-            await env.op("card-charge", pan=pan, amount=100_000)
-            security = TerminalSecurity.for_test_keys("dukpt-tdes", provisioned["ksn"])
-            term = Terminal("T0000001", "NAMDONG01")
-            async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as client:
-                assert (await client.request(term.sign_on()))["39"] == "00"
-                link.forwarded.clear()
-                link.cut_after_request_mac = True
-                answer = await client.request(term.purchase(pan, 20_000))
-                original = client.last_request
-                # the window was exercised: the request MAC was verified, the response MAC never
-                # reached the HSM, and the HSM was gone when the switch wanted it
-                assert [c for c in link.forwarded if c.startswith("GW")] == ["GW11"] and link.up is False
-                got = (answer["39"], answer.get("37"), client.last_response_mac_ok, len(postings(db, "purchase")))
-                print("answer while the HSM is gone (rc, rrn, response MAC ok, purchases posted):", got)
-                # required (docs/host-interface.md §4, 91; docs/security.md: never an approval
-                # without the HSM's word): declined 91, nothing posted, nothing stored
-                assert answer["39"] == "91", f"answered {answer['39']} with the HSM gone before the response MAC"
-                assert postings(db, "purchase") == []
-                assert message_rows(db, "T0000001", original["11"]) == []
-                assert card_accounts(db, pan) == (100_000, 0)
+    async with switch_behind_hop(tmp_path / "var", tid="T0000001") as setup:
+        env, link, pan, term, security = setup.env, setup.hop, setup.pan, setup.term, setup.security
+        db = env.core.db_path
+        async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as client:
+            assert (await client.request(term.sign_on()))["39"] == "00"
+            link.forwarded.clear()
+            link.cut_after_request_mac = True
+            answer = await client.request(term.purchase(pan, 20_000))
+            original = client.last_request
+            # the window was exercised: the request MAC was verified, the response MAC never
+            # reached the HSM, and the HSM was gone when the switch wanted it
+            assert [c for c in link.forwarded if c.startswith("GW")] == ["GW11"] and link.up is False
+            got = (answer["39"], answer.get("37"), client.last_response_mac_ok, len(postings(db, "purchase")))
+            print("answer while the HSM is gone (rc, rrn, response MAC ok, purchases posted):", got)
+            # required (docs/host-interface.md §4, 91; docs/security.md: never an approval
+            # without the HSM's word): declined 91, nothing posted, nothing stored
+            assert answer["39"] == "91", f"answered {answer['39']} with the HSM gone before the response MAC"
+            assert postings(db, "purchase") == []
+            assert message_rows(db, "T0000001", original["11"]) == []
+            assert card_accounts(db, pan) == (100_000, 0)
 
-                link.restore()
-                await eventually(lambda: env.core.hsm.healthy, what="the switch to see the HSM back")
-                again = await client.resend(Terminal.repeat(original))
-                assert (again["39"], again["54"], client.last_response_mac_ok) == (
-                    "00", balances_de54(80_000, 1_500), True)
-                assert [(p["stan"], p["amount"]) for p in postings(db, "purchase")] == [(original["11"], 20_000)]
-    finally:
-        await link.stop()
-        await hsm.stop()
+            link.restore()
+            await eventually(lambda: env.core.hsm.healthy, what="the switch to see the HSM back")
+            again = await client.resend(Terminal.repeat(original))
+            assert (again["39"], again["54"], client.last_response_mac_ok) == (
+                "00", balances_de54(80_000, 1_500), True)
+            assert [(p["stan"], p["amount"]) for p in postings(db, "purchase")] == [(original["11"], 20_000)]
