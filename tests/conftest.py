@@ -164,3 +164,41 @@ def posting_entries(db_path: Path, posting_id: int) -> dict[str, int]:
     for acc, amount in query(db_path, "SELECT account, amount FROM entries WHERE posting_id=?", posting_id):
         out[acc] = out.get(acc, 0) + amount
     return out
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+# A private cluster (tests/pg_cluster.py) on a free loopback port, never the system server on
+# 5432: one per session, a fresh database per test.
+
+import os  # noqa: E402
+from typing import Iterator  # noqa: E402
+
+from pg_cluster import PgCluster, pg_bindir  # noqa: E402
+
+
+def _pg_missing(reason: str) -> None:
+    """Skip, except under CI (CI=true), where .ci/run installs PostgreSQL: missing there is a defect."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI installs it (.ci/run), so this is a defect", pytrace=False)
+    pytest.skip(f"{reason} (.ci/run installs it)")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One private PostgreSQL cluster for the test session, stopped (and its temp dir removed) at the end."""
+    bindir = pg_bindir()
+    if bindir is None:
+        _pg_missing("PostgreSQL server binaries (initdb, pg_ctl) not found: pg_config --bindir, "
+                    "/usr/lib/postgresql/*/bin, PATH")
+    cluster = PgCluster(bindir=bindir).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster: PgCluster) -> Iterator[str]:
+    """A fresh, empty database on the session's private cluster (its DSN), dropped after the test."""
+    with pg_cluster.database() as dsn:
+        yield dsn
