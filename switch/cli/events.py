@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from switch.ledger.events import STREAMS
+from switch.ledger.store import STORE_HELP, PgDsn, locate
 
 FOLLOW_POLL_S = 0.2
 TAIL_BATCH_MAX = 1000
@@ -29,6 +30,7 @@ def add_events_parser(sub: Any) -> None:
 
     tail = esub.add_parser("tail", help="print events from the outbox (works while a switch runs)")
     tail.add_argument("--data-dir", default="var")
+    tail.add_argument("--store", help=STORE_HELP)
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing events as they are committed")
     tail.add_argument("--last", type=int, default=10, help="start with the last N events (default 10; 0: all)")
     tail.add_argument("--after-seq", type=int, help="start after this outbox sequence number instead")
@@ -42,6 +44,7 @@ def add_events_parser(sub: Any) -> None:
 
     st = esub.add_parser("status", help="outbox size, relay position, backlog and its age, as JSON")
     st.add_argument("--data-dir", default="var")
+    st.add_argument("--store", help=STORE_HELP)
     st.set_defaults(func=cmd_status)
 
     sb = esub.add_parser("subscribe", help="reference consumer: print each event once (dedup on event_id)")
@@ -61,8 +64,8 @@ def add_events_parser(sub: Any) -> None:
 def _reader(data_dir: Path):
     from switch.ledger.outbox import OutboxReader
 
-    db = data_dir / "ledger.sqlite3"
-    if not db.exists():
+    db = locate(data_dir)
+    if not isinstance(db, PgDsn) and not db.exists():
         raise ValueError(f"no ledger at {db}")
     reader = OutboxReader(db)
     if not reader.has_outbox():  # a store no switch of this version has opened yet

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from switch.clock import Clock, OffsetClock, SystemClock, parse_instant
 from switch.ops.config import SwitchConfig
+from switch.ledger.store import STORE_ENV, STORE_HELP, store_url
 from switch.wire.transport import parse_hostport
 from switch.wire.transport import run as _run
 
@@ -292,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("switch", help="run the switch (ISO 8583 over TCP)")
     sw.add_argument("--listen", default="127.0.0.1:8583", help="HOST:PORT (default 127.0.0.1:8583)")
     sw.add_argument("--data-dir", default="var", help="ledger and logs (default ./var)")
+    sw.add_argument("--store", help=STORE_HELP)
     sw.add_argument("--dialect", default="default", help="config/dialects/NAME.toml (default: default)")
     sw.add_argument("--clock-start", help="run the clock from this instant, e.g. 2019-07-20T12:00:00+09:00")
     sw.add_argument("--hsm", help="HOST:PORT[,HOST:PORT…] of the HSMs, in failover order (eum hsm: 127.0.0.1:1500)")
@@ -322,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ad = sub.add_parser("admin", help="operate on data: merchants, terminals, cards, verify, seed")
     ad.add_argument("--data-dir", default="var")
+    ad.add_argument("--store", help=STORE_HELP)
     ad.add_argument("--json", action="store_true", help="machine-readable output")
     ad.add_argument("--hsm", help="HOST:PORT[,HOST:PORT] of the HSM, for card issue --pin when no switch runs")
     ad.add_argument("--clock-start", help="when no switch runs: date the operation at this instant "
@@ -412,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "json"):
         args.json = False
     try:
+        if getattr(args, "store", None) is not None:
+            # the flag is $EUM_STORE for this process: every ledger reader and writer it opens
+            # (and any command it runs) finds the same store (switch/ledger/store.py, locate)
+            url = store_url(args.store)
+            os.environ[STORE_ENV] = url or "sqlite"
         return args.func(args) or 0
     except KeyboardInterrupt:
         return 130

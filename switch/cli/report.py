@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from switch.ledger.store import STORE_HELP, locate
 from switch.ledger.reports import TABLES, Period, Report, ReportError, build_report, table
 
 TEXT_COLUMNS = frozenset({"mid", "name", "district", "channel", "program", "date", "account"})
@@ -41,6 +42,7 @@ def add_report_parser(sub: Any) -> argparse.ArgumentParser:
     monthly.add_argument("--month", required=True, help="YYYY-MM (KST)")
     for sp in (daily, monthly):
         sp.add_argument("--data-dir", default="var", help="the switch's data dir (default ./var)")
+        sp.add_argument("--store", help=STORE_HELP)
         sp.add_argument("--csv", action="store_true", help="write one table as CSV to stdout (see --table)")
         sp.add_argument("--table", choices=TABLES, default="merchants",
                         help="the table --csv writes (default merchants)")
@@ -56,7 +58,7 @@ def run_report(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int
     out = stdout or sys.stdout
     try:
         period = Period.day(args.date) if args.report_kind == "daily" else Period.month(args.month)
-        report = build_report(Path(args.data_dir) / "ledger.sqlite3", period, verify=args.verify)
+        report = build_report(locate(Path(args.data_dir)), period, verify=args.verify)
     except ReportError as exc:
         print(f"eum report: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from switch.domain import mask_pan
-from switch.ledger.store import connect
+from switch.ledger.store import Store, connect
 
 
 @dataclass
@@ -21,7 +21,7 @@ class VerifyResult:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-def verify(db_path: Path) -> VerifyResult:
+def verify(db_path: Store) -> VerifyResult:
     """Prove the ledger: every posting balances, all accounts sum to zero, every account's
     balance equals its entries (so each card's cash and cashback do), no card balance is
     negative, every entry belongs to a posting, no message key posted twice, and the event
@@ -128,7 +128,7 @@ def _verify_outbox(conn: sqlite3.Connection, stats: dict[str, int]) -> str:
     return ""
 
 
-def card_statement(db_path: Path, pan: str, *, recent: int = 10) -> dict[str, Any] | None:
+def card_statement(db_path: Store, pan: str, *, recent: int = 10) -> dict[str, Any] | None:
     conn = connect(db_path, readonly=True)
     try:
         row = conn.execute("SELECT id, program, member, expiry, status FROM cards WHERE pan=?", (pan,)).fetchone()

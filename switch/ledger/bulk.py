@@ -76,7 +76,7 @@ class BulkLoad:
                           (posting_id, at, total, json.dumps(detail)))
         self.conn.executemany("INSERT INTO entries(posting_id, account, amount) VALUES (?,?,?)", entries)
         self.conn.executemany("INSERT INTO accounts(name, balance) VALUES (?, ?) "
-                              "ON CONFLICT(name) DO UPDATE SET balance = balance + excluded.balance",
+                              "ON CONFLICT(name) DO UPDATE SET balance = accounts.balance + excluded.balance",
                               [(acc, amt) for _, acc, amt in entries])
         return total
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from switch.ledger.events import STREAMS, topic
-from switch.ledger.store import connect
+from switch.ledger.store import PgDsn, Store, connect
 
 RELAY_NAME = "mqtt"  # the relay's row in outbox_relay
 
@@ -44,13 +44,16 @@ class OutboxStatus:
 
 
 class OutboxReader:
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Store) -> None:
+        self.pg = isinstance(db_path, PgDsn)  # PostgreSQL: its migrations always made the outbox
         self.conn: sqlite3.Connection = connect(db_path, readonly=True)
 
     def close(self) -> None:
         self.conn.close()
 
     def has_outbox(self) -> bool:
+        if self.pg:
+            return True
         return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='outbox'").fetchone() is not None
 
     def rows_after(self, seq: int, *, limit: int, streams: tuple[str, ...] = (), program: str | None = None,
@@ -64,7 +67,7 @@ class OutboxReader:
     def start_of_last(self, n: int, *, streams: tuple[str, ...] = (), program: str | None = None) -> int:
         """The seq to read after so as to get the last `n` matching rows."""
         where, args = _topic_filter(streams, program)
-        row = self.conn.execute(f"SELECT seq FROM outbox WHERE 1{where} ORDER BY seq DESC LIMIT 1 OFFSET ?",
+        row = self.conn.execute(f"SELECT seq FROM outbox WHERE TRUE{where} ORDER BY seq DESC LIMIT 1 OFFSET ?",
                                 (*args, n - 1)).fetchone()
         return row[0] - 1 if row else 0
 

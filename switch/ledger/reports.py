@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from switch.domain import DISTRICTS, KST
-from switch.ledger.store import connect
+from switch.ledger.store import PgDsn, Store, connect
 
 FUNDER_ORDER = ("national", "city", "merchant", *DISTRICTS)
 
@@ -234,8 +234,8 @@ class Report:
 
 # ---------------------------------------------------------------------------- building
 
-def build_report(db_path: Path, period: Period, *, verify: bool = False) -> Report:
-    if not db_path.exists():
+def build_report(db_path: Store, period: Period, *, verify: bool = False) -> Report:
+    if not isinstance(db_path, PgDsn) and not db_path.exists():
         raise ReportError(f"no ledger at {db_path}")
     conn = connect(db_path, readonly=True)
     try:
@@ -349,7 +349,8 @@ def _programs(conn: sqlite3.Connection, w: _Window) -> list[ProgramFigures]:
 
     for program, members, new in conn.execute(
             "WITH firsts AS (SELECT program, member, MIN(kst_day(issued_at)) AS d FROM cards GROUP BY 1, 2) "
-            "SELECT program, SUM(d <= :last), SUM(d BETWEEN :first AND :last) FROM firsts GROUP BY 1", w.params):
+            "SELECT program, SUM(CASE WHEN d <= :last THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN d BETWEEN :first AND :last THEN 1 ELSE 0 END) FROM firsts GROUP BY 1", w.params):
         if members:
             p = figures(program)
             p.members, p.new_members = members, new
@@ -371,7 +372,9 @@ def _programs(conn: sqlite3.Connection, w: _Window) -> list[ProgramFigures]:
 
     # Card entries carry their card in the account name (seeded opening charges have no
     # posting card); cashback expense belongs to the posting's card.
-    card_of_entry = "CASE WHEN e.account LIKE 'card:%' THEN CAST(substr(e.account, 6) AS INTEGER) END"
+    # the card id between 'card:' and the next ':' (portable: PostgreSQL's schema defines instr)
+    card_of_entry = ("CASE WHEN e.account LIKE 'card:%' THEN "
+                     "CAST(substr(e.account, 6, instr(substr(e.account, 6), ':') - 1) AS INTEGER) END")
     rows = conn.execute(
         f"SELECT c.program, p.kind, {_GROUP_SQL.format(a='e.account')} AS g, SUM(e.amount) "
         "FROM postings p JOIN entries e ON e.posting_id = p.id "
@@ -395,7 +398,7 @@ def _programs(conn: sqlite3.Connection, w: _Window) -> list[ProgramFigures]:
 def _platform_members(conn: sqlite3.Connection, w: _Window) -> tuple[int, int, dict[str, int]]:
     """Distinct members at the end of the period, new in it, and members by first day."""
     firsts = dict(conn.execute(
-        "SELECT d, COUNT(*) FROM (SELECT member, MIN(kst_day(issued_at)) AS d FROM cards GROUP BY member) "
+        "SELECT d, COUNT(*) FROM (SELECT member, MIN(kst_day(issued_at)) AS d FROM cards GROUP BY member) AS f "
         "WHERE d <= :last GROUP BY d", w.params).fetchall())
     members = sum(firsts.values())
     new = sum(n for d, n in firsts.items() if d >= w.first)

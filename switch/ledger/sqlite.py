@@ -25,7 +25,7 @@ from switch.ledger.records import (CardDayMoved, CardIssued, CardMonthCharged, C
                                    MerchantAdded, MessageKey, MessageOutcome, MetaSet, OriginalTombstoned, PinTriesSet,
                                    PostingState, PostingUndone, PurchaseDetail, RefundReversalDetail, RelayMarked,
                                    Terminal, TerminalAdded, UndoDetail)
-from switch.ledger.store import connect
+from switch.ledger.store import Store, connect
 
 # ---------------------------------------------------------------------------- posting detail as JSON
 # The column keeps the shape earlier versions wrote (dicts with these keys), so an older
@@ -187,57 +187,54 @@ class _Rows:
         else:  # a record type this adapter does not know: our bug
             raise TypeError(f"unknown change {type(ch).__name__}")
 
-    def write(self, conn: sqlite3.Connection) -> None:
-        run = conn.executemany
-        # reference rows first: a posting may be a new card's first charge
-        if self.merchants:
-            run(_MERCHANT, self.merchants)
-        if self.terminals:
-            run(_TERMINAL, self.terminals)
-        if self.cards:
-            run(_CARD, self.cards)
-        if self.postings:
-            run(_POSTING, self.postings)
-            run(_ENTRY, self.entries)
-        if self.messages:
-            run(_MESSAGE, self.messages)
-        if self.events:
-            run(_EVENT, self.events)
-        if self.accounts:
-            run(_ACCOUNT, sorted(self.accounts.items()))
-        if self.member_months:
-            run(_MEMBER_MONTH, [(m, mo, v) for (m, mo), v in self.member_months.items()])
-        if self.card_days:
-            run(_CARD_DAY, [(c, d, v) for (c, d), v in self.card_days.items()])
-        if self.card_months:
-            run(_CARD_MONTH, [(c, mo, v) for (c, mo), v in self.card_months.items()])
-        if self.undone:
-            run(_UNDONE, [(u, r, pid) for pid, (u, r) in self.undone.items()])
-        if self.tombstones:
-            run(_TOMBSTONE, self.tombstones)
-        if self.pin_tries:
-            run(_PIN_TRIES, list(self.pin_tries.values()))
-        if self.ksn:
-            run(_KSN, [(v, tid) for tid, v in self.ksn.items()])
-        if self.status:
-            run(_STATUS, [(s, cid) for cid, s in self.status.items()])
-        if self.pvv:
-            run(_PVV, [(v, cid) for cid, v in self.pvv.items()])
-        if self.meta:
-            run(_META, list(self.meta.items()))
-        if self.key_groups:
-            run(_KEY_GROUP, self.key_groups)
-        if self.relay:
-            run(_RELAY, list(self.relay.values()))
+    def tables(self) -> dict[str, list[tuple]]:
+        """The group's rows by table, in the order they are written (reference rows first: a
+        posting may be a new card's first charge); the PostgreSQL adapter sends the same rows."""
+        return {
+            "merchants": self.merchants,
+            "terminals": self.terminals,
+            "cards": self.cards,
+            "postings": self.postings,
+            "entries": self.entries,
+            "messages": self.messages,
+            "outbox": self.events,
+            "accounts": sorted(self.accounts.items()),  # sorted: writers lock house accounts in one order
+            "member_months": [(m, mo, v) for (m, mo), v in self.member_months.items()],
+            "card_days": [(c, d, v) for (c, d), v in self.card_days.items()],
+            "card_months": [(c, mo, v) for (c, mo), v in self.card_months.items()],
+            "undone": [(u, r, pid) for pid, (u, r) in self.undone.items()],
+            "tombstones": self.tombstones,
+            "pin_tries": list(self.pin_tries.values()),
+            "ksn": [(v, tid) for tid, v in self.ksn.items()],
+            "status": [(s, cid) for cid, s in self.status.items()],
+            "pvv": [(v, cid) for cid, v in self.pvv.items()],
+            "meta": list(self.meta.items()),
+            "key_groups": self.key_groups,
+            "relay": list(self.relay.values()),
+        }
+
+
+_SQL = {"merchants": _MERCHANT, "terminals": _TERMINAL, "cards": _CARD, "postings": _POSTING, "entries": _ENTRY,
+        "messages": _MESSAGE, "outbox": _EVENT, "accounts": _ACCOUNT, "member_months": _MEMBER_MONTH,
+        "card_days": _CARD_DAY, "card_months": _CARD_MONTH, "undone": _UNDONE, "tombstones": _TOMBSTONE,
+        "pin_tries": _PIN_TRIES, "ksn": _KSN, "status": _STATUS, "pvv": _PVV, "meta": _META,
+        "key_groups": _KEY_GROUP, "relay": _RELAY}
+
+
+def group_rows(commits: Iterable[Commit], committed_at: float) -> dict[str, list[tuple]]:
+    """A group's rows by table (both adapters write these)."""
+    rows = _Rows()
+    for c in commits:
+        rows.add(c, committed_at)
+    return rows.tables()
 
 
 def apply_commits(conn: sqlite3.Connection, commits: Iterable[Commit], *, committed_at: float = 0.0) -> None:
     """Apply a group in the caller's transaction. `committed_at` (unix seconds) stamps the
     group's events, for the relay's lag."""
-    rows = _Rows()
-    for c in commits:
-        rows.add(c, committed_at)
-    rows.write(conn)
+    for table, rows in group_rows(commits, committed_at).items():
+        if rows:
+            conn.executemany(_SQL[table], rows)
 
 
 def commit_group(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None:
@@ -272,9 +269,10 @@ def commit_unsynced(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None
 
 
 class SqliteReader:
-    """Point reads for the hot state's cache misses, as typed records."""
+    """Point reads for the hot state's cache misses, as typed records. On a PostgreSQL store
+    the same SQL runs through switch/ledger/postgres.py's PgConnection."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Store) -> None:
         self.conn: sqlite3.Connection = connect(path, readonly=True)
 
     def close(self) -> None:

@@ -25,9 +25,12 @@ it commits a group of Commits in one transaction (one fsync) through the adapter
 
 from __future__ import annotations
 
+import os
+import re
 import sqlite3
 import uuid
 from pathlib import Path
+from typing import Any, Union
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,7 +99,49 @@ CREATE TABLE IF NOT EXISTS outbox_relay(
 """
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+class PgDsn(str):
+    """A PostgreSQL ledger's address (postgresql://…): switch/ledger/postgres.py."""
+
+
+# Where a ledger lives: the SQLite file in a data dir (the embedded default), or a PostgreSQL
+# database. Every reader and the writer take one of these; `connect` opens either.
+Store = Union[Path, PgDsn]
+
+STORE_ENV = "EUM_STORE"  # the default of every command's --store (as DATABASE_URL is elsewhere)
+
+
+STORE_HELP = ("the ledger: 'sqlite' (the data dir's ledger.sqlite3, the default) or a postgresql://USER@HOST:PORT/DB "
+              f"URL (docs/scale-out.md); default ${STORE_ENV}")
+
+
+def redact(url: str) -> str:
+    """A store URL fit for a log or an error: never its password."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def store_url(store: str | None) -> str | None:
+    """The store a command was given (`--store`), else $EUM_STORE, else None (SQLite)."""
+    chosen = store if store is not None else os.environ.get(STORE_ENV) or None
+    if chosen in (None, "", "sqlite"):
+        return None
+    if not chosen.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"--store: {redact(chosen)!r} is neither 'sqlite' nor a postgresql:// URL")
+    return chosen
+
+
+def locate(data_dir: Path, store: str | None = None) -> Store:
+    """The ledger of a data dir (SQLite), or the PostgreSQL database `store` names."""
+    url = store_url(store)
+    return PgDsn(url) if url is not None else data_dir / "ledger.sqlite3"
+
+
+def connect(path: Store, *, readonly: bool = False) -> Any:
+    """A DB-API connection to the ledger. For PostgreSQL, a thin translation of the same SQL
+    (switch/ledger/postgres.py, PgConnection): the read side is written once."""
+    if isinstance(path, PgDsn):
+        from switch.ledger.postgres import PgConnection
+
+        return PgConnection(path, readonly=readonly)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -159,11 +204,18 @@ def _rekey(conn: sqlite3.Connection, table: str) -> None:
         raise
 
 
-def open_store(data_dir: Path) -> Path:
-    """Create the data dir and the schema on first run; return the database path. New tables
-    (the outbox) are in SCHEMA, whose CREATE … IF NOT EXISTS also upgrades an older store."""
+def open_store(data_dir: Path, store: str | None = None) -> Store:
+    """Create the data dir and the schema on first run; return where the ledger is. New tables
+    (the outbox) are in SCHEMA, whose CREATE … IF NOT EXISTS also upgrades an older store.
+    With a PostgreSQL `store` (or $EUM_STORE), its versioned migrations run instead."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / "ledger.sqlite3"
+    where = locate(data_dir, store)
+    if isinstance(where, PgDsn):
+        from switch.ledger.postgres import migrate
+
+        migrate(where)
+        return where
+    path = where
     conn = connect(path)
     try:
         conn.executescript(SCHEMA)
@@ -189,7 +241,7 @@ def open_store(data_dir: Path) -> Path:
     return path
 
 
-def ledger_id(conn: sqlite3.Connection) -> str:
+def ledger_id(conn: Any) -> str:
     row = conn.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchone()
     assert row is not None, "open_store names every ledger before it is used"
     return row[0]

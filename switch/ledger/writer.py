@@ -30,7 +30,7 @@ import structlog
 
 from switch.ledger.records import Commit, MetaSet
 from switch.ledger.sqlite import commit_group, commit_unsynced
-from switch.ledger.store import LedgerUnavailable, connect, ledger_id
+from switch.ledger.store import LedgerUnavailable, PgDsn, Store, connect, ledger_id
 
 log = structlog.get_logger()
 
@@ -64,7 +64,7 @@ class LedgerWriter:
 
     def __init__(
         self,
-        path: Path,
+        path: Store,
         *,
         batch_size_max: int = 512,
         commit_interval_ms_max: float = 2.0,
@@ -75,8 +75,22 @@ class LedgerWriter:
         self.batch_size_max = batch_size_max
         self.commit_interval_s_max = commit_interval_ms_max / 1000
         self.queue: asyncio.Queue[tuple[Commit, asyncio.Future[None]]] = asyncio.Queue(queue_size_max)
-        self._conn: sqlite3.Connection | None = connect(path)
-        self.ledger_id = ledger_id(self._conn)
+        # SQLite: a connection used on the writer thread. PostgreSQL: an asyncpg connection on
+        # the loop (switch/ledger/postgres.py, PgCommitter), opened by `open`.
+        self._pg: Any = None
+        if isinstance(path, PgDsn):
+            from switch.ledger.postgres import PgCommitter
+
+            self._pg = PgCommitter(path)
+            self._conn: sqlite3.Connection | None = None
+            probe = connect(path, readonly=True)
+            try:
+                self.ledger_id = ledger_id(probe)
+            finally:
+                probe.close()
+        else:
+            self._conn = connect(path)
+            self.ledger_id = ledger_id(self._conn)
         # set after a commit that carried events: the outbox relay waits on it instead of polling
         self.events_committed = asyncio.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
@@ -91,6 +105,12 @@ class LedgerWriter:
         self.reopens = 0         # connections reopened after an I/O error, in all
         self._restart: Restart | None = None  # set on the writer thread by a failed group's I/O error
         self._busy = False
+
+    async def open(self) -> None:
+        """Connect where connecting is a network call (PostgreSQL: takes the writer lock, and
+        raises postgres.WriterBusy when another switch holds it). Before `start`."""
+        if self._pg is not None:
+            await self._pg.open()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
@@ -138,7 +158,10 @@ class LedgerWriter:
         units = [u for u, _ in batch]
         started = time.perf_counter()
         try:
-            await loop.run_in_executor(self._pool, self._write_group, units)
+            if self._pg is not None:
+                await self._pg.commit(units)
+            else:
+                await loop.run_in_executor(self._pool, self._write_group, units)
         except Exception as exc:  # disk full, I/O error, or our bug: nobody gets approved
             self._failed(batch, exc)
             return
@@ -162,7 +185,7 @@ class LedgerWriter:
         reopened the store and fenced the group (`_restart`), so a 96 is final."""
         self.failed_groups += 1
         log.error("ledger_commit_failed", units=len(batch), error=type(exc).__name__,
-                  code=getattr(exc, "sqlite_errorname", "") or "", detail=str(exc))
+                  code=getattr(exc, "sqlite_errorname", "") or getattr(exc, "sqlstate", "") or "", detail=str(exc))
         restart, self._restart = self._restart, None
         if restart is not None:
             detail = {"error": restart.error} if restart.error else {}
@@ -235,3 +258,5 @@ class LedgerWriter:
         self._pool.shutdown(wait=True)
         if self._conn is not None:
             self._conn.close()
+        if self._pg is not None:
+            await self._pg.close()

@@ -16,7 +16,7 @@ from switch.authorize.engine import Engine, MemberLocks
 from switch.authorize.hsm_client import HsmConfig, HsmPool
 from switch.ledger.records import Commit, MetaSet
 from switch.ledger.sqlite import SqliteReader
-from switch.ledger.store import open_store
+from switch.ledger.store import Store, open_store
 from switch.ledger.writer import LedgerWriter
 from switch.ops.operations import Operations
 from switch.ledger.outbox import OutboxReader, OutboxStatus
@@ -59,7 +59,7 @@ class Core:
     writer: LedgerWriter
     engine: Engine
     ops: Operations
-    db_path: Path
+    db_path: Store
     hsm: HsmPool | None = None
     relay: Relay | None = None
 
@@ -68,14 +68,22 @@ class Core:
 async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = None,
                     batch_size_max: int = 512, commit_interval_ms_max: float = 2.0,
                     queue_size_max: int = 8192, hsm: HsmConfig | None = None,
-                    relay: RelayConfig | None = None) -> AsyncIterator[Core]:
+                    relay: RelayConfig | None = None, store: str | None = None) -> AsyncIterator[Core]:
     """Store, hot state, writer, engine and operations for a data dir (caller holds the lock).
-    With `relay`, the outbox is published to that MQTT broker while the core is open."""
+    The ledger is the data dir's SQLite file, or the PostgreSQL database `store` (or
+    $EUM_STORE) names. With `relay`, the outbox is published to that MQTT broker while the core
+    is open."""
     rules = load_rules(config_dir or default_config_dir())
-    db_path = open_store(data_dir)
+    db_path = open_store(data_dir, store)
     reader = SqliteReader(db_path)
     writer = LedgerWriter(db_path, batch_size_max=batch_size_max, commit_interval_ms_max=commit_interval_ms_max,
                           queue_size_max=queue_size_max)
+    try:
+        await writer.open()
+    except BaseException:
+        reader.close()
+        await writer.close()
+        raise
     state = HotState(reader, ledger_id=writer.ledger_id)
     writer.on_failure = state.clear
     writer.start()
@@ -105,7 +113,7 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
         reader.close()
 
 
-def _outbox_status(db_path: Path) -> OutboxStatus:
+def _outbox_status(db_path: Store) -> OutboxStatus:
     reader = OutboxReader(db_path)
     try:
         return reader.status()

@@ -1,0 +1,426 @@
+"""The PostgreSQL adapter of the ledger port: the same records, rows and guarantees as
+switch/ledger/sqlite.py, on a database several processes can share.
+
+Three parts:
+- `migrate`: versioned schema migrations (table `schema_migrations`), run under an advisory
+  lock so two starting processes never race. The tables are SQLite's, typed for PostgreSQL
+  (BIGINT money), with CHECK constraints as a second line of defence: a card's cash and
+  cashback never below zero, a posting's undone part within its amount.
+- `PgCommitter`: the writer's group commit on asyncpg. A group is ONE round trip: the
+  function `ledger_commit` takes every table's rows of the group as arrays (one array per
+  column) and applies them in one statement's transaction, so a group of N approvals costs
+  one call, not N × 8 statements (docs/scale-out.md, "Group commit on PostgreSQL").
+  `synchronous_commit` is set on for the connection: the call returns only when the group
+  is durable, and only then does a response leave (switch/ledger/writer.py). Card balances
+  move by a conditional update (… WHERE balance + delta >= 0) whose row count is checked: a
+  row the guard refuses fails the whole group, as the CHECK would.
+- `PgConnection`: a small DB-API face over psycopg (synchronous) that runs the SQL the read
+  side already speaks (`?` and `:name` parameters, SQLite's `kst_day`, `json_extract` and
+  `instr`, which the schema defines as PostgreSQL functions), so readers, reports, verify and
+  the outbox reader are written once for both stores. The hot state's cache misses read
+  through it too, as they do on SQLite, on the event loop: a point read on 127.0.0.1.
+
+One writer per ledger: the committer holds a session advisory lock (WRITER_LOCK) for as long
+as it is connected; a second switch on the same database refuses to start. Several writers
+by member ownership are the next step (docs/scale-out.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import time
+import uuid
+from typing import Any, Iterable, Sequence
+
+from switch.ledger.records import Commit
+
+WRITER_LOCK = 0x65756D01  # pg advisory lock key held by the ledger's one writer ("eum" 1)
+MIGRATE_LOCK = 0x65756D02  # held while migrations run
+
+# ---------------------------------------------------------------------------- schema, versioned
+
+_SCHEMA_1 = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE accounts(
+    name TEXT PRIMARY KEY,
+    balance BIGINT NOT NULL DEFAULT 0,
+    CONSTRAINT card_money_not_negative
+        CHECK (balance >= 0 OR NOT (name LIKE 'card:%:cash' OR name LIKE 'card:%:cashback'))
+);
+CREATE TABLE merchants(
+    mid TEXT PRIMARY KEY, name TEXT NOT NULL, district TEXT NOT NULL,
+    annual_sales BIGINT NOT NULL CHECK (annual_sales >= 0), category TEXT NOT NULL, online_mall BIGINT NOT NULL
+);
+CREATE TABLE terminals(
+    tid TEXT PRIMARY KEY, mid TEXT NOT NULL REFERENCES merchants(mid), security TEXT NOT NULL,
+    key_lmk TEXT NOT NULL DEFAULT '', ksn_initial TEXT NOT NULL DEFAULT '', ksn_max BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE cards(
+    id BIGINT PRIMARY KEY, pan TEXT UNIQUE NOT NULL, program TEXT NOT NULL,
+    member TEXT NOT NULL, expiry TEXT NOT NULL, status TEXT NOT NULL, issued_at TEXT NOT NULL,
+    pvv TEXT NOT NULL DEFAULT '', pin_tries BIGINT NOT NULL DEFAULT 0, pin_blocked BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX cards_member ON cards(member);
+CREATE TABLE postings(
+    id BIGINT PRIMARY KEY, kind TEXT NOT NULL, at TEXT NOT NULL, card_id BIGINT,
+    mid TEXT, tid TEXT, stan TEXT, rrn TEXT, amount BIGINT NOT NULL CHECK (amount >= 0),
+    fee BIGINT NOT NULL DEFAULT 0, support BIGINT NOT NULL DEFAULT 0,
+    cashback BIGINT NOT NULL DEFAULT 0, original_id BIGINT, undone BIGINT NOT NULL DEFAULT 0,
+    detail TEXT NOT NULL DEFAULT '{}', reversed BIGINT NOT NULL DEFAULT 0,
+    CONSTRAINT undone_within_amount CHECK (undone >= 0 AND (kind NOT IN ('purchase', 'refund') OR undone <= amount))
+);
+CREATE INDEX postings_rrn ON postings(rrn);
+CREATE INDEX postings_card ON postings(card_id);
+CREATE TABLE entries(posting_id BIGINT NOT NULL, account TEXT NOT NULL, amount BIGINT NOT NULL);
+CREATE INDEX entries_posting ON entries(posting_id);
+CREATE TABLE member_months(
+    member TEXT NOT NULL, month TEXT NOT NULL, eligible BIGINT NOT NULL, PRIMARY KEY(month, member));
+CREATE TABLE card_days(
+    card_id BIGINT NOT NULL, day TEXT NOT NULL, spent BIGINT NOT NULL, PRIMARY KEY(day, card_id));
+CREATE TABLE card_months(
+    card_id BIGINT NOT NULL, month TEXT NOT NULL, charged BIGINT NOT NULL, PRIMARY KEY(month, card_id));
+CREATE TABLE messages(
+    tid TEXT NOT NULL, stan TEXT NOT NULL, tx_time TEXT NOT NULL, mti TEXT NOT NULL,
+    digest TEXT NOT NULL, rc TEXT NOT NULL, response TEXT NOT NULL, posting_id BIGINT,
+    at TEXT NOT NULL, PRIMARY KEY(tx_time, tid, stan)
+);
+CREATE TABLE key_groups(
+    name TEXT NOT NULL, profile TEXT NOT NULL, bdk TEXT NOT NULL, kcv TEXT NOT NULL, PRIMARY KEY(name, profile));
+CREATE TABLE tombstones(
+    tid TEXT NOT NULL, stan TEXT NOT NULL, tx_time TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY(tx_time, tid, stan));
+CREATE TABLE outbox(
+    seq BIGSERIAL PRIMARY KEY, event_id TEXT NOT NULL, topic TEXT NOT NULL, type TEXT NOT NULL,
+    posting_id BIGINT NOT NULL, payload TEXT NOT NULL, committed_at DOUBLE PRECISION NOT NULL
+);
+CREATE UNIQUE INDEX outbox_posting_type ON outbox(posting_id, type);
+CREATE TABLE outbox_relay(name TEXT PRIMARY KEY, seq BIGINT NOT NULL, at TEXT NOT NULL);
+
+-- SQLite's functions that the shared read SQL uses (reports, verify), as PostgreSQL functions.
+-- kst_day: the KST calendar day of a stored ISO stamp (switch/ledger/reports.py, kst_day);
+-- a stamp without an offset is Korean local time.
+CREATE FUNCTION kst_day(at TEXT) RETURNS TEXT LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN at IS NULL THEN NULL
+                WHEN right(at, 6) = '+09:00' THEN left(at, 10)
+                WHEN at ~ '(Z|[+-][0-9][0-9]:?[0-9][0-9])$'
+                    THEN to_char(at::timestamptz AT TIME ZONE 'Asia/Seoul', 'YYYY-MM-DD')
+                ELSE left(at, 10) END
+$$;
+-- json_extract of a whole-number field ('$.a' or '$.a.b'): the only use the read side makes of it
+CREATE FUNCTION json_extract(doc TEXT, path TEXT) RETURNS BIGINT LANGUAGE sql IMMUTABLE AS $$
+    SELECT ((doc::jsonb) #>> string_to_array(substr(path, 3), '.'))::BIGINT
+$$;
+CREATE FUNCTION instr(haystack TEXT, needle TEXT) RETURNS INTEGER LANGUAGE sql IMMUTABLE AS $$
+    SELECT strpos(haystack, needle)
+$$;
+"""
+
+# ---------------------------------------------------------------------------- the group commit function
+# One array per column of each table a group writes, in switch/ledger/sqlite.py _Rows' row order.
+COMMIT_TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("merchants", (("mid", "text"), ("name", "text"), ("district", "text"), ("annual_sales", "bigint"),
+                   ("category", "text"), ("online_mall", "bigint"))),
+    ("terminals", (("tid", "text"), ("mid", "text"), ("security", "text"), ("key_lmk", "text"),
+                   ("ksn_initial", "text"))),
+    ("cards", (("id", "bigint"), ("pan", "text"), ("program", "text"), ("member", "text"), ("expiry", "text"),
+               ("status", "text"), ("issued_at", "text"), ("pvv", "text"))),
+    ("postings", (("id", "bigint"), ("kind", "text"), ("at", "text"), ("card_id", "bigint"), ("mid", "text"),
+                  ("tid", "text"), ("stan", "text"), ("rrn", "text"), ("amount", "bigint"), ("fee", "bigint"),
+                  ("support", "bigint"), ("cashback", "bigint"), ("original_id", "bigint"), ("detail", "text"))),
+    ("entries", (("posting_id", "bigint"), ("account", "text"), ("amount", "bigint"))),
+    ("messages", (("tid", "text"), ("stan", "text"), ("tx_time", "text"), ("mti", "text"), ("digest", "text"),
+                  ("rc", "text"), ("response", "text"), ("posting_id", "bigint"), ("at", "text"))),
+    ("outbox", (("event_id", "text"), ("topic", "text"), ("type", "text"), ("posting_id", "bigint"),
+                ("payload", "text"), ("committed_at", "double precision"))),
+    ("accounts", (("name", "text"), ("balance", "bigint"))),
+    ("member_months", (("member", "text"), ("month", "text"), ("eligible", "bigint"))),
+    ("card_days", (("card_id", "bigint"), ("day", "text"), ("spent", "bigint"))),
+    ("card_months", (("card_id", "bigint"), ("month", "text"), ("charged", "bigint"))),
+    ("undone", (("undone", "bigint"), ("reversed", "bigint"), ("posting_id", "bigint"))),
+    ("tombstones", (("tid", "text"), ("stan", "text"), ("tx_time", "text"), ("at", "text"))),
+    ("pin_tries", (("tries", "bigint"), ("blocked", "bigint"), ("card_id", "bigint"))),
+    ("ksn", (("ksn_max", "bigint"), ("tid", "text"))),
+    ("status", (("status", "text"), ("card_id", "bigint"))),
+    ("pvv", (("pvv", "text"), ("card_id", "bigint"))),
+    ("meta", (("key", "text"), ("value", "text"))),
+    ("key_groups", (("name", "text"), ("profile", "text"), ("bdk", "text"), ("kcv", "text"))),
+    ("relay", (("name", "text"), ("seq", "bigint"), ("at", "text"))),
+)
+
+_TAILS = {  # what follows `SELECT * FROM unnest(...)` for the tables that merge rather than insert
+    "member_months": " ON CONFLICT (month, member) DO UPDATE SET eligible = t.eligible + excluded.eligible",
+    "card_days": " ON CONFLICT (day, card_id) DO UPDATE SET spent = t.spent + excluded.spent",
+    "card_months": " ON CONFLICT (month, card_id) DO UPDATE SET charged = t.charged + excluded.charged",
+    "tombstones": " ON CONFLICT DO NOTHING",
+    "meta": " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    "relay": " ON CONFLICT (name) DO UPDATE SET seq = GREATEST(t.seq, excluded.seq), at = excluded.at",
+}
+_UPDATES = {  # tables a group updates in place: (target, SET, key column of the target, key column of the rows)
+    # the conditional update: a card's money moves only while it stays >= 0 (ledger_commit
+    # counts the rows; the CHECK is the second line). Accounts a group names for the first time
+    # are created at 0 just before (a CHECK is tested on an upsert's proposed row, so a
+    # negative delta cannot itself be upserted).
+    "accounts": ("accounts", "balance = t.balance + u.balance", "name", "name"),
+    "undone": ("postings", "undone = t.undone + u.undone, reversed = t.reversed + u.reversed", "id", "posting_id"),
+    "pin_tries": ("cards", "pin_tries = u.tries, pin_blocked = u.blocked", "id", "card_id"),
+    "ksn": ("terminals", "ksn_max = GREATEST(t.ksn_max, u.ksn_max)", "tid", "tid"),
+    "status": ("cards", "status = u.status", "id", "card_id"),
+    "pvv": ("cards", "pvv = u.pvv", "id", "card_id"),
+}
+_TARGET = {"relay": "outbox_relay"}
+
+
+def _param(table: str, col: str) -> str:
+    return f"p_{table}_{col}"
+
+
+def _commit_function() -> str:
+    params, body = [], []
+    for table, cols in COMMIT_TABLES:
+        names = [_param(table, c) for c, _ in cols]
+        params += [f"{n} {t}[]" for n, (_, t) in zip(names, cols)]
+        unnest = f"unnest({', '.join(names)})"
+        if table in _UPDATES:
+            target, sets, key, row_key = _UPDATES[table]
+            stmt = (f"UPDATE {target} t SET {sets} FROM {unnest} AS u({', '.join(c for c, _ in cols)}) "
+                    f"WHERE t.{key} = u.{row_key}")
+            if table == "accounts":
+                stmt = (f"INSERT INTO accounts(name, balance) SELECT name, 0 FROM unnest({names[0]}) AS name "
+                        "ON CONFLICT DO NOTHING;\n        " + stmt
+                        + " AND (t.balance + u.balance >= 0 OR NOT (t.name LIKE 'card:%:cash' "
+                          "OR t.name LIKE 'card:%:cashback'))")
+        else:
+            target = _TARGET.get(table, table)
+            stmt = (f"INSERT INTO {target} AS t({', '.join(c for c, _ in cols)}) SELECT * FROM {unnest}"
+                    + _TAILS.get(table, ""))
+        check = ""
+        if table == "accounts":  # the conditional update: a refused row fails the whole group
+            check = (f"\n        GET DIAGNOSTICS n = ROW_COUNT;\n        IF n <> cardinality({names[0]}) THEN "
+                     "RAISE EXCEPTION 'conditional balance update refused: a card account would go negative' "
+                     "USING ERRCODE = 'check_violation'; END IF;")
+        body.append(f"    IF cardinality({names[0]}) > 0 THEN\n        {stmt};{check}\n    END IF;")
+    return ("CREATE OR REPLACE FUNCTION ledger_commit(\n    " + ",\n    ".join(params) + "\n) RETURNS void "
+            "LANGUAGE plpgsql AS $fn$\nDECLARE n bigint;\nBEGIN\n" + "\n".join(body) + "\nEND\n$fn$;")
+
+
+COMMIT_ARGS = sum(len(cols) for _, cols in COMMIT_TABLES)
+COMMIT_CALL = ("SELECT ledger_commit(" + ", ".join(
+    f"${i + 1}::{t}[]" for i, t in enumerate(t for _, cols in COMMIT_TABLES for _, t in cols)) + ")")
+
+# (version, name, SQL): applied in order, each once, each in its own transaction. A change to
+# the schema or to ledger_commit is a new version; an applied one is never edited.
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (1, "ledger tables, CHECK constraints, SQLite compat functions", _SCHEMA_1),
+    (2, "ledger_commit: one round trip per group", _commit_function()),
+)
+
+
+def migrate(dsn: str) -> list[int]:
+    """Apply the migrations this database lacks; name the ledger on its first open. Returns
+    the versions applied now."""
+    import psycopg
+
+    applied: list[int] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations("
+                         "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            have = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for version, name, sql in MIGRATIONS:
+                if version in have:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql)
+                    conn.execute("INSERT INTO schema_migrations(version, name) VALUES (%s, %s)", (version, name))
+                applied.append(version)
+            # as SQLite's open_store: event ids derive from the ledger's id (events.event_id)
+            conn.execute("INSERT INTO meta(key, value) VALUES ('ledger_id', %s) ON CONFLICT DO NOTHING",
+                         (str(uuid.uuid4()),))
+            conn.execute("INSERT INTO meta(key, value) SELECT 'outbox_since_posting', COALESCE(MAX(id), 0)::text "
+                         "FROM postings ON CONFLICT DO NOTHING")
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
+    return applied
+
+
+# ---------------------------------------------------------------------------- the writer's group commit
+
+
+def commit_args(commits: Sequence[Commit], committed_at: float) -> list[list[Any]]:
+    """The group's rows as ledger_commit's arrays, one per column (COMMIT_TABLES' order)."""
+    from switch.ledger.sqlite import group_rows
+
+    tables = group_rows(commits, committed_at)
+    args: list[list[Any]] = []
+    for table, cols in COMMIT_TABLES:
+        rows = tables[table]
+        if rows:
+            args.extend(list(col) for col in zip(*rows))
+        else:
+            args.extend([] for _ in cols)
+    return args
+
+
+class WriterBusy(RuntimeError):
+    """Another process holds this ledger's writer lock."""
+
+
+# Errors after which the connection, not the group, is in doubt: whether COMMIT happened is unknown.
+def _connection_lost(exc: BaseException) -> bool:
+    import asyncpg
+
+    return isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
+                            asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
+                            asyncpg.AdminShutdownError))
+
+
+class PgCommitter:
+    """The ledger writer's connection: one `ledger_commit` call per group (see the module doc)."""
+
+    def __init__(self, dsn: str, *, call_timeout_s: float = 30.0) -> None:
+        self.dsn = dsn
+        self.call_timeout_s = call_timeout_s
+        self.conn: Any = None
+        self.outcomes_recovered = 0  # groups found committed after the connection was lost mid-call
+
+    async def open(self) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.execute("SET synchronous_commit = on")
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK):
+                raise WriterBusy("another switch writes this ledger (its PostgreSQL writer lock is held)")
+        except BaseException:
+            await conn.close()
+            raise
+        self.conn = conn
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await conn.close()
+
+    async def commit(self, commits: Sequence[Commit]) -> None:
+        """Make the group durable, or raise. A connection lost during the call leaves the
+        outcome unknown: reconnect and look (the group's first message or posting), so a group
+        that did commit is never answered 96."""
+        if self.conn is None:
+            await self.open()
+        args = commit_args(commits, time.time())
+        try:
+            await self.conn.execute(COMMIT_CALL, *args, timeout=self.call_timeout_s)
+        except BaseException as exc:
+            if not _connection_lost(exc):
+                raise
+            await self.close_quietly()
+            await self.open()
+            if await self._landed(commits):
+                self.outcomes_recovered += 1
+                return
+            raise
+
+    async def close_quietly(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def _landed(self, commits: Sequence[Commit]) -> bool:
+        for c in commits:
+            if c.message is not None:
+                return bool(await self.conn.fetchval(
+                    "SELECT EXISTS(SELECT 1 FROM messages WHERE tid=$1 AND stan=$2 AND tx_time=$3)", *c.message.key))
+            if c.posting is not None:
+                return bool(await self.conn.fetchval("SELECT EXISTS(SELECT 1 FROM postings WHERE id=$1)",
+                                                     c.posting.id))
+        return False  # a group of bookkeeping only (relay marks, meta): re-done by its caller if needed
+
+
+# ---------------------------------------------------------------------------- the read side's connection
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@functools.lru_cache(maxsize=512)
+def translate(sql: str, readonly: bool = False) -> str:
+    """The read side's SQLite SQL as psycopg SQL: `?` → %s, `:name` → %(name)s, a literal % doubled;
+    BEGIN IMMEDIATE → BEGIN (a read-only BEGIN is one REPEATABLE READ snapshot, as SQLite's
+    read transaction is); INSERT OR IGNORE → ON CONFLICT DO NOTHING; a PRAGMA does nothing."""
+    head = sql.lstrip().upper()
+    if head.startswith("PRAGMA"):
+        return "SELECT 1 WHERE FALSE"
+    if head.startswith("BEGIN"):
+        return "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" if readonly else "BEGIN"
+    ignore = head.startswith("INSERT OR IGNORE")
+    if ignore:
+        sql = re.sub(r"(?i)INSERT\s+OR\s+IGNORE", "INSERT", sql, count=1)
+    out: list[str] = []
+    i, n, quote = 0, len(sql), ""
+    while i < n:
+        ch = sql[i]
+        if quote:
+            out.append("%%" if ch == "%" else ch)
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+            out.append(ch)
+        elif ch == "?":
+            out.append("%s")
+        elif ch == "%":
+            out.append("%%")
+        elif ch == ":" and i + 1 < n and sql[i + 1] != ":" and (i == 0 or sql[i - 1] != ":"):
+            m = _WORD.match(sql, i + 1)
+            if m:
+                out.append(f"%({m.group()})s")
+                i = m.end()
+                continue
+            out.append(ch)
+        else:
+            out.append(ch)
+        i += 1
+    text = "".join(out)
+    return text + " ON CONFLICT DO NOTHING" if ignore else text
+
+
+class PgConnection:
+    """Just enough of sqlite3.Connection for the read side (see the module doc)."""
+
+    def __init__(self, dsn: str, *, readonly: bool = False) -> None:
+        import psycopg
+        from psycopg.types.numeric import NumericLoader
+
+        class _WholeNumeric(NumericLoader):
+            """SUM(bigint) is numeric in PostgreSQL; money here is whole won: give ints back."""
+
+            def load(self, data: Any) -> Any:
+                value = super().load(data)
+                return int(value) if value == value.to_integral_value() else value
+
+        self.readonly = readonly
+        self._conn = psycopg.connect(dsn, autocommit=True)
+        self._conn.adapters.register_loader("numeric", _WholeNumeric)
+        if readonly:
+            self._conn.execute("SET default_transaction_read_only = on")
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        return self._conn.execute(translate(sql, self.readonly), params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
+        cur = self._conn.cursor()
+        cur.executemany(translate(sql, self.readonly), list(rows))
+        return cur
+
+    def create_function(self, *_: Any, **__: Any) -> None:
+        """The read side's SQLite functions exist in the database (migration 1)."""
+
+    @property
+    def in_transaction(self) -> bool:
+        from psycopg.pq import TransactionStatus
+
+        return self._conn.info.transaction_status != TransactionStatus.IDLE
+
+    def close(self) -> None:
+        self._conn.close()
