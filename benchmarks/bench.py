@@ -22,6 +22,11 @@ After every e2e run and the switch_plain run the switch is stopped, `eum admin v
 pass and the fleet's approvals must equal the ledger's approved postings of that run; otherwise
 the bench writes its results marked failed and raises BenchFailure (non-zero exit).
 
+With --store postgresql (issue 12), after the standard set: a private PostgreSQL cluster
+(benchmarks/pg_cluster.py), a fresh database seeded like the e2e one, and the e2e procedure
+again (capacity, then open loop) with `eum switch --store postgresql://…`; the pg.* keys and
+their ratios to the SQLite e2e of the same bench run; the cluster's own CPU per approval.
+
 Writes <out-dir>/<date>-<host>.json (quick: <date>-<host>-quick.json), a Markdown table of the
 same name (.md) and PNG plots (-latency.png, -throughput.png).
 """
@@ -72,6 +77,10 @@ TARGETS: dict[str, tuple[float, str]] = {
     "scale.rss_mib_1m": (1024, "<="),
     "scale.rss_mib_1m_hot": (512, "<="),
     "switch_plain.cpu_us_per_msg": (100, "<="),
+    # issue 12, one instance on PostgreSQL against SQLite in the same bench run
+    "pg.ratio.e2e_to_sqlite": (0.8, ">="),
+    "pg.switch.cpu_us_over_sqlite": (60, "<="),
+    "pg.postgres.cpu_us_per_auth": (150, "<="),
 }
 REQUIRED_KEYS = (
     "codec.decode_us", "codec.encode_us",
@@ -206,6 +215,11 @@ class Processes:
         raise BenchFailure(f"{name} did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S} s")
 
 
+def store_flag(store: str | None) -> list[str]:
+    """`--store URL` for a PostgreSQL run; always explicit, so $EUM_STORE never picks a bench's ledger."""
+    return ["--store", store or "sqlite"]
+
+
 def eum_command(*args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
     return subprocess.run([*EUM, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
 
@@ -272,10 +286,13 @@ def kst_now_iso() -> str:
     return datetime.now(timezone.utc).astimezone(KST).isoformat(timespec="microseconds")
 
 
-def ledger_approvals(db_path: Path, *, start: str, end: str) -> dict[str, int]:
+def ledger_approvals(db_path: Any, *, start: str, end: str) -> dict[str, int]:
     """Approved postings of a run, by posting kind: messages answered 00 that posted, read
-    read-only after the switch stopped."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    read-only after the switch stopped. db_path: the SQLite file or a PostgreSQL store (PgDsn)."""
+    from switch.ledger.store import PgDsn, connect
+
+    conn = (connect(db_path, readonly=True) if isinstance(db_path, PgDsn)
+            else sqlite3.connect(f"file:{db_path}?mode=ro", uri=True))
     try:
         rows = conn.execute(
             "SELECT p.kind, COUNT(*) FROM messages m JOIN postings p ON p.id = m.posting_id "
@@ -294,14 +311,18 @@ def fleet_posting_approvals(report: Any) -> int:
     return sum(int(report.by_kind.get(kind, {}).get("approved", 0)) for kind in POSTING_KINDS)
 
 
-def check_run(name: str, *, data_dir: Path, report: Any, start: str, end: str) -> dict[str, Any]:
-    """`eum admin verify` and approvals fleet == ledger. Never raises: the caller decides."""
-    verify = eum_command("admin", "--data-dir", str(data_dir), "verify", "--json", timeout_s=120)
+def check_run(name: str, *, data_dir: Path, report: Any, start: str, end: str,
+              store: str | None = None) -> dict[str, Any]:
+    """`eum admin verify` and approvals fleet == ledger. Never raises: the caller decides.
+    store: the PostgreSQL URL the run's ledger is on (None: the data dir's SQLite file)."""
+    from switch.ledger.store import PgDsn
+
+    verify = eum_command("admin", "--data-dir", str(data_dir), *store_flag(store), "verify", "--json", timeout_s=120)
     verified = verify.returncode == 0
     problem = ""
     if not verified:
         problem = f"eum admin verify failed after the {name} run: {(verify.stdout + verify.stderr).strip()}"
-    ledger = ledger_approvals(data_dir / "ledger.sqlite3", start=start, end=end)
+    ledger = ledger_approvals(PgDsn(store) if store else data_dir / "ledger.sqlite3", start=start, end=end)
     ledger_total = sum(ledger.values())
     fleet_total = fleet_posting_approvals(report)
     timeouts = int(getattr(report, "timeouts", 0))
@@ -376,18 +397,24 @@ class SwitchRun:
     hsm_cpu_s: float
     wall_s: float
     check: dict[str, Any]
+    db_cpu_s: float = 0.0   # the PostgreSQL cluster's CPU over the run (0 on SQLite: in the switch)
 
 
 class E2eSuite:
     """plain=False: the e2e ledger (DUKPT-TDES terminals, PIN cards, the switch with --hsm).
     plain=True: the switch_plain ledger in its own files (security none, no PIN, no HSM)."""
 
-    def __init__(self, plan: BenchPlan, tmp: Path, procs: Processes, *, plain: bool = False) -> None:
+    def __init__(self, plan: BenchPlan, tmp: Path, procs: Processes, *, plain: bool = False,
+                 new_store: Any = None) -> None:
+        """new_store: returns the URL of a fresh PostgreSQL database (one per seed attempt);
+        None: the ledger is the data dir's SQLite file."""
         self.plan = plan
         self.tmp = tmp
         self.procs = procs
         self.plain = plain
-        suffix = "-plain" if plain else ""
+        self.new_store = new_store
+        self.store: str | None = None
+        suffix = ("-plain" if plain else "") + ("-pg" if new_store else "")
         self.data_dir = tmp / f"var{suffix}"
         self.population_path = tmp / f"population{suffix}.json"
         self.state_dir = tmp / f"fleet-state{suffix}"
@@ -412,7 +439,8 @@ class E2eSuite:
         hsm = [] if self.plain else ["--hsm", f"127.0.0.1:{self.hsm_port}"]
         for _ in range(SEED_ATTEMPTS_MAX):
             shutil.rmtree(self.data_dir, ignore_errors=True)
-            done = eum_command("admin", "--data-dir", str(self.data_dir), *hsm,
+            self.store = self.new_store() if self.new_store else None
+            done = eum_command("admin", "--data-dir", str(self.data_dir), *store_flag(self.store), *hsm,
                                "--json", "seed", "--cards", str(cards), "--merchants", str(plan.terminals),
                                *security,
                                "--export", str(self.population_path), "--export-cards", str(cards))
@@ -425,11 +453,13 @@ class E2eSuite:
         return {"seconds": round(time.perf_counter() - t0, 2), "failed_attempts": failures, **json.loads(done.stdout)}
 
     def switch_run(self, name: str, *, closed_loop: bool, rate_per_s: float, duration_s: float,
-                   seed: int, terminals: int | None = None, flame: Path | None = None) -> SwitchRun:
-        """flame: record a py-spy flame graph of the switch into this SVG during the run."""
+                   seed: int, terminals: int | None = None, flame: Path | None = None,
+                   db_cpu_now: Any = None) -> SwitchRun:
+        """flame: record a py-spy flame graph of the switch into this SVG during the run.
+        db_cpu_now: the database server's CPU seconds so far (PostgreSQL runs)."""
         port = free_port()
         hsm = [] if self.plain else ["--hsm", f"127.0.0.1:{self.hsm_port}"]
-        self.procs.start("switch", [*EUM, "switch", "--data-dir", str(self.data_dir), "--listen",
+        self.procs.start("switch", [*EUM, "switch", "--data-dir", str(self.data_dir), *store_flag(self.store), "--listen",
                                     f"127.0.0.1:{port}", *hsm, "--log-level", self.plan.switch_log_level])
         spy: FlameGraph | None = None
         try:
@@ -438,12 +468,13 @@ class E2eSuite:
             hsm_cpu_now = (lambda: 0.0) if self.plain else (lambda: process_cpu_s(self.procs.running["hsm"].pid))
             if flame is not None:  # sample all but the run's last seconds: py-spy must end before the switch
                 spy = FlameGraph(pid, flame, max(1, int(duration_s) - 5), log_dir=self.procs.log_dir)
+            db_cpu_now = db_cpu_now or (lambda: 0.0)
             start = kst_now_iso()
-            (user0, sys0), hsm0, t0 = process_cpu_split_s(pid), hsm_cpu_now(), time.perf_counter()
+            (user0, sys0), hsm0, db0, t0 = process_cpu_split_s(pid), hsm_cpu_now(), db_cpu_now(), time.perf_counter()
             report, fleet_cpu = drive(port, self.plan, self.population, self.state_dir, closed_loop=closed_loop,
                                       rate_per_s=rate_per_s, duration_s=duration_s, seed=seed, terminals=terminals)
             wall = time.perf_counter() - t0
-            (user1, sys1), hsm_cpu = process_cpu_split_s(pid), hsm_cpu_now() - hsm0
+            (user1, sys1), hsm_cpu, db_cpu = process_cpu_split_s(pid), hsm_cpu_now() - hsm0, db_cpu_now() - db0
             switch_cpu, switch_sys = (user1 + sys1) - (user0 + sys0), sys1 - sys0
             if spy is not None:
                 spy.finish()
@@ -454,8 +485,8 @@ class E2eSuite:
         end = kst_now_iso()
         if rc != 0:
             raise BenchFailure(f"eum switch exited with {rc} after the {name} run:\n{self.procs.stderr_tail('switch')}")
-        check = check_run(name, data_dir=self.data_dir, report=report, start=start, end=end)
-        return SwitchRun(name, report, switch_cpu, switch_sys, fleet_cpu, hsm_cpu, wall, check)
+        check = check_run(name, data_dir=self.data_dir, report=report, start=start, end=end, store=self.store)
+        return SwitchRun(name, report, switch_cpu, switch_sys, fleet_cpu, hsm_cpu, wall, check, db_cpu)
 
     def ceiling_run(self, *, duration_s: float, seed: int) -> tuple[Any, float, float]:
         port = free_port()
@@ -527,6 +558,86 @@ def run_e2e(plan: BenchPlan, tmp: Path, procs: Processes, *,
                        "responder_cpu_s": round(responder_cpu, 3)}
     runs.update(plain_runs)
     return flat, runs, [capacity.check, e2e.check, half.check, plain_check]
+
+
+def cluster_cpu_s(postmaster_pid: int) -> float:
+    """A PostgreSQL cluster's CPU seconds so far: the postmaster's own, its exited children's
+    (cutime + cstime: backends and autovacuum workers that came and went) and its live
+    children's. A delta over a run is the database's CPU for that run."""
+    def fields(pid: int) -> list[str]:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+    tick = os.sysconf("SC_CLK_TCK")
+    own = fields(postmaster_pid)  # after ")": state ppid … utime(11) stime(12) cutime(13) cstime(14)
+    total = sum(int(own[i]) for i in (11, 12, 13, 14))
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            f = fields(int(entry.name))
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(f[1]) == postmaster_pid:
+            total += int(f[11]) + int(f[12])
+    return total / tick
+
+
+def run_pg(plan: BenchPlan, tmp: Path, procs: Processes, sqlite_flat: dict[str, Any], *,
+           instances: int = 1) -> tuple[dict[str, Any], dict[str, Any], list[dict]]:
+    """Issue 12: the e2e procedure (capacity, then open loop at OFFERED_FRACTION of it) with the
+    ledger on a private PostgreSQL cluster (benchmarks/pg_cluster.py: initdb on a free port,
+    synchronous_commit and fsync on), one switch instance; compared with the SQLite e2e of the
+    same bench run. The cluster's CPU (postmaster and every backend) is measured over the run."""
+    from benchmarks.pg_cluster import PgCluster, pg_bindir
+
+    if instances != 1:
+        raise BenchFailure(f"--instances {instances}: only one switch instance per ledger exists so far "
+                           "(several by member ownership: docs/scale-out.md)")
+    if pg_bindir() is None:
+        raise BenchFailure("--store postgresql: no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    cluster = PgCluster().start()
+    try:
+        suite = E2eSuite(plan, tmp, procs, new_store=cluster.create_database)
+        suite.start_hsm()
+        seeded = suite.seed()
+        postmaster = cluster._postmaster_pid()
+        assert postmaster is not None, "a started cluster has a postmaster"
+        db_cpu = lambda: cluster_cpu_s(postmaster)  # noqa: E731
+        capacity = suite.switch_run("pg_capacity", closed_loop=True, rate_per_s=CLOSED_LOOP_RATE_PER_S,
+                                    duration_s=plan.capacity_s, seed=11, terminals=plan.capacity_terminals,
+                                    db_cpu_now=db_cpu)
+        capacity_per_s = served_per_s(capacity.report)
+        if capacity_per_s <= 0:
+            raise BenchFailure(f"the PostgreSQL capacity run served nothing: by_rc {capacity.report.by_rc}")
+        rate = round(capacity_per_s * OFFERED_FRACTION, 1)
+        e2e = suite.switch_run("pg_e2e", closed_loop=False, rate_per_s=rate, duration_s=plan.e2e_s, seed=12,
+                               db_cpu_now=db_cpu)
+        procs.stop("hsm")
+    finally:
+        cluster.stop()
+    approved = int(e2e.report.approved)
+    per_auth = (lambda cpu_s: round(cpu_s * 1e6 / approved, 1) if approved else float("inf"))
+    pg_e2e = round(float(e2e.report.approved_per_s), 1)
+    flat = {
+        "pg.e2e.approved_per_s": pg_e2e,
+        "pg.e2e.latency_ms.p50": _ms(e2e.report.latency_ms["p50"]),
+        "pg.e2e.latency_ms.p99": _ms(e2e.report.latency_ms["p99"]),
+        "pg.e2e.capacity_per_s": round(capacity_per_s, 1),
+        "pg.switch.cpu_us_per_auth": per_auth(e2e.switch_cpu_s),
+        "pg.postgres.cpu_us_per_auth": per_auth(e2e.db_cpu_s),
+        "pg.hsm.cpu_us_per_auth": per_auth(e2e.hsm_cpu_s),
+    }
+    sqlite_e2e, sqlite_cpu = sqlite_flat["e2e.approved_per_s"], sqlite_flat["switch.cpu_us_per_auth"]
+    flat["pg.ratio.e2e_to_sqlite"] = round(pg_e2e / sqlite_e2e, 3) if sqlite_e2e else float("inf")
+    flat["pg.switch.cpu_us_over_sqlite"] = round(flat["pg.switch.cpu_us_per_auth"] - sqlite_cpu, 1)
+    runs: dict[str, Any] = {"pg_seed": seeded}
+    for r in (capacity, e2e):
+        runs[r.name] = {**summary(r.report), "closed_loop": r.name == "pg_capacity", "wall_s": round(r.wall_s, 2),
+                        "switch_cpu_s": round(r.switch_cpu_s, 3), "postgres_cpu_s": round(r.db_cpu_s, 3),
+                        "hsm_cpu_s": round(r.hsm_cpu_s, 3), "fleet_cpu_s": round(r.fleet_cpu_s, 3), "check": r.check}
+    runs["pg_instances"] = [{"instances": 1, "capacity_per_s": flat["pg.e2e.capacity_per_s"],
+                             "e2e_approved_per_s": pg_e2e}]
+    return flat, runs, [capacity.check, e2e.check]
 
 
 def run_switch_plain(plan: BenchPlan, tmp: Path, procs: Processes) -> tuple[dict[str, Any], dict[str, Any], dict]:
@@ -642,7 +753,7 @@ def markdown(result: dict[str, Any]) -> str:
     if runs:
         lines += ["", "## Runs", "", "| run | loop | offered/s | achieved/s | approved/s | p50 ms | p99 ms | "
                   "p99.9 ms | sent | timeouts | reversals | response codes |", "|---" * 12 + "|"]
-        for name in ("capacity", "e2e", "e2e_half", "ceiling", "switch_plain"):
+        for name in ("capacity", "e2e", "e2e_half", "ceiling", "switch_plain", "pg_capacity", "pg_e2e"):
             r = runs.get(name)
             if not r:
                 continue
@@ -709,7 +820,8 @@ def notes_for(plan: BenchPlan) -> list[str]:
 
 # ---------------------------------------------------------------------------- entry point
 
-def run_bench(quick: bool, out_dir: Path, *, plan: BenchPlan | None = None) -> dict[str, Any]:
+def run_bench(quick: bool, out_dir: Path, *, plan: BenchPlan | None = None, store: str = "sqlite",
+              instances: int = 1) -> dict[str, Any]:
     """Run the standard set, write JSON + Markdown + PNGs into out_dir, return the result.
     Raises BenchFailure (after writing the files, when there is something to write) if a run
     could not be measured or the ledger disagrees with the fleet."""
@@ -720,7 +832,7 @@ def run_bench(quick: bool, out_dir: Path, *, plan: BenchPlan | None = None) -> d
     result: dict[str, Any] = {"date": date.today().isoformat(), "mode": plan.mode, "machine": describe_machine(),
                               "plan": asdict(plan)}
     result.update(codec_bench())
-    stem = result_stem(quick=plan.mode == "quick")
+    stem = result_stem(quick=plan.mode == "quick") + ("-pg" if store == "postgresql" else "")
     flame = None
     if plan.flame_graph:
         py_spy_path()  # missing: fail now, not after the long runs
@@ -730,6 +842,11 @@ def run_bench(quick: bool, out_dir: Path, *, plan: BenchPlan | None = None) -> d
         procs = Processes(tmp)
         try:
             flat, runs, checks = run_e2e(plan, tmp, procs, flame=flame)
+            if store == "postgresql":
+                pg_flat, pg_runs, pg_checks = run_pg(plan, tmp, procs, flat, instances=instances)
+                flat.update(pg_flat)
+                runs.update(pg_runs)
+                checks += pg_checks
         except BenchFailure as exc:
             procs.stop_all()
             kept = keep_logs(tmp, out_dir / f"{stem}-failed-logs")
@@ -789,9 +906,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shorter runs, 100,000 cards for scale (< 3 min)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument("--instances", type=int, default=1)
     args = ap.parse_args(argv)
     try:
-        result = run_bench(args.quick, args.out_dir)
+        result = run_bench(args.quick, args.out_dir, store=args.store, instances=args.instances)
     except BenchFailure as exc:
         print(f"eum bench: FAILED: {exc}", file=sys.stderr)
         return 1

@@ -27,6 +27,10 @@ def add_bench_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> arg
     p.add_argument("--quick", action="store_true", help="shorter runs and 100,000 cards for scale (< 3 minutes)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results",
                    help="where results go (default benchmarks/results)")
+    p.add_argument("--store", dest="bench_store", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="postgresql: after the standard set, the e2e procedure again with the ledger on a private "
+                        "PostgreSQL cluster (pg.* keys, compared with the SQLite run of the same bench)")
+    p.add_argument("--instances", type=int, default=1, help="switch instances on the PostgreSQL ledger (default 1)")
     p.set_defaults(func=func)
     return p
 
@@ -48,7 +52,7 @@ def run_bench_cli(args: argparse.Namespace) -> int:
     from benchmarks.bench import BenchFailure, run_bench
 
     try:
-        result = run_bench(args.quick, Path(args.out_dir))
+        result = run_bench(args.quick, Path(args.out_dir), store=args.bench_store, instances=args.instances)
     except BenchFailure as exc:
         print(f"eum bench: FAILED: {exc}", file=sys.stderr)
         return 1

@@ -183,7 +183,7 @@ class Engine:
 
     async def _new(self, a: Answerer, req: Request, fields: dict[str, str], terminal, sign: Sign | None,
                    counter: int | None) -> Outcome:
-        card = self.state.load_card(req.pan) if req.pan else None
+        card = self.state.load_card_for(req.pan, self.clock.now()) if req.pan else None
         pin = None
         if req.pin_block and req.kind is not Kind.REVERSAL and pin_needs_hsm(card):
             keys = TerminalKeys(terminal.security, terminal.key_lmk, terminal.ksn_initial)

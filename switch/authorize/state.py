@@ -295,6 +295,22 @@ class HotState:
                 self.cards.put(card)
         return card
 
+    def load_card_for(self, pan: str, now: datetime) -> CardState | None:
+        """A card not in memory comes with this month's and day's counters, in one read; a
+        counter already held (another card of the member, a pending change) is kept."""
+        card = self.cards.by_pan(pan)
+        if card is not None:
+            return card
+        month, day = month_key(now), day_key(now)
+        card, eligible, spent = self.reader.card_with_counters(pan, month, day)
+        if card is not None:
+            self.cards.put(card)
+            if not self.member_months.holds(card.member, month):
+                self.member_months.set(card.member, month, eligible)
+            if not self.card_days.holds(card.id, day):
+                self.card_days.set(card.id, day, spent)
+        return card
+
     def load_card_by_id(self, card_id: int) -> CardState | None:
         card = self.cards.get(card_id)
         if card is None:
@@ -385,7 +401,7 @@ class HotState:
         """Load every row the decision on `req` at `now` may read, so that deciding reads
         memory only (switch/authorize/decide.py, View)."""
         self.clock_s = now.timestamp()
-        card = self.load_card(req.pan) if req.pan else None
+        card = self.load_card_for(req.pan, now) if req.pan else None
         if req.merchant:
             self.load_merchant(req.merchant)
         if card is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from switch.clock import Clock, OffsetClock, SystemClock, parse_instant
 from switch.ops.config import SwitchConfig
-from switch.ledger.store import STORE_ENV, STORE_HELP, store_url
+from switch.ledger.store import STORE_ENV, STORE_HELP, StoreUnavailable, store_url
 from switch.wire.transport import parse_hostport
 from switch.wire.transport import run as _run
 
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except KeyboardInterrupt:
         return 130
-    except ValueError as exc:
+    except (ValueError, StoreUnavailable) as exc:
         print(f"eum: {exc}", file=sys.stderr)
         return 2
 

@@ -35,6 +35,7 @@ import uuid
 from typing import Any, Iterable, Sequence
 
 from switch.ledger.records import Commit
+from switch.ledger.store import StoreUnavailable, redact
 
 WRITER_LOCK = 0x65756D01  # pg advisory lock key held by the ledger's one writer ("eum" 1)
 MIGRATE_LOCK = 0x65756D02  # held while migrations run
@@ -175,19 +176,35 @@ def _param(table: str, col: str) -> str:
     return f"p_{table}_{col}"
 
 
-def _commit_function() -> str:
+# Tables whose rows are few and rare (refunds, reversals, PIN tries, KSNs, card status): from
+# version 3 one indexed UPDATE per row in a loop. A set-based UPDATE … FROM unnest(…) gets a
+# generic plan that may hash-join against the whole table (postings: measured ≈ 1 ms a call at
+# 10,000 postings; docs/performance.md, "PostgreSQL: the commit function").
+_ROW_LOOPS = frozenset({"undone", "pin_tries", "ksn", "status", "pvv"})
+
+
+def _commit_function(version: int) -> str:
+    """ledger_commit as migration `version` defines it (2: the first; 3: row loops for the rare
+    updates, and new accounts found by an index probe before the insert, not a speculative one)."""
     params, body = [], []
     for table, cols in COMMIT_TABLES:
         names = [_param(table, c) for c, _ in cols]
         params += [f"{n} {t}[]" for n, (_, t) in zip(names, cols)]
         unnest = f"unnest({', '.join(names)})"
-        if table in _UPDATES:
+        if table in _UPDATES and version >= 3 and table in _ROW_LOOPS:
+            target, sets, key, row_key = _UPDATES[table]
+            row_sets = re.sub(r"\bu\.(\w+)", lambda m: f"{_param(table, m.group(1))}[i]", sets)
+            stmt = (f"FOR i IN 1..cardinality({names[0]}) LOOP\n            UPDATE {target} t SET {row_sets} "
+                    f"WHERE t.{key} = {_param(table, row_key)}[i];\n        END LOOP")
+        elif table in _UPDATES:
             target, sets, key, row_key = _UPDATES[table]
             stmt = (f"UPDATE {target} t SET {sets} FROM {unnest} AS u({', '.join(c for c, _ in cols)}) "
                     f"WHERE t.{key} = u.{row_key}")
             if table == "accounts":
-                stmt = (f"INSERT INTO accounts(name, balance) SELECT name, 0 FROM unnest({names[0]}) AS name "
-                        "ON CONFLICT DO NOTHING;\n        " + stmt
+                insert = (f"INSERT INTO accounts(name, balance) SELECT u.name, 0 FROM unnest({names[0]}) AS u(name) "
+                          "WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.name = u.name) " if version >= 3 else
+                          f"INSERT INTO accounts(name, balance) SELECT name, 0 FROM unnest({names[0]}) AS name ")
+                stmt = (f"{insert}ON CONFLICT DO NOTHING;\n        " + stmt
                         + " AND (t.balance + u.balance >= 0 OR NOT (t.name LIKE 'card:%:cash' "
                           "OR t.name LIKE 'card:%:cashback'))")
         else:
@@ -201,7 +218,7 @@ def _commit_function() -> str:
                      "USING ERRCODE = 'check_violation'; END IF;")
         body.append(f"    IF cardinality({names[0]}) > 0 THEN\n        {stmt};{check}\n    END IF;")
     return ("CREATE OR REPLACE FUNCTION ledger_commit(\n    " + ",\n    ".join(params) + "\n) RETURNS void "
-            "LANGUAGE plpgsql AS $fn$\nDECLARE n bigint;\nBEGIN\n" + "\n".join(body) + "\nEND\n$fn$;")
+            "LANGUAGE plpgsql AS $fn$\nDECLARE n bigint;" + (" i integer;" if version >= 3 else "") + "\nBEGIN\n" + "\n".join(body) + "\nEND\n$fn$;")
 
 
 COMMIT_ARGS = sum(len(cols) for _, cols in COMMIT_TABLES)
@@ -212,7 +229,8 @@ COMMIT_CALL = ("SELECT ledger_commit(" + ", ".join(
 # the schema or to ledger_commit is a new version; an applied one is never edited.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "ledger tables, CHECK constraints, SQLite compat functions", _SCHEMA_1),
-    (2, "ledger_commit: one round trip per group", _commit_function()),
+    (2, "ledger_commit: one round trip per group", _commit_function(2)),
+    (3, "ledger_commit: rare updates row by row, new accounts probed before insert", _commit_function(3)),
 )
 
 
@@ -222,7 +240,11 @@ def migrate(dsn: str) -> list[int]:
     import psycopg
 
     applied: list[int] = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    try:
+        conn = psycopg.connect(dsn, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(f"cannot open the ledger at {redact(dsn)}: {_first_line(exc, dsn)}") from None
+    with conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations("
@@ -245,6 +267,13 @@ def migrate(dsn: str) -> list[int]:
     return applied
 
 
+def _first_line(exc: BaseException, dsn: str) -> str:
+    """An error's first line, without the URL's password should the driver have quoted it."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    password = re.search(r"://[^:/@]+:([^@/]*)@", dsn)
+    return line.replace(password.group(1), "***") if password and password.group(1) else line
+
+
 # ---------------------------------------------------------------------------- the writer's group commit
 
 
@@ -263,7 +292,7 @@ def commit_args(commits: Sequence[Commit], committed_at: float) -> list[list[Any
     return args
 
 
-class WriterBusy(RuntimeError):
+class WriterBusy(StoreUnavailable):
     """Another process holds this ledger's writer lock."""
 
 
@@ -292,7 +321,8 @@ class PgCommitter:
         try:
             await conn.execute("SET synchronous_commit = on")
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK):
-                raise WriterBusy("another switch writes this ledger (its PostgreSQL writer lock is held)")
+                raise WriterBusy(f"another switch writes the ledger at {redact(self.dsn)} "
+                                 "(it holds the ledger's writer lock); one writer per ledger")
         except BaseException:
             await conn.close()
             raise
@@ -400,7 +430,10 @@ class PgConnection:
                 return int(value) if value == value.to_integral_value() else value
 
         self.readonly = readonly
-        self._conn = psycopg.connect(dsn, autocommit=True)
+        try:
+            self._conn = psycopg.connect(dsn, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"cannot open the ledger at {redact(dsn)}: {_first_line(exc, dsn)}") from None
         self._conn.adapters.register_loader("numeric", _WholeNumeric)
         if readonly:
             self._conn.execute("SET default_transaction_read_only = on")

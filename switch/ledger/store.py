@@ -247,5 +247,10 @@ def ledger_id(conn: Any) -> str:
     return row[0]
 
 
+class StoreUnavailable(RuntimeError):
+    """The ledger cannot be opened (a PostgreSQL server that does not answer, a database that
+    does not exist, another writer): one line for the operator, never a password."""
+
+
 class LedgerUnavailable(RuntimeError):
     """The ledger could not make a unit durable; the terminal gets 96."""
