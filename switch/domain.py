@@ -5,6 +5,7 @@ Pure module: imports nothing from I/O modules.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -47,6 +48,15 @@ def day_key(now: datetime) -> str:
     """Calendar day in Korea ("2019-07-20"): the daily spending limit counts per KST day."""
     local = now.astimezone(KST)
     return f"{local.year:04d}-{local.month:02d}-{local.day:02d}"
+
+
+PARTITIONS = 256  # members are spread over this many partitions (docs/scale-out.md, "Several instances")
+
+
+def partition_of(member: str) -> int:
+    """The member's partition: a stable hash (CRC-32) of the member id. Every card of a member is
+    decided by the instance holding it (monthly tiers and caps are counted per member)."""
+    return zlib.crc32(member.encode("utf-8")) % PARTITIONS
 
 
 def mask_pan(pan: str) -> str:

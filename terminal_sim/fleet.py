@@ -32,6 +32,13 @@ terminal *reserves* a block of counters by writing a KSN beyond the ones it will
 another block when that one is spent); the exact counter is written at the end. A crash
 therefore wastes counters but never reuses one.
 
+Several switches (`switches`, `eum fleet --switch H:P,H:P,…`; docs/scale-out.md, "Several
+instances by member ownership"): terminal i connects first to switch i mod N, so the
+terminals are spread evenly. When its connection drops or cannot be opened it reconnects to
+the next switch in the list (round robin from its current one) with the usual backoff, and
+signs on there; repeats and reversals of what was in flight go out on the new connection.
+Each scenario transaction is counted against the switch it was sent to (`by_switch`).
+
 Responses are matched to requests by DE11 (the connection is the terminal, so DE41 is
 implied); a response with the STAN of a request that timed out is counted late and dropped.
 A response whose STAN matches nothing this terminal sent (a peer that does not echo DE11,
@@ -83,6 +90,7 @@ TIMED_OUT_REMEMBERED_MAX = 64  # STANs whose late answers are recognised as late
 KSN_BLOCK_MIN = 256
 PROGRESS_INTERVAL_S = 0.5
 STATE_NEVER = ("52", "64", "128")  # PIN block and MAC: never written to a state file
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8583
 CARDS_STATE = "cards"  # <state_dir>/cards.json: cards whose last PIN from the fleet was wrong
 
 
@@ -99,8 +107,11 @@ class FleetConfig:
     """Every default of a fleet run. Relationships between settings are checked here."""
 
     population: Population
-    host: str = "127.0.0.1"
-    port: int = 8583
+    # The switch: `host`/`port`, or several in `switches` ((host, port), …); each fills in the
+    # other (host/port are the first switch). Both given: host/port must be the first switch.
+    host: str | None = None
+    port: int | None = None
+    switches: tuple[tuple[str, int], ...] = ()
     terminals: int = 10
     rate_per_s: float = 100.0
     duration_s: float = 10.0
@@ -115,6 +126,7 @@ class FleetConfig:
     state_dir: Path | None = Path("var/fleet")  # None: counters only in memory (a bare responder)
 
     def __post_init__(self) -> None:
+        self._resolve_switches()
         if self.state_dir is not None:
             object.__setattr__(self, "state_dir", Path(self.state_dir))
         available = len(self.population.terminals)
@@ -139,8 +151,32 @@ class FleetConfig:
         if self.dialect != self.population.dialect:
             raise FleetConfigError(f"dialect {self.dialect!r} differs from the population's "
                                    f"({self.population.dialect!r})")
-        if not 0 < self.port < 65536:
-            raise FleetConfigError("port must be 1..65535")
+
+    def _resolve_switches(self) -> None:
+        if not self.switches:
+            host = DEFAULT_HOST if self.host is None else self.host
+            port = DEFAULT_PORT if self.port is None else self.port
+            switches: tuple[tuple[str, int], ...] = ((host, port),)
+        else:
+            switches = tuple((h, p) for h, p in self.switches)
+            first = switches[0]
+            if (self.host is not None and self.host != first[0]) or (self.port is not None and self.port != first[1]):
+                given = f"{first[0] if self.host is None else self.host}:{first[1] if self.port is None else self.port}"
+                raise FleetConfigError(f"host/port ({given}) differ from the first of switches "
+                                       f"({first[0]}:{first[1]}): give one or the other")
+        for host, port in switches:
+            if not isinstance(host, str) or not host:
+                raise FleetConfigError(f"switches: {host!r}:{port} has no host")
+            if not isinstance(port, int) or not 0 < port < 65536:
+                raise FleetConfigError("port must be 1..65535" + (f" ({host}:{port})" if len(switches) > 1 else ""))
+        object.__setattr__(self, "switches", switches)
+        object.__setattr__(self, "host", switches[0][0])
+        object.__setattr__(self, "port", switches[0][1])
+
+    @property
+    def switch_names(self) -> tuple[str, ...]:
+        """Each switch as `host:port`, in order: the keys of the report's `by_switch`."""
+        return tuple(f"{h}:{p}" for h, p in self.switches)
 
 
 # ---------------------------------------------------------------------------- report
@@ -150,8 +186,8 @@ REPORT_KEYS = (
     "target_per_s", "offered", "offered_per_s", "sent", "unsent", "responses", "achieved_per_s",
     "approved", "approved_per_s", "timeouts", "late_responses", "unmatched_responses",
     "reversals_sent", "reversal_repeats_sent", "reversals_answered", "reversals_unanswered",
-    "echoes_sent", "echo_failures", "connection_drops", "mac_invalid", "mac_missing",
-    "pin_purchases", "wrong_pins_sent", "by_rc", "by_kind", "latency_ms", "service_ms", "series",
+    "echoes_sent", "echo_failures", "connection_drops", "reconnects", "mac_invalid", "mac_missing",
+    "pin_purchases", "wrong_pins_sent", "by_rc", "by_kind", "by_switch", "latency_ms", "service_ms", "series",
     "histogram", "percentiles",
 )
 
@@ -173,11 +209,17 @@ class FleetReport:
       outstanding one, as from a peer that does not echo DE11; or undecodable);
     - reversals_sent (0400 for timed-out purchases/refunds), reversal_repeats_sent (0401),
       reversals_answered, reversals_unanswered (kept in the state file for the next run);
-    - echoes_sent, echo_failures, connection_drops, mac_invalid (a response MAC that does not
-      verify), mac_missing (an approval of a secured request without a MAC);
+    - echoes_sent, echo_failures, connection_drops, reconnects (connections signed on again
+      during the run after one dropped, at whichever switch; a first connection is not one,
+      even to the next switch), mac_invalid (a response MAC that does not verify), mac_missing
+      (an approval of a secured request without a MAC);
     - pin_purchases, wrong_pins_sent;
     - by_rc {DE39: count} over scenario responses; by_kind {kind: {sent, responses, approved,
       timeouts}} for purchase/refund/balance/reversal (timeout reversals are not in it);
+    - by_switch {"host:port": {sent, responses, approved, timeouts, connects, by_kind}} for
+      every configured switch in order: the scenario transactions sent to it (each counted
+      where it was sent; they sum to the totals), `connects` the sign-ons it accepted (first
+      connections and reconnects), by_kind as above for that switch alone;
     - latency_ms and service_ms {p50, p90, p99, p999, max, mean} (null when nothing answered);
     - series [{t, sent, responses, approved, p99_ms}] per second from the start (sent by
       send time, the rest by reply time);
@@ -212,12 +254,14 @@ class FleetReport:
     echoes_sent: int
     echo_failures: int
     connection_drops: int
+    reconnects: int
     mac_invalid: int
     mac_missing: int
     pin_purchases: int
     wrong_pins_sent: int
     by_rc: dict[str, int]
     by_kind: dict[str, dict[str, int]]
+    by_switch: dict[str, dict[str, Any]]
     latency_ms: dict[str, float | None]
     service_ms: dict[str, float | None]
     series: list[dict[str, Any]]
@@ -268,7 +312,7 @@ def _p99_ms(latencies_us: list[int]) -> float | None:
 class _Recorder:
     """Counters and histograms of one run. Times are `now()` seconds; t0 is the start."""
 
-    def __init__(self) -> None:
+    def __init__(self, switches: tuple[str, ...]) -> None:
         self.t0 = 0.0
         self.latency = HdrHistogram(LATENCY_US_MIN, LATENCY_US_MAX, LATENCY_DIGITS)
         self.service = HdrHistogram(LATENCY_US_MIN, LATENCY_US_MAX, LATENCY_DIGITS)
@@ -278,6 +322,20 @@ class _Recorder:
         self.by_rc: Counter[str] = Counter()
         self.seconds: list[_Second] = []
         self.n: Counter[str] = Counter()  # the report's scalar counters, by report key
+        # per switch ("host:port"): kind → counts, and the sign-ons it accepted
+        self.switch_kinds: dict[str, dict[str, Counter[str]]] = {s: {k: Counter() for k in KINDS} for s in switches}
+        self.switch_connects: Counter[str] = Counter({s: 0 for s in switches})
+
+    def connected(self, switch: str) -> None:
+        self.switch_connects[switch] += 1
+
+    def by_switch(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for name, kinds in self.switch_kinds.items():
+            per_kind = {k: {c: kinds[k][c] for c in ("sent", "responses", "approved", "timeouts")} for k in KINDS}
+            totals = {c: sum(v[c] for v in per_kind.values()) for c in ("sent", "responses", "approved", "timeouts")}
+            out[name] = {**totals, "connects": self.switch_connects[name], "by_kind": per_kind}
+        return out
 
     def _second(self, at: float) -> _Second:
         i = max(0, int(at - self.t0))
@@ -285,12 +343,13 @@ class _Recorder:
             self.seconds.append(_Second())
         return self.seconds[i]
 
-    def sent(self, kind: str, at: float) -> None:
+    def sent(self, kind: str, at: float, switch: str) -> None:
         self.kinds[kind]["sent"] += 1
+        self.switch_kinds[switch][kind]["sent"] += 1
         self.n["sent"] += 1
         self._second(at).sent += 1
 
-    def answered(self, kind: str, rc: str, *, intended: float, sent_at: float, at: float) -> None:
+    def answered(self, kind: str, rc: str, *, intended: float, sent_at: float, at: float, switch: str) -> None:
         us = min(max(round((at - intended) * 1e6), LATENCY_US_MIN), LATENCY_US_MAX)
         service_us = min(max(round((at - sent_at) * 1e6), LATENCY_US_MIN), LATENCY_US_MAX)
         self.latency.record_value(us)
@@ -299,6 +358,8 @@ class _Recorder:
         self.service_total_us += service_us
         counts = self.kinds[kind]
         counts["responses"] += 1
+        at_switch = self.switch_kinds[switch][kind]
+        at_switch["responses"] += 1
         self.n["responses"] += 1
         self.by_rc[rc] += 1
         second = self._second(at)
@@ -306,11 +367,13 @@ class _Recorder:
         second.latencies_us.append(us)
         if rc == "00":
             counts["approved"] += 1
+            at_switch["approved"] += 1
             self.n["approved"] += 1
             second.approved += 1
 
-    def timed_out(self, kind: str) -> None:
+    def timed_out(self, kind: str, switch: str) -> None:
         self.kinds[kind]["timeouts"] += 1
+        self.switch_kinds[switch][kind]["timeouts"] += 1
         self.n["timeouts"] += 1
 
     def series(self) -> list[dict[str, Any]]:
@@ -517,9 +580,12 @@ class _RunContext:
 
 
 class _SimTerminal:
-    def __init__(self, spec: PopulationTerminal, ctx: _RunContext) -> None:
+    def __init__(self, spec: PopulationTerminal, ctx: _RunContext, index: int = 0) -> None:
         self.spec = spec
         self.ctx = ctx
+        # The switch this terminal connects to (its index in config.switches): i mod N at
+        # first, the next one in the list after a drop or a failed attempt.
+        self.switch_index = index % len(ctx.config.switches)
         stored = ctx.store.load(spec.tid)
         self.builder = Terminal(spec.tid, spec.mid, stan=int(stored.get("stan", 0)))
         self.security = _security_for(spec, stored)
@@ -578,37 +644,56 @@ class _SimTerminal:
 
     # -- the connection
 
+    @property
+    def switch(self) -> str:
+        """The switch of the current (or next) connection, as `host:port`."""
+        return self.ctx.config.switch_names[self.switch_index]
+
+    def _next_switch(self) -> None:
+        self.switch_index = (self.switch_index + 1) % len(self.ctx.config.switches)
+
     async def connect(self) -> None:
-        """Connect and sign on; FleetError when that fails (the start of a run)."""
-        problem = await self._connect_once()
-        if problem:
-            raise FleetError(f"terminal {self.spec.tid}: {problem}")
+        """Connect and sign on, to this terminal's first switch or else to each next one in
+        turn; FleetError when every switch fails (the start of a run)."""
+        problems = []
+        for _ in self.ctx.config.switches:
+            problem = await self._connect_once()
+            if not problem:
+                return
+            problems.append(problem)
+            self._next_switch()
+        raise FleetError(f"terminal {self.spec.tid}: {'; '.join(problems)}")
 
     async def _connect_once(self) -> str:
         loop, ctx = self.ctx.loop, self.ctx
+        host, port = ctx.config.switches[self.switch_index]
         try:
             _, link = await asyncio.wait_for(
-                loop.create_connection(lambda: _Link(ctx.dialect, ctx.rec), ctx.config.host, ctx.config.port),
-                ctx.timeout_s)
+                loop.create_connection(lambda: _Link(ctx.dialect, ctx.rec), host, port), ctx.timeout_s)
         except (OSError, asyncio.TimeoutError) as exc:
-            return f"cannot connect to {ctx.config.host}:{ctx.config.port} ({type(exc).__name__}: {exc})"
+            return f"cannot connect to {host}:{port} ({type(exc).__name__}: {exc})"
         self.link = link
         _, answer, _ = await self._exchange(self.builder.sign_on())
         rc = answer.fields.get("39") if isinstance(answer, _Answer) else None
         if rc != "00":
             link.close()
             self.link = None
-            return f"sign-on {answer}" if rc is None else f"sign-on answered {rc}"
+            where = f" at {host}:{port}" if len(ctx.config.switches) > 1 else ""
+            return (f"sign-on {answer}" if rc is None else f"sign-on answered {rc}") + where
+        ctx.rec.connected(self.switch)
         return ""
 
     async def _ensure_link(self) -> bool:
-        """A signed-on connection, reconnecting (with backoff) until the run's end."""
+        """A signed-on connection, reconnecting (with backoff) until the run's end, each try
+        to the next switch of the list (the same one when there is one)."""
         async with self._link_lock:
             backoff = 0.05
             while self.link is None or self.link.lost:
                 if now() >= self.ctx.end:
                     return False
+                self._next_switch()
                 if not await self._connect_once():
+                    self.ctx.rec.n["reconnects"] += 1
                     break
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, RECONNECT_BACKOFF_S_MAX)
@@ -676,18 +761,19 @@ class _SimTerminal:
                 return False
         kind, fields, pin, pan = self._plan()
         rec = self.ctx.rec
+        switch = self.switch  # where this one goes: _exchange uses the link as it is
         secured, answer, sent_at = await self._exchange(fields, pin=pin, pan=pan)
-        rec.sent(kind, sent_at)
+        rec.sent(kind, sent_at, switch)
         if pin is not None:
             self._note_pin(pan, pin, answer)
         if isinstance(answer, _Answer):
             rc = answer.fields.get("39", "")
             rec.answered(kind, rc, intended=sent_at if intended is None else intended, sent_at=sent_at,
-                         at=answer.at)
+                         at=answer.at, switch=switch)
             if rc == "00":
                 self._approved(kind, fields, answer)
             return True
-        rec.timed_out(kind)
+        rec.timed_out(kind, switch)
         if kind in ("purchase", "refund"):
             self.reversals.append({"fields": self.builder.reversal(fields), "sent": False, "repeats": 0})
         elif kind == "reversal":  # the scenario's own reversal went unanswered: repeat it
@@ -865,12 +951,13 @@ async def run_fleet(config: FleetConfig) -> FleetReport:
     loop = asyncio.get_running_loop()
     scenario = config.scenario
     cards = config.population.cards[: scenario.pools.cards or None]
-    ctx = _RunContext(loop=loop, config=config, dialect=load_dialect(config.dialect), rec=_Recorder(),
+    ctx = _RunContext(loop=loop, config=config, dialect=load_dialect(config.dialect),
+                      rec=_Recorder(config.switch_names),
                       store=_StateStore(config.state_dir), cards=cards,
                       pin_cards=tuple(c for c in cards if c.pin), ksn_block=_ksn_block(config),
                       card_pins={c.pan: c.pin for c in cards if c.pin})
     ctx.pin_wrong_last = set(ctx.store.load(CARDS_STATE).get("pin_wrong_last", ()))
-    terms = [_SimTerminal(spec, ctx) for spec in config.population.terminals[: config.terminals]]
+    terms = [_SimTerminal(spec, ctx, i) for i, spec in enumerate(config.population.terminals[: config.terminals])]
     for t in terms:
         t.reserve_ksns()
     done = asyncio.Event()
@@ -952,9 +1039,11 @@ def _report(config: FleetConfig, rec: _Recorder, *, started: datetime, elapsed_s
         reversals_sent=n["reversals_sent"], reversal_repeats_sent=n["reversal_repeats_sent"],
         reversals_answered=n["reversals_answered"], reversals_unanswered=n["reversals_unanswered"],
         echoes_sent=n["echoes_sent"], echo_failures=n["echo_failures"], connection_drops=n["connection_drops"],
+        reconnects=n["reconnects"],
         mac_invalid=n["mac_invalid"], mac_missing=n["mac_missing"], pin_purchases=n["pin_purchases"],
         wrong_pins_sent=n["wrong_pins_sent"], by_rc=dict(sorted(rec.by_rc.items())),
         by_kind={k: {c: rec.kinds[k][c] for c in ("sent", "responses", "approved", "timeouts")} for k in KINDS},
+        by_switch=rec.by_switch(),
         latency_ms=_summary_ms(rec.latency, rec.latency_total_us),
         service_ms=_summary_ms(rec.service, rec.service_total_us), series=rec.series(),
         histogram=rec.latency.encode().decode("ascii"), percentiles=percentiles,

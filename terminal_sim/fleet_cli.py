@@ -1,9 +1,13 @@
 """`eum fleet`: the command line around terminal_sim.fleet, and its readable report.
 
-    eum fleet --switch HOST:PORT --population FILE --terminals N --rate TPS --duration S
+    eum fleet --switch HOST:PORT[,HOST:PORT…] --population FILE --terminals N --rate TPS --duration S
               [--arrivals poisson|constant] [--closed-loop] [--in-flight N] [--scenario NAME|PATH]
               [--json FILE] [--seed S] [--state-dir D] [--timeout-ms MS] [--dialect NAME]
               [--no-progress]
+
+Several switches (`--switch H:P,H:P,…`): terminal i connects first to switch i mod N and,
+when its connection drops or cannot be opened, to the next one of the list (terminal_sim/fleet.py);
+the report counts each switch's transactions (`by_switch`).
 
 Wire it into a parser with `add_fleet_parser(sub, func)`; `func(args)` calls
 `run_fleet_cli(args)`. Exit codes: 0 the run completed; 1 it completed but measured
@@ -38,7 +42,9 @@ def register(sub: Any) -> None:
 def add_fleet_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
     fp = sub.add_parser("fleet", help="drive N simulated terminals against a switch; latency without "
                                       "coordinated omission")
-    fp.add_argument("--switch", default="127.0.0.1:8583", help="HOST:PORT (default 127.0.0.1:8583)")
+    fp.add_argument("--switch", default="127.0.0.1:8583",
+                    help="HOST:PORT[,HOST:PORT…] (default 127.0.0.1:8583); several: terminal i starts on the "
+                         "(i mod N)-th and reconnects to the next one in the list")
     fp.add_argument("--population", required=True,
                     help="population JSON (`eum admin seed … --export FILE`): terminals, keys, cards")
     fp.add_argument("--terminals", type=int, default=10, help="the first N terminals of the population (default 10)")
@@ -62,10 +68,28 @@ def add_fleet_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> Non
     fp.set_defaults(func=func)
 
 
+def parse_switches(text: str) -> tuple[tuple[str, int], ...]:
+    """`--switch`: HOST:PORT[,HOST:PORT…] (an entry may be a PORT alone, on 127.0.0.1, as
+    before). ValueError, one line naming --switch and the entry, for a malformed entry."""
+    switches = []
+    for entry in text.split(","):
+        item = entry.strip()
+        if not item:
+            raise ValueError(f"--switch: an empty entry (in {text!r})")
+        try:
+            host, port = parse_hostport(item)
+        except ValueError:
+            raise ValueError(f"--switch: {item!r} is not HOST:PORT (in {text!r})") from None
+        if not 0 < port < 65536:
+            raise ValueError(f"--switch: {item!r}: the port must be 1..65535 (in {text!r})")
+        switches.append((host, port))
+    return tuple(switches)
+
+
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
-    host, port = parse_hostport(args.switch)
+    switches = parse_switches(args.switch)
     population = load_population(args.population)
-    return FleetConfig(host=host, port=port, terminals=args.terminals, rate_per_s=args.rate,
+    return FleetConfig(switches=switches, terminals=args.terminals, rate_per_s=args.rate,
                        duration_s=args.duration, arrivals=args.arrivals, closed_loop=args.closed_loop,
                        in_flight_per_terminal_max=args.in_flight, scenario=load_scenario(args.scenario),
                        population=population, response_timeout_ms=args.timeout_ms, seed=args.seed,
@@ -124,9 +148,13 @@ def report_table(report: FleetReport) -> Table:
                  f"{report.reversals_sent:,} / {report.reversal_repeats_sent:,} / {report.reversals_unanswered:,}"))
     rows.append(("PIN purchases (wrong PIN)", f"{report.pin_purchases:,} ({report.wrong_pins_sent:,})"))
     rows.append(("echoes (failed)", f"{report.echoes_sent:,} ({report.echo_failures:,})"))
-    if report.late_responses or report.unmatched_responses or report.connection_drops:
-        rows.append(("late / unmatched answers, drops",
-                     f"{report.late_responses:,} / {report.unmatched_responses:,}, {report.connection_drops:,}"))
+    if report.late_responses or report.unmatched_responses or report.connection_drops or report.reconnects:
+        rows.append(("late / unmatched answers, drops / reconnects",
+                     f"{report.late_responses:,} / {report.unmatched_responses:,}, {report.connection_drops:,} / "
+                     f"{report.reconnects:,}"))
+    for name, counts in report.by_switch.items():
+        rows.append((f"switch {name}", f"sent {counts['sent']:,}  answered {counts['responses']:,}  "
+                                       f"approved {counts['approved']:,}  sign-ons {counts['connects']:,}"))
     if report.mac_invalid or report.mac_missing:
         rows.append(("[red]response MAC invalid / missing[/red]",
                      f"[red]{report.mac_invalid:,} / {report.mac_missing:,}[/red]"))

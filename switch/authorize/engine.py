@@ -28,6 +28,7 @@ from switch.authorize.security import (DUKPT, HSM_FAILURE_ERRORS, SECURED, KsnGu
                                       ksn_parts)
 from switch.authorize.state import HotState
 from switch.clock import Clock
+from switch.domain import partition_of
 from switch.ledger.records import Commit, KsnAccepted, MessageOutcome
 from switch.ledger.store import LedgerUnavailable
 from switch.ledger.writer import LedgerWriter
@@ -139,12 +140,15 @@ class Engine:
 
     # ------------------------------------------------------------------ entry point
 
-    async def handle(self, req: Request, fields: dict[str, str], raw: bytes, a: Answerer) -> Outcome:
-        """`a` builds the answer's bytes in the connection's dialect (switch/authorize/answer.py)."""
+    async def handle(self, req: Request, fields: dict[str, str], raw: bytes, a: Answerer, *,
+                     trusted: bool = False) -> Outcome:
+        """`a` builds the answer's bytes in the connection's dialect (switch/authorize/answer.py).
+        trusted: sent by another instance of the cluster, which checked the terminal's sign-on
+        (switch/ops/cluster.py)."""
         if req.kind is Kind.NETWORK:
             return await self._unstored(a, req, fields, *self._network(req))
         terminal = self.state.load_terminal(req.terminal)
-        if terminal is None or req.terminal not in self.signed_on:
+        if terminal is None or (req.terminal not in self.signed_on and not trusted):
             note = "terminal unknown" if terminal is None else "terminal not signed on"
             return await self._unstored(a, req, fields, Rc.TERMINAL_NOT_PERMITTED, note)
         if req.merchant != terminal.mid:
@@ -215,7 +219,7 @@ class Engine:
         state.prefetch(req, now)
         decision = decide(req, fields, state, self.rules, now, pin=pin)
         if decision.posting is not None:
-            state.next_posting_id = decision.posting.id + 1
+            state.posting_id_used(decision.posting.id)
         stored = response_fields(decision.response)
         try:
             payload = await a.encode(stored, sign)
@@ -226,8 +230,10 @@ class Engine:
         posting_id = decision.posting.id if decision.posting is not None else None
         message = MessageOutcome(req.key, req.base_mti, req.digest, stored["39"], stored, posting_id, iso(now))
         changes = decision.changes if counter is None else decision.changes + (KsnAccepted(req.terminal, counter),)
+        card = state.card(req.pan) if req.pan else None
         try:
-            await self.writer.submit(Commit(decision.posting, message, changes, decision.events))
+            await self.writer.submit(Commit(decision.posting, message, changes, decision.events,
+                                            partition=partition_of(card.member) if card is not None else None))
         except LedgerUnavailable:
             return await self._unstored(a, req, fields, Rc.SYSTEM_ERROR, "ledger unavailable", None)
         self._apply(decision, message)

@@ -104,10 +104,15 @@ class Processor:
     """Frame → response bytes, plus the one canonical log line. Shared by all connections."""
 
     def __init__(self, engine: Engine, dialect: Dialect, *, program_limits: ProgramLimits = ProgramLimits(),
-                 check_dialect: bool = True) -> None:
+                 check_dialect: bool = True, router: Any = None, link: bool = False) -> None:
+        """router: with several instances (switch/ops/cluster.py), sends a request whose member
+        another instance holds to it. link: this Processor serves the link listener, whose peers
+        are instances that checked the terminal's sign-on; it decides only what it holds."""
         if check_dialect:  # refuse a dialect that cannot carry every response (DialectError, one line)
             check_responses(dialect)
         self.engine = engine
+        self.router = router
+        self.link = link
         self.dialect = dialect
         self.counts: dict[str, int] = {}
         self.gate = ProgramGate(program_limits)
@@ -172,23 +177,55 @@ class Processor:
         line["amount"] = req.amount
         if req.pan:
             line["pan"] = mask_pan(req.pan)
+        if self.router is not None and req.pan and req.kind is not Kind.NETWORK:
+            routed = await self._route(req, fields, fr, line)
+            if routed is not None:
+                return routed
         program = self._gated_program(req)
         if program is not None:
             if not await self.gate.enter(program):
                 line.update(program=program, note="program over capacity: shed")
                 return _error_response(fields, Rc.PROGRAM_BUSY), None
             try:
-                outcome = await self.engine.handle(req, fields, fr.payload, self.answerer)
+                outcome = await self.engine.handle(req, fields, fr.payload, self.answerer, trusted=self.link)
             finally:
                 self.gate.leave(program)
         else:
-            outcome = await self.engine.handle(req, fields, fr.payload, self.answerer)
+            outcome = await self.engine.handle(req, fields, fr.payload, self.answerer, trusted=self.link)
         line.update(fee=outcome.fee, cashback=outcome.cashback)
         if outcome.note:
             line["note"] = outcome.note
         if outcome.replayed:
             line["replayed"] = True
         return outcome.response, outcome.payload
+
+
+    async def _route(self, req: Any, fields: dict[str, str], fr: Frame, line: dict[str, Any]
+                     ) -> tuple[dict[str, str] | None, bytes | None] | None:
+        """None: decided here. Otherwise the owner's answer, relayed as it sent it (its MAC
+        included), or 91 with nothing stored here when no owner answered."""
+        from switch.ops.cluster import LinkError
+
+        router = self.router
+        partition = router.partition_for(req.pan)
+        if partition is None or router.cluster.owns(partition):
+            return None
+        line["partition"] = partition
+        if self.link:  # sent here by an instance whose routes are behind: its sender sends it again
+            line["note"] = "partition not held here"
+            return _error_response(fields, Rc.OWNER_UNAVAILABLE), None
+        if req.terminal not in self.engine.signed_on:
+            return None  # refused here: not signed on
+        try:
+            forwarded = await router.forward(partition, req.terminal, req.stan, fr.payload, fr.tpdu)
+        except LinkError as exc:
+            line["note"] = f"no owner answered: {exc}"
+            return _error_response(fields, Rc.OWNER_UNAVAILABLE), None
+        if forwarded is None:
+            return None
+        out, payload, owner = forwarded
+        line["forwarded"] = owner
+        return out, payload
 
 
 class TerminalConnection(asyncio.Protocol):
@@ -368,7 +405,9 @@ def _oldest_unproven(conns: Iterable[TerminalConnection]) -> TerminalConnection 
 
 
 class SwitchServer:
-    def __init__(self, config: SwitchConfig, processor: Processor, ops: Operations) -> None:
+    def __init__(self, config: SwitchConfig, processor: Processor, ops: Operations, *, control: bool = True) -> None:
+        """control: also serve the admin control socket (not for a link listener)."""
+        self.control = control
         self.config = config
         self.processor = processor
         self.ops = ops
@@ -431,9 +470,10 @@ class SwitchServer:
         self._tcp = await loop.create_server(lambda: TerminalConnection(self), self.config.host, self.config.port,
                                              reuse_address=True, backlog=1024)
         self.port = self._tcp.sockets[0].getsockname()[1]
-        sock_path = control_socket_path(self.config.data_dir)
-        sock_path.unlink(missing_ok=True)
-        self._control = await asyncio.start_unix_server(self._control_client, path=str(sock_path))
+        if self.control:
+            sock_path = control_socket_path(self.config.data_dir)
+            sock_path.unlink(missing_ok=True)
+            self._control = await asyncio.start_unix_server(self._control_client, path=str(sock_path))
         self._reaper = loop.create_task(self._reap_idle())
         log.info("switch_listening", host=self.config.host, port=self.port, dialect=self.processor.dialect.name,
                  data_dir=str(self.config.data_dir))
@@ -478,7 +518,8 @@ class SwitchServer:
             await asyncio.wait(list(self.tasks), timeout=self.config.shutdown_grace_s)
         for conn in list(self.connections):
             conn.transport.close()
-        control_socket_path(self.config.data_dir).unlink(missing_ok=True)
+        if self.control:
+            control_socket_path(self.config.data_dir).unlink(missing_ok=True)
         log.info("switch_stopped", responses=self.processor.counts)
 
 
@@ -492,12 +533,18 @@ def control_socket_path(data_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"eum-{digest}.sock"
 
 
-async def serve_until_signalled(server: SwitchServer) -> None:
+async def serve_until_signalled(server: SwitchServer, *others: SwitchServer) -> None:
+    """others: listeners that stop after the terminals' one (a cluster's link: requests other
+    instances still send while this one's terminals are answered)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    for other in others:
+        await other.start()
     await server.start()
     await stop.wait()
     log.info("switch_stopping")
     await server.stop()
+    for other in others:
+        await other.stop()

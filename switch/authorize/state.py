@@ -20,6 +20,7 @@ from __future__ import annotations
 from array import array
 from collections import OrderedDict
 from datetime import datetime
+from typing import Any
 
 from switch.domain import Merchant, day_key, month_key
 from switch.ledger.records import (CardDayMoved, CardIssued, CardMonthCharged, CardPvvSet, CardState, CardStatusSet,
@@ -259,6 +260,7 @@ class HotState:
         self.tombstones_max = tombstones_max  # early reversals kept in memory (same age bound)
         self.postings_max = postings_max      # postings a refund or reversal may need
         self.epoch = 0                        # moves on clear(): a decision made before it is void
+        self.ids: Any = None                  # several instances: ids from sequences (switch/ops/cluster.py)
         self.clear()
 
     def clear(self) -> None:
@@ -282,8 +284,36 @@ class HotState:
         self.tombstones_seen = self._seen_tombstones()
         self.tombstones: OrderedDict[MessageKey, float] = OrderedDict()
         self.clock_s = 0.0  # the latest decision's time (clock seconds): ages are measured on it
-        self.next_posting_id = self.reader.max_posting_id() + 1
-        self.next_card_id = self.reader.max_card_id() + 1
+        if self.ids is None:  # the one writer: the next free ids
+            self.next_posting_id = self.reader.max_posting_id() + 1
+            self.next_card_id = self.reader.max_card_id() + 1
+            self.posting_ids_end = self.card_ids_end = 1 << 62
+        else:  # one of several: fresh blocks (what is left of the old ones is never used)
+            self.next_posting_id, self.posting_ids_end = self.ids.block("posting")
+            self.next_card_id, self.card_ids_end = self.ids.block("card")
+
+    def use_ids(self, ids: Any) -> None:
+        """Take ids from `ids` (IdBlocks) from now on."""
+        self.ids = ids
+        self.next_posting_id, self.posting_ids_end = ids.block("posting")
+        self.next_card_id, self.card_ids_end = ids.block("card")
+
+    def posting_id_used(self, posting_id: int) -> None:
+        self.next_posting_id = posting_id + 1
+        if self.next_posting_id >= self.posting_ids_end:
+            self.next_posting_id, self.posting_ids_end = self.ids.block("posting")
+
+    def card_id_used(self, card_id: int) -> None:
+        self.next_card_id = card_id + 1
+        if self.next_card_id >= self.card_ids_end:
+            self.next_card_id, self.card_ids_end = self.ids.block("card")
+
+    def refresh_filters(self) -> None:
+        """Learn every message key and early reversal the store holds (another instance of a
+        cluster committed some: switch/ops/cluster.py). One synchronous read: nothing runs
+        between the read and the swap."""
+        self.seen = self._seen_keys()
+        self.tombstones_seen = self._seen_tombstones()
 
     # ------------------------------------------------------------------ loading (may read the store)
 

@@ -58,6 +58,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
     dialect = load_dialect(config.dialect)
     check_responses(dialect)  # before anything is created: a dialect that cannot answer is refused
     relay = _relay(args)
+    cluster = _cluster(args)
     try:
         fd = lock_data_dir(config.data_dir, wait=False)
     except DataDirBusy:
@@ -69,10 +70,29 @@ def cmd_switch(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with open_core(config.data_dir, clock=_clock(args), batch_size_max=config.batch_size_max,
                              commit_interval_ms_max=config.commit_interval_ms_max,
-                             queue_size_max=config.queue_size_max, hsm=_hsm(args), relay=relay) as core:
-            server = SwitchServer(config, Processor(core.engine, dialect, program_limits=config.program_limits()),
-                                  core.ops)
-            await serve_until_signalled(server)
+                             queue_size_max=config.queue_size_max, hsm=_hsm(args), relay=relay,
+                             cluster=cluster) as core:
+            router = None
+            links: list[SwitchServer] = []
+            if core.cluster is not None:  # one of several instances: docs/scale-out.md
+                from dataclasses import replace
+
+                from switch.ops.cluster import Router
+
+                router = Router(core.cluster, core.reader, dialect)
+                link_host, link_port = parse_hostport(cluster.link)
+                link_config = replace(config, host=link_host, port=link_port, in_flight_max=4096,
+                                      per_peer_max=config.connections_max)
+                links.append(SwitchServer(link_config, Processor(core.engine, dialect, link=True,
+                                                                 program_limits=config.program_limits()),
+                                          core.ops, control=False))
+            server = SwitchServer(config, Processor(core.engine, dialect, program_limits=config.program_limits(),
+                                                    router=router), core.ops)
+            try:
+                await serve_until_signalled(server, *links)
+            finally:
+                if router is not None:
+                    await router.close()
 
     try:
         _run(main())
@@ -80,6 +100,20 @@ def cmd_switch(args: argparse.Namespace) -> int:
         logs.flush()
         unlock(fd)
     return 0
+
+
+def _cluster(args: argparse.Namespace) -> Any:
+    """--cluster: this switch is one of several instances on its PostgreSQL ledger."""
+    if not args.cluster:
+        if args.link or args.instance_id:
+            raise ValueError("--link and --instance-id need --cluster")
+        return None
+    from switch.ops.cluster import ClusterConfig
+
+    if not args.link:
+        raise ValueError("--cluster needs --link HOST:PORT (where the other instances send this one's requests)")
+    parse_hostport(args.link)
+    return ClusterConfig(instance_id=args.instance_id or args.link, link=args.link, lease_ttl_s=args.lease_ttl_s)
 
 
 # ---------------------------------------------------------------------------- admin
@@ -295,6 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--listen", default="127.0.0.1:8583", help="HOST:PORT (default 127.0.0.1:8583)")
     sw.add_argument("--data-dir", default="var", help="ledger and logs (default ./var)")
     sw.add_argument("--store", help=STORE_HELP)
+    # several instances on one PostgreSQL ledger: docs/scale-out.md
+    sw.add_argument("--cluster", action="store_true",
+                    help="one of several instances sharing the --store ledger, by member ownership")
+    sw.add_argument("--link", help="with --cluster: HOST:PORT this instance takes the other instances' requests on")
+    sw.add_argument("--instance-id", help="with --cluster: this instance's name (default: its --link)")
+    sw.add_argument("--lease-ttl-s", type=float, default=5.0,
+                    help="with --cluster: a partition whose owner stops renewing is taken over after this long "
+                         "(default %(default)s)")
     sw.add_argument("--dialect", default="default", help="config/dialects/NAME.toml (default: default)")
     sw.add_argument("--clock-start", help="run the clock from this instant, e.g. 2019-07-20T12:00:00+09:00")
     sw.add_argument("--hsm", help="HOST:PORT[,HOST:PORT…] of the HSMs, in failover order (eum hsm: 127.0.0.1:1500)")

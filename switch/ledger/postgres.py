@@ -32,7 +32,7 @@ import functools
 import re
 import time
 import uuid
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from switch.ledger.records import Commit
 from switch.ledger.store import StoreUnavailable, redact
@@ -187,6 +187,20 @@ def _commit_function(version: int) -> str:
     """ledger_commit as migration `version` defines it (2: the first; 3: row loops for the rare
     updates, and new accounts found by an index probe before the insert, not a speculative one)."""
     params, body = [], []
+    if version >= 4:  # the lease fence (docs/scale-out.md, "Several instances"): every partition of the
+        # group must be leased to this owner at the epoch the group was decided under, now; the lease
+        # rows stay locked (FOR SHARE) until the group commits, so no hand-over can slip in between
+        params += ["p_owner text", "p_fence_partition integer[]", "p_fence_epoch bigint[]"]
+        body.append(
+            "    IF cardinality(p_fence_partition) > 0 THEN\n"
+            "        PERFORM 1 FROM partition_leases l JOIN unnest(p_fence_partition, p_fence_epoch) AS f(part, ep) "
+            "ON l.partition = f.part WHERE l.owner = p_owner AND l.epoch = f.ep AND l.expires_at > clock_timestamp() "
+            "FOR SHARE OF l;\n"
+            "        GET DIAGNOSTICS n = ROW_COUNT;\n"
+            "        IF n <> cardinality(p_fence_partition) THEN RAISE EXCEPTION "
+            "'fenced: this instance no longer holds the lease of a partition in the group' "
+            "USING ERRCODE = 'EUM01'; END IF;\n"
+            "    END IF;")
     for table, cols in COMMIT_TABLES:
         names = [_param(table, c) for c, _ in cols]
         params += [f"{n} {t}[]" for n, (_, t) in zip(names, cols)]
@@ -221,9 +235,25 @@ def _commit_function(version: int) -> str:
             "LANGUAGE plpgsql AS $fn$\nDECLARE n bigint;" + (" i integer;" if version >= 3 else "") + "\nBEGIN\n" + "\n".join(body) + "\nEND\n$fn$;")
 
 
-COMMIT_ARGS = sum(len(cols) for _, cols in COMMIT_TABLES)
+_ROW_TYPES = [f"{t}[]" for _, cols in COMMIT_TABLES for _, t in cols]
 COMMIT_CALL = ("SELECT ledger_commit(" + ", ".join(
-    f"${i + 1}::{t}[]" for i, t in enumerate(t for _, cols in COMMIT_TABLES for _, t in cols)) + ")")
+    f"${i + 1}::{t}" for i, t in enumerate(["text", "integer[]", "bigint[]"] + _ROW_TYPES)) + ")")
+
+_SCHEMA_4 = """
+CREATE TABLE instances(
+    id TEXT PRIMARY KEY, link TEXT NOT NULL, heartbeat_at TIMESTAMPTZ NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE partition_leases(
+    partition INTEGER PRIMARY KEY CHECK (partition >= 0 AND partition < 256),
+    owner TEXT, epoch BIGINT NOT NULL DEFAULT 0, expires_at TIMESTAMPTZ NOT NULL DEFAULT '-infinity'
+);
+INSERT INTO partition_leases(partition) SELECT generate_series(0, 255);
+-- ids with several writers: each instance takes a block at a time (switch/ops/cluster.py, IdBlocks)
+CREATE SEQUENCE posting_ids INCREMENT BY 10000 MINVALUE 1 START WITH 1;
+CREATE SEQUENCE card_ids INCREMENT BY 1000 MINVALUE 1 START WITH 1;
+DROP FUNCTION ledger_commit(""" + ", ".join(_ROW_TYPES) + """);
+"""
 
 # (version, name, SQL): applied in order, each once, each in its own transaction. A change to
 # the schema or to ledger_commit is a new version; an applied one is never edited.
@@ -231,6 +261,8 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "ledger tables, CHECK constraints, SQLite compat functions", _SCHEMA_1),
     (2, "ledger_commit: one round trip per group", _commit_function(2)),
     (3, "ledger_commit: rare updates row by row, new accounts probed before insert", _commit_function(3)),
+    (4, "several instances: instances, partition leases, id sequences; ledger_commit fenced by lease epoch",
+     _SCHEMA_4 + _commit_function(4)),
 )
 
 
@@ -277,12 +309,20 @@ def _first_line(exc: BaseException, dsn: str) -> str:
 # ---------------------------------------------------------------------------- the writer's group commit
 
 
-def commit_args(commits: Sequence[Commit], committed_at: float) -> list[list[Any]]:
-    """The group's rows as ledger_commit's arrays, one per column (COMMIT_TABLES' order)."""
+def commit_args(commits: Sequence[Commit], committed_at: float, *, owner: str = "",
+                leases: dict[int, int] | None = None) -> list[Any]:
+    """ledger_commit's arguments: the fence (this owner and, for each partition the group's units
+    name, the epoch of its lease; none outside a cluster), then the group's rows as arrays, one
+    per column (COMMIT_TABLES' order). A unit of a partition not in `leases` raises Fenced
+    before anything is sent."""
     from switch.ledger.sqlite import group_rows
 
+    parts = sorted({c.partition for c in commits if c.partition is not None}) if leases is not None else []
+    missing = [p for p in parts if p not in leases] if leases is not None else []
+    if missing:
+        raise Fenced(f"partitions {missing} are not leased to this instance")
+    args: list[Any] = [owner, parts, [leases[p] for p in parts] if leases is not None else []]
     tables = group_rows(commits, committed_at)
-    args: list[list[Any]] = []
     for table, cols in COMMIT_TABLES:
         rows = tables[table]
         if rows:
@@ -290,6 +330,10 @@ def commit_args(commits: Sequence[Commit], committed_at: float) -> list[list[Any
         else:
             args.extend([] for _ in cols)
     return args
+
+
+class Fenced(RuntimeError):
+    """A group names a partition this instance does not hold (any more): nothing was written."""
 
 
 class WriterBusy(StoreUnavailable):
@@ -308,9 +352,15 @@ def _connection_lost(exc: BaseException) -> bool:
 class PgCommitter:
     """The ledger writer's connection: one `ledger_commit` call per group (see the module doc)."""
 
-    def __init__(self, dsn: str, *, call_timeout_s: float = 30.0) -> None:
+    def __init__(self, dsn: str, *, call_timeout_s: float = 30.0, owner: str = "",
+                 leases: Callable[[], dict[int, int]] | None = None) -> None:
+        """owner, leases: one of several instances (switch/ops/cluster.py): its id, and the
+        partitions it holds now with their epochs, for the fence of every group. Without them,
+        the one writer of the ledger."""
         self.dsn = dsn
         self.call_timeout_s = call_timeout_s
+        self.owner = owner
+        self.leases = leases
         self.conn: Any = None
         self.outcomes_recovered = 0  # groups found committed after the connection was lost mid-call
 
@@ -320,9 +370,12 @@ class PgCommitter:
         conn = await asyncpg.connect(self.dsn)
         try:
             await conn.execute("SET synchronous_commit = on")
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK):
+            # the one writer holds the lock alone; instances of a cluster share it (and fence by lease)
+            take = "pg_try_advisory_lock_shared" if self.leases is not None else "pg_try_advisory_lock"
+            if not await conn.fetchval(f"SELECT {take}($1)", WRITER_LOCK):
                 raise WriterBusy(f"another switch writes the ledger at {redact(self.dsn)} "
-                                 "(it holds the ledger's writer lock); one writer per ledger")
+                                 "(it holds the ledger's writer lock); one writer per ledger, or every "
+                                 "writer an instance of one cluster (--cluster)")
         except BaseException:
             await conn.close()
             raise
@@ -339,7 +392,8 @@ class PgCommitter:
         that did commit is never answered 96."""
         if self.conn is None:
             await self.open()
-        args = commit_args(commits, time.time())
+        args = commit_args(commits, time.time(), owner=self.owner,
+                           leases=self.leases() if self.leases is not None else None)
         try:
             await self.conn.execute(COMMIT_CALL, *args, timeout=self.call_timeout_s)
         except BaseException as exc:

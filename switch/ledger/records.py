@@ -282,3 +282,4 @@ class Commit:
     message: MessageOutcome | None = None
     changes: tuple[Change, ...] = ()
     events: tuple[OutboxEvent, ...] = field(default=())
+    partition: int | None = None  # the member's partition, with several instances (switch/ops/cluster.py)

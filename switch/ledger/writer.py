@@ -70,7 +70,11 @@ class LedgerWriter:
         commit_interval_ms_max: float = 2.0,
         queue_size_max: int = 8192,
         on_failure: Any = None,
+        owner: str = "",
+        leases: Any = None,
     ) -> None:
+        """owner, leases: one instance of several on a PostgreSQL ledger (switch/ops/cluster.py):
+        every group is fenced by the leases held (switch/ledger/postgres.py, PgCommitter)."""
         self.path = path
         self.batch_size_max = batch_size_max
         self.commit_interval_s_max = commit_interval_ms_max / 1000
@@ -81,7 +85,7 @@ class LedgerWriter:
         if isinstance(path, PgDsn):
             from switch.ledger.postgres import PgCommitter
 
-            self._pg = PgCommitter(path)
+            self._pg = PgCommitter(path, owner=owner, leases=leases)
             self._conn: sqlite3.Connection | None = None
             probe = connect(path, readonly=True)
             try:

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from switch.clock import Clock
-from switch.domain import DISTRICTS, KST, Merchant, luhn_digit, mask_pan, month_key
+from switch.domain import DISTRICTS, KST, Merchant, luhn_digit, mask_pan, month_key, partition_of
 from switch.authorize.engine import MemberLocks
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
 from switch.ledger.records import (CardIssued, CardMonthCharged, CardState, CardStatusSet, ChargeDetail,
@@ -48,6 +48,7 @@ class Operations:
         self.writer = writer
         self.clock = clock
         self.security = security
+        self.cluster: Any = None  # several instances: switch/ops/cluster.py (set by switch/ops/runtime.py)
         self._device_count: int | None = None
 
     def _next_device(self) -> int:
@@ -162,23 +163,42 @@ class Operations:
         if pin is not None and self.security is None:
             raise OperationError("--pin needs an HSM: pass --hsm HOST:PORT (or run the switch with --hsm)")
         card_id = self.state.next_card_id
-        self.state.next_card_id += 1
+        self.state.card_id_used(card_id)
         pan = card_pan(prog.bins[0][0], card_id, prog.pan_length)
         member = member or f"M{card_id:09d}"
+        self._owned(member, f"card {mask_pan(pan)}")
         pvv = await self.security.pvv_for(pin, pan) if pin is not None else ""  # only the PVV is kept
         await self._commit(CardIssued(CardState(card_id, pan, program, member, expiry, "active", pvv=pvv),
-                                      now.isoformat()))
+                                      now.isoformat()), member=member)
         return {"pan": pan, "expiry": expiry, "member": member, "program": program}
 
     def _card(self, pan: str) -> CardState:
+        if self.cluster is not None:  # whose card first, from the store: a card another instance
+            found = self.state.reader.card_by_pan(pan)  # decides must never sit in this one's memory
+            if found is not None:
+                self._owned(found.member, f"card {mask_pan(pan)}")
         card = self.state.load_card(pan)
         if card is None:
             raise OperationError(f"card {mask_pan(pan)} not found")
         return card
 
-    async def _commit(self, *changes, posting: Posting | None = None, events=()) -> None:
+    def _owned(self, member: str, what: str) -> None:
+        """With several instances, a member's cards are changed only by the instance holding the
+        member's partition (switch/ops/cluster.py)."""
+        cluster = self.cluster
+        if cluster is None:
+            return
+        partition = partition_of(member)
+        if not cluster.owns(partition):
+            route = cluster.route(partition)
+            owner = f"instance {route[0]}" if route is not None else "no instance at the moment"
+            raise OperationError(f"{what}: its member's partition {partition} is held by {owner}; "
+                                 "run the command against that instance's data dir")
+
+    async def _commit(self, *changes, posting: Posting | None = None, events=(), member: str | None = None) -> None:
         """Make the changes durable, then show them to the hot state (never before)."""
-        await self.writer.submit(Commit(posting, None, tuple(changes), tuple(events)))
+        await self.writer.submit(Commit(posting, None, tuple(changes), tuple(events),
+                                        partition=partition_of(member) if member is not None else None))
         self.state.apply(tuple(changes))
 
     async def op_card_charge(self, *, pan: str, amount: int) -> dict[str, Any]:
@@ -208,7 +228,7 @@ class Operations:
         if card.status != "active":
             raise OperationError(f"card {mask_pan(pan)} is {card.status}")
         pid = self.state.next_posting_id
-        self.state.next_posting_id += 1
+        self.state.posting_id_used(pid)
         repay = min(amount, -card.receivable)  # a charge first settles what a clawback left owing
         entries = tuple(e for e in (("bank_settlement", -amount), (f"card:{card.id}:cash", amount - repay),
                                     (f"card:{card.id}:receivable", repay)) if e[1])
@@ -219,14 +239,15 @@ class Operations:
             posting_id=pid, kind="charge", at=now.astimezone(KST).isoformat(timespec="microseconds"), amount=amount,
             entries=entries, card=CardFacts(card.program, card.member, card.pan, cash, card.cashback, receivable),
             rrn=f"{pid:012d}", extra=(("receivable_repaid", repay),)))
-        await self._commit(CardMonthCharged(card.id, month, amount), posting=posting, events=events)
+        await self._commit(CardMonthCharged(card.id, month, amount), posting=posting, events=events,
+                           member=card.member)
         self.state.set_balances(card.id, cash, card.cashback, receivable)
         return {"pan": mask_pan(pan), "charged": amount, "receivable_repaid": repay, "cash": cash,
                 "cashback": card.cashback, "posting": pid}
 
     async def _set_status(self, pan: str, status: str) -> dict[str, Any]:
         card = self._card(pan)
-        await self._commit(CardStatusSet(card.id, status))  # honoured by the very next authorization
+        await self._commit(CardStatusSet(card.id, status), member=card.member)  # honoured by the very next authorization
         return {"pan": mask_pan(pan), "status": status}
 
     async def op_card_block(self, *, pan: str) -> dict[str, Any]:
@@ -237,7 +258,7 @@ class Operations:
 
     async def op_card_unblock_pin(self, *, pan: str) -> dict[str, Any]:
         card = self._card(pan)
-        await self._commit(PinTriesSet(card.id, 0, False))
+        await self._commit(PinTriesSet(card.id, 0, False), member=card.member)
         return {"pan": mask_pan(pan), "pin": "unblocked"}
 
 

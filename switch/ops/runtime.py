@@ -16,7 +16,8 @@ from switch.authorize.engine import Engine, MemberLocks
 from switch.authorize.hsm_client import HsmConfig, HsmPool
 from switch.ledger.records import Commit, MetaSet
 from switch.ledger.sqlite import SqliteReader
-from switch.ledger.store import Store, open_store
+from switch.ledger.store import PgDsn, Store, open_store
+from switch.ops.cluster import Cluster, ClusterConfig, IdBlocks
 from switch.ledger.writer import LedgerWriter
 from switch.ops.operations import Operations
 from switch.ledger.outbox import OutboxReader, OutboxStatus
@@ -62,22 +63,33 @@ class Core:
     db_path: Store
     hsm: HsmPool | None = None
     relay: Relay | None = None
+    cluster: Cluster | None = None
 
 
 @contextlib.asynccontextmanager
 async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = None,
                     batch_size_max: int = 512, commit_interval_ms_max: float = 2.0,
                     queue_size_max: int = 8192, hsm: HsmConfig | None = None,
-                    relay: RelayConfig | None = None, store: str | None = None) -> AsyncIterator[Core]:
+                    relay: RelayConfig | None = None, store: str | None = None,
+                    cluster: ClusterConfig | None = None) -> AsyncIterator[Core]:
     """Store, hot state, writer, engine and operations for a data dir (caller holds the lock).
     The ledger is the data dir's SQLite file, or the PostgreSQL database `store` (or
     $EUM_STORE) names. With `relay`, the outbox is published to that MQTT broker while the core
     is open."""
     rules = load_rules(config_dir or default_config_dir())
     db_path = open_store(data_dir, store)
+    members: Cluster | None = None
+    if cluster is not None:
+        if not isinstance(db_path, PgDsn):
+            raise ValueError("--cluster: several instances share a PostgreSQL ledger: pass --store postgresql://…")
+        if relay is not None:
+            raise ValueError("--cluster with --mqtt: the outbox relay of several instances is not built yet "
+                             "(docs/scale-out.md); run the relay-less instances and `eum events tail`")
+        members = Cluster(db_path, cluster)
     reader = SqliteReader(db_path)
     writer = LedgerWriter(db_path, batch_size_max=batch_size_max, commit_interval_ms_max=commit_interval_ms_max,
-                          queue_size_max=queue_size_max)
+                          queue_size_max=queue_size_max, owner=cluster.instance_id if cluster else "",
+                          leases=members.leases if members is not None else None)
     try:
         await writer.open()
     except BaseException:
@@ -89,6 +101,16 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
     writer.start()
     pool = security = relay_task = None
     try:
+        if members is not None:
+            ids = IdBlocks(db_path)
+            ids.align()
+            state.use_ids(ids)
+            # gained partitions: their messages and early reversals, committed by other instances, are
+            # learnt from the ledger; a partition held before (its cards may sit in memory, stale) drops
+            # the whole hot state, as a failed commit does (decisions in flight are answered 96)
+            members.on_gain = lambda gained, again: state.clear() if again else state.refresh_filters()
+            members.drain = writer.drain
+            await members.start()
         if relay is not None:
             from switch.ledger.relay import Relay
 
@@ -103,8 +125,11 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
         locks = MemberLocks()  # one decision per member at a time, authorizations and operations alike
         engine = Engine(rules=rules, state=state, writer=writer, clock=clock, security=security, locks=locks)
         ops = Operations(rules=rules, state=state, writer=writer, clock=clock, security=security, locks=locks)
-        yield Core(rules, reader, state, writer, engine, ops, db_path, pool, relay_task)
+        ops.cluster = members
+        yield Core(rules, reader, state, writer, engine, ops, db_path, pool, relay_task, members)
     finally:
+        if members is not None:  # gives its leases back once what it decided is committed
+            await members.stop()
         if relay_task is not None:  # before the writer closes: the relay marks through it
             await relay_task.stop()
         if pool is not None:

@@ -39,6 +39,7 @@ class Rc(str, Enum):
     PIN_TRIES_EXCEEDED = "75"
     HSM_UNAVAILABLE = "91"
     PROGRAM_BUSY = "91"  # the same code (issuer or switch inoperative): a program over its capacity
+    OWNER_UNAVAILABLE = "91"  # … and no instance answered for the member's partition (switch/ops/cluster.py)
     DUPLICATE = "94"
     SYSTEM_ERROR = "96"
 
