@@ -218,7 +218,11 @@ def _commit_function(version: int) -> str:
                 insert = (f"INSERT INTO accounts(name, balance) SELECT u.name, 0 FROM unnest({names[0]}) AS u(name) "
                           "WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.name = u.name) " if version >= 3 else
                           f"INSERT INTO accounts(name, balance) SELECT name, 0 FROM unnest({names[0]}) AS name ")
-                stmt = (f"{insert}ON CONFLICT DO NOTHING;\n        " + stmt
+                lock = ""
+                if version >= 5:  # several writers share house accounts: lock them in one order (name)
+                    lock = (f"PERFORM 1 FROM accounts WHERE name = ANY({names[0]}) ORDER BY name FOR UPDATE;"
+                            "\n        ")
+                stmt = (f"{insert}ON CONFLICT DO NOTHING;\n        " + lock + stmt
                         + " AND (t.balance + u.balance >= 0 OR NOT (t.name LIKE 'card:%:cash' "
                           "OR t.name LIKE 'card:%:cashback'))")
         else:
@@ -263,6 +267,8 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (3, "ledger_commit: rare updates row by row, new accounts probed before insert", _commit_function(3)),
     (4, "several instances: instances, partition leases, id sequences; ledger_commit fenced by lease epoch",
      _SCHEMA_4 + _commit_function(4)),
+    (5, "ledger_commit: accounts locked in name order (no deadlock between instances' groups)",
+     _commit_function(5)),
 )
 
 

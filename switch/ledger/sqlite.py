@@ -205,7 +205,7 @@ class _Rows:
             "undone": [(u, r, pid) for pid, (u, r) in self.undone.items()],
             "tombstones": self.tombstones,
             "pin_tries": list(self.pin_tries.values()),
-            "ksn": [(v, tid) for tid, v in self.ksn.items()],
+            "ksn": [(v, tid) for tid, v in sorted(self.ksn.items())],  # terminals are shared by instances: one order
             "status": [(s, cid) for cid, s in self.status.items()],
             "pvv": [(v, cid) for cid, v in self.pvv.items()],
             "meta": list(self.meta.items()),
