@@ -119,7 +119,7 @@ $$;
 
 # ---------------------------------------------------------------------------- the group commit function
 # One array per column of each table a group writes, in switch/ledger/sqlite.py _Rows' row order.
-COMMIT_TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+COMMIT_TABLES_5: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("merchants", (("mid", "text"), ("name", "text"), ("district", "text"), ("annual_sales", "bigint"),
                    ("category", "text"), ("online_mall", "bigint"))),
     ("terminals", (("tid", "text"), ("mid", "text"), ("security", "text"), ("key_lmk", "text"),
@@ -148,6 +148,18 @@ COMMIT_TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("key_groups", (("name", "text"), ("profile", "text"), ("bdk", "text"), ("kcv", "text"))),
     ("relay", (("name", "text"), ("seq", "bigint"), ("at", "text"))),
 )
+
+# From version 6 an outbox row also carries its partition and its place in that partition's
+# sequence (written by the partition's one owner), which the relays of a cluster follow.
+_OUTBOX_6 = (("event_id", "text"), ("topic", "text"), ("type", "text"), ("posting_id", "bigint"),
+             ("payload", "text"), ("committed_at", "double precision"), ("partition", "integer"), ("pseq", "bigint"))
+
+
+def _tables(version: int) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    if version < 6:
+        return COMMIT_TABLES_5
+    return tuple((t, _OUTBOX_6 if t == "outbox" else cols) for t, cols in COMMIT_TABLES_5)
+
 
 _TAILS = {  # what follows `SELECT * FROM unnest(...)` for the tables that merge rather than insert
     "member_months": " ON CONFLICT (month, member) DO UPDATE SET eligible = t.eligible + excluded.eligible",
@@ -201,7 +213,7 @@ def _commit_function(version: int) -> str:
             "'fenced: this instance no longer holds the lease of a partition in the group' "
             "USING ERRCODE = 'EUM01'; END IF;\n"
             "    END IF;")
-    for table, cols in COMMIT_TABLES:
+    for table, cols in _tables(version):
         names = [_param(table, c) for c, _ in cols]
         params += [f"{n} {t}[]" for n, (_, t) in zip(names, cols)]
         unnest = f"unnest({', '.join(names)})"
@@ -239,9 +251,15 @@ def _commit_function(version: int) -> str:
             "LANGUAGE plpgsql AS $fn$\nDECLARE n bigint;" + (" i integer;" if version >= 3 else "") + "\nBEGIN\n" + "\n".join(body) + "\nEND\n$fn$;")
 
 
-_ROW_TYPES = [f"{t}[]" for _, cols in COMMIT_TABLES for _, t in cols]
+def _row_types(version: int) -> list[str]:
+    return [f"{t}[]" for _, cols in _tables(version) for _, t in cols]
+
+
+_ROW_TYPES = _row_types(3)  # the signature of versions 2 and 3 (dropped by migration 4)
+LATEST = 6
+COMMIT_TABLES = _tables(LATEST)
 COMMIT_CALL = ("SELECT ledger_commit(" + ", ".join(
-    f"${i + 1}::{t}" for i, t in enumerate(["text", "integer[]", "bigint[]"] + _ROW_TYPES)) + ")")
+    f"${i + 1}::{t}" for i, t in enumerate(["text", "integer[]", "bigint[]"] + _row_types(LATEST))) + ")")
 
 _SCHEMA_4 = """
 CREATE TABLE instances(
@@ -269,6 +287,11 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
      _SCHEMA_4 + _commit_function(4)),
     (5, "ledger_commit: accounts locked in name order (no deadlock between instances' groups)",
      _commit_function(5)),
+    (6, "outbox rows carry their partition and per-partition sequence (the relays of a cluster follow it)",
+     "ALTER TABLE outbox ADD COLUMN partition INTEGER, ADD COLUMN pseq BIGINT;\n"
+     "CREATE UNIQUE INDEX outbox_partition_pseq ON outbox(partition, pseq) WHERE pseq IS NOT NULL;\n"
+     "DROP FUNCTION ledger_commit(text, integer[], bigint[], " + ", ".join(_row_types(5)) + ");\n"
+     + _commit_function(6)),
 )
 
 
@@ -316,7 +339,7 @@ def _first_line(exc: BaseException, dsn: str) -> str:
 
 
 def commit_args(commits: Sequence[Commit], committed_at: float, *, owner: str = "",
-                leases: dict[int, int] | None = None) -> list[Any]:
+                leases: dict[int, int] | None = None, pseq: Callable[[int], int] | None = None) -> list[Any]:
     """ledger_commit's arguments: the fence (this owner and, for each partition the group's units
     name, the epoch of its lease; none outside a cluster), then the group's rows as arrays, one
     per column (COMMIT_TABLES' order). A unit of a partition not in `leases` raises Fenced
@@ -328,7 +351,7 @@ def commit_args(commits: Sequence[Commit], committed_at: float, *, owner: str = 
     if missing:
         raise Fenced(f"partitions {missing} are not leased to this instance")
     args: list[Any] = [owner, parts, [leases[p] for p in parts] if leases is not None else []]
-    tables = group_rows(commits, committed_at)
+    tables = group_rows(commits, committed_at, pseq)
     for table, cols in COMMIT_TABLES:
         rows = tables[table]
         if rows:
@@ -369,6 +392,7 @@ class PgCommitter:
         self.leases = leases
         self.conn: Any = None
         self.outcomes_recovered = 0  # groups found committed after the connection was lost mid-call
+        self._pseq: dict[int, int] = {}  # partition → its last event sequence number handed out (a cluster)
 
     async def open(self) -> None:
         import asyncpg
@@ -398,8 +422,12 @@ class PgCommitter:
         that did commit is never answered 96."""
         if self.conn is None:
             await self.open()
+        pseq = None
+        if self.leases is not None:  # each partition's events in the order its one owner commits them
+            await self._load_pseq(commits)
+            pseq = self._next_pseq
         args = commit_args(commits, time.time(), owner=self.owner,
-                           leases=self.leases() if self.leases is not None else None)
+                           leases=self.leases() if self.leases is not None else None, pseq=pseq)
         try:
             await self.conn.execute(COMMIT_CALL, *args, timeout=self.call_timeout_s)
         except BaseException as exc:
@@ -411,6 +439,27 @@ class PgCommitter:
                 self.outcomes_recovered += 1
                 return
             raise
+
+    async def _load_pseq(self, commits: Sequence[Commit]) -> None:
+        """Where each partition's event sequence stands, read once per partition held: the
+        owner before this one is fenced, so its last number is final."""
+        need = sorted({c.partition for c in commits
+                       if c.events and c.partition is not None and c.partition not in self._pseq})
+        if need:
+            rows = await self.conn.fetch("SELECT partition, MAX(pseq) AS top FROM outbox "
+                                         "WHERE partition = ANY($1::int[]) GROUP BY partition", need)
+            top = {r["partition"]: r["top"] or 0 for r in rows}
+            for p in need:
+                self._pseq[p] = top.get(p, 0)
+
+    def _next_pseq(self, partition: int) -> int:
+        self._pseq[partition] += 1
+        return self._pseq[partition]
+
+    def forget_pseq(self, partitions: Iterable[int]) -> None:
+        """Partitions (re)gained: another owner may have added events since."""
+        for p in partitions:
+            self._pseq.pop(p, None)
 
     async def close_quietly(self) -> None:
         conn, self.conn = self.conn, None

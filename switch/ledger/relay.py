@@ -157,10 +157,13 @@ class Relay:
 
     # ------------------------------------------------------------------ the loop
 
-    async def _run(self) -> None:
+    async def _begin(self) -> None:
         self.position = self.cursor = await self._read(lambda r: r.position())
         status = await self._read(lambda r: r.status(relayed_seq=self.position))
         log.info("relay_started", broker=self.broker, client_id=self.client_id, **status.as_dict())
+
+    async def _run(self) -> None:
+        await self._begin()
         backoff = self.config.backoff_s_min
         while not self._stopping:
             try:
@@ -285,6 +288,108 @@ class Relay:
                  resent=self.resent, reconnects=self.reconnects, publish_lag_ms_max=round(self._publish_lag_ms_max, 1),
                  **status.as_dict())
         self._publish_lag_ms_max = 0.0
+
+
+class PartitionRelay(Relay):
+    """The relay of one instance of a cluster (switch/ops/cluster.py; docs/scale-out.md,
+    "Outbox with several instances"). With several writers the outbox's global `seq` is taken
+    before commit, so a row can become visible after a later one and one global position
+    would skip it. Each partition's events carry `pseq`, numbered by that partition's one
+    owner in its commit order (switch/ledger/postgres.py, PgCommitter); this relay publishes
+    the partitions its instance holds, each from its own position (`outbox_relay` row
+    `mqtt:<partition>`), and takes a PostgreSQL advisory lock per partition first, so two
+    relays never publish one partition at once during a hand-over. A position moves only
+    when the whole batch is acknowledged; after a lost connection or a hand-over the rows
+    after the last mark are sent again (consumers deduplicate on event_id)."""
+
+    LOCK_BASE = 0x65756D10 << 16
+
+    def __init__(self, config: RelayConfig, dsn: str, writer: LedgerWriter,
+                 owned: Callable[[], Any], instance: str) -> None:
+        super().__init__(config, dsn, writer)  # type: ignore[arg-type]
+        if not config.client_id:  # one MQTT client id per instance: a broker drops the older of two alike
+            self.client_id = f"{self.client_id}-{instance}"
+        self.owned = owned
+        self.positions: dict[int, int] = {}  # partition → last pseq acknowledged by the broker
+        self._db: Any = None                 # holds the partitions' advisory locks
+
+    async def _begin(self) -> None:
+        import asyncpg
+
+        if self._db is None:
+            self._db = await asyncpg.connect(str(self.db_path))
+        log.info("relay_started", broker=self.broker, client_id=self.client_id, mode="partitions")
+
+    async def _claim(self) -> None:
+        want = set(self.owned())
+        for p in [p for p in self.positions if p not in want]:
+            await self._db.execute("SELECT pg_advisory_unlock($1)", self.LOCK_BASE + p)
+            del self.positions[p]
+        for p in sorted(want - set(self.positions)):
+            if await self._db.fetchval("SELECT pg_try_advisory_lock($1)", self.LOCK_BASE + p):
+                mark = await self._db.fetchval("SELECT seq FROM outbox_relay WHERE name = $1", f"{RELAY_NAME}:{p}")
+                self.positions[p] = mark or 0
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        watch = asyncio.get_running_loop().create_task(_until_disconnected(client))
+        try:
+            while not self._stopping:
+                await self._claim()
+                self.writer.events_committed.clear()  # before the read: a commit after it wakes us
+                parts = sorted(self.positions)
+                rows = await self._db.fetch(
+                    "SELECT o.partition, o.pseq, o.topic, o.payload, o.committed_at FROM outbox o "
+                    "JOIN unnest($1::int[], $2::bigint[]) AS c(p, pos) ON o.partition = c.p AND o.pseq > c.pos "
+                    "ORDER BY o.partition, o.pseq LIMIT $3",
+                    parts, [self.positions[p] for p in parts], self.config.batch_size_max) if parts else []
+                if rows:
+                    await self._publish_rows(client, rows, watch)
+                    continue
+                await _first_of(watch, self.writer.events_committed.wait(), self._wake.wait(),
+                                timeout=self.config.idle_poll_s)
+        finally:
+            watch.cancel()
+
+    async def _publish_rows(self, client: aiomqtt.Client, rows: list[Any], watch: asyncio.Task[None]) -> None:
+        loop = asyncio.get_running_loop()
+        sends = [loop.create_task(client.publish(r["topic"], r["payload"].encode(), qos=1,
+                                                 timeout=self.config.publish_timeout_s)) for r in rows]
+        all_sent = asyncio.gather(*sends, return_exceptions=True)
+        try:
+            await asyncio.wait({watch, all_sent}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in sends:
+                t.cancel()
+        failed = sum(1 for t in sends if not t.done() or t.cancelled() or t.exception() is not None)
+        if failed:
+            raise aiomqtt.MqttError(f"{failed} of {len(rows)} publishes not acknowledged")
+        moved: dict[int, int] = {}
+        for r in rows:  # in pseq order within each partition
+            moved[r["partition"]] = r["pseq"]
+        self.positions.update(moved)
+        self.published += len(rows)
+        self._publish_lag_ms_max = max(self._publish_lag_ms_max, (time.time() - rows[0]["committed_at"]) * 1000)
+        at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        try:
+            await self.writer.submit(Commit(changes=tuple(RelayMarked(f"{RELAY_NAME}:{p}", seq, at)
+                                                          for p, seq in sorted(moved.items()))))
+        except LedgerUnavailable:
+            log.warning("relay_mark_failed", partitions=len(moved))
+
+    def _rewind(self) -> None:
+        """Positions move only on a whole acknowledged batch: the next connection goes on from them."""
+
+    async def _log_status(self) -> None:
+        log.info("relay_status", broker=self.broker, connected=self.connected, published=self.published,
+                 reconnects=self.reconnects, partitions=len(self.positions),
+                 publish_lag_ms_max=round(self._publish_lag_ms_max, 1))
+        self._publish_lag_ms_max = 0.0
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()  # the advisory locks go with the session
 
 
 async def _until_disconnected(client: aiomqtt.Client) -> None:

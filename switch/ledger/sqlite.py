@@ -17,7 +17,7 @@ import orjson
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from switch.domain import Merchant
 from switch.ledger.records import (CardDayMoved, CardIssued, CardMonthCharged, CardPvvSet, CardState, CardStatusSet,
@@ -80,7 +80,8 @@ _POSTING = ("INSERT INTO postings(id, kind, at, card_id, mid, tid, stan, rrn, am
 _ENTRY = "INSERT INTO entries(posting_id, account, amount) VALUES (?,?,?)"
 _MESSAGE = ("INSERT INTO messages(tid, stan, tx_time, mti, digest, rc, response, posting_id, at) "
             "VALUES (?,?,?,?,?,?,?,?,?)")
-_EVENT = "INSERT INTO outbox(event_id, topic, type, posting_id, payload, committed_at) VALUES (?,?,?,?,?,?)"
+_EVENT = ("INSERT INTO outbox(event_id, topic, type, posting_id, payload, committed_at, partition, pseq) "
+          "VALUES (?,?,?,?,?,?,?,?)")
 _ACCOUNT = ("INSERT INTO accounts(name, balance) VALUES (?, ?) "
             "ON CONFLICT(name) DO UPDATE SET balance = balance + excluded.balance")
 _MEMBER_MONTH = ("INSERT INTO member_months(member, month, eligible) VALUES (?,?,?) "
@@ -107,7 +108,10 @@ _RELAY = ("INSERT INTO outbox_relay(name, seq, at) VALUES (?,?,?) "
 class _Rows:
     """A group's rows, table by table, in the order the group decided them."""
 
-    def __init__(self) -> None:
+    def __init__(self, pseq: Callable[[int], int] | None = None) -> None:
+        """pseq: the next place in a partition's event sequence (a cluster's writer:
+        switch/ledger/postgres.py); None: events carry no partition sequence."""
+        self.pseq = pseq
         self.postings: list[tuple] = []
         self.entries: list[tuple] = []
         self.messages: list[tuple] = []
@@ -144,7 +148,9 @@ class _Rows:
         if m is not None:
             self.messages.append((*m.key, m.mti, m.digest, m.rc, orjson.dumps(m.response).decode(), m.posting_id, m.at))
         for ev in c.events:
-            self.events.append((ev.event_id, ev.topic, ev.type, ev.posting_id, ev.payload, committed_at))
+            seq = self.pseq(c.partition) if self.pseq is not None and c.partition is not None else None
+            self.events.append((ev.event_id, ev.topic, ev.type, ev.posting_id, ev.payload, committed_at,
+                                c.partition, seq))
         for ch in c.changes:
             self._change(ch)
 
@@ -221,9 +227,10 @@ _SQL = {"merchants": _MERCHANT, "terminals": _TERMINAL, "cards": _CARD, "posting
         "key_groups": _KEY_GROUP, "relay": _RELAY}
 
 
-def group_rows(commits: Iterable[Commit], committed_at: float) -> dict[str, list[tuple]]:
+def group_rows(commits: Iterable[Commit], committed_at: float,
+               pseq: Callable[[int], int] | None = None) -> dict[str, list[tuple]]:
     """A group's rows by table (both adapters write these)."""
-    rows = _Rows()
+    rows = _Rows(pseq)
     for c in commits:
         rows.add(c, committed_at)
     return rows.tables()

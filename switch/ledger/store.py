@@ -161,6 +161,8 @@ MIGRATIONS = (
     ("cards", "pin_tries", "INTEGER NOT NULL DEFAULT 0"),
     ("cards", "pin_blocked", "INTEGER NOT NULL DEFAULT 0"),
     ("postings", "reversed", "INTEGER NOT NULL DEFAULT 0"),   # of a purchase: the part undone by reversals
+    ("outbox", "partition", "INTEGER"),   # the member's partition and its place in that partition's event
+    ("outbox", "pseq", "INTEGER"),        # sequence: written by a cluster's owners (PostgreSQL), NULL here
 )
 # Run once, right after a column above is added: an older store kept `reversed` in the JSON detail.
 BACKFILLS = {

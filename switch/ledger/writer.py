@@ -116,6 +116,11 @@ class LedgerWriter:
         if self._pg is not None:
             await self._pg.open()
 
+    def forget_pseq(self, partitions: Any) -> None:
+        """A cluster gained `partitions`: re-read where their event sequences stand."""
+        if self._pg is not None:
+            self._pg.forget_pseq(partitions)
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
 

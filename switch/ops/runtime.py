@@ -82,9 +82,6 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
     if cluster is not None:
         if not isinstance(db_path, PgDsn):
             raise ValueError("--cluster: several instances share a PostgreSQL ledger: pass --store postgresql://…")
-        if relay is not None:
-            raise ValueError("--cluster with --mqtt: the outbox relay of several instances is not built yet "
-                             "(docs/scale-out.md); run the relay-less instances and `eum events tail`")
         members = Cluster(db_path, cluster)
     reader = SqliteReader(db_path)
     writer = LedgerWriter(db_path, batch_size_max=batch_size_max, commit_interval_ms_max=commit_interval_ms_max,
@@ -108,10 +105,21 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
             # gained partitions: their messages and early reversals, committed by other instances, are
             # learnt from the ledger; a partition held before (its cards may sit in memory, stale) drops
             # the whole hot state, as a failed commit does (decisions in flight are answered 96)
-            members.on_gain = lambda gained, again: state.clear() if again else state.refresh_filters()
+            def gained(partitions: list[int], again: list[int]) -> None:
+                writer.forget_pseq(partitions)
+                state.clear() if again else state.refresh_filters()
+
+            members.on_gain = gained
             members.drain = writer.drain
             await members.start()
-        if relay is not None:
+        if relay is not None and members is not None:  # the partitions this instance holds
+            from switch.ledger.relay import PartitionRelay
+
+            held = members
+            relay_task = PartitionRelay(relay, db_path, writer, lambda: [p for p in held.held if held.owns(p)],
+                                        cluster.instance_id)
+            relay_task.start()
+        elif relay is not None:
             from switch.ledger.relay import Relay
 
             relay_task = Relay(relay, db_path, writer)
@@ -128,10 +136,10 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
         ops.cluster = members
         yield Core(rules, reader, state, writer, engine, ops, db_path, pool, relay_task, members)
     finally:
-        if members is not None:  # gives its leases back once what it decided is committed
-            await members.stop()
         if relay_task is not None:  # before the writer closes: the relay marks through it
             await relay_task.stop()
+        if members is not None:  # gives its leases back once what it decided is committed
+            await members.stop()
         if pool is not None:
             await pool.close()
         await writer.close()
