@@ -54,7 +54,8 @@ def cmd_switch(args: argparse.Namespace) -> int:
                           program_in_flight_max=args.program_in_flight_max, program_queue_max=args.program_queue_max,
                           program_wait_ms=args.program_wait_ms, connections_max=args.connections_max,
                           per_peer_max=args.per_peer_max, idle_timeout_s=args.idle_timeout_s,
-                          frame_timeout_ms=args.frame_timeout_ms, signon_timeout_s=args.signon_timeout_s)
+                          frame_timeout_ms=args.frame_timeout_ms, signon_timeout_s=args.signon_timeout_s,
+                          commit_interval_ms_max=args.commit_interval_ms)
     dialect = load_dialect(config.dialect)
     check_responses(dialect)  # before anything is created: a dialect that cannot answer is refused
     relay = _relay(args)
@@ -329,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--listen", default="127.0.0.1:8583", help="HOST:PORT (default 127.0.0.1:8583)")
     sw.add_argument("--data-dir", default="var", help="ledger and logs (default ./var)")
     sw.add_argument("--store", help=STORE_HELP)
+    sw.add_argument("--commit-interval-ms", type=float, default=SwitchConfig().commit_interval_ms_max,
+                    help="the ledger's group window: a group commits at most this long after its first unit "
+                         "(longer: larger groups, less CPU per approval, more latency; default %(default)s)")
     # several instances on one PostgreSQL ledger: docs/scale-out.md
     sw.add_argument("--cluster", action="store_true",
                     help="one of several instances sharing the --store ledger, by member ownership")
