@@ -200,7 +200,7 @@ class Relay:
         try:
             while not self._stopping:
                 self.writer.events_committed.clear()  # before the read: a commit after it wakes us
-                rows = await self._read(lambda r: r.rows_after(self.cursor, limit=self.config.batch_size_max))
+                rows = await self._next_batch()
                 if rows:
                     await self._publish(client, rows, watch)
                     continue
@@ -209,17 +209,27 @@ class Relay:
         finally:
             watch.cancel()
 
-    async def _publish(self, client: aiomqtt.Client, rows: list[OutboxRow], watch: asyncio.Task[None]) -> None:
+    async def _next_batch(self) -> list[Any]:
+        return await self._read(lambda r: r.rows_after(self.cursor, limit=self.config.batch_size_max))
+
+    async def _send_all(self, client: aiomqtt.Client, messages: list[tuple[str, str]],
+                        watch: asyncio.Task[None]) -> list[asyncio.Task[Any]]:
+        """Publish (topic, payload) pairs with QoS 1, in order (tasks start in order, so the
+        PUBLISH packets leave in order); return once all are acknowledged or the connection is
+        gone, with the sends (done or cancelled) for the caller to count."""
         loop = asyncio.get_running_loop()
-        # tasks start in seq order, so the PUBLISH packets leave in seq order
-        sends = [loop.create_task(client.publish(r.topic, r.payload.encode(), qos=1,
-                                                 timeout=self.config.publish_timeout_s)) for r in rows]
+        sends = [loop.create_task(client.publish(topic, payload.encode(), qos=1,
+                                                 timeout=self.config.publish_timeout_s)) for topic, payload in messages]
         all_sent = asyncio.gather(*sends, return_exceptions=True)
         try:
             await asyncio.wait({watch, all_sent}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for s in sends:
                 s.cancel()
+        return sends
+
+    async def _publish(self, client: aiomqtt.Client, rows: list[OutboxRow], watch: asyncio.Task[None]) -> None:
+        sends = await self._send_all(client, [(r.topic, r.payload) for r in rows], watch)
         acked = 0
         for s in sends:  # the acknowledged prefix is marked; rows from the first gap on are re-sent
             if not s.done() or s.cancelled() or s.exception() is not None:
@@ -330,36 +340,19 @@ class PartitionRelay(Relay):
                 mark = await self._db.fetchval("SELECT seq FROM outbox_relay WHERE name = $1", f"{RELAY_NAME}:{p}")
                 self.positions[p] = mark or 0
 
-    async def _pump(self, client: aiomqtt.Client) -> None:
-        watch = asyncio.get_running_loop().create_task(_until_disconnected(client))
-        try:
-            while not self._stopping:
-                await self._claim()
-                self.writer.events_committed.clear()  # before the read: a commit after it wakes us
-                parts = sorted(self.positions)
-                rows = await self._db.fetch(
-                    "SELECT o.partition, o.pseq, o.topic, o.payload, o.committed_at FROM outbox o "
-                    "JOIN unnest($1::int[], $2::bigint[]) AS c(p, pos) ON o.partition = c.p AND o.pseq > c.pos "
-                    "ORDER BY o.partition, o.pseq LIMIT $3",
-                    parts, [self.positions[p] for p in parts], self.config.batch_size_max) if parts else []
-                if rows:
-                    await self._publish_rows(client, rows, watch)
-                    continue
-                await _first_of(watch, self.writer.events_committed.wait(), self._wake.wait(),
-                                timeout=self.config.idle_poll_s)
-        finally:
-            watch.cancel()
+    async def _next_batch(self) -> list[Any]:
+        await self._claim()
+        parts = sorted(self.positions)
+        if not parts:
+            return []
+        return await self._db.fetch(
+            "SELECT o.partition, o.pseq, o.topic, o.payload, o.committed_at FROM outbox o "
+            "JOIN unnest($1::int[], $2::bigint[]) AS c(p, pos) ON o.partition = c.p AND o.pseq > c.pos "
+            "ORDER BY o.partition, o.pseq LIMIT $3",
+            parts, [self.positions[p] for p in parts], self.config.batch_size_max)
 
-    async def _publish_rows(self, client: aiomqtt.Client, rows: list[Any], watch: asyncio.Task[None]) -> None:
-        loop = asyncio.get_running_loop()
-        sends = [loop.create_task(client.publish(r["topic"], r["payload"].encode(), qos=1,
-                                                 timeout=self.config.publish_timeout_s)) for r in rows]
-        all_sent = asyncio.gather(*sends, return_exceptions=True)
-        try:
-            await asyncio.wait({watch, all_sent}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in sends:
-                t.cancel()
+    async def _publish(self, client: aiomqtt.Client, rows: list[Any], watch: asyncio.Task[None]) -> None:  # type: ignore[override]
+        sends = await self._send_all(client, [(r["topic"], r["payload"]) for r in rows], watch)
         failed = sum(1 for t in sends if not t.done() or t.cancelled() or t.exception() is not None)
         if failed:
             raise aiomqtt.MqttError(f"{failed} of {len(rows)} publishes not acknowledged")
