@@ -18,11 +18,14 @@ from pathlib import Path
 import pytest
 
 from switch.ledger.audit import verify
+from switch.ledger.store import locate
 
 EUM_SCRIPT = Path(sys.executable).parent / "eum"
 EUM = [str(EUM_SCRIPT)] if EUM_SCRIPT.exists() else [sys.executable, "-m", "switch.cli.main"]
 COMMAND_TIMEOUT_S = 30
 START_TIMEOUT_S = 20
+
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py); subprocesses inherit $EUM_STORE
 
 
 def eum(*args: str, cwd: Path, check_rc: int | None = 0) -> subprocess.CompletedProcess:
@@ -203,7 +206,7 @@ def test_switch_terminal_and_admin_processes_end_to_end(tmp_path, switch_proc):
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=COMMAND_TIMEOUT_S) == 0
     assert not (data_dir / "switch.sock").exists()
-    assert verify(data_dir / "ledger.sqlite3").ok
+    assert verify(locate(data_dir)).ok
     assert eum("admin", "--data-dir", str(data_dir), "verify", cwd=tmp_path).returncode == 0
 
     stdout_events = [json.loads(line) for line in proc.out_path.read_text().splitlines() if line.startswith("{")]

@@ -46,6 +46,8 @@ from conftest import LAUNCH, SwitchEnv, card_accounts, postings, provision, quer
 from hsm_hop import switch_behind_hop
 from waiting import eventually, logged
 
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
+
 EUM_SCRIPT = Path(sys.executable).parent / "eum"
 EUM = [str(EUM_SCRIPT)] if EUM_SCRIPT.exists() else [sys.executable, "-m", "switch.cli.main"]
 COMMAND_TIMEOUT_S = 30

@@ -31,6 +31,8 @@ from switch.wire.messages import Balances, decode_balances
 from switch.ops.operations import OperationError
 from terminal_sim.terminal import Terminal
 
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
+
 
 def at(text: str) -> datetime:
     return datetime.fromisoformat(text)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from conftest import posting_count, postings
 from waiting import eventually, switch_side
 from switch.ledger.audit import verify
@@ -12,6 +14,8 @@ from switch.wire.codec import encode_fields
 from switch.wire.framing import frame
 from switch.wire.messages import Balances, decode_balances
 from terminal_sim.terminal import Terminal
+
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
 
 
 def payload_of(env, fields: dict[str, str]) -> bytes:

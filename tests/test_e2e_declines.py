@@ -11,6 +11,8 @@ from switch.ledger.audit import verify
 from switch.wire.messages import Balances, decode_balances
 from terminal_sim.terminal import Terminal
 
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
+
 
 async def declined(env, client, fields: dict[str, str], rc: str, *, mti: str = "0210") -> dict[str, str]:
     """Send, expect `rc` in a `mti` response without approval fields, and nothing posted."""

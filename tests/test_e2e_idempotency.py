@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from conftest import LAUNCH, card_accounts, posting_count, postings, provision, start_switch
 from switch.ledger.audit import verify
 from switch.clock import FixedClock
 from switch.wire.messages import Balances, decode_balances
 from terminal_sim.terminal import Terminal
+
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
 
 
 async def test_exact_duplicate_purchase_returns_the_same_response_and_posts_once(switch_env):

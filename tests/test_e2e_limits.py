@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
+
 import structlog
 
 from conftest import LAUNCH, postings, provision, start_switch
@@ -16,6 +18,8 @@ from switch.wire.framing import frame
 from terminal_sim.client import TerminalClient
 from terminal_sim.terminal import Terminal
 from waiting import eventually, switch_side
+
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
 
 
 def framed(env, fields: dict[str, str]) -> bytes:

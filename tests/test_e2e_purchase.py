@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import pytest
+
 from conftest import (account, account_balances, card_accounts, payable, posting_count, posting_entries,
                       postings, query)
 from switch.ledger.audit import verify
 from switch.wire.messages import Balances, decode_balances
 from terminal_sim.terminal import Terminal
+
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
 
 
 def balances(resp: dict[str, str]) -> Balances:

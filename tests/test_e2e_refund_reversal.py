@@ -7,6 +7,8 @@ Clawback and fee give-back are proportional, flooring the cumulative share.
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import (LAUNCH, account_balances, card_accounts, payable, posting_count, posting_entries, postings,
                       provision, start_switch)
 from conftest import bought as _bought
@@ -14,6 +16,8 @@ from switch.ledger.audit import verify
 from switch.clock import FixedClock
 from switch.wire.messages import Balances, decode_balances
 from terminal_sim.terminal import Terminal
+
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
 
 UNDONE_ACCOUNTS = ("fee_income", "fee_subsidy:namdong", "cashback_expense:national", "cashback_expense:city",
                    "cashback_expense:namdong")

@@ -17,8 +17,10 @@ from terminal_sim.client import TerminalClient
 from terminal_sim.security import SecurityError, TakSecurity, TerminalSecurity
 from terminal_sim.terminal import Terminal
 
-from conftest import LAUNCH, start_switch
+from conftest import LAUNCH, query, start_switch
 from waiting import eventually
+
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
 
 PIN = "1234"
 
@@ -50,8 +52,7 @@ async def _close(ctx, servers, client):
 
 
 def _purchases(db):
-    import sqlite3
-    return sqlite3.connect(db).execute("SELECT COUNT(*) FROM postings WHERE kind='purchase'").fetchone()[0]
+    return query(db, "SELECT COUNT(*) FROM postings WHERE kind='purchase'")[0][0]
 
 
 @pytest.mark.parametrize("profile", ["dukpt-tdes", "dukpt-aes"])

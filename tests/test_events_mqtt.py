@@ -33,20 +33,21 @@ from switch.clock import FixedClock
 from switch.wire.codec import load_dialect
 from switch.ops.consumer import ConsumerConfig, consume
 from switch.ledger.relay import Relay, RelayConfig
+from switch.ledger.store import Store, connect, locate
 from terminal_sim.client import TerminalClient
 from terminal_sim.terminal import Terminal
 from test_cli import EUM, admin_json, free_port, wait_listening
 from waiting import eventually, settled, wait_until
 
-pytestmark = needs_mosquitto
+pytestmark = [needs_mosquitto, pytest.mark.both_stores]  # SQLite and PostgreSQL (tests/conftest.py)
 FAST = dict(status_interval_s=0.2, backoff_s_min=0.05, backoff_s_max=0.5, publish_timeout_s=3.0)
 
 
-def outbox_payloads(db: Path) -> list[str]:
+def outbox_payloads(db: Store) -> list[str]:
     return [p for (p,) in query(db, "SELECT payload FROM outbox ORDER BY seq")]
 
 
-def relayed_seq(db: Path) -> int:
+def relayed_seq(db: Store) -> int:
     rows = query(db, "SELECT seq FROM outbox_relay WHERE name='mqtt'")
     return rows[0][0] if rows else 0
 
@@ -295,7 +296,7 @@ def lines(path: Path) -> list[str]:
     return [x for x in path.read_text().splitlines() if x]
 
 
-async def wait_for_all(path: Path, db: Path, *, timeout_s: float = 60) -> None:
+async def wait_for_all(path: Path, db: Store, *, timeout_s: float = 60) -> None:
     """Until the subscriber has printed every event in the outbox."""
     def all_printed() -> bool:
         want = {json.loads(p)["event_id"] for p in outbox_payloads(db)}
@@ -315,7 +316,7 @@ def summary(proc: subprocess.Popen) -> dict:
     return done[0]
 
 
-def assert_cashback_events_equal_the_ledger(events: list[dict], db: Path) -> None:
+def assert_cashback_events_equal_the_ledger(events: list[dict], db: Store) -> None:
     """(c) count and sum of cashback events = the ledger's cashback postings, to the won,
     and by funder = the funders' cashback expense accounts."""
     cashback = [e for e in events if e["type"].startswith("cashback.")]
@@ -331,7 +332,7 @@ def assert_cashback_events_equal_the_ledger(events: list[dict], db: Path) -> Non
     assert dict(by_funder) == {f: v for f, v in expense.items() if v}
 
 
-def assert_exactly_the_outbox(printed: list[str], db: Path) -> list[dict]:
+def assert_exactly_the_outbox(printed: list[str], db: Store) -> list[dict]:
     """Every committed event printed once, byte for byte, and nothing else; every
     transaction posting and every cashback posting has its event."""
     outbox = outbox_payloads(db)
@@ -354,7 +355,7 @@ async def test_broker_killed_and_restarted_mid_run_loses_no_event(tmp_path, proc
     await eventually(lambda: b.saved_after(subscribed_at), what="the broker's save")
     port = free_port()
     switch = start_switch_process(procs, "switch", data, port, b)
-    db = data / "ledger.sqlite3"
+    db = locate(data)  # the switch process's ledger: $EUM_STORE, which it inherits, or the data dir's file
     shop = Shop(port, pans).start()
     await eventually(lambda: relayed_seq(db) >= 30, what="events relayed before the kill")
 
@@ -397,7 +398,7 @@ async def test_switch_killed_mid_run_loses_no_event_and_resends_with_the_same_id
     audit = start_subscriber(procs, broker, "audit", "--no-dedup")
     port = free_port()
     first = start_switch_process(procs, "switch-1", data, port, broker)
-    db = data / "ledger.sqlite3"
+    db = locate(data)  # the switch process's ledger: $EUM_STORE, which it inherits, or the data dir's file
     shop = Shop(port, pans).start()
     await eventually(lambda: relayed_seq(db) >= 30, what="events relayed before the kill")
 
@@ -409,10 +410,11 @@ async def test_switch_killed_mid_run_loses_no_event_and_resends_with_the_same_id
     # as a crash between PUBACK and the mark leaves it: the last 5 acknowledged rows unmarked
     position = relayed_seq(db)
     assert position >= 30
-    conn = __import__("sqlite3").connect(db)
-    conn.execute("UPDATE outbox_relay SET seq = ? WHERE name = 'mqtt'", (position - 5,))
-    conn.commit()
-    conn.close()
+    conn = connect(db)
+    try:
+        assert conn.execute("UPDATE outbox_relay SET seq = ? WHERE name = 'mqtt'", (position - 5,)).rowcount == 1
+    finally:
+        conn.close()
 
     second = start_switch_process(procs, "switch-2", data, port, broker)
     before = shop.done

@@ -22,11 +22,14 @@ How the commit is made to fail — two ways, each for what it proves:
 
 * A fault injected at the writer's commit, in process (the issue allows it): `LedgerWriter`
   exposes the one call that commits a group as `writer.commit_group` (the seam, in
-  switch/ledger/store.py). `CommitSteps` wraps it on the running writer of a real switch (real TCP,
-  real SQLite): a wrapped call records its group, holds the writer thread until the test has
-  lined up the requests it wants queued behind, then either commits for real or raises
-  sqlite3.OperationalError("database or disk is full") without touching the store. That makes
-  the group and the queue exact, so the tests can say which request was in which.
+  switch/ledger/store.py); on PostgreSQL that call is its committer's `commit` (one
+  `ledger_commit` call, switch/ledger/postgres.py, on the event loop). `CommitSteps` wraps
+  whichever the running writer of a real switch uses (real TCP, a real ledger): a wrapped call
+  records its group, holds the writer until the test has lined up the requests it wants queued
+  behind, then either commits for real or raises the store's full-disk error without touching
+  the store (SQLite's sqlite3.OperationalError("database or disk is full"), PostgreSQL's
+  DiskFullError, SQLSTATE 53100). That makes the group and the queue exact, so the tests can
+  say which request was in which. Both stores run these tests (tests/conftest.py, both_stores).
 
 The HSM failing on the response MAC goes through `HsmLink`, a TCP hop in front of a real
 hsm_mock server: it forwards commands until the terminal's request MAC has been verified
@@ -47,6 +50,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 import structlog
 
 from switch.ledger.audit import verify
@@ -61,6 +65,8 @@ from conftest import (LAUNCH, SwitchEnv, account_balances, card_accounts, entry_
 from fault_harness import free_port, listening
 from hsm_hop import switch_behind_hop
 from waiting import eventually, logged, settled, wait_until
+
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
 
 EUM_SCRIPT = Path(sys.executable).parent / "eum"
 EUM = [str(EUM_SCRIPT)] if EUM_SCRIPT.exists() else [sys.executable, "-m", "switch.cli.main"]
@@ -115,38 +121,67 @@ class Step:
 
 
 class CommitSteps:
-    """Wraps `writer.commit_group` (the seam) on a running writer; calls beyond the planned
-    steps commit for real and at once. Runs on the writer thread."""
+    """Wraps the one call that commits a group on a running writer: `writer.commit_group` (the
+    seam; SQLite, on the writer thread) or, on PostgreSQL, its committer's `commit` (on the
+    event loop). Calls beyond the planned steps commit for real and at once. `error` and
+    `detail` are what the writer logs of a failed step (the store's own full-disk error)."""
 
     HOLD_TIMEOUT_S = 20
 
     def __init__(self, writer: LedgerWriter) -> None:
         self.writer = writer
-        self.real = writer.commit_group
         self.steps: list[Step] = []
         self.calls = 0
-        writer.commit_group = self._commit
+        self.pg = writer._pg  # PgCommitter on PostgreSQL, None on SQLite (switch/ledger/writer.py)
+        if self.pg is not None:
+            self.real = self.pg.commit
+            self.pg.commit = self._commit_pg
+            self.error, self.detail = "DiskFullError", "could not extend file: No space left on device"
+        else:
+            self.real = writer.commit_group
+            writer.commit_group = self._commit
+            self.error, self.detail = "OperationalError", "database or disk is full"
 
     def then(self, *, fail: bool) -> Step:
         step = Step(fail)
         self.steps.append(step)
         return step
 
-    def _commit(self, conn: sqlite3.Connection, units: list) -> None:
+    def _next(self, units: list) -> Step | None:
         index, self.calls = self.calls, self.calls + 1
         if index >= len(self.steps):
-            return self.real(conn, units)
+            return None
         step = self.steps[index]
         step.units = len(units)
         step.entered.set()
-        if not step.release.wait(self.HOLD_TIMEOUT_S):
-            raise AssertionError(f"commit step {index} was never released by the test")
-        if step.fail:
-            raise sqlite3.OperationalError("database or disk is full")
+        return step
+
+    def _commit(self, conn: sqlite3.Connection, units: list) -> None:
+        step = self._next(units)
+        if step is not None:
+            if not step.release.wait(self.HOLD_TIMEOUT_S):
+                raise AssertionError(f"commit step {self.steps.index(step)} was never released by the test")
+            if step.fail:
+                raise sqlite3.OperationalError(self.detail)
         return self.real(conn, units)
 
+    async def _commit_pg(self, units: list) -> None:
+        step = self._next(units)
+        if step is not None:
+            index = self.steps.index(step)
+            await eventually(step.release.is_set, what=f"commit step {index} to be released by the test",
+                             timeout_s=self.HOLD_TIMEOUT_S)
+            if step.fail:
+                import asyncpg
+
+                raise asyncpg.DiskFullError(self.detail)
+        return await self.real(units)
+
     def restore(self) -> None:
-        self.writer.commit_group = self.real
+        if self.pg is not None:
+            self.pg.commit = self.real
+        else:
+            self.writer.commit_group = self.real
 
 
 async def queued(env: SwitchEnv, n: int) -> None:
@@ -208,8 +243,7 @@ async def test_a_failed_commit_answers_its_group_and_the_queue_behind_it_96_and_
     for req, answer in zip(group_reqs + queue_reqs, answers):
         assert fields_of(answer) == system_error_answer(req)
     failures = logged(events, event="ledger_commit_failed")
-    assert [(e["units"], e["error"], e["detail"]) for e in failures] == [
-        (group_size, "OperationalError", "database or disk is full")]
+    assert [(e["units"], e["error"], e["detail"]) for e in failures] == [(group_size, steps.error, steps.detail)]
     notes = [(e["stan"], e["rc"], e.get("note")) for e in logged(events, event="message")]
     assert sorted(notes) == sorted((r["11"], "96", "ledger unavailable") for r in group_reqs + queue_reqs)
     # nothing of the failed group or its queue reached the store
@@ -360,6 +394,8 @@ async def test_a_system_error_echoes_the_request_and_carries_no_rrn_authorizatio
 # ---------------------------------------------------------------------------- a real write failure
 
 
+@pytest.mark.sqlite_only("the fault is the switch process's own file writes (RLIMIT_FSIZE): a PostgreSQL "
+                         "ledger is written by the server, not by the switch")
 async def test_a_real_write_failure_answers_96_posts_nothing_and_the_running_switch_recovers(tmp_path):
     data_dir = tmp_path / "var"
     async with start_switch(data_dir, clock=FixedClock(LAUNCH)) as env:  # the usual population, then closed

@@ -31,6 +31,8 @@ from terminal_sim.scenario import (PinPolicy, Scenario, ScenarioError, TerminalB
 from conftest import LAUNCH, postings, start_switch
 from waiting import eventually
 
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
+
 PIN = "1234"
 PURCHASES_ONLY = Scenario(name="purchases")
 HANG_UP = "hang up"

@@ -4,20 +4,20 @@ what is dropped from memory still found in the store."""
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from switch.authorize.state import CardCounters, HotState, PeriodCounters
 from switch.ledger.records import MessageOutcome, OriginalTombstoned
 from switch.ledger.sqlite import SqliteReader
-from switch.ledger.store import open_store
+from switch.ledger.store import connect, open_store
+
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
 
 KEY = ("T0000001", "000001", "1015120000")
 
 
 class CountingReader(SqliteReader):
-    """The real SQLite reader, counting the point reads the hot state makes."""
+    """The real reader (on PostgreSQL the same SQL), counting the point reads the hot state makes."""
 
     def __init__(self, path):
         super().__init__(path)
@@ -42,10 +42,18 @@ def store(tmp_path):
     return open_store(tmp_path)
 
 
+def write(db, sql: str, rows: list[tuple]) -> None:
+    """Rows committed to the store (autocommit), as the writer commits them."""
+    conn = connect(db)
+    try:
+        conn.executemany(sql, rows)
+    finally:
+        conn.close()
+
+
 def store_message(db, m: MessageOutcome) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO messages(tid, stan, tx_time, mti, digest, rc, response, posting_id, at) "
-                     "VALUES (?,?,?,?,?,?,?,?,?)", (*m.key, m.mti, m.digest, m.rc, '{"t":"0210","39":"14"}', None, m.at))
+    write(db, "INSERT INTO messages(tid, stan, tx_time, mti, digest, rc, response, posting_id, at) "
+              "VALUES (?,?,?,?,?,?,?,?,?)", [(*m.key, m.mti, m.digest, m.rc, '{"t":"0210","39":"14"}', None, m.at)])
 
 
 def test_outcomes_are_kept_up_to_the_count_then_the_oldest_dropped(store):
@@ -80,8 +88,8 @@ def test_tombstones_beyond_the_count_leave_memory_and_are_still_found_in_the_sto
     reader = CountingReader(store)
     state = HotState(reader, tombstones_max=2)
     keys = [("T0000001", f"{i:06d}", "1015120000") for i in range(3)]
-    with sqlite3.connect(store) as conn:  # committed by the writer before apply()
-        conn.executemany("INSERT INTO tombstones(tid, stan, tx_time, at) VALUES (?,?,?,'x')", keys)
+    # committed by the writer before apply()
+    write(store, "INSERT INTO tombstones(tid, stan, tx_time, at) VALUES (?,?,?,'x')", keys)
     state.apply(tuple(OriginalTombstoned(k, "x") for k in keys))
     assert list(state.tombstones) == keys[1:]
     assert state.load_tombstone(keys[0]) is True and reader.reads == ["tombstone"]
@@ -102,8 +110,7 @@ def test_tombstones_older_than_the_horizon_leave_memory(store):
 
 
 def test_a_tombstone_in_a_restarted_switch_is_found_through_the_filter(store):
-    with sqlite3.connect(store) as conn:
-        conn.execute("INSERT INTO tombstones(tid, stan, tx_time, at) VALUES (?,?,?,'x')", KEY)
+    write(store, "INSERT INTO tombstones(tid, stan, tx_time, at) VALUES (?,?,?,'x')", [KEY])
     reader = CountingReader(store)
     state = HotState(reader)
     assert len(state.tombstones) == 0                   # nothing loaded into memory at start

@@ -1,7 +1,7 @@
 """Ledger conservation under random traffic, against an independent model.
 
-Each Hypothesis example starts a real switch (conftest `start_switch`: real TCP, real SQLite
-on a fresh data dir, a FixedClock) with a real payShield-style HSM (hsm_mock on loopback),
+Each Hypothesis example starts a real switch (conftest `start_switch`: real TCP, a ledger of
+its own on a fresh data dir, a FixedClock) with a real payShield-style HSM (hsm_mock on loopback),
 provisions nine merchants in every fee tier and in several districts and categories, ten
 terminals (one of them DUKPT-TDES: PIN blocks and MACs both ways, through the HSM) and five
 cards of four programs (two cards share a member, one has a PIN), then drives a random
@@ -31,6 +31,9 @@ are the model's own. The ledger must agree to the won and pass verify().
 
 Hypothesis profiles (tests/hypothesis_profiles.py): HYPOTHESIS_PROFILE=ci (default, 200
 examples) or thorough (2,000).
+
+Both stores (tests/conftest.py, both_stores): on PostgreSQL every example gets a fresh
+database of its own (`ledger_store.fresh()`), as it gets a fresh data dir.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import event, given
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import LAUNCH, account_balances, query, start_switch
@@ -60,6 +63,8 @@ from switch.rules.policy import default_config_dir, load_rules
 from terminal_sim.client import TerminalClient
 from terminal_sim.security import TerminalSecurity
 from terminal_sim.terminal import Terminal
+
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
 
 RULES = load_rules(default_config_dir())  # only the fee and cashback quotes use it (the oracle)
 
@@ -654,10 +659,14 @@ steps = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 20), st.intege
                            st.integers(0, 10**7)), min_size=4, max_size=30)
 
 
+# `ledger_store` is function-scoped, so Hypothesis would warn that it is not reset between
+# examples: no example uses the test's own ledger, each makes its own (`fresh`). The profile's
+# example count and other settings stay as they are.
+@settings(suppress_health_check=[*settings.default.suppress_health_check, HealthCheck.function_scoped_fixture])
 @given(scenario=st.sampled_from(sorted(SCENARIOS)), sequence=steps)
-def test_random_traffic_conserves_money_and_matches_the_model(hsm_loop, scenario, sequence):
+def test_random_traffic_conserves_money_and_matches_the_model(hsm_loop, ledger_store, scenario, sequence):
     loop, port = hsm_loop
-    with tempfile.TemporaryDirectory(prefix="eum-prop-", dir=SCRATCH) as tmp:
+    with tempfile.TemporaryDirectory(prefix="eum-prop-", dir=SCRATCH) as tmp, ledger_store.fresh():
         loop.run_until_complete(run_sequence(Path(tmp) / "var", port, scenario, sequence, events=True))
 
 

@@ -25,6 +25,8 @@ from switch.rules.fees import ECOMMERCE_ENTRY_MODES, FeeQuote, quote_fee
 from switch.wire.messages import Balances, decode_balances
 from switch.rules.policy import CARDHOLDER, TERMINAL, default_config_dir, load_rules
 
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
+
 RULES = load_rules(default_config_dir())
 MALL_SHOP = Merchant("MALL01", "mall seller", "namdong", 250_000_000, online_mall=True)
 NAMDONG_SHOP = Merchant("NAMDONG01", "cafe", "namdong", 250_000_000)

@@ -1,6 +1,7 @@
-"""The transactional outbox: every posting commits with its events, in the same SQLite
-transaction; events tell exactly what the posting's entries say; repeats and duplicates of
-an ISO message never make a second event; no full PAN is ever in an event.
+"""The transactional outbox: every posting commits with its events, in the same ledger
+transaction (on SQLite and on PostgreSQL); events tell exactly what the posting's entries say;
+repeats and duplicates of an ISO message never make a second event; no full PAN is ever in an
+event.
 
 Base case (docs/domain.md, "Worked examples", 1): the Namdong card buys 20,000 at NAMDONG01 on
 2019-07-20: cashback 1,500 (national 800, city 400, Namdong 300), fee 100 paid by Namdong.
@@ -8,11 +9,13 @@ Base case (docs/domain.md, "Worked examples", 1): the Namdong card buys 20,000 a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import AsyncIterator
 
 import pytest
 
@@ -24,11 +27,13 @@ from switch.domain import mask_pan
 from switch.ledger.events import (CardFacts, PostingFacts, event_id, posting_events)
 from switch.ledger.records import ChargeDetail, Commit, Posting
 from switch.ledger.sqlite import commit_group
-from switch.ledger.store import connect, ledger_id, open_store
+from switch.ledger.store import PgDsn, Store, connect, ledger_id, open_store
 from switch.ledger.outbox import OutboxReader
 from terminal_sim.terminal import Terminal
 from test_cli import EUM
 from waiting import eventually, settled
+
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
 
 KST_LAUNCH = "2019-07-20T12:00:00.000000+09:00"
 
@@ -177,10 +182,39 @@ async def test_declines_write_no_event(switch_env):
     assert outbox_rows(db) == before
 
 
-def test_a_posting_and_its_events_commit_together_or_not_at_all(tmp_path):
+@contextlib.asynccontextmanager
+async def group_commit(db: Store) -> AsyncIterator[tuple]:
+    """The writer's one call that makes a group durable, on this store: SQLite's `commit_group`
+    on a connection, or PostgreSQL's one `ledger_commit` call (PgCommitter); and the error each
+    raises when a key is taken twice."""
+    if isinstance(db, PgDsn):
+        import asyncpg
+
+        from switch.ledger.postgres import PgCommitter
+
+        committer = PgCommitter(db)
+        await committer.open()
+        try:
+            yield committer.commit, asyncpg.UniqueViolationError
+        finally:
+            await committer.close()
+    else:
+        conn = connect(db)
+
+        async def commit(units: list[Commit]) -> None:
+            commit_group(conn, units)
+
+        try:
+            yield commit, sqlite3.IntegrityError
+        finally:
+            conn.close()
+
+
+async def test_a_posting_and_its_events_commit_together_or_not_at_all(tmp_path):
     db = open_store(tmp_path / "var")
-    conn = connect(db)
+    conn = connect(db, readonly=True)
     lid = ledger_id(conn)
+    conn.close()
     facts = PostingFacts(posting_id=1, kind="charge", at="2019-07-20T12:00:00+09:00", amount=10_000,
                          entries=(("bank_settlement", -10_000), ("card:1:cash", 10_000)),
                          card=CardFacts("namdong", "M1", "9410100000000011", 10_000, 0, 0))
@@ -188,20 +222,20 @@ def test_a_posting_and_its_events_commit_together_or_not_at_all(tmp_path):
                       card_id=1, rrn="000000000001", detail=ChargeDetail("M1", 0))
     good = Commit(posting, events=tuple(posting_events(lid, facts)))
     clash = Commit(posting, events=tuple(posting_events(lid, facts)))  # the same posting id again: the group fails
-    with pytest.raises(sqlite3.IntegrityError):
-        commit_group(conn, [good, clash])
-    assert query(db, "SELECT COUNT(*) FROM postings")[0][0] == 0
-    assert query(db, "SELECT COUNT(*) FROM outbox")[0][0] == 0
-    assert query(db, "SELECT COUNT(*) FROM entries")[0][0] == 0
-    with pytest.raises(AssertionError, match="has no events"):  # a posting without its events is our bug
-        commit_group(conn, [Commit(posting)])
-    commit_group(conn, [good])
+    async with group_commit(db) as (commit, key_taken):
+        with pytest.raises(key_taken):
+            await commit([good, clash])
+        assert query(db, "SELECT COUNT(*) FROM postings")[0][0] == 0
+        assert query(db, "SELECT COUNT(*) FROM outbox")[0][0] == 0
+        assert query(db, "SELECT COUNT(*) FROM entries")[0][0] == 0
+        with pytest.raises(AssertionError, match="has no events"):  # a posting without its events is our bug
+            await commit([Commit(posting)])
+        await commit([good])
     assert query(db, "SELECT posting_id, type, topic FROM outbox") == [(1, "charge", "eum/namdong/transactions")]
     assert query(db, "SELECT COUNT(*) FROM postings")[0][0] == 1
-    conn.close()
 
 
-def test_event_ids_are_stable_per_posting_and_type_and_differ_between_ledgers(tmp_path):
+def test_event_ids_are_stable_per_posting_and_type_and_differ_between_ledgers(tmp_path, ledger_store):
     a = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
     b = "6fa459ea-ee8a-3ca4-894e-db77e160355e"
     assert event_id(a, 7, "purchase") == event_id(a, 7, "purchase")
@@ -209,8 +243,9 @@ def test_event_ids_are_stable_per_posting_and_type_and_differ_between_ledgers(tm
                 event_id(b, 7, "purchase")}) == 4
     first = open_store(tmp_path / "one")
     again = open_store(tmp_path / "one")  # reopening keeps the ledger's name
-    other = open_store(tmp_path / "two")
-    assert the_ledger_id(first) == the_ledger_id(again) != the_ledger_id(other)
+    with ledger_store.fresh():  # another ledger (on PostgreSQL, another database)
+        other = the_ledger_id(open_store(tmp_path / "two"))
+    assert the_ledger_id(first) == the_ledger_id(again) != other
 
 
 async def test_no_event_carries_a_full_pan(switch_env):
@@ -271,16 +306,23 @@ async def test_tail_follow_prints_events_as_they_commit(switch_env, tmp_path):
     env = switch_env
     import asyncio
 
+    app = f"eum-tail-{os.getpid()}"  # PostgreSQL: names the command's connection (libpq's PGAPPNAME)
     proc = await asyncio.create_subprocess_exec(
         *EUM, "events", "tail", "--data-dir", str(env.data_dir), "--follow", "--after-seq", "2", "--count", "2",
-        "--timeout", "30", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path)
+        "--timeout", "30", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+        env={**os.environ, "PGAPPNAME": app})
     # following, with nothing new yet: it has the ledger open and sleeps between polls
     fds = Path(f"/proc/{proc.pid}/fd")
 
+    def ledger_open() -> bool:
+        if isinstance(env.core.db_path, PgDsn):  # its connection to the database has read the outbox
+            return query(env.core.db_path, "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                           "AND application_name = ? AND query LIKE '%outbox%'", app) == [(1,)]
+        return any(os.path.realpath(fd) == str(env.core.db_path.resolve()) for fd in fds.glob("*"))
+
     def polling_in_vain() -> bool:
         try:  # the process opens and closes files while it starts: an fd may vanish while we look
-            opened = any(os.path.realpath(fd) == str(env.core.db_path.resolve()) for fd in fds.glob("*"))
-            return opened and Path(f"/proc/{proc.pid}/wchan").read_text() == "hrtimer_nanosleep"
+            return ledger_open() and Path(f"/proc/{proc.pid}/wchan").read_text() == "hrtimer_nanosleep"
         except OSError:
             return False
 

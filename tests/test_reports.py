@@ -1,8 +1,9 @@
 """`eum report`: exact settlement and program figures over a ledger built by real traffic.
 
-The ledger is built once per module by driving a real switch (open_core + TCP terminals)
-over three KST days with a pinned clock, then read back by the report. Every expected
-figure is worked out below from the docs/domain.md rules in force in July 2019:
+The ledger is built once per module (and store) by driving a real switch (open_core + TCP
+terminals) over three KST days with a pinned clock; each test reads back its own copy of it
+(conftest `BuiltLedger`). Every expected figure is worked out below from the docs/domain.md
+rules in force in July 2019:
 
   cashback (policy 2019-04): national 4 %, city 2 %, + district 1.5 % (Namdong card in
   Namdong), 4 % (Seo card in Seo-gu), 4 % (Yeonsu card in Yeonsu); no monthly cap
@@ -24,11 +25,13 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from conftest import account_balances, query, start_switch
+from conftest import BuiltLedger, account_balances, query, start_switch
 from switch.ledger.audit import verify
+from switch.ledger.store import Store, connect, locate, open_store
 from switch.clock import FixedClock
 from switch.cli.report import csv_text, write_csv_files
 from switch.ledger.reports import Period, ReportError, build_report, kst_day, table
@@ -41,6 +44,8 @@ D2 = "2019-07-21"  # day D+1
 EUM_SCRIPT = Path(sys.executable).parent / "eum"
 EUM = [str(EUM_SCRIPT)] if EUM_SCRIPT.exists() else [sys.executable, "-m", "switch.cli.main"]
 
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
+
 
 def won(amount: int, bp: int) -> int:
     """The project's one rounding rule."""
@@ -52,14 +57,16 @@ def at(text: str) -> datetime:
 
 
 class Ledger:
-    def __init__(self, data_dir: Path) -> None:
+    """A test's copy of the built ledger: its data dir, its store, the PANs of the traffic."""
+
+    def __init__(self, data_dir: Path, pans: list[str]) -> None:
         self.data_dir = data_dir
-        self.db = data_dir / "ledger.sqlite3"
-        self.pans: list[str] = []
+        self.db: Store = locate(data_dir)  # the data dir's SQLite file, or this test's database ($EUM_STORE)
+        self.pans = pans
 
 
-async def _drive(data_dir: Path) -> Ledger:
-    ledger = Ledger(data_dir)
+async def _drive(data_dir: Path) -> list[str]:
+    """The traffic; the PANs of its four cards."""
     clock = FixedClock(at(f"{D0}T12:00:00+09:00"))
     async with start_switch(data_dir, clock=clock) as env:
         for mid, district, sales, mall in (("NAMDONG01", "namdong", 250_000_000, False),
@@ -114,15 +121,41 @@ async def _drive(data_dir: Path) -> Ledger:
         await send("SEO01", terms["SEO01"].reversal(f2_req))
         for client in clients.values():
             await client.close()
-        ledger.pans = [a, b, c, e]
-    return ledger
+    return [a, b, c, e]
+
+
+def _build(data_dir: Path) -> list[str]:
+    pans = asyncio.run(_drive(data_dir))
+    assert verify(locate(data_dir)).ok
+    return pans
 
 
 @pytest.fixture(scope="module")
-def ledger(tmp_path_factory) -> Ledger:
-    built = asyncio.run(_drive(tmp_path_factory.mktemp("report") / "var"))
-    assert verify(built.db).ok
-    return built
+def built(tmp_path_factory) -> Iterator[BuiltLedger]:
+    with BuiltLedger(_build, tmp_path_factory) as ledgers:
+        yield ledgers
+
+
+@pytest.fixture
+def ledger(built: BuiltLedger, ledger_store, tmp_path: Path) -> Ledger:
+    """This test's own copy of the module's ledger."""
+    data_dir = built.copy(ledger_store, tmp_path)
+    return Ledger(data_dir, built.made(ledger_store))
+
+
+def tamper(db: Store, sql: str) -> None:
+    conn = connect(db)
+    try:
+        assert conn.execute(sql).rowcount == 1, sql
+    finally:
+        conn.close()
+
+
+def contents(db: Store) -> dict[str, list[tuple]]:
+    """Every row of every ledger table (sorted): what a read-only command must leave as it was."""
+    tables = ("meta", "accounts", "merchants", "terminals", "cards", "postings", "entries", "member_months",
+              "card_days", "card_months", "messages", "key_groups", "tombstones", "outbox", "outbox_relay")
+    return {t: sorted(query(db, f"SELECT * FROM {t}"), key=repr) for t in tables}
 
 
 def merchants_by_mid(report) -> dict[str, object]:
@@ -274,19 +307,10 @@ def test_a_past_day_splits_each_account_into_opening_movement_and_later(ledger):
     assert [c.name for c in r.checks if not c.ok] == []
 
 
-def test_a_check_fails_when_the_ledger_does_not_add_up(ledger, tmp_path):
+def test_a_check_fails_when_the_ledger_does_not_add_up(ledger):
     """The report proves itself: a payable changed behind the ledger's back is caught."""
-    import sqlite3
-
-    copy = tmp_path / "ledger.sqlite3"
-    src = sqlite3.connect(ledger.db)
-    dst = sqlite3.connect(copy)
-    src.backup(dst)
-    src.close()
-    dst.execute("UPDATE accounts SET balance = balance + 1 WHERE name LIKE 'merchant:SEO01%'")
-    dst.commit()
-    dst.close()
-    r = build_report(copy, Period.day(D1))
+    tamper(ledger.db, "UPDATE accounts SET balance = balance + 1 WHERE name LIKE 'merchant:SEO01%'")
+    r = build_report(ledger.db, Period.day(D1))
     assert not r.ok
     assert [c.name for c in r.failed] == ["merchant payables: closing + later movement = ledger balance"]
 
@@ -318,12 +342,25 @@ def test_csv_parses_and_matches_the_report(ledger, tmp_path):
     assert files[0].read_text() == csv_text(r, "merchants")
 
 
-def test_kst_day_is_exact_at_midnight():
-    assert kst_day("2019-07-20T23:59:59.999999+09:00") == "2019-07-20"
-    assert kst_day("2019-07-21T00:00:00+09:00") == "2019-07-21"
-    assert kst_day("2019-07-20T14:59:59.999999+00:00") == "2019-07-20"  # 23:59:59.999999 KST
-    assert kst_day("2019-07-20T15:00:00Z") == "2019-07-21"
-    assert kst_day("2019-07-20T12:00:00") == "2019-07-20"  # naive: taken as KST
+KST_DAYS = {
+    "2019-07-20T23:59:59.999999+09:00": "2019-07-20",
+    "2019-07-21T00:00:00+09:00": "2019-07-21",
+    "2019-07-20T14:59:59.999999+00:00": "2019-07-20",  # 23:59:59.999999 KST
+    "2019-07-20T15:00:00Z": "2019-07-21",
+    "2019-07-20T12:00:00": "2019-07-20",  # naive: taken as KST
+}
+
+
+def test_kst_day_is_exact_at_midnight(tmp_path):
+    assert {at: kst_day(at) for at in KST_DAYS} == KST_DAYS
+    # the report's SQL calls it in the store: SQLite's is this function (registered on the
+    # connection), PostgreSQL's the schema's SQL function of the same name
+    conn = connect(open_store(tmp_path / "var"), readonly=True)
+    try:
+        conn.create_function("kst_day", 1, kst_day, deterministic=True)
+        assert {at: conn.execute("SELECT kst_day(?)", (at,)).fetchone()[0] for at in KST_DAYS} == KST_DAYS
+    finally:
+        conn.close()
 
 
 def test_bad_dates_and_missing_ledger_are_refused(tmp_path):
@@ -346,9 +383,9 @@ def eum(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*EUM, *args], capture_output=True, text=True, timeout=60)
 
 
-def test_eum_report_daily_and_month_as_separate_processes(ledger):
+def test_eum_report_daily_and_month_as_separate_processes(ledger, ledger_store):
     data_dir = str(ledger.data_dir)
-    before = ledger.db.stat().st_mtime_ns
+    before = contents(ledger.db), None if ledger_store.postgresql else ledger.db.stat().st_mtime_ns
     shown = eum("report", "daily", "--date", D1, "--data-dir", data_dir, "--verify")
     assert shown.returncode == 0, shown.stderr
     text = shown.stdout
@@ -372,25 +409,18 @@ def test_eum_report_daily_and_month_as_separate_processes(ledger):
 
     bad = eum("report", "daily", "--date", "2019-07-32", "--data-dir", data_dir)
     assert bad.returncode == 2 and "calendar date" in bad.stderr
-    missing = eum("report", "daily", "--date", D1, "--data-dir", str(ledger.data_dir.parent / "none"))
-    assert missing.returncode == 2 and "no ledger" in missing.stderr
-    assert ledger.db.stat().st_mtime_ns == before  # read-only
+    if not ledger_store.postgresql:  # a data dir without its ledger file (a PostgreSQL ledger is not in one)
+        missing = eum("report", "daily", "--date", D1, "--data-dir", str(ledger.data_dir.parent / "none"))
+        assert missing.returncode == 2 and "no ledger" in missing.stderr
+    # read-only: nothing in the ledger changed (and SQLite's file was not even written)
+    assert (contents(ledger.db), None if ledger_store.postgresql else ledger.db.stat().st_mtime_ns) == before
 
 
-def test_cli_main_exits_1_when_the_figures_do_not_reconcile(ledger, tmp_path, capsys):
-    import sqlite3
-
+def test_cli_main_exits_1_when_the_figures_do_not_reconcile(ledger, capsys):
     from switch.cli.main import main
 
-    broken = tmp_path / "var"
-    broken.mkdir()
-    src, dst = sqlite3.connect(ledger.db), sqlite3.connect(broken / "ledger.sqlite3")
-    src.backup(dst)
-    src.close()
-    dst.execute("DELETE FROM entries WHERE account = 'fee_income' AND amount = 370")  # the mall fee vanishes
-    dst.commit()
-    dst.close()
-    assert main(["report", "daily", "--date", D1, "--data-dir", str(broken), "--csv"]) == 1
+    tamper(ledger.db, "DELETE FROM entries WHERE account = 'fee_income' AND amount = 370")  # the mall fee vanishes
+    assert main(["report", "daily", "--date", D1, "--data-dir", str(ledger.data_dir), "--csv"]) == 1
     err = capsys.readouterr().err
     assert "does not reconcile" in err and "fee_income" in err
 

@@ -4,11 +4,15 @@ fails the proof, naming the posting."""
 from __future__ import annotations
 
 import json
-import sqlite3
+
+import pytest
 
 from switch.ledger.audit import verify
+from switch.ledger.store import connect
 
-from conftest import postings
+from conftest import postings, query
+
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
 
 
 async def _traffic(env) -> dict:
@@ -23,10 +27,11 @@ async def _traffic(env) -> dict:
 
 
 def _tamper(db, sql: str, *args) -> None:
-    conn = sqlite3.connect(db)
-    with conn:
+    conn = connect(db)
+    try:
         conn.execute(sql, args)
-    conn.close()
+    finally:
+        conn.close()
 
 
 async def test_a_ledger_with_its_events_verifies_and_counts_them(switch_env):
@@ -49,10 +54,9 @@ async def test_a_cashback_event_that_disagrees_with_the_entries_fails(switch_env
     await _traffic(switch_env)
     db = switch_env.core.db_path
     (purchase,) = postings(db, "purchase")
-    conn = sqlite3.connect(db)
-    payload = json.loads(conn.execute("SELECT payload FROM outbox WHERE posting_id = ? AND type = 'cashback.credited'",
-                                      (purchase["id"],)).fetchone()[0])
-    conn.close()
+    ((stored,),) = query(db, "SELECT payload FROM outbox WHERE posting_id = ? AND type = 'cashback.credited'",
+                         purchase["id"])
+    payload = json.loads(stored)
     assert payload["cashback"] == purchase["cashback"] == 1_500
     _tamper(db, "UPDATE outbox SET payload = ? WHERE posting_id = ? AND type = 'cashback.credited'",
             json.dumps({**payload, "cashback": 1_501}), purchase["id"])
@@ -65,12 +69,12 @@ async def test_an_event_without_its_posting_fails(switch_env):
     await _traffic(switch_env)
     db = switch_env.core.db_path
     _tamper(db, "UPDATE outbox SET posting_id = 999 WHERE seq = (SELECT MAX(seq) FROM outbox)")
-    seq = sqlite3.connect(db).execute("SELECT MAX(seq) FROM outbox").fetchone()[0]
+    ((seq,),) = query(db, "SELECT MAX(seq) FROM outbox")
     assert verify(db).problem == f"event {seq} tells of posting 999, which does not exist"
 
 
 def test_postings_older_than_the_outbox_are_not_held_to_it(tmp_path):
-    from switch.ledger.store import connect, open_store
+    from switch.ledger.store import open_store
 
     db = open_store(tmp_path / "var")
     conn = connect(db)
@@ -81,5 +85,5 @@ def test_postings_older_than_the_outbox_are_not_held_to_it(tmp_path):
     conn.execute("INSERT INTO entries VALUES (1, 'bank_settlement', -5000), (1, 'card:1:cash', 5000)")
     conn.close()
     open_store(tmp_path / "var")  # the upgrade: the outbox starts above posting 1
-    assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key = 'outbox_since_posting'").fetchone() == ("1",)
+    assert query(db, "SELECT value FROM meta WHERE key = 'outbox_since_posting'") == [("1",)]
     assert verify(db).ok

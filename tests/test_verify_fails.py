@@ -1,10 +1,11 @@
 """`eum admin verify` fails, naming the discrepancy, for every check it makes.
 
 One ledger is built through real traffic (the same `start_switch` + `provision` that make the
-`switch_env` fixture: real TCP, real SQLite, a FixedClock), once per module; the switch is
-stopped, and each test gets its own copy of the closed data dir, changes the SQLite file in
-one way with plain sqlite3, and runs the real CLI (`eum admin --data-dir DIR verify`) as a
-subprocess: exit 1 and the exact line naming the check, posting, account and amount.
+`switch_env` fixture: real TCP, a real ledger, a FixedClock), once per module and store; the
+switch is stopped, and each test gets its own copy of the closed data dir (on PostgreSQL, of
+the built database: conftest `BuiltLedger`), changes the ledger in one way with plain SQL, and
+runs the real CLI (`eum admin --data-dir DIR verify`) as a subprocess: exit 1 and the exact
+line naming the check, posting, account and amount.
 
 What verify proves is in docs/architecture.md, Ledger (every posting balances; all accounts
 sum to 0; every account's balance equals its entries, so each card's cash and cashback do;
@@ -26,17 +27,20 @@ later check's line differs.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from switch.clock import FixedClock
+from switch.ledger.store import connect, locate
 
-from conftest import LAUNCH, account_balances, bought, card_id, payable, postings, provision, start_switch
+from conftest import (LAUNCH, BuiltLedger, account_balances, bought, card_id, payable, postings, provision,
+                      start_switch)
+
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
 
 EUM_SCRIPT = Path(sys.executable).parent / "eum"
 EUM = [str(EUM_SCRIPT)] if EUM_SCRIPT.exists() else [sys.executable, "-m", "switch.cli.main"]
@@ -89,10 +93,8 @@ async def _traffic(data_dir: Path) -> None:
         assert card_id(env.core.db_path, env.cards["incheon"]["pan"]) == 2
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The closed data dir after the traffic, built once for the module."""
-    data_dir = tmp_path_factory.mktemp("verify_fails") / "var"
+def _build(data_dir: Path) -> None:
+    """The closed data dir after the traffic, and its postings and balances."""
     asyncio.run(_traffic(data_dir))
     db = data_dir / "ledger.sqlite3"
     assert [(p["id"], p["kind"], p["amount"], p["original_id"], p["undone"]) for p in postings(db)] == [
@@ -106,25 +108,49 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (RECHARGE, "charge", 50_000, None, 0),
     ]
     assert account_balances(db) == BALANCES
-    return data_dir
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltLedger]:
+    """The ledger after the traffic, built once for the module (per store)."""
+    with BuiltLedger(_build, tmp_path_factory) as ledger:
+        yield ledger
 
 
 @pytest.fixture
-def data_dir(built: Path, tmp_path: Path) -> Path:
-    """This test's own copy of the built (closed) data dir."""
-    return Path(shutil.copytree(built, tmp_path / "var"))
+def data_dir(built: BuiltLedger, ledger_store, tmp_path: Path) -> Path:
+    """This test's own copy of the built (closed) data dir, and of its ledger."""
+    return built.copy(ledger_store, tmp_path)
 
 
 def tamper(data_dir: Path, *changes: tuple[str, tuple, int]) -> None:
-    """Apply (sql, args, rows it must change) to the ledger file in one transaction."""
-    conn = sqlite3.connect(data_dir / "ledger.sqlite3")
+    """Apply (sql, args, rows it must change) to the data dir's ledger in one transaction."""
+    conn = connect(locate(data_dir))
     try:
-        with conn:
-            for sql, args, rows in changes:
-                changed = conn.execute(sql, args).rowcount
-                assert changed == rows, f"tamper {sql!r} {args} changed {changed} rows, not {rows}"
+        conn.execute("BEGIN")
+        for sql, args, rows in changes:
+            changed = conn.execute(sql, args).rowcount
+            assert changed == rows, f"tamper {sql!r} {args} changed {changed} rows, not {rows}"
+        conn.execute("COMMIT")
     finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         conn.close()
+
+
+def tamper_past_check(ledger_store, data_dir: Path, table: str, constraint: str,
+                      *changes: tuple[str, tuple, int]) -> None:
+    """`tamper`, for a corruption PostgreSQL's schema refuses itself with a CHECK constraint (its
+    second line of defence, switch/ledger/postgres.py): there, the tamper is refused first (and
+    rolled back), then the constraint dropped, as on a store that lost it, so that verify's own
+    check is reached. SQLite has no such constraint: the tamper applies."""
+    if ledger_store.postgresql:
+        import psycopg
+
+        with pytest.raises(psycopg.errors.CheckViolation, match=constraint):
+            tamper(data_dir, *changes)
+        tamper(data_dir, (f"ALTER TABLE {table} DROP CONSTRAINT {constraint}", (), -1))
+    tamper(data_dir, *changes)
 
 
 def add_to_balance(name: str, delta: int) -> tuple[str, tuple, int]:
@@ -193,8 +219,9 @@ def test_a_posting_that_answers_two_messages_fails_naming_it(data_dir):
 
 
 @pytest.mark.parametrize("undone", [20_001, -1], ids=["beyond_the_amount", "negative"])
-def test_a_purchase_undone_outside_0_to_its_amount_fails_naming_it(data_dir, undone):
-    tamper(data_dir, ("UPDATE postings SET undone = ? WHERE id = ?", (undone, PURCHASE), 1))
+def test_a_purchase_undone_outside_0_to_its_amount_fails_naming_it(data_dir, undone, ledger_store):
+    tamper_past_check(ledger_store, data_dir, "postings", "undone_within_amount",
+                      ("UPDATE postings SET undone = ? WHERE id = ?", (undone, PURCHASE), 1))
     assert_not_verified(data_dir, f"posting {PURCHASE} undone {undone} outside 0..20000")
 
 
@@ -232,13 +259,14 @@ def test_a_card_balance_moved_from_cash_to_cashback_without_entries_fails(data_d
 
 
 @pytest.mark.parametrize("kind, other, balance", [("cash", "cashback", 70_000), ("cashback", "cash", 1_800)])
-def test_a_negative_card_balance_fails_even_when_every_sum_agrees(data_dir, kind, other, balance):
+def test_a_negative_card_balance_fails_even_when_every_sum_agrees(data_dir, kind, other, balance, ledger_store):
     # YEONSU_PURCHASE gets a balanced pair moving one won more than the balance from one of the
     # Incheon card's accounts to the other, and both balances follow: only the sign is wrong
     moved = balance + 1
-    tamper(data_dir,
-           add_entry(YEONSU_PURCHASE, f"card:2:{kind}", -moved), add_entry(YEONSU_PURCHASE, f"card:2:{other}", moved),
-           add_to_balance(f"card:2:{kind}", -moved), add_to_balance(f"card:2:{other}", moved))
+    tamper_past_check(ledger_store, data_dir, "accounts", "card_money_not_negative",
+                      add_entry(YEONSU_PURCHASE, f"card:2:{kind}", -moved),
+                      add_entry(YEONSU_PURCHASE, f"card:2:{other}", moved),
+                      add_to_balance(f"card:2:{kind}", -moved), add_to_balance(f"card:2:{other}", moved))
     assert_not_verified(data_dir, f"card account card:2:{kind} is negative: -1")
 
 
@@ -257,8 +285,11 @@ def test_a_posting_whose_transaction_event_is_lost_fails_naming_it(data_dir, pos
     assert_not_verified(data_dir, f"posting {posting_id} ({kind}) has no {kind} event")
 
 
-def test_a_clawback_event_that_disagrees_with_the_entries_fails_with_both_amounts(data_dir):
-    tamper(data_dir, ("UPDATE outbox SET payload = json_set(payload, '$.cashback', -749) "
+def test_a_clawback_event_that_disagrees_with_the_entries_fails_with_both_amounts(data_dir, ledger_store):
+    # the same change of the payload's cashback, in each store's JSON functions
+    changed = ("jsonb_set(payload::jsonb, '{cashback}', '-749')::text" if ledger_store.postgresql
+               else "json_set(payload, '$.cashback', -749)")
+    tamper(data_dir, (f"UPDATE outbox SET payload = {changed} "
                       "WHERE posting_id = ? AND type = 'cashback.clawed_back' "
                       "AND json_extract(payload, '$.cashback') = -750",
                       (REVERSAL,), 1))
