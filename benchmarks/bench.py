@@ -26,6 +26,11 @@ With --store postgresql (issue 12), after the standard set: a private PostgreSQL
 (benchmarks/pg_cluster.py), a fresh database seeded like the e2e one, and the e2e procedure
 again (capacity, then open loop) with `eum switch --store postgresql://…`; the pg.* keys and
 their ratios to the SQLite e2e of the same bench run; the cluster's own CPU per approval.
+With --instances N (N > 1; PostgreSQL only), the same procedure once more on a fresh database
+seeded the same way, with N `eum switch --cluster` instances sharing it (each its own data dir,
+listen and link port; the fleet waits for the 256 member partitions to be shared out, then
+spreads its terminals over them): the pg.instances.<N>.* keys and runs["pg_instances"], the
+instances × throughput table (switch CPU: the sum over the N processes).
 
 Writes <out-dir>/<date>-<host>.json (quick: <date>-<host>-quick.json), a Markdown table of the
 same name (.md) and PNG plots (-latency.png, -throughput.png).
@@ -360,13 +365,16 @@ def fleet_api() -> Any:
     return fleet
 
 
-def drive(port: int, plan: BenchPlan, population: Any, state_dir: Path | None, *, closed_loop: bool, rate_per_s: float,
-          duration_s: float, seed: int, terminals: int | None = None) -> tuple[Any, float]:
-    """One fleet run from this process; returns its report and the fleet's own CPU seconds."""
+def drive(port: int | tuple[int, ...], plan: BenchPlan, population: Any, state_dir: Path | None, *,
+          closed_loop: bool, rate_per_s: float, duration_s: float, seed: int,
+          terminals: int | None = None) -> tuple[Any, float]:
+    """One fleet run from this process; returns its report and the fleet's own CPU seconds.
+    port: one switch, or a tuple of several (terminal i connects to switch i mod N)."""
     from switch.wire.transport import run
 
     fleet = fleet_api()
-    config = fleet.FleetConfig(host="127.0.0.1", port=port, terminals=terminals or plan.terminals,
+    ports = port if isinstance(port, tuple) else (port,)
+    config = fleet.FleetConfig(switches=tuple(("127.0.0.1", p) for p in ports), terminals=terminals or plan.terminals,
                                rate_per_s=rate_per_s, duration_s=duration_s, arrivals="poisson",
                                closed_loop=closed_loop, scenario=fleet.load_scenario(plan.scenario),
                                population=population,
@@ -376,7 +384,8 @@ def drive(port: int, plan: BenchPlan, population: Any, state_dir: Path | None, *
     try:
         report = run(fleet.run_fleet(config))
     except fleet.FleetError as exc:
-        raise BenchFailure(f"the fleet could not run against 127.0.0.1:{port}: {exc}") from None
+        where = ", ".join(f"127.0.0.1:{p}" for p in ports)
+        raise BenchFailure(f"the fleet could not run against {where}: {exc}") from None
     return report, own_cpu_s() - cpu0
 
 
@@ -398,6 +407,80 @@ class SwitchRun:
     wall_s: float
     check: dict[str, Any]
     db_cpu_s: float = 0.0   # the PostgreSQL cluster's CPU over the run (0 on SQLite: in the switch)
+    instances: int = 1      # switch processes (several: `eum switch --cluster`, the CPU above their sum)
+    switch_cpu_by_instance: dict[str, float] | None = None  # several instances: each one's CPU seconds
+    forwarded: int = 0      # requests an ingress sent over a link to their member's owner (logged `forwarded`)
+
+
+LEASE_SETTLE_TIMEOUT_S = 60.0  # instances of a cluster share the partitions out within a few heartbeats
+
+
+def leases_settled(counts: dict[str, int], names: list[str], partitions: int) -> bool:
+    """The live leases, per owner, are shared out among `names` alone: every partition held, and
+    each instance at its fair share (ceil(partitions / N), switch/ops/cluster.py) or the rest
+    the others leave it: 128 + 128 of 256 for two, 86 + 86 + 84 for three."""
+    share = -(-partitions // len(names))
+    floor = partitions - share * (len(names) - 1)
+    return (set(counts) == set(names) and sum(counts.values()) == partitions
+            and all(floor <= counts[n] <= share for n in names))
+
+
+def _pg_rows(store: str, sql: str) -> list[tuple]:
+    """Rows of one read on a fresh connection (a read-only transaction is one snapshot, and
+    its now() would not move: a poll needs a new one each time)."""
+    from switch.ledger.store import PgDsn, connect
+
+    conn = connect(PgDsn(store), readonly=True)
+    try:
+        return [tuple(row) for row in conn.execute(sql).fetchall()]
+    finally:
+        conn.close()
+
+
+def live_leases(store: str) -> tuple[dict[str, int], Any]:
+    """Live partition leases per owner, and the database's now() they were counted at."""
+    rows = _pg_rows(store, "SELECT owner, COUNT(*), now() FROM partition_leases WHERE expires_at > now() "
+                           "GROUP BY owner")
+    at = rows[0][2] if rows else _pg_rows(store, "SELECT now()")[0][0]
+    return {str(owner): int(n) for owner, n, _ in rows}, at
+
+
+def heartbeats(store: str) -> dict[str, Any]:
+    """Each live instance's last heartbeat (the start of its last lease round)."""
+    return {str(name): at for name, at in _pg_rows(store, "SELECT id, heartbeat_at FROM instances")}
+
+
+def rounds_done_since(first_beat: dict[str, Any], beats: dict[str, Any], since: Any) -> bool:
+    """Updates first_beat (instance → its first heartbeat after `since`) from beats; True once
+    every instance of first_beat has started a round after that one: the round that began after
+    `since` is over, and with it its refresh of the routes (switch/ops/cluster.py, Cluster.round)."""
+    for name, at in beats.items():
+        if name in first_beat and first_beat[name] is None and at > since:
+            first_beat[name] = at
+    return all(first is not None and beats.get(name, first) > first for name, first in first_beat.items())
+
+
+def distinct_free_ports(n: int) -> list[int]:
+    """n free loopback ports, no two equal (free_port may hand back one it just gave)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def log_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def forwarded_lines(path: Path, since: int) -> int:
+    """Canonical log lines from byte `since` on that name the owner a request was forwarded to."""
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        f.seek(since)
+        return sum(1 for line in f if b'"forwarded"' in line)
 
 
 class E2eSuite:
@@ -405,16 +488,22 @@ class E2eSuite:
     plain=True: the switch_plain ledger in its own files (security none, no PIN, no HSM)."""
 
     def __init__(self, plan: BenchPlan, tmp: Path, procs: Processes, *, plain: bool = False,
-                 new_store: Any = None) -> None:
+                 new_store: Any = None, instances: int = 1) -> None:
         """new_store: returns the URL of a fresh PostgreSQL database (one per seed attempt);
-        None: the ledger is the data dir's SQLite file."""
+        None: the ledger is the data dir's SQLite file. instances > 1 (PostgreSQL only): each
+        switch_run starts that many `eum switch --cluster` processes on the ledger, each with its
+        own data dir, listen port and link port, and the fleet spread over them."""
+        if instances < 1 or (instances > 1 and new_store is None):
+            raise BenchFailure(f"{instances} switch instances: several need a PostgreSQL ledger, and at least one")
         self.plan = plan
         self.tmp = tmp
         self.procs = procs
         self.plain = plain
         self.new_store = new_store
+        self.instances = instances
         self.store: str | None = None
-        suffix = ("-plain" if plain else "") + ("-pg" if new_store else "")
+        suffix = (("-plain" if plain else "") + ("-pg" if new_store else "")
+                  + (f"-x{instances}" if instances > 1 else ""))
         self.data_dir = tmp / f"var{suffix}"
         self.population_path = tmp / f"population{suffix}.json"
         self.state_dir = tmp / f"fleet-state{suffix}"
@@ -452,41 +541,120 @@ class E2eSuite:
         self.population = fleet_api().load_population(self.population_path)
         return {"seconds": round(time.perf_counter() - t0, 2), "failed_attempts": failures, **json.loads(done.stdout)}
 
+    def _switch_specs(self) -> list[tuple[str, int, list[str], Path]]:
+        """(process name, listen port, argv, data dir) of each switch process of a run."""
+        hsm = [] if self.plain else ["--hsm", f"127.0.0.1:{self.hsm_port}"]
+        common = [*store_flag(self.store), *hsm, "--log-level", self.plan.switch_log_level]
+        if self.instances == 1:
+            port = free_port()
+            return [("switch", port, [*EUM, "switch", "--data-dir", str(self.data_dir), *store_flag(self.store),
+                                      "--listen", f"127.0.0.1:{port}", *hsm, "--log-level", self.plan.switch_log_level],
+                     self.data_dir)]
+        ports = distinct_free_ports(2 * self.instances)
+        specs = []
+        for i in range(self.instances):
+            name, port, link = f"switch-{i + 1}", ports[2 * i], ports[2 * i + 1]
+            data_dir = self.data_dir.with_name(f"{self.data_dir.name}-{name}")
+            specs.append((name, port, [*EUM, "switch", "--data-dir", str(data_dir), *common,
+                                       "--listen", f"127.0.0.1:{port}", "--cluster", "--link", f"127.0.0.1:{link}",
+                                       "--instance-id", name], data_dir))
+        return specs
+
+    def wait_leases(self, names: list[str]) -> dict[str, int]:
+        """Until the instances have shared the 256 member partitions out (leases_settled), and
+        then until each has finished a lease round begun after that: an instance refreshes its
+        routes (which instance owns which partition) once per round, so until then a request for
+        a partition it has just given back waits for the next round at its ingress (measured:
+        up to ≈ 0.9 s, the first second of a run). The fleet starts on the steady state.
+        BenchFailure, with the last counts, when this takes over LEASE_SETTLE_TIMEOUT_S."""
+        from switch.domain import PARTITIONS
+
+        assert self.store is not None
+        deadline = time.monotonic() + LEASE_SETTLE_TIMEOUT_S
+        counts: dict[str, int] = {}
+        settled_at: Any = None
+        first_beat: dict[str, Any] = {name: None for name in names}
+        beats: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            for name in names:
+                proc = self.procs.running[name]
+                if proc.poll() is not None:
+                    raise BenchFailure(f"{name} exited with {proc.returncode} while taking its leases:\n"
+                                       f"{self.procs.stderr_tail(name)}")
+            if settled_at is None:
+                counts, at = live_leases(self.store)
+                if leases_settled(counts, names, PARTITIONS):
+                    settled_at = at
+            if settled_at is not None:
+                beats = heartbeats(self.store)
+                if rounds_done_since(first_beat, beats, settled_at):
+                    return counts
+            time.sleep(0.1)
+        raise BenchFailure(f"the {len(names)} switch instances did not share the {PARTITIONS} partitions out and "
+                           f"finish a lease round after it within {LEASE_SETTLE_TIMEOUT_S:g} s: live leases by owner "
+                           f"{counts}, settled at {settled_at}, heartbeats {beats}")
+
     def switch_run(self, name: str, *, closed_loop: bool, rate_per_s: float, duration_s: float,
                    seed: int, terminals: int | None = None, flame: Path | None = None,
                    db_cpu_now: Any = None) -> SwitchRun:
-        """flame: record a py-spy flame graph of the switch into this SVG during the run.
-        db_cpu_now: the database server's CPU seconds so far (PostgreSQL runs)."""
-        port = free_port()
-        hsm = [] if self.plain else ["--hsm", f"127.0.0.1:{self.hsm_port}"]
-        self.procs.start("switch", [*EUM, "switch", "--data-dir", str(self.data_dir), *store_flag(self.store), "--listen",
-                                    f"127.0.0.1:{port}", *hsm, "--log-level", self.plan.switch_log_level])
+        """flame: record a py-spy flame graph of the switch into this SVG during the run (one
+        instance only). db_cpu_now: the database server's CPU seconds so far (PostgreSQL runs).
+        Several instances: all started, their leases settled, then the fleet over all of them;
+        the switch CPU is the sum over the processes."""
+        if flame is not None and self.instances != 1:
+            raise BenchFailure("a flame graph is recorded of one switch instance only")
+        specs = self._switch_specs()
+        names = [spec[0] for spec in specs]
         spy: FlameGraph | None = None
         try:
-            self.procs.wait_listening("switch", port)
-            pid = self.procs.running["switch"].pid
+            for proc_name, _, argv, _ in specs:
+                self.procs.start(proc_name, argv)
+            for proc_name, port, _, _ in specs:
+                self.procs.wait_listening(proc_name, port)
+            if self.instances > 1:
+                self.wait_leases(names)
+            pids = [self.procs.running[n].pid for n in names]
+            logs = [data_dir / "logs" / "switch.jsonl" for *_, data_dir in specs]
             hsm_cpu_now = (lambda: 0.0) if self.plain else (lambda: process_cpu_s(self.procs.running["hsm"].pid))
             if flame is not None:  # sample all but the run's last seconds: py-spy must end before the switch
-                spy = FlameGraph(pid, flame, max(1, int(duration_s) - 5), log_dir=self.procs.log_dir)
+                spy = FlameGraph(pids[0], flame, max(1, int(duration_s) - 5), log_dir=self.procs.log_dir)
             db_cpu_now = db_cpu_now or (lambda: 0.0)
+            log_from = [log_size(path) for path in logs]
             start = kst_now_iso()
-            (user0, sys0), hsm0, db0, t0 = process_cpu_split_s(pid), hsm_cpu_now(), db_cpu_now(), time.perf_counter()
-            report, fleet_cpu = drive(port, self.plan, self.population, self.state_dir, closed_loop=closed_loop,
-                                      rate_per_s=rate_per_s, duration_s=duration_s, seed=seed, terminals=terminals)
+            cpu0, hsm0, db0, t0 = ([process_cpu_split_s(pid) for pid in pids], hsm_cpu_now(), db_cpu_now(),
+                                   time.perf_counter())
+            ports = tuple(spec[1] for spec in specs)
+            report, fleet_cpu = drive(ports if self.instances > 1 else ports[0], self.plan, self.population,
+                                      self.state_dir, closed_loop=closed_loop, rate_per_s=rate_per_s,
+                                      duration_s=duration_s, seed=seed, terminals=terminals)
             wall = time.perf_counter() - t0
-            (user1, sys1), hsm_cpu, db_cpu = process_cpu_split_s(pid), hsm_cpu_now() - hsm0, db_cpu_now() - db0
-            switch_cpu, switch_sys = (user1 + sys1) - (user0 + sys0), sys1 - sys0
+            cpu1, hsm_cpu, db_cpu = [process_cpu_split_s(pid) for pid in pids], hsm_cpu_now() - hsm0, db_cpu_now() - db0
+            by_instance = {n: sum(b) - sum(a) for n, a, b in zip(names, cpu0, cpu1)}
+            switch_cpu, switch_sys = sum(by_instance.values()), sum(b[1] - a[1] for a, b in zip(cpu0, cpu1))
             if spy is not None:
                 spy.finish()
         finally:
             if spy is not None:
                 spy.stop()
-            rc = self.procs.stop("switch")
+            rcs, stop_failures = {}, []
+            for proc_name in names:
+                if proc_name in self.procs.running:
+                    try:
+                        rcs[proc_name] = self.procs.stop(proc_name)
+                    except BenchFailure as exc:
+                        stop_failures.append(str(exc))
         end = kst_now_iso()
-        if rc != 0:
-            raise BenchFailure(f"eum switch exited with {rc} after the {name} run:\n{self.procs.stderr_tail('switch')}")
+        if stop_failures:
+            raise BenchFailure("; ".join(stop_failures))
+        for proc_name, rc in rcs.items():
+            if rc != 0:
+                raise BenchFailure(f"eum switch ({proc_name}) exited with {rc} after the {name} run:\n"
+                                   f"{self.procs.stderr_tail(proc_name)}")
+        forwarded = sum(forwarded_lines(path, since) for path, since in zip(logs, log_from))
         check = check_run(name, data_dir=self.data_dir, report=report, start=start, end=end, store=self.store)
-        return SwitchRun(name, report, switch_cpu, switch_sys, fleet_cpu, hsm_cpu, wall, check, db_cpu)
+        return SwitchRun(name, report, switch_cpu, switch_sys, fleet_cpu, hsm_cpu, wall, check, db_cpu,
+                         instances=self.instances,
+                         switch_cpu_by_instance=by_instance if self.instances > 1 else None, forwarded=forwarded)
 
     def ceiling_run(self, *, duration_s: float, seed: int) -> tuple[Any, float, float]:
         port = free_port()
@@ -587,12 +755,13 @@ def run_pg(plan: BenchPlan, tmp: Path, procs: Processes, sqlite_flat: dict[str, 
     """Issue 12: the e2e procedure (capacity, then open loop at OFFERED_FRACTION of it) with the
     ledger on a private PostgreSQL cluster (benchmarks/pg_cluster.py: initdb on a free port,
     synchronous_commit and fsync on), one switch instance; compared with the SQLite e2e of the
-    same bench run. The cluster's CPU (postmaster and every backend) is measured over the run."""
+    same bench run. The cluster's CPU (postmaster and every backend) is measured over the run.
+    instances > 1: then the same procedure again on a fresh database seeded the same way, with
+    that many `eum switch --cluster` instances sharing it and the fleet spread over them
+    (pg.instances.<N>.* keys; runs["pg_instances"] holds a row for 1 and for N)."""
     from benchmarks.pg_cluster import PgCluster, pg_bindir
 
-    if instances != 1:
-        raise BenchFailure(f"--instances {instances}: only one switch instance per ledger exists so far "
-                           "(several by member ownership: docs/scale-out.md)")
+    check_instances("postgresql", instances)
     if pg_bindir() is None:
         raise BenchFailure("--store postgresql: no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
     cluster = PgCluster().start()
@@ -603,15 +772,15 @@ def run_pg(plan: BenchPlan, tmp: Path, procs: Processes, sqlite_flat: dict[str, 
         postmaster = cluster._postmaster_pid()
         assert postmaster is not None, "a started cluster has a postmaster"
         db_cpu = lambda: cluster_cpu_s(postmaster)  # noqa: E731
-        capacity = suite.switch_run("pg_capacity", closed_loop=True, rate_per_s=CLOSED_LOOP_RATE_PER_S,
-                                    duration_s=plan.capacity_s, seed=11, terminals=plan.capacity_terminals,
-                                    db_cpu_now=db_cpu)
-        capacity_per_s = served_per_s(capacity.report)
-        if capacity_per_s <= 0:
-            raise BenchFailure(f"the PostgreSQL capacity run served nothing: by_rc {capacity.report.by_rc}")
-        rate = round(capacity_per_s * OFFERED_FRACTION, 1)
-        e2e = suite.switch_run("pg_e2e", closed_loop=False, rate_per_s=rate, duration_s=plan.e2e_s, seed=12,
-                               db_cpu_now=db_cpu)
+        capacity, capacity_per_s, e2e = pg_procedure(suite, "pg", db_cpu)
+        many: tuple[SwitchRun, float, SwitchRun] | None = None
+        if instances > 1:
+            assert suite.store is not None
+            cluster.drop_database(suite.store)  # checked already; the next run gets the cluster to itself
+            multi = E2eSuite(plan, tmp, procs, new_store=cluster.create_database, instances=instances)
+            multi.hsm_port = suite.hsm_port
+            seeded_multi = multi.seed()
+            many = pg_procedure(multi, f"pg_x{instances}", db_cpu)
         procs.stop("hsm")
     finally:
         cluster.stop()
@@ -631,13 +800,76 @@ def run_pg(plan: BenchPlan, tmp: Path, procs: Processes, sqlite_flat: dict[str, 
     flat["pg.ratio.e2e_to_sqlite"] = round(pg_e2e / sqlite_e2e, 3) if sqlite_e2e else float("inf")
     flat["pg.switch.cpu_us_over_sqlite"] = round(flat["pg.switch.cpu_us_per_auth"] - sqlite_cpu, 1)
     runs: dict[str, Any] = {"pg_seed": seeded}
-    for r in (capacity, e2e):
-        runs[r.name] = {**summary(r.report), "closed_loop": r.name == "pg_capacity", "wall_s": round(r.wall_s, 2),
+    pg_runs = [capacity, e2e] + ([many[0], many[2]] if many else [])
+    for r in pg_runs:
+        runs[r.name] = {**summary(r.report), "closed_loop": r.name.endswith("_capacity"), "wall_s": round(r.wall_s, 2),
                         "switch_cpu_s": round(r.switch_cpu_s, 3), "postgres_cpu_s": round(r.db_cpu_s, 3),
-                        "hsm_cpu_s": round(r.hsm_cpu_s, 3), "fleet_cpu_s": round(r.fleet_cpu_s, 3), "check": r.check}
-    runs["pg_instances"] = [{"instances": 1, "capacity_per_s": flat["pg.e2e.capacity_per_s"],
-                             "e2e_approved_per_s": pg_e2e}]
-    return flat, runs, [capacity.check, e2e.check]
+                        "hsm_cpu_s": round(r.hsm_cpu_s, 3), "fleet_cpu_s": round(r.fleet_cpu_s, 3), "check": r.check,
+                        "instances": r.instances, "forwarded": r.forwarded,
+                        **({"switch_cpu_s_by_instance": {k: round(v, 3) for k, v in r.switch_cpu_by_instance.items()}}
+                           if r.switch_cpu_by_instance else {})}
+    rows = [instances_row(capacity_per_s, e2e)]
+    if many:
+        runs[f"pg_x{instances}_seed"] = seeded_multi
+        row = instances_row(many[1], many[2])
+        rows.append(row)
+        flat.update(instances_keys(row))
+    runs["pg_instances"] = rows
+    return flat, runs, [r.check for r in pg_runs]
+
+
+def check_instances(store: str, instances: int) -> None:
+    """--instances N: 1 on any store; more only on PostgreSQL (several instances share one
+    ledger by member ownership), and at most one per member partition."""
+    from switch.domain import PARTITIONS
+
+    if not 1 <= instances <= PARTITIONS:
+        raise BenchFailure(f"--instances {instances}: between 1 and {PARTITIONS} (one per member partition at most)")
+    if instances > 1 and store != "postgresql":
+        raise BenchFailure(f"--instances {instances}: several switch instances share a PostgreSQL ledger; "
+                           "add --store postgresql")
+
+
+def pg_procedure(suite: E2eSuite, prefix: str, db_cpu: Any) -> tuple[SwitchRun, float, SwitchRun]:
+    """The e2e procedure on a seeded PostgreSQL suite: `<prefix>_capacity` (closed loop,
+    capacity_terminals) and `<prefix>_e2e` (open loop at OFFERED_FRACTION of the served rate).
+    Returns (capacity run, served per second, e2e run)."""
+    plan = suite.plan
+    capacity = suite.switch_run(f"{prefix}_capacity", closed_loop=True, rate_per_s=CLOSED_LOOP_RATE_PER_S,
+                                duration_s=plan.capacity_s, seed=11, terminals=plan.capacity_terminals,
+                                db_cpu_now=db_cpu)
+    capacity_per_s = served_per_s(capacity.report)
+    if capacity_per_s <= 0:
+        raise BenchFailure(f"the PostgreSQL capacity run ({suite.instances} instance(s)) served nothing: "
+                           f"by_rc {capacity.report.by_rc}")
+    rate = round(capacity_per_s * OFFERED_FRACTION, 1)
+    e2e = suite.switch_run(f"{prefix}_e2e", closed_loop=False, rate_per_s=rate, duration_s=plan.e2e_s, seed=12,
+                           db_cpu_now=db_cpu)
+    return capacity, capacity_per_s, e2e
+
+
+def instances_row(capacity_per_s: float, e2e: Any) -> dict[str, Any]:
+    """One row of the instances × throughput table: the capacity run's served rate and the e2e
+    run's approvals, CPU per approval (switch: the sum over the instances) and latency."""
+    approved = int(e2e.report.approved)
+    per_auth = (lambda cpu_s: round(cpu_s * 1e6 / approved, 1) if approved else float("inf"))
+    sent = int(e2e.report.sent)
+    return {"instances": e2e.instances, "capacity_per_s": round(capacity_per_s, 1),
+            "e2e_approved_per_s": round(float(e2e.report.approved_per_s), 1),
+            "switch_cpu_us_per_auth": per_auth(e2e.switch_cpu_s), "postgres_cpu_us_per_auth": per_auth(e2e.db_cpu_s),
+            "hsm_cpu_us_per_auth": per_auth(e2e.hsm_cpu_s),
+            "e2e_latency_ms_p50": _ms(e2e.report.latency_ms["p50"]),
+            "e2e_latency_ms_p99": _ms(e2e.report.latency_ms["p99"]),
+            "forwarded_share": round(e2e.forwarded / sent, 3) if sent else 0.0}
+
+
+def instances_keys(row: dict[str, Any]) -> dict[str, Any]:
+    """The flat pg.instances.<N>.* keys of a row of the instances table."""
+    n = row["instances"]
+    return {f"pg.instances.{n}.e2e.approved_per_s": row["e2e_approved_per_s"],
+            f"pg.instances.{n}.capacity_per_s": row["capacity_per_s"],
+            f"pg.instances.{n}.switch.cpu_us_per_auth": row["switch_cpu_us_per_auth"],
+            f"pg.instances.{n}.postgres.cpu_us_per_auth": row["postgres_cpu_us_per_auth"]}
 
 
 def run_switch_plain(plan: BenchPlan, tmp: Path, procs: Processes) -> tuple[dict[str, Any], dict[str, Any], dict]:
@@ -753,7 +985,8 @@ def markdown(result: dict[str, Any]) -> str:
     if runs:
         lines += ["", "## Runs", "", "| run | loop | offered/s | achieved/s | approved/s | p50 ms | p99 ms | "
                   "p99.9 ms | sent | timeouts | reversals | response codes |", "|---" * 12 + "|"]
-        for name in ("capacity", "e2e", "e2e_half", "ceiling", "switch_plain", "pg_capacity", "pg_e2e"):
+        pg_multi = sorted(n for n in runs if n.startswith("pg_x") and n.endswith(("_capacity", "_e2e")))
+        for name in ("capacity", "e2e", "e2e_half", "ceiling", "switch_plain", "pg_capacity", "pg_e2e", *pg_multi):
             r = runs.get(name)
             if not r:
                 continue
@@ -764,6 +997,16 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{_fmt(lat.get('p99'))} | {_fmt(lat.get('p999'))} | {_fmt(r.get('sent'))} | "
                 f"{_fmt(r.get('timeouts'))} | {_fmt(r.get('reversals_sent'))} | "
                 f"{', '.join(f'{k}: {v}' for k, v in sorted((r.get('by_rc') or {}).items()))} |")
+    instance_rows = runs.get("pg_instances") or []
+    if len(instance_rows) > 1:
+        lines += ["", "## Instances", "", "PostgreSQL ledger, the e2e procedure with each number of `eum switch` "
+                  "instances (switch µs/auth: the sum over the instances).", "",
+                  "| instances | capacity/s | e2e approved/s | switch µs/auth | PostgreSQL µs/auth |",
+                  "|---:|---:|---:|---:|---:|"]
+        for row in instance_rows:
+            lines.append(f"| {row['instances']} | {_fmt(row.get('capacity_per_s'))} | "
+                         f"{_fmt(row.get('e2e_approved_per_s'))} | {_fmt(row.get('switch_cpu_us_per_auth'))} | "
+                         f"{_fmt(row.get('postgres_cpu_us_per_auth'))} |")
     checks = result.get("checks", [])
     if checks:
         lines += ["", "## Correctness under load", "", "| run | verify | fleet approvals | ledger approved postings "
@@ -796,7 +1039,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def notes_for(plan: BenchPlan) -> list[str]:
+def notes_for(plan: BenchPlan, *, instances: int = 1, cores: Any = None) -> list[str]:
+    """The Markdown's notes; instances > 1: the PostgreSQL runs were repeated with that many
+    switch instances on one machine (cores: its core count, as describe_machine gives it)."""
     return [
         f"mode {plan.mode}: e2e {plan.e2e_s:g} s open loop at {OFFERED_FRACTION:g} × the closed-loop capacity "
         f"({plan.capacity_s:g} s, {plan.capacity_terminals} terminals; answers other than "
@@ -815,7 +1060,15 @@ def notes_for(plan: BenchPlan) -> list[str]:
         f"{plan.plain_cards:,} cards seeded with --security none (no MAC, no PIN block; the standard "
         f"scenario's mix) ÷ messages answered; checked like the e2e runs.",
     ] + (["the switch's flame graph: py-spy record --nonblocking (100 samples/s) during the e2e run; py-spy "
-          "runs on the same cores."] if plan.flame_graph else [])
+          "runs on the same cores."] if plan.flame_graph else []) + (
+        [f"pg.instances.{instances}.*: the PostgreSQL e2e procedure again on a fresh database seeded the same way, "
+         f"with {instances} `eum switch --cluster` instances sharing it (256 member partitions leased, "
+         f"{256 // instances}{'' if 256 % instances == 0 else ' or so'} each before the fleet starts; "
+         f"the fleet's terminal i on instance i mod {instances}); "
+         f"switch CPU is the sum over the instances. All {instances} instances, the HSM, PostgreSQL and the fleet "
+         f"share this machine's {cores if cores is not None else '?'} cores, so a second instance cannot add "
+         f"throughput here: the Instances table shows the cost of coordination (requests forwarded over the link "
+         f"to their member's owner, leases), not scaling."] if instances > 1 else [])
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -826,13 +1079,15 @@ def run_bench(quick: bool, out_dir: Path, *, plan: BenchPlan | None = None, stor
     Raises BenchFailure (after writing the files, when there is something to write) if a run
     could not be measured or the ledger disagrees with the fleet."""
     plan = plan or PLANS["quick" if quick else "full"]
+    check_instances(store, instances)  # before the long runs, not after them
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result: dict[str, Any] = {"date": date.today().isoformat(), "mode": plan.mode, "machine": describe_machine(),
                               "plan": asdict(plan)}
     result.update(codec_bench())
-    stem = result_stem(quick=plan.mode == "quick") + ("-pg" if store == "postgresql" else "")
+    stem = (result_stem(quick=plan.mode == "quick") + ("-pg" if store == "postgresql" else "")
+            + (f"-x{instances}" if instances > 1 else ""))
     flame = None
     if plan.flame_graph:
         py_spy_path()  # missing: fail now, not after the long runs
@@ -858,7 +1113,8 @@ def run_bench(quick: bool, out_dir: Path, *, plan: BenchPlan | None = None, stor
     result["correctness.ok"] = all(c["ok"] for c in checks)
     result["checks"] = checks
     result["runs"] = runs
-    result["notes"] = notes_for(plan)
+    result["notes"] = notes_for(plan, instances=instances if store == "postgresql" else 1,
+                                cores=result["machine"].get("cores"))
     if flame is not None:
         result["flame_graph"] = flame.name  # relative to the result JSON, like the plots
     result["bench.seconds"] = round(time.perf_counter() - started, 1)
@@ -907,7 +1163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="shorter runs, 100,000 cards for scale (< 3 min)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
-    ap.add_argument("--instances", type=int, default=1)
+    ap.add_argument("--instances", type=int, default=1,
+                    help="with --store postgresql: N > 1 repeats the PostgreSQL runs with N switch instances")
     args = ap.parse_args(argv)
     try:
         result = run_bench(args.quick, args.out_dir, store=args.store, instances=args.instances)

@@ -334,3 +334,144 @@ def test_flame_graph_of_a_process_py_spy_cannot_sample_is_a_bench_failure(spawn,
     with pytest.raises(BenchFailure, match=r"py-spy could not record the switch's flame graph \(exit [1-9]"):
         FlameGraph(not_python.pid, tmp_path / "none.svg", 1).finish()
     assert not (tmp_path / "none.svg").exists()
+
+
+# ---------------------------------------------------------------------------- several instances (pure parts)
+
+def test_leases_are_settled_only_when_the_named_instances_alone_hold_every_partition_at_their_share():
+    from benchmarks.bench import leases_settled
+
+    two = ["switch-1", "switch-2"]
+    assert leases_settled({"switch-1": 128, "switch-2": 128}, two, 256)
+    assert not leases_settled({"switch-1": 256}, two, 256)                       # the second holds nothing yet
+    assert not leases_settled({"switch-1": 129, "switch-2": 127}, two, 256)      # one above its share
+    assert not leases_settled({"switch-1": 128, "switch-2": 127}, two, 256)      # one partition unheld
+    assert not leases_settled({"switch-1": 128, "switch-2": 64, "gone": 64}, two, 256)  # a stale owner's lease
+    three = ["a", "b", "c"]
+    assert leases_settled({"a": 86, "b": 86, "c": 84}, three, 256)               # ceil(256 / 3) = 86, the rest 84
+    assert leases_settled({"a": 86, "b": 85, "c": 85}, three, 256)
+    assert not leases_settled({"a": 87, "b": 85, "c": 84}, three, 256)
+    assert not leases_settled({"a": 86, "b": 87, "c": 83}, three, 256)
+    assert leases_settled({"solo": 256}, ["solo"], 256)
+
+
+def test_instances_are_checked_before_any_run_and_several_need_postgresql(tmp_path):
+    from benchmarks.bench import BenchFailure, E2eSuite, Processes, check_instances, main
+
+    check_instances("sqlite", 1)
+    check_instances("postgresql", 2)
+    check_instances("postgresql", 256)
+    with pytest.raises(BenchFailure, match=r"^--instances 2: several switch instances share a PostgreSQL ledger; "
+                                           r"add --store postgresql$"):
+        check_instances("sqlite", 2)
+    for bad in (0, 257):
+        with pytest.raises(BenchFailure, match=rf"^--instances {bad}: between 1 and 256 \(one per member partition"):
+            check_instances("postgresql", bad)
+    with pytest.raises(BenchFailure, match="several need a PostgreSQL ledger"):
+        E2eSuite(BenchPlan(mode="smoke"), tmp_path, Processes(tmp_path), instances=2)
+    # the bench refuses at once: nothing was started, nothing written
+    started = time.monotonic()
+    assert main(["--quick", "--instances", "2", "--out-dir", str(tmp_path / "out")]) == 1
+    assert time.monotonic() - started < 5 and not (tmp_path / "out").exists()
+
+
+def test_two_instances_each_get_their_own_data_dir_listen_and_link_port_and_the_same_ledger_and_hsm(tmp_path):
+    from benchmarks.bench import E2eSuite, Processes
+
+    suite = E2eSuite(BenchPlan(mode="smoke"), tmp_path, Processes(tmp_path), new_store=lambda: "unused",
+                     instances=2)
+    suite.store, suite.hsm_port = "postgresql://postgres@127.0.0.1:5999/eum_test_x", 1500
+    specs = suite._switch_specs()
+    assert [name for name, *_ in specs] == ["switch-1", "switch-2"]
+    assert [d for *_, d in specs] == [tmp_path / "var-pg-x2-switch-1", tmp_path / "var-pg-x2-switch-2"]
+    assert suite.data_dir == tmp_path / "var-pg-x2" and suite.state_dir == tmp_path / "fleet-state-pg-x2"
+    links = []
+    for name, port, argv, data_dir in specs:
+        i = argv.index("switch")
+        link = argv[argv.index("--link") + 1]
+        links.append(int(link.rsplit(":", 1)[1]))
+        assert argv[i:] == ["switch", "--data-dir", str(data_dir), "--store", suite.store, "--hsm", "127.0.0.1:1500",
+                            "--log-level", "info", "--listen", f"127.0.0.1:{port}", "--cluster", "--link", link,
+                            "--instance-id", name]
+    ports = [port for _, port, _, _ in specs] + links
+    assert len(set(ports)) == 4
+    one = E2eSuite(BenchPlan(mode="smoke"), tmp_path, Processes(tmp_path), new_store=lambda: "unused")
+    one.store, one.hsm_port = suite.store, 1500
+    [(name, port, argv, data_dir)] = one._switch_specs()
+    assert (name, data_dir) == ("switch", tmp_path / "var-pg") and "--cluster" not in argv
+
+
+def fake_e2e(instances: int, *, approved: int, switch_cpu_s: float, db_cpu_s: float, forwarded: int) -> SimpleNamespace:
+    report = SimpleNamespace(approved=approved, approved_per_s=approved / 10, sent=2 * approved,
+                             latency_ms={"p50": 4.25, "p99": 31.5})
+    return SimpleNamespace(instances=instances, report=report, switch_cpu_s=switch_cpu_s, db_cpu_s=db_cpu_s,
+                           hsm_cpu_s=approved * 200e-6, forwarded=forwarded)
+
+
+def test_an_instances_row_divides_the_summed_cpu_by_approvals_and_gives_the_flat_keys():
+    from benchmarks.bench import instances_keys, instances_row
+
+    row = instances_row(1234.56, fake_e2e(2, approved=8_000, switch_cpu_s=6.4, db_cpu_s=2.0, forwarded=4_000))
+    assert row == {"instances": 2, "capacity_per_s": 1234.6, "e2e_approved_per_s": 800.0,
+                   "switch_cpu_us_per_auth": 800.0, "postgres_cpu_us_per_auth": 250.0, "hsm_cpu_us_per_auth": 200.0,
+                   "e2e_latency_ms_p50": 4.25, "e2e_latency_ms_p99": 31.5, "forwarded_share": 0.25}
+    assert instances_keys(row) == {"pg.instances.2.e2e.approved_per_s": 800.0, "pg.instances.2.capacity_per_s": 1234.6,
+                                   "pg.instances.2.switch.cpu_us_per_auth": 800.0,
+                                   "pg.instances.2.postgres.cpu_us_per_auth": 250.0}
+    none = instances_row(0.0, fake_e2e(2, approved=0, switch_cpu_s=1.0, db_cpu_s=1.0, forwarded=0))
+    assert (none["switch_cpu_us_per_auth"], none["forwarded_share"]) == (float("inf"), 0.0)
+
+
+def test_markdown_shows_the_instances_table_when_there_are_two_rows_and_the_note_says_why_it_is_not_scaling():
+    from benchmarks.bench import PLANS, notes_for
+
+    result = fake_result()
+    rows = [{"instances": 1, "capacity_per_s": 1010.0, "e2e_approved_per_s": 905.3, "switch_cpu_us_per_auth": 455.1,
+             "postgres_cpu_us_per_auth": 218.2},
+            {"instances": 2, "capacity_per_s": 880.0, "e2e_approved_per_s": 790.0, "switch_cpu_us_per_auth": 610.5,
+             "postgres_cpu_us_per_auth": 240.0}]
+    result["runs"]["pg_instances"] = rows
+    result["runs"]["pg_x2_e2e"] = {"offered_per_s": 792.0, "latency_ms": {"p50": 5.0, "p99": 40.0, "p999": 80.0},
+                                   "by_rc": {"00": 7900}}
+    md = markdown(result)
+    table = md.split("## Instances\n", 1)[1].split("\n\n", 2)
+    assert table[1].splitlines() == [
+        "| instances | capacity/s | e2e approved/s | switch µs/auth | PostgreSQL µs/auth |",
+        "|---:|---:|---:|---:|---:|",
+        "| 1 | 1,010.0 | 905.3 | 455.1 | 218.2 |",
+        "| 2 | 880.0 | 790.0 | 610.5 | 240.0 |"]
+    assert "| pg_x2_e2e | open | 792.0 |" in md
+    result["runs"]["pg_instances"] = rows[:1]
+    assert "## Instances" not in markdown(result)
+    [note] = [n for n in notes_for(PLANS["quick"], instances=2, cores=2) if n.startswith("pg.instances.2.*")]
+    assert "share this machine's 2 cores, so a second instance cannot add throughput here" in note
+    assert "cost of coordination" in note and "not scaling" in note
+    assert not [n for n in notes_for(PLANS["quick"]) if n.startswith("pg.instances")]
+
+
+def test_forwarded_lines_are_counted_from_an_offset_of_the_switch_log(tmp_path):
+    from benchmarks.bench import forwarded_lines, log_size
+
+    log = tmp_path / "switch.jsonl"
+    assert (log_size(log), forwarded_lines(log, 0)) == (0, 0)
+    log.write_text('{"event":"purchase","forwarded":"switch-2"}\n{"event":"purchase"}\n')
+    since = log_size(log)
+    with log.open("a") as f:
+        f.write('{"event":"purchase","forwarded":"switch-1"}\n{"event":"refund","forwarded":"switch-1"}\n'
+                '{"event":"balance"}\n')
+    assert (forwarded_lines(log, 0), forwarded_lines(log, since)) == (3, 2)
+
+
+def test_the_fleet_waits_for_a_lease_round_begun_after_the_leases_settled_to_be_over_at_every_instance():
+    from benchmarks.bench import rounds_done_since
+
+    settled = 100.0
+    first: dict = {"switch-1": None, "switch-2": None}
+    assert not rounds_done_since(first, {"switch-1": 99.5, "switch-2": 100.2}, settled)  # switch-1: a round before
+    assert first == {"switch-1": None, "switch-2": 100.2}
+    assert not rounds_done_since(first, {"switch-1": 100.5, "switch-2": 100.2}, settled)  # both rounds still running
+    assert not rounds_done_since(first, {"switch-1": 100.5, "switch-2": 101.2}, settled)  # switch-2's is over
+    assert first == {"switch-1": 100.5, "switch-2": 100.2}
+    assert rounds_done_since(first, {"switch-1": 101.5, "switch-2": 101.2, "stranger": 101.0}, settled)
+    assert "stranger" not in first
+    assert not rounds_done_since({"switch-1": None}, {}, settled)  # no heartbeat at all yet
