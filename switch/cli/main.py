@@ -80,7 +80,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
 
                 from switch.ops.cluster import Router
 
-                router = Router(core.cluster, core.reader, dialect)
+                router = Router(core.cluster, core.reader, dialect, core.state)
                 link_host, link_port = parse_hostport(cluster.link)
                 link_config = replace(config, host=link_host, port=link_port, in_flight_max=4096,
                                       per_peer_max=config.connections_max)

@@ -295,6 +295,11 @@ class SqliteReader:
     def card_by_id(self, card_id: int) -> CardState | None:
         return self._card("c.id=?", (card_id,))
 
+    def member_of(self, pan: str) -> str | None:
+        """The card's member only (a cluster's ingress routes by it: switch/ops/cluster.py)."""
+        row = self.conn.execute("SELECT member FROM cards WHERE pan=?", (pan,)).fetchone()
+        return row[0] if row else None
+
     def card_with_counters(self, pan: str, month: str, day: str) -> tuple[CardState | None, int, int]:
         """A card, its member's eligible spend in `month` and its own spending on `day`: what a
         purchase on a card not yet in memory needs, in one statement (one round trip on

@@ -310,9 +310,11 @@ class LinkClient:
 class Router:
     """Which instance decides a request, and the sending when it is another one."""
 
-    def __init__(self, cluster: Cluster, reader: Any, dialect: Any) -> None:
+    def __init__(self, cluster: Cluster, reader: Any, dialect: Any, state: Any = None) -> None:
+        """state: the hot state, whose cards (those this instance decides) answer without a read."""
         self.cluster = cluster
         self.reader = reader
+        self.state = state
         self.dialect = dialect
         self.pans: OrderedDict[str, int] = OrderedDict()
         self.links: dict[str, LinkClient] = {}
@@ -325,10 +327,11 @@ class Router:
         if p is not None:
             self.pans.move_to_end(pan)
             return p
-        card = self.reader.card_by_pan(pan)
-        if card is None:
+        card = self.state.card(pan) if self.state is not None else None
+        member = card.member if card is not None else self.reader.member_of(pan)  # one column, not the card
+        if member is None:
             return None
-        p = partition_of(card.member)
+        p = partition_of(member)
         self.pans[pan] = p
         if len(self.pans) > PAN_CACHE_MAX:
             self.pans.popitem(last=False)
