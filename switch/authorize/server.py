@@ -199,7 +199,6 @@ class Processor:
             line["replayed"] = True
         return outcome.response, outcome.payload
 
-
     async def _route(self, req: Any, fields: dict[str, str], fr: Frame, line: dict[str, Any]
                      ) -> tuple[dict[str, str] | None, bytes | None] | None:
         """None: decided here. Otherwise the owner's answer, relayed as it sent it (its MAC
@@ -211,8 +210,8 @@ class Processor:
         if partition is None or router.cluster.owns(partition):
             return None
         line["partition"] = partition
-        if self.link:  # sent here by an instance whose routes are behind: its sender sends it again
-            line["note"] = "partition not held here"
+        if self.link:  # sent by an instance whose routes are behind (a hand-over in progress): 91,
+            line["note"] = "partition not held here"  # nothing stored; the terminal may send it again
             return _error_response(fields, Rc.OWNER_UNAVAILABLE), None
         if req.terminal not in self.engine.signed_on:
             return None  # refused here: not signed on
