@@ -62,12 +62,18 @@ class ClusterConfig:
 class Cluster:
     def __init__(self, dsn: str, config: ClusterConfig, *,
                  on_gain: Callable[[list[int], list[int]], None] | None = None,
-                 drain: Callable[[], Awaitable[None]] | None = None) -> None:
+                 drain: Callable[[], Awaitable[None]] | None = None,
+                 barrier: Callable[[], Awaitable[None]] | None = None) -> None:
+        """drain: every queued unit committed (at stop). barrier: every unit queued so far
+        committed (before a partition is given back; the writer's queue is FIFO)."""
         self.dsn = dsn
         self.config = config
         self.me = config.instance_id
         self.on_gain = on_gain
         self.drain = drain
+        self.barrier = barrier
+        self._giving: asyncio.Task[None] | None = None
+        self._db = asyncio.Lock()  # one statement at a time on the connection (rounds, give-backs)
         self.held: dict[int, int] = {}          # partition → epoch of the lease held
         self.ever_held: set[int] = set()        # held at some time by this process (its memory may know them)
         self.draining: set[int] = set()         # held, no longer decided: being given back
@@ -100,10 +106,11 @@ class Cluster:
 
     async def stop(self) -> None:
         """Give every lease back at once (a graceful stop hands over without waiting for expiry)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._giving):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._conn is None:
             return
         with contextlib.suppress(Exception):
@@ -126,7 +133,11 @@ class Cluster:
                 log.warning("cluster_round_failed", instance=self.me, error=type(exc).__name__, detail=str(exc))
 
     async def round(self) -> None:
-        """One heartbeat: renew, count the live, claim or give back, refresh the routes."""
+        """One heartbeat: renew, count the live, claim or start giving back, refresh the routes."""
+        async with self._db:
+            await self._round()
+
+    async def _round(self) -> None:
         c, ttl, me = self._conn, self.config.lease_ttl_s, self.me
         started = time.monotonic()
         await c.execute("INSERT INTO instances(id, link, heartbeat_at) VALUES ($1, $2, now()) "
@@ -163,23 +174,32 @@ class Cluster:
                 if self.on_gain is not None:  # what another instance decided for them is not in memory here
                     self.on_gain(parts, again)
         elif len(self.held) > share and not self.draining:
-            await self._give_back(sorted(self.held)[share:])
+            # given back in the background: the rounds go on renewing (the drained ones too) meanwhile
+            self.draining = set(sorted(self.held)[share:])
+            self._giving = asyncio.get_running_loop().create_task(self._give_back(sorted(self.draining)),
+                                                                  name="cluster-give-back")
         rows = await c.fetch("SELECT l.partition, l.owner, i.link, l.epoch FROM partition_leases l "
                              "JOIN instances i ON i.id = l.owner WHERE l.expires_at > now()")
         self.routes = {r["partition"]: (r["owner"], r["link"], r["epoch"]) for r in rows}
         self.rounds += 1
 
     async def _give_back(self, surplus: list[int]) -> None:
-        self.draining = set(surplus)
-        if self.drain is not None:
-            await self.drain()  # every unit decided for them is committed (under the lease)
-        await self._conn.execute(
-            "UPDATE partition_leases SET expires_at = '-infinity' WHERE owner = $1 AND partition = ANY($2::int[])",
-            self.me, surplus)
-        for p in surplus:
-            self.held.pop(p, None)
-        self.draining = set()
-        log.info("cluster_leases_given_back", instance=self.me, partitions=len(surplus), held=len(self.held))
+        """No new decision for `surplus` (owns() is false for it); once every unit queued before
+        is committed under the lease, expire the leases for another instance to claim."""
+        try:
+            if self.barrier is not None:
+                await self.barrier()
+            async with self._db:
+                await self._conn.execute(
+                    "UPDATE partition_leases SET expires_at = '-infinity' "
+                    "WHERE owner = $1 AND partition = ANY($2::int[])", self.me, surplus)
+            for p in surplus:
+                self.held.pop(p, None)
+            log.info("cluster_leases_given_back", instance=self.me, partitions=len(surplus), held=len(self.held))
+        except Exception as exc:  # still held: decided here again; given back at a later round
+            log.warning("cluster_give_back_failed", instance=self.me, error=type(exc).__name__, detail=str(exc))
+        finally:
+            self.draining = set()
 
 
 class IdBlocks:

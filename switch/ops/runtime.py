@@ -111,6 +111,7 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
 
             members.on_gain = gained
             members.drain = writer.drain
+            members.barrier = lambda: writer.submit(Commit())  # FIFO: after every unit queued before it
             await members.start()
         if relay is not None and members is not None:  # the partitions this instance holds
             from switch.ledger.relay import PartitionRelay
