@@ -292,13 +292,15 @@ def test_an_instance_killed_under_load_hands_its_partitions_over_and_nothing_is_
     result = verify(PgDsn(cluster.dsn))
     assert result.ok, result.problem
     # what the terminals were told approved is what the ledger holds, but for requests in flight on a's
-    # connections when it died: a's terminals reversed those on b (0400), so a purchase a committed
-    # without answering stands in the ledger, fully undone, beside its approved reversal
+    # connections when it died: a purchase a committed without answering stands in the ledger (undone
+    # beside its approved reversal when its terminal reversed it on b)
+    # (the fleet counts those as timed out; it reverses them, or the run ends first): at most one
+    # posting the terminals did not see per such request, as the bench's own check allows
     unanswered = ledger_posted(cluster.dsn) - fleet_posted(report)
+    unseen_max = report["timeouts"] + report["reversals_sent"] + report["reversal_repeats_sent"]
     assert fleet_posted(report) > 200
-    assert 0 <= unanswered <= report["reversals_sent"], (unanswered, report["reversals_sent"])
-    undone = rows(cluster.dsn, "SELECT COUNT(*) FROM postings WHERE kind = 'purchase' AND undone = amount")[0][0]
-    assert undone >= unanswered
+    assert 0 <= unanswered <= unseen_max, (unanswered, unseen_max)
+    assert report["timeouts"] <= report["by_switch"][f"127.0.0.1:{a.port}"]["sent"]  # only a's in-flight ones
     assert member_months_disagree(cluster.dsn) == []
 
 

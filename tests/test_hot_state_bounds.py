@@ -180,3 +180,45 @@ def test_the_card_table_answers_none_for_a_pan_that_is_not_ascii_digits():
 
     table = CardTable()
     assert [table.by_pan(p) for p in ("", "94²0", "٣٣٣٣", "9410 0000")] == [None, None, None, None]
+
+
+@pytest.mark.parametrize("counters, key, other", [(PeriodCounters, "M1", "M2"), (CardCounters, 5, 7)])
+def test_complete_counters_know_a_counter_not_stored_is_zero_until_the_period_changes(counters, key, other):
+    c = counters()
+    c.set(key, "2025-10-15", 4_000)
+    assert (c.holds(other, "2025-10-15"), c.complete) == (False, False)
+    c.completed("2025-10-15")           # every stored counter of the day is held (HotState.warm)
+    assert (c.holds(other, "2025-10-15"), c.get(other, "2025-10-15"), c.get(key, "2025-10-15")) == (True, 0, 4_000)
+    c.bump(other, "2025-10-15", 700)    # not stored, so 0 before: now 700, and held
+    c.bump(key, "2025-10-15", 300)
+    assert dict(c.items()) == {(key, "2025-10-15"): 4_300, (other, "2025-10-15"): 700}
+    c.set(key, "2025-10-16", 1)         # another period: nothing known about the others any more
+    assert (c.complete, c.holds(other, "2025-10-16")) == (False, False)
+    with pytest.raises(KeyError):
+        c.get(other, "2025-10-16")
+
+
+def test_a_warm_hot_state_holds_every_card_and_reads_nothing_for_a_new_one(store):
+    from datetime import datetime
+
+    write(store, "INSERT INTO cards(id, pan, program, member, expiry, status, issued_at) VALUES (?,?,?,?,?,?,?)",
+          [(i, f"94101000000{i:05d}", "namdong", f"M{i % 7}", "3112", "active", "2025-10-01T00:00:00+09:00")
+           for i in range(1, 25_002)])  # more than two pages
+    write(store, "INSERT INTO accounts(name, balance) VALUES (?, ?)", [("card:3:cash", 12_000), ("card:3:cashback", 40)])
+    write(store, "INSERT INTO member_months(member, month, eligible) VALUES (?,?,?)", [("M3", "2025-10", 9_000)])
+    write(store, "INSERT INTO card_days(card_id, day, spent) VALUES (?,?,?)", [(3, "2025-10-15", 2_500)])
+    reader = SqliteReader(store)
+    try:
+        state = HotState(reader)
+        now = datetime.fromisoformat("2025-10-15T12:00:00+09:00")
+        assert state.warm(now) == 25_001
+        reads = []
+        state.reader = type("Counting", (), {"__getattr__": lambda _, name: reads.append(name)})()
+        card = state.load_card_for("9410100000000003", now)
+        assert (card.id, card.member, card.cash, card.cashback) == (3, "M3", 12_000, 40)
+        assert (state.load_member_month("M3", "2025-10"), state.load_card_day(3, "2025-10-15")) == (9_000, 2_500)
+        assert (state.load_member_month("M4", "2025-10"), state.load_card_day(4, "2025-10-15")) == (0, 0)
+        assert state.load_card_for("9410100000025001", now).id == 25_001
+        assert reads == []  # nothing asked of the store
+    finally:
+        reader.close()

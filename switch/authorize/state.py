@@ -40,29 +40,36 @@ class PeriodCounters:
     period held in memory. Counting another period drops the one held (the store has it);
     read and iterated as {(key, period): value}, the store's key."""
 
-    __slots__ = ("period", "values")
+    __slots__ = ("period", "values", "complete")
 
     def __init__(self) -> None:
         self.period = ""
         self.values: dict = {}
+        self.complete = False  # every stored counter of `period` is held: one not held is 0 (HotState.warm)
 
     def holds(self, key: object, period: str) -> bool:
-        return period == self.period and key in self.values
+        return period == self.period and (self.complete or key in self.values)
 
     def set(self, key: object, period: str, value: int) -> None:
         if period != self.period:
-            self.period, self.values = period, {}
+            self.period, self.values, self.complete = period, {}, False
         self.values[key] = value
 
     def get(self, key: object, period: str) -> int:
         if period != self.period:
             raise KeyError((key, period))
-        return self.values[key]
+        return self.values.get(key, 0) if self.complete else self.values[key]
 
     def bump(self, key: object, period: str, delta: int) -> None:
         """Only a held counter moves: one not held is read from the store, which has it."""
-        if period == self.period and key in self.values:
-            self.values[key] += delta
+        if period == self.period and (key in self.values or self.complete):
+            self.values[key] = self.values.get(key, 0) + delta
+
+    def completed(self, period: str) -> None:
+        """Every stored counter of `period` has been set: any other is 0."""
+        if period != self.period:
+            self.period, self.values = period, {}
+        self.complete = True
 
     def __contains__(self, item: tuple) -> bool:
         return self.holds(*item)
@@ -90,11 +97,11 @@ class CardCounters(PeriodCounters):
         self.count = 0
 
     def holds(self, key: int, period: str) -> bool:  # type: ignore[override]
-        return period == self.period and key < len(self.held) and self.held[key] == 1
+        return period == self.period and (self.complete or (key < len(self.held) and self.held[key] == 1))
 
     def set(self, key: int, period: str, value: int) -> None:  # type: ignore[override]
         if period != self.period:
-            self.period, self.values, self.held, self.count = period, array("q"), bytearray(), 0
+            self.period, self.values, self.held, self.count, self.complete = period, array("q"), bytearray(), 0, False
         if key >= len(self.held):
             grow = key + 1 - len(self.held)
             self.values.extend(array("q", bytes(8 * grow)))
@@ -107,11 +114,16 @@ class CardCounters(PeriodCounters):
     def get(self, key: int, period: str) -> int:  # type: ignore[override]
         if not self.holds(key, period):
             raise KeyError((key, period))
-        return self.values[key]
+        return self.values[key] if key < len(self.held) and self.held[key] else 0
 
     def bump(self, key: int, period: str, delta: int) -> None:  # type: ignore[override]
         if self.holds(key, period):
-            self.values[key] += delta
+            self.set(key, period, self.get(key, period) + delta)
+
+    def completed(self, period: str) -> None:  # type: ignore[override]
+        if period != self.period:
+            self.period, self.values, self.held, self.count = period, array("q"), bytearray(), 0
+        self.complete = True
 
     def __iter__(self):
         return ((k, self.period) for k, h in enumerate(self.held) if h)
@@ -307,6 +319,33 @@ class HotState:
         self.next_card_id = card_id + 1
         if self.next_card_id >= self.card_ids_end:
             self.next_card_id, self.card_ids_end = self.ids.block("card")
+
+    WARM_PAGE = 10_000
+
+    def warm(self, now: datetime) -> int:
+        """Every card, and the current month's and day's counters, into memory at once (a few
+        statements instead of one read per new card: docs/performance.md, "PostgreSQL: a warm
+        hot state"). Only for the ledger's one writer: a counter not stored for `now`'s period
+        is then known to be 0 until the period changes (PeriodCounters.complete). Returns the
+        number of cards; memory is what every card being used once costs anyway
+        (docs/architecture.md, "Memory bounds")."""
+        month, day = month_key(now), day_key(now)
+        last, n = 0, 0
+        while True:
+            page = self.reader.cards_page(last, self.WARM_PAGE)
+            for card in page:
+                self.cards.put(card)
+            n += len(page)
+            if len(page) < self.WARM_PAGE:
+                break
+            last = page[-1].id
+        for member, eligible in self.reader.month_counters(month):
+            self.member_months.set(member, month, eligible)
+        self.member_months.completed(month)
+        for card_id, spent in self.reader.day_counters(day):
+            self.card_days.set(card_id, day, spent)
+        self.card_days.completed(day)
+        return n
 
     def refresh_filters(self) -> None:
         """Learn every message key and early reversal the store holds (another instance of a

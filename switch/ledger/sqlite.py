@@ -295,6 +295,18 @@ class SqliteReader:
     def card_by_id(self, card_id: int) -> CardState | None:
         return self._card("c.id=?", (card_id,))
 
+    def cards_page(self, after_id: int, limit: int) -> list[CardState]:
+        """Up to `limit` cards with ids above `after_id`, in id order (HotState.warm)."""
+        rows = self.conn.execute(self._CARD.format(extra="", where="c.id > ?") + " ORDER BY c.id LIMIT ?",
+                                 (after_id, limit)).fetchall()
+        return [self._card_state(tuple(r)) for r in rows]
+
+    def month_counters(self, month: str) -> list[tuple[str, int]]:
+        return self.conn.execute("SELECT member, eligible FROM member_months WHERE month=?", (month,)).fetchall()
+
+    def day_counters(self, day: str) -> list[tuple[int, int]]:
+        return self.conn.execute("SELECT card_id, spent FROM card_days WHERE day=?", (day,)).fetchall()
+
     def member_of(self, pan: str) -> str | None:
         """The card's member only (a cluster's ingress routes by it: switch/ops/cluster.py)."""
         row = self.conn.execute("SELECT member FROM cards WHERE pan=?", (pan,)).fetchone()
