@@ -298,3 +298,18 @@ def test_eum_switch_on_postgresql_serves_a_fleet_and_the_ledger_agrees(pg_dsn, t
     assert verified.returncode == 0, verified.stderr
     assert json.loads(verified.stdout)["ok"] is True
     assert not (data / "ledger.sqlite3").exists()  # nothing went to an embedded ledger by accident
+
+
+async def test_a_bulk_load_refuses_a_ledger_a_switch_writes(pg_dsn):
+    from switch.ledger.bulk import BulkLoad
+
+    writer, _ = await opened(pg_dsn)
+    try:
+        with pytest.raises(StoreUnavailable) as busy:
+            BulkLoad(PgDsn(pg_dsn))
+        assert str(busy.value) == (f"a switch writes the ledger at {pg_dsn}: a bulk load needs it to itself "
+                                   "(stop the switch or every instance, load, start again)")
+    finally:
+        await writer.close()
+    with BulkLoad(PgDsn(pg_dsn)) as load:  # the writer gone, the load goes ahead
+        assert load.next_ids().card == 1

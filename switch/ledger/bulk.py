@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from switch.ledger.store import connect
+from switch.ledger.store import PgDsn, Store, StoreUnavailable, connect, redact
 
 MerchantRow = tuple[str, str, str, int, str]             # mid, name, district, annual sales, category
 TerminalRow = tuple[str, str, str, str, str]             # tid, mid, security, key under LMK, initial KSN
@@ -30,8 +30,15 @@ class NextIds:
 
 
 class BulkLoad:
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Store) -> None:
         self.conn: sqlite3.Connection = connect(db_path)
+        if isinstance(db_path, PgDsn):  # the data dir's lock guards SQLite; PostgreSQL's writer lock this one
+            from switch.ledger.postgres import WRITER_LOCK
+
+            if not self.conn.execute("SELECT pg_try_advisory_lock(?)", (WRITER_LOCK,)).fetchone()[0]:
+                self.conn.close()
+                raise StoreUnavailable(f"a switch writes the ledger at {redact(db_path)}: a bulk load needs it "
+                                       "to itself (stop the switch or every instance, load, start again)")
 
     def __enter__(self) -> BulkLoad:
         self.conn.execute("PRAGMA cache_size=-262144")
