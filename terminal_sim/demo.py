@@ -12,7 +12,6 @@ import asyncio
 import json
 import random
 import shutil
-import sqlite3
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -25,7 +24,7 @@ from switch.wire.codec import load_dialect
 from switch.ops.config import SwitchConfig
 from switch.rules.policy import default_config_dir, load_rules
 from switch.ops.runtime import lock_data_dir, open_core, unlock
-from switch.ledger.store import open_store
+from switch.ledger.store import connect, locate, open_store
 from switch.ops.seed import seed, tid_for
 from switch.authorize.server import Processor, SwitchServer
 
@@ -43,6 +42,8 @@ def register(sub: Any) -> None:
     de.add_argument("--transactions", type=int, default=300)
     de.add_argument("--seed", type=int, default=7)
     de.add_argument("--keep", action="store_true", help="keep the temporary data dir and print its path")
+    de.add_argument("--store", help="the ledger: the temporary data dir's SQLite file (default), or an empty "
+                    "PostgreSQL database, postgresql://… (docs/scale-out.md)")
     de.add_argument("--clock-start", default="2025-10-15T12:00:00+09:00",
                     help="the switch's clock starts here (default: a lunch peak under the 2025-09 policy)")
     de.set_defaults(func=lambda args: run_demo(transactions=args.transactions, seed_value=args.seed,
@@ -89,7 +90,7 @@ async def _demo(data_dir: Path, transactions: int, seed_value: int, clock_start:
 
 
 async def _drive(port: int, core, transactions: int, rng: random.Random) -> Counter:
-    conn = sqlite3.connect(core.db_path)
+    conn = connect(core.db_path, readonly=True)
     pans = [r[0] for r in conn.execute("SELECT pan FROM cards ORDER BY id")]
     mids = {tid: mid for tid, mid in conn.execute("SELECT tid, mid FROM terminals")}
     conn.close()
@@ -147,7 +148,7 @@ async def _lane(lane, count: int, pans: list[str], blocked: str, rng: random.Ran
 
 
 def _summary(data_dir: Path, sent: Counter) -> int:
-    db = sqlite3.connect(data_dir / "ledger.sqlite3")
+    db = connect(locate(data_dir), readonly=True)
     print("responses by kind and code")
     for (kind, rc), n in sorted(sent.items()):
         print(f"  {kind:<13} {rc} {RC_TEXT.get(rc, '?'):<22} {n:>5}")
@@ -176,7 +177,7 @@ def _summary(data_dir: Path, sent: Counter) -> int:
         print(f"  {program:<10} {funder:<10} {won:>9,}")
     db.close()
 
-    result = verify(data_dir / "ledger.sqlite3")
+    result = verify(locate(data_dir))
     stats = ", ".join(f"{k} {v:,}" for k, v in result.stats.items())
     print(f"\nledger verify: {'OK' if result.ok else 'FAILED: ' + result.problem} ({stats})")
     return 0 if result.ok else 1
