@@ -451,3 +451,70 @@ async def test_every_event_reaches_the_broker_through_an_instance_kill(cluster, 
                                 "GROUP BY o.partition, r.seq HAVING MAX(o.pseq) > COALESCE(r.seq, 0)")
     assert lagging == []
     assert verify(PgDsn(cluster.dsn)).ok
+
+
+# ---------------------------------------------------------------------------- a member's month, as on one instance
+
+
+async def _sequence(ports: list[int], steps: list[tuple[int, dict]], tid: str, mid: str) -> list[tuple[str, str]]:
+    """Purchases one after another, step i on instance ports[steps[i][0]]: (rc, RRN) of each."""
+    clients = {}
+    term = Terminal(tid, mid)
+    try:
+        for port in sorted(set(ports)):
+            clients[port] = await TerminalClient("127.0.0.1", port, DIALECT).connect()
+            assert (await clients[port].request(term.sign_on()))["39"] == "00"
+        out = []
+        for which, card in steps:
+            answer = await clients[ports[which]].request(term.purchase(card["pan"], 45_000, expiry=card["expiry"]))
+            out.append((answer["39"], answer.get("37", "")))
+        return out
+    finally:
+        for c in clients.values():
+            await c.close()
+
+
+async def test_a_members_month_across_two_instances_comes_out_as_on_one(cluster, pg_cluster, tmp_path):
+    members = rows(cluster.dsn, "SELECT member FROM cards GROUP BY member HAVING COUNT(*) = 2 ORDER BY member")
+    member = members[0][0]
+    pans = [r[0] for r in rows(cluster.dsn, "SELECT pan FROM cards WHERE member = ? ORDER BY id", member)]
+    cards = [next(c for c in cluster.population["cards"] if c["pan"] == pan) for pan in pans]
+    steps = [(i % 2, cards[(i // 2) % 2]) for i in range(12)]  # both cards, through both instances
+    tid, mid = _terminal(cluster, 2)
+
+    a, b = two(cluster)
+    owner = cluster.owner_of(member)
+    spread = await _sequence([a.port, b.port], steps, tid, mid)
+    assert a.stop() == 0 and b.stop() == 0
+
+    single = Cluster(pg_cluster.create_database(), tmp_path / "single")  # the same seed: the same cards
+    (tmp_path / "single").mkdir()
+    single.seed()
+    port = free_port()
+    proc = subprocess.Popen([*EUM, "switch", "--data-dir", str(tmp_path / "single" / "one"), "--listen",
+                             f"127.0.0.1:{port}"], cwd=ROOT, env=single.env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(port, proc)
+        alone = await _sequence([port, port], steps, tid, mid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+    def outcome(dsn: str, answers: list[tuple[str, str]]) -> list[tuple[str, int, int]]:
+        got = []
+        for rc, rrn in answers:
+            found = rows(dsn, "SELECT amount, cashback FROM postings WHERE rrn = ?", rrn) if rc == "00" else [(0, 0)]
+            got.append((rc, *found[0]))
+        return got
+
+    assert owner in ("a", "b")
+    assert [rc for rc, _ in spread].count("00") >= 6
+    month = rows(cluster.dsn, "SELECT month, eligible FROM member_months WHERE member = ?", member)
+    got = outcome(cluster.dsn, spread)
+    assert got == outcome(single.dsn, alone)
+    # the sequence reaches the member's monthly cashback cap, counted across both cards and owners
+    earned = [cb for rc, _, cb in got if rc == "00"]
+    assert earned[0] > 0 and earned[-1] < earned[0], got
+    assert month == rows(single.dsn, "SELECT month, eligible FROM member_months WHERE member = ?", member)
+    assert verify(PgDsn(cluster.dsn)).ok and verify(PgDsn(single.dsn)).ok
