@@ -450,6 +450,11 @@ async def test_every_event_reaches_the_broker_through_an_instance_kill(cluster, 
                                 "LEFT JOIN outbox_relay r ON r.name = 'mqtt:' || o.partition "
                                 "GROUP BY o.partition, r.seq HAVING MAX(o.pseq) > COALESCE(r.seq, 0)")
     assert lagging == []
+    status = eum(cluster.env, "events", "status", "--data-dir", str(cluster.tmp / "seed"))
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout) | {"oldest_unrelayed_age_s": 0} == {
+        "events": rows(cluster.dsn, "SELECT MAX(seq) FROM outbox")[0][0], "relayed_seq": 0, "backlog": 0,
+        "oldest_unrelayed_age_s": 0}
     assert verify(PgDsn(cluster.dsn)).ok
 
 

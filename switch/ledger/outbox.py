@@ -83,11 +83,23 @@ class OutboxReader:
         durable one by the batch whose mark is being committed."""
         last = self.last_seq()
         relayed = self.position() if relayed_seq is None else relayed_seq
-        row = self.conn.execute("SELECT committed_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT 1",
-                                (relayed,)).fetchone()
-        age = max(0.0, (now if now is not None else time.time()) - row[0]) if row else 0.0
-        return OutboxStatus(events=last, relayed_seq=relayed, backlog=max(0, last - relayed),
-                            oldest_unrelayed_age_s=round(age, 3))
+        if self._partitioned():  # several instances' relays: each partition from its own mark
+            backlog, oldest = self.conn.execute(
+                f"SELECT COUNT(*), MIN(o.committed_at) FROM outbox o LEFT JOIN outbox_relay r "
+                f"ON r.name = '{RELAY_NAME}:' || o.partition WHERE o.pseq > COALESCE(r.seq, 0)").fetchone()
+        else:
+            backlog = max(0, last - relayed)
+            row = self.conn.execute("SELECT committed_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT 1",
+                                    (relayed,)).fetchone()
+            oldest = row[0] if row else None
+        age = max(0.0, (now if now is not None else time.time()) - oldest) if oldest is not None else 0.0
+        return OutboxStatus(events=last, relayed_seq=relayed, backlog=backlog, oldest_unrelayed_age_s=round(age, 3))
+
+    def _partitioned(self) -> bool:
+        """The outbox is relayed by partition (a cluster's relays mark `mqtt:<partition>`:
+        docs/scale-out.md, "Outbox with several instances")."""
+        return self.conn.execute(f"SELECT 1 FROM outbox_relay WHERE name LIKE '{RELAY_NAME}:%' LIMIT 1"
+                                 ).fetchone() is not None
 
 
 def _topic_filter(streams: tuple[str, ...], program: str | None) -> tuple[str, list[str]]:
