@@ -27,13 +27,14 @@ import asyncpg
 import psycopg
 import pytest
 
+from conftest import query
 from fault_harness import free_port, wait_listening
 from mqtt_broker import broker, needs_mosquitto  # noqa: F401 (fixtures)
 from switch.domain import PARTITIONS, partition_of
 from switch.ledger.audit import verify
 from switch.ledger.postgres import PgCommitter, migrate
 from switch.ledger.records import Commit, Posting
-from switch.ledger.store import PgDsn, connect
+from switch.ledger.store import PgDsn
 from switch.wire.codec import load_dialect
 from terminal_sim.client import TerminalClient
 from terminal_sim.terminal import Terminal
@@ -50,11 +51,7 @@ def eum(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProc
 
 
 def rows(dsn: str, sql: str, *args: object) -> list[tuple]:
-    conn = connect(PgDsn(dsn), readonly=True)
-    try:
-        return [tuple(r) for r in conn.execute(sql, args).fetchall()]
-    finally:
-        conn.close()
+    return query(PgDsn(dsn), sql, *args)  # conftest's probe, on this database
 
 
 @dataclass

@@ -26,7 +26,7 @@ import aiomqtt
 import pytest
 import structlog.testing
 
-from conftest import LAUNCH, account_balances, postings, provision, query, start_switch
+from conftest import LAUNCH, account_balances, provision, query, start_switch
 from mqtt_broker import Broker, broker, needs_mosquitto, persistent_broker  # noqa: F401 (fixtures)
 from switch.ledger.audit import verify
 from switch.clock import FixedClock

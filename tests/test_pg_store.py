@@ -18,10 +18,11 @@ import asyncpg
 import psycopg
 import pytest
 
+from conftest import query
 from fault_harness import free_port, wait_listening
 from switch.ledger.postgres import MIGRATIONS, PgCommitter, WriterBusy, migrate
 from switch.ledger.records import CardIssued, CardState, Commit, Posting
-from switch.ledger.store import PgDsn, StoreUnavailable, connect, redact
+from switch.ledger.store import PgDsn, StoreUnavailable, redact
 
 EUM = [sys.executable, "-m", "switch.cli.main"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +48,7 @@ def unload(posting_id: int, amount: int, card_id: int = 1) -> Commit:
 
 
 def rows(dsn: str, sql: str, *args: object) -> list[tuple]:
-    conn = connect(PgDsn(dsn), readonly=True)
-    try:
-        return [tuple(r) for r in conn.execute(sql, args).fetchall()]
-    finally:
-        conn.close()
+    return query(PgDsn(dsn), sql, *args)  # conftest's probe, on this database
 
 
 def balances(dsn: str) -> dict[str, int]:

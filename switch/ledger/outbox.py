@@ -14,7 +14,6 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from switch.ledger.events import STREAMS, topic
 from switch.ledger.store import PgDsn, Store, connect

@@ -16,7 +16,6 @@ import sqlite3
 import orjson
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from switch.domain import Merchant
