@@ -7,8 +7,9 @@
   surplus (stops deciding them, lets the writer commit what was decided, then expires the
   lease). A lease is trusted locally only until `lease_ttl_s - margin_s` after its last
   renewal; the ledger's fence (switch/ledger/postgres.py, ledger_commit) is the last line.
-- `IdBlocks`: posting and card ids from PostgreSQL sequences, a block at a time, so ids (and
-  the RRNs made from them) stay unique with several writers.
+- `IdBlocks` (switch/ledger/leases.py, with the lease table's statements): posting and card
+  ids from PostgreSQL sequences, a block at a time, so ids (and the RRNs made from them) stay
+  unique with several writers.
 - `Router`: at the instance a terminal is connected to (the ingress), a request whose card's
   partition another instance holds is sent over that instance's link (an ISO 8583 listener of
   the same switch, whose connections are trusted to have checked the terminal's sign-on) and
@@ -30,13 +31,11 @@ from typing import Any, Awaitable, Callable
 import structlog
 
 from switch.domain import PARTITIONS, partition_of
-from switch.ledger.store import PgDsn, connect
+from switch.ledger.leases import LeaseTable
 from switch.wire.framing import FrameBuffer, frame
 
 log = structlog.get_logger()
 
-POSTING_BLOCK = 10_000  # the sequences' increments (switch/ledger/postgres.py, migration 4)
-CARD_BLOCK = 1_000
 PAN_CACHE_MAX = 200_000  # PAN → partition at the ingress (a card's member never changes): ≈ 100 bytes each
 
 
@@ -100,7 +99,7 @@ class Cluster:
     async def start(self) -> None:
         import asyncpg
 
-        self._conn = await asyncpg.connect(self.dsn)
+        self._conn = LeaseTable(await asyncpg.connect(self.dsn))
         await self.round()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="cluster-leases")
 
@@ -117,8 +116,7 @@ class Cluster:
             self.draining = set(self.held)
             if self.drain is not None:
                 await self.drain()
-            await self._conn.execute("UPDATE partition_leases SET expires_at = '-infinity' WHERE owner = $1", self.me)
-            await self._conn.execute("DELETE FROM instances WHERE id = $1", self.me)
+            await self._conn.leave(self.me)
             log.info("cluster_left", instance=self.me, released=len(self.held))
         self.held.clear()
         await self._conn.close()
@@ -140,34 +138,22 @@ class Cluster:
     async def _round(self) -> None:
         c, ttl, me = self._conn, self.config.lease_ttl_s, self.me
         started = time.monotonic()
-        await c.execute("INSERT INTO instances(id, link, heartbeat_at) VALUES ($1, $2, now()) "
-                        "ON CONFLICT (id) DO UPDATE SET link = excluded.link, heartbeat_at = now()", me,
-                        self.config.link)
-        renewed = await c.fetch(
-            "UPDATE partition_leases SET expires_at = now() + make_interval(secs => $2) "
-            "WHERE owner = $1 AND partition = ANY($3::int[]) AND expires_at > now() RETURNING partition, epoch",
-            me, ttl, list(self.held))
-        kept = {r["partition"]: r["epoch"] for r in renewed}
+        await c.heartbeat(me, self.config.link)
+        kept = await c.renew(me, ttl, list(self.held))
         lost = sorted(set(self.held) - set(kept))
         if lost:
             log.warning("cluster_leases_lost", instance=me, partitions=len(lost))
         self.held = {p: e for p, e in kept.items() if self.held.get(p) == e}
         self.draining &= set(self.held)
         self.valid_until = started + ttl - self.config.margin_s
-        live = await c.fetchval("SELECT COUNT(*) FROM instances WHERE heartbeat_at > now() - make_interval(secs => $1)",
-                                ttl)
+        live = await c.live(ttl)
         share = math.ceil(PARTITIONS / max(1, live))
         if len(self.held) < share:
-            gained = await c.fetch(
-                "UPDATE partition_leases SET owner = $1, epoch = epoch + 1, expires_at = now() + make_interval(secs => $2) "
-                "WHERE partition IN (SELECT partition FROM partition_leases WHERE owner IS NULL OR expires_at <= now() "
-                "ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING partition, epoch",
-                me, ttl, share - len(self.held))
+            gained = await c.claim(me, ttl, share - len(self.held))
             if gained:
-                parts = sorted(r["partition"] for r in gained)
+                parts = sorted(gained)
                 again = [p for p in parts if p in self.ever_held]
-                for r in gained:
-                    self.held[r["partition"]] = r["epoch"]
+                self.held.update(gained)
                 self.ever_held.update(parts)
                 log.info("cluster_leases_gained", instance=me, partitions=len(gained), held=len(self.held),
                          live=live, held_before=len(again))
@@ -178,9 +164,7 @@ class Cluster:
             self.draining = set(sorted(self.held)[share:])
             self._giving = asyncio.get_running_loop().create_task(self._give_back(sorted(self.draining)),
                                                                   name="cluster-give-back")
-        rows = await c.fetch("SELECT l.partition, l.owner, i.link, l.epoch FROM partition_leases l "
-                             "JOIN instances i ON i.id = l.owner WHERE l.expires_at > now()")
-        self.routes = {r["partition"]: (r["owner"], r["link"], r["epoch"]) for r in rows}
+        self.routes = await c.routes()
         self.rounds += 1
 
     async def _give_back(self, surplus: list[int]) -> None:
@@ -190,9 +174,7 @@ class Cluster:
             if self.barrier is not None:
                 await self.barrier()
             async with self._db:
-                await self._conn.execute(
-                    "UPDATE partition_leases SET expires_at = '-infinity' "
-                    "WHERE owner = $1 AND partition = ANY($2::int[])", self.me, surplus)
+                await self._conn.expire(self.me, surplus)
             for p in surplus:
                 self.held.pop(p, None)
             log.info("cluster_leases_given_back", instance=self.me, partitions=len(surplus), held=len(self.held))
@@ -200,43 +182,6 @@ class Cluster:
             log.warning("cluster_give_back_failed", instance=self.me, error=type(exc).__name__, detail=str(exc))
         finally:
             self.draining = set()
-
-
-class IdBlocks:
-    """Posting and card ids from the ledger's sequences, a block at a time (one short read per
-    block, on the loop, as the hot state's other reads)."""
-
-    SEQUENCES = {"posting": ("posting_ids", POSTING_BLOCK, "postings"), "card": ("card_ids", CARD_BLOCK, "cards")}
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = PgDsn(dsn)
-
-    def align(self) -> None:
-        """Move each sequence past every id a single writer may have used (one writer and a
-        cluster never run together: the writer lock). Never backwards."""
-        conn = connect(self.dsn)
-        try:
-            conn.execute("SELECT pg_advisory_lock(?)", (0x65756D02,))
-            try:
-                for seq, step, table in self.SEQUENCES.values():
-                    last, called = conn.execute(f"SELECT last_value, is_called FROM {seq}").fetchone()
-                    top = conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0]
-                    nxt = max(last + (step if called else 0), top + 1)
-                    conn.execute("SELECT setval(?, ?, false)", (seq, nxt))
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(?)", (0x65756D02,))
-        finally:
-            conn.close()
-
-    def block(self, kind: str) -> tuple[int, int]:
-        """[first, end) of a fresh block of ids."""
-        seq, step, _ = self.SEQUENCES[kind]
-        conn = connect(self.dsn)
-        try:
-            first = conn.execute(f"SELECT nextval('{seq}')").fetchone()[0]
-        finally:
-            conn.close()
-        return first, first + step
 
 
 # ---------------------------------------------------------------------------- forwarding

@@ -18,7 +18,8 @@ from switch.authorize.hsm_client import HsmConfig, HsmPool
 from switch.ledger.records import Commit, MetaSet
 from switch.ledger.sqlite import SqliteReader
 from switch.ledger.store import PgDsn, Store, open_store
-from switch.ops.cluster import Cluster, ClusterConfig, IdBlocks
+from switch.ledger.leases import IdBlocks
+from switch.ops.cluster import Cluster, ClusterConfig
 from switch.ledger.writer import LedgerWriter
 from switch.ops.operations import Operations
 from switch.ledger.outbox import OutboxReader, OutboxStatus
