@@ -207,12 +207,15 @@ class Engine:
         lock = card.member if card is not None else "pan:" + req.pan
         await self.locks.acquire(lock)
         try:
-            return await self._decide_and_commit(a, req, fields, sign, counter, pin)
+            return await self._decide_and_commit(a, req, fields, sign, counter, pin,
+                                                 card.member if card is not None else None)
         finally:
             self.locks.release(lock)
 
     async def _decide_and_commit(self, a: Answerer, req: Request, fields: dict[str, str], sign: Sign | None,
-                                 counter: int | None, pin) -> Outcome:
+                                 counter: int | None, pin, member: str | None = None) -> Outcome:
+        """member: the card's, whose partition fences the commit when the writer is one of a
+        cluster's (switch/ops/cluster.py); not computed otherwise."""
         state = self.state
         epoch = state.epoch
         now = self.clock.now()
@@ -230,10 +233,9 @@ class Engine:
         posting_id = decision.posting.id if decision.posting is not None else None
         message = MessageOutcome(req.key, req.base_mti, req.digest, stored["39"], stored, posting_id, iso(now))
         changes = decision.changes if counter is None else decision.changes + (KsnAccepted(req.terminal, counter),)
-        card = state.card(req.pan) if req.pan else None
+        partition = partition_of(member) if member is not None and self.writer.partitioned else None
         try:
-            await self.writer.submit(Commit(decision.posting, message, changes, decision.events,
-                                            partition=partition_of(card.member) if card is not None else None))
+            await self.writer.submit(Commit(decision.posting, message, changes, decision.events, partition=partition))
         except LedgerUnavailable:
             return await self._unstored(a, req, fields, Rc.SYSTEM_ERROR, "ledger unavailable", None)
         self._apply(decision, message)

@@ -115,6 +115,11 @@ class LedgerWriter:
         if self._pg is not None:
             await self._pg.open()
 
+    @property
+    def partitioned(self) -> bool:
+        """One of a cluster's writers: each unit names its member's partition for the fence."""
+        return self._pg is not None and self._pg.leases is not None
+
     def forget_pseq(self, partitions: Any) -> None:
         """A cluster gained `partitions`: re-read where their event sequences stand."""
         if self._pg is not None:
