@@ -520,3 +520,33 @@ async def test_a_members_month_across_two_instances_comes_out_as_on_one(cluster,
     assert earned[0] > 0 and earned[-1] < earned[0], got
     assert month == rows(single.dsn, "SELECT month, eligible FROM member_months WHERE member = ?", member)
     assert verify(PgDsn(cluster.dsn)).ok and verify(PgDsn(single.dsn)).ok
+
+
+async def test_a_sign_on_at_one_instance_is_valid_at_the_other(cluster):
+    a, b = two(cluster)
+    card = cluster.card_of("a")
+    tid, mid = _terminal(cluster, 3)
+    other_tid, other_mid = _terminal(cluster, 4)
+    at_a, term = await _signed_on(a, tid, mid)
+    at_b = await TerminalClient("127.0.0.1", b.port, DIALECT).connect()  # no sign-on at b
+    stranger = await TerminalClient("127.0.0.1", b.port, DIALECT).connect()
+    try:
+        bought = await at_b.request(term.purchase(card["pan"], 7_000, expiry=card["expiry"]))
+        refused = await stranger.request(Terminal(other_tid, other_mid).purchase(card["pan"], 7_000,
+                                                                                 expiry=card["expiry"]))
+        assert (await at_a.request(term.sign_off()))["39"] == "00"
+        after = await at_b.request(term.balance(card["pan"], expiry=card["expiry"]))
+    finally:
+        for c in (at_a, at_b, stranger):
+            await c.close()
+    assert bought["39"] == "00"
+    assert refused["39"] == "58"          # signed on nowhere
+    assert after["39"] == "00"            # b learnt the sign-on; a sign-off elsewhere is not pushed to it
+    again = await TerminalClient("127.0.0.1", a.port, DIALECT).connect()
+    try:
+        assert (await again.request(term.purchase(card["pan"], 7_000, expiry=card["expiry"])))["39"] == "58"
+    finally:
+        await again.close()
+    assert a.stop() == 0 and b.stop() == 0
+    assert rows(cluster.dsn, "SELECT COUNT(*) FROM terminal_signons") == [(0,)]
+    assert verify(PgDsn(cluster.dsn)).ok

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -136,6 +137,7 @@ class Engine:
         self.locks = locks if locks is not None else MemberLocks()  # shared: may be empty
         self.ksn_guard = KsnGuard()
         self.signed_on: set[str] = set()
+        self.signons: Any = None  # a cluster's shared sign-ons (switch/ledger/leases.py, SignOns)
         self.pending = Pending()  # keys being decided
 
     # ------------------------------------------------------------------ entry point
@@ -146,9 +148,13 @@ class Engine:
         trusted: sent by another instance of the cluster, which checked the terminal's sign-on
         (switch/ops/cluster.py)."""
         if req.kind is Kind.NETWORK:
-            return await self._unstored(a, req, fields, *self._network(req))
+            rc, note = self._network(req)
+            if self.signons is not None and rc is Rc.APPROVED and req.network_code in ("001", "002"):
+                await self.signons.record(req.terminal, req.network_code == "001")
+            return await self._unstored(a, req, fields, rc, note)
         terminal = self.state.load_terminal(req.terminal)
-        if terminal is None or (req.terminal not in self.signed_on and not trusted):
+        if terminal is None or (req.terminal not in self.signed_on and not trusted
+                                and not await self.signed_on_elsewhere(req.terminal)):
             note = "terminal unknown" if terminal is None else "terminal not signed on"
             return await self._unstored(a, req, fields, Rc.TERMINAL_NOT_PERMITTED, note)
         if req.merchant != terminal.mid:
@@ -164,6 +170,13 @@ class Engine:
             return await self._unstored(a, req, fields, Rc.NOT_PERMITTED, "PIN from a terminal whose profile "
                                         f"({terminal.security}) carries no PIN key", sign)
         return await self._financial(a, req, fields, terminal, sign)
+
+    async def signed_on_elsewhere(self, tid: str) -> bool:
+        """Signed on at another instance of the cluster (then here too, from now on)."""
+        if self.signons is None or not await self.signons.holds(tid):
+            return False
+        self.signed_on.add(tid)
+        return True
 
     async def _financial(self, a: Answerer, req: Request, fields: dict[str, str], terminal, sign: Sign | None) -> Outcome:
         if req.key in self.pending:  # the same key in progress: its outcome first

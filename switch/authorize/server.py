@@ -213,7 +213,7 @@ class Processor:
         if self.link:  # sent by an instance whose routes are behind (a hand-over in progress): 91,
             line["note"] = "partition not held here"  # nothing stored; the terminal may send it again
             return _error_response(fields, Rc.OWNER_UNAVAILABLE), None
-        if req.terminal not in self.engine.signed_on:
+        if req.terminal not in self.engine.signed_on and not await self.engine.signed_on_elsewhere(req.terminal):
             return None  # refused here: not signed on
         try:
             forwarded = await router.forward(partition, req.terminal, req.stan, fr.payload, fr.tpdu)

@@ -4,13 +4,18 @@ migration 4). The only SQL of several instances outside the group commit and the
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import structlog
 
 from switch.ledger.postgres import MIGRATE_LOCK
 from switch.ledger.store import PgDsn, connect
 
 POSTING_BLOCK = 10_000  # the sequences' increments (migration 4)
 CARD_BLOCK = 1_000
+
+log = structlog.get_logger()
 
 
 class LeaseTable:
@@ -96,3 +101,46 @@ class IdBlocks:
         finally:
             conn.close()
         return first, first + step
+
+
+class SignOns:
+    """A terminal's sign-on, valid on every instance of a cluster: recorded when it signs on or
+    off at one instance, looked up by another it sends to without signing on there. Its own
+    connection (sign-ons are rare); a database that does not answer leaves the local state as it
+    is (a terminal then signs on again where it is, as a POS does on connecting)."""
+
+    def __init__(self, dsn: str, instance: str) -> None:
+        self.dsn = dsn
+        self.instance = instance
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _run(self, sql: str, *args: Any) -> Any:
+        import asyncpg
+
+        async with self._lock:
+            if self._conn is None:
+                self._conn = await asyncpg.connect(self.dsn)
+            return await self._conn.fetch(sql, *args)
+
+    async def record(self, tid: str, signed_on: bool) -> None:
+        try:
+            if signed_on:
+                await self._run("INSERT INTO terminal_signons(tid, instance) VALUES ($1, $2) ON CONFLICT (tid) "
+                                "DO UPDATE SET instance = excluded.instance, at = now()", tid, self.instance)
+            else:
+                await self._run("DELETE FROM terminal_signons WHERE tid = $1", tid)
+        except Exception as exc:
+            log.warning("signon_not_shared", terminal=tid, error=type(exc).__name__)
+
+    async def holds(self, tid: str) -> bool:
+        try:
+            return bool(await self._run("SELECT 1 FROM terminal_signons WHERE tid = $1", tid))
+        except Exception as exc:
+            log.warning("signon_lookup_failed", terminal=tid, error=type(exc).__name__)
+            return False
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()

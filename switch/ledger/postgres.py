@@ -292,6 +292,9 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
      "CREATE UNIQUE INDEX outbox_partition_pseq ON outbox(partition, pseq) WHERE pseq IS NOT NULL;\n"
      "DROP FUNCTION ledger_commit(text, integer[], bigint[], " + ", ".join(_row_types(5)) + ");\n"
      + _commit_function(6)),
+    (7, "sign-ons shared by a cluster's instances",
+     "CREATE TABLE terminal_signons(tid TEXT PRIMARY KEY, instance TEXT NOT NULL, "
+     "at TIMESTAMPTZ NOT NULL DEFAULT now());"),
 )
 
 

@@ -18,7 +18,7 @@ from switch.authorize.hsm_client import HsmConfig, HsmPool
 from switch.ledger.records import Commit, MetaSet
 from switch.ledger.sqlite import SqliteReader
 from switch.ledger.store import PgDsn, Store, open_store
-from switch.ledger.leases import IdBlocks
+from switch.ledger.leases import IdBlocks, SignOns
 from switch.ops.cluster import Cluster, ClusterConfig
 from switch.ledger.writer import LedgerWriter
 from switch.ops.operations import Operations
@@ -101,7 +101,7 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
         log.info("hot_state_warmed", cards=state.warm(clock.now()), seconds=round(time.perf_counter() - started, 2))
     writer.on_failure = state.clear
     writer.start()
-    pool = security = relay_task = None
+    pool = security = relay_task = signons = None
     try:
         if members is not None:
             ids = IdBlocks(db_path)
@@ -138,6 +138,8 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
             security = await _switch_security(pool, reader, writer)
         locks = MemberLocks()  # one decision per member at a time, authorizations and operations alike
         engine = Engine(rules=rules, state=state, writer=writer, clock=clock, security=security, locks=locks)
+        if members is not None:  # a terminal signed on at one instance is signed on at every one
+            engine.signons = signons = SignOns(db_path, cluster.instance_id)
         ops = Operations(rules=rules, state=state, writer=writer, clock=clock, security=security, locks=locks)
         ops.cluster = members
         yield Core(rules, reader, state, writer, engine, ops, db_path, pool, relay_task, members)
@@ -146,6 +148,8 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
             await relay_task.stop()
         if members is not None:  # gives its leases back once what it decided is committed
             await members.stop()
+        if signons is not None:
+            await signons.close()
         if pool is not None:
             await pool.close()
         await writer.close()
