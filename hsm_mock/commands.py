@@ -90,9 +90,19 @@ UNKNOWN_COMMAND = COMMAND_DISABLED  # our choice: an unknown code is answered li
 ZMK, ZPK, TPK, PVK, TAK, ZAK, BDK, CVK, TMK = "000", "001", "002", "002", "003", "008", "009", "402", "002"
 MAC_KEY_TYPES = (TAK, ZAK)
 PIN_KEY_TYPES = (ZPK, TPK)
-PIN_BLOCK_HEX = {0: 16, 1: 16, 3: 16, 4: 32}  # ISO format → encrypted block length in hex digits
-PAN_BOUND_FORMATS = (0, 3, 4)  # formats that bind the PIN to the PAN (PCI: never translate to 1)
-ISO4 = 4
+# Thales PIN block format codes each command takes (docs/hsm.md §5, "PIN translation"); any
+# other code answers 23. 34 (ISO-2: payShield outputs it only from its EMV PIN change commands)
+# and 41/42 (Visa PIN change: bound to the card's UDK, which these commands do not carry) are
+# in none of them. Which translations PCI allows is pinblock.check_translation's rule.
+# PIN_FORMATS: CA, CC (source and destination), Z0 (destination), DC, EC, DA, EA, FW, BK.
+PIN_FORMATS = frozenset({pinblock.ISO0, pinblock.DOCUTEL, pinblock.DIEBOLD, pinblock.PLUS, pinblock.ISO1,
+                         pinblock.PAY_NOW, pinblock.ISO3, pinblock.ISO4})  # fmt: skip
+DUKPT_SOURCE_FORMATS = frozenset({pinblock.ISO0, pinblock.ISO1, pinblock.ISO3})  # G0 (CI: 01)
+DUKPT_DESTINATION_FORMATS = frozenset({pinblock.ISO0, pinblock.PLUS, pinblock.ISO1, pinblock.ISO3})  # G0 CI
+ISO4 = pinblock.ISO4
+PLUS = pinblock.PLUS
+ACCOUNT_DIGITS = 12  # the account field: 12 rightmost PAN digits excluding the check digit
+PLUS_ACCOUNT_SIZE = 18  # the account field when format 04 is involved (payShield)
 PIN_UNDER_LMK_PAIR = "02-03"  # our PIN-under-LMK encoding (docs/hsm.md, "Card issuance": BA/DG/DE)
 KSN_TDES_HEX_MAX = 20
 KSN_AES_HEX = 24
@@ -472,23 +482,23 @@ class Hsm:
 
     # ------------------------------------------------------------------------- PIN blocks
 
-    def _pin_key(self, text: str, key_type: str, role: str, fmt: int, audit: Audit, *, parity: str) -> bytes:
+    def _pin_key(self, text: str, key_type: str, role: str, fmt: str, audit: Audit, *, parity: str) -> bytes:
         if fmt == ISO4:
             return self._aes(text, key_type, role, audit)
         return self._tdes(text, key_type, role, audit, parity=parity)
 
     @staticmethod
-    def _decrypt_pin(key: bytes, block_hex: str, fmt: int, account: str, pan: str | None) -> str:
+    def _decrypt_pin(key: bytes, block_hex: str, fmt: str, inputs: pinblock.BlockInputs) -> str:
         block = bytes.fromhex(block_hex)
         if fmt == ISO4:
-            return pinblock.decipher_iso4(key, block, pan or "")
-        return pinblock.parse_pin_block(fmt, tdes_ecb_decrypt(key, block), account=account)
+            return pinblock.decipher_iso4(key, block, inputs.pan or "")
+        return pinblock.decode_block(fmt, tdes_ecb_decrypt(key, block), inputs)
 
     @staticmethod
-    def _encrypt_pin(key: bytes, pin: str, fmt: int, account: str, pan: str | None) -> str:
+    def _encrypt_pin(key: bytes, pin: str, fmt: str, inputs: pinblock.BlockInputs) -> str:
         if fmt == ISO4:
-            return to_hex(pinblock.encipher_iso4(key, pin, pan or ""))
-        return to_hex(tdes_ecb_encrypt(key, pinblock.build_pin_block(fmt, pin, account=account)))
+            return to_hex(pinblock.encipher_iso4(key, pin, inputs.pan or ""))
+        return to_hex(tdes_ecb_encrypt(key, pinblock.encode_block(fmt, pin, inputs)))
 
     def _translate(
         self, r: FieldReader, audit: Audit, *, src_type: str, dst_type: str
@@ -498,24 +508,23 @@ class Hsm:
         dst_text = r.key("destination key")
         max_len = _max_pin_length(r.digits(2, "maximum PIN length"))
 
-        def fields(block_hex: int) -> tuple[str, int, int, str, str | None]:
+        def fields(block_hex: int) -> tuple[str, str, str, pinblock.BlockInputs]:
             block = r.hex(block_hex, "source PIN block")
-            src, dst = _format(r, "source"), _format(r, "destination")
+            src, dst = _format(r, "source", PIN_FORMATS), _format(r, "destination", PIN_FORMATS)
             _block_fits(block_hex, src)
-            account, pan = _account(r, src, dst)
+            inputs = _account(r, src, dst)
             r.done()
-            return block, src, dst, account, pan
+            return block, src, dst, inputs
 
-        block, src, dst, account, pan = _alternatives(r, fields)
-        if src in PAN_BOUND_FORMATS and dst == 1:
-            raise HsmCryptoError("PCI: a PAN-bound PIN block may not become ISO format 1", code="23")
+        block, src, dst, inputs = _alternatives(r, fields)
+        pinblock.check_translation(src, dst)
         src_key = self._pin_key(src_text, src_type, "source", src, audit, parity="10")
         dst_key = self._pin_key(dst_text, dst_type, "destination", dst, audit, parity="11")
-        pin = self._decrypt_pin(src_key, block, src, account, pan)
+        pin = self._decrypt_pin(src_key, block, src, inputs)
         if len(pin) > max_len:
             raise HsmCryptoError("PIN longer than the maximum PIN length", code="24")
-        audit.note(formats=f"{_code(src)}>{_code(dst)}")
-        return OK, f"{len(pin):02d}" + self._encrypt_pin(dst_key, pin, dst, account, pan) + _code(dst)
+        audit.note(formats=f"{src}>{dst}")
+        return OK, f"{len(pin):02d}" + self._encrypt_pin(dst_key, pin, dst, inputs) + dst
 
     def _ca(self, r: FieldReader, audit: Audit) -> Reply:
         return self._translate(r, audit, src_type=TPK, dst_type=ZPK)
@@ -527,29 +536,35 @@ class Hsm:
 
     def _dukpt_to_zpk(self, r: FieldReader, audit: Audit, *, with_source_format: bool) -> Reply:
         """G0 (and CI, without the source format): BDK, ZPK, KSN descriptor, KSN, block,
-        [source format], destination format, account."""
+        [source format], destination format, account (12N; 18 characters for destination 04)."""
         bdk_text = r.double_key("BDK")
         zpk_text = r.key("ZPK")
         descriptor = r.hex(3, "KSN descriptor")
-        tail = 16 + (2 if with_source_format else 0) + 2 + 12
-        ksn = _tdes_ksn(descriptor, r.hex(r.remaining - tail, "KSN") if r.remaining > tail else "")
-        block = r.hex(16, "source PIN block")
-        src = _format(r, "source") if with_source_format else 0
-        dst = _format(r, "destination")
-        account = r.digits(12, "account number")
-        r.done()
-        if src == ISO4 or dst == ISO4:
-            raise HsmCryptoError("TDES DUKPT translates formats 01, 05 and 47 only", code="23")
-        if src in PAN_BOUND_FORMATS and dst == 1:
-            raise HsmCryptoError("PCI: a PAN-bound PIN block may not become ISO format 1", code="23")
+
+        def fields(account_size: int) -> tuple[str, str, str, str, pinblock.BlockInputs]:
+            # The KSN (12..20H) is what remains before the fixed-length tail, whose account
+            # field is 18 characters only when the destination is 04: parse with 12, then 18.
+            tail = 16 + (2 if with_source_format else 0) + 2 + account_size
+            ksn = _tdes_ksn(descriptor, r.hex(r.remaining - tail, "KSN") if r.remaining > tail else "")
+            block = r.hex(16, "source PIN block")
+            src = _format(r, "source", DUKPT_SOURCE_FORMATS) if with_source_format else pinblock.ISO0
+            dst = _format(r, "destination", DUKPT_DESTINATION_FORMATS)
+            if (dst == PLUS) != (account_size == PLUS_ACCOUNT_SIZE):
+                raise ProtocolError("account field: 18 characters with format 04, else 12 digits")
+            inputs = _account(r, dst)
+            r.done()
+            return ksn, block, src, dst, inputs
+
+        ksn, block, src, dst, inputs = _alternatives(r, fields, lengths=(ACCOUNT_DIGITS, PLUS_ACCOUNT_SIZE))
+        pinblock.check_translation(src, dst)
         bdk = self._tdes(bdk_text, BDK, "bdk", audit, parity="10")
         if len(bdk) != 16:
             raise HsmCryptoError("TDES DUKPT needs a double-length BDK", code="27")
         zpk = self._tdes(zpk_text, ZPK, "zpk", audit, parity="11")
         pin_key = dukpt.tdes_pin_key(self._tdes_transaction_key(bdk_text, bdk, ksn))
-        pin = pinblock.parse_pin_block(src, tdes_ecb_decrypt_once(pin_key, bytes.fromhex(block)), account=account)
-        audit.note(formats=f"{_code(src)}>{_code(dst)}", ksn_counter=dukpt.tdes_ksn_counter(ksn))
-        return OK, f"{len(pin):02d}" + self._encrypt_pin(zpk, pin, dst, account, None) + _code(dst)
+        pin = pinblock.decode_block(src, tdes_ecb_decrypt_once(pin_key, bytes.fromhex(block)), inputs)
+        audit.note(formats=f"{src}>{dst}", ksn_counter=dukpt.tdes_ksn_counter(ksn))
+        return OK, f"{len(pin):02d}" + self._encrypt_pin(zpk, pin, dst, inputs) + dst
 
     def _g0(self, r: FieldReader, audit: Audit) -> Reply:
         return self._dukpt_to_zpk(r, audit, with_source_format=True)
@@ -564,18 +579,17 @@ class Hsm:
         zpk_text = r.key("ZPK")
         ksn = r.hex(KSN_AES_HEX, "KSN")
         block = r.hex(32, "source PIN block")
-        dst = _format(r, "destination")
+        dst = _format(r, "destination", PIN_FORMATS)
         pan = _pan(r)
         r.done()
-        account = pinblock.account_number(pan)
-        if dst == 1:
-            raise HsmCryptoError("PCI: a PAN-bound PIN block may not become ISO format 1", code="23")
+        inputs = _inputs(pan)
+        pinblock.check_translation(ISO4, dst)
         bdk = self._aes(bdk_text, BDK, "bdk", audit)
         zpk = self._pin_key(zpk_text, ZPK, "zpk", dst, audit, parity="11")
         pin_key = self._aes_working_key(bdk_text, bdk, ksn, dukpt.AesUsage.PIN_ENCRYPTION)
         pin = pinblock.decipher_iso4(pin_key, bytes.fromhex(block), pan)
-        audit.note(formats=f"48>{_code(dst)}", ksn_counter=dukpt.aes_ksn_counter(ksn))
-        return OK, f"{len(pin):02d}" + self._encrypt_pin(zpk, pin, dst, account, pan) + _code(dst)
+        audit.note(formats=f"{ISO4}>{dst}", ksn_counter=dukpt.aes_ksn_counter(ksn))
+        return OK, f"{len(pin):02d}" + self._encrypt_pin(zpk, pin, dst, inputs) + dst
 
     # ------------------------------------------------------------------------- PIN verification
 
@@ -584,21 +598,21 @@ class Hsm:
         key_text = r.key("PIN key")
         pvk_text = r.double_key("PVK")
 
-        def fields(block_hex: int) -> tuple[str, int, str, str | None, str, str]:
+        def fields(block_hex: int) -> tuple[str, str, pinblock.BlockInputs, str, str]:
             block = r.hex(block_hex, "PIN block")
-            fmt = _format(r, "PIN block")
+            fmt = _format(r, "PIN block", PIN_FORMATS)
             _block_fits(block_hex, fmt)
-            account, pan = _account(r, fmt)
+            inputs = _account(r, fmt)
             pvki, pvv = r.digits(1, "PVKI"), r.digits(4, "PVV")
             r.done()
-            return block, fmt, account, pan, pvki, pvv
+            return block, fmt, inputs, pvki, pvv
 
-        block, fmt, account, pan, pvki, pvv = _alternatives(r, fields)
+        block, fmt, inputs, pvki, pvv = _alternatives(r, fields)
         key = self._pin_key(key_text, key_type, "pin_key", fmt, audit, parity="10")
         pvk = self._tdes(pvk_text, PVK, "pvk", audit, parity="11")
-        pin = self._decrypt_pin(key, block, fmt, account, pan)
-        expected = cardverify.visa_pvv(pvk, account, pvki, pin, check_digit_included=False)
-        audit.note(format=_code(fmt))
+        pin = self._decrypt_pin(key, block, fmt, inputs)
+        expected = cardverify.visa_pvv(pvk, _account_digits(inputs), pvki, pin, check_digit_included=False)
+        audit.note(format=fmt)
         return (OK if hmac.compare_digest(expected, pvv) else VERIFICATION_FAILED), ""
 
     def _dc(self, r: FieldReader, audit: Audit) -> Reply:
@@ -609,19 +623,19 @@ class Hsm:
 
     def _ibm_fields(
         self, r: FieldReader, *, with_max_length: bool, with_offset: bool
-    ) -> tuple[str, int, int, int, str, str | None, str, str, str | None]:
+    ) -> tuple[str, str, int, int, pinblock.BlockInputs, str, str, str | None]:
         """PVK-dependent tail of DA/EA/BK: [max PIN length], block, format, check length,
         account, decimalisation table, validation data, [offset]."""
 
-        def fields(block_hex: int) -> tuple[str, int, int, int, str, str | None, str, str, str | None]:
+        def fields(block_hex: int) -> tuple[str, str, int, int, pinblock.BlockInputs, str, str, str | None]:
             max_len = _max_pin_length(r.digits(2, "maximum PIN length")) if with_max_length else 12
             block = r.hex(block_hex, "PIN block")
-            fmt = _format(r, "PIN block")
+            fmt = _format(r, "PIN block", PIN_FORMATS)
             _block_fits(block_hex, fmt)
             check_len = int(r.digits(2, "check length"))
             if not 4 <= check_len <= 12:
                 raise ProtocolError("check length must be 04..12")
-            account, pan = _account(r, fmt)
+            inputs = _account(r, fmt)
             table = r.take(16, "decimalisation table")
             data = r.take(12, "PIN validation data")
             offset = None
@@ -630,7 +644,7 @@ class Hsm:
                 if not offset.isdigit():
                     raise ProtocolError("offset must be check-length digits, left-justified, F-padded")
             r.done()
-            return block, fmt, max_len, check_len, account, pan, table, data, offset
+            return block, fmt, max_len, check_len, inputs, table, data, offset
 
         return _alternatives(r, fields)
 
@@ -648,17 +662,17 @@ class Hsm:
         """DA (TPK) and EA (ZPK): key, PVK, max PIN length, block, format, check length,
         account, decimalisation table, validation data, offset."""
         key_text = r.key("PIN key")
-        pvk_text, (block, fmt, max_len, check_len, account, pan, table, data, offset) = self._pvk_any_length(
+        pvk_text, (block, fmt, max_len, check_len, inputs, table, data, offset) = self._pvk_any_length(
             r, lambda: self._ibm_fields(r, with_max_length=True, with_offset=True)
         )
         key = self._pin_key(key_text, key_type, "pin_key", fmt, audit, parity="10")
         pvk = self._tdes(pvk_text, PVK, "pvk", audit, parity="11")
-        pin = self._decrypt_pin(key, block, fmt, account, pan)
+        pin = self._decrypt_pin(key, block, fmt, inputs)
         if len(pin) > max_len:
             raise HsmCryptoError("PIN longer than the maximum PIN length", code="24")
-        validation = cardverify.expand_validation_data(data, account)
+        validation = cardverify.expand_validation_data(data, _account_digits(inputs))
         matched = len(pin) >= check_len and cardverify.verify_ibm3624_offset(pvk, validation, table, pin, offset)
-        audit.note(format=_code(fmt))
+        audit.note(format=fmt)
         return (OK if matched else VERIFICATION_FAILED), ""
 
     def _da(self, r: FieldReader, audit: Audit) -> Reply:
@@ -681,37 +695,38 @@ class Hsm:
         key_text = r.key("PIN key")
         pvk_text = r.double_key("PVK")
 
-        def fields(block_hex: int) -> tuple[str, int, str, str | None, str]:
+        def fields(block_hex: int) -> tuple[str, str, pinblock.BlockInputs, str]:
             block = r.hex(block_hex, "PIN block")
-            fmt = _format(r, "PIN block")
+            fmt = _format(r, "PIN block", PIN_FORMATS)
             _block_fits(block_hex, fmt)
-            account, pan = _account(r, fmt)
+            inputs = _account(r, fmt)
             pvki = r.digits(1, "PVKI")
             r.done()
-            return block, fmt, account, pan, pvki
+            return block, fmt, inputs, pvki
 
-        block, fmt, account, pan, pvki = _alternatives(r, fields)
+        block, fmt, inputs, pvki = _alternatives(r, fields)
         key = self._pin_key(key_text, key_type, "pin_key", fmt, audit, parity="10")
         pvk = self._tdes(pvk_text, PVK, "pvk", audit, parity="11")
-        pin = self._decrypt_pin(key, block, fmt, account, pan)
-        audit.note(format=_code(fmt))
-        return OK, cardverify.visa_pvv(pvk, account, pvki, pin, check_digit_included=False)
+        pin = self._decrypt_pin(key, block, fmt, inputs)
+        audit.note(format=fmt)
+        return OK, cardverify.visa_pvv(pvk, _account_digits(inputs), pvki, pin, check_digit_included=False)
 
     def _bk(self, r: FieldReader, audit: Audit) -> Reply:
         """IBM 3624 offset of a customer-selected PIN: key type, TPK/ZPK, PVK, block, format,
         check length, account, decimalisation table, validation data."""
         key_type = self._pin_key_type(r)
         key_text = r.key("PIN key")
-        pvk_text, (block, fmt, _, check_len, account, pan, table, data, _) = self._pvk_any_length(
+        pvk_text, (block, fmt, _, check_len, inputs, table, data, _) = self._pvk_any_length(
             r, lambda: self._ibm_fields(r, with_max_length=False, with_offset=False)
         )
         key = self._pin_key(key_text, key_type, "pin_key", fmt, audit, parity="10")
         pvk = self._tdes(pvk_text, PVK, "pvk", audit, parity="11")
-        pin = self._decrypt_pin(key, block, fmt, account, pan)
+        pin = self._decrypt_pin(key, block, fmt, inputs)
         if len(pin) < check_len:
             raise HsmCryptoError("PIN shorter than the check length", code="24")
-        offset = cardverify.ibm3624_offset(pvk, cardverify.expand_validation_data(data, account), table, pin)
-        audit.note(format=_code(fmt))
+        validation = cardverify.expand_validation_data(data, _account_digits(inputs))
+        offset = cardverify.ibm3624_offset(pvk, validation, table, pin)
+        audit.note(format=fmt)
         return OK, offset.ljust(12, "F")
 
     def _pin_lmk_key(self) -> bytes:
@@ -992,21 +1007,17 @@ def _scheme(tag: str) -> str:
     return tag
 
 
-def _format(r: FieldReader, what: str) -> int:
+def _format(r: FieldReader, what: str, accepted: frozenset[str]) -> str:
+    """A Thales PIN block format code the command takes; any other answers 23."""
     code = r.digits(2, f"{what} PIN block format")
-    fmt = pinblock.THALES_FORMAT_CODES.get(code)
-    if fmt is None:
-        raise ProtocolError("PIN block format code must be 01, 05, 47 or 48", code="23")
-    return fmt
+    if code not in accepted:
+        raise ProtocolError(f"{what} PIN block format not supported by this command", code="23")
+    return code
 
 
-def _code(fmt: int) -> str:
-    return {v: k for k, v in pinblock.THALES_FORMAT_CODES.items()}[fmt]
-
-
-def _block_fits(block_hex: int, fmt: int) -> None:
-    if PIN_BLOCK_HEX[fmt] != block_hex:
-        raise ProtocolError("PIN block length does not fit its format (ISO-4: 32H, others 16H)")
+def _block_fits(block_hex: int, fmt: str) -> None:
+    if 2 * pinblock.pin_block_format(fmt).size != block_hex:
+        raise ProtocolError("PIN block length does not fit its format (48: 32H, others 16H)")
 
 
 def _pan(r: FieldReader) -> str:
@@ -1016,13 +1027,39 @@ def _pan(r: FieldReader) -> str:
     return r.digits(n, "PAN")
 
 
-def _account(r: FieldReader, *formats: int) -> tuple[str, str | None]:
-    """The 12-digit account field; with an ISO-4 block involved, PAN length 2N + PAN instead
-    (ISO-4 binds the whole PAN), from which the account number is derived."""
+def _plus_pan(r: FieldReader) -> str:
+    """The 18-character account field of format 04: the PAN right-justified, F-filled on the
+    left (payShield); 13..18 digits, so that 12 digits precede the check digit."""
+    text = r.take(PLUS_ACCOUNT_SIZE, "account number (format 04)")
+    pan = text.lstrip("F")
+    if not pan.isascii() or not pan.isdigit() or not 13 <= len(pan) <= PLUS_ACCOUNT_SIZE:
+        raise ProtocolError("format 04: the account field is the PAN (13..18 digits), F-filled on the left to 18")
+    return pan
+
+
+def _inputs(pan: str) -> pinblock.BlockInputs:
+    account = pinblock.account_number(pan)
+    return pinblock.BlockInputs(account=account, pan=pan, pad=account[: pinblock.DOCUTEL_PAD_SIZE])
+
+
+def _account(r: FieldReader, *formats: str) -> pinblock.BlockInputs:
+    """The account field, shaped by the formats involved: with format 48, PAN length 2N + PAN
+    (ours: ISO-4 binds the whole PAN); else with 04, 18 characters (the PAN, F-filled on the
+    left: 04 binds the 12 leftmost digits); else the 12-digit account number. The account
+    number (12 rightmost digits excluding the check digit) is derived from a whole PAN; the
+    Docutel pad (02) is its first 9 digits (ThalesSim's convention)."""
     if ISO4 in formats:
-        pan = _pan(r)
-        return pinblock.account_number(pan), pan
-    return r.digits(12, "account number"), None
+        return _inputs(_pan(r))
+    if PLUS in formats:
+        return _inputs(_plus_pan(r))
+    account = r.digits(ACCOUNT_DIGITS, "account number")
+    return pinblock.BlockInputs(account=account, pad=account[: pinblock.DOCUTEL_PAD_SIZE])
+
+
+def _account_digits(inputs: pinblock.BlockInputs) -> str:
+    """The 12-digit account number PVV and IBM 3624 validation data are computed from."""
+    assert inputs.account is not None, "_account always sets the account number"
+    return inputs.account
 
 
 def _max_pin_length(text: str) -> int:

@@ -465,7 +465,7 @@ def test_parity_errors_10_source_and_11_destination(hsm: Hsm) -> None:
         ("CA", TPK + ZPK + "12AE7A708F877571A90101" + ACCOUNT[:-1], "15"),  # account 11 digits
         ("CA", TPK + ZPK + "12AE7A708F877571A90101" + ACCOUNT + "0", "15"),  # one character too many
         ("CA", TPK + ZPK + "12AE7A708F877571A9010155000002532X", "15"),
-        ("CA", TPK + ZPK + "12AE7A708F877571A90201" + ACCOUNT, "23"),  # 02 Docutel: not supported
+        ("CA", TPK + ZPK + "12AE7A708F877571A93401" + ACCOUNT, "23"),  # 34 (ISO 2): not a CA source
         ("CA", TPK + ZPK + "12AE7A708F877571A90199" + ACCOUNT, "23"),
         ("CA", TPK + ZPK + "04AE7A708F877571A90101" + ACCOUNT, "00"),  # a 4-digit PIN fits max 04
         ("CA", TPK + ZPK + "03AE7A708F877571A90101" + ACCOUNT, "15"),  # max PIN length below 4
