@@ -4,8 +4,9 @@
 
 Same framing and dialect as `eum switch`, but no decode, no ledger, no HSM: it reads the MTI
 of each request frame and writes back a response encoded once at start (0800→0810,
-0200/0201→0210 approved, 0400/0401→0410, 0420/0421→0430). The fleet driving it measures what
-the fleet and the loopback network cost on their own (`ceiling.per_s` in `eum bench`).
+0200/0201→0210 approved, 0400/0401→0410, 0420/0421→0430, 0100/0120/0220 → 0110/0130/0230). The
+fleet driving it measures what the fleet and the loopback network cost on their own
+(`ceiling.per_s` in `eum bench`).
 
 The responder answers with a fixed DE11/DE41 and no MAC: a client that matches responses by
 STAN, or checks the response MAC, sees a mismatch, but still one answer per request with the
@@ -36,11 +37,16 @@ RESPONSE_FIELDS = {
     "0210": {"3": "000000", "4": "000000020000", "7": "0101000000", "11": "000000", "37": "000000000000",
              "38": "000000", "39": "00", "41": "T0000000", "49": "410",
              "54": "0002410C000000080000" + "0091410C000000001500"},
+    "0110": {"3": "000000", "4": "000000020000", "7": "0101000000", "11": "000000", "37": "000000000000",
+             "38": "000000", "39": "00", "41": "T0000000", "49": "410",
+             "54": "0002410C000000080000" + "0091410C000000000000"},
     "0410": {"3": "000000", "4": "000000020000", "7": "0101000000", "11": "000000", "39": "00", "41": "T0000000",
              "49": "410"},
     "0430": {"3": "000000", "4": "000000020000", "7": "0101000000", "11": "000000", "39": "00", "41": "T0000000",
              "49": "410"},
 }
+RESPONSE_FIELDS["0130"] = RESPONSE_FIELDS["0110"]  # an authorization advice: answered as its 0100
+RESPONSE_FIELDS["0230"] = RESPONSE_FIELDS["0210"]  # a completion: the sale's answer
 
 
 class Responder:

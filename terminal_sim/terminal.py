@@ -11,7 +11,12 @@ from typing import Callable
 
 from switch.domain import KST
 
-REPEAT_MTI = {"0200": "0201", "0400": "0401", "0420": "0421"}
+REPEAT_MTI = {"0100": "0101", "0120": "0121", "0200": "0201", "0220": "0221", "0400": "0401", "0420": "0421"}
+
+
+def _original_mti(mti: str) -> str:
+    """DE90 names the original by its first MTI: a repeat (xxx1) is its original (xxx0)."""
+    return mti[:3] + "0" if mti[3] == "1" else mti
 
 
 def _utc_now() -> datetime:
@@ -69,10 +74,27 @@ class Terminal:
         del fields["4"]
         return fields
 
+    def preauth(self, pan: str, amount: int, *, rrn: str | None = None, advice: bool = False,
+                expiry: str | None = None, entry_mode: str = "051") -> dict[str, str]:
+        """0100 pre-authorization (0120: the advice of one), placing a hold; with `rrn`, an
+        incremental authorization of the hold that RRN names."""
+        fields = {**self._financial("000000", pan, amount, expiry, entry_mode), "t": "0120" if advice else "0100"}
+        if rrn is not None:
+            fields["37"] = rrn
+        return fields
+
+    def completion(self, preauth: dict[str, str], rrn: str, amount: int, *, expiry: str | None = None,
+                   entry_mode: str = "051") -> dict[str, str]:
+        """0220 completion of `preauth` (the 0100 as sent) for the final amount, quoting the
+        RRN its 0110 returned (DE37) and its original data elements (DE90)."""
+        fields = {**self._financial("000000", preauth["2"], amount, expiry, entry_mode), "t": "0220", "37": rrn}
+        fields["90"] = _original_mti(preauth["t"]) + preauth["11"] + preauth["7"] + "0" * 22
+        return fields
+
     def reversal(self, original: dict[str, str], *, replacement_amount: int | None = None,
                  advice: bool = False) -> dict[str, str]:
         """0400 (or 0420 advice) pointing at `original` through DE90."""
-        de90 = "0200" + original["11"] + original["7"] + "0" * 22
+        de90 = _original_mti(original.get("t", "0200")) + original["11"] + original["7"] + "0" * 22
         fields = {"t": "0420" if advice else "0400", **{k: original[k] for k in ("2", "3", "4", "42", "49") if k in original},
                   **self._next(), "90": de90}
         if "4" not in fields:

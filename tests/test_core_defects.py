@@ -198,7 +198,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-THREE_DE39 = ("dialect three: DE39 cannot carry the 0210 response (DE39 = '00'): "
+THREE_DE39 = ("dialect three: DE39 cannot carry the 0110 response (DE39 = '00'): "
               "Field data is 2 bytes, expecting 3")
 
 
@@ -253,7 +253,7 @@ async def narrow_de54_env(tmp_path: Path) -> AsyncIterator[SwitchEnv]:
     dialects = tmp_path / "dialects"
     dialects.mkdir()
     dialect_variant(default_config_dir() / "dialects" / "default.toml", dialects / "narrow54.toml", "54", max_len=39)
-    with pytest.raises(DialectError, match=r"^dialect narrow54: DE54 cannot carry the 0210 response"):
+    with pytest.raises(DialectError, match=r"^dialect narrow54: DE54 cannot carry the 0110 response"):
         check_responses(load_dialect("narrow54", directory=dialects))  # what the start-up check would say
     async with start_switch(tmp_path / "var", clock=FixedClock(LAUNCH), dialect="narrow54", dialect_dir=dialects,
                                 check_dialect=False) as env:

@@ -206,7 +206,9 @@ async def test_unsupported_transactions_are_declined_12(switch_env):
     await declined(env, client, {**term.purchase(pan, 1_000), "3": "400000"}, "12")  # transfer
     await declined(env, client, {**term.purchase(pan, 1_000), "3": "010000"}, "12")  # cash
     await declined(env, client, {"t": "0300", "7": "0720120000", "11": "000777", "41": "T0000001"}, "12", mti="0310")
-    await declined(env, client, {**term.purchase(pan, 1_000), "t": "0100"}, "12", mti="0110")
+    await declined(env, client, {**term.purchase(pan, 1_000), "t": "0100", "3": "200000"}, "12", mti="0110")  # no refund
+    await declined(env, client, {**term.purchase(pan, 1_000), "t": "0220", "3": "310000"}, "12", mti="0230")
+    await declined(env, client, {**term.purchase(pan, 1_000), "t": "0500"}, "12", mti="0510")
     await declined(env, client, term.reversal(term.balance(pan)), "12", mti="0410")  # a balance inquiry
     await declined(env, client, term.network("999"), "12", mti="0810")
     ok = await client.request(term.purchase(pan, 1_000))

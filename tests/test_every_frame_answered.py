@@ -182,7 +182,7 @@ def test_an_0800_with_a_non_numeric_de70_is_answered_0810_30(switch, session):
     assert (line["rc"], line["error"], line["field"], line["reason"]) == ("30", "field", "70", "not numeric")
 
 
-@pytest.mark.parametrize("mti, answer_mti", [("0100", "0110"), ("0300", "0310"), ("0220", "0230"), ("9600", "9610")])
+@pytest.mark.parametrize("mti, answer_mti", [("0500", "0510"), ("0300", "0310"), ("0720", "0730"), ("9600", "9610")])
 def test_an_mti_the_switch_does_not_serve_is_answered_12_with_its_fields(switch, session, mti, answer_mti):
     stan = 200 + int(mti[1])
     fields = {"t": mti, "2": "9410100000000011", "4": "000000001000", "7": "0720030000", "11": f"{stan:06d}",

@@ -338,7 +338,7 @@ def test_csv_parses_and_matches_the_report(ledger, tmp_path):
         parsed = list(csv.reader(io.StringIO(csv_text(r, name))))
         assert parsed == [header] + [[str(v) for v in row] for row in body]
     files = write_csv_files(r, tmp_path / "out")
-    assert [f.name for f in files] == [f"{D1}-{n}.csv" for n in ("merchants", "programs", "city", "accounts")]
+    assert [f.name for f in files] == [f"{D1}-{n}.csv" for n in ("merchants", "programs", "holds", "city", "accounts")]
     assert files[0].read_text() == csv_text(r, "merchants")
 
 

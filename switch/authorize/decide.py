@@ -20,14 +20,15 @@ balances never go below zero.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from switch.domain import KST, Merchant, day_key, luhn_ok, month_key
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
 from switch.ledger.records import (Change, CardDayMoved, CardState, Entry, MemberMonthMoved, MessageKey,
-                                   MessageOutcome, OriginalTombstoned, OutboxEvent, PinTriesSet, Posting,
-                                   PostingState, PostingUndone, PurchaseDetail, RefundReversalDetail, UndoDetail)
+                                   HoldDetail, MessageOutcome, OriginalTombstoned, OutboxEvent, PinTriesSet,
+                                   Posting, PostingState, PostingUndone, PurchaseDetail, RefundReversalDetail,
+                                   UndoDetail)
 from switch.rules.cashback import clawback, proportional, quote_cashback
 from switch.rules.fees import quote_fee
 from switch.rules.policy import CARDHOLDER, TERMINAL, Rules
@@ -225,6 +226,10 @@ class _Deciding:
         if kind is Kind.BALANCE:
             card = _Card(self._card())
             return self._decision(response(self.req, self.fields, Rc.APPROVED, balances=card.balances()))
+        if kind is Kind.PREAUTH:
+            return self._preauth()
+        if kind is Kind.COMPLETION:
+            return self._completion()
         return self._reversal()
 
     # ------------------------------------------------------------------ checks
@@ -268,22 +273,32 @@ class _Deciding:
         if not self.rules.accepts(merchant, now):
             raise Decline(Rc.NOT_PERMITTED, f"card not accepted at category {merchant.category}")
         self._check_channel(merchant)
-        day = day_key(now)
-        if view.card_day(state.id, day) + amount > limits.daily_spend_max:
+        if view.card_day(state.id, day_key(now)) + amount > limits.daily_spend_max:
             raise Decline(Rc.OVER_LIMIT, "daily spend limit")
         if state.cash + state.cashback < amount:
             raise Decline(Rc.INSUFFICIENT_FUNDS, "insufficient funds")
-        month = month_key(now)
+        return self._sale(state, merchant, amount, _Card(state))
+
+    def _sale(self, state: CardState, merchant: Merchant, amount: int, card: _Card, *,
+              hold: PostingState | None = None) -> Decision:
+        """A purchase of `amount` (checked by the caller), spending cashback first, then cash.
+        A completion's sale first releases its hold into cash (`hold`), in the same posting."""
+        req, view, now = self.req, self.view, self.now
+        day, month = day_key(now), month_key(now)
         fee = quote_fee(self.rules.fees, merchant=merchant, card_program=state.program, amount=amount, now=now)
         cb = quote_cashback(self.rules.cashback, card_program=state.program, merchant=merchant, amount=amount,
                             month_spend=view.member_month(state.member, month), now=now)
-        card = _Card(state)
+        cash_acc, cb_acc, _ = state.accounts()
+        released: list[Entry] = []
+        if hold is not None:
+            released = [(state.held_account, -hold.remaining), (cash_acc, hold.remaining)]
+            card.cash += hold.remaining
         cb_used = min(card.cashback, amount)
         cash_used = amount - cb_used
         pid = view.next_posting_id
-        cash_acc, cb_acc, _ = state.accounts()
         payable = f"merchant:{merchant.mid}:payable"
         entries = _merge(
+            released,
             [(cb_acc, -cb_used), (cash_acc, -cash_used), (payable, amount), (payable, -fee.fee), ("fee_income", fee.fee)],
             [(payable, s) for _, s in fee.support] + [(f"fee_subsidy:{f}", -s) for f, s in fee.support],
             [(f"cashback_expense:{f}", -c) for f, c in cb.by_funder] + [(cb_acc, cb.total)],
@@ -296,11 +311,118 @@ class _Deciding:
         rrn = f"{pid:012d}"
         posting = Posting(id=pid, kind="purchase", at=self.at, amount=amount, entries=entries, card_id=state.id,
                           mid=merchant.mid, tid=req.terminal, stan=req.stan, rrn=rrn, fee=fee.fee,
-                          support=fee.support_total, cashback=cb.total, detail=detail)
-        changes = (MemberMonthMoved(state.member, month, cb.eligible), CardDayMoved(state.id, day, amount))
+                          support=fee.support_total, cashback=cb.total,
+                          original_id=hold.id if hold is not None else None, detail=detail)
+        changes: tuple[Change, ...] = (MemberMonthMoved(state.member, month, cb.eligible),
+                                       CardDayMoved(state.id, day, amount))
+        if hold is not None:
+            changes = (PostingUndone(hold.id, hold.remaining), *changes)
         resp = response(req, self.fields, Rc.APPROVED, rrn=rrn, auth_code=f"{pid % 1_000_000:06d}",
                         balances=card.balances())
         return self._decision(resp, posting=posting, changes=changes, card=card, fee=fee.fee, cashback=cb.total)
+
+    # ------------------------------------------------------------------ pre-authorization
+
+    def _preauth(self) -> Decision:
+        """0100 (or its 0120 advice): a hold of the amount on the card's cash — never on its
+        cashback, which is spent first at completion as by any purchase. Nothing moves to the
+        merchant. With DE37 it is an incremental authorization of the open hold that RRN
+        names: a new hold posting under the same RRN holds the total and closes the one before."""
+        req, view, now = self.req, self.view, self.now
+        state = self._card()
+        merchant = view.merchant(req.merchant)
+        if merchant is None:
+            raise Decline(Rc.TERMINAL_NOT_PERMITTED, "merchant unknown")
+        limits = self.rules.limits(now)
+        amount = req.amount
+        if amount <= 0 or amount > limits.holding_max:
+            raise Decline(Rc.INVALID_AMOUNT, "amount out of range")
+        if not self.rules.accepts(merchant, now):
+            raise Decline(Rc.NOT_PERMITTED, f"card not accepted at category {merchant.category}")
+        self._check_channel(merchant)
+        previous = self._open_hold(state, merchant) if req.rrn else None
+        if view.card_day(state.id, day_key(now)) + amount > limits.daily_spend_max:
+            raise Decline(Rc.OVER_LIMIT, "daily spend limit")
+        if state.cash < amount:
+            raise Decline(Rc.INSUFFICIENT_FUNDS, "insufficient cash for the hold")
+        card = _Card(state)
+        card.cash -= amount
+        pid = view.next_posting_id
+        if previous is None:
+            rrn, root, held_before = f"{pid:012d}", None, 0
+            expires = iso(now + timedelta(days=self.rules.preauth.hold_days))
+        else:
+            assert isinstance(previous.detail, HoldDetail), f"hold {previous.id} has its detail"
+            rrn, root, held_before = previous.rrn, previous.original_id or previous.id, previous.remaining
+            expires = previous.detail.expires
+        posting = Posting(id=pid, kind="hold", at=self.at, amount=held_before + amount,
+                          entries=((state.accounts()[0], -amount), (state.held_account, amount)), card_id=state.id,
+                          mid=merchant.mid, tid=req.terminal, stan=req.stan, rrn=rrn, original_id=root,
+                          detail=HoldDetail(member=state.member, expires=expires, added=amount))
+        changes = (PostingUndone(previous.id, held_before),) if previous is not None else ()
+        resp = response(req, self.fields, Rc.APPROVED, rrn=rrn, auth_code=f"{pid % 1_000_000:06d}",
+                        balances=card.balances())
+        return self._decision(resp, posting=posting, changes=changes, card=card)
+
+    def _open_hold(self, state: CardState, merchant: Merchant) -> PostingState:
+        """The open hold the request's DE37 names, on this card at this merchant."""
+        hold = self.view.posting_by_rrn(self.req.rrn)
+        if hold is None or hold.kind != "hold" or hold.card_id != state.id:
+            raise Decline(Rc.ORIGINAL_NOT_FOUND, "pre-authorization not found for this card")
+        if hold.mid != merchant.mid:
+            raise Decline(Rc.ORIGINAL_NOT_FOUND, "pre-authorization was at another merchant")
+        if hold.remaining == 0:
+            raise Decline(Rc.ORIGINAL_NOT_FOUND, "pre-authorization already completed or released")
+        assert isinstance(hold.detail, HoldDetail), f"hold {hold.id} has its detail"
+        if self.at > hold.detail.expires:
+            raise Decline(Rc.ORIGINAL_NOT_FOUND, "pre-authorization expired")
+        return hold
+
+    def _completion(self) -> Decision:
+        """0220: the sale that completes a pre-authorization, for the final amount (at most
+        the hold plus the configured tolerance). The hold is released into cash and the sale
+        posted as any purchase (fee and cashback on the final amount), in one posting. The
+        hold was the approval: a completion is not declined for the card's status or the
+        day's limit (it counts in the day), only for what makes it not this hold's."""
+        req, view = self.req, self.view
+        if not luhn_ok(req.pan):
+            raise Decline(Rc.UNKNOWN_CARD, "PAN check digit is wrong")
+        state = view.card(req.pan)
+        if state is None:
+            raise Decline(Rc.UNKNOWN_CARD, "card unknown")
+        merchant = view.merchant(req.merchant)
+        if merchant is None:
+            raise Decline(Rc.TERMINAL_NOT_PERMITTED, "merchant unknown")
+        hold = self._open_hold(state, merchant)
+        quoted = view.message((req.terminal, req.original.stan, req.original.transmission_time))
+        if (quoted is None or quoted.mti not in ("0100", "0120") or quoted.rc != Rc.APPROVED.value
+                or quoted.response.get("37") != hold.rrn):
+            raise Decline(Rc.ORIGINAL_NOT_FOUND, "DE90 is not an approved authorization of this hold")
+        amount = req.amount
+        if amount <= 0 or amount > self.rules.preauth.completion_max(hold.remaining):
+            raise Decline(Rc.INVALID_AMOUNT, "completion exceeds the hold")
+        if state.cash + hold.remaining + state.cashback < amount:
+            raise Decline(Rc.INSUFFICIENT_FUNDS, "insufficient funds beyond the hold")
+        return self._sale(state, merchant, amount, _Card(state), hold=hold)
+
+    def _release(self, original: PostingState, card: _Card) -> Decision:
+        """0400 of a pre-authorization: the hold gives back what that authorization added
+        (less DE95's amount that stands), up to what is still held."""
+        current = self.view.posting_by_rrn(original.rrn) if original.rrn else None
+        if current is None or current.kind != "hold" or current.remaining == 0:
+            return self._decision(response(self.req, self.fields, Rc.APPROVED, balances=card.balances()),
+                                  note="hold already completed or released")
+        assert isinstance(original.detail, HoldDetail), f"hold {original.id} has its detail"
+        stands = self.req.replacement_amount if self.req.replacement_amount is not None else 0
+        amount = min(max(original.detail.added - stands, 0), current.remaining)
+        if amount == 0:
+            return self._decision(response(self.req, self.fields, Rc.APPROVED, balances=card.balances()),
+                                  note="nothing held to release")
+        posting = release_posting(self.view.next_posting_id, current, card.state, amount, self.at,
+                                  tid=self.req.terminal, stan=self.req.stan)
+        card.cash += amount
+        resp = response(self.req, self.fields, Rc.APPROVED, balances=card.balances())
+        return self._decision(resp, posting=posting, changes=(PostingUndone(current.id, amount),), card=card)
 
     # ------------------------------------------------------------------ refund / reversal
 
@@ -343,6 +465,8 @@ class _Deciding:
                 return self._decision(response(req, self.fields, Rc.APPROVED, balances=card.balances()),
                                       note="nothing left to reverse")
             posting, changes = self._undo_purchase(original, undo, "reversal", card)
+        elif original.kind == "hold":
+            return self._release(original, card)
         elif original.kind == "refund":
             if original.undone:
                 return self._decision(response(req, self.fields, Rc.APPROVED, balances=card.balances()),
@@ -442,5 +566,19 @@ class _Deciding:
             card=CardFacts(s.program, s.member, s.pan, card.cash, card.cashback, card.receivable),
             rrn=posting.rrn, merchant=posting.mid.strip() if posting.mid else None,
             district=merchant.district if merchant else None, terminal=self.req.terminal, stan=self.req.stan,
-            original_posting_id=posting.original_id)
+            original_posting_id=posting.original_id, extra=hold_facts(posting))
         return tuple(posting_events(self.view.ledger_id, facts))
+
+
+def release_posting(pid: int, hold: PostingState, card: CardState, amount: int, at: str, *,
+                    tid: str | None = None, stan: str | None = None) -> Posting:
+    """`amount` of an open hold back from the card's held account to its cash."""
+    return Posting(id=pid, kind="release", at=at, amount=amount,
+                   entries=((card.held_account, -amount), (card.accounts()[0], amount)), card_id=card.id,
+                   mid=hold.mid, tid=tid, stan=stan, original_id=hold.id)
+
+
+def hold_facts(posting: Posting) -> tuple[tuple[str, int | str], ...]:
+    """A hold event's own figures: what this authorization added, and when the hold expires."""
+    d = posting.detail
+    return (("added", d.added), ("expires", d.expires)) if isinstance(d, HoldDetail) else ()

@@ -426,8 +426,8 @@ class HotState:
         p = self.postings.get(posting_id)
         if p is None:
             p = self.reader.posting(posting_id)
-            if p is not None:
-                self.remember_posting(p)
+            if p is not None:  # a hold read by id may be one its RRN has moved past: not indexed by RRN
+                self.remember_posting(p, by_rrn=p.kind != "hold")
         return p
 
     def load_posting_by_rrn(self, rrn: str) -> PostingState | None:
@@ -480,12 +480,17 @@ class HotState:
             original = self.load_message((req.terminal, req.original.stan, req.original.transmission_time))
             if original is not None and original.posting_id is not None:
                 self._load_undo_chain(original.posting_id)
+                p = self.postings.get(original.posting_id)
+                if p is not None and p.kind == "hold" and p.rrn:  # a pre-authorization's hold as it stands
+                    self.load_posting_by_rrn(p.rrn)
         else:
             self.load_tombstone(req.key)
-            if req.kind is Kind.REFUND and req.rrn:
+            if req.rrn:  # a refund's purchase, the hold an incremental authorization or a completion quotes
                 p = self.load_posting_by_rrn(req.rrn)
                 if p is not None:
                     self._load_undo_chain(p.id)
+            if req.kind is Kind.COMPLETION:  # DE90: the pre-authorization it completes
+                self.load_message((req.terminal, req.original.stan, req.original.transmission_time))
 
     def _load_undo_chain(self, posting_id: int) -> None:
         """A posting to undo, its original (a refund's purchase), their card, merchant and
@@ -569,11 +574,13 @@ class HotState:
     def set_balances(self, card_id: int, cash: int, cashback: int, receivable: int) -> None:
         self.cards.set_balances(card_id, cash, cashback, receivable)
 
-    def remember_posting(self, p: PostingState) -> None:
-        """Cache a posting (purchases also by RRN); beyond postings_max forget the oldest
-        (the store has them, as committed: the cache never holds an uncommitted change)."""
+    def remember_posting(self, p: PostingState, *, by_rrn: bool = True) -> None:
+        """Cache a posting (purchases and holds also by RRN); beyond postings_max forget the
+        oldest (the store has them, as committed: the cache never holds an uncommitted
+        change). The postings of a hold's chain share its RRN: the RRN names the latest, so
+        only the latest is indexed by it (by_rrn: the caller knows `p` is the latest)."""
         self.postings[p.id] = p
-        if p.kind == "purchase" and p.rrn:
+        if by_rrn and p.rrn and p.kind in ("purchase", "hold") and self.rrns.get(p.rrn, -1) < p.id:
             self.rrns[p.rrn] = p.id
         while len(self.postings) > self.postings_max:
             old_id, old = self.postings.popitem(last=False)

@@ -89,9 +89,11 @@ def cmd_switch(args: argparse.Namespace) -> int:
                                           core.ops, control=False))
             server = SwitchServer(config, Processor(core.engine, dialect, program_limits=config.program_limits(),
                                                     router=router), core.ops)
+            expiring = asyncio.create_task(_expire_holds(core.ops))
             try:
                 await serve_until_signalled(server, *links)
             finally:
+                expiring.cancel()
                 if router is not None:
                     await router.close()
 
@@ -101,6 +103,25 @@ def cmd_switch(args: argparse.Namespace) -> int:
         logs.flush()
         unlock(fd)
     return 0
+
+
+HOLDS_EXPIRE_EVERY_S = 60.0
+
+
+async def _expire_holds(ops: Any) -> None:
+    """Release pre-authorization holds past their expiry, every minute while the switch runs
+    (docs/host-interface.md, "0100 / 0110 pre-authorization")."""
+    import structlog
+
+    log = structlog.get_logger()
+    while True:
+        try:
+            released = await ops.op_holds_expire()
+            if released["released"]:
+                log.info("holds_expired", **released)
+        except Exception as exc:  # the ledger unavailable, say: the next round tries again
+            log.warning("holds_expire_failed", error=type(exc).__name__)
+        await asyncio.sleep(HOLDS_EXPIRE_EVERY_S)
 
 
 def _cluster(args: argparse.Namespace) -> Any:
@@ -309,6 +330,7 @@ ADMIN_ACTIONS = {
     "card-unblock": _card_status("card-unblock"),
     "card-unblock-pin": _card_status("card-unblock-pin"),
     "card-show": _card_show,
+    "holds-expire": lambda args, data_dir: _admin_op(data_dir, "holds-expire", {}, clock=_clock(args)),
     "verify": _verify,
     "kif-zmk": _kif_zmk,
     "seed": _seed,
@@ -436,6 +458,11 @@ def _admin_parsers(asub: Any) -> None:
         cp.add_argument("--pan", required=True)
         cp.set_defaults(admin_action=f"card-{name}")
 
+    h = asub.add_parser("holds", help="pre-authorization holds").add_subparsers(dest="action", required=True)
+    he = h.add_parser("expire", help="release every open hold past its expiry ([preauth] hold_days; the running "
+                      "switch does this every minute)")
+    he.set_defaults(admin_action="holds-expire")
+
     kz = asub.add_parser("kif-zmk", help="form the key-injection facility's ZMK in the HSM from custodians' "
                          "clear components")
     kz.add_argument("--component", action="append", required=True, help="32 hex digits; give it 2-9 times")
@@ -452,7 +479,7 @@ def _admin_parsers(asub: Any) -> None:
     s.add_argument("--export", help="write the population file (terminals, cards, PINs) a fleet drives")
     s.add_argument("--export-cards", type=int, default=10_000, help="cards in the population file")
     s.set_defaults(admin_action="seed")
-    for sp in (ma, ta, ci, cc, v, s, kz) + tuple(c.choices[n] for n in ("block", "unblock", "unblock-pin", "show")):
+    for sp in (ma, ta, ci, cc, v, s, kz, he) + tuple(c.choices[n] for n in ("block", "unblock", "unblock-pin", "show")):
         _json_flag(sp)
 
 

@@ -26,6 +26,7 @@ TEXT_COLUMNS = frozenset({"mid", "name", "district", "channel", "program", "date
 TITLES = {
     "merchants": "Merchant settlement (won)",
     "programs": "Programs (won)",
+    "holds": "Pre-authorization holds by program (won)",
     "city": "City figures: subscribers, issued, spent per day (won)",
     "accounts": "Ledger reconciliation by account (won)",
 }
@@ -119,6 +120,8 @@ def render(report: Report, out: TextIO) -> None:
                   "a posting counts on the day it was posted")
     for name in TABLES:
         header, body = table(report, name)
+        if name == "holds" and not body:  # a ledger without pre-authorizations: no table to show
+            continue
         rows = table(report, name, totals=True)[1] if body else []
         t = Table()
         for col in header:

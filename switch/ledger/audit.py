@@ -81,18 +81,40 @@ def _verify(conn: sqlite3.Connection) -> VerifyResult:
     if row:
         return VerifyResult(False, f"posting {row[0]} answers {row[1]} messages", stats)
     row = conn.execute(
-        "SELECT p.id, p.amount, p.undone FROM postings p WHERE p.kind IN ('purchase', 'refund') "
+        "SELECT p.id, p.amount, p.undone FROM postings p WHERE p.kind IN ('purchase', 'refund', 'hold') "
         "AND (p.undone < 0 OR p.undone > p.amount) LIMIT 1").fetchone()
     if row:
         return VerifyResult(False, f"posting {row[0]} undone {row[2]} outside 0..{row[1]}", stats)
+    problem = _verify_holds(conn, stats)
+    if problem:
+        return VerifyResult(False, problem, stats)
     problem = _verify_outbox(conn, stats)
     if problem:
         return VerifyResult(False, problem, stats)
     return VerifyResult(True, "", stats)
 
 
+def _verify_holds(conn: sqlite3.Connection, stats: dict[str, int]) -> str:
+    """Pre-authorizations (docs/host-interface.md, "0100 / 0110 pre-authorization"): each
+    card's held account holds exactly what its open holds say (a hold posting's amount less
+    what was completed or released of it), and every open hold's card has that account."""
+    open_count = conn.execute("SELECT COUNT(*) FROM postings WHERE kind = 'hold' AND undone < amount").fetchone()[0]
+    if open_count:  # said only where there are some: a ledger without pre-authorizations reads as before
+        stats["holds_open"] = open_count
+    held = {name: balance for name, balance in conn.execute(
+        "SELECT name, balance FROM accounts WHERE name LIKE 'card:%:held' AND balance != 0 ORDER BY name")}
+    open_holds = {f"card:{card_id}:held": total for card_id, total in conn.execute(
+        "SELECT card_id, SUM(amount - undone) FROM postings WHERE kind = 'hold' AND undone < amount "
+        "GROUP BY card_id ORDER BY card_id")}
+    for name in sorted(held.keys() | open_holds.keys()):
+        if held.get(name, 0) != open_holds.get(name, 0):
+            return (f"account {name} holds {held.get(name, 0)} but its card's open holds come to "
+                    f"{open_holds.get(name, 0)}")
+    return ""
+
+
 # The posting kinds that are told by a transaction event of the same name (switch/ledger/events.py).
-_TOLD = ("purchase", "refund", "reversal", "charge")
+_TOLD = ("purchase", "refund", "reversal", "hold", "release", "charge")
 
 
 def _verify_outbox(conn: sqlite3.Connection, stats: dict[str, int]) -> str:

@@ -22,7 +22,7 @@ from switch.domain import mask_pan
 from switch.ledger.records import OutboxEvent
 
 SCHEMA_VERSION = 1
-TRANSACTION_TYPES = ("purchase", "refund", "reversal", "charge")
+TRANSACTION_TYPES = ("purchase", "refund", "reversal", "hold", "release", "charge")
 CASHBACK_CREDITED = "cashback.credited"
 CASHBACK_CLAWED_BACK = "cashback.clawed_back"
 STREAMS = ("cashback", "transactions")
@@ -56,7 +56,7 @@ class PostingFacts:
     terminal: str | None = None
     stan: str | None = None
     original_posting_id: int | None = None
-    extra: tuple[tuple[str, int], ...] = ()  # kind-specific figures, e.g. receivable_repaid
+    extra: tuple[tuple[str, int | str], ...] = ()  # kind-specific figures, e.g. receivable_repaid
 
 
 def topic(program: str, stream: str) -> str:

@@ -295,6 +295,11 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (7, "sign-ons shared by a cluster's instances",
      "CREATE TABLE terminal_signons(tid TEXT PRIMARY KEY, instance TEXT NOT NULL, "
      "at TIMESTAMPTZ NOT NULL DEFAULT now());"),
+    (8, "pre-authorizations: open holds indexed (a partial index: only holds not yet completed or released)",
+     "CREATE INDEX postings_open_holds ON postings(id) WHERE kind = 'hold' AND undone < amount;\n"
+     "ALTER TABLE postings DROP CONSTRAINT undone_within_amount, ADD CONSTRAINT undone_within_amount "
+     "CHECK (undone >= 0 AND (kind NOT IN ('purchase', 'refund', 'hold') OR undone <= amount));\n"
+     "ALTER TABLE accounts ADD CONSTRAINT held_not_negative CHECK (balance >= 0 OR name NOT LIKE 'card:%:held');"),
 )
 
 

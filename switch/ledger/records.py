@@ -62,12 +62,23 @@ class RefundReversalDetail:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldDetail:
+    """A pre-authorization's hold (posting kind `hold`): money moved from the card's cash to
+    its held account, nothing to the merchant. An incremental authorization is a new hold
+    posting with the same RRN that closes the one before and holds the total."""
+
+    member: str
+    expires: str        # ISO 8601 in KST: after it the hold is released, never completed
+    added: int          # what this authorization added to the hold (its own 0100's amount)
+
+
+@dataclass(frozen=True, slots=True)
 class ChargeDetail:
     member: str
     receivable_repaid: int
 
 
-Detail = PurchaseDetail | UndoDetail | RefundReversalDetail | ChargeDetail | None
+Detail = PurchaseDetail | UndoDetail | RefundReversalDetail | HoldDetail | ChargeDetail | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +86,7 @@ class Posting:
     """One balanced set of entries, and the columns reports and undo read."""
 
     id: int
-    kind: str                 # purchase | refund | reversal | charge | seed_charge
+    kind: str                 # purchase | refund | reversal | hold | release | charge | seed_charge
     at: str                   # ISO 8601 in KST, microseconds
     amount: int
     entries: tuple[Entry, ...]
@@ -147,6 +158,11 @@ class CardState:
 
     def accounts(self) -> tuple[str, str, str]:
         return (f"card:{self.id}:cash", f"card:{self.id}:cashback", f"card:{self.id}:receivable")
+
+    @property
+    def held_account(self) -> str:
+        """Cash held by the card's open pre-authorizations (out of its available cash)."""
+        return f"card:{self.id}:held"
 
 
 @dataclass(frozen=True, slots=True)

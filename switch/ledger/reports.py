@@ -34,14 +34,16 @@ FUNDER_ORDER = ("national", "city", "merchant", *DISTRICTS)
 GROUP_CARD_CASH = "card cash"
 GROUP_CARD_CASHBACK = "card cashback"
 GROUP_CARD_RECEIVABLE = "card receivable"
+GROUP_CARD_HELD = "card held"
 GROUP_PAYABLES = "merchant payables"
 _GROUP_SQL = (
     "CASE WHEN {a} LIKE 'card:%:cashback' THEN 'card cashback' "
+    "WHEN {a} LIKE 'card:%:held' THEN 'card held' "
     "WHEN {a} LIKE 'card:%:receivable' THEN 'card receivable' "
     "WHEN {a} LIKE 'card:%:cash' THEN 'card cash' "
     "WHEN {a} LIKE 'merchant:%:payable' THEN 'merchant payables' ELSE {a} END"
 )
-CARD_GROUPS = (GROUP_CARD_CASH, GROUP_CARD_CASHBACK, GROUP_CARD_RECEIVABLE)
+CARD_GROUPS = (GROUP_CARD_CASH, GROUP_CARD_CASHBACK, GROUP_CARD_RECEIVABLE, GROUP_CARD_HELD)
 
 # How a posting counts, by (kind, kind of its original).
 SALE = "sale"
@@ -51,6 +53,7 @@ REFUND_REVERSED = "refund_reversed"  # a refund reversed: the sale stands again
 CHARGE = "charge"
 _CLASS = {
     ("purchase", None): SALE,
+    ("purchase", "hold"): SALE,     # a pre-authorization's completion (0220)
     ("reversal", "purchase"): REVERSAL,
     ("refund", "purchase"): REFUND,
     ("reversal", "refund"): REFUND_REVERSED,
@@ -172,6 +175,20 @@ class ProgramFigures:
 
 
 @dataclass
+class HoldFigures:
+    """One program's pre-authorization holds in the period (docs/reports.md, "Pre-authorization holds (`holds`)")."""
+
+    program: str
+    placed: int = 0             # authorizations that placed or raised a hold (0100/0120 approved)
+    placed_amount: int = 0      # what they held
+    completed: int = 0          # completions (0220) of holds
+    completed_released: int = 0  # the holds those completions closed (the sale itself is in spent)
+    released: int = 0           # releases: a 0400 of the authorization, or expiry
+    released_amount: int = 0
+    held_at_end: int = 0        # what the program's cards still held at the end of the period
+
+
+@dataclass
 class CityDay:
     """The platform-wide figures the city publishes, for one day (or the whole period)."""
 
@@ -220,6 +237,7 @@ class Report:
     checks: list[Check]
     support_funders: list[str]
     cashback_funders: list[str]
+    holds: list[HoldFigures] = field(default_factory=list)
     verified: Any = None         # audit.VerifyResult on the same snapshot, when asked for
 
     @property
@@ -284,7 +302,7 @@ def _build(conn: sqlite3.Connection, period: Period) -> Report:
     support_funders = _ordered({f for m in merchants for f in m.support})
     cashback_funders = _ordered({f for p in programs for f in p.cashback})
     report = Report(period, merchants, programs, city_days, city, members, new_members, accounts, [],
-                    support_funders, cashback_funders)
+                    support_funders, cashback_funders, _holds(conn, w))
     report.checks = _checks(report)
     return report
 
@@ -394,6 +412,37 @@ def _programs(conn: sqlite3.Connection, w: _Window) -> list[ProgramFigures]:
     return sorted(out.values(), key=lambda p: p.program)
 
 
+def _holds(conn: sqlite3.Connection, w: _Window) -> list[HoldFigures]:
+    """Holds placed, completed and released in the period, by the held accounts' entries,
+    and what each program's cards held at its end."""
+    out: dict[str, HoldFigures] = {}
+
+    def figures(program: str) -> HoldFigures:
+        if program not in out:
+            out[program] = HoldFigures(program)
+        return out[program]
+
+    rows = conn.execute(
+        "SELECT c.program, p.kind, COUNT(DISTINCT p.id), SUM(e.amount) FROM postings p "
+        "JOIN entries e ON e.posting_id = p.id JOIN cards c ON c.id = p.card_id "
+        f"WHERE e.account LIKE 'card:%:held' AND {w.where()} GROUP BY 1, 2", w.params)
+    for program, kind, count, amount in rows:
+        h = figures(program)
+        if kind == "hold":
+            h.placed, h.placed_amount = count, amount
+        elif kind == "purchase":
+            h.completed, h.completed_released = count, -amount
+        elif kind == "release":
+            h.released, h.released_amount = count, -amount
+    for program, amount in conn.execute(
+            "SELECT c.program, SUM(e.amount) FROM postings p JOIN entries e ON e.posting_id = p.id "
+            "JOIN cards c ON c.id = p.card_id WHERE e.account LIKE 'card:%:held' AND kst_day(p.at) <= :last "
+            "GROUP BY 1", w.params):
+        if amount:
+            figures(program).held_at_end = amount
+    return sorted(out.values(), key=lambda h: h.program)
+
+
 def _platform_members(conn: sqlite3.Connection, w: _Window) -> tuple[int, int, dict[str, int]]:
     """Distinct members at the end of the period, new in it, and members by first day."""
     firsts = dict(conn.execute(
@@ -456,7 +505,7 @@ def _accounts(conn: sqlite3.Connection, w: _Window) -> list[AccountLine]:
 
 
 def _account_rank(name: str) -> tuple[int, str]:
-    fixed = (GROUP_CARD_CASH, GROUP_CARD_CASHBACK, GROUP_CARD_RECEIVABLE, GROUP_PAYABLES, "fee_income",
+    fixed = (GROUP_CARD_CASH, GROUP_CARD_CASHBACK, GROUP_CARD_RECEIVABLE, GROUP_CARD_HELD, GROUP_PAYABLES, "fee_income",
              "bank_settlement")
     if name in fixed:
         return fixed.index(name), ""
@@ -504,12 +553,20 @@ def _checks(r: Report) -> list[Check]:
                             sum(p.cashback.get(funder, 0) for p in r.programs), -moved(f"cashback_expense:{funder}")))
     checks += [Check(f"{a.account}: closing + later movement = ledger balance", a.closing + a.after, a.balance)
                for a in r.accounts]
+    if r.holds:
+        checks += [
+            Check("holds: movement of card held = placed - released - completed",
+                  sum(h.placed_amount - h.released_amount - h.completed_released for h in r.holds),
+                  moved(GROUP_CARD_HELD)),
+            Check("holds: held at the end = closing of card held", sum(h.held_at_end for h in r.holds),
+                  next((a.closing for a in r.accounts if a.account == GROUP_CARD_HELD), 0)),
+        ]
     return checks
 
 
 # ---------------------------------------------------------------------------- tables (CSV and terminal)
 
-TABLES = ("merchants", "programs", "city", "accounts")
+TABLES = ("merchants", "programs", "holds", "city", "accounts")
 
 
 def table(report: Report, name: str, *, totals: bool = False) -> tuple[list[str], list[list[Any]]]:
@@ -521,6 +578,14 @@ def table(report: Report, name: str, *, totals: bool = False) -> tuple[list[str]
         return _program_table(report, totals)
     if name == "city":
         return _city_table(report, totals)
+    if name == "holds":
+        header = ["program", "placed", "placed_amount", "completed", "completed_released", "released",
+                  "released_amount", "held_at_end"]
+        rows = [[h.program, h.placed, h.placed_amount, h.completed, h.completed_released, h.released,
+                 h.released_amount, h.held_at_end] for h in report.holds]
+        if totals and rows:
+            rows.append(["TOTAL"] + [sum(row[i] for row in rows) for i in range(1, len(header))])
+        return header, rows
     if name == "accounts":
         header = ["account", "opening", "movement", "closing", "after_period", "ledger_balance"]
         return header, [[a.account, a.opening, a.movement, a.closing, a.after, a.balance] for a in report.accounts]

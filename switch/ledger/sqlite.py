@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 from switch.domain import Merchant
 from switch.ledger.records import (CardDayMoved, CardIssued, CardMonthCharged, CardPvvSet, CardState, CardStatusSet,
-                                   ChargeDetail, Commit, Detail, KeyGroupAdded, KsnAccepted, MemberMonthMoved,
+                                   ChargeDetail, Commit, Detail, HoldDetail, KeyGroupAdded, KsnAccepted, MemberMonthMoved,
                                    MerchantAdded, MessageKey, MessageOutcome, MetaSet, OriginalTombstoned, PinTriesSet,
                                    PostingState, PostingUndone, PurchaseDetail, RefundReversalDetail, RelayMarked,
                                    Terminal, TerminalAdded, UndoDetail)
@@ -45,6 +45,8 @@ def detail_json(detail: Detail) -> str:
              "month": detail.month, "day": detail.day}
     elif isinstance(detail, RefundReversalDetail):
         d = {"reverses": detail.reverses, "member": detail.member, "month": detail.month, "day": detail.day}
+    elif isinstance(detail, HoldDetail):
+        d = {"member": detail.member, "expires": detail.expires, "added": detail.added}
     else:
         d = {"member": detail.member, "receivable_repaid": detail.receivable_repaid}
     return orjson.dumps(d).decode()
@@ -67,6 +69,8 @@ def parse_detail(text: str) -> Detail:
                           eligible_back=d["eligible_back"])
     if "reverses" in d:
         return RefundReversalDetail(member=d["member"], month=d["month"], day=d["day"], reverses=d["reverses"])
+    if "expires" in d:
+        return HoldDetail(member=d["member"], expires=d["expires"], added=d["added"])
     if "receivable_repaid" in d:
         return ChargeDetail(member=d["member"], receivable_repaid=d["receivable_repaid"])
     return None
@@ -378,8 +382,22 @@ class SqliteReader:
     def posting(self, posting_id: int) -> PostingState | None:
         return self._posting("id=?", posting_id)
 
+    def holds_expired(self, at: str, limit: int = 1_000) -> list[tuple[int, int]]:
+        """(hold posting id, card id) of open holds that expire before `at` (ISO 8601 KST),
+        oldest first, at most `limit` (the partial index postings_open_holds holds only open ones)."""
+        rows = self.conn.execute("SELECT id, card_id, detail FROM postings WHERE kind = 'hold' AND undone < amount "
+                                 "ORDER BY id").fetchall()
+        out = []
+        for pid, card_id, detail in rows:
+            d = parse_detail(detail)
+            if isinstance(d, HoldDetail) and d.expires < at:
+                out.append((pid, card_id))
+                if len(out) == limit:
+                    break
+        return out
+
     def posting_by_rrn(self, rrn: str) -> PostingState | None:
-        return self._posting("rrn=?", rrn)
+        return self._posting("rrn=? ORDER BY id DESC LIMIT 1", rrn)  # a hold's chain shares its RRN: the latest
 
     def message(self, key: MessageKey) -> MessageOutcome | None:
         row = self.conn.execute(

@@ -7,6 +7,7 @@ card's cash account holds a positive balance and the sum over all accounts is ze
 Account names:
   card:<id>:cash, card:<id>:cashback     the member's money on one card
   card:<id>:receivable                   clawback the card could not cover (negative)
+  card:<id>:held                         cash held by the card's open pre-authorizations
   merchant:<mid>:payable                 what the platform owes the merchant
   fee_income                             merchant fees earned by the platform
   cashback_expense:<funder>              cashback paid by national / city / district funders
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS postings(
 );
 CREATE INDEX IF NOT EXISTS postings_rrn ON postings(rrn);
 CREATE INDEX IF NOT EXISTS postings_card ON postings(card_id);
+CREATE INDEX IF NOT EXISTS postings_open_holds ON postings(id) WHERE kind = 'hold' AND undone < amount;
 CREATE TABLE IF NOT EXISTS entries(
     posting_id INTEGER NOT NULL, account TEXT NOT NULL, amount INTEGER NOT NULL
 );

@@ -17,9 +17,10 @@ from switch.clock import Clock
 from switch.domain import DISTRICTS, KST, Merchant, luhn_digit, mask_pan, month_key, partition_of
 from switch.authorize.engine import MemberLocks
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
+from switch.authorize.decide import iso, release_posting
 from switch.ledger.records import (CardIssued, CardMonthCharged, CardState, CardStatusSet, ChargeDetail,
-                                   Commit, KeyGroupAdded, MerchantAdded, MetaSet, PinTriesSet, Posting, Terminal,
-                                   TerminalAdded)
+                                   Commit, KeyGroupAdded, MerchantAdded, MetaSet, PinTriesSet, Posting,
+                                   PostingState, PostingUndone, Terminal, TerminalAdded)
 from switch.ledger.writer import LedgerWriter
 from switch.rules.policy import Rules
 from switch.authorize.security import DUKPT, PROFILES, SECURED, Security, SecurityError, initial_ksn, provision_test_keys
@@ -260,6 +261,47 @@ class Operations:
         card = self._card(pan)
         await self._commit(PinTriesSet(card.id, 0, False), member=card.member)
         return {"pan": mask_pan(pan), "pin": "unblocked"}
+
+
+    # ------------------------------------------------------------------ pre-authorization holds
+
+    async def op_holds_expire(self) -> dict[str, Any]:
+        """Release every open hold past its expiry ([preauth] hold_days): the switch runs this
+        every minute (switch/ops/runtime.py), `eum admin holds expire` on demand. Each release
+        is a posting of its own, under the member's lock, as an authorization would be."""
+        released, amount = 0, 0
+        at = iso(self.clock.now())
+        for hold_id, card_id in self.state.reader.holds_expired(at):
+            card = self.state.load_card_by_id(card_id)
+            if card is None or (self.cluster is not None and not self.cluster.owns(partition_of(card.member))):
+                continue  # another instance's member: that instance releases it
+            await self.locks.acquire(card.member)
+            try:
+                hold = self.state.load_posting(hold_id)  # under the lock: a completion may have closed it
+                card = self.state.load_card_by_id(card_id)
+                if hold is None or card is None or hold.remaining == 0:
+                    continue
+                amount += await self._release(hold, card, hold.remaining, "expired")
+                released += 1
+            finally:
+                self.locks.release(card.member)
+        return {"released": released, "amount": amount}
+
+    async def _release(self, hold: PostingState, card: CardState, amount: int, reason: str) -> int:
+        now = self.clock.now()
+        at = iso(now)
+        pid = self.state.next_posting_id
+        self.state.posting_id_used(pid)
+        posting = release_posting(pid, hold, card, amount, at)
+        cash = card.cash + amount
+        events = posting_events(self.writer.ledger_id, PostingFacts(
+            posting_id=pid, kind="release", at=at, amount=amount, entries=posting.entries,
+            card=CardFacts(card.program, card.member, card.pan, cash, card.cashback, card.receivable),
+            merchant=hold.mid.strip() if hold.mid else None, original_posting_id=hold.id, extra=(("reason", reason),)))
+        await self._commit(PostingUndone(hold.id, amount), posting=posting, events=events, member=card.member)
+        self.state.set_balances(card.id, cash, card.cashback, card.receivable)
+        log.info("hold_released", posting=pid, hold=hold.id, amount=amount, reason=reason, pan=mask_pan(card.pan))
+        return amount
 
 
 def card_pan(bin_prefix: str, card_id: int, pan_length: int) -> str:

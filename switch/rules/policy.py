@@ -76,6 +76,17 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Preauth:
+    """Pre-authorization ([preauth] in programs.toml; docs/host-interface.md, "0100 / 0110")."""
+
+    hold_days: int = 7                  # a hold not completed within this many days is released
+    completion_tolerance_pct: int = 0   # a completion may exceed its hold by this share (0: never)
+
+    def completion_max(self, hold: int) -> int:
+        return hold + hold * self.completion_tolerance_pct // 100
+
+
+@dataclass(frozen=True, slots=True)
 class LimitPeriod:
     effective_from: datetime
     limits: Limits
@@ -101,6 +112,7 @@ class Rules:
     cashback: CashbackBook
     limit_periods: tuple[LimitPeriod, ...]
     categories_not_accepted: frozenset[str]
+    preauth: Preauth = Preauth()
 
     def program_for_pan(self, pan: str) -> Program | None:
         return next((p for p in self.programs.values() if p.issued(pan)), None)
@@ -153,6 +165,7 @@ def load_rules(config_dir: pathlib.Path) -> Rules:
         cashback=_cashback_book(programs_root, programs),
         limit_periods=_limit_periods(programs_root),
         categories_not_accepted=_categories_not_accepted(programs_root),
+        preauth=_preauth(programs_root),
     )
     _check_acceptance_vs_exclusions(programs_root, rules)
     programs_root.finish()
@@ -339,6 +352,22 @@ def _check_acceptance_vs_exclusions(root: _Table, rules: Rules) -> None:
                 f"policies[{i}].excluded_categories",
                 f"{sorted(both)} are not accepted at all (acceptance.categories_not_accepted)",
             )
+
+
+def _preauth(root: _Table) -> Preauth:
+    if "preauth" not in root.data:
+        root.get("preauth", dict, None)
+        return Preauth()
+    t = root.table("preauth")
+    preauth = Preauth(hold_days=t.get("hold_days", int, Preauth.hold_days),
+                      completion_tolerance_pct=t.get("completion_tolerance_pct", int,
+                                                     Preauth.completion_tolerance_pct))
+    if not 1 <= preauth.hold_days <= 31:
+        raise t.fail("hold_days", f"must be 1..31 days, got {preauth.hold_days}")
+    if not 0 <= preauth.completion_tolerance_pct <= 100:
+        raise t.fail("completion_tolerance_pct", f"must be 0..100, got {preauth.completion_tolerance_pct}")
+    t.finish()
+    return preauth
 
 
 def _limit_periods(root: _Table) -> tuple[LimitPeriod, ...]:

@@ -28,6 +28,7 @@ from iso8583.encoder import EncodeError
 from switch.configdir import config_dir
 from switch.wire.framing import Framing
 from switch.wire.messages import (
+    AUTHORIZATION_KINDS,
     ECHO_FIELDS,
     NETWORK_CODES,
     PROCESSING_KINDS,
@@ -315,6 +316,13 @@ def _common(fields: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _original(fields: dict[str, str]) -> OriginalData:
+    """DE90: the original's MTI, STAN and transmission time (and 22 digits of acquirer and
+    forwarder ids, zeros from a terminal)."""
+    de90 = _digits(fields, "90", size=42)
+    return OriginalData(mti=de90[:4], stan=de90[4:10], transmission_time=de90[10:20])
+
+
 def parse_request(fields: dict[str, str]) -> Request:
     """Decoded fields → typed request. Raises FieldError naming the field at fault."""
     mti = fields.get("t", "")
@@ -328,7 +336,11 @@ def parse_request(fields: dict[str, str]) -> Request:
         return Request(kind=Kind.NETWORK, network_code=code, **_common(fields), **base)
     common = _common(fields)
     pcode = _digits(fields, "3", size=6)
-    kind = PROCESSING_KINDS.get(pcode[:2])
+    kind = (AUTHORIZATION_KINDS if mti.startswith("01") else PROCESSING_KINDS).get(pcode[:2])
+    if mti.startswith("022"):
+        if kind is not Kind.PURCHASE:
+            raise FieldError("3", "a completion (0220) is processing code 00", rc=Rc.INVALID_TRANSACTION)
+        kind = Kind.COMPLETION
     if kind is None:
         raise FieldError("3", f"processing code {pcode[:2]} not supported", rc=Rc.INVALID_TRANSACTION)
     pan, expiry = _pan_expiry(fields)
@@ -349,14 +361,16 @@ def parse_request(fields: dict[str, str]) -> Request:
         "pin_block": fields.get("52", ""),
         "ksn": _ksn(fields),
     }
-    if mti.startswith("02"):
-        if kind is Kind.REFUND:
+    if kind is Kind.COMPLETION:  # quotes its pre-authorization: the RRN its 0110 returned, and DE90
+        extra["rrn"] = _text(fields, "37")
+        return Request(kind=kind, original=_original(fields), **common, **extra, **base)
+    if mti[:2] in ("01", "02"):
+        if kind is Kind.REFUND or (kind is Kind.PREAUTH and fields.get("37")):  # an incremental one: DE37
             extra["rrn"] = _text(fields, "37")
         return Request(kind=kind, **common, **extra, **base)
     if kind is Kind.BALANCE:
         raise FieldError("3", "a balance inquiry cannot be reversed", rc=Rc.INVALID_TRANSACTION)
-    de90 = _digits(fields, "90", size=42)
-    original = OriginalData(mti=de90[:4], stan=de90[4:10], transmission_time=de90[10:20])
+    original = _original(fields)
     replacement = None
     if fields.get("95"):
         de95 = fields["95"]

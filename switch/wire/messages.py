@@ -17,6 +17,8 @@ class Kind(str, Enum):
     REFUND = "refund"
     BALANCE = "balance"
     REVERSAL = "reversal"
+    PREAUTH = "preauth"          # 0100/0120: a hold on the card (an incremental one quotes DE37)
+    COMPLETION = "completion"    # 0220: the sale that completes a pre-authorization
 
 
 class Rc(str, Enum):
@@ -47,6 +49,12 @@ class Rc(str, Enum):
 # Request MTIs served, with their response MTI. Repeats (xx01, xx21) map to the same response.
 RESPONSE_MTI = {
     "0800": "0810",
+    "0100": "0110",
+    "0101": "0110",
+    "0120": "0130",
+    "0121": "0130",
+    "0220": "0230",
+    "0221": "0230",
     "0200": "0210",
     "0201": "0210",
     "0400": "0410",
@@ -54,10 +62,12 @@ RESPONSE_MTI = {
     "0420": "0430",
     "0421": "0430",
 }
-REPEAT_OF = {"0201": "0200", "0401": "0400", "0421": "0420"}
+REPEAT_OF = {"0101": "0100", "0121": "0120", "0201": "0200", "0221": "0220", "0401": "0400", "0421": "0420"}
 
 # Processing code (DE3) transaction type → kind, for 0200.
 PROCESSING_KINDS = {"00": Kind.PURCHASE, "20": Kind.REFUND, "31": Kind.BALANCE}
+# … for 0100 and 0120 (authorization and its advice): a pre-authorization, or a balance inquiry.
+AUTHORIZATION_KINDS = {"00": Kind.PREAUTH, "31": Kind.BALANCE}
 NETWORK_CODES = {"001": "sign_on", "002": "sign_off", "301": "echo"}
 
 
@@ -138,6 +148,9 @@ class Response:
 # Fields echoed from request to response, per response MTI (the one table).
 ECHO_FIELDS = {
     "0810": ("7", "11", "41", "70"),
+    "0110": ("2", "3", "4", "7", "11", "12", "13", "41", "42", "49"),
+    "0130": ("2", "3", "4", "7", "11", "12", "13", "41", "42", "49"),
+    "0230": ("2", "3", "4", "7", "11", "12", "13", "41", "42", "49", "90"),
     "0210": ("2", "3", "4", "7", "11", "12", "13", "41", "42", "49"),
     "0410": ("2", "3", "4", "7", "11", "41", "42", "49", "90", "95"),
     "0430": ("2", "3", "4", "7", "11", "41", "42", "49", "90", "95"),
