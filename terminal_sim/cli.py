@@ -4,6 +4,14 @@ The terminal keeps its STAN counter and its last financial request in a small st
 (`--state-dir`, default ./var/terminals), so `eum terminal reverse` reverses the last
 transaction the way a POS does after a timeout, and STANs never repeat across runs.
 
+Reversals go through the terminal's store-and-forward queue (terminal_sim/saf.py,
+`<state-dir>/<TID>.saf.json`): `reverse` stores its 0400/0420 there (fsync'd) before
+connecting, and every invocation that signs on sends what is queued, oldest first, right
+after the sign-on and before its own message, repeating (0401/0421) on the documented
+schedule; an entry leaves the queue only when acknowledged. A reversal the switch did not
+answer therefore goes out with the next `eum terminal` run. `eum terminal saf` lists the
+queue (PANs masked) without connecting.
+
 A secured terminal (`--security dukpt-tdes|dukpt-aes --ksn INITIAL`, remembered after the
 first run) also keeps its DUKPT state there: profile, key set, initial KSN and current KSN.
 The counter advances before each secured message and the state file is written *before*
@@ -18,6 +26,8 @@ import asyncio
 import json
 import os
 import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +37,8 @@ from switch.domain import mask_pan
 from switch.wire.messages import Rc, decode_balances
 
 from .client import TerminalClient
+from .saf import (RESPONSE_TIMEOUT_MS, SAF_REPEAT_MTI, ClientLink, Forwarded, SafError, SafQueue, SafSchedule,
+                  adopt_pending_reversals, forward)
 from .security import (DUKPT_PROFILES, KEY_SETS, PROFILE_MAC, PROFILE_NONE, PROFILES, SECURED_MTIS, TakSecurity,
                        TerminalSecurity)
 from .terminal import Terminal
@@ -52,7 +64,9 @@ def register(sub: Any) -> None:
 
 def add_terminal_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
     tp = sub.add_parser("terminal", help="send one message as a terminal and print the answer")
-    tp.add_argument("action", choices=("sign-on", "sign-off", "echo", "purchase", "refund", "balance", "reverse"))
+    tp.add_argument("action", choices=("sign-on", "sign-off", "echo", "purchase", "refund", "balance", "reverse",
+                                       "saf"),
+                    help="saf: list the terminal's store-and-forward queue (no connection)")
     tp.add_argument("--switch", default="127.0.0.1:8583", help="HOST:PORT")
     tp.add_argument("--tid", required=True)
     tp.add_argument("--mid", help="DE42 (default: the terminal's merchant from its last run)")
@@ -67,7 +81,8 @@ def add_terminal_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> 
     tp.add_argument("--advice", action="store_true", help="reverse: send 0420 instead of 0400")
     tp.add_argument("--dialect", default="default")
     tp.add_argument("--state-dir", default="var/terminals")
-    tp.add_argument("--timeout-ms", type=float, default=5000)
+    tp.add_argument("--timeout-ms", type=float, default=RESPONSE_TIMEOUT_MS,
+                    help=f"response timeout (default {RESPONSE_TIMEOUT_MS}); queued repeats are this far apart")
     tp.add_argument("--json", action="store_true", help="print the response fields as JSON")
     tp.add_argument("--pin", help="purchase/refund/balance: the cardholder's PIN, sent only as an encrypted "
                                   "PIN block (needs a DUKPT profile)")
@@ -180,68 +195,162 @@ def _check_pin_use(args: argparse.Namespace, security: TerminalSecurity | TakSec
                          "a PIN never goes out in clear")
 
 
-async def _exchange(args: argparse.Namespace) -> tuple[list[dict[str, str]], dict[str, Any], TerminalClient]:
+@dataclass
+class _Outcome:
+    answer: dict[str, str] | None  # the answer to this invocation's own message (None: none came)
+    sent: dict[str, str]  # that message as it went out (secured: with DE53)
+    mac_ok: bool | None
+    security: TerminalSecurity | TakSecurity | None
+    forwarded: Forwarded | None  # what the queue sent after the sign-on
+    queue: SafQueue
+
+
+def _queue(args: argparse.Namespace) -> SafQueue:
+    schedule = SafSchedule(repeat_interval_s=args.timeout_ms / 1000)
+    return SafQueue.for_terminal(Path(args.state_dir), args.tid, schedule=schedule)
+
+
+async def _exchange(args: argparse.Namespace) -> _Outcome:
     state = _load_state(args)
     mid = args.mid or state.get("mid")
     if not mid:
         raise ValueError("--mid is required the first time a terminal is used")
     security = terminal_security(args, state)
     _check_pin_use(args, security)
+    queue = _queue(args)
+    if adopt_pending_reversals(queue, state):  # a fleet state file's, from before the queue
+        del state["pending_reversals"]
     term = Terminal(args.tid, mid, stan=state.get("stan", 0))
     host, port = parse_hostport(args.switch)
     dialect = load_dialect(args.dialect)
-    # A POS signs on when it connects.
+    # A POS signs on when it connects, then sends what its queue owes.
     sign_on = term.sign_on() if args.action not in ("sign-on", "sign-off", "echo") else None
     request = build_request(args, term, state)
     client = TerminalClient(host, port, dialect, response_timeout_ms=args.timeout_ms, security=security)
-    secured, _ = client.secure(request, pin=args.pin, pan=args.pan)  # advances the KSN
-    # STAN and KSN are spent from here on: persist them before anything goes on the wire.
-    state.update(stan=term.stan, mid=mid, security=_security_state(security))
-    _save_state(args, state)
-    answers = []
+
+    def persist() -> None:  # STAN and KSN are spent from here on: on disk before the wire
+        state.update(stan=term.stan, mid=mid, security=_security_state(security))
+        _save_state(args, state)
+
+    persist()
+    owed = queue.enqueue(request) if request["t"] in SAF_REPEAT_MTI else None  # write-ahead, before connecting
+    link = ClientLink(client, on_secured=persist)
+    forwarded = None
     async with client:
-        if sign_on is not None:
-            answers.append(await client.request(sign_on))
-        answers.append(await client.request(secured))  # carries DE53: signed under that KSN
+        first = sign_on if sign_on is not None else (request if args.action == "sign-on" else None)
+        if first is not None:
+            signed = await link.request(first)
+            forwarded = await forward(queue, link)
+            if args.action == "sign-on":
+                return _Outcome(signed, first, None, security, forwarded, queue)
+        if owed is not None:
+            answer = forwarded.answers.get(owed.seq) if forwarded else None
+            sent = link.sent.get(owed.stan, owed.fields)
+        else:
+            sent, _ = client.secure(request, pin=args.pin, pan=args.pan)  # advances the KSN
+            persist()
+            answer = await link.request(sent)  # carries DE53: signed under that KSN
+            sent = link.sent.get(sent["11"], sent)
     if request["t"] == "0200":
         state["last"] = {k: v for k, v in request.items() if k not in _NOT_IN_STATE}
         _save_state(args, state)
-    return answers, state, client
+    return _Outcome(answer, sent, link.mac_ok.get(sent.get("11", "")), security, forwarded, queue)
 
 
-def _mac_verdict(client: TerminalClient) -> str | None:
+def _mac_verdict(sent: dict[str, str], mac_ok: bool | None) -> str | None:
     """ok / INVALID / absent for a secured request's response; None when nothing was secured."""
-    if "53" not in client.last_request or client.last_request.get("t") not in SECURED_MTIS:
+    if "53" not in sent or sent.get("t") not in SECURED_MTIS:
         return None
-    ok = client.last_response_mac_ok
-    if ok is None:
+    if mac_ok is None:
         return "absent"
-    return "ok" if ok else "INVALID"
+    return "ok" if mac_ok else "INVALID"
+
+
+def _queued_note(args: argparse.Namespace) -> str:
+    try:
+        queue = _queue(args)
+    except (SafError, ValueError):
+        return ""
+    return f"; {len(queue)} message(s) stay queued for the next connection (eum terminal saf)" if len(queue) else ""
+
+
+def _tell_forwarded(out: _Outcome, args: argparse.Namespace) -> None:
+    """What the queue did, on stderr (stdout is this invocation's own answer)."""
+    done, queue = out.forwarded, out.queue
+    own = 1 if args.action == "reverse" else 0
+    if done is not None and done.tries > own:
+        print(f"eum terminal: store-and-forward sent {done.firsts} new and {done.repeats} repeated; "
+              f"{done.accepted} acknowledged, {done.refused} refused, {len(queue)} still queued", file=sys.stderr)
+    attention = queue.attention()
+    if attention:
+        print(f"eum terminal: {len(attention)} queued message(s) need operator attention (eum terminal saf)",
+              file=sys.stderr)
+
+
+def show_saf(args: argparse.Namespace) -> int:
+    """`eum terminal saf`: the queue and the refused list, PANs masked; no connection."""
+    try:
+        queue = _queue(args)
+    except SafError as exc:
+        print(f"eum terminal: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+    def row(e: Any, **extra: Any) -> dict[str, Any]:
+        f = e.fields
+        return {"seq": e.seq, "mti": e.mti, "stan": e.stan, "de7": f.get("7"),
+                "card": mask_pan(f["2"]) if "2" in f else None, "amount": int(f["4"]) if "4" in f else None,
+                "original": f.get("90", "")[:20], "tries": e.tries, "last_rc": e.last_rc,
+                "queued_at": _when(e.queued_at), **extra}
+
+    queued = [row(e, attention=queue.needs_attention(e)) for e in queue.entries]
+    refused = [row(r.entry, rc=r.rc, refused_at=_when(r.refused_at)) for r in queue.refused]
+    if args.json:
+        print(json.dumps({"tid": args.tid, "queued": queued, "refused": refused}))
+        return EXIT_APPROVED
+    print(f"terminal {args.tid}: {len(queued)} queued, {len(refused)} refused")
+    for q in queued:
+        amount = "—" if q["amount"] is None else f"{q['amount']:,} KRW"
+        print(f"  #{q['seq']} {q['mti']} stan {q['stan']}  card {q['card']}  amount {amount}  tries {q['tries']}"
+              + (f"  last {q['last_rc']}" if q["last_rc"] else "") + f"  queued {q['queued_at']}"
+              + ("  NEEDS ATTENTION" if q["attention"] else ""))
+    for r in refused:
+        print(f"  refused #{r['seq']} {r['mti']} stan {r['stan']}  card {r['card']}  response {r['rc']} "
+              f"({RC_TEXT.get(r['rc'], 'unknown')}) at {r['refused_at']}")
+    return EXIT_APPROVED
+
+
+def _when(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="seconds")
 
 
 def run_terminal(args: argparse.Namespace) -> int:
+    if args.action == "saf":
+        return show_saf(args)
     try:
-        answers, _, client = asyncio.run(_exchange(args))
-    except (ValueError, OSError, asyncio.TimeoutError) as exc:
-        print(f"eum terminal: {type(exc).__name__}: {exc}", file=sys.stderr)
+        out = asyncio.run(_exchange(args))
+    except (ValueError, OSError, asyncio.TimeoutError, SafError) as exc:
+        print(f"eum terminal: {type(exc).__name__}: {exc}{_queued_note(args)}", file=sys.stderr)
         return EXIT_ERROR
-    final = answers[-1]
+    _tell_forwarded(out, args)
+    final = out.answer
     if final is None:
-        print("eum terminal: the switch closed the connection without answering", file=sys.stderr)
+        what = "the reversal" if args.action == "reverse" else "the request"
+        print(f"eum terminal: no answer to {what} within {args.timeout_ms:g} ms, or the connection closed"
+              + _queued_note(args), file=sys.stderr)
         return EXIT_ERROR
-    verdict = _mac_verdict(client)
+    verdict = _mac_verdict(out.sent, out.mac_ok)
     if args.json:
-        out = dict(final)
-        if "2" in out:
-            out["2"] = mask_pan(out["2"])
+        shown = dict(final)
+        if "2" in shown:
+            shown["2"] = mask_pan(shown["2"])
         if verdict is not None:
-            out["response_mac"] = verdict
-        print(json.dumps(out))
+            shown["response_mac"] = verdict
+        print(json.dumps(shown))
     else:
         lines = describe(final)
         if verdict is not None:
-            ksn = client.last_request.get("53")
-            lines.append(f"security {client.security.profile}  " + (f"ksn {ksn}  " if ksn else "")
+            ksn = out.sent.get("53")
+            lines.append(f"security {out.security.profile}  " + (f"ksn {ksn}  " if ksn else "")
                          + f"response MAC {verdict}")
         print("\n".join(lines))
     # An approval whose MAC is missing is as untrustworthy as one whose MAC is wrong.

@@ -2,10 +2,10 @@
 
 Each terminal is a real POS in miniature: its own TCP connection, TID/MID, keys, STAN and
 KSN counters; it signs on first (0800/001, again after a dropped connection), handles one
-transaction at a time, reverses a transaction that got no answer (0400, then at most
-`reversal_repeats_max` 0401 repeats), and sends an echo (0800/301) when idle. What it sends
-comes from a scenario (terminal_sim/scenario.py); which terminals and cards it plays, from
-a population file (terminal_sim/population.py).
+transaction at a time, reverses a transaction that got no answer (0400, then 0401 repeats:
+below), and sends an echo (0800/301) when idle. What it sends comes from a scenario
+(terminal_sim/scenario.py); which terminals and cards it plays, from a population file
+(terminal_sim/population.py).
 
 Load model (docs/performance.md, "Latency in the load generator"):
 - Open loop (default). Every transaction has an *intended* send time from the arrival
@@ -21,10 +21,20 @@ Latencies go, in microseconds, into HdrHistogram(1, 60_000_000, 3). `service_ms`
 report is reply − actual send for the same transactions: the gap between the two is the
 queueing the open-loop view exposes.
 
+Reversals go through the terminal's store-and-forward queue (terminal_sim/saf.py;
+docs/host-interface.md, "Store-and-forward: the terminal's timeout, reversal and advice
+schedule"), `<state_dir>/<TID>.saf.json`: a timed-out purchase's or refund's 0400, and the
+scenario's own reversals, are on disk (fsync'd, off the event loop) before their first send,
+and leave it only when the switch acknowledges them (00, or a final decline). A terminal
+sends what is due in its queue before each new transaction and when idle; an unanswered
+try is repeated (0401) at once, one answered 58/91/96 a response timeout after it was sent,
+at most 1 + `reversal_repeats_max` tries per connection; a new connection (reconnect,
+switch restart, the next run) resumes the queue at once. What is owed when the run ends
+stays queued and is sent first on the next run, as a POS keeps it across power-off. An old
+state file's `pending_reversals` is moved into the queue once.
+
 Bounded: no new message leaves after `duration_s`; what is in flight gets at most
-`response_timeout_ms` more (the drain). A reversal still unanswered after its tries, or
-owed when the run ends, is kept in the terminal's state file and sent first on the next
-run, as a POS keeps it across power-off.
+`response_timeout_ms` more (the drain).
 
 KSN counters (docs/security.md: the switch answers 63 to a reused counter) live in
 `state_dir/<TID>.json` (the `eum terminal` state format). Before traffic, each DUKPT
@@ -56,7 +66,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 from hdrh.histogram import HdrHistogram
 
@@ -69,6 +79,7 @@ from .population import Population, PopulationCard, PopulationError, PopulationT
 from .scenario import ARRIVALS, KINDS, Scenario, ScenarioError, arrival_offsets, load_scenario
 from .security import (DUKPT_PROFILES, PROFILE_MAC, PROFILE_TDES, SECURED_MTIS, SecurityError, TakSecurity,
                        TerminalSecurity, mac_field)
+from .saf import Forwarded, SafError, SafQueue, SafSchedule, Verdict, adopt_pending_reversals, forward
 from .terminal import Terminal
 
 __all__ = ["FleetConfig", "FleetConfigError", "FleetError", "FleetReport", "REPORT_KEYS", "Population",
@@ -89,7 +100,6 @@ REFUNDABLE_MAX = 32  # approved purchases a terminal remembers for refunds
 TIMED_OUT_REMEMBERED_MAX = 64  # STANs whose late answers are recognised as late
 KSN_BLOCK_MIN = 256
 PROGRESS_INTERVAL_S = 0.5
-STATE_NEVER = ("52", "64", "128")  # PIN block and MAC: never written to a state file
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8583
 CARDS_STATE = "cards"  # <state_dir>/cards.json: cards whose last PIN from the fleet was wrong
 
@@ -186,7 +196,8 @@ REPORT_KEYS = (
     "target_per_s", "offered", "offered_per_s", "sent", "unsent", "responses", "achieved_per_s",
     "approved", "approved_per_s", "timeouts", "late_responses", "unmatched_responses",
     "reversals_sent", "reversal_repeats_sent", "reversals_answered", "reversals_unanswered",
-    "echoes_sent", "echo_failures", "connection_drops", "reconnects", "mac_invalid", "mac_missing",
+    "saf_refused", "saf_attention", "echoes_sent", "echo_failures", "connection_drops", "reconnects", "mac_invalid",
+    "mac_missing",
     "pin_purchases", "wrong_pins_sent", "by_rc", "by_kind", "by_switch", "latency_ms", "service_ms", "series",
     "histogram", "percentiles",
 )
@@ -207,8 +218,13 @@ class FleetReport:
       sent == responses + timeouts; late_responses (answers after their timeout),
       unmatched_responses (answers whose DE11 matched no request: given to the oldest
       outstanding one, as from a peer that does not echo DE11; or undecodable);
-    - reversals_sent (0400 for timed-out purchases/refunds), reversal_repeats_sent (0401),
-      reversals_answered, reversals_unanswered (kept in the state file for the next run);
+    - reversals_sent (0400 for timed-out purchases/refunds), reversal_repeats_sent (0401, for
+      those and for scenario reversals left unacknowledged), reversals_answered (queued
+      reversals acknowledged: 00 or a final decline; a 58/91/96 answer is not one),
+      reversals_unanswered (still in the terminals' store-and-forward queues at the end, for
+      the next run), saf_refused (of the acknowledged, those refused with a final decline
+      such as 25 or 30: kept in the queue file's `refused` list for the operator),
+      saf_attention (queued entries older than an hour or sent 6 times: terminal_sim/saf.py);
     - echoes_sent, echo_failures, connection_drops, reconnects (connections signed on again
       during the run after one dropped, at whichever switch; a first connection is not one,
       even to the next switch), mac_invalid (a response MAC that does not verify), mac_missing
@@ -251,6 +267,8 @@ class FleetReport:
     reversal_repeats_sent: int
     reversals_answered: int
     reversals_unanswered: int
+    saf_refused: int
+    saf_attention: int
     echoes_sent: int
     echo_failures: int
     connection_drops: int
@@ -491,9 +509,9 @@ def _expire(waiter: asyncio.Future) -> None:
 # ---------------------------------------------------------------------------- state files
 
 class _StateStore:
-    """`<dir>/<TID>.json`: stan, mid, security (profile, keys, initial and current KSN) and a
-    pending reversal; the format `eum terminal` keeps. `<dir>/cards.json`: the cards whose
-    last PIN was wrong (never a PIN). Written atomically."""
+    """`<dir>/<TID>.json`: stan, mid, security (profile, keys, initial and current KSN); the
+    format `eum terminal` keeps (owed reversals are in `<dir>/<TID>.saf.json`, saf.py).
+    `<dir>/cards.json`: the cards whose last PIN was wrong (never a PIN). Written atomically."""
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
@@ -589,9 +607,16 @@ class _SimTerminal:
         stored = ctx.store.load(spec.tid)
         self.builder = Terminal(spec.tid, spec.mid, stan=int(stored.get("stan", 0)))
         self.security = _security_for(spec, stored)
-        # Reversals owed for transactions that got no answer, oldest first (one, unless closed
-        # loop keeps several requests outstanding). A new run gives each a new round of tries.
-        self.reversals: list[dict[str, Any]] = [{**p, "repeats": 0} for p in stored.get("pending_reversals", ())]
+        # Reversals owed, oldest first, on disk before they are sent (saf.py). Each connection
+        # gives each one 1 + reversal_repeats_max tries; the interval is the response timeout.
+        schedule = SafSchedule(repeat_interval_s=ctx.timeout_s,
+                               tries_per_connection_max=ctx.scenario.terminal.reversal_repeats_max + 1)
+        try:
+            self.saf = SafQueue.for_terminal(ctx.config.state_dir, spec.tid, schedule=schedule)
+            adopt_pending_reversals(self.saf, stored)  # an old state file's; the next save drops them
+        except SafError as exc:
+            raise FleetError(f"terminal {spec.tid}: {exc}") from None
+        self._saf_link = _SafLink(self)
         self._reversal_lock = asyncio.Lock()
         self.link: _Link | None = None
         self.refundable: list[_Approved] = []
@@ -607,9 +632,6 @@ class _SimTerminal:
         state: dict[str, Any] = {"stan": self.builder.stan, "mid": self.spec.mid,
                                  "security": security_state or (self.security.to_state() if self.security
                                                                 else {"profile": "none"})}
-        if self.reversals:
-            state["pending_reversals"] = [{"fields": {k: v for k, v in p["fields"].items() if k not in STATE_NEVER},
-                                           "sent": p["sent"]} for p in self.reversals]
         return state
 
     def reserve_ksns(self) -> None:
@@ -681,6 +703,7 @@ class _SimTerminal:
             where = f" at {host}:{port}" if len(ctx.config.switches) > 1 else ""
             return (f"sign-on {answer}" if rc is None else f"sign-on answered {rc}") + where
         ctx.rec.connected(self.switch)
+        self.saf.connection_opened()  # what is queued is due again, at once
         return ""
 
     async def _ensure_link(self) -> bool:
@@ -727,20 +750,27 @@ class _SimTerminal:
     # -- behaviour
 
     async def idle_until(self, intended: float) -> None:
-        """Wait for an intended send time, echoing (0800/301) when idle too long."""
+        """Wait for an intended send time, sending what falls due in the store-and-forward
+        queue meanwhile and echoing (0800/301) when idle too long."""
         ctx = self.ctx
         echo_idle_s = ctx.scenario.terminal.echo_idle_s
         while True:
             t = now()
             if intended <= t:
                 return
+            saf_in = self.saf.due_in()
+            if saf_in == 0.0 and t < ctx.end and (await self.settle_reversals()).tries:
+                continue
             echo_at = self.last_activity + echo_idle_s
-            if echo_at >= intended or echo_at >= ctx.end:
-                await asyncio.sleep(intended - t)  # may wake a little early (uvloop): check again
-            elif echo_at > t:
-                await asyncio.sleep(echo_at - t)
-            else:
+            if echo_at <= t and echo_at < intended and echo_at < ctx.end:
                 await self.echo()
+                continue
+            wake = intended
+            if echo_at < min(intended, ctx.end):
+                wake = echo_at
+            if saf_in and t + saf_in < min(wake, ctx.end):
+                wake = t + saf_in
+            await asyncio.sleep(wake - t)  # may wake a little early (uvloop): check again
 
     async def echo(self) -> None:
         if not await self._ensure_link():
@@ -755,14 +785,18 @@ class _SimTerminal:
         False: it could not be sent before the run's end (counted unsent)."""
         if not await self._ensure_link():
             return False
-        if self.reversals:
+        if self.saf.next_due() is not None:
             await self.settle_reversals()
             if now() >= self.ctx.end or not await self._ensure_link():
                 return False
         kind, fields, pin, pan = self._plan()
         rec = self.ctx.rec
+        owed = None
+        if kind == "reversal":  # on disk, secured, before it leaves: one write for both
+            fields, _ = self._secure(fields, None, None)
+            owed = await self._saf_do(self.saf.enqueue, fields, sending=True)
         switch = self.switch  # where this one goes: _exchange uses the link as it is
-        secured, answer, sent_at = await self._exchange(fields, pin=pin, pan=pan)
+        _, answer, sent_at = await self._exchange(fields, pin=pin, pan=pan)
         rec.sent(kind, sent_at, switch)
         if pin is not None:
             self._note_pin(pan, pin, answer)
@@ -772,41 +806,39 @@ class _SimTerminal:
                          at=answer.at, switch=switch)
             if rc == "00":
                 self._approved(kind, fields, answer)
-            return True
+            if owed is not None and await self._saf_do(self.saf.answered, owed.seq, rc) is Verdict.REFUSED:
+                rec.n["saf_refused"] += 1
+            return True  # a reversal answered 91/96 stays queued: sent again before the next transaction
         rec.timed_out(kind, switch)
         if kind in ("purchase", "refund"):
-            self.reversals.append({"fields": self.builder.reversal(fields), "sent": False, "repeats": 0})
-        elif kind == "reversal":  # the scenario's own reversal went unanswered: repeat it
-            self.reversals.append({"fields": _base(secured), "sent": True, "repeats": 0})
+            await self._saf_do(self.saf.enqueue, self.builder.reversal(fields))
+        elif owed is not None:
+            await self._saf_do(self.saf.answered, owed.seq, None)
         await self.settle_reversals()
         return True
 
-    async def settle_reversals(self) -> None:
-        """Each owed reversal: 0400 (if not yet sent), then 0401 repeats until answered, at
-        most `reversal_repeats_max` this run and never after the run's end."""
+    async def settle_reversals(self) -> Forwarded:
+        """Send what is due in the queue, oldest first: 0400 (if not sent yet), then 0401
+        repeats, at most 1 + `reversal_repeats_max` tries per connection, never after the
+        run's end. What stays is sent first on the next connection or run."""
         async with self._reversal_lock:
-            for p in list(self.reversals):
-                if await self._settle(p):
-                    self.reversals.remove(p)
+            done = await forward(self.saf, self._saf_link, offload=self._saf_do)
+        n = self.ctx.rec.n
+        n["reversals_sent"] += done.firsts
+        n["reversal_repeats_sent"] += done.repeats
+        n["reversals_answered"] += done.accepted + done.refused
+        n["saf_refused"] += done.refused
+        return done
 
-    async def _settle(self, p: dict[str, Any]) -> bool:
-        rec = self.ctx.rec
-        while not (p["sent"] and p["repeats"] >= self.ctx.scenario.terminal.reversal_repeats_max):
-            if not await self._ensure_link():
-                return False
-            if p["sent"]:
-                fields = {**p["fields"], "t": "0401"}
-                p["repeats"] += 1
-                rec.n["reversal_repeats_sent"] += 1
-            else:
-                fields = p["fields"]
-                rec.n["reversals_sent"] += 1
-            secured, answer, _ = await self._exchange(fields)
-            p["fields"], p["sent"] = _base(secured), True
-            if isinstance(answer, _Answer):
-                rec.n["reversals_answered"] += 1
-                return True
-        return False  # kept in the state file: the next run sends it first
+    async def _saf_do(self, change: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """A queue change: its fsyncs run off the event loop, so a reversal's write-ahead
+        delays that terminal only, as a POS waits for its flash, and not every other one."""
+        try:
+            if self.saf.path is None:
+                return change(*args, **kw)
+            return await asyncio.to_thread(change, *args, **kw)
+        except SafError as exc:
+            raise FleetError(f"terminal {self.spec.tid}: {exc}") from None
 
     def _plan(self) -> tuple[str, dict[str, str], str | None, str | None]:
         """The next transaction: kind, fields, PIN (or None) and PAN for the PIN block. The
@@ -867,11 +899,23 @@ class _SimTerminal:
                 self.refundable.pop(0)
 
 
-def _base(secured: dict[str, str]) -> dict[str, str]:
-    """A sent reversal as kept for repeats: its KSN (DE53) stays, the MAC goes, MTI 0400."""
-    base = {k: v for k, v in secured.items() if k not in ("64", "128")}
-    base["t"] = "0400"
-    return base
+class _SafLink:
+    """The queue's view of a fleet terminal's connection (saf.SafLink): reconnecting as
+    `_ensure_link` does, answers matched by DE11 as the link matches them."""
+
+    def __init__(self, term: _SimTerminal) -> None:
+        self.term = term
+
+    async def ready(self) -> bool:
+        return await self.term._ensure_link()
+
+    def secure(self, fields: dict[str, str]) -> dict[str, str]:
+        secured, _ = self.term._secure(fields, None, None)
+        return secured
+
+    async def exchange(self, secured: dict[str, str]) -> dict[str, str] | None:
+        _, answer, _ = await self.term._exchange(secured)
+        return answer.fields if isinstance(answer, _Answer) else None
 
 
 # ---------------------------------------------------------------------------- the run
@@ -979,7 +1023,8 @@ async def run_fleet(config: FleetConfig) -> FleetReport:
             t.close()
             t.save()
         ctx.store.save(CARDS_STATE, {"pin_wrong_last": sorted(ctx.pin_wrong_last)})
-    ctx.rec.n["reversals_unanswered"] = sum(len(t.reversals) for t in terms)
+    ctx.rec.n["reversals_unanswered"] = sum(len(t.saf) for t in terms)
+    ctx.rec.n["saf_attention"] = sum(len(t.saf.attention()) for t in terms)
     return _report(config, ctx.rec, started=started, elapsed_s=now() - start)
 
 
@@ -1038,6 +1083,7 @@ def _report(config: FleetConfig, rec: _Recorder, *, started: datetime, elapsed_s
         late_responses=n["late_responses"], unmatched_responses=n["unmatched_responses"],
         reversals_sent=n["reversals_sent"], reversal_repeats_sent=n["reversal_repeats_sent"],
         reversals_answered=n["reversals_answered"], reversals_unanswered=n["reversals_unanswered"],
+        saf_refused=n["saf_refused"], saf_attention=n["saf_attention"],
         echoes_sent=n["echoes_sent"], echo_failures=n["echo_failures"], connection_drops=n["connection_drops"],
         reconnects=n["reconnects"],
         mac_invalid=n["mac_invalid"], mac_missing=n["mac_missing"], pin_purchases=n["pin_purchases"],

@@ -405,9 +405,9 @@ async def test_an_unanswered_reversal_is_kept_and_sent_first_on_the_next_run(tmp
                                          arrivals="constant", response_timeout_ms=100.0))
         assert first.reversals_sent == 1 and first.reversal_repeats_sent == 3  # reversal_repeats_max
         assert first.reversals_unanswered == 1
-        state = json.loads((tmp_path / "fleet" / "T0000001.json").read_text())
-        [owed] = state["pending_reversals"]
-        assert owed["sent"] is True and owed["fields"]["t"] == "0400" and "64" not in owed["fields"]
+        state = json.loads((tmp_path / "fleet" / "T0000001.saf.json").read_text())  # terminal_sim/saf.py
+        [owed] = state["entries"]
+        assert owed["tries"] == 4 and owed["fields"]["t"] == "0400" and "64" not in owed["fields"]
         never.clear()
         server.received.clear()
         second = await run_fleet(_config(server.port, _fake_population(), tmp_path, rate_per_s=5.0, duration_s=0.5,
@@ -415,7 +415,7 @@ async def test_an_unanswered_reversal_is_kept_and_sent_first_on_the_next_run(tmp
         assert server.mtis()[:3] == ["0800", "0401", "0200"]
         assert server.received[1][1]["11"] == owed["fields"]["11"]
         assert second.reversals_answered == 1 and second.reversals_unanswered == 0
-        assert "pending_reversals" not in json.loads((tmp_path / "fleet" / "T0000001.json").read_text())
+        assert json.loads((tmp_path / "fleet" / "T0000001.saf.json").read_text())["entries"] == []
     finally:
         await server.stop()
 

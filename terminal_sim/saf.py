@@ -1,0 +1,516 @@
+"""Store-and-forward (SAF): a terminal's durable queue of reversals and advices.
+
+A reversal owes the cardholder money back; a POS that loses one after a power cut or a
+dropped line leaves a purchase standing that the customer was told failed. So a terminal
+keeps every reversal and advice in flash until the switch acknowledges it, and repeats it
+(0401, 0421) until then, across its own restarts and the switch's. This module is that
+flash: one JSON file per terminal, `<state_dir>/<TID>.saf.json`, written atomically (temp
+file, fsync, rename, fsync of the directory) before anything it records goes on the wire.
+
+The schedule (docs/host-interface.md, "Store-and-forward: the terminal's timeout, reversal
+and advice schedule"), as named constants and `SafSchedule`:
+
+- A financial request unanswered within the terminal's response timeout
+  (`RESPONSE_TIMEOUT_MS`; the fleet's own setting) is reversed: its 0400 is queued at once
+  and sent at once, as the queue's newest entry. An advice (0420) is queued and sent the
+  same way. The entry is on disk before its first send (write-ahead), and each try is
+  recorded (tries, and the KSN a secured first send used) before it leaves.
+- A try unanswered within the response timeout is repeated at once (the wait was the
+  timeout); one answered with a code that stored nothing (`DE39_REPEAT`: 58, 91, 96, or a
+  code this switch does not send) is repeated `repeat_interval_s` after it was sent. Every
+  try after the first is the repeat MTI (`SAF_REPEAT_MTI`: 0401, 0421), with the same STAN,
+  DE7 and content, and the first send's KSN; the MAC is computed afresh and never stored.
+- At most `tries_per_connection_max` tries per entry on one connection; then it waits for
+  the next connection. A new connection (a reconnect, a switch restart, a terminal
+  restart) makes every entry due at once, oldest first.
+- Acknowledged = the entry's answer (matched by DE11) with a final DE39: `DE39_ACCEPTED`
+  (00) or a decline in `DE39_REFUSED` (repeating the same message can only get the same
+  answer). Only then does the entry leave the queue; a refused one moves to the file's
+  `refused` list for the operator.
+- Nothing is ever dropped for age: an entry queued longer than `attention_age_s`, or sent
+  `attention_tries` times, is still repeated but reported as needing operator attention
+  (`eum terminal saf`, the fleet's `saf_attention`).
+
+FIFO: entries are tried oldest first; an entry that is not due (or has used its tries on
+this connection) does not hold back the ones behind it, so one message the switch keeps
+refusing to store cannot block the queue.
+
+What the file never holds: a MAC, a PIN block or track data (`NEVER_STORED`). The PAN stays,
+as in the terminal's other state files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
+
+from switch.wire.messages import Rc
+
+from .client import TerminalClient
+from .security import SECURED_MTIS, mac_field
+from .terminal import REPEAT_MTI
+
+# What the queue may hold, and what it repeats each as: the reversals (class 4) and advices
+# (function 2) of terminal.py's one REPEAT_MTI mapping. A 0200 is never stored and
+# forwarded: unanswered, it is reversed.
+SAF_REPEAT_MTI = {mti: repeat for mti, repeat in REPEAT_MTI.items() if mti[1] == "4" or mti[2] == "2"}
+
+RESPONSE_TIMEOUT_MS = 5_000  # how long a terminal waits for any answer (`eum terminal --timeout-ms`)
+REPEAT_INTERVAL_S = RESPONSE_TIMEOUT_MS / 1000  # between the sends of two tries of one entry, at least
+TRIES_PER_CONNECTION_MAX = 4  # the first send and three repeats on one connection, then the next one
+ATTENTION_AGE_S = 3600.0  # queued this long: reported for operator attention (still repeated)
+ATTENTION_TRIES = 6  # sent this often without acknowledgement: likewise (PayEx: manual handling after 6)
+ENTRIES_MAX = 10_000  # a terminal with this many owed messages is broken: enqueue refuses
+REFUSED_KEPT_MAX = 256  # refused entries kept in the file for the operator, newest last
+
+DE39_ACCEPTED = frozenset({Rc.APPROVED.value})
+# Answered, nothing stored, and a sign-on or time cures it: repeat. Any code this switch does
+# not send counts here too: a message is never given up on a code nobody defined.
+DE39_REPEAT = frozenset({Rc.TERMINAL_NOT_PERMITTED.value, Rc.HSM_UNAVAILABLE.value, Rc.SYSTEM_ERROR.value})
+# Every other code the switch sends: final, the same message would get the same answer.
+DE39_REFUSED = frozenset(rc.value for rc in Rc) - DE39_ACCEPTED - DE39_REPEAT
+
+NEVER_STORED = ("35", "45", "52", "64", "128")  # track 2, track 1, PIN block, MAC
+FILE_FORMAT = "eum-saf/1"
+
+
+class SafError(RuntimeError):
+    """The queue file cannot be read or written; it may hold owed reversals, so nothing is
+    assumed about it."""
+
+
+class Verdict(Enum):
+    ACCEPTED = "accepted"  # acknowledged 00: landed; the entry leaves the queue
+    REFUSED = "refused"  # acknowledged with a final decline: moved to `refused`
+    REPEAT = "repeat"  # no answer, or one that stored nothing: stays queued
+
+
+def verdict(rc: str | None) -> Verdict:
+    """What an answer's DE39 (None: no answer) means for a queued message."""
+    if rc in DE39_ACCEPTED:
+        return Verdict.ACCEPTED
+    if rc in DE39_REFUSED:
+        return Verdict.REFUSED
+    return Verdict.REPEAT
+
+
+@dataclass(frozen=True, kw_only=True)
+class SafSchedule:
+    """When entries are tried (module docstring). A terminal whose response timeout is not
+    `RESPONSE_TIMEOUT_MS` passes its own as `repeat_interval_s`."""
+
+    repeat_interval_s: float = REPEAT_INTERVAL_S
+    tries_per_connection_max: int = TRIES_PER_CONNECTION_MAX
+    attention_age_s: float = ATTENTION_AGE_S
+    attention_tries: int = ATTENTION_TRIES
+
+    def __post_init__(self) -> None:
+        if self.repeat_interval_s < 0:
+            raise ValueError("repeat_interval_s must not be negative")
+        if self.tries_per_connection_max < 1:
+            raise ValueError("tries_per_connection_max must be at least 1")
+        if not self.attention_age_s > 0 or self.attention_tries < 1:
+            raise ValueError("attention_age_s must be positive and attention_tries at least 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SafEntry:
+    """One owed message. `fields` is the message as first sent (MTI 0400/0420), with the KSN
+    (DE53) its first secured send used; times are the queue clock's (epoch seconds)."""
+
+    seq: int  # FIFO order, unique within the terminal's file
+    fields: dict[str, str]
+    queued_at: float
+    tries: int = 0  # sends so far, on every connection
+    last_try_at: float | None = None
+    next_try_at: float | None = None  # due from then on this connection (None: at once)
+    last_rc: str | None = None  # the last answer's DE39 that asked for a repeat
+
+    @property
+    def stan(self) -> str:
+        return self.fields["11"]
+
+    @property
+    def mti(self) -> str:
+        return self.fields["t"]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(STAN, DE7): with the TID, the switch's idempotency key."""
+        return self.fields["11"], self.fields["7"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefusedEntry:
+    entry: SafEntry
+    rc: str
+    refused_at: float
+
+
+@dataclass
+class Forwarded:
+    """What one pass of `forward` did."""
+
+    firsts: int = 0  # first sends (0400, 0420)
+    repeats: int = 0  # repeats (0401, 0421)
+    accepted: int = 0
+    refused: int = 0
+    unacknowledged: int = 0  # tries without a final answer
+    answers: dict[int, dict[str, str]] = field(default_factory=dict)  # seq → its last answer
+
+    @property
+    def tries(self) -> int:
+        return self.firsts + self.repeats
+
+
+def _storable(fields: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in fields.items() if k not in NEVER_STORED}
+
+
+def saf_path(state_dir: Path, tid: str) -> Path:
+    return Path(state_dir) / f"{tid}.saf.json"
+
+
+# ---------------------------------------------------------------------------- the file
+
+def _write_durably(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that a crash leaves the old file or the new one, and
+    the new one survives a power cut once this returns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _entry_from(d: dict[str, Any]) -> SafEntry:
+    return SafEntry(seq=int(d["seq"]), fields={str(k): str(v) for k, v in d["fields"].items()},
+                    queued_at=float(d["queued_at"]), tries=int(d.get("tries", 0)),
+                    last_try_at=d.get("last_try_at"), next_try_at=d.get("next_try_at"), last_rc=d.get("last_rc"))
+
+
+def _load(path: Path) -> tuple[int, list[SafEntry], list[RefusedEntry]]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return 1, [], []
+    except (OSError, ValueError) as exc:
+        raise SafError(f"queue file {path} is unreadable ({type(exc).__name__}); it may hold owed "
+                       "reversals: repair or move it, never delete it unread") from None
+    try:
+        if doc.get("format") != FILE_FORMAT:
+            raise ValueError(f"format {doc.get('format')!r}")
+        entries = [_entry_from(d) for d in doc["entries"]]
+        unknown = sorted({e.mti for e in entries} - set(SAF_REPEAT_MTI))
+        if unknown:
+            raise ValueError(f"MTI {', '.join(unknown)} is not stored and forwarded by this version")
+        refused = [RefusedEntry(entry=_entry_from(d["entry"]), rc=str(d["rc"]), refused_at=float(d["refused_at"]))
+                   for d in doc.get("refused", ())]
+        next_seq = int(doc["next_seq"])
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise SafError(f"queue file {path} is not an {FILE_FORMAT} file ({type(exc).__name__}: {exc})") from None
+    return next_seq, sorted(entries, key=lambda e: e.seq), refused
+
+
+# ---------------------------------------------------------------------------- the queue
+
+class SafQueue:
+    """One terminal's queue. Every change is on disk (when there is a file) before the call
+    returns; `path=None` keeps it in memory only (a fleet without a state dir).
+
+    Changes may come from worker threads (the fleet writes off its event loop): they are
+    serialised by a lock and publish a new tuple, so a reader always sees a whole queue."""
+
+    def __init__(self, path: Path | None, *, schedule: SafSchedule = SafSchedule(),
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.schedule = schedule
+        self.clock = clock
+        self._lock = threading.Lock()
+        if path is None:
+            self._next_seq, entries, refused = 1, [], []
+        else:
+            self._next_seq, entries, refused = _load(path)
+        self._entries: tuple[SafEntry, ...] = tuple(entries)
+        self._refused: tuple[RefusedEntry, ...] = tuple(refused)
+        self._tries_here: dict[int, int] = {}  # seq → tries on the current connection
+
+    @classmethod
+    def for_terminal(cls, state_dir: Path | None, tid: str, **kw: Any) -> SafQueue:
+        return cls(None if state_dir is None else saf_path(state_dir, tid), **kw)
+
+    # -- reading
+
+    @property
+    def entries(self) -> tuple[SafEntry, ...]:
+        return self._entries
+
+    @property
+    def refused(self) -> tuple[RefusedEntry, ...]:
+        return self._refused
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entry(self, seq: int) -> SafEntry | None:
+        return next((e for e in self._entries if e.seq == seq), None)
+
+    def _due_at(self, e: SafEntry) -> float | None:
+        """When `e` may next be tried on this connection (None: not on this one)."""
+        tried = self._tries_here.get(e.seq, 0)
+        if tried >= self.schedule.tries_per_connection_max:
+            return None
+        if tried == 0 or e.next_try_at is None:
+            return float("-inf")  # first try on this connection: at once
+        return e.next_try_at
+
+    def next_due(self) -> SafEntry | None:
+        """The oldest entry that may be tried now on this connection."""
+        now = self.clock()
+        for e in self._entries:
+            at = self._due_at(e)
+            if at is not None and at <= now:
+                return e
+        return None
+
+    def due_in(self) -> float | None:
+        """Seconds until an entry may be tried on this connection (0: now; None: none may)."""
+        times = [at for e in self._entries if (at := self._due_at(e)) is not None]
+        if not times:
+            return None
+        return max(0.0, min(times) - self.clock())
+
+    def needs_attention(self, e: SafEntry) -> bool:
+        return (self.clock() - e.queued_at >= self.schedule.attention_age_s
+                or e.tries >= self.schedule.attention_tries)
+
+    def attention(self) -> list[SafEntry]:
+        return [e for e in self._entries if self.needs_attention(e)]
+
+    @staticmethod
+    def outgoing(e: SafEntry) -> dict[str, str]:
+        """The fields of `e`'s next try: the first send's MTI, or its repeat MTI once sent."""
+        return {**e.fields, "t": SAF_REPEAT_MTI[e.mti] if e.tries else e.mti}
+
+    # -- changing (each one durable before it returns)
+
+    def connection_opened(self) -> None:
+        """A new connection: every entry may be tried again, at once, oldest first."""
+        self._tries_here = {}
+
+    def enqueue(self, fields: dict[str, str], *, sending: bool = False) -> SafEntry:
+        """Store a reversal or advice before it is sent (write-ahead). `sending`: its first
+        try starts now, and `fields` are as secured for it (one write instead of two). The
+        same message (STAN and DE7) queued twice is one entry."""
+        mti = fields.get("t", "")
+        if mti not in SAF_REPEAT_MTI:
+            raise ValueError(f"MTI {mti!r} is not stored and forwarded (only {', '.join(SAF_REPEAT_MTI)})")
+        if not fields.get("11") or not fields.get("7"):
+            raise ValueError("a queued message needs its STAN (DE11) and DE7: they are its idempotency key")
+        with self._lock:
+            same = next((e for e in self._entries if e.key == (fields["11"], fields["7"])), None)
+            if same is not None:
+                return same
+            if len(self._entries) >= ENTRIES_MAX:
+                raise SafError(f"the queue holds {ENTRIES_MAX} messages already: the terminal must not "
+                               "take new transactions")
+            now = self.clock()
+            e = SafEntry(seq=self._next_seq, fields=_storable(fields), queued_at=now)
+            if sending:
+                e = self._tried(e, now)
+            self._publish(self._next_seq + 1, (*self._entries, e), self._refused)
+            return e
+
+    def sending(self, seq: int, secured: dict[str, str]) -> SafEntry:
+        """Record a try of entry `seq` before it leaves: one more try, and the fields as
+        secured (a first send's KSN is kept for every repeat; the MAC is not)."""
+        with self._lock:
+            e = self._get(seq)
+            base = {**_storable(secured), "t": e.mti}
+            tried = self._tried(replace(e, fields=base), self.clock())
+            self._publish(self._next_seq, self._swap(tried), self._refused)
+            return tried
+
+    def answered(self, seq: int, rc: str | None) -> Verdict:
+        """The outcome of entry `seq`'s last try: its answer's DE39, or None (no answer within
+        the timeout, or the connection dropped). The caller matched the answer by DE11."""
+        v = verdict(rc)
+        with self._lock:
+            e = self.entry(seq)
+            if e is None:
+                return v  # acknowledged already (a late answer to an earlier try)
+            now = self.clock()
+            if v is Verdict.ACCEPTED:
+                self._publish(self._next_seq, tuple(x for x in self._entries if x.seq != seq), self._refused)
+            elif v is Verdict.REFUSED:
+                refused = (*self._refused, RefusedEntry(entry=e, rc=str(rc), refused_at=now))[-REFUSED_KEPT_MAX:]
+                self._publish(self._next_seq, tuple(x for x in self._entries if x.seq != seq), refused)
+            elif rc is None:
+                self._publish(self._next_seq, self._swap(replace(e, next_try_at=now)), self._refused)
+            else:
+                sent = e.last_try_at if e.last_try_at is not None else now
+                later = replace(e, next_try_at=sent + self.schedule.repeat_interval_s, last_rc=rc)
+                self._publish(self._next_seq, self._swap(later), self._refused)
+            return v
+
+    def _get(self, seq: int) -> SafEntry:
+        e = self.entry(seq)
+        if e is None:
+            raise KeyError(f"no queued entry {seq}")
+        return e
+
+    def _tried(self, e: SafEntry, now: float) -> SafEntry:
+        """In flight: not due again on this connection before its answer could time out."""
+        self._tries_here[e.seq] = self._tries_here.get(e.seq, 0) + 1
+        return replace(e, tries=e.tries + 1, last_try_at=now, next_try_at=now + self.schedule.repeat_interval_s)
+
+    def _swap(self, e: SafEntry) -> tuple[SafEntry, ...]:
+        return tuple(e if x.seq == e.seq else x for x in self._entries)
+
+    def _publish(self, next_seq: int, entries: tuple[SafEntry, ...], refused: tuple[RefusedEntry, ...]) -> None:
+        if self.path is not None:
+            doc = {"format": FILE_FORMAT, "next_seq": next_seq, "entries": [asdict(e) for e in entries],
+                   "refused": [{"entry": asdict(r.entry), "rc": r.rc, "refused_at": r.refused_at} for r in refused]}
+            try:
+                _write_durably(self.path, json.dumps(doc, indent=1))
+            except OSError as exc:
+                raise SafError(f"queue file {self.path} could not be written ({type(exc).__name__}: "
+                               f"{exc.strerror})") from None
+        self._next_seq, self._entries, self._refused = next_seq, entries, refused
+
+
+def adopt_pending_reversals(queue: SafQueue, state: dict[str, Any]) -> bool:
+    """Move a state file's old `pending_reversals` (the fleet's format before the queue:
+    {"fields", "sent"}) into the queue, durably; the caller then saves its state without
+    them. True if there were any. Adopting twice queues nothing twice (same STAN and DE7)."""
+    pending = state.get("pending_reversals") or ()
+    for p in pending:
+        e = queue.enqueue(p["fields"])
+        if p.get("sent") and e.tries == 0:
+            queue.sending(e.seq, p["fields"])  # sent before: its next try is a repeat, with its KSN
+    return bool(pending)
+
+
+# ---------------------------------------------------------------------------- forwarding
+
+class SafLink(Protocol):
+    """The connection `forward` sends on."""
+
+    async def ready(self) -> bool:
+        """True when a signed-on connection is there to send on (False ends the pass)."""
+
+    def secure(self, fields: dict[str, str]) -> dict[str, str]:
+        """The fields as they will be sent: KSN (a first send advances the counter, a repeat
+        keeps its DE53) and PIN block; the MAC is added when sent."""
+
+    async def exchange(self, secured: dict[str, str]) -> dict[str, str] | None:
+        """Send and return the answer with the same DE11, or None (timeout, dropped)."""
+
+
+T = TypeVar("T")
+
+
+async def _inline(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+    return fn(*args, **kw)
+
+
+async def forward(queue: SafQueue, link: SafLink, *,
+                  offload: Callable[..., Awaitable[Any]] = _inline) -> Forwarded:
+    """One pass over the queue on `link`'s connection: each due entry, oldest first, until
+    none is due or the link is gone. Every try is recorded before it is sent. `offload` runs
+    the queue's (blocking, fsync'ing) changes: inline, or `asyncio.to_thread` in a fleet that
+    must not stall its event loop."""
+    done = Forwarded()
+    while (e := queue.next_due()) is not None:
+        if not await link.ready():
+            break
+        secured = link.secure(queue.outgoing(e))
+        await offload(queue.sending, e.seq, secured)
+        if e.tries:
+            done.repeats += 1
+        else:
+            done.firsts += 1
+        answer = await link.exchange(secured)
+        if answer is not None:
+            done.answers[e.seq] = answer
+        v = await offload(queue.answered, e.seq, None if answer is None else answer.get("39", ""))
+        if v is Verdict.ACCEPTED:
+            done.accepted += 1
+        elif v is Verdict.REFUSED:
+            done.refused += 1
+        else:
+            done.unacknowledged += 1
+    return done
+
+
+class ClientLink:
+    """`SafLink` over one `TerminalClient` connection (signed on by the caller), with
+    answers matched by DE11: a late answer to another message is skipped, not taken for
+    this one's. `on_secured` runs after a first send took a new KSN, before it is sent
+    (`eum terminal` persists its counter there)."""
+
+    def __init__(self, client: TerminalClient, *, on_secured: Callable[[], None] = lambda: None) -> None:
+        self.client = client
+        self.on_secured = on_secured
+        self.down = False
+        self.sent: dict[str, dict[str, str]] = {}  # STAN → the fields last sent with it (secured)
+        self.mac_ok: dict[str, bool | None] = {}  # STAN → the matched answer's MAC verdict
+
+    async def ready(self) -> bool:
+        return not self.down and self.client.writer is not None and not self.client.writer.is_closing()
+
+    def secure(self, fields: dict[str, str]) -> dict[str, str]:
+        secured, _ = self.client.secure(fields)
+        if secured.get("53") != fields.get("53"):
+            self.on_secured()
+        return secured
+
+    async def exchange(self, secured: dict[str, str]) -> dict[str, str] | None:
+        return await self.request(secured)
+
+    async def request(self, fields: dict[str, str]) -> dict[str, str] | None:
+        """Send `fields` (secured already when they carry DE53) and wait, at most the client's
+        response timeout in all, for the answer with their DE11."""
+        client, stan = self.client, fields.get("11")
+        try:
+            async with asyncio.timeout(client.response_timeout_ms / 1000):
+                try:
+                    answer = await client.request(fields)
+                finally:
+                    self.sent[stan] = client.last_request
+                first = True
+                while answer is not None and answer.get("11") != stan:
+                    answer, first = await client.receive(), False
+        except (TimeoutError, asyncio.TimeoutError):
+            return None
+        except (ConnectionError, OSError):
+            self.down = True
+            return None
+        if answer is None:
+            self.down = True  # the switch closed the connection
+            return None
+        self.mac_ok[stan] = client.last_response_mac_ok if first else self._mac_ok(answer)
+        return answer
+
+    def _mac_ok(self, answer: dict[str, str]) -> bool | None:
+        """The verdict `TerminalClient.request` gives the first frame it reads, for a later one."""
+        client, sent = self.client, self.client.last_request
+        if client.security is None or sent.get("t") not in SECURED_MTIS:
+            return None
+        if mac_field(answer) not in answer:
+            return False if ("64" in answer or "128" in answer) else None  # a MAC not last cannot be right
+        return client.security.verify_response(client.last_response_payload, ksn=sent.get("53"))
