@@ -1,6 +1,8 @@
 """The compiled codec (switch/wire/codec.py `_Compiled`) against pyiso8583, the reference.
 
-For every input, decode_fields / encode_fields must give exactly what pyiso8583 gives: the
+For every input, wire_decode / wire_encode (decode_fields / encode_fields before a dialect's
+settings translate the fields, docs/host-interface.md §1 "Dialect settings"; the same
+functions for a dialect without settings) must give exactly what pyiso8583 gives: the
 same dict, the same bytes, or the same error (class, field, message). Inputs are generated
 from the dialect's own spec (valid messages), then broken in the ways a terminal breaks them.
 Values take every length a field allows (0 … max_len of each LLVAR/LLLVAR field, so LLLVAR
@@ -18,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from switch.wire.codec import FIELD_NOT_IN_DIALECT, DecodeError, Dialect, EncodeError, _fast_decode, _fast_encode, \
-    _Fallback, decode_fields, dialects_dir, encode_fields, load_dialect
+    _Fallback, decode_fields, dialects_dir, encode_fields, load_dialect, wire_decode, wire_encode
 from switch.wire.framing import Framing
 
 DIALECTS = [load_dialect(path.stem) for path in sorted(dialects_dir().glob("*.toml"))]  # every shipped dialect
@@ -52,7 +54,7 @@ def reference_decode(payload: bytes, dialect: Dialect):
 
 
 def ours_decode(payload: bytes, dialect: Dialect):
-    return outcome(decode_fields, payload, dialect)
+    return outcome(wire_decode, payload, dialect)
 
 
 def reference_encode(doc: dict, dialect: Dialect):
@@ -60,7 +62,7 @@ def reference_encode(doc: dict, dialect: Dialect):
 
 
 def ours_encode(doc: dict, dialect: Dialect):
-    return outcome(encode_fields, doc, dialect)
+    return outcome(wire_encode, doc, dialect)
 
 
 @st.composite

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from switch.authorize.hsm_client import HsmUnavailable
 from switch.authorize.security import Security, SecurityError, TerminalKeys
-from switch.wire.codec import Dialect, EncodeError, encode_fields
+from switch.wire.codec import Dialect, EncodeError, encode_fields, mac_location, mac_span, splice_mac
 from switch.wire.messages import Rc
 
-MAC_SIZE = 8  # bytes of DE64 / DE128
+MAC_PLACEHOLDER = "0" * 16  # canonical hex: 8 zero bytes, or 16 "0" characters in a hex-form dialect
 
 
 class AnswerFailed(Exception):
@@ -24,7 +24,8 @@ class AnswerFailed(Exception):
 
 
 def mac_field(fields: dict[str, str]) -> str:
-    """The MAC is the last field: DE128 when the message has a secondary bitmap, else DE64."""
+    """The canonical MAC field, the last field: DE128 when the message has a secondary bitmap,
+    else DE64. A dialect with its own MAC field moves it there (codec `from_canonical`)."""
     return "128" if any(k.isdigit() and 65 <= int(k) <= 127 for k in fields) else "64"
 
 
@@ -34,19 +35,23 @@ class Answerer:
         self.security = security
 
     async def encode(self, fields: dict[str, str], sign: tuple[TerminalKeys, str] | None) -> bytes:
-        """The message bytes; for a secured terminal the MAC under the request's KSN is the
-        last 8 bytes. Raises AnswerFailed."""
+        """The message bytes; for a secured terminal the MAC under the request's KSN, in the
+        dialect's MAC field and form, over every byte before it (codec `mac_span`). Raises
+        AnswerFailed."""
         if sign is None or self.security is None:
             return self._encode(fields)
-        payload = self._encode({**fields, mac_field(fields): "0" * 2 * MAC_SIZE})
+        payload = self._encode({**fields, mac_field(fields): MAC_PLACEHOLDER})
+        span = mac_span(payload, self.dialect)
+        if span is None:  # check_responses refuses such a dialect at start; without that check, 96
+            raise AnswerFailed(Rc.SYSTEM_ERROR, f"response MAC: {mac_location(self.dialect)} is not the last field")
         keys, ksn = sign
         try:
-            mac = await self.security.response_mac(keys, ksn, payload[:-MAC_SIZE])
+            mac = await self.security.response_mac(keys, ksn, span[0])
         except HsmUnavailable:
             raise AnswerFailed(Rc.HSM_UNAVAILABLE, "HSM unavailable for the response MAC") from None
         except SecurityError as exc:
             raise AnswerFailed(Rc.HSM_UNAVAILABLE, f"response MAC: HSM error {exc.error}") from None
-        return payload[:-MAC_SIZE] + bytes.fromhex(mac)
+        return splice_mac(payload, mac, self.dialect)
 
     async def encode_best_effort(self, fields: dict[str, str], sign: tuple[TerminalKeys, str] | None) -> bytes | None:
         """A decline nothing was stored for: MAC'd when the HSM can, else sent without a MAC

@@ -34,7 +34,7 @@ from switch.ledger.records import Commit, KsnAccepted, MessageOutcome
 from switch.ledger.store import LedgerUnavailable
 from switch.ledger.writer import LedgerWriter
 from switch.rules.policy import Rules
-from switch.wire.codec import response_fields
+from switch.wire.codec import Dialect, mac_location, mac_span, response_fields
 from switch.wire.messages import Kind, Rc, Request
 
 log = structlog.get_logger()
@@ -162,7 +162,7 @@ class Engine:
         sign = None
         if terminal.security in SECURED:
             keys = TerminalKeys(terminal.security, terminal.key_lmk, terminal.ksn_initial)
-            refused = await self._check_mac(req, raw, keys)
+            refused = await self._check_mac(req, raw, keys, a.dialect)
             if refused is not None:
                 return await self._unstored(a, req, fields, *refused)
             sign = (keys, req.ksn)
@@ -285,21 +285,24 @@ class Engine:
 
     # ------------------------------------------------------------------ security (through the HSM)
 
-    async def _check_mac(self, req: Request, raw: bytes, keys: TerminalKeys) -> tuple[Rc, str] | None:
-        """A secured terminal's request must carry its KSN (DE53) and a MAC (DE64) over every
-        byte of the message before the MAC; a bad MAC is answered 63 and nothing is done."""
+    async def _check_mac(self, req: Request, raw: bytes, keys: TerminalKeys, dialect: Dialect) -> tuple[Rc, str] | None:
+        """A secured terminal's request must carry its KSN (DE53) and a MAC (DE64, or the
+        dialect's MAC field, in its form) over every byte of the message before the MAC's data
+        (codec `mac_span`); a bad MAC is answered 63 and nothing is done."""
         ksn_size = {"dukpt-tdes": 20, "dukpt-aes": 24}.get(keys.profile, 0)
         if not req.mac or len(req.ksn) != ksn_size:
             field_no = "64" if not req.mac else "53"
             return Rc.FORMAT_ERROR, f"DE{field_no} required by the terminal's {keys.profile} profile"
         if keys.profile in DUKPT and ksn_parts(keys.profile, req.ksn)[0] != ksn_parts(keys.profile, keys.ksn_initial)[0]:
             return Rc.SECURITY_VIOLATION, "KSN of another device"
-        if raw[-8:].hex().upper() != req.mac.upper():
-            return Rc.FORMAT_ERROR, "DE64 must be the last field"
+        span = mac_span(raw, dialect)
+        if span is None or span[1] != req.mac.upper():
+            return Rc.FORMAT_ERROR, f"{mac_location(dialect)} must be the last field"
+        covered, mac = span
         if self.security is None:
             return Rc.HSM_UNAVAILABLE, "no HSM configured"
         try:
-            ok = await self.security.verify_mac(keys, req.ksn, raw[:-8], req.mac)
+            ok = await self.security.verify_mac(keys, req.ksn, covered, mac)
         except HsmUnavailable:
             return Rc.HSM_UNAVAILABLE, "HSM unavailable"
         except SecurityError as exc:

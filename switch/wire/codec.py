@@ -1,7 +1,9 @@
 """ISO 8583 codec: dialect files, bytes ↔ pyiso8583 dicts ↔ typed messages.
 
 Pure module. A dialect is data (config/dialects/<name>.toml): framing plus the full field
-spec in pyiso8583's format, so a terminal speaking another dialect needs a file, not code.
+spec in pyiso8583's format, and settings for what a terminal family does differently from
+the canonical fields (`to_canonical` / `from_canonical`, "translation" below), so a terminal
+speaking another dialect needs a file, not code.
 
 Two codecs, one behaviour. pyiso8583 is the reference. On the hot path each dialect is
 compiled once into per-field tuples (`_Compiled`): a message the compiled codec reads or
@@ -47,15 +49,105 @@ from switch.wire.messages import (
 _SPEC_KEYS = ("data_enc", "len_enc", "len_type", "max_len", "desc")
 
 
+# ---------------------------------------------------------------------------- dialect settings
+#
+# What a terminal family does differently from the fields the switch reads (the *canonical*
+# fields: the default dialect's values, docs/host-interface.md §1 "Dialect settings"). The
+# codec translates after decoding (`to_canonical`) and before encoding (`from_canonical`), so
+# parse_request, the engine and the ledger never see a dialect. A dialect without settings
+# tables is served exactly as pyiso8583 reads it: no translation at all.
+
+@dataclass(frozen=True, slots=True)
+class ResponseCodeLayout:
+    """DE39 as the dialect carries it: the switch's 2-character codes, `pad` added on `side`
+    up to `width` (3, left, "0": 00 → "000", 51 → "051")."""
+
+    width: int = 2
+    pad: str = ""
+    side: str = "left"
+
+
+@dataclass(frozen=True, slots=True)
+class Pad:
+    """A fixed text field whose short values are filled with `char` on `side`. `strip`: the
+    host removes them before it compares the value (DE41 with the terminal, DE42 with its
+    merchant); otherwise the value is compared as received."""
+
+    char: str
+    side: str
+    strip: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MacLayout:
+    """Where the MAC is: `field` "" is DE128 when the message has a secondary bitmap, else
+    DE64 (ISO 8583: the MAC is the last field). `form` "binary" is 8 bytes, "hex" 16 ASCII hex
+    characters. `covers` "preceding": every byte of the message before the MAC's data."""
+
+    field: str = ""
+    form: str = "binary"
+    covers: str = "preceding"
+
+
+@dataclass(frozen=True, slots=True)
+class KsnLayout:
+    """Where the DUKPT KSN is and how: "hex" text (canonical: uppercase) or "binary" bytes."""
+
+    field: str = "53"
+    form: str = "hex"
+
+
+@dataclass(frozen=True)
+class DialectSettings:
+    response_code: ResponseCodeLayout = ResponseCodeLayout()
+    dates: dict[str, str] = field(default_factory=dict)   # DE7/DE12/DE13 → its layout, when not canonical
+    pads: dict[str, Pad] = field(default_factory=dict)    # field number → its pad
+    mac: MacLayout = MacLayout()
+    ksn: KsnLayout = KsnLayout()
+
+
+# The canonical layout of each date field (what parse_request reads), and the layouts a
+# dialect may give it instead: the canonical one after a date (YYMMDD / YYYYMMDD) or a year.
+CANONICAL_DATES = {"7": "MMDDhhmmss", "12": "hhmmss", "13": "MMDD"}
+DATE_LAYOUTS = {
+    "7": ("MMDDhhmmss", "YYMMDDhhmmss", "YYYYMMDDhhmmss"),
+    "12": ("hhmmss", "YYMMDDhhmmss", "YYYYMMDDhhmmss"),
+    "13": ("MMDD", "YYMMDD", "YYYYMMDD"),
+}
+# Canonical widths of the padded fields the switch compares: the terminal id as provisioned
+# (8) and the merchant id as the ledger keeps it, right-padded with spaces to 15.
+_CANONICAL_WIDTH = {"41": 8, "42": 15}
+RC_WIDTH = 2  # the switch's own response codes (messages.Rc)
+MAC_SIZE = {"binary": 8, "hex": 16}  # bytes of the MAC field's data, per form
+# The side key: what to_canonical changed that from_canonical must give back as it came (a
+# date's year, a DE13 the request did not carry), as "12:251231235959,13:" ("" = absent).
+WIRE_KEY = "wire"
+
+
+@dataclass(frozen=True, slots=True)
+class _MacPlan:
+    """How `mac_span` finds the MAC in an encoded message without decoding it."""
+
+    bitmap_at: int | None   # offset of the primary bitmap (None: header or MTI of variable length)
+    bitmap_text: str        # "" for binary bitmaps, else their text encoding (16 hex characters)
+    field: int              # 0: DE128 with a secondary bitmap, else DE64
+    size: int               # bytes of the MAC's data
+    hex: bool
+
+
 @dataclass(frozen=True)
 class Dialect:
     name: str
     framing: Framing
     spec: dict[str, dict[str, Any]]
     compiled: "_Compiled | None" = field(default=None, init=False, repr=False, compare=False)
+    settings: DialectSettings | None = None  # None: no settings tables, no translation
+    mac_plan: _MacPlan | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "compiled", _compile(self.spec))
+        mac = self.settings.mac if self.settings is not None else MacLayout()
+        object.__setattr__(self, "mac_plan", _mac_plan(self.spec, mac))
 
 
 class _Fallback(Exception):
@@ -122,14 +214,142 @@ def load_dialect(name: str, *, directory: Path | None = None) -> Dialect:
     for key in ("h", "t", "p", "1"):
         if key not in spec:
             raise ValueError(f"dialect {name}: fields.{key} is required")
-    return Dialect(name=name, framing=framing, spec=spec)
+    unknown = sorted(set(data) - {"framing", "fields", *_SETTING_TABLES})
+    if unknown:
+        raise ValueError(f"dialect {name}: unknown table {unknown[0]!r}; known: framing, fields, "
+                         f"{', '.join(_SETTING_TABLES)}")
+    settings = None
+    if any(table in data for table in _SETTING_TABLES):
+        settings = _settings(data, spec, lambda setting, problem: ValueError(f"dialect {name}: {setting}: {problem}"))
+    return Dialect(name=name, framing=framing, spec=spec, settings=settings)
+
+
+_SETTING_TABLES = ("response_code", "dates", "pad", "mac", "ksn")
+
+
+def _table(data: dict[str, Any], name: str, keys: tuple[str, ...], refuse) -> dict[str, Any]:
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise refuse(name, "must be a table")
+    extra = sorted(set(table) - set(keys))
+    if extra:
+        raise refuse(f"{name}.{extra[0]}", f"unknown setting; known: {', '.join(keys)}")
+    return table
+
+
+def _choice(value: Any, setting: str, allowed: tuple[str, ...], refuse) -> str:
+    if value not in allowed:
+        raise refuse(setting, f"must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+    return value
+
+
+def _fixed_text(spec: dict[str, dict[str, Any]], no: str, setting: str, refuse) -> dict[str, Any]:
+    f = spec.get(no)
+    if f is None:
+        raise refuse(setting, f"fields.{no} is not in the dialect")
+    if f["len_type"] != 0 or f["data_enc"] == "b":
+        raise refuse(setting, f"fields.{no} must be fixed-length text (len_type 0, data_enc not 'b')")
+    return f
+
+
+def _field_number(value: Any, setting: str, refuse) -> str:
+    no = str(value)
+    if not (no.isdigit() and no.isascii() and 2 <= int(no) <= 128 and no == str(int(no))):
+        raise refuse(setting, f"must be a field number 2..128, got {value!r}")
+    return no
+
+
+def _settings(data: dict[str, Any], spec: dict[str, dict[str, Any]], refuse) -> DialectSettings:
+    """The dialect's settings tables, each checked against its field specs. `refuse(setting,
+    problem)` builds the one-line error naming the dialect and the setting."""
+    rc = _table(data, "response_code", ("width", "pad", "side"), refuse)
+    width = rc.get("width", RC_WIDTH)
+    if not isinstance(width, int) or isinstance(width, bool) or not RC_WIDTH <= width <= 3:
+        raise refuse("response_code.width", f"must be 2 or 3, got {width!r}")
+    pad = rc.get("pad", "")
+    if width > RC_WIDTH and (not isinstance(pad, str) or len(pad) != 1):
+        raise refuse("response_code.pad", f"one character is required to widen the code to {width}")
+    response_code = ResponseCodeLayout(width=width, pad=pad,
+                                       side=_choice(rc.get("side", "left"), "response_code.side", ("left", "right"), refuse))
+    dates = {}
+    for no, layout in _table(data, "dates", tuple(DATE_LAYOUTS), refuse).items():
+        setting = f"dates.{no}"
+        _choice(layout, setting, DATE_LAYOUTS[no], refuse)
+        if _fixed_text(spec, no, setting, refuse)["max_len"] != len(layout):
+            raise refuse(setting, f"{layout} needs fields.{no} fixed at {len(layout)} characters, "
+                                  f"not {spec[no]['max_len']}")
+        if layout != CANONICAL_DATES[no]:
+            dates[no] = layout
+    pads = {}
+    pad_tables = data.get("pad", {})
+    if not isinstance(pad_tables, dict):
+        raise refuse("pad", "must be a table of fields")
+    for no in pad_tables:
+        setting = f"pad.{no}"
+        _field_number(no, setting, refuse)
+        if no == "39":
+            raise refuse(setting, "DE39 is padded by response_code")
+        p = _table(pad_tables, no, ("char", "side", "strip"), lambda s, problem: refuse(f"pad.{s}", problem))
+        char = p.get("char", " ")
+        if not isinstance(char, str) or len(char) != 1:
+            raise refuse(f"{setting}.char", f"must be one character, got {char!r}")
+        strip = p.get("strip", False)
+        if not isinstance(strip, bool):
+            raise refuse(f"{setting}.strip", f"must be true or false, got {strip!r}")
+        _fixed_text(spec, no, setting, refuse)
+        pads[no] = Pad(char=char, side=_choice(p.get("side", "right"), f"{setting}.side", ("left", "right"), refuse),
+                       strip=strip)
+    m = _table(data, "mac", ("field", "form", "covers"), refuse)
+    mac_field = m.get("field", "auto")
+    mac = MacLayout(field="" if mac_field == "auto" else _field_number(mac_field, "mac.field", refuse),
+                    form=_choice(m.get("form", "binary"), "mac.form", tuple(MAC_SIZE), refuse),
+                    covers=_choice(m.get("covers", "preceding"), "mac.covers", ("preceding",), refuse))
+    for no in (mac.field,) if mac.field else ("64", "128"):
+        f = spec.get(no)
+        binary = mac.form == "binary"
+        if f is None or f["len_type"] != 0 or f["max_len"] != MAC_SIZE[mac.form] or (f["data_enc"] == "b") != binary:
+            raise refuse("mac.form" if f is not None else "mac.field",
+                         f"a {mac.form} MAC needs fields.{no} fixed at {MAC_SIZE[mac.form]} "
+                         f"{'bytes, data_enc b' if binary else 'characters of text'}")
+    if mac.field and (spec["h"]["len_type"] or spec["t"]["len_type"]):
+        raise refuse("mac.field", "the MAC is found through the bitmap: fields.h and fields.t must be fixed-length")
+    k = _table(data, "ksn", ("field", "form"), refuse)
+    ksn = KsnLayout(field=_field_number(k.get("field", 53), "ksn.field", refuse),
+                    form=_choice(k.get("form", "hex"), "ksn.form", ("hex", "binary"), refuse))
+    f = spec.get(ksn.field)
+    if f is None or (f["data_enc"] == "b") != (ksn.form == "binary"):
+        raise refuse("ksn.form", f"a {ksn.form} KSN needs fields.{ksn.field} "
+                                 f"{'with data_enc b' if ksn.form == 'binary' else 'as text'}")
+    return DialectSettings(response_code=response_code, dates=dates, pads=pads, mac=mac, ksn=ksn)
+
+
+def _mac_plan(spec: dict[str, dict[str, Any]], mac: MacLayout) -> _MacPlan:
+    h, t, p = spec.get("h"), spec.get("t"), spec.get("p")
+    fixed = h is not None and t is not None and p is not None and not h["len_type"] and not t["len_type"]
+    return _MacPlan(bitmap_at=h["max_len"] + t["max_len"] if fixed else None,
+                    bitmap_text="" if p is None or p["data_enc"] == "b" else p["data_enc"],
+                    field=int(mac.field or 0), size=MAC_SIZE[mac.form], hex=mac.form == "hex")
 
 
 # ---------------------------------------------------------------------------- decode
 
 def decode_fields(payload: bytes, dialect: Dialect) -> dict[str, str]:
-    """Bytes → fields as pyiso8583 gives them. A present-but-empty secondary bitmap is
-    accepted (pyiso8583 does)."""
+    """Bytes → canonical fields: as pyiso8583 gives them (`wire_decode`), then translated by
+    the dialect's settings (`to_canonical`); a dialect without settings is not translated. A
+    DecodeError carries the fields read so far as the wire has them."""
+    if dialect.settings is None:  # the hot path of the shipped default dialects: one check more
+        if dialect.compiled is not None:
+            try:
+                return _fast_decode(payload, dialect.compiled)
+            except _Fallback:
+                pass
+        return reference_decode(payload, dialect)
+    return to_canonical(wire_decode(payload, dialect), dialect)
+
+
+def wire_decode(payload: bytes, dialect: Dialect) -> dict[str, str]:
+    """Bytes → fields as pyiso8583 gives them, untranslated. A present-but-empty secondary
+    bitmap is accepted (pyiso8583 does)."""
     if dialect.compiled is not None:
         try:
             return _fast_decode(payload, dialect.compiled)
@@ -388,6 +608,9 @@ def response_fields(resp: Response) -> dict[str, str]:
     for no in ECHO_FIELDS.get(resp.mti, ()):
         if no in resp.echo:
             out[no] = resp.echo[no]
+    wire = resp.echo.get(WIRE_KEY)  # a dialect's dates as they came: echoed as they came
+    if wire:
+        out[WIRE_KEY] = wire
     out["39"] = resp.rc.value
     if resp.rrn:
         out["37"] = resp.rrn
@@ -410,23 +633,58 @@ _SET_BY_SWITCH = {"37": "000000000001", "38": "000001",
 
 def check_responses(dialect: Dialect) -> None:
     """Every response the switch can send fits the dialect: each response MTI with every
-    response code, the RRN, authorization code and balances it sets, and a MAC (DE64, or
-    DE128 with a secondary bitmap). Raises DialectError naming the field, in one line."""
+    response code (as the dialect's settings pad it), the RRN, authorization code and balances
+    it sets, and a MAC (DE64, or DE128 with a secondary bitmap, or the dialect's MAC field,
+    which must then be the last field of every response). Raises DialectError naming the
+    field, in one line."""
     for mti in sorted(set(RESPONSE_MTI.values())):
-        base = {"t": mti, "7": "0101000000", "11": "000001", "41": "T0000001"}
+        base = _canonical_sample({"t": mti, "7": "0101000000", "11": "000001", "41": "T0000001"}, dialect)
         samples = [{**base, "39": rc.value} for rc in Rc]
         samples.append({**base, "39": Rc.APPROVED.value, **_SET_BY_SWITCH})
         samples.append({**base, "39": Rc.APPROVED.value, "64": "0" * 16})
         samples.append({**base, "39": Rc.APPROVED.value, "95": "0" * 42, "128": "0" * 16})
         for fields in samples:
+            wire = from_canonical(fields, dialect) if dialect.settings is not None else fields
             try:
-                encode_fields(fields, dialect)
+                wire_encode(wire, dialect)
             except EncodeError as exc:
                 raise DialectError(f"dialect {dialect.name}: DE{exc.field} cannot carry the {mti} response "
-                                   f"(DE{exc.field} = {fields.get(exc.field, '')!r}): {exc.msg}") from None
+                                   f"(DE{exc.field} = {wire.get(exc.field, '')!r}): {exc.msg}") from None
+        mac = dialect.mac_plan.field
+        later = [no for no in (*ECHO_FIELDS.get(mti, ()), *_SET_BY_SWITCH, "39") if mac and int(no) > mac]
+        if later:
+            raise DialectError(f"dialect {dialect.name}: DE{mac} cannot carry the MAC of the {mti} response "
+                               f"(mac.field): DE{max(later, key=int)} would follow it, and the MAC is the last field")
+
+
+def _canonical_sample(fields: dict[str, str], dialect: Dialect) -> dict[str, str]:
+    """Canonical sample fields as a request in the dialect would give them: its date
+    layouts carry a year (and a date) the canonical value lacks."""
+    if dialect.settings is None:
+        return fields
+    wire = dict(fields)
+    for no, layout in dialect.settings.dates.items():
+        if no in wire:
+            wire[no] = wire[no].rjust(len(layout), "0")
+    return to_canonical(wire, dialect)
 
 
 def encode_fields(fields: dict[str, str], dialect: Dialect) -> bytes:
+    """Canonical fields → bytes: translated by the dialect's settings (`from_canonical`),
+    then encoded (`wire_encode`). Raises EncodeError naming the field."""
+    if dialect.settings is not None:
+        fields = from_canonical(fields, dialect)
+    if dialect.compiled is not None:  # wire_encode, inline: the shipped default dialects' hot path
+        try:
+            return _fast_encode(fields, dialect.compiled)
+        except _Fallback:
+            pass
+    raw, _ = iso8583.encode(dict(fields), dialect.spec)
+    return bytes(raw)
+
+
+def wire_encode(fields: dict[str, str], dialect: Dialect) -> bytes:
+    """Fields as the wire has them → bytes, exactly as pyiso8583 encodes them."""
     if dialect.compiled is not None:
         try:
             return _fast_encode(fields, dialect.compiled)
@@ -505,16 +763,202 @@ def _fast_encode(doc: dict[str, str], c: _Compiled) -> bytes:
     return b"".join((header.encode("ascii"), mti_raw, bitmaps, *parts))
 
 
+# ---------------------------------------------------------------------------- translation
+#
+# Pure functions of (fields, settings). Each leaves alone a value not in the shape it
+# translates (a date of another length, a response code of another width): parse_request
+# then blames that field, and an answer echoing it sends it back as it came.
+
+def to_canonical(fields: dict[str, str], dialect: Dialect) -> dict[str, str]:
+    """A request's fields as the dialect sends them → the canonical fields parse_request
+    reads: response code unpadded, dates in their canonical layout (DE13 taken from a DE12
+    that carries the date, when the request has no DE13), pads stripped where the host strips
+    them, MAC and KSN in DE64 (or DE128) and DE53 as uppercase hex. What a response must echo
+    as it came is kept under WIRE_KEY."""
+    s = dialect.settings
+    if s is None:
+        return fields
+    out = dict(fields)
+    rc = s.response_code
+    if rc.width != RC_WIDTH and "39" in out:
+        out["39"] = _rc_unpadded(out["39"], rc)
+    kept: list[str] = []
+    for no, layout in s.dates.items():
+        value = out.get(no)
+        if value is None or len(value) != len(layout) or not (value.isdigit() and value.isascii()):
+            continue
+        out[no] = value[-len(CANONICAL_DATES[no]):]
+        kept.append(f"{no}:{value}")
+        if no == "12" and "13" not in out and "MMDD" in layout:
+            out["13"] = value[-10:-6]
+            kept.append("13:")  # not on the wire: not in the answer either
+    for no, pad in s.pads.items():
+        if pad.strip and no in out:
+            value = out[no].lstrip(pad.char) if pad.side == "left" else out[no].rstrip(pad.char)
+            out[no] = value.ljust(_CANONICAL_WIDTH.get(no, 0))
+    mac, ksn = s.mac, s.ksn
+    if mac.field not in ("", "64", "128") and mac.field in out and "64" not in out:
+        out["64"] = out.pop(mac.field)
+    if mac.form == "hex":
+        for no in ("64", "128"):
+            if no in out:
+                out[no] = out[no].upper()
+    if ksn.field != "53" and ksn.field in out and "53" not in out:
+        out["53"] = out.pop(ksn.field)
+    if ksn.form == "hex" and "53" in out:
+        out["53"] = out["53"].upper()
+    if kept:
+        out[WIRE_KEY] = ",".join(kept)
+    return out
+
+
+def from_canonical(fields: dict[str, str], dialect: Dialect) -> dict[str, str]:
+    """Canonical fields (a response, or a request a client builds) → the fields as the
+    dialect carries them: the response code padded to its width, echoed dates as they came,
+    pads applied to short values, the MAC (placed in DE64, or DE128) in the dialect's MAC
+    field, the KSN in its KSN field. The inverse of to_canonical on what it translated, and
+    the identity on values already as the dialect has them (the fields of a request that
+    could not be decoded, echoed as read)."""
+    s = dialect.settings
+    if s is None:
+        return fields
+    out = dict(fields)
+    kept = _kept(out.pop(WIRE_KEY, ""))
+    rc = s.response_code
+    if rc.width != RC_WIDTH and "39" in out:
+        out["39"] = _rc_padded(out["39"], rc)
+    for no in s.dates:
+        if no in kept and no in out:
+            if kept[no] == "":
+                del out[no]
+            elif kept[no].endswith(out[no]):
+                out[no] = kept[no]
+    if "13" in kept and kept["13"] == "" and "13" in out:
+        del out["13"]
+    for no, pad in s.pads.items():
+        if no in out:
+            value = out[no].rstrip(" ") if pad.strip and no in _CANONICAL_WIDTH else out[no]
+            width = dialect.spec[no]["max_len"]
+            out[no] = value.rjust(width, pad.char) if pad.side == "left" else value.ljust(width, pad.char)
+    target = s.mac.field
+    if target:
+        for no in ("64", "128"):
+            if no != target and no in out and target not in out:
+                out[target] = out.pop(no)
+    if s.ksn.field != "53" and "53" in out and s.ksn.field not in out:
+        out[s.ksn.field] = out.pop("53")
+    return out
+
+
+def _kept(text: str) -> dict[str, str]:
+    if not text:
+        return {}
+    return dict(entry.split(":", 1) for entry in text.split(",") if ":" in entry)
+
+
+def _rc_padded(code: str, layout: ResponseCodeLayout) -> str:
+    if len(code) != RC_WIDTH:
+        return code  # not a code of the switch's: as it came
+    fill = layout.pad * (layout.width - RC_WIDTH)
+    return fill + code if layout.side == "left" else code + fill
+
+
+def _rc_unpadded(code: str, layout: ResponseCodeLayout) -> str:
+    fill = layout.pad * (layout.width - RC_WIDTH)
+    if len(code) != layout.width:
+        return code
+    if layout.side == "left":
+        return code[len(fill):] if code.startswith(fill) else code
+    return code[:RC_WIDTH] if code.endswith(fill) else code
+
+
+# ---------------------------------------------------------------------------- MAC on the wire
+
+def mac_span(raw: bytes, dialect: Dialect) -> tuple[bytes, str] | None:
+    """Where an encoded message's MAC is, by the dialect's [mac] setting: (the bytes it
+    covers — every byte of the message before the MAC's data —, the MAC as canonical
+    uppercase hex). None when the message's last field is not the dialect's MAC field (read
+    from the bitmaps, without decoding the message) or the MAC is not in its form."""
+    plan = dialect.mac_plan
+    size = plan.size
+    if len(raw) <= size:
+        return None
+    if plan.bitmap_at is not None:
+        last, secondary = _last_field(raw, plan)
+        if last != (plan.field or (128 if secondary else 64)):
+            return None
+    tail = raw[-size:]
+    if not plan.hex:
+        return raw[:-size], tail.hex().upper()
+    if any(c not in _HEX_DIGITS for c in tail):
+        return None
+    return raw[:-size], tail.decode("ascii").upper()
+
+
+_HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
+
+
+def _last_field(raw: bytes, plan: _MacPlan) -> tuple[int, bool]:
+    """(the highest field number the bitmaps mark present — 0 for none or unreadable —,
+    whether a secondary bitmap is present)."""
+    size = 16 if plan.bitmap_text else 8
+    at = plan.bitmap_at
+
+    def bitmap(i: int) -> int:
+        chunk = raw[at + i * size : at + (i + 1) * size]
+        if len(chunk) != size:
+            raise ValueError("short bitmap")
+        if plan.bitmap_text:
+            chunk = bytes.fromhex(chunk.decode(plan.bitmap_text))
+        return int.from_bytes(chunk, "big")
+
+    try:
+        bits = bitmap(0)
+        secondary = bool(bits >> 63)
+        width = 64
+        if secondary:
+            bits, width = (bits << 64) | bitmap(1), 128
+    except (ValueError, UnicodeDecodeError):
+        return 0, False
+    if not bits:
+        return 0, secondary
+    return width - ((bits & -bits).bit_length() - 1), secondary
+
+
+def splice_mac(payload: bytes, mac: str, dialect: Dialect) -> bytes:
+    """An encoded message whose last field is the dialect's MAC field (holding a placeholder),
+    with `mac` (hex) in its place, in the dialect's MAC form."""
+    plan = dialect.mac_plan
+    data = mac.upper().encode("ascii") if plan.hex else bytes.fromhex(mac)
+    if len(data) != plan.size:
+        raise ValueError(f"a MAC of {len(data)} bytes where the dialect carries {plan.size}")
+    return payload[: -plan.size] + data
+
+
+def mac_location(dialect: Dialect) -> str:
+    """The dialect's MAC field, for a message naming it."""
+    return f"DE{dialect.mac_plan.field}" if dialect.mac_plan.field else "DE64 (DE128 with a secondary bitmap)"
+
+
 __all__ = [
     "DecodeError",
     "EncodeError",
     "Dialect",
+    "DialectSettings",
     "load_dialect",
     "decode_fields",
+    "wire_decode",
     "parse_request",
     "response_fields",
     "encode_fields",
+    "wire_encode",
+    "to_canonical",
+    "from_canonical",
+    "mac_span",
+    "splice_mac",
+    "mac_location",
     "partial_fields",
     "reference_decode",
     "FIELD_NOT_IN_DIALECT",
+    "WIRE_KEY",
 ]
