@@ -14,7 +14,7 @@ import pytest
 from conftest import (LAUNCH, account, card_id, payable, posting_entries, postings, provision, query,
                       start_switch)
 from switch.clock import FixedClock
-from switch.ledger.audit import verify
+from switch.ledger.audit import card_statement, verify
 from switch.ledger.reports import Period, build_report, table
 from switch.ledger.store import connect, locate
 from switch.wire.messages import Balances, decode_balances
@@ -59,6 +59,8 @@ async def test_a_hold_takes_cash_out_of_the_available_balance_and_the_completion
 
         inquiry = await client.request(term.balance(pan))
         assert decode_balances(inquiry["54"]) == Balances(cash=70_000, cashback=0)  # net of the hold
+        shown = card_statement(locate(env.data_dir), pan)  # eum admin card show
+        assert (shown["cash"], shown["held"], [p["kind"] for p in shown["postings"]][:1]) == (70_000, 30_000, ["hold"])
 
         done = await client.request(term.completion(auth, resp["37"], 20_000))
         assert (done["t"], done["39"], done["90"]) == ("0230", "00", auth["t"] + auth["11"] + auth["7"] + "0" * 22)

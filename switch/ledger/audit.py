@@ -170,6 +170,6 @@ def card_statement(db_path: Store, pan: str, *, recent: int = 10) -> dict[str, A
         ]
         return {"pan": mask_pan(pan), "program": program, "member": member, "expiry": expiry, "status": status,
                 "cash": bal("cash"), "cashback": bal("cashback"), "receivable": bal("receivable"),
-                "postings": postings}
+                "held": bal("held"), "postings": postings}  # held: by open pre-authorizations, out of cash
     finally:
         conn.close()
