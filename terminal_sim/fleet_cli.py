@@ -146,6 +146,9 @@ def report_table(report: FleetReport) -> Table:
                  or "—"))
     rows.append(("reversals (0400 / 0401 / unanswered)",
                  f"{report.reversals_sent:,} / {report.reversal_repeats_sent:,} / {report.reversals_unanswered:,}"))
+    if report.saf_refused or report.saf_attention:  # terminal_sim/saf.py: declined for good, or owed too long
+        rows.append(("store-and-forward (refused / needing attention)",
+                     f"{report.saf_refused:,} / {report.saf_attention:,}"))
     rows.append(("PIN purchases (wrong PIN)", f"{report.pin_purchases:,} ({report.wrong_pins_sent:,})"))
     rows.append(("echoes (failed)", f"{report.echoes_sent:,} ({report.echo_failures:,})"))
     if report.late_responses or report.unmatched_responses or report.connection_drops or report.reconnects:

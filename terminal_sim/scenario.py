@@ -96,7 +96,8 @@ class Pools:
 @dataclass(frozen=True)
 class TerminalBehaviour:
     """`echo_idle_s`: an idle terminal sends 0800/301 after this long without traffic.
-    `reversal_repeats_max`: 0401 repeats after an unanswered timeout reversal (0400)."""
+    `reversal_repeats_max`: 0401 repeats of a queued reversal per connection, after its 0400
+    (terminal_sim/saf.py: it stays queued, and is sent again on the next connection or run)."""
 
     echo_idle_s: float = 30.0
     reversal_repeats_max: int = 3
