@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import os
+import re
 import threading
 
 import pytest
@@ -211,7 +212,9 @@ def test_the_canonical_line_is_the_event_structlog_would_render_masked_and_witho
     _structlog.get_logger().info("message", **fields)
     _logs.flush()
     direct, chained = (_json.loads(line) for line in stream.getvalue().splitlines())
-    assert direct.pop("ts")[-1] == "Z" and chained.pop("ts")[-1] == "Z"
+    # one zone for every line: KST with its offset, to the microsecond (docs/operations.md, "Logs")
+    kst = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+09:00"
+    assert re.fullmatch(kst, direct.pop("ts")) and re.fullmatch(kst, chained.pop("ts"))
     assert direct == chained == {"peer": "127.0.0.1:5555", "pan": "941010******0011",
                                  "note": "card 941010******0011 unknown", "amount": 20000, "rc": "00",
                                  "event": "message", "level": "info"}

@@ -35,7 +35,7 @@ from switch.authorize.answer import Answerer
 from switch.authorize.engine import Engine
 from switch.wire.framing import Frame, FrameBuffer, FramingError, frame, swap_tpdu
 from switch.authorize.fairness import ProgramGate, ProgramLimits
-from switch.wire.messages import RESPONSE_MTI, FieldError, Kind, Rc
+from switch.wire.messages import RESPONSE_MTI, FieldError, Kind, Rc, kind_of
 from switch.ops.operations import OperationError, Operations
 
 log = structlog.get_logger()
@@ -93,6 +93,9 @@ def encode_answer(out: dict[str, str], dialect: Dialect) -> tuple[bytes | None, 
 def _describe(line: dict[str, Any], fields: dict[str, str]) -> None:
     """The canonical line's view of a request (as much of it as was decoded)."""
     line["mti"] = fields.get("t", "")
+    line["kind"] = kind_of(fields)
+    if "70" in fields:
+        line["de70"] = fields["70"]
     for no, name in _LOG_FIELDS.items():
         if no in fields:
             line[name] = fields[no].strip()
@@ -183,8 +186,9 @@ class Processor:
                 return routed
         program = self._gated_program(req)
         if program is not None:
+            line["program"] = program
             if not await self.gate.enter(program):
-                line.update(program=program, note="program over capacity: shed")
+                line["note"] = "program over capacity: shed"
                 return _error_response(fields, Rc.PROGRAM_BUSY), None
             try:
                 outcome = await self.engine.handle(req, fields, fr.payload, self.answerer, trusted=self.link)

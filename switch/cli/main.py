@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,11 @@ def cmd_switch(args: argparse.Namespace) -> int:
         print(f"eum switch: another process holds {config.data_dir}/switch.lock (a switch already runs there)",
               file=sys.stderr)
         return 2
-    logs.configure(data_dir=config.data_dir, name="switch", level=args.log_level, queued=True)
+    if args.log_keep < 1 or args.log_max_mb < 0:
+        raise ValueError(f"--log-keep must be at least 1 (got {args.log_keep}) and --log-max-mb at least 0 "
+                         f"(got {args.log_max_mb})")
+    logs.configure(data_dir=config.data_dir, name="switch", level=args.log_level, queued=True,
+                   max_bytes=args.log_max_mb * 1024 * 1024 if args.log_max_mb else None, keep=args.log_keep)
 
     async def main() -> None:
         async with open_core(config.data_dir, clock=_clock(args), batch_size_max=config.batch_size_max,
@@ -90,6 +95,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
             server = SwitchServer(config, Processor(core.engine, dialect, program_limits=config.program_limits(),
                                                     router=router), core.ops)
             expiring = asyncio.create_task(_expire_holds(core.ops))
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, logs.reopen)  # after logrotate
             try:
                 await serve_until_signalled(server, *links)
             finally:
@@ -368,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--hsm", help="HOST:PORT[,HOST:PORT…] of the HSMs, in failover order (eum hsm: 127.0.0.1:1500)")
     sw.add_argument("--mqtt", help="mqtt://HOST:PORT: publish the event outbox to this broker (docs/events.md)")
     sw.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    sw.add_argument("--log-max-mb", type=int, default=100,
+                    help="rotate <data-dir>/logs/switch.jsonl at this size (default 100; 0: never, for logrotate)")
+    sw.add_argument("--log-keep", type=int, default=5, help="rotated log files kept (default 5)")
     defaults = SwitchConfig()
     sw.add_argument("--program-in-flight-max", type=int, default=defaults.program_in_flight_max,
                     help="requests of one card program in progress at once (default %(default)s)")
@@ -407,8 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
 
     from switch.cli.events import add_events_parser
+    from switch.cli.logs import add_logs_parser
 
     add_events_parser(sub)
+    add_logs_parser(sub)
 
     for command in entry_points(group=COMMANDS_GROUP):  # eum hsm, terminal, fleet, demo, bench
         command.load()(sub)

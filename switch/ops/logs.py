@@ -5,7 +5,9 @@ is not a TTY, a readable console when it is; with a data dir, every event is als
 as JSON to <data-dir>/logs/<name>.jsonl. The switch queues its lines (Sink, queued=True): a
 flusher thread writes them every 50 ms, so logging costs the hot path no system call. Logging
 never raises: a line that cannot be written (a full disk) is dropped and counted, and the
-count is logged once a write succeeds again.
+count is logged once a write succeeds again. Timestamps are KST with the offset; the file
+rotates by size with a retention count and is opened again on SIGHUP (docs/operations.md,
+"Logs").
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from typing import Any, Callable, TextIO
 
 import structlog
 
-from switch.domain import mask_pan
+from switch.domain import KST, mask_pan
 
 # Keys whose values never reach a log, whatever they hold.
-SECRET_KEYS = frozenset({"pin", "pin_block", "track2", "track_data", "cvv", "cvv2", "key", "keys", "lmk", "pvv"})
+SECRET_KEYS = frozenset({"pin", "pin_block", "track2", "track_data", "cvv", "cvv2", "key", "keys", "lmk", "pvv",
+                         "components"})  # components: a ZMK's clear key components (eum admin kif-zmk)
 _PAN_LEN_MIN = 13
 _PAN_RE = re.compile(r"(?<!\d)\d{13,19}(?!\d)")
 
@@ -68,8 +71,15 @@ def mask_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str,
 _render = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
 
-def _utc_now() -> str:
-    return datetime.datetime.now(tz=datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+def _now() -> str:
+    """Every log line's `ts`: Korean time with its offset, microseconds — the zone reports and
+    `eum admin card show` use, so an operator compares times without converting."""
+    return datetime.datetime.now(tz=KST).isoformat(timespec="microseconds")
+
+
+def _timestamp(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    event["ts"] = _now()
+    return event
 
 
 def _reason(exc: BaseException) -> str:
@@ -96,7 +106,7 @@ class _Output:
         if lines <= 0:
             return
         if self.dropped == 0:
-            self.since = _utc_now()
+            self.since = _now()
         self.dropped += lines
         self.reason = reason
 
@@ -107,7 +117,7 @@ class _Output:
         if self.dropped:
             head = [self._render_dropped({"count": self.dropped, "reason": self.reason, "since": self.since,
                                           "output": self.name, "event": "log_lines_dropped", "level": "warning",
-                                          "ts": _utc_now()})]
+                                          "ts": _now()})]
         try:
             self._write("\n".join(head + lines) + "\n")
         except (OSError, ValueError) as exc:  # a full disk, an I/O error, a closed stream: never the caller's
@@ -122,6 +132,10 @@ class _Output:
         pass
 
 
+KEEP_DEFAULT = 5                      # rotated files kept beside the live one
+MAX_BYTES_DEFAULT = 100 * 1024 * 1024  # the switch rotates its log at 100 MiB (eum switch --log-max-mb)
+
+
 class _FileOutput(_Output):
     """The JSON-lines file, appended through one descriptor. A write that fails part-way is
     cut back to where it started, so the file never holds a torn line."""
@@ -129,14 +143,44 @@ class _FileOutput(_Output):
     name = "file"
     write_fd = staticmethod(os.write)  # a fault-injection seam: tests/test_logs_sink.py fails it
 
-    def __init__(self, path: Path, render_dropped: Callable[[dict[str, Any]], str]) -> None:
+    def __init__(self, path: Path, render_dropped: Callable[[dict[str, Any]], str], *,
+                 max_bytes: int | None = None, keep: int = KEEP_DEFAULT) -> None:
         super().__init__(render_dropped)
+        self.path, self.max_bytes, self.keep = path, max_bytes, keep
+        self.reopen_wanted = False  # set by a signal handler (SIGHUP): acted on by the next write
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._fd: int | None = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def _reopen(self) -> None:
+        """Close and open the path again: logrotate moved the file away (SIGHUP), or we did."""
+        self.reopen_wanted = False
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = self._open()
+
+    def _rotate(self) -> None:
+        """<name>.jsonl → .1 → .2 … → .<keep>; the oldest beyond `keep` is deleted."""
+        for n in range(self.keep, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if n == self.keep:
+                with contextlib.suppress(FileNotFoundError):
+                    older.unlink()
+            newer = self.path if n == 1 else self.path.with_name(f"{self.path.name}.{n - 1}")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(newer, older)
+        self._reopen()
 
     def _write(self, text: str) -> None:
+        if self.reopen_wanted and self._fd is not None:
+            self._reopen()
         if self._fd is None:
             raise ValueError("log file closed")
+        if self.max_bytes is not None and os.fstat(self._fd).st_size >= self.max_bytes:
+            self._rotate()
         data = memoryview(text.encode("utf-8"))
         start = os.fstat(self._fd).st_size  # O_APPEND: this write begins at the end of the file
         try:
@@ -189,11 +233,11 @@ class Sink:
     FLUSH_INTERVAL_S = 0.05
     QUEUE_LINES_MAX = 10_000
 
-    def __init__(self, stream: TextIO, *, json_output: bool, path: Path | None, queued: bool) -> None:
-        self._console = None if json_output else structlog.dev.ConsoleRenderer(
-            colors=False, exception_formatter=structlog.dev.plain_traceback)  # never rich locals
+    def __init__(self, stream: TextIO, *, json_output: bool, path: Path | None, queued: bool,
+                 max_bytes: int | None = None, keep: int = KEEP_DEFAULT) -> None:
+        self._console = None if json_output else _Console()
         self._stream = _StreamOutput(stream, self._render_stream)
-        self._file = None if path is None else _FileOutput(path, _render)
+        self._file = None if path is None else _FileOutput(path, _render, max_bytes=max_bytes, keep=keep)
         self._stream_lines: list[str] = []
         self._file_lines: list[str] = []
         self._queued_dropped = 0
@@ -261,6 +305,13 @@ class Sink:
                 self._file.write(file_lines)
             self._stream.write(stream_lines)
 
+    def reopen(self) -> None:
+        """Open the log file again at its next write (after logrotate moved it: SIGHUP). Safe
+        from a signal handler: it only sets a flag."""
+        if self._file is not None:
+            self._file.reopen_wanted = True
+            self._wake.set()
+
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -270,6 +321,44 @@ class Sink:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+# ---------------------------------------------------------------------------- the console
+
+# The canonical message line on a terminal (and in `eum logs`): these first, in fixed columns,
+# then whatever else the line says as key=value, cut to LINE_WIDTH.
+LINE_WIDTH = 120
+_FIRST = ("ts", "kind", "terminal", "pan", "amount", "rc", "latency_us")
+_NOT_REPEATED = frozenset({*_FIRST, "event", "level"})
+
+
+def console_line(event: dict[str, Any], *, width: int = LINE_WIDTH) -> str:
+    """One readable line: time (KST, to the millisecond), kind, terminal, masked PAN, amount,
+    response code and latency first; the rest as key=value; never wider than `width`."""
+    ts = str(event.get("ts", ""))
+    clock = ts[11:23] if len(ts) >= 23 else ts
+    amount = event.get("amount")
+    latency = event.get("latency_us")
+    head = (f"{clock:<12} {str(event.get('kind', event.get('event', ''))):<15.15} "
+            f"{str(event.get('terminal', '')):<8.8} {str(event.get('pan', '')):<16.16} "
+            f"{(f'{amount:,}' if isinstance(amount, int) else ''):>11} {str(event.get('rc', '')):<3.3}"
+            f"{(f'{latency / 1000:.1f}ms' if isinstance(latency, int) else ''):>9}")
+    rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in _NOT_REPEATED and not k.startswith("_"))
+    line = f"{head} {rest}".rstrip()
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+class _Console:
+    """The stream's renderer on a TTY: the canonical message line in columns (console_line);
+    every other event as structlog's console renderer writes it (never rich locals)."""
+
+    def __init__(self) -> None:
+        self._other = structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> str:
+        if event.get("event") == "message":
+            return console_line(event)
+        return self._other(logger, method, event)
 
 
 _sink: Sink | None = None
@@ -286,13 +375,16 @@ def canonical(event: str, fields: dict[str, Any]) -> None:
         return
     if _level_min > 20:
         return
-    record = {**fields, "event": event, "level": "info", "ts": _utc_now()}
+    record = {**fields, "event": event, "level": "info", "ts": _now()}
     _sink.take(mask_secrets(None, "info", record))
 
 
 def configure(*, data_dir: Path | None = None, name: str = "switch", stream: TextIO | None = None,
-              json_output: bool | None = None, level: str = "info", queued: bool = False) -> None:
-    """queued=True takes log writes off the hot path (Sink); the caller flushes at the end."""
+              json_output: bool | None = None, level: str = "info", queued: bool = False,
+              max_bytes: int | None = None, keep: int = KEEP_DEFAULT) -> None:
+    """queued=True takes log writes off the hot path (Sink); the caller flushes at the end.
+    max_bytes: rotate <data-dir>/logs/<name>.jsonl when it reaches this size, keeping `keep`
+    rotated files (None: never rotate; logrotate may still move it: `reopen`)."""
     global _sink, _level_min
     stream = stream or sys.stdout
     _level_min = _LEVELS[level]
@@ -301,12 +393,12 @@ def configure(*, data_dir: Path | None = None, name: str = "switch", stream: Tex
     if _sink is not None:
         _sink.close()
     _sink = Sink(stream, json_output=json_output, path=None if data_dir is None else data_dir / "logs" / f"{name}.jsonl",
-                 queued=queued)
+                 queued=queued, max_bytes=max_bytes, keep=keep)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            _timestamp,
             structlog.processors.format_exc_info,  # traceback text first, so masking covers it
             mask_secrets,
             _sink,
@@ -320,6 +412,12 @@ def configure(*, data_dir: Path | None = None, name: str = "switch", stream: Tex
 def flush() -> None:
     if _sink is not None:
         _sink.flush()
+
+
+def reopen() -> None:
+    """SIGHUP: the log file is opened again (logrotate's `create` rotation moved it away)."""
+    if _sink is not None:
+        _sink.reopen()
 
 
 @atexit.register
