@@ -120,6 +120,9 @@ class Processor:
         self.counts: dict[str, int] = {}
         self.gate = ProgramGate(program_limits)
         self.answerer = Answerer(dialect, engine.security)
+        # certification mode (`eum cert serve`, switch/cert/journal.py CertJournal): journals a cert
+        # terminal's exchanges and holds the timeout card's answers. None (off): one check a message.
+        self.cert: Any = None
 
     async def process(self, fr: Frame, peer: str) -> bytes | None:
         started = time.perf_counter_ns()
@@ -129,7 +132,7 @@ class Processor:
         except Exception as exc:  # our bug: answer 96 if we can, keep serving
             log.exception("processing_failed", peer=peer, error=type(exc).__name__)
             out, payload = _error_response(line.pop("_fields", {}), Rc.SYSTEM_ERROR), None
-        line.pop("_fields", None)
+        fields = line.pop("_fields", None)
         if out is not None and payload is None:  # an answer of the server's own: no MAC, nothing stored
             payload = self._encode_plain(out, line)
         if out is None or payload is None:
@@ -137,12 +140,16 @@ class Processor:
                 line.update(error="mti", field="t", reason="not a request MTI: no response MTI to answer with")
             line["latency_us"] = (time.perf_counter_ns() - started) // 1000
             log.warning("message_dropped", **line)
+            if self.cert is not None:
+                await self.cert.exchanged(fields, None, line, started)
             return None
         data = frame(self.dialect.framing, payload, tpdu=swap_tpdu(fr.tpdu) if fr.tpdu else b"")
         rc = out.get("39", "")
         self.counts[rc] = self.counts.get(rc, 0) + 1
         line.update(rc=rc, rrn=out.get("37", ""), latency_us=(time.perf_counter_ns() - started) // 1000)
         logs.canonical("message", line)  # no processor chain per message (switch/ops/logs.py)
+        if self.cert is not None:  # journaled; the timeout card's answer is held here
+            await self.cert.exchanged(fields, out, line, started)
         return data
 
     def _encode_plain(self, out: dict[str, str], line: dict[str, Any]) -> bytes | None:

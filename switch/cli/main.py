@@ -94,6 +94,9 @@ def cmd_switch(args: argparse.Namespace) -> int:
                                           core.ops, control=False))
             server = SwitchServer(config, Processor(core.engine, dialect, program_limits=config.program_limits(),
                                                     router=router), core.ops)
+            prepare = getattr(args, "prepare", None)  # `eum cert serve`: provision, journal (switch/cert/cli.py)
+            if prepare is not None:
+                await prepare(core, server)
             expiring = asyncio.create_task(_expire_holds(core.ops))
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, logs.reopen)  # after logrotate
             try:
@@ -420,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_events_parser(sub)
     add_logs_parser(sub)
+
+    from switch.cert.cli import add_cert_parser
+
+    add_cert_parser(sub)  # `eum cert serve|report`; terminal_sim adds `drive` (switch/cert/cli.py, cert_commands)
 
     for command in entry_points(group=COMMANDS_GROUP):  # eum hsm, terminal, fleet, demo, bench
         command.load()(sub)
