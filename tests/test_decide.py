@@ -87,6 +87,7 @@ class DictView:
         self.merchants = {m.mid: m for m in merchants}
         self.member_months: dict[tuple[str, str], int] = dict(member_months or {})
         self.card_days: dict[tuple[int, str], int] = dict(card_days or {})
+        self.card_months: dict[tuple[int, str], int] = {}
         self.postings: dict[int, PostingState] = {}
         self.rrns: dict[str, int] = {}
         self.messages: dict[tuple[str, str, str], MessageOutcome] = {}
@@ -106,6 +107,9 @@ class DictView:
 
     def card_day(self, card_id, day):
         return self.card_days.get((card_id, day), 0)
+
+    def card_month_charged(self, card_id, month):
+        return self.card_months.get((card_id, month), 0)
 
     def posting(self, posting_id):
         return self.postings.get(posting_id)

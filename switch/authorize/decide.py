@@ -25,13 +25,14 @@ from typing import Protocol
 
 from switch.domain import KST, Merchant, day_key, luhn_ok, month_key
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
-from switch.ledger.records import (Change, CardDayMoved, CardState, Entry, MemberMonthMoved, MessageKey,
+from switch.ledger.records import (Change, CardDayMoved, CardMonthCharged, CardState, ChargeDetail, Entry,
+                                   MemberMonthMoved, MessageKey,
                                    HoldDetail, MessageOutcome, OriginalTombstoned, OutboxEvent, PinTriesSet,
                                    Posting, PostingState, PostingUndone, PurchaseDetail, RefundReversalDetail,
                                    UndoDetail)
 from switch.rules.cashback import clawback, proportional, quote_cashback
 from switch.rules.fees import quote_fee
-from switch.rules.policy import CARDHOLDER, TERMINAL, Rules
+from switch.rules.policy import BANK_CHANNEL, CARDHOLDER, TERMINAL, Rules
 from switch.wire.messages import RESPONSE_MTI, Balances, Kind, Rc, Request, Response
 
 PIN_TRIES_MAX = 3
@@ -53,6 +54,7 @@ class View(Protocol):
     def merchant(self, mid: str) -> Merchant | None: ...
     def member_month(self, member: str, month: str) -> int: ...
     def card_day(self, card_id: int, day: str) -> int: ...
+    def card_month_charged(self, card_id: int, month: str) -> int: ...
     def posting(self, posting_id: int) -> PostingState | None: ...
     def posting_by_rrn(self, rrn: str) -> PostingState | None: ...
     def message(self, key: MessageKey) -> MessageOutcome | None: ...
@@ -230,6 +232,8 @@ class _Deciding:
             return self._preauth()
         if kind is Kind.COMPLETION:
             return self._completion()
+        if kind is Kind.DEPOSIT:
+            return self._deposit()
         return self._reversal()
 
     # ------------------------------------------------------------------ checks
@@ -253,6 +257,8 @@ class _Deciding:
         """The merchant exists and takes this DE22 channel (online mall: e-commerce only)."""
         if merchant is None:
             raise Decline(Rc.TERMINAL_NOT_PERMITTED, "merchant unknown")
+        if merchant.category == BANK_CHANNEL:
+            raise Decline(Rc.TERMINAL_NOT_PERMITTED, "a bank channel's terminal sends charges only")
         refusal = self.rules.channel_refusal(merchant, self.req.entry_mode)
         if refusal is not None:
             raise Decline(RC_CHANNEL_REFUSED[refusal.party], refusal.note)
@@ -320,6 +326,64 @@ class _Deciding:
         resp = response(req, self.fields, Rc.APPROVED, rrn=rrn, auth_code=f"{pid % 1_000_000:06d}",
                         balances=card.balances())
         return self._decision(resp, posting=posting, changes=changes, card=card, fee=fee.fee, cashback=cb.total)
+
+    # ------------------------------------------------------------------ charge on the wire
+
+    def _deposit(self) -> Decision:
+        """0200 with processing code 21: a member's bank top-up, from a terminal of a bank
+        channel (a merchant of category BANK_CHANNEL). The limits of `eum admin card charge`:
+        the minimum charge (13), the holding limit and the month's charge cap (61). A charge
+        first repays what a clawback left owing on the card (its receivable)."""
+        req, view, now = self.req, self.view, self.now
+        state = self._card()
+        merchant = view.merchant(req.merchant)
+        if merchant is None or merchant.category != BANK_CHANNEL:
+            raise Decline(Rc.TERMINAL_NOT_PERMITTED, "charges come from a bank channel's terminals only")
+        limits = self.rules.limits(now)
+        amount = req.amount
+        if amount < limits.charge_min or amount > limits.holding_max:
+            raise Decline(Rc.INVALID_AMOUNT, f"a charge is {limits.charge_min:,}..{limits.holding_max:,} won")
+        if state.cash + state.cashback + amount > limits.holding_max:
+            raise Decline(Rc.OVER_LIMIT, "holding limit")
+        month = month_key(now)
+        if limits.charge_month_max is not None and \
+                view.card_month_charged(state.id, month) + amount > limits.charge_month_max:
+            raise Decline(Rc.OVER_LIMIT, "monthly charge limit")
+        card = _Card(state)
+        cash_acc, _, recv_acc = state.accounts()
+        repay = min(amount, -card.receivable)
+        card.cash += amount - repay
+        card.receivable += repay
+        pid = view.next_posting_id
+        posting = Posting(id=pid, kind="charge", at=self.at, amount=amount,
+                          entries=_merge([("bank_settlement", -amount), (cash_acc, amount - repay), (recv_acc, repay)]),
+                          card_id=state.id, tid=req.terminal, stan=req.stan, rrn=f"{pid:012d}",
+                          detail=ChargeDetail(state.member, repay))
+        resp = response(req, self.fields, Rc.APPROVED, rrn=posting.rrn, auth_code=f"{pid % 1_000_000:06d}",
+                        balances=card.balances())
+        return self._decision(resp, posting=posting, changes=(CardMonthCharged(state.id, month, amount),), card=card)
+
+    def _undo_charge(self, charge: PostingState, card: _Card) -> Decision:
+        """0400 of a charge: the bank's money goes back. What the card has spent of it since
+        cannot be taken from cash: the rest is owed on the card's receivable (as a clawback's
+        is), never taken from cashback, which is not the member's bank money."""
+        if charge.undone:
+            return self._decision(response(self.req, self.fields, Rc.APPROVED, balances=card.balances()),
+                                  note="charge already reversed")
+        amount = charge.amount
+        cash_acc, _, recv_acc = card.state.accounts()
+        taken = min(card.cash, amount)
+        card.cash -= taken
+        card.receivable -= amount - taken
+        pid = self.view.next_posting_id
+        posting = Posting(id=pid, kind="charge_reversal", at=self.at, amount=amount,
+                          entries=_merge([("bank_settlement", amount), (cash_acc, -taken), (recv_acc, -(amount - taken))]),
+                          card_id=card.state.id, tid=self.req.terminal, stan=self.req.stan, rrn=f"{pid:012d}",
+                          original_id=charge.id)
+        month = month_key(datetime.fromisoformat(charge.at))
+        resp = response(self.req, self.fields, Rc.APPROVED, balances=card.balances())
+        return self._decision(resp, posting=posting, card=card,
+                              changes=(PostingUndone(charge.id, amount), CardMonthCharged(card.state.id, month, -amount)))
 
     # ------------------------------------------------------------------ pre-authorization
 
@@ -467,6 +531,8 @@ class _Deciding:
             posting, changes = self._undo_purchase(original, undo, "reversal", card)
         elif original.kind == "hold":
             return self._release(original, card)
+        elif original.kind == "charge":
+            return self._undo_charge(original, card)
         elif original.kind == "refund":
             if original.undone:
                 return self._decision(response(req, self.fields, Rc.APPROVED, balances=card.balances()),
@@ -579,6 +645,11 @@ def release_posting(pid: int, hold: PostingState, card: CardState, amount: int, 
 
 
 def hold_facts(posting: Posting) -> tuple[tuple[str, int | str], ...]:
-    """A hold event's own figures: what this authorization added, and when the hold expires."""
+    """An event's kind-specific figures: a hold's (what this authorization added, when the
+    hold expires), a charge's (what it first repaid of the card's receivable)."""
     d = posting.detail
-    return (("added", d.added), ("expires", d.expires)) if isinstance(d, HoldDetail) else ()
+    if isinstance(d, HoldDetail):
+        return (("added", d.added), ("expires", d.expires))
+    if isinstance(d, ChargeDetail):
+        return (("receivable_repaid", d.receivable_repaid),)
+    return ()

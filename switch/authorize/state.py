@@ -476,6 +476,8 @@ class HotState:
         if card is not None:
             self.load_member_month(card.member, month_key(now))
             self.load_card_day(card.id, day_key(now))
+            if req.kind is Kind.DEPOSIT:
+                self.load_card_month_charged(card.id, month_key(now))
         if req.kind is Kind.REVERSAL:
             original = self.load_message((req.terminal, req.original.stan, req.original.transmission_time))
             if original is not None and original.posting_id is not None:
@@ -521,6 +523,9 @@ class HotState:
 
     def card_day(self, card_id: int, day: str) -> int:
         return self.card_days.get(card_id, day)
+
+    def card_month_charged(self, card_id: int, month: str) -> int:
+        return self.card_months.get(card_id, month)
 
     def posting(self, posting_id: int) -> PostingState | None:
         return self.postings.get(posting_id)

@@ -114,7 +114,7 @@ def _verify_holds(conn: sqlite3.Connection, stats: dict[str, int]) -> str:
 
 
 # The posting kinds that are told by a transaction event of the same name (switch/ledger/events.py).
-_TOLD = ("purchase", "refund", "reversal", "hold", "release", "charge")
+_TOLD = ("purchase", "refund", "reversal", "hold", "release", "charge", "charge_reversal")
 
 
 def _verify_outbox(conn: sqlite3.Connection, stats: dict[str, int]) -> str:

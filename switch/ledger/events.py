@@ -22,7 +22,7 @@ from switch.domain import mask_pan
 from switch.ledger.records import OutboxEvent
 
 SCHEMA_VERSION = 1
-TRANSACTION_TYPES = ("purchase", "refund", "reversal", "hold", "release", "charge")
+TRANSACTION_TYPES = ("purchase", "refund", "reversal", "hold", "release", "charge", "charge_reversal")
 CASHBACK_CREDITED = "cashback.credited"
 CASHBACK_CLAWED_BACK = "cashback.clawed_back"
 STREAMS = ("cashback", "transactions")

@@ -86,7 +86,7 @@ class Posting:
     """One balanced set of entries, and the columns reports and undo read."""
 
     id: int
-    kind: str                 # purchase | refund | reversal | hold | release | charge | seed_charge
+    kind: str                 # purchase | refund | reversal | hold | release | charge | charge_reversal | seed_charge
     at: str                   # ISO 8601 in KST, microseconds
     amount: int
     entries: tuple[Entry, ...]

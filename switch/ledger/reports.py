@@ -58,6 +58,7 @@ _CLASS = {
     ("refund", "purchase"): REFUND,
     ("reversal", "refund"): REFUND_REVERSED,
     ("charge", None): CHARGE,
+    ("charge_reversal", None): CHARGE,  # a bank top-up reversed (0400 of a 21xxxx): charged less
     ("seed_charge", None): CHARGE,
 }
 

@@ -92,6 +92,10 @@ class LimitPeriod:
     limits: Limits
 
 
+# The merchant category of a bank channel: its terminals send members' top-ups (0200, processing
+# code 21) and nothing else (docs/host-interface.md, "Charges from a bank channel").
+BANK_CHANNEL = "bank_channel"
+
 # Who is not permitted a transaction (ISO 8583 response codes 57 and 58 respectively).
 CARDHOLDER = "cardholder"
 TERMINAL = "terminal"

@@ -19,6 +19,7 @@ class Kind(str, Enum):
     REVERSAL = "reversal"
     PREAUTH = "preauth"          # 0100/0120: a hold on the card (an incremental one quotes DE37)
     COMPLETION = "completion"    # 0220: the sale that completes a pre-authorization
+    DEPOSIT = "deposit"          # 0200, processing code 21: a charge from a bank-channel terminal
 
 
 class Rc(str, Enum):
@@ -65,7 +66,7 @@ RESPONSE_MTI = {
 REPEAT_OF = {"0101": "0100", "0121": "0120", "0201": "0200", "0221": "0220", "0401": "0400", "0421": "0420"}
 
 # Processing code (DE3) transaction type → kind, for 0200.
-PROCESSING_KINDS = {"00": Kind.PURCHASE, "20": Kind.REFUND, "31": Kind.BALANCE}
+PROCESSING_KINDS = {"00": Kind.PURCHASE, "20": Kind.REFUND, "21": Kind.DEPOSIT, "31": Kind.BALANCE}
 # … for 0100 and 0120 (authorization and its advice): a pre-authorization, or a balance inquiry.
 AUTHORIZATION_KINDS = {"00": Kind.PREAUTH, "31": Kind.BALANCE}
 NETWORK_CODES = {"001": "sign_on", "002": "sign_off", "301": "echo"}
@@ -192,12 +193,12 @@ def decode_balances(text: str) -> Balances:
 _NETWORK_KINDS = {"001": "sign-on", "002": "sign-off", "301": "echo"}
 _KIND_BY_CODE = {
     "01": {"00": "pre-auth", "31": "balance"},
-    "02": {"00": "purchase", "20": "refund", "31": "balance"},
+    "02": {"00": "purchase", "20": "refund", "21": "charge", "31": "balance"},
 }
 
 
 def kind_of(fields: dict[str, str]) -> str:
-    """purchase, refund, balance, reversal, reversal-advice, pre-auth, pre-auth-advice,
+    """purchase, refund, charge, balance, reversal, reversal-advice, pre-auth, pre-auth-advice,
     incremental, completion, sign-on, sign-off, echo — or "other" for what the switch does
     not serve. Reads only the MTI, DE3, DE37 and DE70, as decoded (no validation)."""
     mti = REPEAT_OF.get(fields.get("t", ""), fields.get("t", ""))
