@@ -63,7 +63,7 @@ class TerminalClient:
         return self._frame(encode_fields(fields, self.dialect))
 
     def secure(self, fields: dict[str, str], *, pin: str | None = None,
-               pan: str | None = None) -> tuple[dict[str, str], bytes]:
+               pan: str | None = None, fresh_ksn: bool = False) -> tuple[dict[str, str], bytes]:
         """Sans I/O: the fields as they will be sent and the signed payload. Without security,
         or for an MTI that is not secured, the fields as given (a PIN then is an error: it
         cannot go out in clear)."""
@@ -71,7 +71,7 @@ class TerminalClient:
             if pin is not None:
                 raise ValueError("a PIN needs a DUKPT-secured terminal and a financial MTI")
             return dict(fields), encode_fields(fields, self.dialect)
-        secured = self.security.protect(fields, pin=pin, pan=pan)
+        secured = self.security.protect(fields, pin=pin, pan=pan, fresh_ksn=fresh_ksn)
         payload = self.security.sign(encode_fields(secured, self.dialect), ksn=secured.get("53"))
         return secured, payload
 

@@ -646,11 +646,12 @@ class _SimTerminal:
     def save(self) -> None:
         self.ctx.store.save(self.spec.tid, self._state())
 
-    def _secure(self, fields: dict[str, str], pin: str | None, pan: str | None) -> tuple[dict[str, str], bytes]:
+    def _secure(self, fields: dict[str, str], pin: str | None, pan: str | None, *,
+                fresh_ksn: bool = False) -> tuple[dict[str, str], bytes]:
         sec = self.security
         if sec is None or fields.get("t") not in SECURED_MTIS:
             return fields, encode_fields(fields, self.ctx.dialect)
-        secured = sec.protect(fields, pin=pin, pan=pan)
+        secured = sec.protect(fields, pin=pin, pan=pan, fresh_ksn=fresh_ksn)
         if isinstance(sec, TerminalSecurity) and sec.counter >= self.ksn_reserved:
             self.reserve_ksns()
         return secured, sec.sign(encode_fields(secured, self.ctx.dialect), ksn=secured.get("53"))
@@ -910,7 +911,7 @@ class _SafLink:
         return await self.term._ensure_link()
 
     def secure(self, fields: dict[str, str]) -> dict[str, str]:
-        secured, _ = self.term._secure(fields, None, None)
+        secured, _ = self.term._secure(fields, None, None, fresh_ksn=True)  # each try its own KSN (saf.py)
         return secured
 
     async def exchange(self, secured: dict[str, str]) -> dict[str, str] | None:

@@ -14,12 +14,14 @@ and advice schedule"), as named constants and `SafSchedule`:
   (`RESPONSE_TIMEOUT_MS`; the fleet's own setting) is reversed: its 0400 is queued at once
   and sent at once, as the queue's newest entry. An advice (0420) is queued and sent the
   same way. The entry is on disk before its first send (write-ahead), and each try is
-  recorded (tries, and the KSN a secured first send used) before it leaves.
+  recorded (tries, and the KSN it used) before it leaves.
 - A try unanswered within the response timeout is repeated at once (the wait was the
   timeout); one answered with a code that stored nothing (`DE39_REPEAT`: 58, 91, 96, or a
   code this switch does not send) is repeated `repeat_interval_s` after it was sent. Every
   try after the first is the repeat MTI (`SAF_REPEAT_MTI`: 0401, 0421), with the same STAN,
-  DE7 and content, and the first send's KSN; the MAC is computed afresh and never stored.
+  DE7 and content; a secured try takes a new KSN (no PIN block is stored, so none is bound
+  to the first send's: a restarted switch refuses a counter at or below the highest it
+  accepted) and a MAC computed afresh, never stored.
 - At most `tries_per_connection_max` tries per entry on one connection; then it waits for
   the next connection. A new connection (a reconnect, a switch restart, a terminal
   restart) makes every entry due at once, oldest first.
@@ -414,8 +416,9 @@ class SafLink(Protocol):
         """True when a signed-on connection is there to send on (False ends the pass)."""
 
     def secure(self, fields: dict[str, str]) -> dict[str, str]:
-        """The fields as they will be sent: KSN (a first send advances the counter, a repeat
-        keeps its DE53) and PIN block; the MAC is added when sent."""
+        """The fields as they will be sent: a new KSN for every try (none carries a PIN block,
+        so nothing binds it to its first send's) — a switch that restarted refuses a counter at
+        or below the highest it accepted; the MAC is added when sent."""
 
     async def exchange(self, secured: dict[str, str]) -> dict[str, str] | None:
         """Send and return the answer with the same DE11, or None (timeout, dropped)."""
@@ -474,7 +477,7 @@ class ClientLink:
         return not self.down and self.client.writer is not None and not self.client.writer.is_closing()
 
     def secure(self, fields: dict[str, str]) -> dict[str, str]:
-        secured, _ = self.client.secure(fields)
+        secured, _ = self.client.secure(fields, fresh_ksn=True)
         if secured.get("53") != fields.get("53"):
             self.on_secured()
         return secured

@@ -534,7 +534,8 @@ class TerminalSecurity:
 
     # ------------------------------------------------------------------ fields
 
-    def protect(self, fields: dict[str, str], *, pin: str | None = None, pan: str | None = None) -> dict[str, str]:
+    def protect(self, fields: dict[str, str], *, pin: str | None = None, pan: str | None = None,
+                fresh_ksn: bool = False) -> dict[str, str]:
         """A secured copy of a request: DE53 (KSN), DE52 (PIN block, when `pin`) and the MAC
         field holding the zero placeholder (encode, then `sign` with `ksn=result["53"]`).
 
@@ -542,13 +543,21 @@ class TerminalSecurity:
         - A repeat (0201/0401/0421) gets its original's KSN and PIN block, remembered by
           (MTI, STAN, DE7) for the last SENT_REMEMBERED_MAX originals.
         - Fields that already carry DE53 (a resend) keep that KSN and their DE52.
+        - fresh_ksn: a new KSN whatever the fields carry — each try of a stored-and-forwarded
+          reversal or advice (terminal_sim/saf.py), which carries no PIN block: a switch that
+          restarted refuses a counter at or below the highest it accepted (docs/host-interface.md,
+          "KSN counters"), so a try with its first send's counter could be refused for good.
         Other MTIs (0800) come back unchanged.
         """
         mti = fields.get("t", "")
         if mti not in SECURED_MTIS:
             return dict(fields)
         out = {k: v for k, v in fields.items() if k not in ("64", "128")}
-        if "53" in fields:
+        if fresh_ksn:
+            if pin is not None or "52" in fields:
+                raise SecurityError("a PIN block is bound to its KSN: a message with a PIN keeps its KSN")
+            out["53"] = self.next_ksn()
+        elif "53" in fields:
             if pin is not None:
                 raise SecurityError("a resend keeps its PIN block: give no PIN with DE53 present")
             out["53"] = self._usable_ksn(fields["53"])
@@ -629,7 +638,9 @@ class TakSecurity:
     def to_state(self) -> dict[str, str]:
         return {"profile": PROFILE_MAC, "keys": self.keys}
 
-    def protect(self, fields: dict[str, str], *, pin: str | None = None, pan: str | None = None) -> dict[str, str]:
+    def protect(self, fields: dict[str, str], *, pin: str | None = None, pan: str | None = None,
+                fresh_ksn: bool = False) -> dict[str, str]:
+        """fresh_ksn: as DUKPT's; a static TAK has no KSN, so it changes nothing."""
         if pin is not None:
             raise SecurityError("a mac-profile terminal has no PIN key: PINs need a DUKPT profile")
         if fields.get("t", "") not in SECURED_MTIS:

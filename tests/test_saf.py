@@ -520,10 +520,16 @@ async def test_a_fleet_whose_switch_dies_mid_run_drains_its_owed_reversals_exact
         switch.stop()
 
 
-async def test_a_secured_reversal_is_repeated_under_its_first_ksn_with_a_fresh_mac_and_lands_once(tmp_path):
+def _counter(ksn: str) -> int:
+    """A TDES KSN's transaction counter: its 21 low bits (ANSI X9.24-1)."""
+    return int(ksn, 16) & 0x1FFFFF
+
+
+async def test_a_secured_reversal_is_repeated_under_a_new_ksn_with_a_fresh_mac_and_lands_once(tmp_path):
     """DUKPT-TDES against a switch that checks every MAC through hsm_mock: the 0400's answer
-    is lost with the connection; the restarted terminal repeats it as 0401 under the same KSN,
-    MAC'd afresh (a stale MAC would get 63), and gets the stored answer, MAC'd for that KSN."""
+    is lost with the connection; the restarted terminal repeats it as 0401 under the next KSN
+    (a stored message carries no PIN block, so nothing binds it to its first send's), MAC'd
+    afresh, and gets the stored answer, MAC'd for the repeat's KSN."""
     hsm = HsmServer(HsmServiceConfig(port=0))
     await hsm.start()
     hsm_cfg = HsmConfig(endpoints=(("127.0.0.1", hsm.port),), call_timeout_ms=1000, health_interval_s=0.5)
@@ -561,11 +567,58 @@ async def test_a_secured_reversal_is_repeated_under_its_first_ksn_with_a_fresh_m
             await client.close()
             assert (done.firsts, done.repeats, done.accepted) == (0, 1, 1)
             repeat = link.sent[e.stan]
-            assert (repeat["t"], repeat["53"], done.answers[e.seq]["39"]) == ("0401", secured["53"], "00")
-            assert link.mac_ok[e.stan] is True  # the stored 0410, MAC'd under the first send's KSN
+            assert (repeat["t"], done.answers[e.seq]["39"]) == ("0401", "00")
+            assert repeat["53"][:-5] == secured["53"][:-5] and _counter(repeat["53"]) == _counter(secured["53"]) + 1
+            assert link.mac_ok[e.stan] is True  # the stored 0410, MAC'd under the repeat's KSN
             assert [(p["undone"], _reversal_postings(env.data_dir, p["id"])) for p in postings(db, "purchase")] == \
                 [(20_000, 1)]
             assert json.loads(path.read_text())["entries"] == []
+            assert verify(env.core.db_path).ok
+    finally:
+        await hsm.stop()
+
+
+async def test_a_reversal_lost_before_a_switch_restart_is_not_refused_by_the_ksn_floor(tmp_path):
+    """The 0400 never reached the switch (its first try recorded, the line down); the terminal
+    then bought with a higher KSN counter, and the switch restarted, keeping only its highest
+    accepted counter as the floor (docs/host-interface.md, "KSN counters"). The queued repeat
+    takes a new KSN above that floor: processed, 00, the purchase reversed once. Under its first
+    send's KSN it would be 63, a final code, and the reversal filed as refused."""
+    hsm = HsmServer(HsmServiceConfig(port=0))
+    await hsm.start()
+    hsm_cfg = HsmConfig(endpoints=(("127.0.0.1", hsm.port),), call_timeout_ms=1000, health_interval_s=0.5)
+    path = saf_path(tmp_path / "terminals", "T0000001")
+    data = tmp_path / "var"
+    try:
+        async with start_switch(data, clock=FixedClock(LAUNCH), hsm=hsm_cfg) as env:
+            await env.op("merchant-add", mid="NAMDONG01", name="Namdong Cafe", district="namdong",
+                         annual_sales=250_000_000)
+            added = await env.op("terminal-add", tid="T0000001", mid="NAMDONG01", security="dukpt-tdes", keys="test")
+            card = await env.op("card-issue", program="namdong")
+            await env.op("card-charge", pan=card["pan"], amount=100_000)
+            security = TerminalSecurity.for_test_keys("dukpt-tdes", added["ksn"])
+            client = await TerminalClient("127.0.0.1", env.port, DIALECT, security=security).connect()
+            term = Terminal("T0000001", "NAMDONG01")
+            assert (await client.request(term.sign_on()))["39"] == "00"
+            purchase = term.purchase(card["pan"], 20_000)
+            assert (await client.request(purchase))["39"] == "00"
+            queue = SafQueue(path)
+            e = queue.enqueue(term.reversal(purchase))
+            first = ClientLink(client).secure(queue.outgoing(e))
+            queue.sending(e.seq, first)  # recorded as tried; it never left (the line was down)
+            queue.answered(e.seq, None)
+            assert (await client.request(term.purchase(card["pan"], 1_000)))["39"] == "00"  # a higher counter
+            await client.close()
+        async with start_switch(data, clock=FixedClock(LAUNCH), hsm=hsm_cfg) as env:
+            client = await TerminalClient("127.0.0.1", env.port, DIALECT, security=security).connect()
+            assert (await client.request(term.sign_on()))["39"] == "00"
+            link = ClientLink(client)
+            done = await forward(SafQueue(path), link)
+            await client.close()
+            assert (done.repeats, done.accepted, done.refused) == (1, 1, 0)
+            assert _counter(link.sent[e.stan]["53"]) > _counter(first["53"]) + 1
+            db = env.data_dir / "ledger.sqlite3"
+            assert [p["undone"] for p in postings(db, "purchase")] == [20_000, 0]
             assert verify(env.core.db_path).ok
     finally:
         await hsm.stop()
