@@ -249,7 +249,11 @@ async def drive(host: str, port: int, tid: str, *, config: CertConfig, dialect: 
 # ---------------------------------------------------------------------------- command line
 
 def register(sub: Any) -> None:
-    """`eum cert drive` (entry point `eum.commands`, pyproject.toml), under the switch's `eum cert`."""
+    """`eum cert drive` (entry point `eum.commands`, pyproject.toml), under the switch's `eum cert`.
+    A switch without `eum cert` (an older tree run against this install's entry points, as
+    benchmarks/ab.py does) simply gets no `drive`."""
+    if "cert" not in getattr(sub, "choices", {}):
+        return
     from switch.cert.cli import cert_commands
 
     dp = cert_commands(sub).add_parser("drive", help="terminal_sim through the whole case list (the reference "
