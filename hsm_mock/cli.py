@@ -50,6 +50,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fault-seed", type=int, metavar="N", help="seed of the fault draws (repeatable runs)")
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML file with HSM settings (flags win)")
     p.add_argument("--log-dir", type=Path, metavar="DIR", help="directory of the audit log hsm-audit.jsonl")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (/metrics: commands by code "
+                   "and error code), /healthz and /readyz here, e.g. 127.0.0.1:9465")
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -99,19 +101,35 @@ def run_hsm(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
+        metrics = _metrics_http(getattr(args, "metrics", None))  # bound now: a busy port is an error at start
         server = HsmServer(config, audit=AuditLog.to_stdout(config.audit_path))
     except (ValueError, OSError, HsmCryptoError) as exc:
         print(f"eum hsm: {exc}", file=sys.stderr)
         return 2
     _configure_logs()
     try:
-        _run(serve_until_signalled(server))
+        _run(serve_until_signalled(server, metrics=metrics))
     except OSError as exc:  # e.g. address in use
         print(f"eum hsm: {exc}", file=sys.stderr)
         return 2
     finally:
+        if metrics is not None:
+            metrics.close()
         server.audit.close()
     return 0
+
+
+def _metrics_http(listen: str | None) -> Any:
+    """--metrics HOST:PORT: the metrics endpoint, bound, not serving yet (None without the flag)."""
+    if not listen:
+        return None
+    from hsm_mock.config import parse_hostport
+    from switch.ops.metrics import MetricsHttp
+
+    try:
+        return MetricsHttp(*parse_hostport(listen))
+    except OSError as exc:
+        raise OSError(f"--metrics {listen}: {exc.strerror or exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

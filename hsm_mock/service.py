@@ -39,6 +39,7 @@ from hsm_mock.audit import AuditLog
 from hsm_mock.commands import Hsm
 from hsm_mock.config import HsmConfig
 from hsm_mock.lmk import TEST_LMK, VariantLmk
+from switch.ops.metrics import OTHER, LoopHeartbeat, MetricsHttp, count_into, counter, gauge, registry_of
 from switch.wire.payshield import Command, FrameReader, ProtocolError, build_response, frame, response_code
 from switch.wire.transport import WriteBatch
 
@@ -163,6 +164,10 @@ class HsmServer:
         self._ids = itertools.count(1)
         self.port = config.port
         self.counts: dict[str, int] = {"commands": 0, "hang": 0, "drop": 0, "error": 0, "overload": 0}
+        # for `eum hsm --metrics` (HsmMetrics): commands answered by (code, error code), and
+        # those never answered by (code, fault: hang or drop)
+        self.answered: dict[tuple[str, str], int] = {}
+        self.unanswered: dict[tuple[str, str], int] = {}
 
     async def __aenter__(self) -> HsmServer:
         await self.start()
@@ -259,6 +264,7 @@ class HsmServer:
         fault = self.faults.decide()
         if fault in (Fault.HANG, Fault.DROP):
             self.counts[fault.value] += 1
+            count_into(self.unanswered, (cmd.code, fault.value), (OTHER, fault.value))
             conn.in_flight.release()
             self._record(conn, cmd, None, {"command": cmd.code}, fault=fault, received=received, queued_s=0.0)
             if fault is Fault.DROP:
@@ -317,11 +323,13 @@ class HsmServer:
             else:
                 error, body, event = self.hsm.handle(cmd)
             conn.write(frame(build_response(cmd, error, body)))
+            count_into(self.answered, (cmd.code, error), (OTHER, error))
             self._record(conn, cmd, error, event, fault=fault, received=received, queued_s=wait,
                          refused=refused, now=asyncio.get_running_loop().time())  # fmt: skip
         except Exception:
             log.exception("hsm_internal_error", conn=conn.id, command=cmd.code)
             conn.write(frame(build_response(cmd, INTERNAL_ERROR, b"")))
+            count_into(self.answered, (cmd.code, INTERNAL_ERROR), (OTHER, INTERNAL_ERROR))
 
     def _record(self, conn: _Connection, cmd: Command, error: str | None, event: dict[str, Any], *, fault: Fault,
                 received: float, queued_s: float, refused: bool = False, now: float | None = None) -> None:  # fmt: skip
@@ -335,15 +343,49 @@ class HsmServer:
         self.audit.record(**fields)
 
 
-async def serve_until_signalled(server: HsmServer) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+class HsmMetrics:
+    """The prometheus-client collector of `eum hsm --metrics` (docs/operations.md, "Metrics and
+    health"): reads the server's plain counts at scrape time, from the HTTP thread."""
+
+    def __init__(self, server: HsmServer) -> None:
+        self.server = server
+        self.heartbeat = LoopHeartbeat()
+
+    def collect(self) -> Any:
+        s = self.server
+        yield counter("eum_hsm_server_commands", "commands answered, by command code and error code (00: success)",
+                      ("code", "error"), dict(s.answered).items())
+        yield counter("eum_hsm_server_unanswered", "commands never answered: a hang or a drop fault",
+                      ("code", "fault"), dict(s.unanswered).items())
+        yield gauge("eum_hsm_server_connections_open", "host connections open", (), [((), len(s._connections))])
+        yield gauge("eum_hsm_server_waiting", "commands waiting for capacity (cps_max)", (), [((), s._waiting)])
+
+    def ready(self) -> tuple[bool, str]:
+        serving = self.server._server is not None and self.server._server.is_serving()
+        return (True, "ready") if serving else (False, "not serving")
+
+
+def serve_metrics(http: MetricsHttp, server: HsmServer) -> HsmMetrics:
+    """On the event loop, once the server listens: serve its metrics on `http` (bound earlier)."""
+    metrics = HsmMetrics(server)
+    metrics.heartbeat.start()
+    http.start(registry_of(metrics), health=metrics.heartbeat.health, ready=metrics.ready)
+    return metrics
+
+
+async def serve_until_signalled(server: HsmServer, *, metrics: MetricsHttp | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully. `metrics`: `eum hsm --metrics`."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    served = serve_metrics(metrics, server) if metrics is not None else None
     try:
         await stop.wait()
     finally:
         log.info("hsm_stopping")
+        if served is not None:
+            served.heartbeat.stop()
+            metrics.close()
         await server.stop()

@@ -75,7 +75,7 @@ def add_terminal_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> 
     tp.add_argument("--entry-mode", default="051",
                     help="DE22 POS entry mode (default 051, chip with PIN capability; 012 or 812: e-commerce, "
                          "as the city's online mall sends)")
-    tp.add_argument("--amount", type=int, default=0, help="won")
+    tp.add_argument("--amount", type=int, help="won (purchase and refund: required)")
     tp.add_argument("--rrn", help="refund: DE37 of the original purchase")
     tp.add_argument("--replacement-amount", type=int, help="reverse: partial, the amount that stands (DE95)")
     tp.add_argument("--advice", action="store_true", help="reverse: send 0420 instead of 0400")
@@ -323,11 +323,21 @@ def _when(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="seconds")
 
 
+AMOUNT_ACTIONS = ("purchase", "refund")
+
+
 def run_terminal(args: argparse.Namespace) -> int:
     if args.action == "saf":
         return show_saf(args)
+    if args.action in AMOUNT_ACTIONS and args.amount is None:  # a usage error: nothing is sent, no STAN spent
+        print(f"eum terminal: error: {args.action} needs --amount (won)", file=sys.stderr)
+        return EXIT_ERROR
     try:
         out = asyncio.run(_exchange(args))
+    except ConnectionRefusedError:  # no switch listening there: the one line says where (as the others, by type)
+        print(f"eum terminal: ConnectionRefusedError: no switch listening at {args.switch}{_queued_note(args)}",
+              file=sys.stderr)
+        return EXIT_ERROR
     except (ValueError, OSError, asyncio.TimeoutError, SafError) as exc:
         print(f"eum terminal: {type(exc).__name__}: {exc}{_queued_note(args)}", file=sys.stderr)
         return EXIT_ERROR

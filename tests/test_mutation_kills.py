@@ -66,7 +66,8 @@ async def test_card_statement_shows_masked_pan_balances_and_the_latest_postings_
                       for k in ("cash", "cashback"))
     assert {k: v for k, v in statement.items() if k != "postings"} == {
         "pan": pan[:6] + "******" + pan[-4:], "program": "namdong", "member": card["member"],
-        "expiry": card["expiry"], "status": "active", "cash": cash, "cashback": cashback, "receivable": 0, "held": 0}
+        "expiry": card["expiry"], "status": "active", "pin_blocked": False, "pin_tries": 0, "cash": cash,
+        "cashback": cashback, "receivable": 0, "held": 0}
     assert statement["postings"] == [
         {"id": p["id"], "kind": "purchase", "at": "2019-07-20T12:00:00.000000+09:00", "amount": p["amount"],
          "fee": p["fee"], "cashback": p["cashback"], "rrn": f"{p['id']:012d}", "merchant": "NAMDONG01"}

@@ -94,7 +94,7 @@ async def opened(dsn: str) -> tuple[PgCommitter, CountingConnection]:
 
 
 def test_migrations_are_versioned_and_each_applied_once(pg_dsn):
-    assert migrate(pg_dsn) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert migrate(pg_dsn) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert migrate(pg_dsn) == []
     assert rows(pg_dsn, "SELECT version, name FROM schema_migrations ORDER BY version") == \
         [(v, name) for v, name, _ in MIGRATIONS]
@@ -119,7 +119,7 @@ async def test_a_ledger_made_by_an_older_version_is_upgraded_in_place(pg_dsn, mo
         await committer.commit([card_issue(), load(1, 5_000)])
     finally:
         await committer.close()
-    assert rows(pg_dsn, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,)]
+    assert rows(pg_dsn, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,), (9,)]
     assert balances(pg_dsn) == {"bank_settlement": -55_000, "card:1:cash": 55_000}
     assert rows(pg_dsn, "SELECT COUNT(*), MIN(partition), MAX(partition) FROM partition_leases") == [(256, 0, 255)]
 

@@ -413,7 +413,7 @@ def test_cli_pin_purchase_persists_the_counter_and_never_stores_or_prints_the_pi
     out = capsys.readouterr()
     assert "security dukpt-tdes  ksn FFFF9876543210E00001  response MAC ok" in out.out
     # The second run needs neither --security nor --ksn: the state file remembers them.
-    assert eum_terminal(fake_switch.port, tmp_path, "purchase", "--pan", PAN, "--pin", PIN) == 0
+    assert eum_terminal(fake_switch.port, tmp_path, "purchase", "--pan", PAN, "--amount", "1000", "--pin", PIN) == 0
     out2 = capsys.readouterr()
     assert "ksn FFFF9876543210E00002  response MAC ok" in out2.out
     assert fake_switch.pins == [PIN, PIN] and fake_switch.request_macs_ok == [True, True]
@@ -443,7 +443,7 @@ def test_cli_reports_a_bad_response_mac_and_exits_non_zero(fake_switch: FakeSwit
 
 
 def test_cli_refuses_a_pin_on_an_unsecured_terminal(tmp_path: Path, capsys) -> None:
-    rc = eum_terminal(1, tmp_path, "purchase", "--pan", PAN, "--pin", PIN)
+    rc = eum_terminal(1, tmp_path, "purchase", "--pan", PAN, "--amount", "1000", "--pin", PIN)
     err = capsys.readouterr().err
     assert rc == 2 and "DUKPT" in err and PIN not in err
     assert not (tmp_path / "T0000009.json").exists()

@@ -157,6 +157,8 @@ class Engine:
                                 and not await self.signed_on_elsewhere(req.terminal)):
             note = "terminal unknown" if terminal is None else "terminal not signed on"
             return await self._unstored(a, req, fields, Rc.TERMINAL_NOT_PERMITTED, note)
+        if terminal.status != "active":  # eum admin terminal disable: the cached row says so
+            return await self._unstored(a, req, fields, Rc.TERMINAL_NOT_PERMITTED, "terminal disabled")
         if req.merchant != terminal.mid:
             return await self._unstored(a, req, fields, Rc.TERMINAL_NOT_PERMITTED, "DE42 is not the terminal's merchant")
         sign = None
@@ -319,6 +321,8 @@ class Engine:
         terminal = self.state.load_terminal(req.terminal)
         if terminal is None:
             return Rc.TERMINAL_NOT_PERMITTED, "terminal unknown"
+        if terminal.status != "active":  # a disabled terminal cannot sign on either
+            return Rc.TERMINAL_NOT_PERMITTED, "terminal disabled"
         if req.network_code == "001":
             self.signed_on.add(req.terminal)
         elif req.network_code == "002":

@@ -21,6 +21,7 @@ from switch.wire.payshield import FrameReader, ProtocolError, frame
 
 from switch.wire.transport import parse_hostport
 from switch.wire.transport import WriteBatch
+from switch.ops.metrics import Buckets
 
 log = structlog.get_logger()
 
@@ -151,6 +152,10 @@ class _Endpoint:
     lmk_check: str = ""
     calls: int = 0
     errors: int = 0
+    timeouts: int = 0  # of the errors
+    # for the metrics (switch/ops/metrics.py): calls answered by command, their latency (µs)
+    commands: dict[str, int] = field(default_factory=dict)
+    latency: Buckets = field(default_factory=Buckets)
     reconnect_at: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -181,6 +186,7 @@ class HsmPool:
         self.config = config
         self.endpoints = [_Endpoint(h, p) for h, p in config.endpoints]
         self._health_task: asyncio.Task[None] | None = None
+        self.unavailable = 0  # calls no HSM answered (HsmUnavailable)
 
     async def start(self) -> None:
         await asyncio.gather(*(self._check(ep) for ep in self.endpoints))
@@ -214,18 +220,23 @@ class HsmPool:
                     self._mark_down(ep, "connection closed")
                 continue
             tried.append(ep.name)
+            started = time.perf_counter_ns()
             try:
                 reply = await ep.next_conn().call(code, body, timeout_s)
                 ep.calls += 1
+                ep.commands[code] = ep.commands.get(code, 0) + 1
+                ep.latency.observe((time.perf_counter_ns() - started) // 1000)
                 return reply
             except asyncio.TimeoutError:
                 # slow, not necessarily gone: send new calls elsewhere, but let the calls in
                 # flight on its connections finish; the health check decides when it is back
                 ep.errors += 1
+                ep.timeouts += 1
                 self._mark_down(ep, "timeout", close=False)
             except (ConnectionError, OSError) as exc:
                 ep.errors += 1
                 self._mark_down(ep, type(exc).__name__)
+        self.unavailable += 1
         raise HsmUnavailable(f"no HSM answered {code} (tried: {', '.join(tried) or 'none healthy'})")
 
     def _mark_down(self, ep: _Endpoint, reason: str, *, close: bool = True) -> None:

@@ -30,6 +30,7 @@ from switch.wire.codec import (DecodeError, Dialect, EncodeError, check_response
                                parse_request, partial_fields)
 from switch.ops import logs
 from switch.ops.config import SwitchConfig
+from switch.ops.metrics import Traffic
 from switch.domain import mask_pan
 from switch.authorize.answer import Answerer
 from switch.authorize.engine import Engine
@@ -118,6 +119,8 @@ class Processor:
         self.link = link
         self.dialect = dialect
         self.counts: dict[str, int] = {}
+        # per-message counts read at scrape time (switch/ops/metrics.py): plain dicts, ≈ 0.6 µs a message
+        self.traffic = Traffic(program_of=self._program_of)
         self.gate = ProgramGate(program_limits)
         self.answerer = Answerer(dialect, engine.security)
         # certification mode (`eum cert serve`, switch/cert/journal.py CertJournal): journals a cert
@@ -140,6 +143,7 @@ class Processor:
                 line.update(error="mti", field="t", reason="not a request MTI: no response MTI to answer with")
             line["latency_us"] = (time.perf_counter_ns() - started) // 1000
             log.warning("message_dropped", **line)
+            self.traffic.dropped(line, fields)
             if self.cert is not None:
                 await self.cert.exchanged(fields, None, line, started)
             return None
@@ -148,6 +152,7 @@ class Processor:
         self.counts[rc] = self.counts.get(rc, 0) + 1
         line.update(rc=rc, rrn=out.get("37", ""), latency_us=(time.perf_counter_ns() - started) // 1000)
         logs.canonical("message", line)  # no processor chain per message (switch/ops/logs.py)
+        self.traffic.answered(line, fields, out.get("t", ""), rc)
         if self.cert is not None:  # journaled; the timeout card's answer is held here
             await self.cert.exchanged(fields, out, line, started)
         return data
@@ -159,6 +164,11 @@ class Processor:
         if payload is None:
             line["error"] = "response cannot be encoded"
         return payload
+
+    def _program_of(self, pan: str) -> str:
+        """The card program's id by BIN, "" for none (the metrics' label of an ungated reversal)."""
+        program = self.engine.rules.program_for_pan(pan)
+        return "" if program is None else program.id
 
     def _gated_program(self, req: Any) -> str | None:
         """The program whose slot a request takes (switch/authorize/fairness.py): financial requests but
@@ -296,6 +306,7 @@ class TerminalConnection(asyncio.Protocol):
                 fr = self.buffer.next_frame()
             except FramingError as exc:
                 log.warning("connection_closed", peer=self.peer, reason="framing", detail=str(exc))
+                self.server.closing_for("framing")
                 self._close_when_answered()
                 return
             if fr is None:
@@ -329,6 +340,7 @@ class TerminalConnection(asyncio.Protocol):
             return
         log.info("connection_closed", peer=self.peer, reason="frame_timeout",
                  frame_timeout_ms=self.server.config.frame_timeout_ms, buffered=self.buffer.pending)
+        self.server.closing_for("frame_timeout")
         self._close_when_answered()
 
     def _signon_expired(self) -> None:
@@ -339,6 +351,7 @@ class TerminalConnection(asyncio.Protocol):
             return
         log.info("connection_closed", peer=self.peer, reason="signon_timeout",
                  signon_timeout_s=self.server.config.signon_timeout_s)
+        self.server.closing_for("signon_timeout")
         self._close_when_answered()
 
     def _prove(self) -> None:
@@ -430,6 +443,11 @@ class SwitchServer:
         self._control: asyncio.base_events.Server | None = None
         self._reaper: asyncio.Task[None] | None = None
         self.port = config.port
+        # counted for the metrics (switch/ops/metrics.py): admitted, refused and closed by the switch, by reason
+        self.opened = 0
+        self.refused: dict[str, int] = {}
+        self.reaped: dict[str, int] = {}
+        self.draining = False  # set by stop(): /readyz says so while what is in flight is answered
 
     def admit(self, conn: TerminalConnection) -> bool:
         """Room for a new connection, or a refusal (logged). At per_peer_max the peer's oldest
@@ -442,25 +460,37 @@ class SwitchServer:
             if not self._evict(_oldest_unproven(mine), conn, "per_peer_max"):
                 log.warning("connection_refused", peer=conn.peer, reason="per_peer_max",
                             per_peer_max=config.per_peer_max)
+                self.refused["per_peer_max"] = self.refused.get("per_peer_max", 0) + 1
                 return False
         if len(self.connections) >= config.connections_max:
             if not self._evict(_oldest_unproven(self.unproven), conn, "connections_max"):
                 log.warning("connection_refused", peer=conn.peer, reason="connections_max",
                             connections_max=config.connections_max)
+                self.refused["connections_max"] = self.refused.get("connections_max", 0) + 1
                 return False
         self.connections.add(conn)
         self.by_peer.setdefault(conn.host, {})[conn] = None
         self.unproven[conn] = None
         log.debug("connection_opened", peer=conn.peer, connections=len(self.connections))
+        self.opened += 1
         return True
 
     def _evict(self, victim: TerminalConnection | None, newcomer: TerminalConnection, limit: str) -> bool:
         if victim is None:
             return False
         log.info("connection_closed", peer=victim.peer, reason="evicted", limit=limit, admitted=newcomer.peer)
+        self.closing_for("evicted")
         victim.evict()
         self.forget(victim)
         return True
+
+    def closing_for(self, reason: str) -> None:
+        """Count a connection the switch closes (evicted, frame_timeout, signon_timeout, idle, framing)."""
+        self.reaped[reason] = self.reaped.get(reason, 0) + 1
+
+    @property
+    def listening(self) -> bool:
+        return self._tcp is not None and self._tcp.is_serving()
 
     def proved(self, conn: TerminalConnection) -> None:
         self.unproven.pop(conn, None)
@@ -496,6 +526,7 @@ class SwitchServer:
             for conn in list(self.connections):
                 if conn.last_activity < cutoff and conn.in_flight == 0:
                     log.info("connection_closed", peer=conn.peer, reason="idle", idle_timeout_s=timeout)
+                    self.closing_for("idle")
                     conn.transport.close()
 
     async def _control_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -518,6 +549,7 @@ class SwitchServer:
 
     async def stop(self) -> None:
         """Stop accepting, answer what is in flight, then the caller flushes the ledger."""
+        self.draining = True
         if self._tcp is not None:
             self._tcp.close()
         if self._control is not None:

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from switch.domain import Merchant, day_key, month_key
 from switch.ledger.records import (CardDayMoved, CardIssued, CardMonthCharged, CardPvvSet, CardState, CardStatusSet,
-                                   Change, MemberMonthMoved, MerchantAdded, MessageKey, MessageOutcome,
-                                   OriginalTombstoned, PinTriesSet, PostingState, PostingUndone, Terminal,
-                                   TerminalAdded)
+                                   Change, MemberMonthMoved, MerchantAdded, MerchantUpdated, MessageKey,
+                                   MessageOutcome, OriginalTombstoned, PinTriesSet, PostingState, PostingUndone,
+                                   Terminal, TerminalAdded, TerminalStatusSet)
 from switch.authorize.seen import SeenKeys
 from switch.ledger.sqlite import SqliteReader
 from switch.wire.messages import Kind, Request
@@ -575,6 +576,12 @@ class HotState:
                 self.merchants[ch.merchant.mid] = ch.merchant
             elif isinstance(ch, TerminalAdded):
                 self.terminals[ch.terminal.tid] = ch.terminal
+            elif isinstance(ch, TerminalStatusSet):  # the status rides on the cached row: no extra look-up
+                t = self.terminals.get(ch.tid)
+                if t is not None:
+                    self.terminals[ch.tid] = replace(t, status=ch.status)
+            elif isinstance(ch, MerchantUpdated):  # the next authorization at this merchant sees it
+                self.merchants[ch.merchant.mid] = ch.merchant
 
     def set_balances(self, card_id: int, cash: int, cashback: int, receivable: int) -> None:
         self.cards.set_balances(card_id, cash, cashback, receivable)

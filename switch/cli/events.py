@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -18,19 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from switch.ledger.events import STREAMS
-from switch.ledger.store import STORE_HELP, PgDsn, locate
+from switch.ledger.store import existing
 
 FOLLOW_POLL_S = 0.2
 TAIL_BATCH_MAX = 1000
 
 
 def add_events_parser(sub: Any) -> None:
+    from switch.cli.main import ledger_flags
+
     ev = sub.add_parser("events", help="the event outbox and its MQTT topics (docs/events.md)")
+    ledger_flags(ev, after_subcommand=False)
     esub = ev.add_subparsers(dest="events_action", required=True)
 
     tail = esub.add_parser("tail", help="print events from the outbox (works while a switch runs)")
-    tail.add_argument("--data-dir", default="var")
-    tail.add_argument("--store", help=STORE_HELP)
+    ledger_flags(tail, after_subcommand=True)
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing events as they are committed")
     tail.add_argument("--last", type=int, default=10, help="start with the last N events (default 10; 0: all)")
     tail.add_argument("--after-seq", type=int, help="start after this outbox sequence number instead")
@@ -43,8 +46,7 @@ def add_events_parser(sub: Any) -> None:
     tail.set_defaults(func=cmd_tail)
 
     st = esub.add_parser("status", help="outbox size, relay position, backlog and its age, as JSON")
-    st.add_argument("--data-dir", default="var")
-    st.add_argument("--store", help=STORE_HELP)
+    ledger_flags(st, after_subcommand=True)
     st.set_defaults(func=cmd_status)
 
     sb = esub.add_parser("subscribe", help="reference consumer: print each event once (dedup on event_id)")
@@ -64,9 +66,7 @@ def add_events_parser(sub: Any) -> None:
 def _reader(data_dir: Path):
     from switch.ledger.outbox import OutboxReader
 
-    db = locate(data_dir)
-    if not isinstance(db, PgDsn) and not db.exists():
-        raise ValueError(f"no ledger at {db}")
+    db = existing(data_dir)  # "no ledger at DIR" (NoLedger, one line from main): never an empty one made
     reader = OutboxReader(db)
     if not reader.has_outbox():  # a store no switch of this version has opened yet
         reader.close()
@@ -123,13 +123,27 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 time.sleep(FOLLOW_POLL_S)
     except KeyboardInterrupt:
         return 0
-    except BrokenPipeError:  # `eum events tail | head`
-        return 0
-    finally:
+    finally:  # `eum events tail | head`: the broken pipe is one line from main, as for every command
         reader.close()
 
 
 # ---------------------------------------------------------------------------- subscribe
+
+BROKER_PROBE_TIMEOUT_S = 2.0
+
+
+async def broker_problem(host: str, port: int, *, timeout_s: float = BROKER_PROBE_TIMEOUT_S) -> str | None:
+    """Why the broker's TCP port does not answer ("connection refused", "no answer within 2 s"),
+    or None when it does. A probe, not a session: the consumer and the relay connect on their own."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except asyncio.TimeoutError:
+        return f"no answer within {timeout_s:g} s"
+    except OSError as exc:  # its text names the address; the reason is the errno's
+        return os.strerror(exc.errno).lower() if exc.errno else type(exc).__name__
+    writer.close()
+    return None
+
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
     from switch.ops import logs
@@ -137,6 +151,12 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     from switch.ledger.relay import parse_mqtt_url
 
     host, port = parse_mqtt_url(args.mqtt)
+    # a broker that is not there at the start is the environment's fault: one line, exit 2; once
+    # connected, the consumer rides out the broker's restarts (docs/events.md)
+    problem = asyncio.run(broker_problem(host, port))
+    if problem is not None:
+        print(f"eum events: the MQTT broker at {host}:{port} does not answer ({problem})", file=sys.stderr)
+        return 2
     config = ConsumerConfig(host=host, port=port, programs=tuple(args.program or ()),
                             streams=(args.stream,) if args.stream else STREAMS, client_id=args.client_id,
                             count_max=args.count, timeout_s=args.timeout, dedup=not args.no_dedup)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import signal
@@ -15,14 +16,26 @@ from typing import Any
 
 from switch.clock import Clock, OffsetClock, SystemClock, parse_instant
 from switch.ops.config import SwitchConfig
-from switch.ledger.store import STORE_ENV, STORE_HELP, StoreUnavailable, store_url
+from switch.authorize.hsm_client import HsmUnavailable
+from switch.ledger.store import STORE_ENV, STORE_HELP, StoreUnavailable, existing, store_url, writable_dir
 from switch.wire.transport import parse_hostport
 from switch.wire.transport import run as _run
 
 
+class EnvironmentFault(RuntimeError):
+    """The machine around the command is not as the command needs it (a port taken, a broker
+    or HSM that does not answer): one line on stderr, exit 2 (main)."""
+
+
 def _clock(args: argparse.Namespace) -> Clock:
     start = getattr(args, "clock_start", None)
-    return OffsetClock(parse_instant(start)) if start else SystemClock()
+    if not start:
+        return SystemClock()
+    try:
+        return OffsetClock(parse_instant(start))
+    except ValueError:
+        raise ValueError(f"--clock-start {start!r} is not an ISO 8601 instant with its UTC offset, "
+                         "e.g. 2019-07-20T12:00:00+09:00") from None
 
 
 def _hsm(args: argparse.Namespace) -> Any:
@@ -56,11 +69,13 @@ def cmd_switch(args: argparse.Namespace) -> int:
                           program_wait_ms=args.program_wait_ms, connections_max=args.connections_max,
                           per_peer_max=args.per_peer_max, idle_timeout_s=args.idle_timeout_s,
                           frame_timeout_ms=args.frame_timeout_ms, signon_timeout_s=args.signon_timeout_s,
-                          commit_interval_ms_max=args.commit_interval_ms)
+                          commit_interval_ms_max=args.commit_interval_ms, metrics=getattr(args, "metrics", None) or "")
     dialect = load_dialect(config.dialect)
     check_responses(dialect)  # before anything is created: a dialect that cannot answer is refused
     relay = _relay(args)
     cluster = _cluster(args)
+    _clock(args)  # a bad --clock-start is refused before anything is made
+    writable_dir(config.data_dir)  # a file, or a directory this process cannot write in: one line
     try:
         fd = lock_data_dir(config.data_dir, wait=False)
     except DataDirBusy:
@@ -72,12 +87,20 @@ def cmd_switch(args: argparse.Namespace) -> int:
                          f"(got {args.log_max_mb})")
     logs.configure(data_dir=config.data_dir, name="switch", level=args.log_level, queued=True,
                    max_bytes=args.log_max_mb * 1024 * 1024 if args.log_max_mb else None, keep=args.log_keep)
+    try:
+        metrics_http = _metrics_http(config)  # bound now: a busy port stops the start here
+    except OSError as exc:
+        print(f"eum switch: --metrics {config.metrics}: {exc.strerror or exc}", file=sys.stderr)
+        unlock(fd)
+        return 2
 
     async def main() -> None:
+        await _broker_at_start(relay)
         async with open_core(config.data_dir, clock=_clock(args), batch_size_max=config.batch_size_max,
                              commit_interval_ms_max=config.commit_interval_ms_max,
                              queue_size_max=config.queue_size_max, hsm=_hsm(args), relay=relay,
                              cluster=cluster) as core:
+            _hsm_down_at_start(core.hsm)
             router = None
             links: list[SwitchServer] = []
             if core.cluster is not None:  # one of several instances: docs/scale-out.md
@@ -97,21 +120,72 @@ def cmd_switch(args: argparse.Namespace) -> int:
             prepare = getattr(args, "prepare", None)  # `eum cert serve`: provision, journal (switch/cert/cli.py)
             if prepare is not None:
                 await prepare(core, server)
+            metrics = None
+            if metrics_http is not None:  # /metrics, /healthz, /readyz: docs/operations.md, "Metrics and health"
+                from switch.ops.metrics import serve_switch_metrics
+
+                metrics = serve_switch_metrics(metrics_http, core, server)
             expiring = asyncio.create_task(_expire_holds(core.ops))
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, logs.reopen)  # after logrotate
             try:
                 await serve_until_signalled(server, *links)
             finally:
                 expiring.cancel()
+                if metrics is not None:
+                    metrics.stop()
+                    metrics_http.close()
                 if router is not None:
                     await router.close()
 
     try:
         _run(main())
+    except OSError as exc:  # the listening address is taken, or not this machine's
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+            raise
+        raise EnvironmentFault(f"cannot listen: {exc.strerror}") from None
     finally:
+        if metrics_http is not None:
+            metrics_http.close()
         logs.flush()
         unlock(fd)
     return 0
+
+
+def _metrics_http(config: SwitchConfig) -> Any:
+    """--metrics HOST:PORT: the metrics endpoint, bound (not serving yet); None without the flag."""
+    if not config.metrics:
+        return None
+    from switch.ops.metrics import MetricsHttp
+
+    return MetricsHttp(*config.metrics_address())
+
+
+def _hsm_down_at_start(pool: Any) -> None:
+    """The switch serves with no HSM answering (what needs one is answered 91 until one does,
+    docs/reliability.md): said at start, as hsm_down lines and one line on stderr."""
+    if pool is None:
+        return
+    import structlog
+
+    down = [ep.name for ep in pool.endpoints if ep.name not in pool.healthy]
+    for name in down:
+        structlog.get_logger().warning("hsm_down", hsm=name, reason="no answer at start")
+    if down and not pool.healthy:
+        print(f"eum switch: no HSM answers at {', '.join(down)}: serving anyway; what needs the HSM (PINs, MACs) "
+              "is answered 91 until one does", file=sys.stderr)
+
+
+async def _broker_at_start(relay: Any) -> None:
+    """The relay keeps the events in the outbox until the broker answers (docs/events.md): the
+    switch serves anyway, and says so once on stderr (the relay logs each retry)."""
+    if relay is None:
+        return
+    from switch.cli.events import broker_problem
+
+    problem = await broker_problem(relay.host, relay.port)
+    if problem is not None:
+        print(f"eum switch: the MQTT broker at {relay.host}:{relay.port} does not answer ({problem}): serving "
+              "anyway; events wait in the outbox until it does", file=sys.stderr)
 
 
 HOLDS_EXPIRE_EVERY_S = 60.0
@@ -149,12 +223,20 @@ def _cluster(args: argparse.Namespace) -> Any:
 
 # ---------------------------------------------------------------------------- admin
 
+# The changes that can be a ledger's first (a merchant, a card, the KIF key): any other change
+# needs the ledger to exist already.
+BEGINS_LEDGER = frozenset({"merchant-add", "card-issue", "kif-zmk"})
+
+
 def _admin_op(data_dir: Path, op: str, op_args: dict[str, Any], *, clock: Clock, hsm: Any = None) -> dict[str, Any]:
     """Run an operation in the process that owns the data dir: here if no switch runs,
     else in the switch, over its control socket."""
     from switch.ops.runtime import DataDirBusy, lock_data_dir, open_core, unlock
     from switch.authorize.server import control_socket_path
 
+    if op not in BEGINS_LEDGER:
+        existing(data_dir)  # a mistyped --data-dir: "no ledger at …", never an empty one made
+    writable_dir(data_dir)
     try:
         fd = lock_data_dir(data_dir, wait=False)
     except DataDirBusy:
@@ -247,11 +329,10 @@ def _card_status(op: str):
 
 def _card_show(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from switch.ledger.audit import card_statement
-    from switch.ledger.store import open_store
     from switch.ops.operations import OperationError
     from switch.domain import mask_pan
 
-    result = card_statement(open_store(data_dir), args.pan)
+    result = card_statement(existing(data_dir), args.pan)
     if result is None:
         raise OperationError(f"card {mask_pan(args.pan)} not found")
     return result
@@ -259,9 +340,8 @@ def _card_show(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 def _verify(args: argparse.Namespace, data_dir: Path) -> int:
     from switch.ledger.audit import verify
-    from switch.ledger.store import open_store
 
-    result = verify(open_store(data_dir))
+    result = verify(existing(data_dir))
     if args.json:
         print(json.dumps({"ok": result.ok, "problem": result.problem, **result.stats}))
     elif result.ok:
@@ -278,6 +358,7 @@ def _seed(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from switch.ledger.store import open_store
     from switch.ops.seed import export_population, seed
 
+    writable_dir(data_dir)
     try:
         fd = lock_data_dir(data_dir, wait=False)
     except DataDirBusy:
@@ -330,9 +411,105 @@ async def _set_pins(data_dir: Path, first_card: int, args: argparse.Namespace) -
     return {pan: args.pin for _, pan in rows}
 
 
+# ---------------------------------------------------------------------------- inventory
+# Reads go to the ledger read-only (switch/ledger/audit.py): they work while a switch runs, on
+# either store, and never make a ledger. Changes go through Operations, as card block does.
+
+MONEY_COLUMNS = frozenset({"annual_sales", "cash", "cashback", "payable"})
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    """Rows as aligned columns: text left, numbers right (won with thousands separators)."""
+    if not rows:
+        return "(none)"
+    header = list(rows[0])
+    cells = [[f"{r[k]:,}" if k in MONEY_COLUMNS else str(r[k]) for k in header] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    right = [isinstance(rows[0][k], int) and not isinstance(rows[0][k], bool) for k in header]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)).rstrip()
+    return "\n".join([line(header), *(line(c) for c in cells)])
+
+
+def _paged(args: argparse.Namespace, page: Any) -> int:
+    """One page on stdout (a table, or one JSON object per line with --json); where the next
+    page starts, on stderr, so stdout stays the rows alone."""
+    if args.json:
+        for row in page.rows:
+            print(json.dumps(row, ensure_ascii=False))
+    else:
+        print(_table(page.rows))
+    if page.next_after is not None:
+        print(f"eum admin: more after this page: --after {page.next_after}", file=sys.stderr)
+    return 0
+
+
+def _terminal_list(args: argparse.Namespace, data_dir: Path) -> int:
+    from switch.ledger.audit import terminal_page
+
+    return _paged(args, terminal_page(existing(data_dir), after=args.after or "", limit=args.limit, mid=args.mid))
+
+
+def _terminal_show(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    from switch.ledger.audit import terminal_view
+    from switch.ops.operations import OperationError
+
+    found = terminal_view(existing(data_dir), args.tid)
+    if found is None:
+        raise OperationError(f"terminal {args.tid} not found")
+    return found
+
+
+def _terminal_status(op: str):
+    def action(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+        return _admin_op(data_dir, op, {"tid": args.tid}, clock=_clock(args))
+    return action
+
+
+def _merchant_list(args: argparse.Namespace, data_dir: Path) -> int:
+    from switch.ledger.audit import merchant_page
+
+    return _paged(args, merchant_page(existing(data_dir), after=args.after or "", limit=args.limit))
+
+
+def _merchant_show(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    from switch.ledger.audit import merchant_view
+    from switch.ops.operations import OperationError
+    from switch.rules.fees import tier_for
+    from switch.rules.policy import default_config_dir, load_rules
+
+    tiers = load_rules(default_config_dir()).fees.tiers
+    found = merchant_view(existing(data_dir), args.mid, fee_tier=lambda sales: tier_for(tiers, sales))
+    if found is None:
+        raise OperationError(f"merchant {args.mid} not found")
+    return found
+
+
+def _merchant_update(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    return _admin_op(data_dir, "merchant-update", {"mid": args.mid, "name": args.name, "category": args.category,
+                                                    "annual_sales": args.annual_sales}, clock=_clock(args))
+
+
+def _card_list(args: argparse.Namespace, data_dir: Path) -> int:
+    from switch.ledger.audit import card_page
+
+    return _paged(args, card_page(existing(data_dir), after=args.after or 0, limit=args.limit, program=args.program,
+                                  member=args.member, status=args.status))
+
+
 ADMIN_ACTIONS = {
     "merchant-add": _merchant_add,
+    "merchant-list": _merchant_list,
+    "merchant-show": _merchant_show,
+    "merchant-update": _merchant_update,
     "terminal-add": _terminal_add,
+    "terminal-list": _terminal_list,
+    "terminal-show": _terminal_show,
+    "terminal-disable": _terminal_status("terminal-disable"),
+    "terminal-enable": _terminal_status("terminal-enable"),
+    "card-list": _card_list,
+    "card-find": _card_list,
     "card-issue": _card_issue,
     "card-charge": _card_charge,
     "card-block": _card_status("card-block"),
@@ -376,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--clock-start", help="run the clock from this instant, e.g. 2019-07-20T12:00:00+09:00")
     sw.add_argument("--hsm", help="HOST:PORT[,HOST:PORT…] of the HSMs, in failover order (eum hsm: 127.0.0.1:1500)")
     sw.add_argument("--mqtt", help="mqtt://HOST:PORT: publish the event outbox to this broker (docs/events.md)")
+    sw.add_argument("--metrics", metavar="HOST:PORT",
+                    help="serve Prometheus metrics (/metrics), /healthz and /readyz here, e.g. 127.0.0.1:9464 "
+                         "(docs/operations.md, \"Metrics and health\")")
     sw.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     sw.add_argument("--log-max-mb", type=int, default=100,
                     help="rotate <data-dir>/logs/switch.jsonl at this size (default 100; 0: never, for logrotate)")
@@ -404,8 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_switch)
 
     ad = sub.add_parser("admin", help="operate on data: merchants, terminals, cards, verify, seed")
-    ad.add_argument("--data-dir", default="var")
-    ad.add_argument("--store", help=STORE_HELP)
+    ledger_flags(ad, after_subcommand=False)
     ad.add_argument("--json", action="store_true", help="machine-readable output")
     ad.add_argument("--hsm", help="HOST:PORT[,HOST:PORT] of the HSM, for card issue --pin when no switch runs")
     ad.add_argument("--clock-start", help="when no switch runs: date the operation at this instant "
@@ -433,6 +612,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def ledger_flags(parser: argparse.ArgumentParser, *, after_subcommand: bool) -> None:
+    """--data-dir and --store, accepted before the subcommand (the default lives there) and
+    after it (eum admin, eum report, eum events: `eum report daily --data-dir D` and
+    `eum report --data-dir D daily` alike). After it, an absent flag must not overwrite one
+    given before (argparse copies a subcommand's defaults over): hence SUPPRESS."""
+    absent = {"default": argparse.SUPPRESS} if after_subcommand else {}
+    parser.add_argument("--data-dir", **({"default": "var"} | absent), help="the switch's data dir (default ./var)")
+    parser.add_argument("--store", **absent, help=STORE_HELP)
+
+
+def _page_flags(parser: argparse.ArgumentParser, *, key: str, key_type: Any = str) -> None:
+    from switch.ledger.audit import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX
+
+    parser.add_argument("--limit", type=int, default=PAGE_LIMIT_DEFAULT,
+                        help=f"rows per page (default %(default)s, at most {PAGE_LIMIT_MAX:,})")
+    parser.add_argument("--after", type=key_type, metavar=key,
+                        help="the page after this key (the last row's, as the previous page says on stderr)")
+
+
 def _json_flag(parser: argparse.ArgumentParser) -> None:
     # --json is accepted after the subcommand too (eum admin card show --pan P --json)
     parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
@@ -448,6 +646,19 @@ def _admin_parsers(asub: Any) -> None:
     ma.add_argument("--category", default="general")
     ma.add_argument("--online-mall", action="store_true")
     ma.set_defaults(admin_action="merchant-add")
+    ml = m.add_parser("list", help="merchants in mid order, a page at a time")
+    _page_flags(ml, key="MID")
+    ml.set_defaults(admin_action="merchant-list")
+    ms = m.add_parser("show", help="one merchant, its fee tier, terminals and payable")
+    ms.add_argument("--mid", required=True)
+    ms.set_defaults(admin_action="merchant-show")
+    mu = m.add_parser("update", help="annual sales (each year: the fee tier follows), trade name or category; "
+                      "the next authorization at the merchant uses them (docs/operations.md, \"Inventory\")")
+    mu.add_argument("--mid", required=True)
+    mu.add_argument("--annual-sales", type=int, help="won")
+    mu.add_argument("--name")
+    mu.add_argument("--category")
+    mu.set_defaults(admin_action="merchant-update")
 
     t = asub.add_parser("terminal").add_subparsers(dest="action", required=True)
     ta = t.add_parser("add")
@@ -459,6 +670,18 @@ def _admin_parsers(asub: Any) -> None:
                          "--group, the terminal's initial key exported under the KIF ZMK (docs/security.md)")
     ta.add_argument("--group", default="default", help="terminal group sharing one generated BDK")
     ta.set_defaults(admin_action="terminal-add")
+    tl = t.add_parser("list", help="terminals in tid order, a page at a time")
+    _page_flags(tl, key="TID")
+    tl.add_argument("--mid", help="only this merchant's terminals")
+    tl.set_defaults(admin_action="terminal-list")
+    inventory = [ml, ms, mu, tl]
+    for name, help_ in (("show", "one terminal (never its keys)"),
+                        ("disable", "answer the terminal's every message 58 from its next one on"),
+                        ("enable", "undo disable")):
+        tp = t.add_parser(name, help=help_)
+        tp.add_argument("--tid", required=True)
+        tp.set_defaults(admin_action=f"terminal-{name}")
+        inventory.append(tp)
 
     c = asub.add_parser("card").add_subparsers(dest="action", required=True)
     ci = c.add_parser("issue")
@@ -475,6 +698,16 @@ def _admin_parsers(asub: Any) -> None:
         cp = c.add_parser(name)
         cp.add_argument("--pan", required=True)
         cp.set_defaults(admin_action=f"card-{name}")
+    cl = c.add_parser("list", help="cards in id order (PANs masked), a page at a time")
+    cf = c.add_parser("find", help="a member's cards (PANs masked)")
+    for cp, member_required in ((cl, False), (cf, True)):
+        _page_flags(cp, key="ID", key_type=int)
+        cp.add_argument("--member", required=member_required)
+        cp.add_argument("--program", help="only this program's cards")
+        cp.add_argument("--status", choices=("active", "blocked"))
+    cl.set_defaults(admin_action="card-list")
+    cf.set_defaults(admin_action="card-find")
+    inventory += [cl, cf]
 
     h = asub.add_parser("holds", help="pre-authorization holds").add_subparsers(dest="action", required=True)
     he = h.add_parser("expire", help="release every open hold past its expiry ([preauth] hold_days; the running "
@@ -497,8 +730,10 @@ def _admin_parsers(asub: Any) -> None:
     s.add_argument("--export", help="write the population file (terminals, cards, PINs) a fleet drives")
     s.add_argument("--export-cards", type=int, default=10_000, help="cards in the population file")
     s.set_defaults(admin_action="seed")
-    for sp in (ma, ta, ci, cc, v, s, kz, he) + tuple(c.choices[n] for n in ("block", "unblock", "unblock-pin", "show")):
+    for sp in (ma, ta, ci, cc, v, s, kz, he, *inventory) + tuple(c.choices[n] for n in ("block", "unblock",
+                                                                                        "unblock-pin", "show")):
         _json_flag(sp)
+        ledger_flags(sp, after_subcommand=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -512,12 +747,42 @@ def main(argv: list[str] | None = None) -> int:
             # (and any command it runs) finds the same store (switch/ledger/store.py, locate)
             url = store_url(args.store)
             os.environ[STORE_ENV] = url or "sqlite"
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        sys.stdout.flush()  # a reader gone from stdout shows here, not as a traceback at exit
+        return code
     except KeyboardInterrupt:
         return 130
-    except (ValueError, StoreUnavailable) as exc:
+    # the environment's faults, each one line and exit 2 (docs/operations.md, "Environment errors")
+    except (ValueError, StoreUnavailable, EnvironmentFault) as exc:
         print(f"eum: {exc}", file=sys.stderr)
         return 2
+    except HsmUnavailable as exc:
+        print(f"eum: the HSM does not answer (--hsm {getattr(args, 'hsm', None)}): {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        if not _stdout_gone():  # a socket's broken pipe is not the environment's: a bug to see whole
+            raise
+        print("eum: standard output was closed before everything was written (broken pipe)", file=sys.stderr)
+        return 2
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout's reader has gone (`eum … | head`); if so stdout is pointed at /dev/null,
+    so that the flush at exit does not fail a second time."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError):  # stdout is no file (captured): not a pipe that broke
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return gone
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ The main CLI (switch/cli/main.py) wires it with:
     add_report_parser(sub)   # sub = the subparsers of `eum`; sets func
 
 Exit status: 0 when every figure reconciles with the ledger, 1 when a check fails (the
-report says which), 2 for a bad date or a missing ledger.
+report says which), 2 for a bad date or a missing ledger ("no ledger at DIR", from main).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from switch.ledger.store import STORE_HELP, locate
+from switch.ledger.store import existing
 from switch.ledger.reports import TABLES, Period, Report, ReportError, build_report, table
 
 TEXT_COLUMNS = frozenset({"mid", "name", "district", "channel", "program", "date", "account"})
@@ -36,14 +36,16 @@ def add_report_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="daily or monthly settlement and program figures, reconciled with the ledger",
                        description="Reads the ledger read-only (safe while a switch runs). Days are KST calendar "
                                    "days; a posting counts on the day it was posted (docs/reports.md).")
+    from switch.cli.main import ledger_flags
+
+    ledger_flags(p, after_subcommand=False)
     rsub = p.add_subparsers(dest="report_kind", required=True)
     daily = rsub.add_parser("daily", help="one KST day")
     daily.add_argument("--date", required=True, help="YYYY-MM-DD (KST)")
     monthly = rsub.add_parser("month", help="one KST calendar month, with the city figures per day")
     monthly.add_argument("--month", required=True, help="YYYY-MM (KST)")
     for sp in (daily, monthly):
-        sp.add_argument("--data-dir", default="var", help="the switch's data dir (default ./var)")
-        sp.add_argument("--store", help=STORE_HELP)
+        ledger_flags(sp, after_subcommand=True)
         sp.add_argument("--csv", action="store_true", help="write one table as CSV to stdout (see --table)")
         sp.add_argument("--table", choices=TABLES, default="merchants",
                         help="the table --csv writes (default merchants)")
@@ -59,7 +61,7 @@ def run_report(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int
     out = stdout or sys.stdout
     try:
         period = Period.day(args.date) if args.report_kind == "daily" else Period.month(args.month)
-        report = build_report(locate(Path(args.data_dir)), period, verify=args.verify)
+        report = build_report(existing(Path(args.data_dir)), period, verify=args.verify)
     except ReportError as exc:
         print(f"eum report: {exc}", file=sys.stderr)
         return 2

@@ -1,15 +1,18 @@
-"""Read-only views of the ledger: the whole-ledger proof and a card's statement.
+"""Read-only views of the ledger: the whole-ledger proof, a card's statement and the
+inventory (terminals, merchants, cards, page by page).
 
-Both read one consistent WAL snapshot, so they run while a switch is writing.
+They read on read-only connections (one consistent WAL snapshot for verify and the
+statement), so they run while a switch is writing, on SQLite and PostgreSQL alike.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from switch.domain import mask_pan
+from switch.domain import Merchant, mask_pan
+from switch.ledger.records import CardState, Terminal
 from switch.ledger.store import Store, connect
 
 
@@ -152,10 +155,11 @@ def _verify_outbox(conn: sqlite3.Connection, stats: dict[str, int]) -> str:
 def card_statement(db_path: Store, pan: str, *, recent: int = 10) -> dict[str, Any] | None:
     conn = connect(db_path, readonly=True)
     try:
-        row = conn.execute("SELECT id, program, member, expiry, status FROM cards WHERE pan=?", (pan,)).fetchone()
+        row = conn.execute("SELECT id, program, member, expiry, status, pin_tries, pin_blocked FROM cards WHERE pan=?",
+                           (pan,)).fetchone()
         if row is None:
             return None
-        cid, program, member, expiry, status = row
+        cid, program, member, expiry, status, pin_tries, pin_blocked = row
 
         def bal(kind: str) -> int:
             r = conn.execute("SELECT balance FROM accounts WHERE name=?", (f"card:{cid}:{kind}",)).fetchone()
@@ -169,7 +173,116 @@ def card_statement(db_path: Store, pan: str, *, recent: int = 10) -> dict[str, A
                 "ORDER BY id DESC LIMIT ?", (cid, recent))
         ]
         return {"pan": mask_pan(pan), "program": program, "member": member, "expiry": expiry, "status": status,
+                # pin_blocked: wrong PINs reached the limit (eum admin card unblock-pin clears it)
+                "pin_blocked": bool(pin_blocked), "pin_tries": pin_tries,
                 "cash": bal("cash"), "cashback": bal("cashback"), "receivable": bal("receivable"),
                 "held": bal("held"), "postings": postings}  # held: by open pre-authorizations, out of cash
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------------------- inventory
+# `eum admin terminal|merchant list|show`, `card list|find`: keyset pages (the rows after a key,
+# in key order), so a page costs the same at the millionth card as at the first. Never a full
+# PAN and never a key: a terminal's keys stay in the ledger.
+
+PAGE_LIMIT_DEFAULT = 50
+PAGE_LIMIT_MAX = 1_000
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[dict[str, Any]]
+    next_after: str | None  # --after for the next page; None: this page is the last
+
+
+def _page(rows: list[Any], limit: int, key: Any, row: Any) -> Page:
+    """`rows` read with limit + 1: one more than shown says whether another page follows."""
+    shown = rows[:limit]
+    return Page([row(r) for r in shown], str(key(shown[-1])) if len(rows) > limit else None)
+
+
+def _reader(db_path: Store) -> Any:
+    from switch.ledger.sqlite import SqliteReader  # its SQL runs on both stores
+
+    return SqliteReader(db_path)
+
+
+def check_limit(limit: int) -> int:
+    if not 1 <= limit <= PAGE_LIMIT_MAX:
+        raise ValueError(f"--limit must be 1..{PAGE_LIMIT_MAX:,}, got {limit}")
+    return limit
+
+
+def _terminal_row(t: Terminal) -> dict[str, Any]:
+    return {"tid": t.tid, "mid": t.mid.strip(), "security": t.security, "status": t.status}
+
+
+def terminal_page(db_path: Store, *, after: str = "", limit: int = PAGE_LIMIT_DEFAULT,
+                  mid: str | None = None) -> Page:
+    reader = _reader(db_path)
+    try:
+        rows = reader.terminals_page(after, check_limit(limit) + 1, mid=mid.ljust(15) if mid else None)
+    finally:
+        reader.close()
+    return _page(rows, limit, lambda t: t.tid, _terminal_row)
+
+
+def terminal_view(db_path: Store, tid: str) -> dict[str, Any] | None:
+    reader = _reader(db_path)
+    try:
+        t = reader.terminal(tid)
+        if t is None:
+            return None
+        merchant = reader.merchant(t.mid)
+    finally:
+        reader.close()
+    out = {**_terminal_row(t), "merchant": merchant.name if merchant is not None else ""}
+    if t.ksn_initial:  # DUKPT: the initial KSN (public, as on the wire) and the highest counter stored
+        out.update(ksn_initial=t.ksn_initial, ksn_max=t.ksn_max)
+    return out
+
+
+def _merchant_row(m: Merchant) -> dict[str, Any]:
+    return {"mid": m.mid.strip(), "name": m.name, "district": m.district, "annual_sales": m.annual_sales,
+            "category": m.category, "online_mall": m.online_mall}
+
+
+def merchant_page(db_path: Store, *, after: str = "", limit: int = PAGE_LIMIT_DEFAULT) -> Page:
+    reader = _reader(db_path)
+    try:
+        rows = reader.merchants_page(after.ljust(15) if after else "", check_limit(limit) + 1)
+    finally:
+        reader.close()
+    return _page(rows, limit, lambda m: m.mid.strip(), _merchant_row)
+
+
+def merchant_view(db_path: Store, mid: str, *, fee_tier: Callable[[int], str]) -> dict[str, Any] | None:
+    """The merchant, the fee tier its annual sales put it in, its terminals and what the
+    platform owes it (its payable account)."""
+    reader = _reader(db_path)
+    try:
+        m = reader.merchant(mid.ljust(15))
+        if m is None:
+            return None
+        terminals = reader.terminal_count(m.mid)
+        payable = reader.account_balance(f"merchant:{m.mid}:payable")
+    finally:
+        reader.close()
+    return {**_merchant_row(m), "fee_tier": fee_tier(m.annual_sales), "terminals": terminals, "payable": payable}
+
+
+def _card_row(c: CardState) -> dict[str, Any]:
+    return {"id": c.id, "pan": mask_pan(c.pan), "program": c.program, "member": c.member, "expiry": c.expiry,
+            "status": c.status, "pin_blocked": c.pin_blocked, "cash": c.cash, "cashback": c.cashback}
+
+
+def card_page(db_path: Store, *, after: int = 0, limit: int = PAGE_LIMIT_DEFAULT, program: str | None = None,
+              member: str | None = None, status: str | None = None) -> Page:
+    """Cards in id order (the id is the page key: a PAN is never one)."""
+    reader = _reader(db_path)
+    try:
+        rows = reader.cards_page(after, check_limit(limit) + 1, program=program, member=member, status=status)
+    finally:
+        reader.close()
+    return _page(rows, limit, lambda c: c.id, _card_row)

@@ -155,10 +155,19 @@ _OUTBOX_6 = (("event_id", "text"), ("topic", "text"), ("type", "text"), ("postin
              ("payload", "text"), ("committed_at", "double precision"), ("partition", "integer"), ("pseq", "bigint"))
 
 
+# From version 9 a group may disable or enable terminals and update merchants (eum admin
+# terminal disable|enable, merchant update), after the inserts of the same group.
+_INVENTORY_9 = (
+    ("terminal_status", (("status", "text"), ("tid", "text"))),
+    ("merchant_update", (("name", "text"), ("annual_sales", "bigint"), ("category", "text"), ("mid", "text"))),
+)
+
+
 def _tables(version: int) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
     if version < 6:
         return COMMIT_TABLES_5
-    return tuple((t, _OUTBOX_6 if t == "outbox" else cols) for t, cols in COMMIT_TABLES_5)
+    tables = tuple((t, _OUTBOX_6 if t == "outbox" else cols) for t, cols in COMMIT_TABLES_5)
+    return tables + _INVENTORY_9 if version >= 9 else tables
 
 
 _TAILS = {  # what follows `SELECT * FROM unnest(...)` for the tables that merge rather than insert
@@ -180,6 +189,9 @@ _UPDATES = {  # tables a group updates in place: (target, SET, key column of the
     "ksn": ("terminals", "ksn_max = GREATEST(t.ksn_max, u.ksn_max)", "tid", "tid"),
     "status": ("cards", "status = u.status", "id", "card_id"),
     "pvv": ("cards", "pvv = u.pvv", "id", "card_id"),
+    "terminal_status": ("terminals", "status = u.status", "tid", "tid"),
+    "merchant_update": ("merchants", "name = u.name, annual_sales = u.annual_sales, category = u.category",
+                        "mid", "mid"),
 }
 _TARGET = {"relay": "outbox_relay"}
 
@@ -192,7 +204,7 @@ def _param(table: str, col: str) -> str:
 # version 3 one indexed UPDATE per row in a loop. A set-based UPDATE … FROM unnest(…) gets a
 # generic plan that may hash-join against the whole table (postings: measured ≈ 1 ms a call at
 # 10,000 postings; docs/performance.md, "PostgreSQL: the commit function").
-_ROW_LOOPS = frozenset({"undone", "pin_tries", "ksn", "status", "pvv"})
+_ROW_LOOPS = frozenset({"undone", "pin_tries", "ksn", "status", "pvv", "terminal_status", "merchant_update"})
 
 
 def _commit_function(version: int) -> str:
@@ -256,7 +268,7 @@ def _row_types(version: int) -> list[str]:
 
 
 _ROW_TYPES = _row_types(3)  # the signature of versions 2 and 3 (dropped by migration 4)
-LATEST = 6
+LATEST = 9
 COMMIT_TABLES = _tables(LATEST)
 COMMIT_CALL = ("SELECT ledger_commit(" + ", ".join(
     f"${i + 1}::{t}" for i, t in enumerate(["text", "integer[]", "bigint[]"] + _row_types(LATEST))) + ")")
@@ -300,6 +312,12 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
      "ALTER TABLE postings DROP CONSTRAINT undone_within_amount, ADD CONSTRAINT undone_within_amount "
      "CHECK (undone >= 0 AND (kind NOT IN ('purchase', 'refund', 'hold') OR undone <= amount));\n"
      "ALTER TABLE accounts ADD CONSTRAINT held_not_negative CHECK (balance >= 0 OR name NOT LIKE 'card:%:held');"),
+    (9, "inventory: a terminal's status (disabled: answered 58); ledger_commit disables terminals and updates "
+        "merchants",
+     "ALTER TABLE terminals ADD COLUMN status TEXT NOT NULL DEFAULT 'active' "
+     "CONSTRAINT terminal_status_known CHECK (status IN ('active', 'disabled'));\n"
+     "DROP FUNCTION ledger_commit(text, integer[], bigint[], " + ", ".join(_row_types(6)) + ");\n"
+     + _commit_function(9)),
 )
 
 

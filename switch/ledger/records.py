@@ -165,6 +165,9 @@ class CardState:
         return f"card:{self.id}:held"
 
 
+TERMINAL_STATUSES = ("active", "disabled")
+
+
 @dataclass(frozen=True, slots=True)
 class Terminal:
     tid: str
@@ -173,6 +176,7 @@ class Terminal:
     key_lmk: str = ""      # BDK (DUKPT profiles) or TAK (mac) under the LMK; empty for none
     ksn_initial: str = ""
     ksn_max: int = 0       # highest DUKPT counter accepted before this process started
+    status: str = "active"  # active | disabled (`eum admin terminal disable`): a disabled one is answered 58
 
 
 # ---------------------------------------------------------------------------- changes a commit makes
@@ -253,6 +257,17 @@ class TerminalAdded:
 
 
 @dataclass(frozen=True, slots=True)
+class TerminalStatusSet:
+    tid: str
+    status: str             # TERMINAL_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantUpdated:
+    merchant: Merchant      # the whole row as it stands after the update (same mid)
+
+
+@dataclass(frozen=True, slots=True)
 class MetaSet:
     key: str
     value: str
@@ -275,7 +290,7 @@ class RelayMarked:
 
 Change = (MemberMonthMoved | CardDayMoved | CardMonthCharged | PostingUndone | OriginalTombstoned | PinTriesSet
           | KsnAccepted | CardStatusSet | CardPvvSet | CardIssued | MerchantAdded | TerminalAdded | MetaSet
-          | KeyGroupAdded | RelayMarked)
+          | KeyGroupAdded | RelayMarked | TerminalStatusSet | MerchantUpdated)
 
 
 @dataclass(frozen=True, slots=True)

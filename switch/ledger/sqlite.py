@@ -21,9 +21,10 @@ from typing import Callable, Iterable, Sequence
 from switch.domain import Merchant
 from switch.ledger.records import (CardDayMoved, CardIssued, CardMonthCharged, CardPvvSet, CardState, CardStatusSet,
                                    ChargeDetail, Commit, Detail, HoldDetail, KeyGroupAdded, KsnAccepted, MemberMonthMoved,
-                                   MerchantAdded, MessageKey, MessageOutcome, MetaSet, OriginalTombstoned, PinTriesSet,
-                                   PostingState, PostingUndone, PurchaseDetail, RefundReversalDetail, RelayMarked,
-                                   Terminal, TerminalAdded, UndoDetail)
+                                   MerchantAdded, MerchantUpdated, MessageKey, MessageOutcome, MetaSet,
+                                   OriginalTombstoned, PinTriesSet, PostingState, PostingUndone, PurchaseDetail,
+                                   RefundReversalDetail, RelayMarked, Terminal, TerminalAdded, TerminalStatusSet,
+                                   UndoDetail)
 from switch.ledger.store import Store, connect
 
 # ---------------------------------------------------------------------------- posting detail as JSON
@@ -106,6 +107,8 @@ _META = "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)"
 _KEY_GROUP = "INSERT INTO key_groups(name, profile, bdk, kcv) VALUES (?,?,?,?)"
 _RELAY = ("INSERT INTO outbox_relay(name, seq, at) VALUES (?,?,?) "
           "ON CONFLICT(name) DO UPDATE SET seq = MAX(seq, excluded.seq), at = excluded.at")
+_TERMINAL_STATUS = "UPDATE terminals SET status = ? WHERE tid = ?"
+_MERCHANT_UPDATE = "UPDATE merchants SET name = ?, annual_sales = ?, category = ? WHERE mid = ?"
 
 
 class _Rows:
@@ -135,6 +138,8 @@ class _Rows:
         self.meta: dict[str, str] = {}
         self.key_groups: list[tuple] = []
         self.relay: dict[str, tuple] = {}
+        self.terminal_status: dict[str, str] = {}
+        self.merchant_update: dict[str, tuple] = {}
 
     def add(self, c: Commit, committed_at: float) -> None:
         p = c.posting
@@ -193,6 +198,11 @@ class _Rows:
             self.key_groups.append((ch.name, ch.profile, ch.bdk, ch.kcv))
         elif isinstance(ch, RelayMarked):
             self.relay[ch.name] = (ch.name, ch.seq, ch.at)
+        elif isinstance(ch, TerminalStatusSet):
+            self.terminal_status[ch.tid] = ch.status
+        elif isinstance(ch, MerchantUpdated):  # the fields an operator changes (Operations.op_merchant_update)
+            m = ch.merchant
+            self.merchant_update[m.mid] = (m.name, m.annual_sales, m.category, m.mid)
         else:  # a record type this adapter does not know: our bug
             raise TypeError(f"unknown change {type(ch).__name__}")
 
@@ -220,6 +230,9 @@ class _Rows:
             "meta": list(self.meta.items()),
             "key_groups": self.key_groups,
             "relay": list(self.relay.values()),
+            # after the inserts above: a row added and changed in one group is changed
+            "terminal_status": [(s, tid) for tid, s in sorted(self.terminal_status.items())],
+            "merchant_update": [self.merchant_update[mid] for mid in sorted(self.merchant_update)],
         }
 
 
@@ -227,7 +240,8 @@ _SQL = {"merchants": _MERCHANT, "terminals": _TERMINAL, "cards": _CARD, "posting
         "messages": _MESSAGE, "outbox": _EVENT, "accounts": _ACCOUNT, "member_months": _MEMBER_MONTH,
         "card_days": _CARD_DAY, "card_months": _CARD_MONTH, "undone": _UNDONE, "tombstones": _TOMBSTONE,
         "pin_tries": _PIN_TRIES, "ksn": _KSN, "status": _STATUS, "pvv": _PVV, "meta": _META,
-        "key_groups": _KEY_GROUP, "relay": _RELAY}
+        "key_groups": _KEY_GROUP, "relay": _RELAY, "terminal_status": _TERMINAL_STATUS,
+        "merchant_update": _MERCHANT_UPDATE}
 
 
 def group_rows(commits: Iterable[Commit], committed_at: float,
@@ -298,10 +312,17 @@ class SqliteReader:
     def card_by_id(self, card_id: int) -> CardState | None:
         return self._card("c.id=?", (card_id,))
 
-    def cards_page(self, after_id: int, limit: int) -> list[CardState]:
-        """Up to `limit` cards with ids above `after_id`, in id order (HotState.warm)."""
-        rows = self.conn.execute(self._CARD.format(extra="", where="c.id > ?") + " ORDER BY c.id LIMIT ?",
-                                 (after_id, limit)).fetchall()
+    def cards_page(self, after_id: int, limit: int, *, program: str | None = None, member: str | None = None,
+                   status: str | None = None) -> list[CardState]:
+        """Up to `limit` cards with ids above `after_id`, in id order (HotState.warm), only those
+        of `program`, `member`, `status` when given (eum admin card list|find)."""
+        where, args = ["c.id > ?"], [after_id]
+        for column, value in (("c.program", program), ("c.member", member), ("c.status", status)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        rows = self.conn.execute(self._CARD.format(extra="", where=" AND ".join(where)) + " ORDER BY c.id LIMIT ?",
+                                 (*args, limit)).fetchall()
         return [self._card_state(tuple(r)) for r in rows]
 
     def month_counters(self, month: str) -> list[tuple[str, int]]:
@@ -352,10 +373,31 @@ class SqliteReader:
         return Merchant(mid=row[0], name=row[1], district=row[2], annual_sales=row[3], category=row[4],
                         online_mall=bool(row[5]))
 
+    _TERMINAL = "SELECT tid, mid, security, key_lmk, ksn_initial, ksn_max, status FROM terminals"
+
     def terminal(self, tid: str) -> Terminal | None:
-        row = self.conn.execute("SELECT tid, mid, security, key_lmk, ksn_initial, ksn_max FROM terminals WHERE tid=?",
-                                (tid,)).fetchone()
+        row = self.conn.execute(self._TERMINAL + " WHERE tid=?", (tid,)).fetchone()
         return Terminal(*row) if row else None
+
+    # ------------------------------------------------------------------ inventory pages (eum admin … list)
+    # Keyset paging: the rows after a key, in key order, at most `limit`; the last row's key asks for the next.
+
+    def terminals_page(self, after: str, limit: int, *, mid: str | None = None) -> list[Terminal]:
+        where, args = ("tid > ? AND mid = ?", (after, mid)) if mid is not None else ("tid > ?", (after,))
+        rows = self.conn.execute(f"{self._TERMINAL} WHERE {where} ORDER BY tid LIMIT ?", (*args, limit)).fetchall()
+        return [Terminal(*row) for row in rows]
+
+    def terminal_count(self, mid: str) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM terminals WHERE mid=?", (mid,)).fetchone()[0]
+
+    def merchants_page(self, after: str, limit: int) -> list[Merchant]:
+        rows = self.conn.execute("SELECT mid, name, district, annual_sales, category, online_mall FROM merchants "
+                                 "WHERE mid > ? ORDER BY mid LIMIT ?", (after, limit)).fetchall()
+        return [Merchant(mid=r[0], name=r[1], district=r[2], annual_sales=r[3], category=r[4],
+                         online_mall=bool(r[5])) for r in rows]
+
+    def account_balance(self, name: str) -> int:
+        return self._balance(name)
 
     def member_month(self, member: str, month: str) -> int:
         row = self.conn.execute("SELECT eligible FROM member_months WHERE member=? AND month=?",

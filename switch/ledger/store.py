@@ -32,6 +32,7 @@ import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any, Union
+from urllib.parse import quote
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -144,6 +145,8 @@ def connect(path: Store, *, readonly: bool = False) -> Any:
         from switch.ledger.postgres import PgConnection
 
         return PgConnection(path, readonly=readonly)
+    if readonly:
+        return _connect_readonly(path)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -152,6 +155,35 @@ def connect(path: Store, *, readonly: bool = False) -> Any:
     if readonly:
         conn.execute("PRAGMA query_only=ON")
     return conn
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection that never creates the file (a mistyped path is an error, not an
+    empty ledger) and reads a ledger this process may not write. Tried in turn: read-write
+    without create (as the writer's connections: closed last, it checkpoints the WAL away),
+    read-only (a read-only file), immutable (a read-only directory, where SQLite cannot make
+    the WAL's shared-memory file: only a ledger closed cleanly, with no WAL left to read)."""
+    uri = f"file:{quote(str(path))}"
+    for mode in ("?mode=rw", "?mode=ro", "?mode=ro&immutable=1"):
+        if "immutable" in mode:
+            wal = Path(f"{path}-wal")
+            if wal.exists() and wal.stat().st_size:
+                raise LedgerReadOnly(f"the ledger at {path} is in a read-only directory with a write-ahead log "
+                                     "not yet checkpointed: copy the data dir somewhere writable to read it")
+        conn = sqlite3.connect(uri + mode, uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            if mode == "?mode=rw":
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file (and the WAL) now
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_READONLY:
+                raise
+    raise AssertionError("an immutable read-only open writes nothing, so it cannot be refused as a write")
 
 
 # Columns added after the first schema: (table, column, declaration). Added on open.
@@ -165,6 +197,7 @@ MIGRATIONS = (
     ("postings", "reversed", "INTEGER NOT NULL DEFAULT 0"),   # of a purchase: the part undone by reversals
     ("outbox", "partition", "INTEGER"),   # the member's partition and its place in that partition's event
     ("outbox", "pseq", "INTEGER"),        # sequence: written by a cluster's owners (PostgreSQL), NULL here
+    ("terminals", "status", "TEXT NOT NULL DEFAULT 'active'"),  # active | disabled (eum admin terminal disable)
 )
 # Run once, right after a column above is added: an older store kept `reversed` in the JSON detail.
 BACKFILLS = {
@@ -212,7 +245,7 @@ def open_store(data_dir: Path, store: str | None = None) -> Store:
     """Create the data dir and the schema on first run; return where the ledger is. New tables
     (the outbox) are in SCHEMA, whose CREATE … IF NOT EXISTS also upgrades an older store.
     With a PostgreSQL `store` (or $EUM_STORE), its versioned migrations run instead."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    writable_dir(data_dir)
     where = locate(data_dir, store)
     if isinstance(where, PgDsn):
         from switch.ledger.postgres import migrate
@@ -220,9 +253,28 @@ def open_store(data_dir: Path, store: str | None = None) -> Store:
         migrate(where)
         return where
     path = where
+    try:
+        _upgrade(path)
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_READONLY:
+            raise
+        raise LedgerReadOnly(f"the ledger at {path} is read-only: reports and verify read it, changes and "
+                             "the switch need it writable") from None
+    return path
+
+
+def _upgrade(path: Path) -> None:
+    """Schema, added columns, re-keyed tables and the ledger's name, on a SQLite ledger (made if
+    missing). A ledger this process may not write fails here (SQLITE_READONLY), not at its
+    first commit: SQLite opens a file it cannot write read-only without a word."""
     conn = connect(path)
     try:
         conn.executescript(SCHEMA)
+        conn.execute("BEGIN IMMEDIATE")
+        try:  # changes nothing, but is refused on a read-only ledger
+            conn.execute("DELETE FROM meta WHERE key = ''")
+        finally:
+            conn.execute("ROLLBACK")
         for table, column, decl in MIGRATIONS:
             have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             if column not in have:
@@ -242,7 +294,6 @@ def open_store(data_dir: Path, store: str | None = None) -> Store:
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('outbox_since_posting', ?)", (str(since),))
     finally:
         conn.close()
-    return path
 
 
 def ledger_id(conn: Any) -> str:
@@ -254,6 +305,51 @@ def ledger_id(conn: Any) -> str:
 class StoreUnavailable(RuntimeError):
     """The ledger cannot be opened (a PostgreSQL server that does not answer, a database that
     does not exist, another writer): one line for the operator, never a password."""
+
+
+class NoLedger(StoreUnavailable):
+    """A read found no ledger where it was pointed (a mistyped --data-dir): never made empty."""
+
+
+class LedgerReadOnly(StoreUnavailable):
+    """The ledger can be read but not written (its file or directory is read-only)."""
+
+
+class DataDirUnusable(StoreUnavailable):
+    """--data-dir is a file, or a directory this process cannot make or write in."""
+
+
+def writable_dir(data_dir: Path) -> None:
+    """The data dir as a writer needs it: a directory (made if missing) this process writes in."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataDirUnusable(f"--data-dir {data_dir} is a file, not a directory")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataDirUnusable(f"--data-dir {data_dir} cannot be made: {exc.strerror}") from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise DataDirUnusable(f"--data-dir {data_dir} is not writable")
+
+
+def existing(data_dir: Path, store: str | None = None) -> Store:
+    """Where the ledger is, for a command that only reads it: NoLedger if there is none (a
+    read never creates one). On PostgreSQL, a database no switch or eum admin has opened
+    (no schema) has no ledger either."""
+    where = locate(data_dir, store)
+    if isinstance(where, PgDsn):
+        conn = connect(where, readonly=True)
+        try:
+            found = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]
+        finally:
+            conn.close()
+        if not found:
+            raise NoLedger(f"no ledger at {redact(where)} (the database has no eum schema)")
+        return where
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataDirUnusable(f"--data-dir {data_dir} is a file, not a directory")
+    if not where.is_file():
+        raise NoLedger(f"no ledger at {data_dir}")
+    return where
 
 
 class LedgerUnavailable(RuntimeError):

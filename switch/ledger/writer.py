@@ -105,7 +105,11 @@ class LedgerWriter:
         self.batches = 0
         self.units = 0
         self.failed_groups = 0   # in a row, since the last group that committed
+        self.failed_groups_total = 0
         self.reopens = 0         # connections reopened after an I/O error, in all
+        # called after each group that commits with (units, commit_ms): the metrics' histograms
+        # (switch/ops/metrics.py); None: nobody asked
+        self.on_commit: Any = None
         self._restart: Restart | None = None  # set on the writer thread by a failed group's I/O error
         self._busy = False
 
@@ -127,6 +131,11 @@ class LedgerWriter:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
+
+    @property
+    def running(self) -> bool:
+        """Started and not closed (nor ended by a bug): units submitted now will be committed."""
+        return self._task is not None and not self._task.done()
 
     async def submit(self, unit: Commit) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -189,6 +198,8 @@ class LedgerWriter:
             if not f.done():
                 f.set_result(None)
         elapsed_ms = (time.perf_counter() - started) * 1000
+        if self.on_commit is not None:
+            self.on_commit(len(units), elapsed_ms)
         if elapsed_ms > 100:
             log.warning("ledger_commit_slow", units=len(units), commit_ms=round(elapsed_ms, 1))
 
@@ -197,6 +208,7 @@ class LedgerWriter:
         void) and rebuild the hot state. After an I/O error the writer thread has already
         reopened the store and fenced the group (`_restart`), so a 96 is final."""
         self.failed_groups += 1
+        self.failed_groups_total += 1
         log.error("ledger_commit_failed", units=len(batch), error=type(exc).__name__,
                   code=getattr(exc, "sqlite_errorname", "") or getattr(exc, "sqlstate", "") or "", detail=str(exc))
         restart, self._restart = self._restart, None

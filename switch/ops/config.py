@@ -29,6 +29,9 @@ class SwitchConfig:
     program_in_flight_max: int = 64
     program_queue_max: int = 256
     program_wait_ms: float = 500.0
+    # HOST:PORT of /metrics, /healthz, /readyz (switch/ops/metrics.py; docs/operations.md,
+    # "Metrics and health"); "" serves none
+    metrics: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -53,6 +56,16 @@ class SwitchConfig:
             raise ValueError("program_queue_max (--program-queue-max) must be ≥ 0")
         if self.program_wait_ms <= 0:
             raise ValueError("program_wait_ms (--program-wait-ms) must be > 0")
+        if self.metrics:
+            self.metrics_address()  # raises ValueError on anything but HOST:PORT
+
+    def metrics_address(self) -> tuple[str, int]:
+        from switch.wire.transport import parse_hostport
+
+        host, port = parse_hostport(self.metrics)
+        if not 0 <= port < 65536:
+            raise ValueError(f"--metrics {self.metrics!r}: port must be 0..65535")
+        return host, port
 
     def program_limits(self) -> "ProgramLimits":
         from switch.authorize.fairness import ProgramLimits

@@ -8,6 +8,7 @@ honours them at once and nothing writes behind its back.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -19,9 +20,11 @@ from switch.authorize.engine import MemberLocks
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
 from switch.authorize.decide import iso, release_posting
 from switch.ledger.records import (CardIssued, CardMonthCharged, CardState, CardStatusSet, ChargeDetail,
-                                   Commit, KeyGroupAdded, MerchantAdded, MetaSet, PinTriesSet, Posting,
-                                   PostingState, PostingUndone, Terminal, TerminalAdded)
+                                   Commit, KeyGroupAdded, MerchantAdded, MerchantUpdated, MetaSet, PinTriesSet,
+                                   Posting, PostingState, PostingUndone, Terminal, TerminalAdded,
+                                   TerminalStatusSet)
 from switch.ledger.writer import LedgerWriter
+from switch.rules.fees import tier_for
 from switch.rules.policy import Rules
 from switch.authorize.security import DUKPT, PROFILES, SECURED, Security, SecurityError, initial_ksn, provision_test_keys
 from switch.authorize.state import HotState
@@ -33,7 +36,7 @@ log = structlog.get_logger()
 # The fields of an operation's result its `admin_action` log line repeats (docs/operations.md, "Logs").
 _LOGGED_RESULT = frozenset({"tid", "mid", "name", "district", "annual_sales", "category", "security", "keys", "group",
                             "pan", "program", "member", "expiry", "status", "charged", "receivable_repaid", "cash",
-                            "cashback", "posting", "released", "amount", "enabled", "disabled"})
+                            "cashback", "posting", "released", "amount", "enabled", "disabled", "fee_tier"})
 
 
 class OperationError(ValueError):
@@ -125,6 +128,47 @@ class Operations:
             log.warning("terminal_without_security", tid=tid, note="no PIN, no MAC: certification/legacy only")
         await self._commit(TerminalAdded(Terminal(tid=tid, mid=mid, security=security, key_lmk=key, ksn_initial=ksn)))
         return out
+
+    async def op_merchant_update(self, *, mid: str, name: str | None = None, annual_sales: int | None = None,
+                                 category: str | None = None) -> dict[str, Any]:
+        """What a platform operator changes on a merchant (docs/operations.md, "Inventory"): its
+        annual sales each year (the fee tier follows), its trade name, its category. Not its
+        district or online-mall channel: a merchant that moves or changes channel is registered
+        anew (district support and the mall's e-commerce rule hang on them). The next
+        authorization at the merchant decides on the new row."""
+        if name is None and annual_sales is None and category is None:
+            raise OperationError("merchant update: give --name, --annual-sales or --category")
+        if annual_sales is not None and annual_sales < 0:
+            raise OperationError("--annual-sales must be ≥ 0 won")
+        if name == "" or category == "":
+            raise OperationError("--name and --category cannot be empty")
+        m = self.state.load_merchant(mid.ljust(15))
+        if m is None:
+            raise OperationError(f"merchant {mid.strip()} not found")
+        updated = replace(m, name=m.name if name is None else name,
+                          annual_sales=m.annual_sales if annual_sales is None else annual_sales,
+                          category=m.category if category is None else category)
+        if updated != m:
+            await self._commit(MerchantUpdated(updated))
+        return {"mid": m.mid.strip(), "name": updated.name, "district": updated.district,
+                "annual_sales": updated.annual_sales, "category": updated.category, "online_mall": updated.online_mall,
+                "fee_tier": tier_for(self.rules.fees.tiers, updated.annual_sales)}
+
+    async def op_terminal_disable(self, *, tid: str) -> dict[str, Any]:
+        return await self._terminal_status(tid, "disabled")
+
+    async def op_terminal_enable(self, *, tid: str) -> dict[str, Any]:
+        return await self._terminal_status(tid, "active")
+
+    async def _terminal_status(self, tid: str, status: str) -> dict[str, Any]:
+        """Honoured by the terminal's very next message (58 while disabled, its sign-on too):
+        the engine reads the status on the terminal row it already holds."""
+        terminal = self.state.load_terminal(tid)
+        if terminal is None:
+            raise OperationError(f"terminal {tid} not found")
+        if terminal.status != status:
+            await self._commit(TerminalStatusSet(tid, status))
+        return {"tid": tid, "mid": terminal.mid.strip(), "status": status}
 
     async def _generated_keys(self, profile: str, group: str) -> tuple[str, str, dict[str, str]]:
         """A production-style key set: the group's BDK is generated in the HSM and never leaves
