@@ -19,13 +19,13 @@ balances never go below zero.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from switch.domain import KST, Merchant, day_key, luhn_ok, month_key
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
-from switch.ledger.records import (Change, CardDayMoved, CardMonthCharged, CardState, ChargeDetail, Entry,
+from switch.ledger.records import (AutoCharge, Change, CardDayMoved, CardMonthCharged, CardState, ChargeDetail, Entry,
                                    MemberMonthMoved, MessageKey,
                                    HoldDetail, MessageOutcome, OriginalTombstoned, OutboxEvent, PinTriesSet,
                                    Posting, PostingState, PostingUndone, PurchaseDetail, RefundReversalDetail,
@@ -55,6 +55,7 @@ class View(Protocol):
     def member_month(self, member: str, month: str) -> int: ...
     def card_day(self, card_id: int, day: str) -> int: ...
     def card_month_charged(self, card_id: int, month: str) -> int: ...
+    def auto_charge(self, card_id: int) -> AutoCharge | None: ...
     def posting(self, posting_id: int) -> PostingState | None: ...
     def posting_by_rrn(self, rrn: str) -> PostingState | None: ...
     def message(self, key: MessageKey) -> MessageOutcome | None: ...
@@ -100,6 +101,7 @@ class Decision:
     note: str = ""
     fee: int = 0
     cashback: int = 0
+    before: tuple[Posting, ...] = ()           # committed before `posting`: a purchase's auto-charge
 
 
 class Decline(Exception):
@@ -218,6 +220,7 @@ class _Deciding:
         self.req, self.fields, self.view, self.rules, self.now = req, fields, view, rules, now
         self.at = iso(now)
         self.pin_changes = pin_changes
+        self.pid_offset = 0  # postings this decision made before its own (an auto-charge: 1)
 
     def dispatch(self) -> Decision:
         kind = self.req.kind
@@ -281,9 +284,47 @@ class _Deciding:
         self._check_channel(merchant)
         if view.card_day(state.id, day_key(now)) + amount > limits.daily_spend_max:
             raise Decline(Rc.OVER_LIMIT, "daily spend limit")
-        if state.cash + state.cashback < amount:
-            raise Decline(Rc.INSUFFICIENT_FUNDS, "insufficient funds")
-        return self._sale(state, merchant, amount, _Card(state))
+        card = _Card(state)
+        topped = self._auto_charge(card)
+        if card.cash + card.cashback < amount:
+            raise Decline(Rc.INSUFFICIENT_FUNDS, "insufficient funds" + (" after the auto-charge" if topped else ""))
+        decision = self._sale(state, merchant, amount, card)
+        if topped is None:
+            return decision
+        charge, events, changes = topped
+        return replace(decision, before=(charge,), events=events + decision.events,
+                       changes=changes + decision.changes)
+
+    def _auto_charge(self, card: _Card) -> tuple[Posting, tuple[OutboxEvent, ...], tuple[Change, ...]] | None:
+        """A card enrolled in auto-charge whose cash + cashback is below its threshold is
+        charged its amount first, in the purchase's own commit: the top-up exists exactly when
+        the purchase does (a declined purchase charges nothing; a repeat replays; a reversal of
+        the purchase leaves the top-up, which was real). Within the charge limits (holding
+        limit, month cap); where it would break one, there is no top-up (docs/host-interface.md,
+        "Auto-charge")."""
+        state = card.state
+        setting = self.view.auto_charge(state.id)
+        if setting is None or card.cash + card.cashback >= setting.threshold:
+            return None
+        limits = self.rules.limits(self.now)
+        month = month_key(self.now)
+        if card.cash + card.cashback + setting.amount > limits.holding_max:
+            return None
+        if limits.charge_month_max is not None and \
+                self.view.card_month_charged(state.id, month) + setting.amount > limits.charge_month_max:
+            return None
+        pid = self.view.next_posting_id
+        self.pid_offset = 1  # the purchase takes the next id
+        cash_acc, _, recv_acc = state.accounts()
+        repay = min(setting.amount, -card.receivable)
+        card.cash += setting.amount - repay
+        card.receivable += repay
+        posting = Posting(id=pid, kind="charge", at=self.at, amount=setting.amount,
+                          entries=_merge([("bank_settlement", -setting.amount), (cash_acc, setting.amount - repay),
+                                          (recv_acc, repay)]),
+                          card_id=state.id, tid=self.req.terminal, stan=self.req.stan, rrn=f"{pid:012d}",
+                          detail=ChargeDetail(state.member, repay, auto=True))
+        return posting, self._events(posting, card), (CardMonthCharged(state.id, month, setting.amount),)
 
     def _sale(self, state: CardState, merchant: Merchant, amount: int, card: _Card, *,
               hold: PostingState | None = None) -> Decision:
@@ -301,7 +342,7 @@ class _Deciding:
             card.cash += hold.remaining
         cb_used = min(card.cashback, amount)
         cash_used = amount - cb_used
-        pid = view.next_posting_id
+        pid = view.next_posting_id + self.pid_offset
         payable = f"merchant:{merchant.mid}:payable"
         entries = _merge(
             released,
@@ -644,12 +685,12 @@ def release_posting(pid: int, hold: PostingState, card: CardState, amount: int, 
                    mid=hold.mid, tid=tid, stan=stan, original_id=hold.id)
 
 
-def hold_facts(posting: Posting) -> tuple[tuple[str, int | str], ...]:
+def hold_facts(posting: Posting) -> tuple[tuple[str, int | str | bool], ...]:
     """An event's kind-specific figures: a hold's (what this authorization added, when the
     hold expires), a charge's (what it first repaid of the card's receivable)."""
     d = posting.detail
     if isinstance(d, HoldDetail):
         return (("added", d.added), ("expires", d.expires))
     if isinstance(d, ChargeDetail):
-        return (("receivable_repaid", d.receivable_repaid),)
+        return (("receivable_repaid", d.receivable_repaid), ("auto_charge", d.auto))
     return ()

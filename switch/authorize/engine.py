@@ -250,7 +250,8 @@ class Engine:
         changes = decision.changes if counter is None else decision.changes + (KsnAccepted(req.terminal, counter),)
         partition = partition_of(member) if member is not None and self.writer.partitioned else None
         try:
-            await self.writer.submit(Commit(decision.posting, message, changes, decision.events, partition=partition))
+            await self.writer.submit(Commit(decision.posting, message, changes, decision.events, partition=partition,
+                                            before=decision.before))
         except LedgerUnavailable:
             return await self._unstored(a, req, fields, Rc.SYSTEM_ERROR, "ledger unavailable", None)
         self._apply(decision, message)

@@ -24,8 +24,9 @@ from datetime import datetime
 from typing import Any
 
 from switch.domain import Merchant, day_key, month_key
-from switch.ledger.records import (CardDayMoved, CardIssued, CardMonthCharged, CardPvvSet, CardState, CardStatusSet,
-                                   Change, MemberMonthMoved, MerchantAdded, MerchantUpdated, MessageKey,
+from switch.ledger.records import (AUTO_CHARGE_META, AutoCharge, CardDayMoved, CardIssued, CardMonthCharged,
+                                   CardPvvSet, CardState, CardStatusSet, Change, MemberMonthMoved, MerchantAdded,
+                                   MerchantUpdated, MessageKey, MetaSet,
                                    MessageOutcome, OriginalTombstoned, PinTriesSet, PostingState, PostingUndone,
                                    Terminal, TerminalAdded, TerminalStatusSet)
 from switch.authorize.seen import SeenKeys
@@ -288,6 +289,9 @@ class HotState:
         self.card_months = CardCounters()       # card id → charged this month
         self.postings: OrderedDict[int, PostingState] = OrderedDict()
         self.rrns: dict[str, int] = {}
+        # every enrolled card's auto-charge (few: one entry per enrolled card, read at start and
+        # kept by the commits that change it; docs/architecture.md, "Hot state")
+        self.auto_charges: dict[int, AutoCharge] = self.reader.auto_charges()
         # key → (outcome, when it was cached, in clock seconds): the age bound's clock
         self.messages: OrderedDict[MessageKey, tuple[MessageOutcome, float]] = OrderedDict()
         # which keys the store holds, known without a query (switch/authorize/seen.py), for
@@ -354,6 +358,7 @@ class HotState:
         between the read and the swap."""
         self.seen = self._seen_keys()
         self.tombstones_seen = self._seen_tombstones()
+        self.auto_charges = self.reader.auto_charges()  # a gained member's card may have been enrolled elsewhere
 
     # ------------------------------------------------------------------ loading (may read the store)
 
@@ -477,7 +482,7 @@ class HotState:
         if card is not None:
             self.load_member_month(card.member, month_key(now))
             self.load_card_day(card.id, day_key(now))
-            if req.kind is Kind.DEPOSIT:
+            if req.kind is Kind.DEPOSIT or (req.kind is Kind.PURCHASE and card.id in self.auto_charges):
                 self.load_card_month_charged(card.id, month_key(now))
         if req.kind is Kind.REVERSAL:
             original = self.load_message((req.terminal, req.original.stan, req.original.transmission_time))
@@ -528,6 +533,9 @@ class HotState:
     def card_month_charged(self, card_id: int, month: str) -> int:
         return self.card_months.get(card_id, month)
 
+    def auto_charge(self, card_id: int) -> AutoCharge | None:
+        return self.auto_charges.get(card_id)
+
     def posting(self, posting_id: int) -> PostingState | None:
         return self.postings.get(posting_id)
 
@@ -574,6 +582,13 @@ class HotState:
                 self.cards.put(ch.card)
             elif isinstance(ch, MerchantAdded):
                 self.merchants[ch.merchant.mid] = ch.merchant
+            elif isinstance(ch, MetaSet) and ch.key.startswith(AUTO_CHARGE_META):
+                card_id = int(ch.key[len(AUTO_CHARGE_META):])
+                threshold, amount = (int(x) for x in ch.value.split(","))
+                if amount:
+                    self.auto_charges[card_id] = AutoCharge(threshold, amount)
+                else:
+                    self.auto_charges.pop(card_id, None)
             elif isinstance(ch, TerminalAdded):
                 self.terminals[ch.terminal.tid] = ch.terminal
             elif isinstance(ch, TerminalStatusSet):  # the status rides on the cached row: no extra look-up

@@ -516,6 +516,9 @@ ADMIN_ACTIONS = {
     "card-unblock": _card_status("card-unblock"),
     "card-unblock-pin": _card_status("card-unblock-pin"),
     "card-show": _card_show,
+    "card-auto-charge": lambda args, data_dir: _admin_op(
+        data_dir, "card-auto-charge", {"pan": args.pan, "threshold": args.threshold, "amount": args.amount},
+        clock=_clock(args)),
     "holds-expire": lambda args, data_dir: _admin_op(data_dir, "holds-expire", {}, clock=_clock(args)),
     "verify": _verify,
     "kif-zmk": _kif_zmk,
@@ -694,6 +697,12 @@ def _admin_parsers(asub: Any) -> None:
     cc.add_argument("--pan", required=True)
     cc.add_argument("--amount", type=int, required=True, help="won")
     cc.set_defaults(admin_action="card-charge")
+    ac = c.add_parser("auto-charge", help="top the card up by --amount when a purchase finds it below --threshold "
+                      "(--amount 0: off)")
+    ac.add_argument("--pan", required=True)
+    ac.add_argument("--threshold", type=int, required=True, help="won: cash + cashback below this triggers it")
+    ac.add_argument("--amount", type=int, required=True, help="won charged from the member's bank (0: off)")
+    ac.set_defaults(admin_action="card-auto-charge")
     for name in ("block", "unblock", "unblock-pin", "show"):
         cp = c.add_parser(name)
         cp.add_argument("--pan", required=True)
@@ -730,7 +739,7 @@ def _admin_parsers(asub: Any) -> None:
     s.add_argument("--export", help="write the population file (terminals, cards, PINs) a fleet drives")
     s.add_argument("--export-cards", type=int, default=10_000, help="cards in the population file")
     s.set_defaults(admin_action="seed")
-    for sp in (ma, ta, ci, cc, v, s, kz, he, *inventory) + tuple(c.choices[n] for n in ("block", "unblock",
+    for sp in (ma, ta, ci, cc, ac, v, s, kz, he, *inventory) + tuple(c.choices[n] for n in ("block", "unblock",
                                                                                         "unblock-pin", "show")):
         _json_flag(sp)
         ledger_flags(sp, after_subcommand=True)

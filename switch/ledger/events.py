@@ -56,7 +56,7 @@ class PostingFacts:
     terminal: str | None = None
     stan: str | None = None
     original_posting_id: int | None = None
-    extra: tuple[tuple[str, int | str], ...] = ()  # kind-specific figures, e.g. receivable_repaid
+    extra: tuple[tuple[str, int | str | bool], ...] = ()  # kind-specific figures, e.g. receivable_repaid
 
 
 def topic(program: str, stream: str) -> str:

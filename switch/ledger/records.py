@@ -76,6 +76,19 @@ class HoldDetail:
 class ChargeDetail:
     member: str
     receivable_repaid: int
+    auto: bool = False      # an auto-charge: the top-up a purchase triggered (docs/host-interface.md, "Auto-charge")
+
+
+@dataclass(frozen=True, slots=True)
+class AutoCharge:
+    """A card's auto-charge setting: when a purchase finds cash + cashback below `threshold`,
+    `amount` is charged from the member's bank first, in the purchase's own commit."""
+
+    threshold: int
+    amount: int
+
+
+AUTO_CHARGE_META = "auto_charge:"  # meta key prefix: auto_charge:<card id> → "<threshold>,<amount>"
 
 
 Detail = PurchaseDetail | UndoDetail | RefundReversalDetail | HoldDetail | ChargeDetail | None
@@ -313,4 +326,5 @@ class Commit:
     message: MessageOutcome | None = None
     changes: tuple[Change, ...] = ()
     events: tuple[OutboxEvent, ...] = field(default=())
-    partition: int | None = None  # the member's partition, with several instances (switch/ops/cluster.py)
+    partition: int | None = None
+    before: tuple[Posting, ...] = ()  # postings written before `posting` (a purchase's auto-charge)  # the member's partition, with several instances (switch/ops/cluster.py)

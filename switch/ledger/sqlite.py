@@ -19,10 +19,10 @@ from collections import defaultdict
 from typing import Callable, Iterable, Sequence
 
 from switch.domain import Merchant
-from switch.ledger.records import (CardDayMoved, CardIssued, CardMonthCharged, CardPvvSet, CardState, CardStatusSet,
+from switch.ledger.records import (AUTO_CHARGE_META, AutoCharge, CardDayMoved, CardIssued, CardMonthCharged, CardPvvSet, CardState, CardStatusSet,
                                    ChargeDetail, Commit, Detail, HoldDetail, KeyGroupAdded, KsnAccepted, MemberMonthMoved,
                                    MerchantAdded, MerchantUpdated, MessageKey, MessageOutcome, MetaSet,
-                                   OriginalTombstoned, PinTriesSet, PostingState, PostingUndone, PurchaseDetail,
+                                   OriginalTombstoned, PinTriesSet, Posting, PostingState, PostingUndone, PurchaseDetail,
                                    RefundReversalDetail, RelayMarked, Terminal, TerminalAdded, TerminalStatusSet,
                                    UndoDetail)
 from switch.ledger.store import Store, connect
@@ -50,6 +50,8 @@ def detail_json(detail: Detail) -> str:
         d = {"member": detail.member, "expires": detail.expires, "added": detail.added}
     else:
         d = {"member": detail.member, "receivable_repaid": detail.receivable_repaid}
+        if detail.auto:
+            d["auto"] = True
     return orjson.dumps(d).decode()
 
 
@@ -73,7 +75,7 @@ def parse_detail(text: str) -> Detail:
     if "expires" in d:
         return HoldDetail(member=d["member"], expires=d["expires"], added=d["added"])
     if "receivable_repaid" in d:
-        return ChargeDetail(member=d["member"], receivable_repaid=d["receivable_repaid"])
+        return ChargeDetail(member=d["member"], receivable_repaid=d["receivable_repaid"], auto=d.get("auto", False))
     return None
 
 
@@ -142,16 +144,10 @@ class _Rows:
         self.merchant_update: dict[str, tuple] = {}
 
     def add(self, c: Commit, committed_at: float) -> None:
-        p = c.posting
-        if p is not None:
-            # a posting that does not balance, or is told by no event, is our bug: fail loudly
-            assert p.imbalance() == 0, f"posting {p.id} does not balance: {p.imbalance()}"
-            assert c.events or p.kind == "seed_charge", f"posting {p.id} has no events"
-            self.postings.append((p.id, p.kind, p.at, p.card_id, p.mid, p.tid, p.stan, p.rrn, p.amount, p.fee,
-                                  p.support, p.cashback, p.original_id, detail_json(p.detail)))
-            for account, amount in p.entries:
-                self.entries.append((p.id, account, amount))
-                self.accounts[account] += amount
+        for p in c.before:  # a purchase's auto-charge: written before the purchase, in the same group
+            self._posting(p, c)
+        if c.posting is not None:
+            self._posting(c.posting, c)
         m = c.message
         if m is not None:
             self.messages.append((*m.key, m.mti, m.digest, m.rc, orjson.dumps(m.response).decode(), m.posting_id, m.at))
@@ -161,6 +157,16 @@ class _Rows:
                                 c.partition, seq))
         for ch in c.changes:
             self._change(ch)
+
+    def _posting(self, p: Posting, c: Commit) -> None:
+        # a posting that does not balance, or is told by no event, is our bug: fail loudly
+        assert p.imbalance() == 0, f"posting {p.id} does not balance: {p.imbalance()}"
+        assert c.events or p.kind == "seed_charge", f"posting {p.id} has no events"
+        self.postings.append((p.id, p.kind, p.at, p.card_id, p.mid, p.tid, p.stan, p.rrn, p.amount, p.fee,
+                              p.support, p.cashback, p.original_id, detail_json(p.detail)))
+        for account, amount in p.entries:
+            self.entries.append((p.id, account, amount))
+            self.accounts[account] += amount
 
     def _change(self, ch) -> None:  # noqa: C901 - one branch per record type, flat on purpose
         if isinstance(ch, MemberMonthMoved):
@@ -466,6 +472,16 @@ class SqliteReader:
     def tombstone(self, key: MessageKey) -> bool:
         return self.conn.execute("SELECT 1 FROM tombstones WHERE tid=? AND stan=? AND tx_time=?",
                                  key).fetchone() is not None
+
+    def auto_charges(self) -> dict[int, AutoCharge]:
+        """Every card's auto-charge setting (meta rows auto_charge:<card id>); a card set to
+        amount 0 has none."""
+        out = {}
+        for key, value in self.conn.execute("SELECT key, value FROM meta WHERE key LIKE 'auto_charge:%'"):
+            threshold, amount = (int(x) for x in value.split(","))
+            if amount:
+                out[int(key[len(AUTO_CHARGE_META):])] = AutoCharge(threshold, amount)
+        return out
 
     def meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()

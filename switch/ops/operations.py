@@ -19,7 +19,7 @@ from switch.domain import DISTRICTS, KST, Merchant, luhn_digit, mask_pan, month_
 from switch.authorize.engine import MemberLocks
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
 from switch.authorize.decide import iso, release_posting
-from switch.ledger.records import (CardIssued, CardMonthCharged, CardState, CardStatusSet, ChargeDetail,
+from switch.ledger.records import (AUTO_CHARGE_META, CardIssued, CardMonthCharged, CardState, CardStatusSet, ChargeDetail,
                                    Commit, KeyGroupAdded, MerchantAdded, MerchantUpdated, MetaSet, PinTriesSet,
                                    Posting, PostingState, PostingUndone, Terminal, TerminalAdded,
                                    TerminalStatusSet)
@@ -36,7 +36,8 @@ log = structlog.get_logger()
 # The fields of an operation's result its `admin_action` log line repeats (docs/operations.md, "Logs").
 _LOGGED_RESULT = frozenset({"tid", "mid", "name", "district", "annual_sales", "category", "security", "keys", "group",
                             "pan", "program", "member", "expiry", "status", "charged", "receivable_repaid", "cash",
-                            "cashback", "posting", "released", "amount", "enabled", "disabled", "fee_tier"})
+                            "cashback", "posting", "released", "amount", "enabled", "disabled", "fee_tier",
+                            "auto_charge"})
 
 
 class OperationError(ValueError):
@@ -299,6 +300,19 @@ class Operations:
         self.state.set_balances(card.id, cash, card.cashback, receivable)
         return {"pan": mask_pan(pan), "charged": amount, "receivable_repaid": repay, "cash": cash,
                 "cashback": card.cashback, "posting": pid}
+
+    async def op_card_auto_charge(self, *, pan: str, threshold: int, amount: int) -> dict[str, Any]:
+        """Enrol a card in auto-charge (docs/host-interface.md, "Auto-charge"): when a purchase
+        finds its cash + cashback below `threshold`, `amount` is charged first, in the same
+        commit. amount 0 ends it."""
+        card = self._card(pan)
+        limits = self.rules.limits(self.clock.now())
+        if amount and not limits.charge_min <= amount <= limits.holding_max:
+            raise OperationError(f"--amount must be 0 (off) or {limits.charge_min:,}..{limits.holding_max:,} won")
+        if not 0 <= threshold <= limits.holding_max:
+            raise OperationError(f"--threshold must be 0..{limits.holding_max:,} won")
+        await self._commit(MetaSet(f"{AUTO_CHARGE_META}{card.id}", f"{threshold},{amount}"), member=card.member)
+        return {"pan": mask_pan(pan), "auto_charge": {"threshold": threshold, "amount": amount} if amount else None}
 
     async def _set_status(self, pan: str, status: str) -> dict[str, Any]:
         card = self._card(pan)
