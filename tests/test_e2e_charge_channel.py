@@ -120,3 +120,23 @@ async def test_a_reversed_charge_already_spent_is_owed_never_taken_from_cashback
         assert (account(db, f"card:{cid}:cash"), account(db, f"card:{cid}:cashback"),
                 account(db, f"card:{cid}:receivable")) == (0, 10_500, -40_000)
         assert verify(db).ok
+
+
+async def test_an_api_charge_with_a_request_id_charges_once_however_often_it_is_called(tmp_path):
+    async with start_switch(tmp_path / "var", clock=FixedClock(LAUNCH)) as env:
+        await provision(env)
+        db = env.core.db_path
+        pan = env.cards["namdong"]["pan"]
+        first = await env.op("card-charge", pan=pan, amount=30_000, request_id="bank-7f3a-0001")
+        again = await env.op("card-charge", pan=pan, amount=30_000, request_id="bank-7f3a-0001")
+        assert (first["charged"], first["cash"]) == (30_000, 130_000)
+        assert again == {**first, "replayed": True}
+        with pytest.raises(ValueError, match="^--request-id bank-7f3a-0001 was used for another charge$"):
+            await env.op("card-charge", pan=pan, amount=40_000, request_id="bank-7f3a-0001")
+        other = await env.op("card-charge", pan=pan, amount=30_000, request_id="bank-7f3a-0002")
+        assert other["cash"] == 160_000
+        assert [p["amount"] for p in postings(db, "charge") if p["card_id"] == card_id(db, pan)] == \
+            [100_000, 30_000, 30_000]
+        assert query(db, "SELECT mti, rc, posting_id FROM messages WHERE tid = '@api' ORDER BY stan") == [
+            ("charge", "00", first["posting"]), ("charge", "00", other["posting"])]
+        assert verify(db).ok

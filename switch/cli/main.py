@@ -318,7 +318,10 @@ def _card_issue(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 
 def _card_charge(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
-    return _admin_op(data_dir, "card-charge", {"pan": args.pan, "amount": args.amount}, clock=_clock(args))
+    op_args = {"pan": args.pan, "amount": args.amount}
+    if args.request_id is not None:
+        op_args["request_id"] = args.request_id
+    return _admin_op(data_dir, "card-charge", op_args, clock=_clock(args))
 
 
 def _card_status(op: str):
@@ -696,6 +699,8 @@ def _admin_parsers(asub: Any) -> None:
     cc = c.add_parser("charge")
     cc.add_argument("--pan", required=True)
     cc.add_argument("--amount", type=int, required=True, help="won")
+    cc.add_argument("--request-id", help="makes the call idempotent: the same id again answers the first call's "
+                    "result and charges nothing")
     cc.set_defaults(admin_action="card-charge")
     ac = c.add_parser("auto-charge", help="top the card up by --amount when a purchase finds it below --threshold "
                       "(--amount 0: off)")

@@ -19,7 +19,8 @@ from switch.domain import DISTRICTS, KST, Merchant, luhn_digit, mask_pan, month_
 from switch.authorize.engine import MemberLocks
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
 from switch.authorize.decide import iso, release_posting
-from switch.ledger.records import (AUTO_CHARGE_META, CardIssued, CardMonthCharged, CardState, CardStatusSet, ChargeDetail,
+from switch.wire.messages import idempotency_digest
+from switch.ledger.records import (AUTO_CHARGE_META, MessageKey, MessageOutcome, CardIssued, CardMonthCharged, CardState, CardStatusSet, ChargeDetail,
                                    Commit, KeyGroupAdded, MerchantAdded, MerchantUpdated, MetaSet, PinTriesSet,
                                    Posting, PostingState, PostingUndone, Terminal, TerminalAdded,
                                    TerminalStatusSet)
@@ -251,23 +252,42 @@ class Operations:
             raise OperationError(f"{what}: its member's partition {partition} is held by {owner}; "
                                  "run the command against that instance's data dir")
 
-    async def _commit(self, *changes, posting: Posting | None = None, events=(), member: str | None = None) -> None:
+    async def _commit(self, *changes, posting: Posting | None = None, events=(), member: str | None = None,
+                      message: MessageOutcome | None = None) -> None:
         """Make the changes durable, then show them to the hot state (never before)."""
-        await self.writer.submit(Commit(posting, None, tuple(changes), tuple(events),
+        await self.writer.submit(Commit(posting, message, tuple(changes), tuple(events),
                                         partition=partition_of(member) if member is not None else None))
         self.state.apply(tuple(changes))
+        if message is not None:
+            self.state.message_committed(message)
 
-    async def op_card_charge(self, *, pan: str, amount: int) -> dict[str, Any]:
+    async def op_card_charge(self, *, pan: str, amount: int, request_id: str | None = None) -> dict[str, Any]:
+        """A charge through the operator's API. With `request_id` it is idempotent: the same id
+        again (a retried call) answers what the first call did and charges nothing; the same id
+        for another card or amount is refused (docs/host-interface.md, "Charges from a bank
+        channel"). The id is kept as a message key (`@api`, id), with the charge, in one commit."""
         member = self._card(pan).member  # a card's member never changes
         await self.locks.acquire(member)  # a purchase of this member decides on the balance after it
         try:
+            key = digest = None
+            if request_id is not None:
+                if not (1 <= len(request_id) <= 40 and request_id.isascii() and request_id.isprintable()
+                        and " " not in request_id):
+                    raise OperationError("--request-id must be 1..40 printable ASCII characters without spaces")
+                key, digest = ("@api", request_id, ""), idempotency_digest({"t": "charge", "2": pan, "4": str(amount)})
+                prior = self.state.load_message(key)
+                if prior is not None:
+                    if prior.digest != digest:
+                        raise OperationError(f"--request-id {request_id} was used for another charge")
+                    return {**prior.response, "replayed": True}
             # read under the lock: the hot state hands out a snapshot of the card, and a purchase
             # of the member may have committed while this waited
-            return await self._charge(self._card(pan), pan, amount)
+            return await self._charge(self._card(pan), pan, amount, key=key, digest=digest)
         finally:
             self.locks.release(member)
 
-    async def _charge(self, card: CardState, pan: str, amount: int) -> dict[str, Any]:
+    async def _charge(self, card: CardState, pan: str, amount: int, *, key: MessageKey | None = None,
+                      digest: str | None = None) -> dict[str, Any]:
         now = self.clock.now()
         limits = self.rules.limits(now)
         if amount < limits.charge_min:
@@ -295,11 +315,14 @@ class Operations:
             posting_id=pid, kind="charge", at=now.astimezone(KST).isoformat(timespec="microseconds"), amount=amount,
             entries=entries, card=CardFacts(card.program, card.member, card.pan, cash, card.cashback, receivable),
             rrn=f"{pid:012d}", extra=(("receivable_repaid", repay),)))
+        result = {"pan": mask_pan(pan), "charged": amount, "receivable_repaid": repay, "cash": cash,
+                  "cashback": card.cashback, "posting": pid}
+        message = None if key is None else MessageOutcome(key, "charge", digest, "00", result, pid,
+                                                          now.astimezone(KST).isoformat(timespec="microseconds"))
         await self._commit(CardMonthCharged(card.id, month, amount), posting=posting, events=events,
-                           member=card.member)
+                           member=card.member, message=message)
         self.state.set_balances(card.id, cash, card.cashback, receivable)
-        return {"pan": mask_pan(pan), "charged": amount, "receivable_repaid": repay, "cash": cash,
-                "cashback": card.cashback, "posting": pid}
+        return result
 
     async def op_card_auto_charge(self, *, pan: str, threshold: int, amount: int) -> dict[str, Any]:
         """Enrol a card in auto-charge (docs/host-interface.md, "Auto-charge"): when a purchase
