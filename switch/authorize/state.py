@@ -290,7 +290,7 @@ class HotState:
         self.postings: OrderedDict[int, PostingState] = OrderedDict()
         self.rrns: dict[str, int] = {}
         # every enrolled card's auto-charge (few: one entry per enrolled card, read at start and
-        # kept by the commits that change it; docs/architecture.md, "Hot state")
+        # kept by the commits that change it; docs/architecture.md, "Memory bounds")
         self.auto_charges: dict[int, AutoCharge] = self.reader.auto_charges()
         # key → (outcome, when it was cached, in clock seconds): the age bound's clock
         self.messages: OrderedDict[MessageKey, tuple[MessageOutcome, float]] = OrderedDict()
