@@ -609,6 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_events_parser(sub)
     add_logs_parser(sub)
 
+    from switch.ops.top import add_top_parser
+
+    add_top_parser(sub)  # `eum top`: a live console (docs/operations.md, "Live console")
+
     from switch.cert.cli import add_cert_parser
 
     add_cert_parser(sub)  # `eum cert serve|report`; terminal_sim adds `drive` (switch/cert/cli.py, cert_commands)
