@@ -87,6 +87,7 @@ TARGETS: dict[str, tuple[float, str]] = {
     "pg.switch.cpu_us_over_sqlite": (60, "<="),
     "pg.postgres.cpu_us_per_auth": (150, "<="),
 }
+SIGN = {">=": "≥", "<=": "≤"}  # how a target's operator is written for people
 REQUIRED_KEYS = (
     "codec.decode_us", "codec.encode_us",
     "e2e.approved_per_s", "e2e.latency_ms.p50", "e2e.latency_ms.p99", "e2e.latency_ms.p999", "e2e.offered_per_s",
@@ -955,6 +956,26 @@ def target_met(key: str, value: Any) -> bool | None:
     return value >= target if op == ">=" else value <= target
 
 
+def target_lines(result: dict[str, Any]) -> list[str]:
+    """The Markdown's verdict on the targets: a count, then each target, met or not, with the
+    figure measured (a target whose key this run did not measure is named as such)."""
+    verdicts = {key: target_met(key, result.get(key)) for key in TARGETS}
+    measured = [k for k, v in verdicts.items() if v is not None]
+    met = [k for k in measured if verdicts[k]]
+    unmeasured = len(TARGETS) - len(measured)
+    lines = [f"Targets: {len(met)} met, {len(measured) - len(met)} not met"
+             + (f", {unmeasured} not measured in this run." if unmeasured else "."), ""]
+    for key, (target, op) in TARGETS.items():
+        sign = SIGN[op]
+        verdict = verdicts[key]
+        if verdict is None:
+            lines.append(f"- `{key}` {sign} {_fmt(target)}: not measured")
+        else:
+            lines.append(f"- `{key}` {sign} {_fmt(target)}: {'met' if verdict else '**not met**'} "
+                         f"({_fmt(result[key])})")
+    return lines
+
+
 def write_json(result: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
@@ -969,8 +990,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"Python {m.get('python', '?')}, SQLite {m.get('sqlite', '?')}; {packages}. "
         f"Load average at start: {m.get('loadavg_at_start', '?')}. Commit {m.get('git', '?')}.",
         "",
-        f"Result: **{'passed' if result.get('correctness.ok') else 'FAILED'}** "
-        f"(correctness under load: verify + approvals fleet = ledger after every e2e run and the switch_plain run).",
+        f"Correctness under load: **{'passed' if result.get('correctness.ok') else 'FAILED'}** "
+        f"(verify + approvals fleet = ledger after every e2e run and the switch_plain run).",
+        "",
+        *target_lines(result),
         "",
         "| key | value | target | met |",
         "|---|---|---|---|",
@@ -1147,15 +1170,50 @@ def write_plots(result: dict[str, Any], out_dir: Path, stem: str) -> list[str]:
 
     runs = result.get("runs", {})
     written = []
+    offered = plot_rates(runs)
     tables = {name: runs[name].get("percentiles") for name in ("e2e", "e2e_half", "ceiling")
               if runs.get(name) and runs[name].get("percentiles")}
     if tables:
-        written.append(plot_latency(tables, out_dir / f"{stem}-latency.png", title=f"eum bench {stem}").name)
+        written.append(plot_latency(tables, out_dir / f"{stem}-latency.png", title=f"eum bench {stem}",
+                                    offered_per_s=offered, targets=latency_targets()).name)
     series = {name: runs[name].get("series") for name in ("e2e", "e2e_half")
               if runs.get(name) and runs[name].get("series")}
     if series:
-        written.append(plot_throughput(series, out_dir / f"{stem}-throughput.png", title=f"eum bench {stem}").name)
+        ceiling = (runs.get("ceiling") or {}).get("achieved_per_s")
+        durations = {name: runs[name]["duration_s"] for name in series if runs[name].get("duration_s")}
+        written.append(plot_throughput(series, out_dir / f"{stem}-throughput.png", title=f"eum bench {stem}",
+                                       offered_per_s=offered, durations_s=durations,
+                                       targets={"e2e": throughput_targets(ceiling)}, ceiling_per_s=ceiling).name)
     return written
+
+
+def plot_rates(runs: dict[str, Any]) -> dict[str, float]:
+    """Each plotted run's rate for the legend: the open-loop runs' offered rate, the ceiling's
+    achieved one (closed loop: nothing is offered, it answers as fast as it can)."""
+    rates = {name: runs[name].get("offered_per_s") for name in ("e2e", "e2e_half") if runs.get(name)}
+    if runs.get("ceiling"):
+        rates["ceiling"] = runs["ceiling"].get("achieved_per_s")
+    return {name: float(rate) for name, rate in rates.items() if rate is not None}
+
+
+def latency_targets() -> list[Any]:
+    from benchmarks.plots import TargetLine
+
+    value, op = TARGETS["e2e_half.latency_ms.p99"]
+    return [TargetLine(value, f"target: e2e_half p99 {SIGN[op]} {_fmt(value)} ms")]
+
+
+def throughput_targets(ceiling_per_s: float | None) -> list[Any]:
+    """The e2e run's targets as rates: approved/s, and the ratio to the ceiling times the ceiling."""
+    from benchmarks.plots import TargetLine
+
+    value, op = TARGETS["e2e.approved_per_s"]
+    lines = [TargetLine(value, f"target: approved/s {SIGN[op]} {_fmt(value)}")]
+    if ceiling_per_s:
+        ratio, op = TARGETS["ratio.e2e_to_ceiling"]
+        lines.append(TargetLine(ratio * ceiling_per_s, f"target: approved/s {SIGN[op]} {ratio:g} × ceiling "
+                                                       f"= {ratio * ceiling_per_s:,.0f}"))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

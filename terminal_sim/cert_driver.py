@@ -263,7 +263,9 @@ def register(sub: Any) -> None:
     dp.add_argument("--security", default="dukpt-tdes", choices=PROFILES,
                     help="the terminal's profile, as eum cert serve --security (default %(default)s)")
     dp.add_argument("--ksn", help="DUKPT: the initial KSN from <data-dir>/cert/terminals.json (first run only)")
-    dp.add_argument("--state-dir", default="var/terminals", help="keeps <TID>.cert.json: STAN and DUKPT counter")
+    dp.add_argument("--state-dir", default="terminals",
+                    help="keeps <TID>.cert.json: STAN and DUKPT counter, never a PAN (default terminals, relative "
+                         "to the current directory)")
     dp.add_argument("--fault", action="append", default=[], choices=FAULTS, help="be wrong on purpose (repeatable)")
     dp.add_argument("--dialect", default="default")
     dp.add_argument("--json", action="store_true", help="print what was sent and answered as JSON")

@@ -1,8 +1,12 @@
 """`eum terminal …`: one terminal, one message, the decoded answer printed (PAN masked).
 
 The terminal keeps its STAN counter and its last financial request in a small state file
-(`--state-dir`, default ./var/terminals), so `eum terminal reverse` reverses the last
-transaction the way a POS does after a timeout, and STANs never repeat across runs.
+(`--state-dir`, default ./terminals, relative to the current directory and outside the
+switch's data dir `var`: a terminal's memory is not the switch's), so `eum terminal reverse`
+reverses the last transaction the way a POS does after a timeout, and STANs never repeat
+across runs. No state file holds a clear PAN: the remembered transaction's DE2, like the
+queue's, is sealed under `<state-dir>/.pan.key` (terminal_sim/pan_vault.py); a file an older
+version wrote with a clear PAN is read and rewritten sealed.
 
 Reversals go through the terminal's store-and-forward queue (terminal_sim/saf.py,
 `<state-dir>/<TID>.saf.json`): `reverse` stores its 0400/0420 there (fsync'd) before
@@ -37,6 +41,7 @@ from switch.domain import mask_pan
 from switch.wire.messages import Rc, decode_balances
 
 from .client import TerminalClient
+from .pan_vault import PanVault, PanVaultError, holds_clear_pan
 from .saf import (RESPONSE_TIMEOUT_MS, SAF_REPEAT_MTI, ClientLink, Forwarded, SafError, SafQueue, SafSchedule,
                   adopt_pending_reversals, forward)
 from .security import (DUKPT_PROFILES, KEY_SETS, PROFILE_MAC, PROFILE_NONE, PROFILES, SECURED_MTIS, TakSecurity,
@@ -45,7 +50,8 @@ from .terminal import Terminal
 
 PIN_ACTIONS = ("purchase", "refund", "balance")
 EXIT_APPROVED, EXIT_DECLINED, EXIT_ERROR, EXIT_MAC_INVALID = 0, 1, 2, 3
-_NOT_IN_STATE = ("52", "53", "64", "128")  # PIN block, KSN, MAC: never written to the state file
+_NOT_IN_STATE = ("35", "45", "52", "53", "64", "128")  # tracks, PIN block, KSN, MAC: never in the state file
+STATE_DIR = "terminals"  # not under `var`, the switch's data dir
 
 RC_TEXT = {
     "00": "approved", "12": "invalid transaction", "13": "invalid amount", "14": "unknown card",
@@ -80,7 +86,9 @@ def add_terminal_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> 
     tp.add_argument("--replacement-amount", type=int, help="reverse: partial, the amount that stands (DE95)")
     tp.add_argument("--advice", action="store_true", help="reverse: send 0420 instead of 0400")
     tp.add_argument("--dialect", default="default")
-    tp.add_argument("--state-dir", default="var/terminals")
+    tp.add_argument("--state-dir", default=STATE_DIR,
+                    help=f"the terminal's STAN, DUKPT counter, last transaction and queue (default {STATE_DIR}, "
+                         "relative to the current directory)")
     tp.add_argument("--timeout-ms", type=float, default=RESPONSE_TIMEOUT_MS,
                     help=f"response timeout (default {RESPONSE_TIMEOUT_MS}); queued repeats are this far apart")
     tp.add_argument("--json", action="store_true", help="print the response fields as JSON")
@@ -107,14 +115,32 @@ def _state_path(args: argparse.Namespace) -> Path:
 
 
 def _load_state(args: argparse.Namespace) -> dict[str, Any]:
+    """The state file, the remembered transaction's DE2 opened. One an older version wrote
+    with a clear DE2 is rewritten sealed at once."""
     path = _state_path(args)
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    state = json.loads(path.read_text())
+    last = state.get("last")
+    if last:
+        try:
+            state["last"] = PanVault(path.parent).open_fields(last)
+        except PanVaultError as exc:
+            raise ValueError(f"state file {path}: {exc}") from None
+        if holds_clear_pan(last):
+            _save_state(args, state)
+    return state
 
 
 def _save_state(args: argparse.Namespace, state: dict[str, Any]) -> None:
     path = _state_path(args)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(state))
+    doc = dict(state)
+    if doc.get("last"):
+        doc["last"] = PanVault(path.parent).seal_fields(doc["last"])
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
 
 
 def describe(fields: dict[str, str]) -> list[str]:

@@ -79,6 +79,7 @@ from .population import Population, PopulationCard, PopulationError, PopulationT
 from .scenario import ARRIVALS, KINDS, Scenario, ScenarioError, arrival_offsets, load_scenario
 from .security import (DUKPT_PROFILES, PROFILE_MAC, PROFILE_TDES, SECURED_MTIS, SecurityError, TakSecurity,
                        TerminalSecurity, mac_field)
+from .pan_vault import PanVault, PanVaultError
 from .saf import Forwarded, SafError, SafQueue, SafSchedule, Verdict, adopt_pending_reversals, forward
 from .terminal import Terminal
 
@@ -101,7 +102,8 @@ TIMED_OUT_REMEMBERED_MAX = 64  # STANs whose late answers are recognised as late
 KSN_BLOCK_MIN = 256
 PROGRESS_INTERVAL_S = 0.5
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8583
-CARDS_STATE = "cards"  # <state_dir>/cards.json: cards whose last PIN from the fleet was wrong
+CARDS_STATE = "cards"  # <state_dir>/cards.json: cards whose last PIN from the fleet was wrong (PANs sealed)
+STATE_DIR = "terminals/fleet"  # relative to the cwd, outside the switch's data dir `var`
 
 
 class FleetError(RuntimeError):
@@ -133,7 +135,7 @@ class FleetConfig:
     seed: int = 1
     progress: bool = True
     dialect: str = "default"
-    state_dir: Path | None = Path("var/fleet")  # None: counters only in memory (a bare responder)
+    state_dir: Path | None = Path(STATE_DIR)  # None: counters only in memory (a bare responder)
 
     def __post_init__(self) -> None:
         self._resolve_switches()
@@ -511,10 +513,26 @@ def _expire(waiter: asyncio.Future) -> None:
 class _StateStore:
     """`<dir>/<TID>.json`: stan, mid, security (profile, keys, initial and current KSN); the
     format `eum terminal` keeps (owed reversals are in `<dir>/<TID>.saf.json`, saf.py).
-    `<dir>/cards.json`: the cards whose last PIN was wrong (never a PIN). Written atomically."""
+    `<dir>/cards.json`: the cards whose last PIN was wrong (never a PIN; the PANs sealed under
+    `<dir>/.pan.key`, terminal_sim/pan_vault.py). Written atomically."""
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
+        self.vault = None if directory is None else PanVault(directory)
+
+    def load_wrong_pins(self) -> set[str]:
+        """The PANs whose last PIN was wrong; an older file's clear PANs are read as they are."""
+        listed = self.load(CARDS_STATE).get("pin_wrong_last", ())
+        if self.vault is None:
+            return set()
+        try:
+            return {self.vault.open(p) for p in listed}
+        except PanVaultError as exc:
+            raise FleetError(f"state file {CARDS_STATE}.json: {exc}") from None
+
+    def save_wrong_pins(self, pans: set[str]) -> None:
+        if self.vault is not None:
+            self.save(CARDS_STATE, {"pin_wrong_last": [self.vault.seal(p) for p in sorted(pans)]})
 
     def load(self, name: str) -> dict[str, Any]:
         if self.directory is None:
@@ -1001,7 +1019,7 @@ async def run_fleet(config: FleetConfig) -> FleetReport:
                       store=_StateStore(config.state_dir), cards=cards,
                       pin_cards=tuple(c for c in cards if c.pin), ksn_block=_ksn_block(config),
                       card_pins={c.pan: c.pin for c in cards if c.pin})
-    ctx.pin_wrong_last = set(ctx.store.load(CARDS_STATE).get("pin_wrong_last", ()))
+    ctx.pin_wrong_last = ctx.store.load_wrong_pins()
     terms = [_SimTerminal(spec, ctx, i) for i, spec in enumerate(config.population.terminals[: config.terminals])]
     for t in terms:
         t.reserve_ksns()
@@ -1023,7 +1041,7 @@ async def run_fleet(config: FleetConfig) -> FleetReport:
         for t in terms:
             t.close()
             t.save()
-        ctx.store.save(CARDS_STATE, {"pin_wrong_last": sorted(ctx.pin_wrong_last)})
+        ctx.store.save_wrong_pins(ctx.pin_wrong_last)
     ctx.rec.n["reversals_unanswered"] = sum(len(t.saf) for t in terms)
     ctx.rec.n["saf_attention"] = sum(len(t.saf.attention()) for t in terms)
     return _report(config, ctx.rec, started=started, elapsed_s=now() - start)

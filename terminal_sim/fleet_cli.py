@@ -28,7 +28,7 @@ from rich.table import Table
 
 from switch.wire.transport import parse_hostport
 
-from .fleet import FleetConfig, FleetError, FleetReport, load_population, load_scenario, run_fleet
+from .fleet import STATE_DIR, FleetConfig, FleetError, FleetReport, load_population, load_scenario, run_fleet
 from .scenario import ARRIVALS
 
 EXIT_OK, EXIT_SUSPECT, EXIT_ERROR = 0, 1, 2
@@ -60,8 +60,9 @@ def add_fleet_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> Non
     fp.add_argument("--scenario", default="standard", help="config/scenarios/NAME.toml or a path (default standard)")
     fp.add_argument("--json", help="write the report as JSON to this file")
     fp.add_argument("--seed", type=int, default=1, help="arrivals and transaction choices (default 1)")
-    fp.add_argument("--state-dir", default="var/fleet",
-                    help="per-terminal STAN and KSN counters, kept across runs (default var/fleet)")
+    fp.add_argument("--state-dir", default=STATE_DIR,
+                    help="per-terminal STAN and KSN counters and queued reversals, kept across runs (default "
+                         f"{STATE_DIR}, relative to the current directory; PANs in it are sealed)")
     fp.add_argument("--timeout-ms", type=float, default=2000.0, help="response timeout (default 2000)")
     fp.add_argument("--dialect", help="default: the population's")
     fp.add_argument("--no-progress", action="store_true", help="no live progress line")

@@ -37,8 +37,10 @@ FIFO: entries are tried oldest first; an entry that is not due (or has used its 
 this connection) does not hold back the ones behind it, so one message the switch keeps
 refusing to store cannot block the queue.
 
-What the file never holds: a MAC, a PIN block or track data (`NEVER_STORED`). The PAN stays,
-as in the terminal's other state files.
+What the file never holds: a MAC, a PIN block or track data (`NEVER_STORED`), or a clear PAN:
+a repeat needs its DE2, so DE2 is kept sealed under the state directory's PAN key
+(terminal_sim/pan_vault.py) and opened when the file is read. An older file's clear DE2 is
+read as it is and the file rewritten sealed at once (migrate on read).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from typing import Any, Awaitable, Callable, Protocol, TypeVar
 from switch.wire.messages import Rc
 
 from .client import TerminalClient
+from .pan_vault import PanVault, PanVaultError, holds_clear_pan
 from .security import SECURED_MTIS, mac_field
 from .terminal import REPEAT_MTI
 
@@ -199,33 +202,50 @@ def _write_durably(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def _entry_from(d: dict[str, Any]) -> SafEntry:
-    return SafEntry(seq=int(d["seq"]), fields={str(k): str(v) for k, v in d["fields"].items()},
+def _entry_from(d: dict[str, Any], vault: PanVault) -> SafEntry:
+    fields = {str(k): str(v) for k, v in d["fields"].items()}
+    return SafEntry(seq=int(d["seq"]), fields=vault.open_fields(fields),
                     queued_at=float(d["queued_at"]), tries=int(d.get("tries", 0)),
                     last_try_at=d.get("last_try_at"), next_try_at=d.get("next_try_at"), last_rc=d.get("last_rc"))
 
 
-def _load(path: Path) -> tuple[int, list[SafEntry], list[RefusedEntry]]:
+def _entry_doc(e: SafEntry, vault: PanVault) -> dict[str, Any]:
+    return {**asdict(e), "fields": vault.seal_fields(e.fields)}
+
+
+def _clear_pans_in(doc: Any) -> bool:
+    """True when a queue file (as read) holds a DE2 in clear: an older version's, to be resealed."""
+    try:
+        docs = [*doc["entries"], *(r["entry"] for r in doc.get("refused", ()))]
+        return any(holds_clear_pan(d["fields"]) for d in docs)
+    except (AttributeError, KeyError, TypeError):
+        return False
+
+
+def _load(path: Path, vault: PanVault) -> tuple[int, list[SafEntry], list[RefusedEntry], bool]:
+    """The file's next seq, entries and refused entries, and whether it held a clear PAN."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return 1, [], []
+        return 1, [], [], False
     except (OSError, ValueError) as exc:
         raise SafError(f"queue file {path} is unreadable ({type(exc).__name__}); it may hold owed "
                        "reversals: repair or move it, never delete it unread") from None
     try:
         if doc.get("format") != FILE_FORMAT:
             raise ValueError(f"format {doc.get('format')!r}")
-        entries = [_entry_from(d) for d in doc["entries"]]
+        entries = [_entry_from(d, vault) for d in doc["entries"]]
         unknown = sorted({e.mti for e in entries} - set(SAF_REPEAT_MTI))
         if unknown:
             raise ValueError(f"MTI {', '.join(unknown)} is not stored and forwarded by this version")
-        refused = [RefusedEntry(entry=_entry_from(d["entry"]), rc=str(d["rc"]), refused_at=float(d["refused_at"]))
-                   for d in doc.get("refused", ())]
+        refused = [RefusedEntry(entry=_entry_from(d["entry"], vault), rc=str(d["rc"]),
+                                refused_at=float(d["refused_at"])) for d in doc.get("refused", ())]
         next_seq = int(doc["next_seq"])
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise SafError(f"queue file {path} is not an {FILE_FORMAT} file ({type(exc).__name__}: {exc})") from None
-    return next_seq, sorted(entries, key=lambda e: e.seq), refused
+    except PanVaultError as exc:
+        raise SafError(f"queue file {path}: {exc}") from None
+    return next_seq, sorted(entries, key=lambda e: e.seq), refused, _clear_pans_in(doc)
 
 
 # ---------------------------------------------------------------------------- the queue
@@ -243,13 +263,17 @@ class SafQueue:
         self.schedule = schedule
         self.clock = clock
         self._lock = threading.Lock()
-        if path is None:
+        self._vault = None if path is None else PanVault(Path(path).parent)
+        clear = False
+        if self._vault is None:
             self._next_seq, entries, refused = 1, [], []
         else:
-            self._next_seq, entries, refused = _load(path)
+            self._next_seq, entries, refused, clear = _load(Path(path), self._vault)
         self._entries: tuple[SafEntry, ...] = tuple(entries)
         self._refused: tuple[RefusedEntry, ...] = tuple(refused)
         self._tries_here: dict[int, int] = {}  # seq → tries on the current connection
+        if clear:  # an older version's file: sealed now, not at the next change
+            self._publish(self._next_seq, self._entries, self._refused)
 
     @classmethod
     def for_terminal(cls, state_dir: Path | None, tid: str, **kw: Any) -> SafQueue:
@@ -384,11 +408,16 @@ class SafQueue:
         return tuple(e if x.seq == e.seq else x for x in self._entries)
 
     def _publish(self, next_seq: int, entries: tuple[SafEntry, ...], refused: tuple[RefusedEntry, ...]) -> None:
-        if self.path is not None:
-            doc = {"format": FILE_FORMAT, "next_seq": next_seq, "entries": [asdict(e) for e in entries],
-                   "refused": [{"entry": asdict(r.entry), "rc": r.rc, "refused_at": r.refused_at} for r in refused]}
+        if self.path is not None and self._vault is not None:
+            vault = self._vault
             try:
+                doc = {"format": FILE_FORMAT, "next_seq": next_seq,
+                       "entries": [_entry_doc(e, vault) for e in entries],
+                       "refused": [{"entry": _entry_doc(r.entry, vault), "rc": r.rc, "refused_at": r.refused_at}
+                                   for r in refused]}
                 _write_durably(self.path, json.dumps(doc, indent=1))
+            except PanVaultError as exc:
+                raise SafError(f"queue file {self.path}: {exc}") from None
             except OSError as exc:
                 raise SafError(f"queue file {self.path} could not be written ({type(exc).__name__}: "
                                f"{exc.strerror})") from None

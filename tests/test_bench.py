@@ -24,14 +24,19 @@ from benchmarks.bench import (
     BenchPlan,
     check_run,
     kst_now_iso,
+    latency_targets,
     markdown,
+    plot_rates,
     process_cpu_s,
     result_stem,
     run_bench,
+    throughput_targets,
     write_json,
 )
 from benchmarks.codec_bench import codec_bench
-from benchmarks.plots import percentile_points, plot_latency, plot_throughput
+from benchmarks.plots import (CEILING_NOTE, latency_figure, percentile_points, plot_latency, plot_throughput,
+                              throughput_figure, whole_seconds)
+from benchmarks.plots import plt  # the Agg backend, set by benchmarks.plots
 from benchmarks.responder import Responder
 from switch.wire.codec import decode_fields, encode_fields, load_dialect
 from waiting import wait_until
@@ -235,7 +240,61 @@ def test_json_and_markdown_writers_carry_every_key(tmp_path):
     for key in REQUIRED_KEYS:
         assert f"| `{key}` |" in md
     assert "| `e2e.approved_per_s` | 3.000 | >= 3,000 | **no** |" in md
-    assert "Result: **passed**" in md and "| e2e | passed | 10 |" in md
+    assert "Correctness under load: **passed**" in md and "| e2e | passed | 10 |" in md
+    assert "Result:" not in md
+
+
+def test_markdown_lists_each_target_as_met_or_not_met_with_the_figure():
+    md = markdown(fake_result())  # each required key i is the float i + 1 (fake_result)
+    start = md.index("Targets:")
+    assert md[start:md.index("\n\n| key |", start)].splitlines() == [
+        "Targets: 6 met, 1 not met, 3 not measured in this run.",
+        "",
+        "- `e2e.approved_per_s` ≥ 3,000: **not met** (3.000)",
+        "- `e2e_half.latency_ms.p99` ≤ 20: met (15.0)",
+        "- `switch.cpu_us_per_auth` ≤ 150: met (10.0)",
+        "- `ratio.e2e_to_ceiling` ≥ 0.350: met (9.000)",
+        "- `scale.rss_mib_1m` ≤ 1,024: met (13.0)",
+        "- `scale.rss_mib_1m_hot` ≤ 512: met (14.0)",
+        "- `switch_plain.cpu_us_per_msg` ≤ 100: met (17.0)",
+        "- `pg.ratio.e2e_to_sqlite` ≥ 0.800: not measured",
+        "- `pg.switch.cpu_us_over_sqlite` ≤ 60: not measured",
+        "- `pg.postgres.cpu_us_per_auth` ≤ 150: not measured",
+    ]
+
+
+def test_the_latency_plot_names_offered_rates_marks_the_target_and_explains_the_ceiling():
+    runs = {"e2e": {"offered_per_s": 1234.4, "achieved_per_s": 1200.0},
+            "e2e_half": {"offered_per_s": 617.2}, "ceiling": {"offered_per_s": 0.0, "achieved_per_s": 4173.0}}
+    tables = {name: [(50, 1.0), (99, 5.0)] for name in runs}
+    fig = latency_figure(tables, offered_per_s=plot_rates(runs), targets=latency_targets())
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "e2e (offered 1,234/s)", "e2e_half (offered 617/s)", "ceiling (closed loop, achieved 4,173/s)",
+        "target: e2e_half p99 ≤ 20 ms"]
+    [target] = [line for line in ax.lines if line.get_label().startswith("target")]
+    assert list(target.get_ydata()) == [20, 20]
+    assert [t.get_text() for t in fig.texts] == [CEILING_NOTE]
+    assert "benchmarks/responder.py" in CEILING_NOTE and "without a switch" in CEILING_NOTE
+    plt.close(fig)
+
+
+def test_the_throughput_plot_drops_the_last_partial_second_and_marks_rate_targets():
+    series = [{"t": t, "sent": 100, "responses": 99, "approved": 95 if t < 4 else 40, "p99_ms": 4.0}
+              for t in range(6)]  # 4.0 s of traffic: t=4 is the drain's partial second, t=5 the drain
+    assert [row["t"] for row in whole_seconds(series, 4.0)] == [0, 1, 2, 3]
+    assert [row["t"] for row in whole_seconds(series, 4.5)] == [0, 1, 2, 3]
+    assert [row["t"] for row in whole_seconds(series)] == [0, 1, 2, 3, 4]  # no duration: the last row goes
+    fig = throughput_figure({"e2e": series}, offered_per_s={"e2e": 1500.0}, durations_s={"e2e": 4.0},
+                            targets={"e2e": throughput_targets(4000.0)}, ceiling_per_s=4000.0)
+    ax = fig.axes[0]
+    assert list(ax.lines[0].get_xdata()) == [0, 1, 2, 3]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "sent/s", "responses/s", "approved/s", "offered 1,500/s", "target: approved/s ≥ 3,000",
+        "target: approved/s ≥ 0.35 × ceiling = 1,400", "ceiling 4,000/s", "p99 ms"]
+    assert ax.get_title() == "e2e (offered 1,500/s): throughput over time (whole seconds)"
+    assert [t.get_text() for t in fig.texts] == [CEILING_NOTE]
+    plt.close(fig)
 
 
 def test_plots_write_pngs_from_a_percentile_table_and_a_series(tmp_path):

@@ -99,7 +99,10 @@ def test_an_entry_is_on_disk_and_fsynced_file_and_directory_before_enqueue_retur
     q = _queue(tmp_path)
     entry = q.enqueue(_reversal(1))
     path = saf_path(tmp_path, "T0000001")
-    assert synced == [str(path) + ".tmp", str(tmp_path)]  # the new file, then the rename in its directory
+    # first use: the PAN key (terminal_sim/pan_vault.py) and its directory, durable before what it seals;
+    # then the new file, then the rename in its directory
+    assert synced[0].startswith(str(tmp_path / ".pan.key.")) and synced[0].endswith(".tmp")
+    assert synced[1:] == [str(tmp_path), str(path) + ".tmp", str(tmp_path)]
     doc = _on_disk(tmp_path)
     assert doc["next_seq"] == 2
     assert [(e["seq"], e["tries"], e["fields"]["t"], e["fields"]["11"]) for e in doc["entries"]] == \
@@ -231,7 +234,8 @@ def test_the_queue_file_never_holds_a_mac_pin_block_or_track_data(tmp_path):
         assert value not in text
     for entry in _on_disk(tmp_path)["entries"]:
         assert not {"35", "52", "64", "128"} & set(entry["fields"])
-        assert entry["fields"]["2"] == PAN  # the PAN stays, as in the terminal's other state files
+        assert entry["fields"]["2"].startswith("pan:v1:")  # kept for the repeat, sealed (test_state_pan.py)
+    assert PAN not in text and [e.fields["2"] for e in _queue(tmp_path).entries] == [PAN, PAN]
 
 
 def test_an_unreadable_queue_file_is_an_error_and_never_an_empty_queue(tmp_path):
