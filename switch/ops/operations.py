@@ -207,11 +207,17 @@ class Operations:
     # ------------------------------------------------------------------ cards
 
     async def op_card_issue(self, *, program: str, member: str | None = None, expiry: str | None = None,
-                            pin: str | None = None) -> dict[str, Any]:
+                            pin: str | None = None, live_only: bool = False) -> dict[str, Any]:
+        """`live_only`: refuse a program not launched yet at the switch's clock (config
+        `launched`). Asked for by `eum replay`'s sign-ups only: the tests' population issues
+        Namdong cards at 2019-07-20, before Namdong's launch (docs/replay.md, "Launch dates")."""
         prog = self.rules.programs.get(program)
         if prog is None:
             raise OperationError(f"--program must be one of {', '.join(self.rules.programs)}")
         now = self.clock.now()
+        if live_only and not prog.live(now):
+            raise OperationError(f"program {program} is not live on {now.astimezone(KST).date()}: "
+                                 f"it launches on {prog.launched}")
         expiry = expiry or default_expiry(now)
         if len(expiry) != 4 or not expiry.isdigit() or not 1 <= int(expiry[2:]) <= 12:
             raise OperationError("--expiry must be YYMM")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pathlib
 import tomllib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from switch.rules.cashback import (
@@ -26,7 +26,7 @@ from switch.rules.cashback import (
     SpendTier,
 )
 from switch.configdir import config_dir
-from switch.domain import DISTRICTS, Merchant
+from switch.domain import DISTRICTS, KST, Merchant
 from switch.rules.fees import FeeBook, FeeSchedule, FeeSupport, FeeTier
 
 __all__ = [
@@ -58,6 +58,14 @@ class Program:
     district: str | None
     bins: tuple[tuple[str, str], ...]
     pan_length: int
+    launched: date | None = None  # the KST day its first cards were issued (None: always live)
+
+    def live(self, now: datetime) -> bool:
+        """Whether the program issues cards at `now`: from 00:00 KST of its launch day. Only a
+        caller that asks enforces it (`eum replay`'s sign-ups: docs/replay.md, "Launch dates")."""
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        return self.launched is None or now.astimezone(KST).date() >= self.launched
 
     def issued(self, pan: str) -> bool:
         """True if the PAN has this program's length and a prefix in one of its ranges."""
@@ -310,9 +318,17 @@ def _program(t: _Table) -> Program:
     bins = tuple(_bin_range(t, i, pair) for i, pair in enumerate(t.get("bins", list)))
     if not bins:
         raise t.fail("bins", "at least one range is required")
-    program = Program(t.get("id", str), t.get("name", str), district, bins, pan_length)
+    program = Program(t.get("id", str), t.get("name", str), district, bins, pan_length, _launch_day(t))
     t.finish()
     return program
+
+
+def _launch_day(t: _Table) -> date | None:
+    """`launched`: a TOML local date (2019-06-29), a KST calendar day; optional."""
+    value = t.get("launched", date, None)
+    if isinstance(value, datetime):  # a datetime is a date too: a launch is a day, not an instant
+        raise t.fail("launched", f"must be a date like 2019-06-29, got {value.isoformat()}")
+    return value
 
 
 def _bin_range(t: _Table, i: int, pair: Any) -> tuple[str, str]:
