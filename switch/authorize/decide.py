@@ -32,7 +32,7 @@ from switch.ledger.records import (AutoCharge, Change, CardDayMoved, CardMonthCh
                                    UndoDetail)
 from switch.rules.cashback import clawback, proportional, quote_cashback
 from switch.rules.fees import quote_fee
-from switch.rules.policy import BANK_CHANNEL, CARDHOLDER, TERMINAL, Rules
+from switch.rules.policy import BANK_CHANNEL, CARDHOLDER, TERMINAL, Limits, Rules
 from switch.wire.messages import RESPONSE_MTI, Balances, Kind, Rc, Request, Response
 
 PIN_TRIES_MAX = 3
@@ -267,21 +267,27 @@ class _Deciding:
             raise Decline(RC_CHANNEL_REFUSED[refusal.party], refusal.note)
         return merchant
 
+    def _spend_checks(self) -> tuple[CardState, Merchant, Limits]:
+        """What a purchase and a pre-authorization are both checked for, in this order: the
+        card (14, 54, 62), the merchant (58), the amount (13), the category (57), the channel."""
+        state = self._card()
+        merchant = self.view.merchant(self.req.merchant)
+        if merchant is None:
+            raise Decline(Rc.TERMINAL_NOT_PERMITTED, "merchant unknown")
+        limits = self.rules.limits(self.now)
+        if self.req.amount <= 0 or self.req.amount > limits.holding_max:
+            raise Decline(Rc.INVALID_AMOUNT, "amount out of range")
+        if not self.rules.accepts(merchant, self.now):
+            raise Decline(Rc.NOT_PERMITTED, f"card not accepted at category {merchant.category}")
+        self._check_channel(merchant)
+        return state, merchant, limits
+
     # ------------------------------------------------------------------ purchase
 
     def _purchase(self) -> Decision:
         req, view, now = self.req, self.view, self.now
-        state = self._card()
-        merchant = view.merchant(req.merchant)
-        if merchant is None:
-            raise Decline(Rc.TERMINAL_NOT_PERMITTED, "merchant unknown")
-        limits = self.rules.limits(now)
+        state, merchant, limits = self._spend_checks()
         amount = req.amount
-        if amount <= 0 or amount > limits.holding_max:
-            raise Decline(Rc.INVALID_AMOUNT, "amount out of range")
-        if not self.rules.accepts(merchant, now):
-            raise Decline(Rc.NOT_PERMITTED, f"card not accepted at category {merchant.category}")
-        self._check_channel(merchant)
         if view.card_day(state.id, day_key(now)) + amount > limits.daily_spend_max:
             raise Decline(Rc.OVER_LIMIT, "daily spend limit")
         card = _Card(state)
@@ -434,17 +440,8 @@ class _Deciding:
         merchant. With DE37 it is an incremental authorization of the open hold that RRN
         names: a new hold posting under the same RRN holds the total and closes the one before."""
         req, view, now = self.req, self.view, self.now
-        state = self._card()
-        merchant = view.merchant(req.merchant)
-        if merchant is None:
-            raise Decline(Rc.TERMINAL_NOT_PERMITTED, "merchant unknown")
-        limits = self.rules.limits(now)
+        state, merchant, limits = self._spend_checks()
         amount = req.amount
-        if amount <= 0 or amount > limits.holding_max:
-            raise Decline(Rc.INVALID_AMOUNT, "amount out of range")
-        if not self.rules.accepts(merchant, now):
-            raise Decline(Rc.NOT_PERMITTED, f"card not accepted at category {merchant.category}")
-        self._check_channel(merchant)
         previous = self._open_hold(state, merchant) if req.rrn else None
         if view.card_day(state.id, day_key(now)) + amount > limits.daily_spend_max:
             raise Decline(Rc.OVER_LIMIT, "daily spend limit")
