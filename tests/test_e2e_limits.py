@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 
@@ -116,6 +117,21 @@ async def _connect_with_small_buffers(env) -> tuple[TerminalClient, object]:
     return client, conn
 
 
+def _steadily(probe, hold_s: float = 0.3):
+    """A predicate for `eventually`: true once `probe()` has returned the same (ok, value) pair
+    with ok true at every check for `hold_s` seconds."""
+    since: list = [None, None]  # (value, first seen at)
+
+    def check() -> bool:
+        ok, value = probe()
+        now = time.monotonic()
+        if not ok or since[0] != value or since[1] is None:
+            since[0], since[1] = (value, now) if ok else (None, None)
+            return False
+        return now - since[1] >= hold_s
+    return check
+
+
 async def test_a_peer_that_does_not_read_is_paused_and_others_are_served(tmp_path):
     write_buffer_max, in_flight_max = 4096, 8
     async with start_switch(tmp_path / "var", clock=FixedClock(LAUNCH), write_buffer_max=write_buffer_max,
@@ -127,10 +143,13 @@ async def test_a_peer_that_does_not_read_is_paused_and_others_are_served(tmp_pat
         requests = [pump.echo() for _ in range(3_000)]
         reader_less.writer.write(b"".join(framed(env, r) for r in requests))
 
-        await eventually(lambda: conn.writing_paused and conn.reading_paused,
-                         what="the switch to pause writing to and reading from the peer that does not read")
-        # the requests it had already taken are answered into its write buffer, then nothing more is taken
-        await eventually(lambda: conn.in_flight == 0, what="the paused connection's requests in flight to finish")
+        # Until the kernel's buffers on both ends are full, the switch's write buffer drains now and
+        # then below its low-water mark and the connection resumes for a moment: wait for the
+        # state to hold (paused both ways, nothing in flight, the buffer not moving) for a while.
+        await eventually(_steadily(lambda: (conn.writing_paused and conn.reading_paused and conn.in_flight == 0,
+                                            conn.transport.get_write_buffer_size())),
+                         what="the switch to pause writing to and reading from the peer that does not read, "
+                              "with its requests in flight finished, for 0.3 s in a row")
         assert conn.writing_paused and conn.reading_paused
         echo_size = len(framed(env, {"t": "0810", "7": "0720120000", "11": "000001", "41": "T0000001",
                                      "70": "301", "39": "00"}))
