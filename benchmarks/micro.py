@@ -12,6 +12,9 @@ revisions have:
                           parse + handle, no I/O
   hsm.retail_mac_fresh_key_us  X9.19 MAC over 140 bytes under a key used once, as the HSM
                           and the terminals compute it for a DUKPT transaction
+  terminal.transaction_us the terminal side of one DUKPT-TDES transaction (next KSN, PIN
+                          block on 1 in 4, request MAC, response MAC check), 200 terminals
+                          in turn: the fleet's security work per transaction
   --hsm-auth-mix          instead of the above: the HSM's CPU per authorisation of the
                           standard scenario's commands, key caches on and off (HSM_AUTH_MIX)
 Without --base: this tree only. With --base REV: REV is checked out into a temporary git
@@ -85,6 +88,31 @@ from hsm_mock import crypto
 keys = itertools.cycle([os.urandom(16) for _ in range(20000)])
 mac = getattr(crypto, "retail_mac_once", None) or (lambda k, d: crypto.mac_iso9797_alg3(k, d))
 out["hsm.retail_mac_fresh_key_us"] = per_call_us(lambda: mac(next(keys), message))
+
+# The terminal side of one transaction of the standard scenario (the fleet's security work):
+# the next KSN and its keys, a PIN block on 1 in 4, the request MAC and the check of the
+# response's MAC (140 bytes each; the check's answer is False here, its work the same).
+# 200 terminals in turn, fresh devices each timing run so no register carries over.
+from terminal_sim.security import TerminalSecurity
+from switch.authorize.security import initial_ksn
+devices = itertools.count(1)
+signed = b"0200" + bytes(range(128)) + bytes(8)
+
+def terminal_batch(n=2000, fleet=200):
+    terms = [TerminalSecurity.for_test_keys("dukpt-tdes", initial_ksn("dukpt-tdes", next(devices)))
+             for _ in range(fleet)]
+    import time as _t
+    c0 = _t.process_time()
+    for i in range(n):
+        t = terms[i % fleet]
+        req = t.protect({"t": "0200", "2": "9410100000002345"}, pin="1234" if i % 4 == 0 else None,
+                        pan="9410100000002345")
+        t.sign(signed, ksn=req["53"])
+        t.verify_response(signed, ksn=req["53"])
+    return (_t.process_time() - c0) / n * 1e6
+
+terminal_batch(400)
+out["terminal.transaction_us"] = round(sorted(terminal_batch() for _ in range(5))[2], 2)
 logs.flush()
 import shutil
 shutil.rmtree(tmp, ignore_errors=True)

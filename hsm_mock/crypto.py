@@ -4,7 +4,8 @@ Pure functions, bytes in and bytes out, on the `cryptography` package only. No I
 logging; nothing here ever puts a key, PIN or data value into an exception message.
 
 Hot-path notes (docs/performance.md, "Crypto costs on this machine kind"): building a `Cipher` and a context costs
-about 4 µs, an update on a reused context about 0.4 µs. ECB is stateless, so one encryptor
+about 4 µs on the AMD VM (14 µs on the Intel one), half of it `Cipher`'s argument checks, which
+contexts here skip ("contexts" below); an update on a reused context about 0.4 µs. ECB is stateless, so one encryptor
 and one decryptor context per key can serve any number of block-aligned `update()` calls and
 are never finalised. They are cached per key *and per thread* (contexts are not thread-safe),
 in an LRU of bounded size. CBC reuses one long-lived context per key too, by folding the
@@ -39,6 +40,53 @@ ZERO_BLOCK_AES = bytes(AES_BLOCK_SIZE)
 # Cipher's set-up (docs/performance.md, "Issue 10 levers").
 _ECB = modes.ECB()
 _CBC_ZERO = {DES_BLOCK_SIZE: modes.CBC(ZERO_BLOCK_DES), AES_BLOCK_SIZE: modes.CBC(ZERO_BLOCK_AES)}
+
+
+# ----------------------------------------------------------------------------- contexts
+#
+# `Cipher(algorithm, mode).encryptor()` checks its arguments in Python (ABC isinstance checks,
+# the mode against the algorithm) and then calls the Rust binding's create_encryption_ctx.
+# Every context here is built from an algorithm object this module made (its key size checked
+# by TripleDES/AES) and one of the two mode constants above, whose IV fits its algorithm's
+# block by construction, so those checks cannot fail: where the binding has these two
+# functions (cryptography 42 to 48 have), contexts come straight from it, at half the cost of
+# a one-shot set-up (docs/performance.md, "Crypto contexts without the Python checks").
+# The binding is private: it is only used after it produced, at import, the same bytes as the
+# public API for TDES and AES in ECB and CBC, both ways; otherwise (a future cryptography
+# moved it) the public API is used. tests/test_crypto_contexts.py compares the two paths.
+
+
+def public_encryptor(algorithm: algorithms.AES | TripleDES, mode: modes.Mode):
+    return Cipher(algorithm, mode).encryptor()
+
+
+def public_decryptor(algorithm: algorithms.AES | TripleDES, mode: modes.Mode):
+    return Cipher(algorithm, mode).decryptor()
+
+
+def _binding_contexts():
+    """(encryptor, decryptor) factories of the Rust binding, or None when they are missing or
+    disagree with the public API on the self-check."""
+    try:
+        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+
+        enc, dec = rust_openssl.ciphers.create_encryption_ctx, rust_openssl.ciphers.create_decryption_ctx
+        data = bytes(range(32))
+        for algorithm, block in ((TripleDES(bytes(range(1, 25))), DES_BLOCK_SIZE),
+                                 (algorithms.AES(bytes(range(1, 17))), AES_BLOCK_SIZE)):
+            for mode in (_ECB, _CBC_ZERO[block]):
+                if enc(algorithm, mode).update(data) != public_encryptor(algorithm, mode).update(data):
+                    return None
+                if dec(algorithm, mode).update(data) != public_decryptor(algorithm, mode).update(data):
+                    return None
+    except Exception:  # noqa: BLE001 - any surprise from a private API: use the public one
+        return None
+    return enc, dec
+
+
+_BINDING = _binding_contexts()
+CONTEXTS_FROM_BINDING = _BINDING is not None
+encryptor, decryptor = _BINDING if _BINDING is not None else (public_encryptor, public_decryptor)
 
 
 class HsmCryptoError(ValueError):
@@ -154,20 +202,16 @@ class _Contexts:
     def __init__(self, algorithm: algorithms.AES | TripleDES, block: int) -> None:
         self._algorithm = algorithm
         self._block = block
-        ecb = Cipher(algorithm, _ECB)
-        self.ecb_encryptor = ecb.encryptor()
-        self.ecb_decryptor = ecb.decryptor()
+        self.ecb_encryptor = encryptor(algorithm, _ECB)
+        self.ecb_decryptor = decryptor(algorithm, _ECB)
         self._cbc_enc = self._cbc_dec = None
         self._enc_state = self._dec_state = bytes(block)
-
-    def _cbc(self) -> Cipher:
-        return Cipher(self._algorithm, _CBC_ZERO[self._block])
 
     def cbc_encrypt(self, data: bytes, iv: bytes) -> bytes:
         if not data:
             return b""
         if self._cbc_enc is None:
-            self._cbc_enc = self._cbc().encryptor()
+            self._cbc_enc = encryptor(self._algorithm, _CBC_ZERO[self._block])
         b = self._block
         out = self._cbc_enc.update(_xor3(data[:b], iv, self._enc_state) + data[b:])
         self._enc_state = out[-b:]
@@ -177,7 +221,7 @@ class _Contexts:
         if not data:
             return b""
         if self._cbc_dec is None:
-            self._cbc_dec = self._cbc().decryptor()
+            self._cbc_dec = decryptor(self._algorithm, _CBC_ZERO[self._block])
         b = self._block
         out = self._cbc_dec.update(data)
         first = _xor3(out[:b], self._dec_state, iv)
@@ -222,14 +266,14 @@ def tdes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
 def tdes_ecb_encrypt_once(key: bytes, data: bytes) -> bytes:
     """TDES-ECB for a key used once (DUKPT intermediates): no cache, so hot keys stay cached."""
     _aligned(data, DES_BLOCK_SIZE, "TDES data")
-    enc = Cipher(TripleDES(expand_tdes_key(key)), _ECB).encryptor()
+    enc = encryptor(TripleDES(expand_tdes_key(key)), _ECB)
     return enc.update(data) + enc.finalize()
 
 
 def tdes_ecb_decrypt_once(key: bytes, data: bytes) -> bytes:
     """TDES-ECB decryption for a key used once (a DUKPT PIN key): no cache, one context."""
     _aligned(data, DES_BLOCK_SIZE, "TDES data")
-    dec = Cipher(TripleDES(expand_tdes_key(key)), _ECB).decryptor()
+    dec = decryptor(TripleDES(expand_tdes_key(key)), _ECB)
     return dec.update(data) + dec.finalize()
 
 
@@ -269,7 +313,7 @@ def aes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
 def aes_ecb_encrypt_once(key: bytes, data: bytes) -> bytes:
     """AES-ECB for a key used once (AES DUKPT intermediates): bypasses the context cache."""
     _aligned(data, AES_BLOCK_SIZE, "AES data")
-    enc = Cipher(algorithms.AES(_aes_key(key)), _ECB).encryptor()
+    enc = encryptor(algorithms.AES(_aes_key(key)), _ECB)
     return enc.update(data) + enc.finalize()
 
 
@@ -377,10 +421,10 @@ def retail_mac_once(key: bytes, data: bytes, *, length: int = DES_BLOCK_SIZE) ->
     padded = pad_iso9797(data, 1)
     chained = ZERO_BLOCK_DES
     if len(padded) > DES_BLOCK_SIZE:
-        cbc = Cipher(TripleDES(bytes(key[:8]) * 3), _CBC_ZERO[DES_BLOCK_SIZE]).encryptor()
+        cbc = encryptor(TripleDES(bytes(key[:8]) * 3), _CBC_ZERO[DES_BLOCK_SIZE])
         chained = cbc.update(padded[:-DES_BLOCK_SIZE])[-DES_BLOCK_SIZE:]
     last = xor(padded[-DES_BLOCK_SIZE:], chained)
-    ede = Cipher(TripleDES(bytes(key) + bytes(key[:8])), _ECB).encryptor()
+    ede = encryptor(TripleDES(bytes(key) + bytes(key[:8])), _ECB)
     return ede.update(last)[:length]
 
 
