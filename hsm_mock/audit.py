@@ -9,20 +9,26 @@ before rendering as a second line of defence: it drops secret-named keys and mas
 of 13–19 digits (first 6 / last 4), whatever produced it.
 
 Written directly, not through structlog: the trail is one fixed shape of line per command,
-on the HSM's hot path, so `record` builds the event, scrubs it and renders it with one
-json.dumps (half the cost of a structlog chain here; docs/performance.md).
-It does not depend on how the process's other logs are configured. The file is block-buffered
-(64 KiB) and flushed at close; the stream is the process's stdout.
+on the HSM's hot path, so `record` builds the event, scrubs it in one pass over its fields and
+renders it with orjson (docs/performance.md, "The HSM's audit line"). It does not depend on
+how the process's other logs are configured. The file is block-buffered (64 KiB) and flushed
+at close; the stream is the process's stdout. Inside a running event loop the lines of one
+loop iteration go to each sink in one write (as the responses do: switch/wire/transport.py
+WriteBatch), so a pipelined burst of commands costs one write to stdout, not one per command,
+whatever the stream's buffering (PYTHONUNBUFFERED makes every write a system call); outside a
+loop each line is written at once.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import re
 import sys
-from datetime import datetime, timezone
+import time
 from pathlib import Path
 from typing import Any, TextIO
+
+import orjson
 
 SECRET_KEYS = frozenset({
     "pin", "pins", "pan", "pin_block", "block", "key", "keys", "clear_key", "lmk", "cvv", "pvv",
@@ -48,9 +54,38 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+def _scrub_event(event: dict[str, Any]) -> dict[str, Any]:
+    """`_scrub` over an event's fields in one pass: the flat values an audit line carries (short
+    strings, numbers, None) are kept without a call each."""
+    out: dict[str, Any] = {}
+    for k, v in event.items():
+        if k in SECRET_KEYS:
+            continue
+        kind = type(v)
+        if kind is str:
+            if len(v) >= _PAN_LEN_MIN:
+                v = mask_digits(v)
+        elif not (kind is int or kind is float or v is None or kind is bool):
+            v = _scrub(v)
+        out[k] = v
+    return out
+
+
 def scrub_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: drop secret-named keys, mask PAN-like digit runs."""
-    return {k: _scrub(v) for k, v in event.items() if k not in SECRET_KEYS}
+    return _scrub_event(event)
+
+
+_second: list[Any] = [None, ""]  # the last whole second seen, and its "YYYY-MM-DDTHH:MM:SS"
+
+
+def utc_timestamp() -> str:
+    """Now in UTC as ISO 8601 with microseconds and Z: the date part is formatted once per second."""
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{int((now - second) * 1_000_000):06d}Z"
 
 
 class AuditLog:
@@ -60,6 +95,7 @@ class AuditLog:
     def __init__(self, path: Path | None = None, *, stream: TextIO | None = None) -> None:
         self._file: TextIO | None = None
         self.sinks: list[TextIO] = []
+        self._pending: list[str] = []  # lines of this loop iteration, written by _write_pending
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = path.open("a", encoding="utf-8", buffering=1 << 16)
@@ -72,14 +108,27 @@ class AuditLog:
         return cls(path, stream=sys.stdout)
 
     def record(self, **fields: Any) -> None:
-        event = scrub_secrets(None, "info", fields)
+        event = _scrub_event(fields)
         event["event"] = "hsm_command"
-        event["ts"] = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-        line = json.dumps(event) + "\n"
+        event["ts"] = utc_timestamp()
+        pending = self._pending
+        pending.append(orjson.dumps(event).decode() + "\n")
+        if len(pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self._write_pending)
+            except RuntimeError:  # no loop here: at once
+                self._write_pending()
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
         for sink in self.sinks:
-            sink.write(line)
+            sink.write(text)
 
     def flush(self) -> None:
+        self._write_pending()
         for sink in self.sinks:
             sink.flush()
 
