@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -57,13 +58,18 @@ def mask_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str,
     than leaking a card number. RRNs (12 digits) stay readable. The key `pan` is masked
     whatever its length.
     """
-    for key in list(event):
-        if key in SECRET_KEYS:
+    if not SECRET_KEYS.isdisjoint(event):
+        for key in SECRET_KEYS.intersection(event):
             del event[key]
-        elif key == "pan" and isinstance(event[key], str):
-            event[key] = mask_pan(event[key])
-        else:
-            event[key] = mask_value(event[key])
+    for key, value in event.items():  # values replaced in place: the dict's size does not change
+        kind = type(value)
+        if kind is str:
+            if key == "pan":
+                event[key] = mask_pan(value)
+            elif len(value) >= _PAN_LEN_MIN:
+                event[key] = _mask_text(value)
+        elif not (kind is int or value is None or kind is bool or kind is float):
+            event[key] = mask_value(value)
     return event
 
 
@@ -71,10 +77,21 @@ def mask_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str,
 _render = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
 
+_kst_second: tuple[int, str] = (-1, "")  # the last whole second seen and its KST date and time
+
+
 def _now() -> str:
     """Every log line's `ts`: Korean time with its offset, microseconds — the zone reports and
-    `eum admin card show` use, so an operator compares times without converting."""
-    return datetime.datetime.now(tz=KST).isoformat(timespec="microseconds")
+    `eum admin card show` use, so an operator compares times without converting. The text of
+    datetime.isoformat(timespec="microseconds") in KST (which has no daylight saving time: its
+    offset is always +09:00), with the date and time formatted once a second."""
+    global _kst_second
+    now = time.time()
+    second = int(now)
+    cached = _kst_second  # one read: the flusher thread may replace it meanwhile
+    if cached[0] != second:
+        cached = _kst_second = (second, datetime.datetime.fromtimestamp(second, KST).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{int((now - second) * 1_000_000):06d}+09:00"
 
 
 def _timestamp(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
