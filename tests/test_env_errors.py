@@ -182,6 +182,12 @@ def test_a_bad_clock_start_names_the_flag_and_the_value(tmp_path):
                                "offset, e.g. 2019-07-20T12:00:00+09:00")
 
 
+def test_a_negative_warm_budget_names_the_flag(tmp_path):
+    done = run("switch", "--data-dir", "var", "--listen", f"127.0.0.1:{free_port()}", "--warm-s", "-1", cwd=tmp_path)
+    assert one_line(done) == "eum: warm_s (--warm-s) must be ≥ 0"
+    assert not (tmp_path / "var").exists()
+
+
 def hsm_keys_made(tmp_path: Path, port: int) -> None:
     """The switch's keys, generated once by a real `eum hsm` on `port`, which is stopped after."""
     hsm = subprocess.Popen([*EUM, "hsm", "--listen", f"127.0.0.1:{port}"], cwd=tmp_path, stdout=subprocess.DEVNULL,

@@ -222,3 +222,61 @@ def test_a_warm_hot_state_holds_every_card_and_reads_nothing_for_a_new_one(store
         assert reads == []  # nothing asked of the store
     finally:
         reader.close()
+
+
+def _cards(store, n: int) -> None:
+    write(store, "INSERT INTO cards(id, pan, program, member, expiry, status, issued_at) VALUES (?,?,?,?,?,?,?)",
+          [(i, f"94101000000{i:05d}", "namdong", f"M{i % 7}", "3112", "active", "2025-10-01T00:00:00+09:00")
+           for i in range(1, n + 1)])
+
+
+def test_a_warm_budget_stops_taking_cards_after_the_page_that_passes_it(store, monkeypatch):
+    from datetime import datetime
+
+    import switch.authorize.state as state_module
+
+    _cards(store, 25_001)
+    ticks = iter(range(100))  # a clock that moves one second at each look: the budget of 1.5 s
+    monkeypatch.setattr(state_module.time, "perf_counter", lambda: next(ticks))  # allows one page
+    reader = SqliteReader(store)
+    try:
+        state = HotState(reader)
+        now = datetime.fromisoformat("2025-10-15T12:00:00+09:00")
+        assert state.warm(now, budget_s=1.5) == HotState.WARM_PAGE
+        assert (len(state.cards), state.member_months.complete, state.card_days.complete) == (10_000, True, True)
+        assert state.cards.by_pan("9410100000010001") is None  # past the budget: read on first use
+        assert state.load_card_for("9410100000010001", now).id == 10_001
+    finally:
+        reader.close()
+
+
+def test_a_warm_budget_of_zero_takes_the_counters_and_no_card(store):
+    from datetime import datetime
+
+    _cards(store, 3)
+    write(store, "INSERT INTO member_months(member, month, eligible) VALUES (?,?,?)", [("M3", "2025-10", 9_000)])
+    reader = SqliteReader(store)
+    try:
+        state = HotState(reader)
+        now = datetime.fromisoformat("2025-10-15T12:00:00+09:00")
+        assert state.warm(now, budget_s=0.0) == 0
+        assert (len(state.cards), state.member_months.get("M3", "2025-10"), state.member_months.get("M1", "2025-10")) \
+            == (0, 9_000, 0)
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("warm_s, held", [(None, 3), (5.0, 3), (0.0, 0)])
+async def test_the_switch_warms_its_sqlite_hot_state_before_serving_unless_told_not_to(tmp_path, warm_s, held):
+    from datetime import datetime
+
+    from switch.clock import FixedClock
+    from switch.ops.runtime import open_core
+
+    data = tmp_path / "var"
+    _cards(open_store(data), 3)
+    clock = FixedClock(datetime.fromisoformat("2025-10-15T12:00:00+09:00"))
+    kw = {} if warm_s == 5.0 else {"warm_s": warm_s}  # 5.0: the default (SwitchConfig.warm_s)
+    async with open_core(data, clock=clock, **kw) as core:
+        assert len(core.state.cards) == held
+        assert core.state.card_days.complete is (held > 0)

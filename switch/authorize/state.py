@@ -18,6 +18,7 @@ day and month (an older period is read from the store, which is how a late rever
 from __future__ import annotations
 
 from array import array
+import time
 from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime
@@ -327,16 +328,25 @@ class HotState:
 
     WARM_PAGE = 10_000
 
-    def warm(self, now: datetime) -> int:
-        """Every card, and the current month's and day's counters, into memory at once (a few
-        statements instead of one read per new card: docs/performance.md, "PostgreSQL: a warm
-        hot state"). Only for the ledger's one writer: a counter not stored for `now`'s period
-        is then known to be 0 until the period changes (PeriodCounters.complete). Returns the
-        number of cards; memory is what every card being used once costs anyway
-        (docs/architecture.md, "Memory bounds")."""
+    def warm(self, now: datetime, *, budget_s: float | None = None) -> int:
+        """The current month's and day's counters, then the cards in id order, into memory (a
+        few statements instead of one read per new card: docs/performance.md, "PostgreSQL: a
+        warm hot state", "A warm hot state on SQLite"). Only for the ledger's one writer, before
+        it serves: a counter not stored for `now`'s period is then known to be 0 until the
+        period changes (PeriodCounters.complete). budget_s: stop taking cards after the page
+        that passes this many seconds (the rest are read on first use, as without warming), so
+        a large ledger still starts in bounded time. Returns the number of cards taken; memory
+        is what every card being used once costs anyway (docs/architecture.md, "Memory bounds")."""
         month, day = month_key(now), day_key(now)
+        for member, eligible in self.reader.month_counters(month):
+            self.member_months.set(member, month, eligible)
+        self.member_months.completed(month)
+        for card_id, spent in self.reader.day_counters(day):
+            self.card_days.set(card_id, day, spent)
+        self.card_days.completed(day)
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
         last, n = 0, 0
-        while True:
+        while deadline is None or time.perf_counter() < deadline:
             page = self.reader.cards_page(last, self.WARM_PAGE)
             for card in page:
                 self.cards.put(card)
@@ -344,12 +354,6 @@ class HotState:
             if len(page) < self.WARM_PAGE:
                 break
             last = page[-1].id
-        for member, eligible in self.reader.month_counters(month):
-            self.member_months.set(member, month, eligible)
-        self.member_months.completed(month)
-        for card_id, spent in self.reader.day_counters(day):
-            self.card_days.set(card_id, day, spent)
-        self.card_days.completed(day)
         return n
 
     def refresh_filters(self) -> None:

@@ -69,7 +69,8 @@ def cmd_switch(args: argparse.Namespace) -> int:
                           program_wait_ms=args.program_wait_ms, connections_max=args.connections_max,
                           per_peer_max=args.per_peer_max, idle_timeout_s=args.idle_timeout_s,
                           frame_timeout_ms=args.frame_timeout_ms, signon_timeout_s=args.signon_timeout_s,
-                          commit_interval_ms_max=args.commit_interval_ms, metrics=getattr(args, "metrics", None) or "")
+                          commit_interval_ms_max=args.commit_interval_ms, metrics=getattr(args, "metrics", None) or "",
+                          warm_s=args.warm_s)
     dialect = load_dialect(config.dialect)
     check_responses(dialect)  # before anything is created: a dialect that cannot answer is refused
     relay = _relay(args)
@@ -99,7 +100,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
         async with open_core(config.data_dir, clock=_clock(args), batch_size_max=config.batch_size_max,
                              commit_interval_ms_max=config.commit_interval_ms_max,
                              queue_size_max=config.queue_size_max, hsm=_hsm(args), relay=relay,
-                             cluster=cluster) as core:
+                             cluster=cluster, warm_s=config.warm_s) as core:
             _hsm_down_at_start(core.hsm)
             router = None
             links: list[SwitchServer] = []
@@ -555,6 +556,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--lease-ttl-s", type=float, default=5.0,
                     help="with --cluster: a partition whose owner stops renewing is taken over after this long "
                          "(default %(default)s)")
+    sw.add_argument("--warm-s", type=float, default=SwitchConfig().warm_s, metavar="SECONDS",
+                    help="before serving, load cards into memory for at most this long, so that their first "
+                         "requests read nothing from the ledger (0: none, each card read on its first use; "
+                         "default %(default)s; docs/performance.md, \"A warm hot state on SQLite\")")
     sw.add_argument("--dialect", default="default", help="config/dialects/NAME.toml (default: default)")
     sw.add_argument("--clock-start", help="run the clock from this instant, e.g. 2019-07-20T12:00:00+09:00")
     sw.add_argument("--hsm", help="HOST:PORT[,HOST:PORT…] of the HSMs, in failover order (eum hsm: 127.0.0.1:1500)")

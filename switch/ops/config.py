@@ -21,6 +21,10 @@ class SwitchConfig:
     frame_timeout_ms: float = 5000.0   # a frame must be complete this long after its first byte
     signon_timeout_s: float = 30.0     # a connection must send a valid frame (one with an MTI) within this
     write_buffer_max: int = 1 << 20    # bytes queued to a peer that does not read; then reads pause
+    # before serving, the ledger's one writer loads cards for at most this long (HotState.warm): at
+    # 7-14 µs a card on this project's VMs, every card of a ledger of up to 400,000-700,000, and a
+    # start within 10 s at 1,000,000 (docs/performance.md, "A warm hot state on SQLite"); 0: none
+    warm_s: float = 5.0
     batch_size_max: int = 512          # ledger units per group commit
     commit_interval_ms_max: float = 2.0
     queue_size_max: int = 8192         # ledger units waiting for the writer
@@ -48,6 +52,8 @@ class SwitchConfig:
             raise ValueError("batch_size_max must not exceed queue_size_max")
         if self.commit_interval_ms_max <= 0:
             raise ValueError("commit_interval_ms_max must be > 0")
+        if self.warm_s < 0:
+            raise ValueError("warm_s (--warm-s) must be ≥ 0")
         if self.idle_timeout_s <= 0:
             raise ValueError("idle_timeout_s must be > 0")
         if self.program_in_flight_max < 1:

@@ -18,6 +18,7 @@ from switch.authorize.hsm_client import HsmConfig, HsmPool
 from switch.ledger.records import Commit, MetaSet
 from switch.ledger.sqlite import SqliteReader
 from switch.ledger.store import PgDsn, Store, open_store
+from switch.ops.config import SwitchConfig
 from switch.ledger.leases import IdBlocks, SignOns
 from switch.ops.cluster import Cluster, ClusterConfig
 from switch.ledger.writer import LedgerWriter
@@ -73,11 +74,15 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
                     batch_size_max: int = 512, commit_interval_ms_max: float = 2.0,
                     queue_size_max: int = 8192, hsm: HsmConfig | None = None,
                     relay: RelayConfig | None = None, store: str | None = None,
-                    cluster: ClusterConfig | None = None) -> AsyncIterator[Core]:
+                    cluster: ClusterConfig | None = None, warm_s: float | None = SwitchConfig().warm_s) -> AsyncIterator[Core]:
     """Store, hot state, writer, engine and operations for a data dir (caller holds the lock).
     The ledger is the data dir's SQLite file, or the PostgreSQL database `store` (or
     $EUM_STORE) names. With `relay`, the outbox is published to that MQTT broker while the core
-    is open."""
+    is open. warm_s: the ledger's one writer loads the current day's and month's counters and
+    then cards, for at most this many seconds, before it serves (HotState.warm), so no request
+    waits on a read of its card; None: every card, whatever it takes; 0: none (each card is read
+    on its first use). An instance of a cluster never warms (other instances change the cards
+    it does not hold)."""
     rules = load_rules(config_dir or default_config_dir())
     db_path = open_store(data_dir, store)
     members: Cluster | None = None
@@ -96,9 +101,10 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
         await writer.close()
         raise
     state = HotState(reader, ledger_id=writer.ledger_id)
-    if isinstance(db_path, PgDsn) and members is None:  # the one writer of a PostgreSQL ledger: a new
-        started = time.perf_counter()                     # card would otherwise cost a round trip
-        log.info("hot_state_warmed", cards=state.warm(clock.now()), seconds=round(time.perf_counter() - started, 2))
+    if (warm_s is None or warm_s > 0) and members is None:  # the one writer: a new card would otherwise cost a read
+        started = time.perf_counter()
+        log.info("hot_state_warmed", cards=state.warm(clock.now(), budget_s=warm_s),
+                 seconds=round(time.perf_counter() - started, 2))
     writer.on_failure = state.clear
     writer.start()
     pool = security = relay_task = signons = None
