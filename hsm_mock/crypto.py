@@ -49,8 +49,9 @@ _CBC_ZERO = {DES_BLOCK_SIZE: modes.CBC(ZERO_BLOCK_DES), AES_BLOCK_SIZE: modes.CB
 # Every context here is built from an algorithm object this module made (its key size checked
 # by TripleDES/AES) and one of the two mode constants above, whose IV fits its algorithm's
 # block by construction, so those checks cannot fail: where the binding has these two
-# functions (cryptography 42 to 48 have), contexts come straight from it, at half the cost of
-# a one-shot set-up (docs/performance.md, "Crypto contexts without the Python checks").
+# functions (cryptography 48.0 and 50.0 have them), contexts come straight from it, at half
+# the cost of a one-shot set-up (docs/performance.md, "Crypto contexts without the Python
+# checks").
 # The binding is private: it is only used after it produced, at import, the same bytes as the
 # public API for TDES and AES in ECB and CBC, both ways; otherwise (a future cryptography
 # moved it) the public API is used. tests/test_crypto_contexts.py compares the two paths.

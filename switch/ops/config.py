@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # a type only: fairness imports asyncio, which config must not
+    from switch.authorize.fairness import ProgramLimits
 
 
 @dataclass(frozen=True, slots=True)
