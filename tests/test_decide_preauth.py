@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from switch.authorize.decide import decide
 from switch.ledger.records import CardDayMoved, HoldDetail, PostingUndone
+from switch.record import replace
 from switch.rules.policy import Preauth
 from switch.wire.codec import response_fields
 from switch.wire.messages import Balances, Kind, OriginalData, Rc, Request
@@ -54,7 +55,7 @@ def commit(view: DictView, req: Request, decision) -> None:
         if p.kind == "hold":
             view.rrns[p.rrn] = p.id
     stored = view.messages[req.key]
-    view.messages[req.key] = dataclasses.replace(stored, response=response_fields(decision.response))
+    view.messages[req.key] = replace(stored, response=response_fields(decision.response))
 
 
 def test_a_hold_moves_cash_to_the_held_account_and_nothing_else():

@@ -19,11 +19,11 @@ balances never go below zero.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from switch.domain import KST, Merchant, day_key, luhn_ok, month_key
+from switch.record import Record, replace
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
 from switch.ledger.records import (AutoCharge, Change, CardDayMoved, CardMonthCharged, CardState, ChargeDetail, Entry,
                                    MemberMonthMoved, MessageKey,
@@ -62,15 +62,13 @@ class View(Protocol):
     def tombstoned(self, key: MessageKey) -> bool: ...
 
 
-@dataclass(frozen=True, slots=True)
-class PinVerified:
+class PinVerified(Record):
     """The HSM's verdict on the request's PIN block against the card's PVV."""
 
     ok: bool
 
 
-@dataclass(frozen=True, slots=True)
-class PinRefused:
+class PinRefused(Record):
     """The HSM could not verify the PIN block (a malformed block: 55; a key fault: 63)."""
 
     rc: Rc
@@ -80,8 +78,7 @@ class PinRefused:
 PinCheck = PinVerified | PinRefused | None
 
 
-@dataclass(frozen=True, slots=True)
-class CardChange:
+class CardChange(Record):
     """A card's balances after the decision (cash, cashback, receivable), for the hot state."""
 
     card_id: int
@@ -90,8 +87,7 @@ class CardChange:
     receivable: int
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(Record):
     response: Response
     posting: Posting | None = None
     changes: tuple[Change, ...] = ()

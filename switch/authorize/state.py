@@ -17,10 +17,9 @@ day and month (an older period is read from the store, which is how a late rever
 
 from __future__ import annotations
 
-from array import array
 import time
+from array import array
 from collections import OrderedDict
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +31,7 @@ from switch.ledger.records import (AUTO_CHARGE_META, AutoCharge, CardDayMoved, C
                                    Terminal, TerminalAdded, TerminalStatusSet)
 from switch.authorize.seen import SeenKeys
 from switch.ledger.sqlite import SqliteReader
+from switch.record import replace
 from switch.wire.messages import Kind, Request
 
 

@@ -15,10 +15,10 @@ import hashlib
 import uuid
 
 import orjson
-from dataclasses import dataclass
 from typing import Iterable
 
 from switch.domain import mask_pan
+from switch.record import Record
 from switch.ledger.records import OutboxEvent
 
 SCHEMA_VERSION = 1
@@ -30,8 +30,7 @@ FEE_SUBSIDY = "fee_subsidy:"            # ledger account prefixes, one account p
 CASHBACK_EXPENSE = "cashback_expense:"
 
 
-@dataclass(frozen=True, slots=True)
-class CardFacts:
+class CardFacts(Record):
     """The card as it stands after the posting (balances after)."""
 
     program: str
@@ -42,8 +41,7 @@ class CardFacts:
     receivable: int
 
 
-@dataclass(frozen=True, slots=True)
-class PostingFacts:
+class PostingFacts(Record):
     posting_id: int
     kind: str                      # one of TRANSACTION_TYPES
     at: str                        # the posting's time: ISO 8601 in KST, microseconds

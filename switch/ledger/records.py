@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from switch.domain import Merchant
+from switch.record import Record
 
 Entry = tuple[str, int]          # (account name, signed won)
 Shares = tuple[tuple[str, int], ...]  # (funder, won) in the rules' order
@@ -19,8 +20,7 @@ MessageKey = tuple[str, str, str]     # DE41 terminal, DE11 STAN, DE7 transmissi
 
 # ---------------------------------------------------------------------------- what a posting remembers
 
-@dataclass(frozen=True, slots=True)
-class PurchaseDetail:
+class PurchaseDetail(Record):
     """What a refund or reversal of this purchase needs: the shares to give back."""
 
     member: str
@@ -37,8 +37,7 @@ class PurchaseDetail:
     policy: str
 
 
-@dataclass(frozen=True, slots=True)
-class UndoDetail:
+class UndoDetail(Record):
     """A refund or (partial) reversal of a purchase: what it gave back."""
 
     member: str
@@ -51,8 +50,7 @@ class UndoDetail:
     eligible_back: int
 
 
-@dataclass(frozen=True, slots=True)
-class RefundReversalDetail:
+class RefundReversalDetail(Record):
     """A reversal of a refund."""
 
     member: str
@@ -61,8 +59,7 @@ class RefundReversalDetail:
     reverses: int       # the refund's posting id
 
 
-@dataclass(frozen=True, slots=True)
-class HoldDetail:
+class HoldDetail(Record):
     """A pre-authorization's hold (posting kind `hold`): money moved from the card's cash to
     its held account, nothing to the merchant. An incremental authorization is a new hold
     posting with the same RRN that closes the one before and holds the total."""
@@ -72,15 +69,13 @@ class HoldDetail:
     added: int          # what this authorization added to the hold (its own 0100's amount)
 
 
-@dataclass(frozen=True, slots=True)
-class ChargeDetail:
+class ChargeDetail(Record):
     member: str
     receivable_repaid: int
     auto: bool = False      # an auto-charge: the top-up a purchase triggered (docs/host-interface.md, "Auto-charge")
 
 
-@dataclass(frozen=True, slots=True)
-class AutoCharge:
+class AutoCharge(Record):
     """A card's auto-charge setting: when a purchase finds cash + cashback below `threshold`,
     `amount` is charged from the member's bank first, in the purchase's own commit."""
 
@@ -94,8 +89,7 @@ AUTO_CHARGE_META = "auto_charge:"  # meta key prefix: auto_charge:<card id> → 
 Detail = PurchaseDetail | UndoDetail | RefundReversalDetail | HoldDetail | ChargeDetail | None
 
 
-@dataclass(frozen=True, slots=True)
-class Posting:
+class Posting(Record):
     """One balanced set of entries, and the columns reports and undo read."""
 
     id: int
@@ -139,8 +133,7 @@ class PostingState:
         return self.amount - self.undone
 
 
-@dataclass(frozen=True, slots=True)
-class MessageOutcome:
+class MessageOutcome(Record):
     """The stored answer to one financial message, by its idempotency key."""
 
     key: MessageKey
@@ -181,8 +174,7 @@ class CardState:
 TERMINAL_STATUSES = ("active", "disabled")
 
 
-@dataclass(frozen=True, slots=True)
-class Terminal:
+class Terminal(Record):
     tid: str
     mid: str
     security: str
@@ -194,108 +186,91 @@ class Terminal:
 
 # ---------------------------------------------------------------------------- changes a commit makes
 
-@dataclass(frozen=True, slots=True)
-class MemberMonthMoved:
+class MemberMonthMoved(Record):
     member: str
     month: str
     eligible: int           # delta of the member's eligible spend in that month
 
 
-@dataclass(frozen=True, slots=True)
-class CardDayMoved:
+class CardDayMoved(Record):
     card_id: int
     day: str
     spent: int              # delta of the card's spending that day
 
 
-@dataclass(frozen=True, slots=True)
-class CardMonthCharged:
+class CardMonthCharged(Record):
     card_id: int
     month: str
     charged: int            # delta of what was charged onto the card that month
 
 
-@dataclass(frozen=True, slots=True)
-class PostingUndone:
+class PostingUndone(Record):
     posting_id: int
     undone: int             # delta of the amount undone (refunds and reversals)
     reversed: int = 0       # of that, by reversal (a purchase's DE95 bookkeeping)
 
 
-@dataclass(frozen=True, slots=True)
-class OriginalTombstoned:
+class OriginalTombstoned(Record):
     key: MessageKey         # a reversal arrived before this original
     at: str
 
 
-@dataclass(frozen=True, slots=True)
-class PinTriesSet:
+class PinTriesSet(Record):
     card_id: int
     tries: int
     blocked: bool
 
 
-@dataclass(frozen=True, slots=True)
-class KsnAccepted:
+class KsnAccepted(Record):
     tid: str
     counter: int            # the terminal's highest DUKPT counter is at least this
 
 
-@dataclass(frozen=True, slots=True)
-class CardStatusSet:
+class CardStatusSet(Record):
     card_id: int
     status: str
 
 
-@dataclass(frozen=True, slots=True)
-class CardPvvSet:
+class CardPvvSet(Record):
     card_id: int
     pvv: str
 
 
-@dataclass(frozen=True, slots=True)
-class CardIssued:
+class CardIssued(Record):
     card: CardState
     issued_at: str
 
 
-@dataclass(frozen=True, slots=True)
-class MerchantAdded:
+class MerchantAdded(Record):
     merchant: Merchant
 
 
-@dataclass(frozen=True, slots=True)
-class TerminalAdded:
+class TerminalAdded(Record):
     terminal: Terminal
 
 
-@dataclass(frozen=True, slots=True)
-class TerminalStatusSet:
+class TerminalStatusSet(Record):
     tid: str
     status: str             # TERMINAL_STATUSES
 
 
-@dataclass(frozen=True, slots=True)
-class MerchantUpdated:
+class MerchantUpdated(Record):
     merchant: Merchant      # the whole row as it stands after the update (same mid)
 
 
-@dataclass(frozen=True, slots=True)
-class MetaSet:
+class MetaSet(Record):
     key: str
     value: str
 
 
-@dataclass(frozen=True, slots=True)
-class KeyGroupAdded:
+class KeyGroupAdded(Record):
     name: str
     profile: str
     bdk: str                # under the LMK
     kcv: str
 
 
-@dataclass(frozen=True, slots=True)
-class RelayMarked:
+class RelayMarked(Record):
     name: str
     seq: int
     at: str
@@ -306,8 +281,7 @@ Change = (MemberMonthMoved | CardDayMoved | CardMonthCharged | PostingUndone | O
           | KeyGroupAdded | RelayMarked | TerminalStatusSet | MerchantUpdated)
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxEvent:
+class OutboxEvent(Record):
     """One outbox row: `payload` is the JSON published as is (`event_id` is inside it too)."""
 
     event_id: str

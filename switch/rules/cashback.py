@@ -16,6 +16,7 @@ from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 
 from switch.domain import DISTRICTS, Merchant
+from switch.record import Record
 
 BP_PER_UNIT = 10_000
 NO_POLICY = "none"
@@ -74,8 +75,7 @@ class CashbackBook:
     program_districts: dict[str, str | None]  # card program id -> home district
 
 
-@dataclass(frozen=True, slots=True)
-class CashbackQuote:
+class CashbackQuote(Record):
     policy_id: str
     eligible: int
     by_funder: tuple[tuple[str, int], ...]

@@ -12,6 +12,7 @@ from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 
 from switch.domain import Merchant
+from switch.record import Record
 
 BP_PER_UNIT = 10_000
 ONLINE_MALL_TIER = "online_mall"
@@ -71,8 +72,7 @@ class FeeBook:
         return entry_mode[:2] in self.ecommerce_entry_modes
 
 
-@dataclass(frozen=True, slots=True)
-class FeeQuote:
+class FeeQuote(Record):
     tier: str
     rate_bp: int
     fee: int

@@ -7,8 +7,11 @@ field it reads, blaming the field on failure) and a `Response` back into a dict.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from enum import Enum
+
+import msgspec
+
+from switch.record import Record
 
 
 class Kind(str, Enum):
@@ -82,8 +85,7 @@ class FieldError(ValueError):
         self.rc = rc
 
 
-@dataclass(frozen=True, slots=True)
-class OriginalData:
+class OriginalData(Record):
     """DE90: what a reversal points at."""
 
     mti: str
@@ -91,8 +93,7 @@ class OriginalData:
     transmission_time: str
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(Record):
     mti: str
     kind: Kind
     terminal: str
@@ -130,17 +131,15 @@ class Request:
         return REPEAT_OF.get(self.mti, self.mti)
 
 
-@dataclass(frozen=True, slots=True)
-class Balances:
+class Balances(Record):
     cash: int
     cashback: int
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(Record):
     mti: str
     rc: Rc
-    echo: dict[str, str] = field(default_factory=dict)  # request fields echoed back, by DE number
+    echo: dict[str, str] = msgspec.field(default_factory=dict)  # request fields echoed back, by DE number
     rrn: str = ""
     auth_code: str = ""
     balances: Balances | None = None
