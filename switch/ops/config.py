@@ -26,7 +26,7 @@ class SwitchConfig:
     signon_timeout_s: float = 30.0     # a connection must send a valid frame (one with an MTI) within this
     write_buffer_max: int = 1 << 20    # bytes queued to a peer that does not read; then reads pause
     # before serving, the ledger's one writer loads cards for at most this long (HotState.warm): at
-    # 7-14 µs a card on this project's VMs, every card of a ledger of up to 400,000-700,000, and a
+    # 7-14 µs a card on this project's VMs, every card of a ledger of up to 370,000-700,000, and a
     # start within 10 s at 1,000,000 (docs/performance.md, "A warm hot state on SQLite"); 0: none
     warm_s: float = 5.0
     batch_size_max: int = 512          # ledger units per group commit

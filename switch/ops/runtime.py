@@ -74,7 +74,8 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
                     batch_size_max: int = 512, commit_interval_ms_max: float = 2.0,
                     queue_size_max: int = 8192, hsm: HsmConfig | None = None,
                     relay: RelayConfig | None = None, store: str | None = None,
-                    cluster: ClusterConfig | None = None, warm_s: float | None = SwitchConfig().warm_s) -> AsyncIterator[Core]:
+                    cluster: ClusterConfig | None = None,
+                    warm_s: float | None = SwitchConfig().warm_s) -> AsyncIterator[Core]:
     """Store, hot state, writer, engine and operations for a data dir (caller holds the lock).
     The ledger is the data dir's SQLite file, or the PostgreSQL database `store` (or
     $EUM_STORE) names. With `relay`, the outbox is published to that MQTT broker while the core
