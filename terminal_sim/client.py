@@ -8,13 +8,55 @@ request's KSN (`last_response_mac_ok`). The cryptography is in terminal_sim.secu
 from __future__ import annotations
 
 import asyncio
+import time
 
 from switch.wire.codec import Dialect, decode_fields, encode_fields
-from switch.wire.framing import FrameBuffer, frame
+from switch.wire.framing import FrameBuffer, FramingError, frame
 
 from .security import SECURED_MTIS, TakSecurity, TerminalSecurity, mac_field
 
 DEFAULT_TPDU = bytes.fromhex("6000010000")
+
+
+class AnswerStream(asyncio.Protocol):
+    """The receiving half of a load generator's connection (the fleet's terminal links, the
+    replay's VAN lines): frames in, each decoded and handed to `answered(fields, payload, at)`
+    with the perf_counter time it arrived; an undecodable frame goes to `undecodable()` and the stream
+    goes on; an unframeable stream closes the connection (connection_lost follows). Subclasses
+    match answers to their waiters and send."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.buffer = FrameBuffer(dialect.framing)
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        at = time.perf_counter()
+        self.buffer.receive_data(data)
+        while True:
+            try:
+                fr = self.buffer.next_frame()
+            except FramingError:
+                self.transport.close()
+                return
+            if fr is None:
+                return
+            try:
+                fields = decode_fields(fr.payload, self.dialect)
+            except Exception:  # noqa: BLE001 - an undecodable answer answers nothing we can match
+                self.undecodable()
+                continue
+            self.answered(fields, fr.payload, at)
+
+    def answered(self, fields: dict[str, str], payload: bytes, at: float) -> None:
+        raise NotImplementedError
+
+    def undecodable(self) -> None:
+        """An answer that cannot be decoded: nothing to match it to (the default ignores it)."""
 
 
 class TerminalClient:

@@ -71,10 +71,10 @@ from typing import Any, Callable, Iterator, NamedTuple
 from hdrh.histogram import HdrHistogram
 
 from hsm_mock import dukpt
-from switch.wire.codec import Dialect, decode_fields, encode_fields, load_dialect
-from switch.wire.framing import FrameBuffer, FramingError, frame
+from switch.wire.codec import Dialect, encode_fields, load_dialect
+from switch.wire.framing import frame
 
-from .client import DEFAULT_TPDU
+from .client import DEFAULT_TPDU, AnswerStream
 from .population import Population, PopulationCard, PopulationError, PopulationTerminal, load_population
 from .scenario import ARRIVALS, KINDS, Scenario, ScenarioError, arrival_offsets, load_scenario
 from .security import (DUKPT_PROFILES, PROFILE_MAC, PROFILE_TDES, SECURED_MTIS, SecurityError, TakSecurity,
@@ -422,40 +422,22 @@ TIMED_OUT = "timed out"
 DROPPED = "dropped"
 
 
-class _Link(asyncio.Protocol):
-    """One terminal's TCP connection: frames out; frames in, decoded and handed to the waiter
-    of their DE11. Framing and decoding are the sans-I/O switch modules."""
+class _Link(AnswerStream):
+    """One terminal's TCP connection: frames out; frames in (AnswerStream), handed to the
+    waiter of their DE11."""
 
     def __init__(self, dialect: Dialect, rec: _Recorder) -> None:
-        self.dialect = dialect
+        super().__init__(dialect)
         self.rec = rec
-        self.buffer = FrameBuffer(dialect.framing)
-        self.transport: asyncio.Transport | None = None
         self.waiters: OrderedDict[str, asyncio.Future] = OrderedDict()
         self.timed_out: OrderedDict[str, None] = OrderedDict()
-        self.lost = False
         self.loop = asyncio.get_running_loop()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def undecodable(self) -> None:
+        self.rec.n["unmatched_responses"] += 1
 
-    def data_received(self, data: bytes) -> None:
-        at = now()
-        self.buffer.receive_data(data)
-        while True:
-            try:
-                fr = self.buffer.next_frame()
-            except FramingError:
-                self.transport.close()  # unframeable: the connection is done (connection_lost follows)
-                return
-            if fr is None:
-                return
-            try:
-                fields = decode_fields(fr.payload, self.dialect)
-            except Exception:  # noqa: BLE001 - an undecodable answer answers nothing we can match
-                self.rec.n["unmatched_responses"] += 1
-                continue
-            self._deliver(_Answer(fields, fr.payload, at))
+    def answered(self, fields: dict[str, str], payload: bytes, at: float) -> None:
+        self._deliver(_Answer(fields, payload, at))
 
     def _deliver(self, answer: _Answer) -> None:
         stan = answer.fields.get("11", "")

@@ -51,10 +51,10 @@ from hdrh.histogram import HdrHistogram
 
 from switch.domain import DISTRICTS, KST
 from switch.rules.policy import BANK_CHANNEL, Rules, default_config_dir, load_rules
-from switch.wire.codec import Dialect, decode_fields, encode_fields, load_dialect
-from switch.wire.framing import FrameBuffer, FramingError, frame
+from switch.wire.codec import Dialect, encode_fields, load_dialect
+from switch.wire.framing import frame
 
-from .client import DEFAULT_TPDU
+from .client import DEFAULT_TPDU, AnswerStream
 from .scenario import ScenarioError, _Reader, scenarios_dir
 from .terminal import Terminal
 
@@ -1000,35 +1000,19 @@ def _check_plan(plan: Plan) -> None:
 now = time.perf_counter
 
 
-class _Line(asyncio.Protocol):
-    """One VAN line: a TCP connection carrying many terminals' messages. Answers are matched
-    to their requests by (DE41, DE11): each terminal numbers its own messages."""
+class _Line(AnswerStream):
+    """One VAN line: a TCP connection carrying many terminals' messages (frames in:
+    AnswerStream). Answers are matched to their requests by (DE41, DE11): each terminal numbers
+    its own messages; an undecodable answer matches none (its request times out)."""
 
     def __init__(self, dialect: Dialect) -> None:
-        self.dialect = dialect
-        self.buffer = FrameBuffer(dialect.framing)
-        self.transport: asyncio.Transport | None = None
+        super().__init__(dialect)
         self.waiters: dict[tuple[str, str], asyncio.Future] = {}
-        self.lost = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        at = now()
-        self.buffer.receive_data(data)
-        while True:
-            try:
-                fr = self.buffer.next_frame()
-            except FramingError:
-                self.transport.close()
-                return
-            if fr is None:
-                return
-            fields = decode_fields(fr.payload, self.dialect)
-            waiter = self.waiters.pop((fields.get("41", ""), fields.get("11", "")), None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result((fields, at))
+    def answered(self, fields: dict[str, str], payload: bytes, at: float) -> None:
+        waiter = self.waiters.pop((fields.get("41", ""), fields.get("11", "")), None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result((fields, at))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
