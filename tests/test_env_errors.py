@@ -11,6 +11,7 @@ child only once it has dropped CAP_DAC_OVERRIDE (`unprivileged`).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -208,6 +209,23 @@ def hsm_keys_made(tmp_path: Path, port: int) -> None:
         hsm.wait(timeout=COMMAND_TIMEOUT_S)
 
 
+@contextlib.contextmanager
+def serving(tmp_path: Path, *flags: str) -> Iterator[Path]:
+    """`eum switch --data-dir var` with `flags`, its stderr in switch.err, until it logs
+    switch_listening; yields its log file; stopped by SIGTERM after the block, exit 0."""
+    with (tmp_path / "switch.err").open("w") as err:
+        switch = subprocess.Popen([*EUM, "switch", "--data-dir", "var", "--listen", f"127.0.0.1:{free_port()}",
+                                   *flags], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err,
+                                  stdin=subprocess.DEVNULL)
+    try:
+        log = tmp_path / "var" / "logs" / "switch.jsonl"
+        wait_until(lambda: log.exists() and '"switch_listening"' in log.read_text(), what="switch_listening")
+        yield log
+    finally:
+        os.kill(switch.pid, signal.SIGTERM)
+        assert switch.wait(timeout=COMMAND_TIMEOUT_S) == 0
+
+
 def test_an_hsm_that_does_not_answer(tmp_path):
     """Its first start with --hsm has the HSM make the switch's keys: without one it cannot
     start. Later starts serve anyway (91 for what needs the HSM) and say so: an hsm_down log
@@ -218,22 +236,12 @@ def test_an_hsm_that_does_not_answer(tmp_path):
     assert one_line(first) == (f"eum: the HSM does not answer (--hsm 127.0.0.1:{hsm_port}): no HSM answered A0 "
                                "(tried: none healthy)")
     hsm_keys_made(tmp_path, hsm_port)  # the HSM is gone again after this
-    port = free_port()
-    with (tmp_path / "switch.err").open("w") as err:
-        switch = subprocess.Popen([*EUM, "switch", "--data-dir", "var", "--listen", f"127.0.0.1:{port}", "--hsm",
-                                   f"127.0.0.1:{hsm_port}", "--clock-start", LAUNCH.isoformat()], cwd=tmp_path,
-                                  stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
-    try:
-        log = tmp_path / "var" / "logs" / "switch.jsonl"
-        wait_until(lambda: log.exists() and '"switch_listening"' in log.read_text(), what="switch_listening")
+    with serving(tmp_path, "--hsm", f"127.0.0.1:{hsm_port}", "--clock-start", LAUNCH.isoformat()) as log:
         down = [json.loads(line) for line in log.read_text().splitlines() if '"hsm_down"' in line]
         assert [(e["hsm"], e["reason"]) for e in down] == [(f"127.0.0.1:{hsm_port}", "no answer at start")]
         assert (tmp_path / "switch.err").read_text() == (
             f"eum switch: no HSM answers at 127.0.0.1:{hsm_port}: serving anyway; what needs the HSM (PINs, MACs) "
             "is answered 91 until one does\n")
-    finally:
-        os.kill(switch.pid, signal.SIGTERM)
-        assert switch.wait(timeout=COMMAND_TIMEOUT_S) == 0
 
 
 def test_an_mqtt_broker_that_does_not_answer(tmp_path):
@@ -243,20 +251,10 @@ def test_an_mqtt_broker_that_does_not_answer(tmp_path):
     done = run("events", "subscribe", "--mqtt", f"mqtt://127.0.0.1:{broker}", cwd=tmp_path)
     assert one_line(done) == f"eum events: the MQTT broker at 127.0.0.1:{broker} does not answer (connection refused)"
 
-    port = free_port()
-    with (tmp_path / "switch.err").open("w") as err:
-        switch = subprocess.Popen([*EUM, "switch", "--data-dir", "var", "--listen", f"127.0.0.1:{port}", "--mqtt",
-                                   f"mqtt://127.0.0.1:{broker}"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err,
-                                  stdin=subprocess.DEVNULL)
-    try:
-        log = tmp_path / "var" / "logs" / "switch.jsonl"
-        wait_until(lambda: log.exists() and '"switch_listening"' in log.read_text(), what="switch_listening")
+    with serving(tmp_path, "--mqtt", f"mqtt://127.0.0.1:{broker}"):
         assert (tmp_path / "switch.err").read_text() == (
             f"eum switch: the MQTT broker at 127.0.0.1:{broker} does not answer (connection refused): serving "
             "anyway; events wait in the outbox until it does\n")
-    finally:
-        os.kill(switch.pid, signal.SIGTERM)
-        assert switch.wait(timeout=COMMAND_TIMEOUT_S) == 0
 
 
 def test_eum_terminal_with_no_switch_listening(tmp_path):
