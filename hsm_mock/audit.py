@@ -48,7 +48,7 @@ def _scrub(value: Any) -> Any:
     if isinstance(value, str):
         return mask_digits(value) if len(value) >= _PAN_LEN_MIN else value
     if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items() if k not in SECRET_KEYS}
+        return _scrub_event(value)
     if isinstance(value, (list, tuple)):
         return [_scrub(v) for v in value]
     return value
