@@ -429,10 +429,13 @@ def _switch_lines(data_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (data_dir / "logs" / "switch.jsonl").read_text().splitlines() if line]
 
 
-def _eum_terminal(tmp_path: Path, port: int, action: str, *args: str) -> subprocess.CompletedProcess:
+def _eum_terminal(tmp_path: Path, port: int, action: str, *args: str,
+                  state_dir: bool = True) -> subprocess.CompletedProcess:
+    """`eum terminal` run in `tmp_path`; state_dir=False leaves --state-dir to its default."""
+    where = ["--state-dir", str(tmp_path / "terminals")] if state_dir else []
     return subprocess.run([*EUM, "terminal", action, "--switch", f"127.0.0.1:{port}", "--tid", "T0000001",
-                           "--mid", "NAMDONG01", "--state-dir", str(tmp_path / "terminals"), "--timeout-ms", "2000",
-                           *args], cwd=tmp_path, env={**os.environ, "EUM_STORE": ""}, capture_output=True, text=True,
+                           "--mid", "NAMDONG01", *where, "--timeout-ms", "2000", *args], cwd=tmp_path,
+                          env={**os.environ, "EUM_STORE": ""}, capture_output=True, text=True,
                           timeout=COMMAND_TIMEOUT_S)
 
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import stat
 import subprocess
 from pathlib import Path
 
 from conftest import card_accounts, postings
-from fault_harness import EUM, verify_cli
+from fault_harness import verify_cli
 from switch_process import provisioned
 from terminal_sim import cli as terminal_cli
 from terminal_sim.fleet import STATE_DIR as FLEET_STATE_DIR
@@ -28,7 +27,8 @@ from terminal_sim.fleet_cli import add_fleet_parser
 from terminal_sim.pan_vault import KEY_FILE, SEALED_PREFIX, PanVault
 from terminal_sim.saf import SafQueue, saf_path
 from terminal_sim.scenario import AmountModel, Scenario
-from test_saf import COMMAND_TIMEOUT_S, PAN, SwitchProc, _db, _message, _reversal, _reversal_postings
+from test_saf import PAN, SwitchProc, _db, _message, _reversal, _reversal_postings
+from test_saf import _eum_terminal as saf_eum_terminal
 
 DIGIT_RUN = re.compile(r"\d{13,19}")
 
@@ -47,10 +47,7 @@ def _pans_at_rest(state_dir: Path, pans: set[str]) -> list[tuple[str, str]]:
 
 def _eum_terminal(cwd: Path, port: int, action: str, *args: str) -> subprocess.CompletedProcess:
     """`eum terminal` with its default --state-dir, run in `cwd`."""
-    return subprocess.run([*EUM, "terminal", action, "--switch", f"127.0.0.1:{port}", "--tid", "T0000001",
-                           "--mid", "NAMDONG01", "--timeout-ms", "2000", *args], cwd=cwd,
-                          env={**os.environ, "EUM_STORE": ""}, capture_output=True, text=True,
-                          timeout=COMMAND_TIMEOUT_S)
+    return saf_eum_terminal(cwd, port, action, *args, state_dir=False)
 
 
 # ---------------------------------------------------------------------------- the defaults
