@@ -57,8 +57,11 @@ class LedgerWriter:
     """The one task that writes the ledger: group commit, one fsync per group.
 
     `submit` returns a future resolved once the unit is durable (or failed). Limits:
-    `queue_size_max` units waiting, `batch_size_max` units per commit, and a group closes
-    `commit_interval_ms_max` after its first unit arrived.
+    `queue_size_max` units waiting, `batch_size_max` units per commit. A group is what queued
+    while the last one committed, plus what the loop's current pass adds: no timer, so an idle
+    switch commits a unit at once and a busy one in groups as large as a commit is long.
+    `commit_interval_ms_max` > 0 adds a linger: a group not full waits that long after the
+    writer took its first unit (fewer, larger groups: less CPU per unit, more latency).
     """
 
     def __init__(
@@ -66,7 +69,7 @@ class LedgerWriter:
         path: Store,
         *,
         batch_size_max: int = 512,
-        commit_interval_ms_max: float = 2.0,
+        commit_interval_ms_max: float = 0.0,
         queue_size_max: int = 8192,
         on_failure: Any = None,
         owner: str = "",
@@ -159,8 +162,9 @@ class LedgerWriter:
                 self._busy = False
 
     async def _collect(self, first: tuple[Commit, asyncio.Future[None]]) -> list[tuple[Commit, asyncio.Future[None]]]:
-        """A group: what is queued now, then, if there is room, what arrives within
-        commit_interval_ms_max of the first (one sleep, not a timed wait per unit)."""
+        """A group: what is queued now, then, if there is room, what the loop's current pass
+        adds (one yield) or, with a linger, what arrives within commit_interval_ms_max of the
+        first (one sleep, not a timed wait per unit)."""
         batch = [first]
         self._drain_into(batch)
         if len(batch) < self.batch_size_max:
@@ -270,7 +274,7 @@ class LedgerWriter:
     async def drain(self) -> None:
         """Wait until every queued unit is committed (graceful shutdown)."""
         while not self.queue.empty() or self._busy:
-            await asyncio.sleep(self.commit_interval_s_max)
+            await asyncio.sleep(max(self.commit_interval_s_max, 0.001))
 
     async def close(self) -> None:
         await self.drain()
