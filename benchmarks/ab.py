@@ -1,6 +1,7 @@
 """Before/after in one run: the closed-loop capacity of two source trees, alternated.
 
-    python benchmarks/ab.py --base REV [--head REV] [--rounds 3] [--seconds 12] [--out-dir DIR]
+    python benchmarks/ab.py --base REV [--head REV] [--rounds 3] [--seconds 12] [--rate R]
+                            [--tag T] [--out-dir DIR]
 
 Each revision is checked out into a temporary git worktree; for each, an `eum hsm`, a seeded
 data dir (the quick bench's: DUKPT-TDES terminals, PIN cards) and, per round, `eum switch`
@@ -9,7 +10,9 @@ own E2eSuite.switch_run, so every round is also checked: verify, fleet = ledger)
 alternate base, head, base, head … so both see the same machine; the result is the median of
 the rounds per revision: approvals per second, latency, and CPU per approval of the switch,
 the HSM and the fleet (from /proc). This is how docs/performance.md's before/after table is
-measured. Writes <out-dir>/<date>-<host>-ab.json.
+measured. `--rate R`: open loop instead, Poisson arrivals at R a second over the same 32
+terminals (the bench's e2e_half procedure at a rate you choose): for latency levers, p99 at a
+fixed load. Writes <out-dir>/<date>-<host>-ab[-T].json.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ ROUND = r"""
 import json, sys
 from pathlib import Path
 from benchmarks.bench import BenchPlan, E2eSuite, Processes, fleet_api
-work, seconds, seed = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+work, seconds, seed, rate = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 plan = BenchPlan(mode="quick", cards=30_000)
 procs = Processes(work)
 suite = E2eSuite(plan, work, procs)
@@ -43,7 +46,7 @@ try:
         suite.population = fleet_api().load_population(suite.population_path)
     else:
         suite.seed()
-    run = suite.switch_run("ab", closed_loop=True, rate_per_s=1e6, duration_s=seconds, seed=seed,
+    run = suite.switch_run("ab", closed_loop=rate <= 0, rate_per_s=rate if rate > 0 else 1e6, duration_s=seconds, seed=seed,
                            terminals=plan.capacity_terminals)
 finally:
     procs.stop_all()
@@ -69,9 +72,9 @@ def worktree(rev: str, parent: Path) -> Path:
     return path
 
 
-def one_round(tree: Path, work: Path, seconds: float, seed: int) -> dict:
+def one_round(tree: Path, work: Path, seconds: float, seed: int, rate: float = 0.0) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}  # the tree's own packages, in every process it starts
-    done = subprocess.run([sys.executable, "-c", ROUND, str(work), str(seconds), str(seed)], cwd=tree, env=env,
+    done = subprocess.run([sys.executable, "-c", ROUND, str(work), str(seconds), str(seed), str(rate)], cwd=tree, env=env,
                           capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise SystemExit(f"round in {tree} failed:\n{done.stderr[-2000:]}")
@@ -84,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head", default="HEAD", help="git revision after (default HEAD)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=12.0)
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="open loop at this many requests a second (default 0: closed loop, capacity)")
+    ap.add_argument("--tag", default="", help="suffix of the result file's name")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name in ("base", "head"):
                     work = Path(tmp) / f"work-{name}"
                     work.mkdir(exist_ok=True)
-                    r = one_round(trees[name], work, args.seconds, seed=100 + i)
+                    r = one_round(trees[name], work, args.seconds, seed=100 + i, rate=args.rate)
                     runs[name].append(r)
                     print(name, revs[name], json.dumps(r), flush=True)
         finally:
@@ -109,10 +115,12 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
     medians = {name: {k: round(statistics.median(r[k] for r in rs), 1) for k in KEYS} for name, rs in runs.items()}
     result = {"machine": describe_machine(), "revisions": revs, "rounds": args.rounds, "seconds": args.seconds,
+              "loop": f"open, {args.rate:g}/s" if args.rate > 0 else "closed",
               "median": medians, "runs": runs,
               "ratio_head_to_base": {k: round(medians["head"][k] / medians["base"][k], 3)
                                      for k in KEYS if medians["base"][k]}}
-    out = Path(args.out_dir) / f"{date.today().isoformat()}-{socket.gethostname()}-ab.json"
+    tag = f"-{args.tag}" if args.tag else ""
+    out = Path(args.out_dir) / f"{date.today().isoformat()}-{socket.gethostname()}-ab{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"median": medians, "ratio_head_to_base": result["ratio_head_to_base"]}, indent=2))
