@@ -295,4 +295,7 @@ async def test_an_answer_that_cannot_be_encoded_is_96_and_nothing_of_it_is_poste
     assert message_rows(db, TID, sale["11"]) == []
     assert postings(db, "purchase") == [] and card_accounts(db, pan) == (100_000, 0)
     assert verify(db).ok
+    # each decided request announced its unit to the ledger writer (a group may wait for it);
+    # the two that could not be encoded withdrew theirs, the decline submitted its own
+    assert env.core.writer.coming == 0
     await client.close()

@@ -1,11 +1,11 @@
 """How the ledger writer forms its groups (switch/ledger/writer.py, LedgerWriter).
 
-With no linger (the default, `commit_interval_ms_max` 0) a group is what queued while the last
-one committed: an idle writer commits a lone unit at once instead of waiting for company, and
-a busy one commits in groups as large as a commit is long. With a linger the writer waits that
-long after a group's first unit for more. The commit itself is the real SQLite one, wrapped
-(the `commit_group` seam) to record each group's size and, where a test says so, to hold the
-writer thread until the test has queued what it wants behind it.
+A group is what queued while the last one committed, plus the units announced as coming
+(`expect`: the engine's decided requests whose response is being MACed); only while some are
+does a group wait, and at most `commit_interval_ms_max` after its first unit. So an idle
+writer commits a lone unit at once, whatever the window. The commit itself is the real SQLite
+one, wrapped (the `commit_group` seam) to record each group's size and, where a test says so,
+to hold the writer thread until the test has queued what it wants behind it.
 """
 
 from __future__ import annotations
@@ -65,17 +65,17 @@ async def started(tmp_path: Path, **kw) -> LedgerWriter:
     return writer
 
 
-def test_the_switch_default_is_no_linger():
+def test_the_switch_default_window_is_2_ms():
     assert (SwitchConfig().commit_interval_ms_max, LedgerWriter.__init__.__kwdefaults__["commit_interval_ms_max"]) \
-        == (0.0, 0.0)
+        == (2.0, 2.0)
 
 
-def test_a_negative_linger_is_refused_naming_the_flag():
+def test_a_negative_window_is_refused_naming_the_flag():
     with pytest.raises(ValueError, match=r"^commit_interval_ms_max \(--commit-interval-ms\) must be ≥ 0$"):
         SwitchConfig(commit_interval_ms_max=-1.0)
 
 
-async def test_without_linger_what_queued_during_a_commit_is_the_next_group(tmp_path):
+async def test_what_queued_during_a_commit_is_the_next_group(tmp_path):
     """The first unit is committed alone (nothing else was queued); five units submitted while
     that commit is held form the second group, all five together; each is durable when its
     submit returns."""
@@ -96,30 +96,63 @@ async def test_without_linger_what_queued_during_a_commit_is_the_next_group(tmp_
         await writer.close()
 
 
-async def test_without_linger_an_idle_writer_does_not_wait_for_company(tmp_path):
-    """Two units 50 ms apart on an idle writer: two groups of one (the first was committed
-    before the second came)."""
-    writer = await started(tmp_path)
+async def test_with_nobody_coming_a_unit_does_not_wait_out_the_window(tmp_path):
+    """A 2 s window, nothing announced: two units 50 ms apart are two groups of one (the first
+    was committed before the second came)."""
+    writer = await started(tmp_path, commit_interval_ms_max=2000.0)
     groups = Groups(writer)
     try:
-        await writer.submit(unit(0))
+        await asyncio.wait_for(writer.submit(unit(0)), 1.0)
         await asyncio.sleep(0.05)
-        await writer.submit(unit(1))
+        await asyncio.wait_for(writer.submit(unit(1)), 1.0)
         assert groups.sizes == [1, 1]
     finally:
         await writer.close()
 
 
-async def test_with_a_linger_a_unit_waits_for_those_that_follow_within_it(tmp_path):
-    """A 2 s linger: a unit submitted 50 ms after the first joins its group."""
+async def test_a_group_waits_for_a_unit_announced_as_coming(tmp_path):
+    """A 2 s window: a unit announced (`expect`) before the first was submitted, and submitted
+    50 ms after it, joins its group; nothing is left announced."""
     writer = await started(tmp_path, commit_interval_ms_max=2000.0)
     groups = Groups(writer)
     try:
+        writer.expect()
         first = asyncio.create_task(writer.submit(unit(0)))
         await asyncio.sleep(0.05)
-        second = asyncio.create_task(writer.submit(unit(1)))
+        assert not first.done() and groups.sizes == []
+        second = asyncio.create_task(writer.submit(unit(1), expected=True))
         await asyncio.wait_for(asyncio.gather(first, second), HOLD_TIMEOUT_S)
-        assert groups.sizes == [2]
+        assert (groups.sizes, writer.coming) == ([2], 0)
         assert stored(writer.path) == {"writer-test-0": "0", "writer-test-1": "1"}
+    finally:
+        await writer.close()
+
+
+async def test_a_withdrawn_unit_releases_the_group_at_once(tmp_path):
+    """A 2 s window: the announced unit is withdrawn (its request answered without a commit)
+    50 ms in; the group commits then, long before the window ends."""
+    writer = await started(tmp_path, commit_interval_ms_max=2000.0)
+    groups = Groups(writer)
+    try:
+        writer.expect()
+        first = asyncio.create_task(writer.submit(unit(0)))
+        await asyncio.sleep(0.05)
+        assert not first.done()
+        writer.withdraw()
+        await asyncio.wait_for(first, 1.0)
+        assert (groups.sizes, writer.coming) == ([1], 0)
+    finally:
+        await writer.close()
+
+
+async def test_a_group_waits_no_longer_than_its_window(tmp_path):
+    """A 100 ms window and an announced unit that never comes: the group commits without it."""
+    writer = await started(tmp_path, commit_interval_ms_max=100.0)
+    groups = Groups(writer)
+    try:
+        writer.expect()
+        await asyncio.wait_for(writer.submit(unit(0)), HOLD_TIMEOUT_S)
+        assert (groups.sizes, writer.coming) == ([1], 1)
+        writer.withdraw()
     finally:
         await writer.close()

@@ -239,19 +239,26 @@ class Engine:
         if decision.posting is not None:
             state.posting_id_used(decision.posting.id)
         stored = response_fields(decision.response)
-        try:
-            payload = await a.encode(stored, sign)
-        except AnswerFailed as failed:
-            return await self._unstored(a, req, fields, failed.rc, failed.note, None)
-        if state.epoch != epoch:  # a commit failed meanwhile: this was decided on state now void
-            return await self._unstored(a, req, fields, Rc.SYSTEM_ERROR, "ledger unavailable", None)
         posting_id = decision.posting.id if decision.posting is not None else None
         message = MessageOutcome(req.key, req.base_mti, req.digest, stored["39"], stored, posting_id, iso(now))
         changes = decision.changes if counter is None else decision.changes + (KsnAccepted(req.terminal, counter),)
-        partition = partition_of(member) if member is not None and self.writer.partitioned else None
+        writer = self.writer
+        partition = partition_of(member) if member is not None and writer.partitioned else None
+        writer.expect()  # a group forming now may wait for this unit while its response is MACed
         try:
-            await self.writer.submit(Commit(decision.posting, message, changes, decision.events, partition=partition,
-                                            before=decision.before))
+            payload = await a.encode(stored, sign)
+        except AnswerFailed as failed:
+            writer.withdraw()
+            return await self._unstored(a, req, fields, failed.rc, failed.note, None)
+        except BaseException:
+            writer.withdraw()
+            raise
+        if state.epoch != epoch:  # a commit failed meanwhile: this was decided on state now void
+            writer.withdraw()
+            return await self._unstored(a, req, fields, Rc.SYSTEM_ERROR, "ledger unavailable", None)
+        try:
+            await writer.submit(Commit(decision.posting, message, changes, decision.events, partition=partition,
+                                       before=decision.before), expected=True)
         except LedgerUnavailable:
             return await self._unstored(a, req, fields, Rc.SYSTEM_ERROR, "ledger unavailable", None)
         self._apply(decision, message)

@@ -546,10 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--data-dir", default="var", help="ledger and logs (default ./var)")
     sw.add_argument("--store", help=STORE_HELP)
     sw.add_argument("--commit-interval-ms", type=float, default=SwitchConfig().commit_interval_ms_max,
-                    help="the ledger's group linger: once the writer is free, a group waits at most this long "
-                         "after its first unit for more (0: none, the group is what queued while the last one "
-                         "committed; longer: larger groups, less CPU per approval, more latency; "
-                         "default %(default)s)")
+                    help="the ledger's group window: a group may wait at most this long after its first unit "
+                         "for requests already decided whose response is being MACed (never when none is; "
+                         "0: never; longer: larger groups under load, more latency; default %(default)s)")
     # several instances on one PostgreSQL ledger: docs/scale-out.md
     sw.add_argument("--cluster", action="store_true",
                     help="one of several instances sharing the --store ledger, by member ownership")

@@ -53,15 +53,23 @@ class Restart:
     error: str = ""
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class LedgerWriter:
     """The one task that writes the ledger: group commit, one fsync per group.
 
     `submit` returns a future resolved once the unit is durable (or failed). Limits:
     `queue_size_max` units waiting, `batch_size_max` units per commit. A group is what queued
-    while the last one committed, plus what the loop's current pass adds: no timer, so an idle
-    switch commits a unit at once and a busy one in groups as large as a commit is long.
-    `commit_interval_ms_max` > 0 adds a linger: a group not full waits that long after the
-    writer took its first unit (fewer, larger groups: less CPU per unit, more latency).
+    while the last one committed, plus what the loop's current pass adds, plus the units
+    announced as coming (`expect`: the engine's requests already decided, whose response is
+    being MACed): for those, and only while some are, the group waits at most
+    `commit_interval_ms_max` after the writer took its first unit. So an idle switch commits a
+    lone request at once, and a busy one does not commit a group of one just before the next
+    decided request would have joined it (PostgreSQL's commit_delay with commit_siblings, made
+    exact: we know who is coming).
     """
 
     def __init__(
@@ -69,7 +77,7 @@ class LedgerWriter:
         path: Store,
         *,
         batch_size_max: int = 512,
-        commit_interval_ms_max: float = 0.0,
+        commit_interval_ms_max: float = 2.0,
         queue_size_max: int = 8192,
         on_failure: Any = None,
         owner: str = "",
@@ -115,6 +123,8 @@ class LedgerWriter:
         self.on_commit: Any = None
         self._restart: Restart | None = None  # set on the writer thread by a failed group's I/O error
         self._busy = False
+        self.coming = 0  # units announced (expect) and not yet submitted or withdrawn
+        self._arrival: asyncio.Future[None] | None = None  # a lingering group waits on it
 
     async def open(self) -> None:
         """Connect where connecting is a network call (PostgreSQL: takes the writer lock, and
@@ -140,9 +150,28 @@ class LedgerWriter:
         """Started and not closed (nor ended by a bug): units submitted now will be committed."""
         return self._task is not None and not self._task.done()
 
-    async def submit(self, unit: Commit) -> None:
+    def expect(self) -> None:
+        """A unit is coming soon (its request decided, its response being built): a group
+        being formed may wait for it. Each `expect` is ended by `submit(..., expected=True)` or
+        by `withdraw`."""
+        self.coming += 1
+
+    def withdraw(self) -> None:
+        """An expected unit will not come (its request was answered without a commit)."""
+        self.coming -= 1
+        self._arrived()
+
+    def _arrived(self) -> None:
+        if self._arrival is not None and not self._arrival.done():
+            self._arrival.set_result(None)
+
+    async def submit(self, unit: Commit, *, expected: bool = False) -> None:
+        """expected: this unit was announced with `expect`."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if expected:
+            self.coming -= 1
         await self.queue.put((unit, fut))
+        self._arrived()
         await fut
 
     async def _run(self) -> None:
@@ -162,13 +191,28 @@ class LedgerWriter:
                 self._busy = False
 
     async def _collect(self, first: tuple[Commit, asyncio.Future[None]]) -> list[tuple[Commit, asyncio.Future[None]]]:
-        """A group: what is queued now, then, if there is room, what the loop's current pass
-        adds (one yield) or, with a linger, what arrives within commit_interval_ms_max of the
-        first (one sleep, not a timed wait per unit)."""
+        """A group: what is queued now and what the loop's current pass adds (one yield); then,
+        while there is room and units are coming (`expect`), what arrives within
+        commit_interval_ms_max of the writer taking the first."""
         batch = [first]
         self._drain_into(batch)
-        if len(batch) < self.batch_size_max:
-            await asyncio.sleep(self.commit_interval_s_max)
+        await asyncio.sleep(0)
+        self._drain_into(batch)
+        if self.coming <= 0 or len(batch) >= self.batch_size_max or self.commit_interval_s_max <= 0:
+            return batch
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.commit_interval_s_max
+        while self.coming > 0 and len(batch) < self.batch_size_max:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._arrival = arrival = loop.create_future()
+            timer = loop.call_later(remaining, _resolve, arrival)
+            try:
+                await arrival
+            finally:
+                timer.cancel()
+                self._arrival = None
             self._drain_into(batch)
         return batch
 

@@ -30,9 +30,9 @@ class SwitchConfig:
     # start within 10 s at 1,000,000 (docs/performance.md, "A warm hot state on SQLite"); 0: none
     warm_s: float = 5.0
     batch_size_max: int = 512          # ledger units per group commit
-    # how long a group waits for more units after its first, once the writer is free; 0: none,
-    # the group is what queued while the last one committed (docs/performance.md, "No linger")
-    commit_interval_ms_max: float = 0.0
+    # how long a group may wait, after its first unit, for requests already decided whose
+    # response is being MACed; 0: never (docs/performance.md, "A group waits only for who is coming")
+    commit_interval_ms_max: float = 2.0
     queue_size_max: int = 8192         # ledger units waiting for the writer
     shutdown_grace_s: float = 10.0
     # per card program (switch/authorize/fairness.py): slots in the engine, waiting room, longest wait
