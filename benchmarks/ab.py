@@ -46,8 +46,8 @@ try:
         suite.population = fleet_api().load_population(suite.population_path)
     else:
         suite.seed()
-    run = suite.switch_run("ab", closed_loop=rate <= 0, rate_per_s=rate if rate > 0 else 1e6, duration_s=seconds, seed=seed,
-                           terminals=plan.capacity_terminals)
+    run = suite.switch_run("ab", closed_loop=rate <= 0, rate_per_s=rate if rate > 0 else 1e6, duration_s=seconds,
+                           seed=seed, terminals=plan.capacity_terminals)
 finally:
     procs.stop_all()
 if not run.check["ok"]:
@@ -74,8 +74,8 @@ def worktree(rev: str, parent: Path) -> Path:
 
 def one_round(tree: Path, work: Path, seconds: float, seed: int, rate: float = 0.0) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}  # the tree's own packages, in every process it starts
-    done = subprocess.run([sys.executable, "-c", ROUND, str(work), str(seconds), str(seed), str(rate)], cwd=tree, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", ROUND, str(work), str(seconds), str(seed), str(rate)], cwd=tree,
+                          env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise SystemExit(f"round in {tree} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
