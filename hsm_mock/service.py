@@ -1,10 +1,13 @@
 """The software HSM over TCP: thin asyncio glue around the sans-I/O core.
 
 bytes → FrameReader (2-byte length frames) → Hsm.parse → Command → Hsm.handle → response →
-frame → bytes. Each command runs as its own task, so many commands are in flight on one
-connection (pipelining: a slow command does not hold up a fast one, responses may come back
-in any order, and the client matches them by the message header it chose). Reads pause when
-`in_flight_max` commands of a connection are in progress or when the peer stops reading.
+frame → bytes, inside each connection's asyncio Protocol (`_Connection.data_received`: no task
+and no timeout object per read; one idle sweep per server). A command with nothing to wait for
+is answered at once; one that waits (latency, capacity) runs as its own task, so many commands
+are in flight on one connection (pipelining: a slow command does not hold up a fast one,
+responses may come back in any order, and the client matches them by the message header it
+chose). Reads pause when `in_flight_max` commands of a connection are in progress or when the
+peer stops reading; a peer that half-closes gets its answers, then the close.
 
 Operations, all from the frozen HsmConfig:
 - latency: `latency_ms` (or `command_latency_ms[code]`) before each answer;
@@ -30,7 +33,6 @@ import enum
 import itertools
 import random
 import signal
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -45,7 +47,6 @@ from switch.wire.transport import WriteBatch
 
 log = structlog.get_logger("hsm")
 
-READ_SIZE = 65_536
 INTERNAL_ERROR = "13"  # our bug (logged with its traceback): "report to supervisor"
 
 
@@ -111,28 +112,149 @@ class TokenBucket:
 # ----------------------------------------------------------------------------- connections
 
 
-@dataclass(eq=False)
-class _Connection:
-    id: int
-    writer: asyncio.StreamWriter
-    in_flight: asyncio.Semaphore
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    closed: bool = False
-    out: WriteBatch = field(init=False)
+class _Connection(asyncio.Protocol):
+    """One host connection, as an asyncio Protocol: bytes arrive in `data_received` and are
+    framed and dispatched there, with no task wake-up and no timeout object per read (the
+    server's idle sweep closes a silent connection). Reads pause while `in_flight_max`
+    commands are in progress or while the peer does not read (the transport's write buffer
+    above `write_buffer_max`), and resume when a command ends or the buffer drains; complete
+    frames read meanwhile wait in the frame buffer, in order."""
 
-    def __post_init__(self) -> None:
-        self.out = WriteBatch(self.writer.write, lambda: not self.closed)
+    def __init__(self, server: HsmServer) -> None:
+        self.server = server
+        self.id = 0
+        self.writer: Any = None  # the transport (asyncio's or uvloop's; named as the stream writer was)
+        self.in_flight = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+        self.out: WriteBatch | None = None
+        self.frames = FrameReader(frame_size_max=server.config.frame_size_max)
+        self.last_read = 0.0
+        self.reason = "eof"
+        self.refused = False
+        self._eof = False
+        self._writing_paused = False
+        self._reading_paused = False
+        self._pumping = False
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: Any) -> None:  # asyncio's or uvloop's TCP transport
+        server, cfg = self.server, self.server.config
+        self.writer = transport
+        if len(server._connections) >= cfg.connections_max:
+            log.warning("hsm_connection_refused", reason="connections_max", connections=len(server._connections))
+            self.refused = self.closed = True
+            transport.close()
+            return
+        self.id = next(server._ids)
+        self.out = WriteBatch(transport.write, lambda: not self.closed)
+        transport.set_write_buffer_limits(high=cfg.write_buffer_max)
+        self.last_read = asyncio.get_running_loop().time()
+        server._connections.add(self)
+        log.info("hsm_connection_opened", conn=self.id, peer=str(transport.get_extra_info("peername")))
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.last_read = asyncio.get_running_loop().time()
+        self.frames.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool:
+        """The peer half-closed: answer what it asked for (within shutdown_grace_s), then close."""
+        self._eof = True
+        self._pump()
+        if not self.closed:
+            asyncio.get_running_loop().call_later(self.server.config.shutdown_grace_s, self.close)
+        return True  # keep the transport open for the answers; _finish_if_done closes it
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._set_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._pump()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+        if self.refused:
+            return
+        if isinstance(exc, (ConnectionError, OSError)) and self.reason == "eof" and not self.closed:
+            self.reason = "reset"
+        elif self.reason == "eof" and self.closed and not self._eof:
+            server = self.server._server
+            self.reason = "dropped" if server is not None and server.is_serving() else "server_stopped"
+        self.closed = True
+        self.server._connections.discard(self)
+        log.info("hsm_connection_closed", conn=self.id, reason=self.reason)
+
+    # ------------------------------------------------------------------ commands
+
+    def _pump(self) -> None:
+        """Dispatch the complete frames waiting, while there is room; then pause or resume
+        reading. Not re-entered: a command answered at once ends inside the loop below."""
+        if self._pumping or self.closed:
+            return
+        self._pumping = True
+        server, limit = self.server, self.server.config.in_flight_max
+        loop = asyncio.get_running_loop()
+        try:
+            while not self.closed and self.in_flight < limit and not self._writing_paused:
+                payload = self.frames.next_frame()
+                if payload is None:
+                    break
+                self.in_flight += 1
+                server._dispatch(self, payload, loop.time())
+        except ProtocolError as exc:
+            self.reason = "bad_frame"
+            log.warning("hsm_bad_frame", conn=self.id, reason=str(exc))
+            self.close()
+        finally:
+            self._pumping = False
+        if not self.closed:
+            self._set_reading()
+            self._finish_if_done()
+
+    def release(self) -> None:
+        """A command ended (answered, or never to be): room for the next frame."""
+        self.in_flight -= 1
+        if not self._pumping and not self.closed:
+            self._pump()
+
+    def _set_reading(self) -> None:
+        pause = self.in_flight >= self.server.config.in_flight_max or self._writing_paused
+        if pause != self._reading_paused and self.writer is not None and not self.writer.is_closing():
+            self._reading_paused = pause
+            if pause:
+                self.writer.pause_reading()
+            else:
+                self.writer.resume_reading()
+
+    def _finish_if_done(self) -> None:
+        """After the peer's EOF: close once every command read has been answered; a command
+        still waiting (latency, capacity) is given shutdown_grace_s."""
+        if not self._eof or self.closed or self.in_flight > 0:
+            return
+        self.close()
+
+    # ------------------------------------------------------------------ output
 
     def write(self, data: bytes) -> None:
         """Queue a response; the responses of one loop iteration leave in one write."""
-        if not self.closed:
+        if not self.closed and self.out is not None:
             self.out.add(data)
 
     def close(self) -> None:
         if not self.closed:
-            self.out.flush()
+            if self.out is not None:
+                self.out.flush()
             self.closed = True
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
 
 
 def load_lmk(config: HsmConfig) -> VariantLmk:
@@ -160,7 +282,8 @@ class HsmServer:
         self._waiting = 0
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
-        self._readers: set[asyncio.Task[Any]] = set()  # one read loop per connection
+        self._all: set[_Connection] = set()  # every protocol made, until its connection is lost (stop waits)
+        self._sweeper: asyncio.Task[None] | None = None  # closes silent connections (idle_timeout_s)
         self._ids = itertools.count(1)
         self.port = config.port
         self.counts: dict[str, int] = {"commands": 0, "hang": 0, "drop": 0, "error": 0, "overload": 0}
@@ -180,8 +303,9 @@ class HsmServer:
         loop = asyncio.get_running_loop()
         if self.config.cps_max > 0:
             self._bucket = TokenBucket(self.config.cps_max, self.config.bucket_size, now=loop.time())
-        self._server = await asyncio.start_server(self._serve, self.config.host, self.config.port,
-                                                  reuse_address=True, limit=READ_SIZE)  # fmt: skip
+        self._server = await loop.create_server(self._protocol, self.config.host, self.config.port,
+                                                reuse_address=True)
+        self._sweeper = loop.create_task(self._sweep_idle(), name="hsm-idle-sweep")
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("hsm_listening", host=self.config.host, port=self.port, header_length=self.config.header_length,
                  lmk_check_value=self.hsm.lmk_check_value, test_lmk=self.hsm.lmk == TEST_LMK,
@@ -191,81 +315,56 @@ class HsmServer:
         if self._server is None:
             return
         self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         tasks = [t for c in self._connections for t in c.tasks]
         if tasks:
             await asyncio.wait(tasks, timeout=self.config.shutdown_grace_s)
         for conn in list(self._connections):
             conn.close()
-        readers = [t for t in self._readers if t is not asyncio.current_task()]
-        if readers:
-            await asyncio.wait(readers, timeout=self.config.shutdown_grace_s)
+        lost = [c.lost for c in self._all if not c.lost.done()]
+        if lost:
+            await asyncio.wait(lost, timeout=self.config.shutdown_grace_s)
         await self._server.wait_closed()
         self._server = None
         self.audit.flush()
         log.info("hsm_stopped", **self.counts)
 
-    # ------------------------------------------------------------------------- read loop
+    # ------------------------------------------------------------------------- connections
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        cfg = self.config
-        if len(self._connections) >= cfg.connections_max:
-            log.warning("hsm_connection_refused", reason="connections_max", connections=len(self._connections))
-            writer.close()
-            return
-        conn = _Connection(next(self._ids), writer, asyncio.Semaphore(cfg.in_flight_max))
-        me = asyncio.current_task()
-        if me is not None:
-            self._readers.add(me)
-            me.add_done_callback(self._readers.discard)
-        writer.transport.set_write_buffer_limits(high=cfg.write_buffer_max)
-        self._connections.add(conn)
-        frames = FrameReader(frame_size_max=cfg.frame_size_max)
+    def _protocol(self) -> _Connection:
+        conn = _Connection(self)
+        self._all.add(conn)
+        conn.lost.add_done_callback(lambda _: self._all.discard(conn))
+        return conn
+
+    async def _sweep_idle(self) -> None:
+        """Close every connection that sent nothing for idle_timeout_s (one timer for all, not
+        one per read); checked every quarter of the timeout, at most every 5 s."""
+        timeout = self.config.idle_timeout_s
         loop = asyncio.get_running_loop()
-        reason = "eof"
-        log.info("hsm_connection_opened", conn=conn.id, peer=str(writer.get_extra_info("peername")))
-        try:
-            while not conn.closed:
-                try:
-                    async with asyncio.timeout(cfg.idle_timeout_s):  # no task per read, unlike wait_for
-                        data = await reader.read(READ_SIZE)
-                except TimeoutError:
-                    reason = "idle"
-                    break
-                if not data:
-                    break
-                frames.receive_data(data)
-                while not conn.closed and (payload := frames.next_frame()) is not None:
-                    await conn.in_flight.acquire()
-                    self._dispatch(conn, payload, loop.time())
-                if not conn.closed:
-                    await writer.drain()  # waits only when the peer does not read
-            if conn.closed and reason == "eof":
-                reason = "dropped" if self._server is not None and self._server.is_serving() else "server_stopped"
-        except ProtocolError as exc:
-            reason = "bad_frame"
-            log.warning("hsm_bad_frame", conn=conn.id, reason=str(exc))
-        except ConnectionError:
-            reason = "reset"
-        finally:
-            if reason == "eof" and conn.tasks:  # the peer half-closed: finish what it asked for
-                await asyncio.wait(list(conn.tasks), timeout=cfg.shutdown_grace_s)
-            conn.close()
-            self._connections.discard(conn)
-            log.info("hsm_connection_closed", conn=conn.id, reason=reason)
+        while True:
+            await asyncio.sleep(min(timeout / 4, 5.0))
+            now = loop.time()
+            for conn in list(self._connections):
+                if now - conn.last_read >= timeout and not conn.closed:
+                    conn.reason = "idle"
+                    conn.close()
 
     def _dispatch(self, conn: _Connection, payload: bytes, received: float) -> None:
         """Synchronous, in arrival order: parse, draw the fault, reserve capacity, start the task."""
         try:
             cmd = self.hsm.parse(payload)
         except ProtocolError:
-            conn.in_flight.release()
+            conn.release()
             raise
         self.counts["commands"] += 1
         fault = self.faults.decide()
         if fault in (Fault.HANG, Fault.DROP):
             self.counts[fault.value] += 1
             count_into(self.unanswered, (cmd.code, fault.value), (OTHER, fault.value))
-            conn.in_flight.release()
+            conn.release()
             self._record(conn, cmd, None, {"command": cmd.code}, fault=fault, received=received, queued_s=0.0)
             if fault is Fault.DROP:
                 conn.close()
@@ -286,7 +385,7 @@ class HsmServer:
             try:
                 self._answer(conn, cmd, fault, received, 0.0, refused)
             finally:
-                conn.in_flight.release()
+                conn.release()
             return
         task = asyncio.get_running_loop().create_task(self._process(conn, cmd, fault, received, wait, refused))
         conn.tasks.add(task)
@@ -309,7 +408,7 @@ class HsmServer:
         finally:
             if wait > 0 and not wait_done:  # cancelled while queued
                 self._waiting -= 1
-            conn.in_flight.release()
+            conn.release()
 
     def _answer(self, conn: _Connection, cmd: Command, fault: Fault, received: float, wait: float,
                 refused: bool) -> None:
