@@ -1,7 +1,8 @@
-"""The HSM's connection handling over real TCP: the behaviours a rewrite of its read loop
-(hsm_mock/service.py, `HsmServer._serve`) must keep — a silent connection closed after the
-idle timeout while a talking one stays, reads paused at `in_flight_max` commands in progress,
-and a peer that half-closes still getting every answer it asked for before the close.
+"""The HSM's connection handling over real TCP (hsm_mock/service.py, `_Connection`, an
+asyncio Protocol since it replaced a StreamReader loop; these tests were written against the
+loop first): a silent connection closed after the idle timeout while a talking one stays,
+reads paused at `in_flight_max` commands in progress, and a peer that half-closes still
+getting every answer it asked for before the close.
 
 Timing here is only ever a lower bound (a wave of commands cannot be answered before its
 latency has passed) or a generous deadline, so a loaded machine makes these slower, not red.
