@@ -134,7 +134,7 @@ class _Connection(asyncio.Protocol):
         self.refused = False
         self._eof = False
         self._writing_paused = False
-        self._reading_paused = False
+        self.reading_paused = False
         self._pumping = False
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -227,8 +227,8 @@ class _Connection(asyncio.Protocol):
 
     def _set_reading(self) -> None:
         pause = self.in_flight >= self.server.config.in_flight_max or self._writing_paused
-        if pause != self._reading_paused and self.writer is not None and not self.writer.is_closing():
-            self._reading_paused = pause
+        if pause != self.reading_paused and self.writer is not None and not self.writer.is_closing():
+            self.reading_paused = pause
             if pause:
                 self.writer.pause_reading()
             else:
@@ -341,14 +341,16 @@ class HsmServer:
 
     async def _sweep_idle(self) -> None:
         """Close every connection that sent nothing for idle_timeout_s (one timer for all, not
-        one per read); checked every quarter of the timeout, at most every 5 s."""
+        one per read); checked every quarter of the timeout, at most every 5 s. A connection
+        whose reads are paused (in_flight_max reached, or a peer that does not read) is not
+        idle: it is not being read, as the old read loop's timer ran only while it read."""
         timeout = self.config.idle_timeout_s
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(min(timeout / 4, 5.0))
             now = loop.time()
             for conn in list(self._connections):
-                if now - conn.last_read >= timeout and not conn.closed:
+                if now - conn.last_read >= timeout and not conn.closed and not conn.reading_paused:
                     conn.reason = "idle"
                     conn.close()
 
