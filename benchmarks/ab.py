@@ -72,6 +72,12 @@ def worktree(rev: str, parent: Path) -> Path:
     return path
 
 
+def short_revs(base: str, head: str) -> dict[str, str]:
+    """{"base": …, "head": …} as short commit ids."""
+    return {name: subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.strip() for name, rev in (("base", base), ("head", head))}
+
+
 def one_round(tree: Path, work: Path, seconds: float, seed: int, rate: float = 0.0) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}  # the tree's own packages, in every process it starts
     done = subprocess.run([sys.executable, "-c", ROUND, str(work), str(seconds), str(seed), str(rate)], cwd=tree,
@@ -95,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     from benchmarks.bench import describe_machine
 
-    revs = {name: subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True,
-                                 check=True).stdout.strip() for name, rev in (("base", args.base), ("head", args.head))}
+    revs = short_revs(args.base, args.head)
     if revs["base"] == revs["head"]:
         raise SystemExit(f"--base and --head are the same commit ({revs['base']}): nothing to compare")
     runs: dict[str, list[dict]] = {"base": [], "head": []}

@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.ab import short_revs, worktree  # noqa: E402  (one way to check out the trees compared)
 
 ROUND = r"""
 import asyncio, io, sys, time
@@ -61,12 +63,6 @@ print(round(run(main()), 2))
 """
 
 
-def worktree(rev: str, parent: Path) -> Path:
-    path = parent / f"tree-{rev}"
-    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(path), rev], cwd=ROOT, check=True)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True)
@@ -74,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--commands", type=int, default=20_000)
     args = ap.parse_args(argv)
-    revs = {name: subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True,
-                                 check=True).stdout.strip() for name, rev in (("base", args.base), ("head", args.head))}
+    revs = short_revs(args.base, args.head)
     runs: dict[str, list[float]] = {"base": [], "head": []}
     with tempfile.TemporaryDirectory(prefix="eum-hsm-wire-") as tmp:
         trees = {name: worktree(rev, Path(tmp)) for name, rev in revs.items()}
