@@ -110,16 +110,23 @@ async def test_with_nobody_coming_a_unit_does_not_wait_out_the_window(tmp_path):
         await writer.close()
 
 
+async def announced_then_first(tmp_path):
+    """A writer with a 2 s window, one unit announced (`expect`) and a first one submitted:
+    50 ms on, the group is still waiting (nothing committed, the first not durable)."""
+    writer = await started(tmp_path, commit_interval_ms_max=2000.0)
+    groups = Groups(writer)
+    writer.expect()
+    first = asyncio.create_task(writer.submit(unit(0)))
+    await asyncio.sleep(0.05)
+    assert not first.done() and groups.sizes == []
+    return writer, groups, first
+
+
 async def test_a_group_waits_for_a_unit_announced_as_coming(tmp_path):
     """A 2 s window: a unit announced (`expect`) before the first was submitted, and submitted
     50 ms after it, joins its group; nothing is left announced."""
-    writer = await started(tmp_path, commit_interval_ms_max=2000.0)
-    groups = Groups(writer)
+    writer, groups, first = await announced_then_first(tmp_path)
     try:
-        writer.expect()
-        first = asyncio.create_task(writer.submit(unit(0)))
-        await asyncio.sleep(0.05)
-        assert not first.done() and groups.sizes == []
         second = asyncio.create_task(writer.submit(unit(1), expected=True))
         await asyncio.wait_for(asyncio.gather(first, second), HOLD_TIMEOUT_S)
         assert (groups.sizes, writer.coming) == ([2], 0)
@@ -131,13 +138,8 @@ async def test_a_group_waits_for_a_unit_announced_as_coming(tmp_path):
 async def test_a_withdrawn_unit_releases_the_group_at_once(tmp_path):
     """A 2 s window: the announced unit is withdrawn (its request answered without a commit)
     50 ms in; the group commits then, long before the window ends."""
-    writer = await started(tmp_path, commit_interval_ms_max=2000.0)
-    groups = Groups(writer)
+    writer, groups, first = await announced_then_first(tmp_path)
     try:
-        writer.expect()
-        first = asyncio.create_task(writer.submit(unit(0)))
-        await asyncio.sleep(0.05)
-        assert not first.done()
         writer.withdraw()
         await asyncio.wait_for(first, 1.0)
         assert (groups.sizes, writer.coming) == ([1], 0)
