@@ -9,7 +9,7 @@ queue's, is sealed under `<state-dir>/.pan.key` (terminal_sim/pan_vault.py); a f
 version wrote with a clear PAN is read and rewritten sealed.
 
 Reversals go through the terminal's store-and-forward queue (terminal_sim/saf.py,
-`<state-dir>/<TID>.saf.json`): `reverse` stores its 0400/0420 there (fsync'd) before
+`<state-dir>/<TID>.saf.jsonl`): `reverse` stores its 0400/0420 there (fsync'd) before
 connecting, and every invocation that signs on sends what is queued, oldest first, right
 after the sign-on and before its own message, repeating (0401/0421) on the documented
 schedule; an entry leaves the queue only when acknowledged. A reversal the switch did not

@@ -23,7 +23,7 @@ queueing the open-loop view exposes.
 
 Reversals go through the terminal's store-and-forward queue (terminal_sim/saf.py;
 docs/host-interface.md, "Store-and-forward: the terminal's timeout, reversal and advice
-schedule"), `<state_dir>/<TID>.saf.json`: a timed-out purchase's or refund's 0400, and the
+schedule"), `<state_dir>/<TID>.saf.jsonl`: a timed-out purchase's or refund's 0400, and the
 scenario's own reversals, are on disk (fsync'd, off the event loop) before their first send,
 and leave it only when the switch acknowledges them (00, or a final decline). A terminal
 sends what is due in its queue before each new transaction and when idle; an unanswered
@@ -494,7 +494,7 @@ def _expire(waiter: asyncio.Future) -> None:
 
 class _StateStore:
     """`<dir>/<TID>.json`: stan, mid, security (profile, keys, initial and current KSN); the
-    format `eum terminal` keeps (owed reversals are in `<dir>/<TID>.saf.json`, saf.py).
+    format `eum terminal` keeps (owed reversals are in `<dir>/<TID>.saf.jsonl`, saf.py).
     `<dir>/cards.json`: the cards whose last PIN was wrong (never a PIN; the PANs sealed under
     `<dir>/.pan.key`, terminal_sim/pan_vault.py). Written atomically."""
 

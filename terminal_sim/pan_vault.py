@@ -4,7 +4,7 @@ A POS that must send a reversal again after a power cut needs the card number it
 (DE2), so its store-and-forward queue and its last-transaction memory keep the PAN; PCI DSS
 (requirement 3.5) says a stored PAN is unreadable. So the simulated terminal does what a
 POS does with its SAF flash: every PAN written to a state file (`<TID>.json`,
-`<TID>.saf.json`, the fleet's `cards.json`) is sealed with AES-256-GCM under a key in
+`<TID>.saf.jsonl`, the fleet's `cards.json`) is sealed with AES-256-GCM under a key in
 `<state-dir>/.pan.key`, created on first use with mode 0600. A file is as safe as that key:
 the point is that a state directory copied into a bug report, a backup or a log bundle
 does not carry card numbers in clear.

@@ -4,8 +4,17 @@ A reversal owes the cardholder money back; a POS that loses one after a power cu
 dropped line leaves a purchase standing that the customer was told failed. So a terminal
 keeps every reversal and advice in flash until the switch acknowledges it, and repeats it
 (0401, 0421) until then, across its own restarts and the switch's. This module is that
-flash: one JSON file per terminal, `<state_dir>/<TID>.saf.json`, written atomically (temp
-file, fsync, rename, fsync of the directory) before anything it records goes on the wire.
+flash: one journal per terminal, `<state_dir>/<TID>.saf.jsonl` (JSON Lines), durable before
+anything it records goes on the wire. Its first line is a snapshot of the whole queue, written
+atomically (temp file, fsync, rename, fsync of the directory); each later change is one line
+appended and fdatasync'd (a queued, tried, acknowledged or refused entry), as a POS appends
+to its flash log rather than rewriting it. After `CHANGES_MAX` change lines the next change
+rewrites the file as one snapshot again, so the file holds at most the queue
+(`ENTRIES_MAX` entries, `REFUSED_KEPT_MAX` refused) and `CHANGES_MAX` lines. A last line cut
+short by a crash is a change whose call never returned, so nothing it recorded was sent: it
+is ignored, and the next change rewrites the snapshot. An older version's `<TID>.saf.json`
+(one JSON document, format eum-saf/1) is read and replaced by the journal when the queue is
+opened.
 
 The schedule (docs/host-interface.md, "Store-and-forward: the terminal's timeout, reversal
 and advice schedule"), as named constants and `SafSchedule`:
@@ -46,6 +55,7 @@ read as it is and the file rewritten sealed at once (migrate on read).
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import threading
@@ -83,7 +93,9 @@ DE39_REPEAT = frozenset({Rc.TERMINAL_NOT_PERMITTED.value, Rc.HSM_UNAVAILABLE.val
 DE39_REFUSED = frozenset(rc.value for rc in Rc) - DE39_ACCEPTED - DE39_REPEAT
 
 NEVER_STORED = ("35", "45", "52", "64", "128")  # track 2, track 1, PIN block, MAC
-FILE_FORMAT = "eum-saf/1"
+FILE_FORMAT = "eum-saf/2"  # the journal (module docstring)
+LEGACY_FORMAT = "eum-saf/1"  # an older version's file: one JSON document, rewritten whole on every change
+CHANGES_MAX = 256  # change lines after the snapshot line; the next change rewrites the file as one snapshot
 
 
 class SafError(RuntimeError):
@@ -180,7 +192,12 @@ def _storable(fields: dict[str, str]) -> dict[str, str]:
 
 
 def saf_path(state_dir: Path, tid: str) -> Path:
-    return Path(state_dir) / f"{tid}.saf.json"
+    return Path(state_dir) / f"{tid}.saf.jsonl"
+
+
+def legacy_saf_path(path: Path) -> Path:
+    """Where an older version kept the queue `path` now journals (`<TID>.saf.json`)."""
+    return Path(path).with_suffix(".json")
 
 
 # ---------------------------------------------------------------------------- the file
@@ -213,6 +230,10 @@ def _entry_doc(e: SafEntry, vault: PanVault) -> dict[str, Any]:
     return {**asdict(e), "fields": vault.seal_fields(e.fields)}
 
 
+def _refused_doc(r: RefusedEntry, vault: PanVault) -> dict[str, Any]:
+    return {"entry": _entry_doc(r.entry, vault), "rc": r.rc, "refused_at": r.refused_at}
+
+
 def _clear_pans_in(doc: Any) -> bool:
     """True when a queue file (as read) holds a DE2 in clear: an older version's, to be resealed."""
     try:
@@ -222,18 +243,116 @@ def _clear_pans_in(doc: Any) -> bool:
         return False
 
 
-def _load(path: Path, vault: PanVault) -> tuple[int, list[SafEntry], list[RefusedEntry], bool]:
-    """The file's next seq, entries and refused entries, and whether it held a clear PAN."""
+def _remove_durably(path: Path) -> None:
+    """Remove `path` and fsync its directory (the older version's file, once journalled)."""
+    os.unlink(path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _append_durably(path: Path, line: bytes) -> None:
+    """Append one whole line to `path` and fdatasync it. A failed or short write is cut off
+    again, so the file never holds half a change before a whole one."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.EIO, "short write")
+            os.fdatasync(fd)
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _unreadable(path: Path, why: str) -> SafError:
+    return SafError(f"queue file {path} is unreadable ({why}); it may hold owed reversals: repair or "
+                    "move it, never delete it unread")
+
+
+def _replay(path: Path, text: str) -> tuple[dict[str, Any], int, bool]:
+    """A journal's queue as stored (entries sealed): its snapshot with every change applied;
+    how many change lines it holds; whether its last line was cut short (ignored)."""
+    lines = text.split("\n")
+    torn = lines.pop() != ""  # what follows the last newline: a change cut short, or nothing
+    if not lines:
+        raise _unreadable(path, "no snapshot line")
+    try:
+        doc = json.loads(lines[0])
+        changes = [json.loads(line) for line in lines[1:]]
+    except ValueError as exc:
+        raise _unreadable(path, type(exc).__name__) from None
+    if not isinstance(doc, dict) or doc.get("format") != FILE_FORMAT:
+        raise SafError(f"queue file {path} is not an {FILE_FORMAT} file (format "
+                       f"{doc.get('format') if isinstance(doc, dict) else None!r})")
+    try:
+        entries = {int(d["seq"]): d for d in doc["entries"]}
+        refused = list(doc.get("refused", ()))
+        next_seq = int(doc["next_seq"])
+        for n, change in enumerate(changes, 2):
+            if "put" in change:
+                entries[int(change["put"]["seq"])] = change["put"]
+                next_seq = max(next_seq, int(change["next_seq"]))
+            elif "done" in change:
+                entries.pop(int(change["done"]), None)
+            elif "refused" in change:
+                entries.pop(int(change["refused"]["entry"]["seq"]), None)
+                refused = [*refused, change["refused"]][-REFUSED_KEPT_MAX:]
+            else:
+                raise ValueError(f"line {n}: no change named in {sorted(change)}")
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise SafError(f"queue file {path} is not an {FILE_FORMAT} file ({type(exc).__name__}: {exc})") from None
+    return ({"format": FILE_FORMAT, "next_seq": next_seq, "entries": sorted(entries.values(), key=lambda d: d["seq"]),
+             "refused": refused}, len(changes), torn)
+
+
+def _read_legacy(path: Path) -> dict[str, Any] | None:
+    """An older version's queue file (one JSON document), or None when there is none."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return 1, [], [], False
+        return None
     except (OSError, ValueError) as exc:
-        raise SafError(f"queue file {path} is unreadable ({type(exc).__name__}); it may hold owed "
-                       "reversals: repair or move it, never delete it unread") from None
+        raise _unreadable(path, type(exc).__name__) from None
+    if not isinstance(doc, dict) or doc.get("format") != LEGACY_FORMAT:
+        raise SafError(f"queue file {path} is not an {LEGACY_FORMAT} file (format "
+                       f"{doc.get('format') if isinstance(doc, dict) else None!r})")
+    return {**doc, "format": FILE_FORMAT}
+
+
+def on_disk(path: Path) -> dict[str, Any] | None:
+    """The queue file at `path` as stored (PANs sealed), replayed: {"format", "next_seq",
+    "entries", "refused"}; an older version's file when there is no journal; None when there
+    is neither. For `eum terminal saf`-style inspection and tests: it never opens a PAN."""
+    return _read(Path(path))[0]
+
+
+def _read(path: Path) -> tuple[dict[str, Any] | None, int, bool, bool]:
+    """(doc, change lines, torn last line, read from the older version's file)."""
     try:
-        if doc.get("format") != FILE_FORMAT:
-            raise ValueError(f"format {doc.get('format')!r}")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        legacy = _read_legacy(legacy_saf_path(path))
+        return legacy, 0, False, legacy is not None
+    except (OSError, ValueError) as exc:
+        raise _unreadable(path, type(exc).__name__) from None
+    doc, changes, torn = _replay(path, text)
+    return doc, changes, torn, False
+
+
+def _load(path: Path, vault: PanVault) -> tuple[int, list[SafEntry], list[RefusedEntry], int, bool, bool]:
+    """The file's next seq, entries, refused entries and change lines; whether the next change
+    must rewrite the snapshot (a torn last line, a clear PAN, an older version's file), and
+    whether that must happen now (a clear PAN or an older file: not left as it is)."""
+    doc, changes, torn, legacy = _read(path)
+    if doc is None:
+        return 1, [], [], 0, False, False
+    try:
         entries = [_entry_from(d, vault) for d in doc["entries"]]
         unknown = sorted({e.mti for e in entries} - set(SAF_REPEAT_MTI))
         if unknown:
@@ -245,7 +364,8 @@ def _load(path: Path, vault: PanVault) -> tuple[int, list[SafEntry], list[Refuse
         raise SafError(f"queue file {path} is not an {FILE_FORMAT} file ({type(exc).__name__}: {exc})") from None
     except PanVaultError as exc:
         raise SafError(f"queue file {path}: {exc}") from None
-    return next_seq, sorted(entries, key=lambda e: e.seq), refused, _clear_pans_in(doc)
+    now = legacy or _clear_pans_in(doc)
+    return next_seq, sorted(entries, key=lambda e: e.seq), refused, changes, now or torn, now
 
 
 # ---------------------------------------------------------------------------- the queue
@@ -264,16 +384,22 @@ class SafQueue:
         self.clock = clock
         self._lock = threading.Lock()
         self._vault = None if path is None else PanVault(Path(path).parent)
-        clear = False
+        now = False
+        self._changes = 0  # change lines in the file after its snapshot line
+        self._rewrite = True  # the next change writes a snapshot (no file yet, or one to replace)
         if self._vault is None:
             self._next_seq, entries, refused = 1, [], []
         else:
-            self._next_seq, entries, refused, clear = _load(Path(path), self._vault)
+            self._next_seq, entries, refused, self._changes, self._rewrite, now = _load(Path(path), self._vault)
+            self._rewrite = self._rewrite or not Path(path).exists()
         self._entries: tuple[SafEntry, ...] = tuple(entries)
         self._refused: tuple[RefusedEntry, ...] = tuple(refused)
         self._tries_here: dict[int, int] = {}  # seq → tries on the current connection
-        if clear:  # an older version's file: sealed now, not at the next change
-            self._publish(self._next_seq, self._entries, self._refused)
+        if now:  # a clear PAN, or an older version's file: sealed and journalled now, not at the next change
+            self._publish(self._next_seq, self._entries, self._refused, None)
+            legacy = legacy_saf_path(Path(path))
+            if legacy.exists():
+                _remove_durably(legacy)
 
     @classmethod
     def for_terminal(cls, state_dir: Path | None, tid: str, **kw: Any) -> SafQueue:
@@ -358,7 +484,7 @@ class SafQueue:
             e = SafEntry(seq=self._next_seq, fields=_storable(fields), queued_at=now)
             if sending:
                 e = self._tried(e, now)
-            self._publish(self._next_seq + 1, (*self._entries, e), self._refused)
+            self._publish(self._next_seq + 1, (*self._entries, e), self._refused, ("put", e))
             return e
 
     def sending(self, seq: int, secured: dict[str, str]) -> SafEntry:
@@ -368,7 +494,7 @@ class SafQueue:
             e = self._get(seq)
             base = {**_storable(secured), "t": e.mti}
             tried = self._tried(replace(e, fields=base), self.clock())
-            self._publish(self._next_seq, self._swap(tried), self._refused)
+            self._publish(self._next_seq, self._swap(tried), self._refused, ("put", tried))
             return tried
 
     def answered(self, seq: int, rc: str | None) -> Verdict:
@@ -381,16 +507,19 @@ class SafQueue:
                 return v  # acknowledged already (a late answer to an earlier try)
             now = self.clock()
             if v is Verdict.ACCEPTED:
-                self._publish(self._next_seq, tuple(x for x in self._entries if x.seq != seq), self._refused)
+                self._publish(self._next_seq, tuple(x for x in self._entries if x.seq != seq), self._refused,
+                              ("done", e))
             elif v is Verdict.REFUSED:
-                refused = (*self._refused, RefusedEntry(entry=e, rc=str(rc), refused_at=now))[-REFUSED_KEPT_MAX:]
-                self._publish(self._next_seq, tuple(x for x in self._entries if x.seq != seq), refused)
+                gone = RefusedEntry(entry=e, rc=str(rc), refused_at=now)
+                self._publish(self._next_seq, tuple(x for x in self._entries if x.seq != seq),
+                              (*self._refused, gone)[-REFUSED_KEPT_MAX:], ("refused", gone))
             elif rc is None:
-                self._publish(self._next_seq, self._swap(replace(e, next_try_at=now)), self._refused)
+                due = replace(e, next_try_at=now)
+                self._publish(self._next_seq, self._swap(due), self._refused, ("put", due))
             else:
                 sent = e.last_try_at if e.last_try_at is not None else now
                 later = replace(e, next_try_at=sent + self.schedule.repeat_interval_s, last_rc=rc)
-                self._publish(self._next_seq, self._swap(later), self._refused)
+                self._publish(self._next_seq, self._swap(later), self._refused, ("put", later))
             return v
 
     def _get(self, seq: int) -> SafEntry:
@@ -407,18 +536,35 @@ class SafQueue:
     def _swap(self, e: SafEntry) -> tuple[SafEntry, ...]:
         return tuple(e if x.seq == e.seq else x for x in self._entries)
 
-    def _publish(self, next_seq: int, entries: tuple[SafEntry, ...], refused: tuple[RefusedEntry, ...]) -> None:
+    def _publish(self, next_seq: int, entries: tuple[SafEntry, ...], refused: tuple[RefusedEntry, ...],
+                 change: tuple[str, Any] | None) -> None:
+        """Make the queue (next_seq, entries, refused) durable, then current: `change` appended
+        as one journal line, or (None, a file still to create or replace, or CHANGES_MAX lines
+        written) the whole queue as a new snapshot."""
         if self.path is not None and self._vault is not None:
             vault = self._vault
             try:
-                doc = {"format": FILE_FORMAT, "next_seq": next_seq,
-                       "entries": [_entry_doc(e, vault) for e in entries],
-                       "refused": [{"entry": _entry_doc(r.entry, vault), "rc": r.rc, "refused_at": r.refused_at}
-                                   for r in refused]}
-                _write_durably(self.path, json.dumps(doc, indent=1))
+                if change is None or self._rewrite or self._changes >= CHANGES_MAX:
+                    doc = {"format": FILE_FORMAT, "next_seq": next_seq,
+                           "entries": [_entry_doc(e, vault) for e in entries],
+                           "refused": [_refused_doc(r, vault) for r in refused]}
+                    self._rewrite = True  # until the snapshot is in place
+                    _write_durably(self.path, json.dumps(doc, separators=(",", ":")) + "\n")
+                    self._rewrite, self._changes = False, 0
+                else:
+                    kind, what = change
+                    if kind == "put":
+                        line: dict[str, Any] = {"put": _entry_doc(what, vault), "next_seq": next_seq}
+                    elif kind == "done":
+                        line = {"done": what.seq}
+                    else:
+                        line = {"refused": _refused_doc(what, vault)}
+                    _append_durably(self.path, (json.dumps(line, separators=(",", ":")) + "\n").encode())
+                    self._changes += 1
             except PanVaultError as exc:
                 raise SafError(f"queue file {self.path}: {exc}") from None
             except OSError as exc:
+                self._rewrite = True  # whatever a failed write left at the end, the next change replaces
                 raise SafError(f"queue file {self.path} could not be written ({type(exc).__name__}: "
                                f"{exc.strerror})") from None
         self._next_seq, self._entries, self._refused = next_seq, entries, refused

@@ -24,6 +24,7 @@ from switch.authorize.hsm_client import HsmConfig
 from terminal_sim.fleet import (REPORT_KEYS, FleetConfig, FleetConfigError, FleetError, Population, run_fleet,
                                 schedule_for)
 from terminal_sim.fleet_cli import add_fleet_parser, run_fleet_cli
+from terminal_sim.saf import on_disk, saf_path
 from terminal_sim.population import PopulationError, load_population
 from terminal_sim.scenario import (PinPolicy, Scenario, ScenarioError, TerminalBehaviour, arrival_offsets, load_scenario,
                                    parse_scenario)
@@ -405,7 +406,7 @@ async def test_an_unanswered_reversal_is_kept_and_sent_first_on_the_next_run(tmp
                                          arrivals="constant", response_timeout_ms=100.0))
         assert first.reversals_sent == 1 and first.reversal_repeats_sent == 3  # reversal_repeats_max
         assert first.reversals_unanswered == 1
-        state = json.loads((tmp_path / "fleet" / "T0000001.saf.json").read_text())  # terminal_sim/saf.py
+        state = on_disk(saf_path(tmp_path / "fleet", "T0000001"))  # terminal_sim/saf.py
         [owed] = state["entries"]
         assert owed["tries"] == 4 and owed["fields"]["t"] == "0400" and "64" not in owed["fields"]
         never.clear()
@@ -415,7 +416,7 @@ async def test_an_unanswered_reversal_is_kept_and_sent_first_on_the_next_run(tmp
         assert server.mtis()[:3] == ["0800", "0401", "0200"]
         assert server.received[1][1]["11"] == owed["fields"]["11"]
         assert second.reversals_answered == 1 and second.reversals_unanswered == 0
-        assert json.loads((tmp_path / "fleet" / "T0000001.saf.json").read_text())["entries"] == []
+        assert on_disk(saf_path(tmp_path / "fleet", "T0000001"))["entries"] == []
     finally:
         await server.stop()
 

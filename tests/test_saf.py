@@ -38,8 +38,9 @@ from switch.wire.messages import Rc
 from switch_process import provisioned
 from terminal_sim.client import TerminalClient
 from terminal_sim.fleet import FleetConfig, Population, run_fleet
+from terminal_sim import saf
 from terminal_sim.saf import (DE39_ACCEPTED, DE39_REFUSED, DE39_REPEAT, SAF_REPEAT_MTI, ClientLink, SafError,
-                              SafQueue, SafSchedule, Verdict, adopt_pending_reversals, forward, saf_path)
+                              SafQueue, SafSchedule, Verdict, adopt_pending_reversals, forward, on_disk, saf_path)
 from terminal_sim.scenario import AmountModel, Scenario
 from terminal_sim.security import TerminalSecurity
 from terminal_sim.terminal import Terminal
@@ -73,7 +74,7 @@ def _queue(tmp_path: Path, clock: Clock | None = None, **schedule: float) -> Saf
 
 
 def _on_disk(tmp_path: Path) -> dict:
-    return json.loads(saf_path(tmp_path, "T0000001").read_text())
+    return on_disk(saf_path(tmp_path, "T0000001"))
 
 
 # ---------------------------------------------------------------------------- the queue
@@ -107,6 +108,106 @@ def test_an_entry_is_on_disk_and_fsynced_file_and_directory_before_enqueue_retur
     assert doc["next_seq"] == 2
     assert [(e["seq"], e["tries"], e["fields"]["t"], e["fields"]["11"]) for e in doc["entries"]] == \
         [(entry.seq, 0, "0400", "000001")]
+
+
+def test_a_later_change_is_one_line_appended_and_fdatasynced_and_no_rename(tmp_path, monkeypatch):
+    q = _queue(tmp_path)
+    first = q.enqueue(_reversal(1))  # creates the journal: one snapshot line, written as above
+    calls: list[tuple[str, str]] = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+
+        def recording(fd: int, _name: str = name, _real=real) -> None:
+            calls.append((_name, os.readlink(f"/proc/self/fd/{fd}")))
+            _real(fd)
+
+        monkeypatch.setattr(os, name, recording)
+    monkeypatch.setattr(os, "replace", lambda *a: pytest.fail("a change must not rewrite the file"))
+    path = saf_path(tmp_path, "T0000001")
+    q.sending(first.seq, {**q.outgoing(first), "53": "FFFF9876543210E00001"})
+    second = q.enqueue(_reversal(2))
+    q.answered(first.seq, "00")
+    q.answered(second.seq, "12")
+    assert calls == [("fdatasync", str(path))] * 4
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0]["format"] == "eum-saf/2" and [e["seq"] for e in lines[0]["entries"]] == [1]
+    assert [sorted(line) for line in lines[1:]] == [["next_seq", "put"], ["next_seq", "put"], ["done"], ["refused"]]
+    assert (lines[1]["put"]["tries"], lines[1]["put"]["fields"]["53"], lines[2]["put"]["seq"], lines[3]["done"],
+            lines[4]["refused"]["rc"]) == (1, "FFFF9876543210E00001", 2, 1, "12")
+    doc = on_disk(path)
+    assert (doc["next_seq"], doc["entries"], [r["entry"]["seq"] for r in doc["refused"]]) == (3, [], [2])
+    again = _queue(tmp_path)
+    assert (again.entries, [(r.entry.seq, r.rc) for r in again.refused]) == ((), [(2, "12")])
+
+
+def test_after_changes_max_lines_the_next_change_rewrites_one_snapshot(tmp_path, monkeypatch):
+    monkeypatch.setattr(saf, "CHANGES_MAX", 3)
+    q = _queue(tmp_path)
+    path = saf_path(tmp_path, "T0000001")
+    for stan in range(1, 5):  # a snapshot, then three change lines
+        q.enqueue(_reversal(stan))
+    assert len(path.read_text().splitlines()) == 4
+    q.answered(1, "00")  # the fourth change: the file is the queue again, in one line
+    [line] = path.read_text().splitlines()
+    assert [e["seq"] for e in json.loads(line)["entries"]] == [2, 3, 4]
+    q.answered(2, "00")
+    assert len(path.read_text().splitlines()) == 2
+    assert [e.seq for e in _queue(tmp_path).entries] == [3, 4]
+
+
+def test_a_last_line_cut_short_by_a_crash_is_ignored_and_the_next_change_rewrites_the_file(tmp_path):
+    q = _queue(tmp_path)
+    q.enqueue(_reversal(1))
+    q.enqueue(_reversal(2))
+    path = saf_path(tmp_path, "T0000001")
+    whole = path.read_bytes()
+    with open(path, "ab") as f:  # a change whose call never returned: its entry was never sent
+        f.write(b'{"put":{"seq":3,"fields":{"t":"0400","11":"0000')
+    reopened = _queue(tmp_path)
+    assert [e.seq for e in reopened.entries] == [1, 2]
+    assert on_disk(path)["next_seq"] == 3
+    reopened.answered(1, "00")  # appending after the cut would damage the line: a new snapshot instead
+    [line] = path.read_text().splitlines()
+    assert [e["seq"] for e in json.loads(line)["entries"]] == [2] and path.read_bytes() != whole
+    assert [e.seq for e in _queue(tmp_path).entries] == [2]
+
+
+def test_a_failed_append_leaves_no_half_line_and_the_queue_as_it_was(tmp_path, monkeypatch):
+    q = _queue(tmp_path)
+    e = q.enqueue(_reversal(1))
+    path = saf_path(tmp_path, "T0000001")
+    before = path.read_bytes()
+    real_write = os.write
+
+    def disk_full(fd: int, data: bytes) -> int:
+        real_write(fd, data[:20])  # part of the line reached the file, then the disk was full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(SafError, match=r"could not be written \(OSError: No space left on device\)"):
+        q.answered(e.seq, "00")
+    monkeypatch.setattr(os, "write", real_write)
+    assert path.read_bytes() == before  # cut back
+    assert [x.seq for x in q.entries] == [1]  # still owed
+    assert q.answered(e.seq, "00") is Verdict.ACCEPTED
+    assert q.entries == () and _queue(tmp_path).entries == ()
+
+
+def test_an_older_versions_queue_file_is_journalled_on_open_and_removed(tmp_path):
+    q = _queue(tmp_path)
+    q.enqueue(_reversal(1))
+    q.enqueue(_reversal(2))
+    path = saf_path(tmp_path, "T0000001")
+    doc = on_disk(path)
+    path.unlink()
+    old = tmp_path / "T0000001.saf.json"  # what an older version kept: one document, rewritten whole
+    old.write_text(json.dumps({**doc, "format": "eum-saf/1"}, indent=1))
+    assert on_disk(path)["entries"] == doc["entries"]  # read through, before anything is written
+    reopened = _queue(tmp_path)
+    assert [x.seq for x in reopened.entries] == [1, 2] and not old.exists()
+    assert [json.loads(line)["format"] for line in path.read_text().splitlines()] == ["eum-saf/2"]
+    reopened.answered(1, "00")
+    assert [x.seq for x in _queue(tmp_path).entries] == [2]
 
 
 async def test_each_try_is_on_disk_with_its_ksn_before_it_is_sent_and_its_mac_never_is(tmp_path):
@@ -242,8 +343,13 @@ def test_an_unreadable_queue_file_is_an_error_and_never_an_empty_queue(tmp_path)
     saf_path(tmp_path, "T0000001").write_text('{"format": "eum-saf/1", "entries": [')
     with pytest.raises(SafError, match="unreadable .*never delete it unread"):
         _queue(tmp_path)
-    saf_path(tmp_path, "T0000001").write_text('{"format": "other", "entries": []}')
-    with pytest.raises(SafError, match="is not an eum-saf/1 file"):
+    saf_path(tmp_path, "T0000001").write_text('{"format": "other", "entries": []}\n')
+    with pytest.raises(SafError, match="is not an eum-saf/2 file"):
+        _queue(tmp_path)
+    # a change line in the middle that does not parse is damage, not a change cut short
+    saf_path(tmp_path, "T0000001").write_text('{"format": "eum-saf/2", "next_seq": 1, "entries": []}\n{"put": \n'
+                                              '{"done": 1}\n')
+    with pytest.raises(SafError, match="unreadable .*never delete it unread"):
         _queue(tmp_path)
 
 
@@ -403,7 +509,7 @@ async def test_queued_reversals_and_advices_survive_a_switch_kill_and_a_terminal
         await client.close()
         assert (done.firsts, done.repeats, done.accepted, done.refused, done.unacknowledged) == (3, 2, 5, 0, 0)
         assert [done.answers[e.seq]["t"] for e in owed[1:]] == ["0410", "0410", "0430", "0430", "0430"]
-        assert json.loads(saf_path(state_dir, "T0000001").read_text())["entries"] == []
+        assert on_disk(saf_path(state_dir, "T0000001"))["entries"] == []
 
         # Exactly once: one stored message per reversal key, one reversal posting per purchase,
         # every purchase undone in full, the card back where it started.
@@ -492,7 +598,7 @@ async def test_a_fleet_whose_switch_dies_mid_run_drains_its_owed_reversals_exact
 
     def queued() -> list[dict]:
         path = saf_path(state_dir, "T0000001")
-        return json.loads(path.read_text())["entries"] if path.exists() else []
+        return on_disk(path)["entries"] if path.exists() else []
 
     try:
         run = asyncio.ensure_future(run_fleet(config(4.0, 300.0)))  # a short timeout: reversals come soon
@@ -579,7 +685,7 @@ async def test_a_secured_reversal_is_repeated_under_a_new_ksn_with_a_fresh_mac_a
             assert link.mac_ok[e.stan] is True  # the stored 0410, MAC'd under the repeat's KSN
             assert [(p["undone"], _reversal_postings(env.data_dir, p["id"])) for p in postings(db, "purchase")] == \
                 [(20_000, 1)]
-            assert json.loads(path.read_text())["entries"] == []
+            assert on_disk(path)["entries"] == []
             assert verify(env.core.db_path).ok
     finally:
         await hsm.stop()

@@ -25,7 +25,7 @@ from terminal_sim.fleet import STATE_DIR as FLEET_STATE_DIR
 from terminal_sim.fleet import FleetConfig, Population, _StateStore, run_fleet
 from terminal_sim.fleet_cli import add_fleet_parser
 from terminal_sim.pan_vault import KEY_FILE, SEALED_PREFIX, PanVault
-from terminal_sim.saf import SafQueue, saf_path
+from terminal_sim.saf import SafQueue, on_disk, saf_path
 from terminal_sim.scenario import AmountModel, Scenario
 from test_saf import PAN, SwitchProc, _db, _message, _reversal, _reversal_postings
 from test_saf import _eum_terminal as saf_eum_terminal
@@ -80,14 +80,19 @@ def test_a_sealed_pan_opens_to_itself_under_a_0600_key_and_holds_no_digit_run(tm
 def test_an_old_queue_file_with_a_clear_pan_is_rewritten_sealed_on_read(tmp_path):
     SafQueue(saf_path(tmp_path, "T0000001")).enqueue(_reversal(1))
     path = saf_path(tmp_path, "T0000001")
-    doc = json.loads(path.read_text())
+    doc = on_disk(path)
     assert doc["entries"][0]["fields"]["2"].startswith(SEALED_PREFIX)
-    doc["entries"][0]["fields"]["2"] = PAN  # as an older version wrote it
-    path.write_text(json.dumps(doc))
+    # as an older version wrote it: one JSON document (eum-saf/1) in <TID>.saf.json, the PAN in clear
+    doc["entries"][0]["fields"]["2"] = PAN
+    path.unlink()
+    old = tmp_path / "T0000001.saf.json"
+    old.write_text(json.dumps({**doc, "format": "eum-saf/1"}, indent=1))
     queue = SafQueue(path)
     assert [e.fields["2"] for e in queue.entries] == [PAN]
     assert _pans_at_rest(tmp_path, {PAN}) == []
-    assert json.loads(path.read_text())["entries"][0]["fields"]["2"].startswith(SEALED_PREFIX)
+    assert not old.exists()  # journalled, then removed
+    assert on_disk(path)["entries"][0]["fields"]["2"].startswith(SEALED_PREFIX)
+    assert len(path.read_text().splitlines()) == 1  # the journal starts as one snapshot line
 
 
 def test_an_old_terminal_state_with_a_clear_last_pan_is_rewritten_sealed_on_read(tmp_path):
@@ -125,10 +130,10 @@ def test_eum_terminal_purchase_and_queued_reverse_leave_no_clear_pan_and_the_rev
         switch.kill()
         down = _eum_terminal(tmp_path, switch.port, "reverse")
         assert down.returncode == 2 and "1 message(s) stay queued" in down.stderr
-        assert sorted(p.name for p in state_dir.iterdir()) == [KEY_FILE, "T0000001.json", "T0000001.saf.json"]
+        assert sorted(p.name for p in state_dir.iterdir()) == [KEY_FILE, "T0000001.json", "T0000001.saf.jsonl"]
         assert not (data_dir / "terminals").exists()
         assert _pans_at_rest(state_dir, pans) == []
-        [queued] = json.loads(saf_path(state_dir, "T0000001").read_text())["entries"]
+        [queued] = on_disk(saf_path(state_dir, "T0000001"))["entries"]
         assert queued["fields"]["2"].startswith(SEALED_PREFIX)
         stan = queued["fields"]["11"]
 
