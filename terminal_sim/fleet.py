@@ -807,14 +807,14 @@ class _SimTerminal:
                          at=answer.at, switch=switch)
             if rc == "00":
                 self._approved(kind, fields, answer)
-            if owed is not None and await self._saf_do(self.saf.answered, owed.seq, rc) is Verdict.REFUSED:
+            if owed is not None and self._saf_answered(owed.seq, rc) is Verdict.REFUSED:
                 rec.n["saf_refused"] += 1
             return True  # a reversal answered 91/96 stays queued: sent again before the next transaction
         rec.timed_out(kind, switch)
         if kind in ("purchase", "refund"):
             await self._saf_do(self.saf.enqueue, self.builder.reversal(fields))
         elif owed is not None:
-            await self._saf_do(self.saf.answered, owed.seq, None)
+            self._saf_answered(owed.seq, None)
         await self.settle_reversals()
         return True
 
@@ -830,6 +830,14 @@ class _SimTerminal:
         n["reversals_answered"] += done.accepted + done.refused
         n["saf_refused"] += done.refused
         return done
+
+    def _saf_answered(self, seq: int, rc: str | None) -> Verdict:
+        """An answer (or its absence) recorded in the queue: written without an fdatasync
+        (saf.py, SafQueue.answered), so inline."""
+        try:
+            return self.saf.answered(seq, rc)
+        except SafError as exc:
+            raise FleetError(f"terminal {self.spec.tid}: {exc}") from None
 
     async def _saf_do(self, change: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """A queue change: its fsyncs run off the event loop, so a reversal's write-ahead

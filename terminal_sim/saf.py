@@ -7,8 +7,11 @@ keeps every reversal and advice in flash until the switch acknowledges it, and r
 flash: one journal per terminal, `<state_dir>/<TID>.saf.jsonl` (JSON Lines), durable before
 anything it records goes on the wire. Its first line is a snapshot of the whole queue, written
 atomically (temp file, fsync, rename, fsync of the directory); each later change is one line
-appended and fdatasync'd (a queued, tried, acknowledged or refused entry), as a POS appends
-to its flash log rather than rewriting it. After `CHANGES_MAX` change lines the next change
+appended (a queued, tried, acknowledged or refused entry), as a POS appends to its flash log
+rather than rewriting it. A queued message and each try (with the KSN it used) are
+fdatasync'd before they leave; an answer's line is written without its own fdatasync and made
+durable by the next synced change: a crash may lose the last ones, which costs one more repeat
+of a message the switch has stored (answered from its stored outcome), never a reversal. After `CHANGES_MAX` change lines the next change
 rewrites the file as one snapshot again, so the file holds at most the queue
 (`ENTRIES_MAX` entries, `REFUSED_KEPT_MAX` refused) and `CHANGES_MAX` lines. A last line cut
 short by a crash is a change whose call never returned, so nothing it recorded was sent: it
@@ -253,16 +256,17 @@ def _remove_durably(path: Path) -> None:
         os.close(fd)
 
 
-def _append_durably(path: Path, line: bytes) -> None:
-    """Append one whole line to `path` and fdatasync it. A failed or short write is cut off
-    again, so the file never holds half a change before a whole one."""
+def _append(path: Path, line: bytes, *, sync: bool) -> None:
+    """Append one whole line to `path`, and fdatasync it when `sync`. A failed or short write
+    is cut off again, so the file never holds half a change before a whole one."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
         size = os.fstat(fd).st_size
         try:
             if os.write(fd, line) != len(line):
                 raise OSError(errno.EIO, "short write")
-            os.fdatasync(fd)
+            if sync:
+                os.fdatasync(fd)
         except OSError:
             os.ftruncate(fd, size)
             raise
@@ -499,7 +503,12 @@ class SafQueue:
 
     def answered(self, seq: int, rc: str | None) -> Verdict:
         """The outcome of entry `seq`'s last try: its answer's DE39, or None (no answer within
-        the timeout, or the connection dropped). The caller matched the answer by DE11."""
+        the timeout, or the connection dropped). The caller matched the answer by DE11.
+
+        Written, not fdatasync'd (no wait for the disk: callable on an event loop): a crash may
+        lose the last acknowledgements, which costs one more repeat of a message the switch
+        has stored, answered from that stored outcome; never a lost reversal. Every queued
+        message and every try (with its KSN) is fdatasync'd before it leaves."""
         v = verdict(rc)
         with self._lock:
             e = self.entry(seq)
@@ -508,18 +517,18 @@ class SafQueue:
             now = self.clock()
             if v is Verdict.ACCEPTED:
                 self._publish(self._next_seq, tuple(x for x in self._entries if x.seq != seq), self._refused,
-                              ("done", e))
+                              ("done", e), sync=False)
             elif v is Verdict.REFUSED:
                 gone = RefusedEntry(entry=e, rc=str(rc), refused_at=now)
                 self._publish(self._next_seq, tuple(x for x in self._entries if x.seq != seq),
-                              (*self._refused, gone)[-REFUSED_KEPT_MAX:], ("refused", gone))
+                              (*self._refused, gone)[-REFUSED_KEPT_MAX:], ("refused", gone), sync=False)
             elif rc is None:
                 due = replace(e, next_try_at=now)
-                self._publish(self._next_seq, self._swap(due), self._refused, ("put", due))
+                self._publish(self._next_seq, self._swap(due), self._refused, ("put", due), sync=False)
             else:
                 sent = e.last_try_at if e.last_try_at is not None else now
                 later = replace(e, next_try_at=sent + self.schedule.repeat_interval_s, last_rc=rc)
-                self._publish(self._next_seq, self._swap(later), self._refused, ("put", later))
+                self._publish(self._next_seq, self._swap(later), self._refused, ("put", later), sync=False)
             return v
 
     def _get(self, seq: int) -> SafEntry:
@@ -537,14 +546,15 @@ class SafQueue:
         return tuple(e if x.seq == e.seq else x for x in self._entries)
 
     def _publish(self, next_seq: int, entries: tuple[SafEntry, ...], refused: tuple[RefusedEntry, ...],
-                 change: tuple[str, Any] | None) -> None:
+                 change: tuple[str, Any] | None, *, sync: bool = True) -> None:
         """Make the queue (next_seq, entries, refused) durable, then current: `change` appended
         as one journal line, or (None, a file still to create or replace, or CHANGES_MAX lines
-        written) the whole queue as a new snapshot."""
+        written) the whole queue as a new snapshot. sync=False (an acknowledgement): the line is
+        written but not fdatasync'd; the next synced change makes it durable with its own."""
         if self.path is not None and self._vault is not None:
             vault = self._vault
             try:
-                if change is None or self._rewrite or self._changes >= CHANGES_MAX:
+                if change is None or self._rewrite or (sync and self._changes >= CHANGES_MAX):
                     doc = {"format": FILE_FORMAT, "next_seq": next_seq,
                            "entries": [_entry_doc(e, vault) for e in entries],
                            "refused": [_refused_doc(r, vault) for r in refused]}
@@ -559,7 +569,7 @@ class SafQueue:
                         line = {"done": what.seq}
                     else:
                         line = {"refused": _refused_doc(what, vault)}
-                    _append_durably(self.path, (json.dumps(line, separators=(",", ":")) + "\n").encode())
+                    _append(self.path, (json.dumps(line, separators=(",", ":")) + "\n").encode(), sync=sync)
                     self._changes += 1
             except PanVaultError as exc:
                 raise SafError(f"queue file {self.path}: {exc}") from None
@@ -610,8 +620,8 @@ async def forward(queue: SafQueue, link: SafLink, *,
                   offload: Callable[..., Awaitable[Any]] = _inline) -> Forwarded:
     """One pass over the queue on `link`'s connection: each due entry, oldest first, until
     none is due or the link is gone. Every try is recorded before it is sent. `offload` runs
-    the queue's (blocking, fsync'ing) changes: inline, or `asyncio.to_thread` in a fleet that
-    must not stall its event loop."""
+    the queue's fdatasync'ing changes (each try): inline, or `asyncio.to_thread` in a fleet
+    that must not stall its event loop; an answer is recorded inline (`SafQueue.answered`)."""
     done = Forwarded()
     while (e := queue.next_due()) is not None:
         if not await link.ready():
@@ -625,7 +635,7 @@ async def forward(queue: SafQueue, link: SafLink, *,
         answer = await link.exchange(secured)
         if answer is not None:
             done.answers[e.seq] = answer
-        v = await offload(queue.answered, e.seq, None if answer is None else answer.get("39", ""))
+        v = queue.answered(e.seq, None if answer is None else answer.get("39", ""))  # no fdatasync: inline
         if v is Verdict.ACCEPTED:
             done.accepted += 1
         elif v is Verdict.REFUSED:

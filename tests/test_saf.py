@@ -110,7 +110,7 @@ def test_an_entry_is_on_disk_and_fsynced_file_and_directory_before_enqueue_retur
         [(entry.seq, 0, "0400", "000001")]
 
 
-def test_a_later_change_is_one_line_appended_and_fdatasynced_and_no_rename(tmp_path, monkeypatch):
+def test_a_later_change_is_one_line_appended_and_a_try_is_fdatasynced_and_no_rename(tmp_path, monkeypatch):
     q = _queue(tmp_path)
     first = q.enqueue(_reversal(1))  # creates the journal: one snapshot line, written as above
     calls: list[tuple[str, str]] = []
@@ -126,9 +126,11 @@ def test_a_later_change_is_one_line_appended_and_fdatasynced_and_no_rename(tmp_p
     path = saf_path(tmp_path, "T0000001")
     q.sending(first.seq, {**q.outgoing(first), "53": "FFFF9876543210E00001"})
     second = q.enqueue(_reversal(2))
+    assert calls == [("fdatasync", str(path))] * 2  # a try and a queued message: durable before they leave
+    # answers: written, not synced (a lost one costs a repeat the switch answers from its stored outcome)
     q.answered(first.seq, "00")
     q.answered(second.seq, "12")
-    assert calls == [("fdatasync", str(path))] * 4
+    assert calls == [("fdatasync", str(path))] * 2
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines[0]["format"] == "eum-saf/2" and [e["seq"] for e in lines[0]["entries"]] == [1]
     assert [sorted(line) for line in lines[1:]] == [["next_seq", "put"], ["next_seq", "put"], ["done"], ["refused"]]
@@ -147,12 +149,14 @@ def test_after_changes_max_lines_the_next_change_rewrites_one_snapshot(tmp_path,
     for stan in range(1, 5):  # a snapshot, then three change lines
         q.enqueue(_reversal(stan))
     assert len(path.read_text().splitlines()) == 4
-    q.answered(1, "00")  # the fourth change: the file is the queue again, in one line
+    q.answered(1, "00")  # an answer (not synced) is appended even past the bound: no rewrite without an fsync
+    assert len(path.read_text().splitlines()) == 5
+    q.enqueue(_reversal(5))  # the next synced change: the file is the queue again, in one line
     [line] = path.read_text().splitlines()
-    assert [e["seq"] for e in json.loads(line)["entries"]] == [2, 3, 4]
+    assert [e["seq"] for e in json.loads(line)["entries"]] == [2, 3, 4, 5]
     q.answered(2, "00")
     assert len(path.read_text().splitlines()) == 2
-    assert [e.seq for e in _queue(tmp_path).entries] == [3, 4]
+    assert [e.seq for e in _queue(tmp_path).entries] == [3, 4, 5]
 
 
 def test_a_last_line_cut_short_by_a_crash_is_ignored_and_the_next_change_rewrites_the_file(tmp_path):
