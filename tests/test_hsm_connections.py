@@ -1,8 +1,10 @@
 """The HSM's connection handling over real TCP (hsm_mock/service.py, `_Connection`, an
 asyncio Protocol since it replaced a StreamReader loop; these tests were written against the
 loop first): a silent connection closed after the idle timeout while a talking one stays,
-reads paused at `in_flight_max` commands in progress, and a peer that half-closes still
-getting every answer it asked for before the close.
+reads paused at `in_flight_max` commands in progress, reads paused while a peer that does not
+read leaves its answers above `write_buffer_max` (others served meanwhile, every answer
+delivered once it reads), and a peer that half-closes still getting every answer it asked for
+before the close.
 
 Timing here is only ever a lower bound (a wave of commands cannot be answered before its
 latency has passed) or a generous deadline, so a loaded machine makes these slower, not red.
@@ -11,9 +13,10 @@ latency has passed) or a generous deadline, so a loaded machine makes these slow
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
-from test_hsm_server import ND, Client, serve
+from test_hsm_server import ND, Client, framed, serve
 
 
 async def test_a_silent_connection_is_closed_after_the_idle_timeout_and_a_talking_one_is_not() -> None:
@@ -77,3 +80,47 @@ async def test_a_peer_that_half_closes_gets_every_answer_then_the_close() -> Non
         assert answers == [f"{i:04d}".encode() + ND for i in range(3)]
         assert await c.closed_by_peer(timeout=10.0)
         await c.close()
+
+
+async def test_a_peer_that_does_not_read_is_no_longer_read_others_are_served_and_it_gets_every_answer() -> None:
+    """5,000 pipelined NCs from a peer that does not read, with its receive buffer, the HSM's
+    send buffer for it and `write_buffer_max` all at 4 KiB: the HSM stops answering it (its
+    answers would only pile up in memory), stops reading it, and does not close it as idle
+    while its answers wait; another connection is served meanwhile; once the peer reads, all
+    5,000 answers arrive, in order."""
+    n = 5000
+    async with serve(write_buffer_max=4096, idle_timeout_s=0.5) as hsm:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window it offers
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", hsm.port))
+        # its stream reader takes at most 2 KiB off the socket before it stops reading (limit × 2)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+        deadline = time.monotonic() + 5.0
+        while not hsm._connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        [conn] = hsm._connections
+        conn.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        for i in range(n):
+            writer.write(framed(f"{i:04d}NC".encode()))  # never drained here: the peer is stuck too
+        answered, still_since = -1, time.monotonic()
+        while time.monotonic() - still_since < 0.5:  # until the count has stood still for half a second
+            await asyncio.sleep(0.05)
+            now = sum(hsm.answered.values())
+            if now != answered:
+                answered, still_since = now, time.monotonic()
+        assert 0 < answered < n
+        assert conn.reading_paused and conn.writer.is_reading() is False
+        other = await Client.connect(hsm.port)
+        assert await other.call(b"9999NC") == b"9999" + ND
+        await asyncio.sleep(1.0)  # twice the idle timeout: a paused peer is waited for, not idle
+        assert not conn.closed and sum(hsm.answered.values()) == answered + 1
+        got = []
+        for _ in range(n):
+            size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 10.0), "big")
+            got.append(await asyncio.wait_for(reader.readexactly(size), 10.0))
+        assert got == [f"{i:04d}".encode() + ND for i in range(n)]
+        assert not conn.reading_paused
+        await other.close()
+        writer.close()
