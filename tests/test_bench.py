@@ -245,14 +245,18 @@ def test_json_and_markdown_writers_carry_every_key(tmp_path):
 
 
 def test_markdown_lists_each_target_as_met_or_not_met_with_the_figure():
-    md = markdown(fake_result())  # each required key i is the float i + 1 (fake_result)
+    result = fake_result()  # each required key i is the float i + 1 (fake_result)
+    result.update({"hsm.cpu_us_per_auth": 149.0, "fleet.cpu_us_per_tx": 101.0})  # issue 10's, either side
+    md = markdown(result)
     start = md.index("Targets:")
     assert md[start:md.index("\n\n| key |", start)].splitlines() == [
-        "Targets: 6 met, 1 not met, 3 not measured in this run.",
+        "Targets: 7 met, 2 not met, 3 not measured in this run.",
         "",
         "- `e2e.approved_per_s` ≥ 3,000: **not met** (3.000)",
         "- `e2e_half.latency_ms.p99` ≤ 20: met (15.0)",
         "- `switch.cpu_us_per_auth` ≤ 150: met (10.0)",
+        "- `hsm.cpu_us_per_auth` ≤ 150: met (149.0)",
+        "- `fleet.cpu_us_per_tx` ≤ 100: **not met** (101.0)",
         "- `ratio.e2e_to_ceiling` ≥ 0.350: met (9.000)",
         "- `scale.rss_mib_1m` ≤ 1,024: met (13.0)",
         "- `scale.rss_mib_1m_hot` ≤ 512: met (14.0)",
@@ -358,6 +362,7 @@ def test_bench_plans_record_a_flame_graph_only_in_full_mode_and_fail_clearly_wit
     assert bench.PLANS["full"].flame_graph and not bench.PLANS["quick"].flame_graph
     assert (bench.PLANS["quick"].plain_cards, bench.PLANS["quick"].plain_s) == (20_000, 8.0)
     assert bench.TARGETS["switch_plain.cpu_us_per_msg"] == (100, "<=")
+    assert (bench.TARGETS["hsm.cpu_us_per_auth"], bench.TARGETS["fleet.cpu_us_per_tx"]) == ((150, "<="), (100, "<="))
     monkeypatch.setattr(bench.sys, "executable", "/nonexistent/python3")
     monkeypatch.setattr(bench.shutil, "which", lambda name: None)
     with pytest.raises(bench.BenchFailure, match="py-spy is not installed"):
