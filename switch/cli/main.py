@@ -60,7 +60,7 @@ def _relay(args: argparse.Namespace) -> Any:
 def cmd_switch(args: argparse.Namespace) -> int:
     from switch.ops import logs
     from switch.wire.codec import check_responses, load_dialect
-    from switch.ops.runtime import DataDirBusy, lock_data_dir, open_core, unlock
+    from switch.ops.runtime import DataDirBusy, lock_data_dir, open_core, settle_heap, unlock
     from switch.authorize.server import Processor, SwitchServer, serve_until_signalled
 
     host, port = parse_hostport(args.listen)
@@ -128,6 +128,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
                 metrics = serve_switch_metrics(metrics_http, core, server)
             expiring = asyncio.create_task(_expire_holds(core.ops))
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, logs.reopen)  # after logrotate
+            settle_heap()  # what start loaded, frozen; fewer young collections (switch/ops/runtime.py)
             try:
                 await serve_until_signalled(server, *links)
             finally:
