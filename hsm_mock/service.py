@@ -43,7 +43,7 @@ from hsm_mock.config import HsmConfig
 from hsm_mock.lmk import TEST_LMK, VariantLmk
 from switch.ops.metrics import OTHER, LoopHeartbeat, MetricsHttp, count_into, counter, gauge, registry_of
 from switch.wire.payshield import Command, FrameReader, ProtocolError, build_response, frame, response_code
-from switch.wire.transport import WriteBatch
+from switch.wire.transport import WriteBatch, freeze_heap
 
 log = structlog.get_logger("hsm")
 
@@ -481,6 +481,7 @@ async def serve_until_signalled(server: HsmServer, *, metrics: MetricsHttp | Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    log.info("heap_settled", **freeze_heap())  # before any command: start's objects frozen (transport.py)
     served = serve_metrics(metrics, server) if metrics is not None else None
     try:
         await stop.wait()

@@ -437,3 +437,7 @@ def test_eum_hsm_runs_as_a_separate_process_and_answers_nc(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr.read()
     audit = [json.loads(line) for line in (tmp_path / "hsm-audit.jsonl").read_text().splitlines()]
     assert [(a["command"], a["error"]) for a in audit] == [("NC", "00")]
+    # once listening, before its first command, it froze what start loaded (switch/wire/transport.py freeze_heap)
+    later = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]
+    [settled] = [e for e in later if e.get("event") == "heap_settled"]
+    assert settled["gc_threshold"] == [7000, 10, 10] and settled["frozen"] > 10_000

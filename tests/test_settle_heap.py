@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import gc
 
-from switch.ops.runtime import GC_OLDER_THRESHOLD, GC_YOUNG_THRESHOLD, settle_heap
+from switch.ops.runtime import settle_heap
+from switch.wire.transport import GC_OLDER_THRESHOLD, GC_YOUNG_THRESHOLD
 from switch_process import provisioned, running_switch
 
 

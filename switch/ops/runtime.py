@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gc
 import os
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from switch.ledger.records import Commit, MetaSet
 from switch.ledger.sqlite import SqliteReader
 from switch.ledger.store import PgDsn, Store, open_store
 from switch.ops.config import SwitchConfig
+from switch.wire.transport import freeze_heap
 from switch.ledger.leases import IdBlocks, SignOns
 from switch.ops.cluster import Cluster, ClusterConfig
 from switch.ledger.writer import LedgerWriter
@@ -39,25 +39,9 @@ class DataDirBusy(RuntimeError):
     """Another process (a running switch) owns the data dir."""
 
 
-GC_YOUNG_THRESHOLD = 7_000  # allocations between two young collections once serving (CPython's default: 700)
-GC_OLDER_THRESHOLD = 10     # young (then middle) collections between two of the next generation (the default)
-
-
 def settle_heap() -> None:
-    """Once started, before serving: collect once, then freeze what start loaded (modules,
-    rules, dialect, the warmed hot state) into the permanent generation, so that no later
-    collection traverses it, and collect the young generation a tenth as often. The hot path's
-    garbage is acyclic and freed by reference counting the moment it is dropped; a young
-    collection only finds the rare cycle, so fewer of them cost no memory that matters. A
-    frozen object is still freed by reference counting when dropped; only a cycle among frozen
-    objects would stay (start's objects live as long as the process anyway). Measured in
-    docs/performance.md, "The collector after start, measured again"."""
-    started = time.perf_counter()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, GC_OLDER_THRESHOLD, GC_OLDER_THRESHOLD)
-    log.info("heap_settled", frozen=gc.get_freeze_count(), gc_threshold=list(gc.get_threshold()),
-             ms=round((time.perf_counter() - started) * 1000, 1))
+    """Before `eum switch` listens: `freeze_heap` (switch/wire/transport.py), logged."""
+    log.info("heap_settled", **freeze_heap())
 
 
 def lock_data_dir(data_dir: Path, *, wait: bool) -> int:
