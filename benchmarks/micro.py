@@ -15,6 +15,8 @@ revisions have:
   terminal.transaction_us the terminal side of one DUKPT-TDES transaction (next KSN, PIN
                           block on 1 in 4, request MAC, response MAC check), 200 terminals
                           in turn: the fleet's security work per transaction
+  decide.purchase_us      one purchase decision (switch/authorize/decide.py) with the shipped
+                          rules at a 2026 instant, over a view of plain dicts: the pure core
   --hsm-auth-mix          instead of the above: the HSM's CPU per authorisation of the
                           standard scenario's commands, key caches on and off (HSM_AUTH_MIX)
 Without --base: this tree only. With --base REV: REV is checked out into a temporary git
@@ -113,6 +115,46 @@ def terminal_batch(n=2000, fleet=200):
 
 terminal_batch(400)
 out["terminal.transaction_us"] = round(sorted(terminal_batch() for _ in range(5))[2], 2)
+
+# One purchase decision (switch/authorize/decide.py `decide`): the shipped rules at an instant
+# of 2026 (the rules in force then are the newest), a Namdong card at a Namdong shop, over a
+# view of plain dicts (no hot state, no store): the pure core's own cost.
+from datetime import datetime
+from switch.authorize.decide import decide
+from switch.domain import KST, Merchant
+from switch.ledger.records import CardState
+from switch.rules.policy import default_config_dir, load_rules
+from switch.wire.messages import Kind, Request
+
+class _View:
+    ledger_id, next_posting_id = "00000000-0000-0000-0000-000000000001", 3
+    def __init__(self, card, shop):
+        self._card, self._shop = card, shop
+    def card(self, pan): return self._card if pan == self._card.pan else None
+    def card_by_id(self, card_id): return self._card if card_id == self._card.id else None
+    def merchant(self, mid): return self._shop if mid == self._shop.mid else None
+    def member_month(self, member, month): return 0
+    def card_day(self, card_id, day): return 0
+    def card_month_charged(self, card_id, month): return 0
+    def auto_charge(self, card_id): return None
+    def posting(self, posting_id): return None
+    def posting_by_rrn(self, rrn): return None
+    def message(self, key): return None
+    def tombstoned(self, key): return False
+
+rules = load_rules(default_config_dir())
+shop = Merchant("NAMDONG01      ", "Namdong Cafe", "namdong", 250_000_000)
+card = CardState(id=1, pan="9410100000000011", program="namdong", member="M000000001", expiry="3012",
+                 status="active", cash=10**9)
+view = _View(card, shop)
+req = Request(mti="0200", kind=Kind.PURCHASE, terminal="T0000001", stan="000002", transmission_time="1129030000",
+              processing_code="000000", pan=card.pan, expiry="", amount=20_000, merchant=shop.mid, entry_mode="",
+              pin_block="")
+req_fields = {"t": "0200", "2": card.pan, "3": "000000", "4": "000000020000", "7": "1129030000", "11": "000002",
+              "41": "T0000001", "42": shop.mid, "49": "410"}
+at = datetime(2026, 11, 29, 12, 0, tzinfo=KST)
+assert decide(req, req_fields, view, rules, at).posting is not None  # approved: a posting
+out["decide.purchase_us"] = per_call_us(lambda: decide(req, req_fields, view, rules, at), number=2000)
 logs.flush()
 import shutil
 shutil.rmtree(tmp, ignore_errors=True)

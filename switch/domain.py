@@ -8,6 +8,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import TypeVar
 
 KST = timezone(timedelta(hours=9), "KST")
 
@@ -36,6 +37,19 @@ class Merchant:
     annual_sales: int
     category: str = "general"
     online_mall: bool = False
+
+
+T = TypeVar("T")
+
+
+def in_force_at(items: tuple[T, ...], now: datetime) -> T | None:
+    """The last of `items` (each with an `effective_from`, ascending: checked when the rules
+    are loaded) whose `effective_from` is at or before `now`, or None. Scanned from the newest,
+    so the usual answer, the newest, costs one comparison."""
+    for item in reversed(items):
+        if item.effective_from <= now:  # type: ignore[attr-defined]
+            return item
+    return None
 
 
 def month_key(now: datetime) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 
-from switch.domain import DISTRICTS, Merchant
+from switch.domain import DISTRICTS, Merchant, in_force_at
 from switch.record import Record
 
 BP_PER_UNIT = 10_000
@@ -118,8 +118,7 @@ def quote_cashback(
 def policy_at(book: CashbackBook, now: datetime) -> CashbackPolicy | None:
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    in_force = [p for p in book.policies if p.effective_from <= now]
-    return in_force[-1] if in_force else None
+    return in_force_at(book.policies, now)
 
 
 def is_eligible(policy: CashbackPolicy, merchant: Merchant) -> bool:

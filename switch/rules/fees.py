@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 
-from switch.domain import Merchant
+from switch.domain import Merchant, in_force_at
 from switch.record import Record
 
 BP_PER_UNIT = 10_000
@@ -114,10 +114,10 @@ def quote_fee(
 def schedule_at(book: FeeBook, now: datetime) -> FeeSchedule:
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    in_force = [s for s in book.schedules if s.effective_from <= now]
-    if not in_force:
+    schedule = in_force_at(book.schedules, now)
+    if schedule is None:
         raise ValueError(f"no fee schedule in force at {now.isoformat()}")
-    return in_force[-1]
+    return schedule
 
 
 def tier_for(tiers: tuple[FeeTier, ...], annual_sales: int) -> str:

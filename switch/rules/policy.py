@@ -26,7 +26,7 @@ from switch.rules.cashback import (
     SpendTier,
 )
 from switch.configdir import config_dir
-from switch.domain import DISTRICTS, KST, Merchant
+from switch.domain import DISTRICTS, KST, Merchant, in_force_at
 from switch.rules.fees import FeeBook, FeeSchedule, FeeSupport, FeeTier
 
 __all__ = [
@@ -157,10 +157,10 @@ class Rules:
     def limits(self, now: datetime) -> Limits:
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
-        in_force = [p for p in self.limit_periods if p.effective_from <= now]
-        if not in_force:
+        period = in_force_at(self.limit_periods, now)
+        if period is None:
             raise ValueError(f"no limits in force at {now.isoformat()}")
-        return in_force[-1].limits
+        return period.limits
 
 
 def default_config_dir() -> pathlib.Path:
