@@ -2,15 +2,14 @@
 docs/performance.md, "The collector after start, measured again"): what start loaded is
 frozen out of every later collection, and the young generation is collected a tenth as often
 as CPython's default. In process, and in a real `eum switch`, whose log says so before it
-listens; and for one fleet run inside a longer-lived process (`heap_frozen`, terminal_sim/fleet.py),
-undone when the run ends."""
+listens."""
 
 from __future__ import annotations
 
 import gc
 
 from switch.ops.runtime import settle_heap
-from switch.wire.transport import GC_OLDER_THRESHOLD, GC_YOUNG_THRESHOLD, heap_frozen
+from switch.wire.transport import GC_OLDER_THRESHOLD, GC_YOUNG_THRESHOLD
 from switch_process import provisioned, running_switch
 
 
@@ -37,14 +36,3 @@ async def test_eum_switch_settles_its_heap_before_it_listens(tmp_path):
     assert settled["gc_threshold"] == [7000, 10, 10]
     assert settled["frozen"] > 10_000  # at least the modules, rules and dialect a started switch holds
     assert settled["ms"] >= 0
-
-
-def test_a_run_inside_a_longer_lived_process_gets_the_heap_back_as_it_was():
-    gc.set_threshold(700, 10, 10)
-    frozen_before = gc.get_freeze_count()
-    kept = [[i] for i in range(1000)]
-    with heap_frozen() as settled:
-        assert gc.get_threshold() == (7000, 10, 10) == tuple(settled["gc_threshold"])
-        assert settled["frozen"] == gc.get_freeze_count() >= frozen_before + len(kept)
-    assert gc.get_threshold() == (700, 10, 10)
-    assert gc.get_freeze_count() == 0

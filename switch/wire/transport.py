@@ -5,10 +5,9 @@ switch's HSM client and the HSM both write through."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import time
-from typing import Any, Callable, Coroutine, Iterator
+from typing import Any, Callable, Coroutine
 
 GC_YOUNG_THRESHOLD = 7_000  # allocations between two young collections once serving (CPython's default: 700)
 GC_OLDER_THRESHOLD = 10     # young (then middle) collections between two of the next generation (the default)
@@ -30,19 +29,6 @@ def freeze_heap() -> dict[str, Any]:
     gc.set_threshold(GC_YOUNG_THRESHOLD, GC_OLDER_THRESHOLD, GC_OLDER_THRESHOLD)
     return {"frozen": gc.get_freeze_count(), "gc_threshold": list(gc.get_threshold()),
             "ms": round((time.perf_counter() - started) * 1000, 1)}
-
-
-@contextlib.contextmanager
-def heap_frozen() -> Iterator[dict[str, Any]]:
-    """`freeze_heap` for one run inside a process that goes on after it (a fleet run in
-    `eum fleet`, in the bench's process, in a test): the heap is unfrozen and the previous
-    thresholds are back when the run ends."""
-    before = gc.get_threshold()
-    try:
-        yield freeze_heap()
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
 
 
 class WriteBatch:
