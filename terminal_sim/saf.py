@@ -10,14 +10,15 @@ atomically (temp file, fsync, rename, fsync of the directory); each later change
 appended (a queued, tried, acknowledged or refused entry), as a POS appends to its flash log
 rather than rewriting it. A queued message and each try (with the KSN it used) are
 fdatasync'd before they leave; an answer's line is written without its own fdatasync and made
-durable by the next synced change: a crash may lose the last ones, which costs one more repeat
-of a message the switch has stored (answered from its stored outcome), never a reversal. After `CHANGES_MAX` change lines the next change
-rewrites the file as one snapshot again, so the file holds at most the queue
-(`ENTRIES_MAX` entries, `REFUSED_KEPT_MAX` refused) and `CHANGES_MAX` lines. A last line cut
-short by a crash is a change whose call never returned, so nothing it recorded was sent: it
-is ignored, and the next change rewrites the snapshot. An older version's `<TID>.saf.json`
-(one JSON document, format eum-saf/1) is read and replaced by the journal when the queue is
-opened.
+durable by the next synced change: a crash may lose the last ones, which costs one more
+repeat of a message the switch has stored (answered from its stored outcome), never a
+reversal. Once `CHANGES_MAX` change lines are written, the next synced change rewrites the
+file as one snapshot again, so the file holds the queue (at most `ENTRIES_MAX` entries and
+`REFUSED_KEPT_MAX` refused), `CHANGES_MAX` lines, and the answers recorded since. A last line
+cut short by a crash is a change whose call never returned, so nothing it recorded was sent:
+it is ignored, and the next change rewrites the snapshot. An older version's
+`<TID>.saf.json` (one JSON document, format eum-saf/1) is read and replaced by the journal
+when the queue is opened.
 
 The schedule (docs/host-interface.md, "Store-and-forward: the terminal's timeout, reversal
 and advice schedule"), as named constants and `SafSchedule`:
