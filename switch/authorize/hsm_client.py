@@ -1,7 +1,6 @@
 """The switch's HSM client: a pool of pipelined connections to one or more payShield-style HSMs.
 
-`connections_per_hsm` connections to each HSM, used in turn; each carries many commands at once (an asyncio
-Protocol: answers are handed to their callers as they are read); the 4-character message header is the
+`connections_per_hsm` connections to each HSM, used in turn; each carries many commands at once; the 4-character message header is the
 correlation id (the HSM returns it unchanged). Every call has a timeout. A background task
 health-checks each HSM with NC and reconnects with backoff; calls go to the first healthy
 HSM in the configured order and fail over to the next on a timeout or a broken connection.
@@ -58,28 +57,28 @@ class HsmConfig:
             raise ValueError("hsm header_length must be ≥ 4 (it carries the correlation id)")
 
 
-class _Connection(asyncio.Protocol):
-    """One TCP connection; responses matched to calls by header. An asyncio Protocol: the
-    answers are framed and handed to their callers in `data_received`, with no read task to
-    wake per read (as the HSM's own connections, hsm_mock/service.py)."""
+class _Connection:
+    """One TCP connection; responses matched to calls by header."""
 
     def __init__(self, host: str, port: int, config: HsmConfig) -> None:
         self.host, self.port, self.config = host, port, config
-        self.transport: asyncio.Transport | None = None
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
         self.pending: dict[bytes, asyncio.Future[HsmReply]] = {}
         self.ids = itertools.count()
         self.slots = asyncio.Semaphore(config.in_flight_max)
-        self.frames = FrameReader()
+        self.read_task: asyncio.Task[None] | None = None
         self.out: WriteBatch | None = None  # commands of one loop iteration leave in one write
 
     @property
     def open(self) -> bool:
-        return self.transport is not None and not self.transport.is_closing()
+        return self.writer is not None and not self.writer.is_closing()
 
     async def connect(self) -> None:
-        loop = asyncio.get_running_loop()
-        await asyncio.wait_for(loop.create_connection(lambda: self, self.host, self.port),
-                               self.config.connect_timeout_ms / 1000)
+        self.reader, self.writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), self.config.connect_timeout_ms / 1000)
+        self.out = WriteBatch(self.writer.write, lambda: self.open)
+        self.read_task = asyncio.get_running_loop().create_task(self._read_loop())
 
     def _next_header(self) -> bytes:
         n = self.config.header_length
@@ -105,36 +104,31 @@ class _Connection(asyncio.Protocol):
                 timer.cancel()
                 self.pending.pop(header, None)
 
-    # ------------------------------------------------------------------ asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  (asyncio's or uvloop's TCP transport)
-        self.out = WriteBatch(transport.write, lambda: self.open)  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
+    async def _read_loop(self) -> None:
+        frames = FrameReader()
         hl = self.config.header_length
-        self.frames.receive_data(data)
         try:
-            while (payload := self.frames.next_frame()) is not None:
-                fut = self.pending.get(payload[:hl])
-                if fut is None or fut.done():
-                    continue  # a late answer to a call that timed out
-                rest = payload[hl:]
-                body = rest[4:].split(b"\x19", 1)[0]
-                fut.set_result(HsmReply(rest[:2].decode("ascii", "replace"), rest[2:4].decode("ascii", "replace"),
-                                        body))
-        except ProtocolError:
+            while True:
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                frames.receive_data(data)
+                while (payload := frames.next_frame()) is not None:
+                    fut = self.pending.get(payload[:hl])
+                    if fut is None or fut.done():
+                        continue  # a late answer to a call that timed out
+                    rest = payload[hl:]
+                    body = rest[4:].split(b"\x19", 1)[0]
+                    fut.set_result(HsmReply(rest[:2].decode("ascii", "replace"), rest[2:4].decode("ascii", "replace"),
+                                            body))
+        except (ConnectionError, OSError, ProtocolError):
+            pass
+        finally:
             self.close()
 
-    def eof_received(self) -> bool:
-        return False  # the HSM closed its side: close ours (connection_lost fails what is pending)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.close()
-
     def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.close()
         for fut in self.pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("hsm connection lost"))
