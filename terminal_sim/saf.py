@@ -280,6 +280,12 @@ def _unreadable(path: Path, why: str) -> SafError:
                     "move it, never delete it unread")
 
 
+def _check_format(path: Path, doc: Any, expected: str) -> None:
+    if not isinstance(doc, dict) or doc.get("format") != expected:
+        raise SafError(f"queue file {path} is not an {expected} file (format "
+                       f"{doc.get('format') if isinstance(doc, dict) else None!r})")
+
+
 def _replay(path: Path, text: str) -> tuple[dict[str, Any], int, bool]:
     """A journal's queue as stored (entries sealed): its snapshot with every change applied;
     how many change lines it holds; whether its last line was cut short (ignored)."""
@@ -292,9 +298,7 @@ def _replay(path: Path, text: str) -> tuple[dict[str, Any], int, bool]:
         changes = [json.loads(line) for line in lines[1:]]
     except ValueError as exc:
         raise _unreadable(path, type(exc).__name__) from None
-    if not isinstance(doc, dict) or doc.get("format") != FILE_FORMAT:
-        raise SafError(f"queue file {path} is not an {FILE_FORMAT} file (format "
-                       f"{doc.get('format') if isinstance(doc, dict) else None!r})")
+    _check_format(path, doc, FILE_FORMAT)
     try:
         entries = {int(d["seq"]): d for d in doc["entries"]}
         refused = list(doc.get("refused", ()))
@@ -324,9 +328,7 @@ def _read_legacy(path: Path) -> dict[str, Any] | None:
         return None
     except (OSError, ValueError) as exc:
         raise _unreadable(path, type(exc).__name__) from None
-    if not isinstance(doc, dict) or doc.get("format") != LEGACY_FORMAT:
-        raise SafError(f"queue file {path} is not an {LEGACY_FORMAT} file (format "
-                       f"{doc.get('format') if isinstance(doc, dict) else None!r})")
+    _check_format(path, doc, LEGACY_FORMAT)
     return {**doc, "format": FILE_FORMAT}
 
 
