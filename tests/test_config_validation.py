@@ -433,6 +433,14 @@ ACCEPTED = [
              [(F, END, support_rule("city", "seo", "effective_from = 2019-04-01T00:00:00+09:00\n"
                                     "sales_max = 999_999_999\nsupport_bp = 50"))],
              lambda r: r.fees.supports[4].funder == "city"),
+    # a [preauth] table that leaves a key out takes its documented default (found by mypy:
+    # the defaults were read off a slots dataclass, a member descriptor rather than the number)
+    accepted("[preauth] without hold_days", [(P, "hold_days = 7 ", "# hold_days = 7 ")],
+             lambda r: (r.preauth.hold_days, r.preauth.completion_tolerance_pct) == (7, 0)),
+    accepted("[preauth] without completion_tolerance_pct",
+             [(P, "hold_days = 7 ", "hold_days = 5 "),
+              (P, "completion_tolerance_pct = 0 ", "# completion_tolerance_pct = 0 ")],
+             lambda r: (r.preauth.hold_days, r.preauth.completion_tolerance_pct) == (5, 0)),
 ]
 
 

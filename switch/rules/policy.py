@@ -379,9 +379,10 @@ def _preauth(root: _Table) -> Preauth:
         root.get("preauth", dict, None)
         return Preauth()
     t = root.table("preauth")
-    preauth = Preauth(hold_days=t.get("hold_days", int, Preauth.hold_days),
+    default = Preauth()  # a slots dataclass: its class attributes are descriptors, not the defaults
+    preauth = Preauth(hold_days=t.get("hold_days", int, default.hold_days),
                       completion_tolerance_pct=t.get("completion_tolerance_pct", int,
-                                                     Preauth.completion_tolerance_pct))
+                                                     default.completion_tolerance_pct))
     if not 1 <= preauth.hold_days <= 31:
         raise t.fail("hold_days", f"must be 1..31 days, got {preauth.hold_days}")
     if not 0 <= preauth.completion_tolerance_pct <= 100:
