@@ -1,7 +1,7 @@
 """Before/after in one run: the closed-loop capacity of two source trees, alternated.
 
     python benchmarks/ab.py --base REV [--head REV] [--rounds 3] [--seconds 12] [--rate R]
-                            [--tag T] [--out-dir DIR]
+                            [--base-env KEY=VALUE ...] [--tag T] [--out-dir DIR]
 
 Each revision is checked out into a temporary git worktree; for each, an `eum hsm`, a seeded
 data dir (the quick bench's: DUKPT-TDES terminals, PIN cards) and, per round, `eum switch`
@@ -12,7 +12,9 @@ the rounds per revision: approvals per second, latency, and CPU per approval of 
 the HSM and the fleet (from /proc). This is how docs/performance.md's before/after table is
 measured. `--rate R`: open loop instead, Poisson arrivals at R a second over the same 32
 terminals (the bench's e2e_half procedure at a rate you choose): for latency levers, p99 at a
-fixed load. Writes <out-dir>/<date>-<host>-ab[-T].json.
+fixed load. A tree with the optional compiled build (setup.py) is built in place first, as
+`pip install -e .` builds it; `--base REV --head REV --base-env EUM_PURE_PYTHON=1` measures a
+revision's compiled modules against its own pure Python. Writes <out-dir>/<date>-<host>-ab[-T].json.
 """
 
 from __future__ import annotations
@@ -66,10 +68,31 @@ KEYS = ("approved_per_s", "p50_ms", "p99_ms", "switch_cpu_us_per_auth", "switch_
         "hsm_cpu_us_per_auth", "fleet_cpu_us_per_auth")
 
 
-def worktree(rev: str, parent: Path) -> Path:
-    path = parent / f"tree-{rev.replace('/', '_')}"
+def worktree(rev: str, parent: Path, name: str = "") -> Path:
+    """REV checked out under `parent`, with its compiled modules built in place where the tree
+    has the optional build (setup.py), as `pip install -e .` would build them: a revision is
+    measured as it is installed. Prints which build the tree runs."""
+    path = parent / (name or f"tree-{rev.replace('/', '_')}")
     subprocess.run(["git", "worktree", "add", "--detach", "-q", str(path), rev], cwd=ROOT, check=True)
+    if (path / "setup.py").exists():
+        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=path, check=True,
+                       capture_output=True)
+        probe = "import switch.compiled as c; print(c.summary())"
+        built = subprocess.run([sys.executable, "-c", probe], cwd=path, env={**os.environ, "PYTHONPATH": str(path)},
+                               capture_output=True, text=True, check=True).stdout.strip()
+        print(f"tree {rev}: compiled modules {built}", flush=True)
     return path
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    """KEY=VALUE arguments as a dict (--base-env)."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--base-env wants KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
 
 
 def short_revs(base: str, head: str) -> dict[str, str]:
@@ -78,8 +101,9 @@ def short_revs(base: str, head: str) -> dict[str, str]:
                                  check=True).stdout.strip() for name, rev in (("base", base), ("head", head))}
 
 
-def one_round(tree: Path, work: Path, seconds: float, seed: int, rate: float = 0.0) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(tree)}  # the tree's own packages, in every process it starts
+def one_round(tree: Path, work: Path, seconds: float, seed: int, rate: float = 0.0,
+              extra_env: dict[str, str] | None = None) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), **(extra_env or {})}  # the tree's own packages, in every process
     done = subprocess.run([sys.executable, "-c", ROUND, str(work), str(seconds), str(seed), str(rate)], cwd=tree,
                           env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -95,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--rate", type=float, default=0.0,
                     help="open loop at this many requests a second (default 0: closed loop, capacity)")
+    ap.add_argument("--base-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment of the base side's processes (repeatable), e.g. EUM_PURE_PYTHON=1 to "
+                         "measure a revision's compiled build against its own pure Python (--base REV --head REV)")
     ap.add_argument("--tag", default="", help="suffix of the result file's name")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
@@ -102,24 +129,27 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.bench import describe_machine
 
     revs = short_revs(args.base, args.head)
-    if revs["base"] == revs["head"]:
+    base_env = parse_env(args.base_env)
+    if revs["base"] == revs["head"] and not base_env:
         raise SystemExit(f"--base and --head are the same commit ({revs['base']}): nothing to compare")
     runs: dict[str, list[dict]] = {"base": [], "head": []}
     with tempfile.TemporaryDirectory(prefix="eum-ab-") as tmp:
-        trees = {name: worktree(rev, Path(tmp)) for name, rev in revs.items()}
+        trees = {name: worktree(rev, Path(tmp), f"tree-{name}") for name, rev in revs.items()}
         try:
             for i in range(args.rounds):
                 for name in ("base", "head"):
                     work = Path(tmp) / f"work-{name}"
                     work.mkdir(exist_ok=True)
-                    r = one_round(trees[name], work, args.seconds, seed=100 + i, rate=args.rate)
+                    r = one_round(trees[name], work, args.seconds, seed=100 + i, rate=args.rate,
+                                  extra_env=base_env if name == "base" else None)
                     runs[name].append(r)
                     print(name, revs[name], json.dumps(r), flush=True)
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
     medians = {name: {k: round(statistics.median(r[k] for r in rs), 1) for k in KEYS} for name, rs in runs.items()}
-    result = {"machine": describe_machine(), "revisions": revs, "rounds": args.rounds, "seconds": args.seconds,
+    result = {"machine": describe_machine(), "revisions": revs, "base_env": base_env, "rounds": args.rounds,
+              "seconds": args.seconds,
               "loop": f"open, {args.rate:g}/s" if args.rate > 0 else "closed",
               "median": medians, "runs": runs,
               "ratio_head_to_base": {k: round(medians["head"][k] / medians["base"][k], 3)

@@ -1,7 +1,7 @@
 """The switch's own CPU per message, in process, with no network, fleet or HSM to share the
 machine with: frames go straight into the Processor and answers come straight back.
 
-    python benchmarks/core_bench.py [--base REV ...] [--rounds 5] [--messages 4000] [--out-dir DIR]
+    python benchmarks/core_bench.py [--base REV ...] [--pure] [--rounds 5] [--messages 4000] [--out-dir DIR]
 
 The plain path (security `none`, no HSM): a seeded ledger (`eum admin seed`, 20,000 cards,
 64 terminals), every terminal signed on, then `--messages` purchases of distinct cards and
@@ -12,7 +12,10 @@ answer must be 00 and the ledger must verify, or the run fails. With --base, eac
 checked out into a temporary git worktree (each tree seeds its own ledger, with its own schema) and
 rounds alternate REV…, this tree; medians per
 tree. This is how docs/performance.md's "Issue 10 levers" table is measured: one lever per
-commit, compared in one run. Writes <out-dir>/<date>-<host>-core.json.
+commit, compared in one run. A worktree with the optional compiled build (setup.py) is built in
+place first (benchmarks/ab.py `worktree`); this tree runs as installed. --pure adds this tree
+with EUM_PURE_PYTHON=1 as one more side: its compiled modules against its own pure Python.
+Writes <out-dir>/<date>-<host>-core.json.
 """
 
 from __future__ import annotations
@@ -106,8 +109,8 @@ def seed_template(tree: Path, work: Path) -> None:
         raise SystemExit(f"core_bench: seeding with {tree} failed:\n{done.stderr[-2000:]}")
 
 
-def measure(tree: Path, template: Path, messages: int, concurrency: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+def measure(tree: Path, template: Path, messages: int, concurrency: int, extra_env: dict[str, str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), **extra_env}
     done = subprocess.run([sys.executable, "-c", MEASURE, str(messages), str(concurrency), str(template)],
                           env=env, capture_output=True, text=True, cwd=template, timeout=600)
     if done.returncode != 0:
@@ -118,23 +121,24 @@ def measure(tree: Path, template: Path, messages: int, concurrency: int) -> dict
     return result
 
 
-def worktree(rev: str, parent: Path) -> Path:
-    path = parent / rev.replace("/", "_")
-    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(path), rev], cwd=ROOT, check=True)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", action="append", default=[], help="git revision to compare with (repeatable)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--messages", type=int, default=4000)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--pure", action="store_true",
+                    help="also measure this tree with EUM_PURE_PYTHON=1 (its compiled build against its pure Python)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.ab import worktree
     with tempfile.TemporaryDirectory(prefix="eum-core-bench-") as tmp:
-        trees = {rev: worktree(rev, Path(tmp)) for rev in args.base}
+        trees = {rev: worktree(rev, Path(tmp), rev.replace("/", "_")) for rev in args.base}
         trees["this tree"] = ROOT
+        envs = {name: {} for name in trees}
+        if args.pure:
+            trees["this tree, pure"], envs["this tree, pure"] = ROOT, {"EUM_PURE_PYTHON": "1"}
         templates = {}
         for i, (name, tree) in enumerate(trees.items()):  # each tree seeds with its own schema
             templates[name] = Path(tmp) / f"template{i}"
@@ -144,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for r in range(args.rounds):
                 for name, tree in trees.items():
-                    result = measure(tree, templates[name], args.messages, args.concurrency)
+                    result = measure(tree, templates[name], args.messages, args.concurrency, envs[name])
                     runs[name].append(result["cpu_us_per_msg"])
                     print(f"round {r + 1} {name}: {result['cpu_us_per_msg']} us/msg", flush=True)
         finally:
             for name, tree in trees.items():
-                if tree != ROOT:
+                if tree != ROOT and name in args.base:
                     subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     medians = {name: statistics.median(v) for name, v in runs.items()}

@@ -5,6 +5,7 @@ Pure module: imports nothing from I/O modules.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -37,6 +38,18 @@ class Merchant:
     annual_sales: int
     category: str = "general"
     online_mall: bool = False
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
+
+
+def fields_of(value: object) -> tuple[object, ...]:
+    """A frozen dataclass's field values in order: what its `__reduce__` rebuilds it from.
+
+    copy and pickle rebuild a frozen dataclass by assigning its fields, which a compiled
+    (mypyc) class refuses; `__reduce__` rebuilds it through `__init__`, the same way in both
+    builds (switch/compiled.py)."""
+    return tuple(getattr(value, f.name) for f in dataclasses.fields(value))  # type: ignore[arg-type]
 
 
 T = TypeVar("T")

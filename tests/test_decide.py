@@ -812,7 +812,7 @@ def test_a_right_pin_on_a_declined_purchase_still_resets_the_count():
 
 # ============================================================================ purity
 
-DECIDE_PY = Path(decide_module.__file__)
+DECIDE_PY = Path(decide_module.__file__).with_name("decide.py")  # the source, also beside a compiled build
 IO_MODULES = ("asyncio", "sqlite3", "socket", "selectors", "subprocess")
 
 

@@ -62,13 +62,13 @@ class View(Protocol):
     def tombstoned(self, key: MessageKey) -> bool: ...
 
 
-class PinVerified(Record):
+class PinVerified(Record, frozen=True):
     """The HSM's verdict on the request's PIN block against the card's PVV."""
 
     ok: bool
 
 
-class PinRefused(Record):
+class PinRefused(Record, frozen=True):
     """The HSM could not verify the PIN block (a malformed block: 55; a key fault: 63)."""
 
     rc: Rc
@@ -78,7 +78,7 @@ class PinRefused(Record):
 PinCheck = PinVerified | PinRefused | None
 
 
-class CardChange(Record):
+class CardChange(Record, frozen=True):
     """A card's balances after the decision (cash, cashback, receivable), for the hot state."""
 
     card_id: int
@@ -87,7 +87,7 @@ class CardChange(Record):
     receivable: int
 
 
-class Decision(Record):
+class Decision(Record, frozen=True):
     response: Response
     posting: Posting | None = None
     changes: tuple[Change, ...] = ()
@@ -398,11 +398,12 @@ class _Deciding:
         card.cash += amount - repay
         card.receivable += repay
         pid = view.next_posting_id
+        rrn = f"{pid:012d}"
         posting = Posting(id=pid, kind="charge", at=self.at, amount=amount,
                           entries=_merge([("bank_settlement", -amount), (cash_acc, amount - repay), (recv_acc, repay)]),
-                          card_id=state.id, tid=req.terminal, stan=req.stan, rrn=f"{pid:012d}",
+                          card_id=state.id, tid=req.terminal, stan=req.stan, rrn=rrn,
                           detail=ChargeDetail(state.member, repay))
-        resp = response(req, self.fields, Rc.APPROVED, rrn=posting.rrn, auth_code=f"{pid % 1_000_000:06d}",
+        resp = response(req, self.fields, Rc.APPROVED, rrn=rrn, auth_code=f"{pid % 1_000_000:06d}",
                         balances=card.balances())
         return self._decision(resp, posting=posting, changes=(CardMonthCharged(state.id, month, amount),), card=card)
 
@@ -451,6 +452,7 @@ class _Deciding:
             expires = iso(now + timedelta(days=self.rules.preauth.hold_days))
         else:
             assert isinstance(previous.detail, HoldDetail), f"hold {previous.id} has its detail"
+            assert previous.rrn is not None, f"hold {previous.id} has its RRN"
             rrn, root, held_before = previous.rrn, previous.original_id or previous.id, previous.remaining
             expires = previous.detail.expires
         posting = Posting(id=pid, kind="hold", at=self.at, amount=held_before + amount,
@@ -492,7 +494,7 @@ class _Deciding:
         if merchant is None:
             raise Decline(Rc.TERMINAL_NOT_PERMITTED, "merchant unknown")
         hold = self._open_hold(state, merchant)
-        quoted = view.message((req.terminal, req.original.stan, req.original.transmission_time))
+        quoted = view.message(_original_key(req))
         if (quoted is None or quoted.mti not in ("0100", "0120") or quoted.rc != Rc.APPROVED.value
                 or quoted.response.get("37") != hold.rrn):
             raise Decline(Rc.ORIGINAL_NOT_FOUND, "DE90 is not an approved authorization of this hold")
@@ -537,14 +539,15 @@ class _Deciding:
             raise Decline(Rc.INVALID_AMOUNT, "refund exceeds what is left of the original")
         card = _Card(state)
         posting, changes = self._undo_purchase(original, req.amount, "refund", card)
-        resp = response(req, self.fields, Rc.APPROVED, rrn=posting.rrn, auth_code=f"{posting.id % 1_000_000:06d}",
+        resp = response(req, self.fields, Rc.APPROVED, rrn=f"{posting.id:012d}",  # as _undo_purchase sets it
+                        auth_code=f"{posting.id % 1_000_000:06d}",
                         balances=card.balances())
         return self._decision(resp, posting=posting, changes=changes, card=card, fee=posting.fee,
                               cashback=posting.cashback)
 
     def _reversal(self) -> Decision:
         req, view = self.req, self.view
-        orig_key = (req.terminal, req.original.stan, req.original.transmission_time)
+        orig_key = _original_key(req)
         original_msg = view.message(orig_key)
         if original_msg is None:
             return self._decision(response(req, self.fields, Rc.APPROVED), note="original unknown: remembered",
@@ -552,6 +555,7 @@ class _Deciding:
         if original_msg.posting_id is None:
             return self._decision(response(req, self.fields, Rc.APPROVED), note="original had no posting")
         original = view.posting(original_msg.posting_id)
+        assert original is not None and original.card_id is not None, f"posting {original_msg.posting_id} is loaded"
         state = view.card_by_id(original.card_id)
         if state is None or state.pan != req.pan:
             raise Decline(Rc.ORIGINAL_NOT_FOUND, "reversal PAN differs from the original's")
@@ -616,7 +620,9 @@ class _Deciding:
         cashback return to the shares of what then stands of the purchase (the cumulative
         floor rule), so a later full undo still returns exactly what was posted."""
         d = r.detail
+        assert r.original_id is not None, f"refund {r.id} names its purchase"
         purchase = self.view.posting(r.original_id)
+        assert purchase is not None, f"purchase {r.original_id} of refund {r.id} is loaded"
         pd = purchase.detail
         assert isinstance(d, UndoDetail) and isinstance(pd, PurchaseDetail), f"refund {r.id} and its purchase"
         share = dict(original_amount=purchase.amount, undone_before=purchase.undone - r.amount, undone_now=r.amount)
@@ -650,6 +656,7 @@ class _Deciding:
         if posting is None:
             return Decision(resp, changes=self.pin_changes + changes, note=note)
         assert posting.imbalance() == 0, f"posting {posting.id} does not balance: {posting.imbalance()}"
+        assert card is not None, f"posting {posting.id} names its card"
         kept = PostingState(posting.id, posting.kind, posting.card_id, posting.mid, posting.amount, 0, posting.at,
                             posting.rrn, posting.original_id, posting.detail)
         return Decision(resp, posting=posting, changes=self.pin_changes + changes, cards=(card.change(),),
@@ -668,6 +675,13 @@ class _Deciding:
             district=merchant.district if merchant else None, terminal=self.req.terminal, stan=self.req.stan,
             original_posting_id=posting.original_id, extra=hold_facts(posting))
         return tuple(posting_events(self.view.ledger_id, facts))
+
+
+def _original_key(req: Request) -> MessageKey:
+    """The key of the message DE90 names (a completion's or a reversal's; parsing requires it)."""
+    original = req.original
+    assert original is not None, f"{req.mti} carries DE90"
+    return (req.terminal, original.stan, original.transmission_time)
 
 
 def release_posting(pid: int, hold: PostingState, card: CardState, amount: int, at: str, *,

@@ -28,6 +28,7 @@ import structlog
 
 from switch.wire.codec import (DecodeError, Dialect, EncodeError, check_responses, decode_fields, encode_fields,
                                parse_request, partial_fields)
+from switch import compiled
 from switch.ops import logs
 from switch.ops.config import SwitchConfig
 from switch.ops.metrics import Traffic
@@ -516,7 +517,7 @@ class SwitchServer:
             self._control = await asyncio.start_unix_server(self._control_client, path=str(sock_path))
         self._reaper = loop.create_task(self._reap_idle())
         log.info("switch_listening", host=self.config.host, port=self.port, dialect=self.processor.dialect.name,
-                 data_dir=str(self.config.data_dir))
+                 data_dir=str(self.config.data_dir), compiled=compiled.summary())
 
     async def _reap_idle(self) -> None:
         timeout = self.config.idle_timeout_s

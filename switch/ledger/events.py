@@ -30,7 +30,7 @@ FEE_SUBSIDY = "fee_subsidy:"            # ledger account prefixes, one account p
 CASHBACK_EXPENSE = "cashback_expense:"
 
 
-class CardFacts(Record):
+class CardFacts(Record, frozen=True):
     """The card as it stands after the posting (balances after)."""
 
     program: str
@@ -41,14 +41,14 @@ class CardFacts(Record):
     receivable: int
 
 
-class PostingFacts(Record):
+class PostingFacts(Record, frozen=True):
     posting_id: int
     kind: str                      # one of TRANSACTION_TYPES
     at: str                        # the posting's time: ISO 8601 in KST, microseconds
     card: CardFacts
     amount: int
     entries: tuple[tuple[str, int], ...]
-    rrn: str = ""
+    rrn: str | None = ""           # None for a posting without its own RRN (a release)
     merchant: str | None = None    # DE42 without padding
     district: str | None = None    # the merchant's district
     terminal: str | None = None

@@ -20,7 +20,7 @@ MessageKey = tuple[str, str, str]     # DE41 terminal, DE11 STAN, DE7 transmissi
 
 # ---------------------------------------------------------------------------- what a posting remembers
 
-class PurchaseDetail(Record):
+class PurchaseDetail(Record, frozen=True):
     """What a refund or reversal of this purchase needs: the shares to give back."""
 
     member: str
@@ -37,7 +37,7 @@ class PurchaseDetail(Record):
     policy: str
 
 
-class UndoDetail(Record):
+class UndoDetail(Record, frozen=True):
     """A refund or (partial) reversal of a purchase: what it gave back."""
 
     member: str
@@ -50,7 +50,7 @@ class UndoDetail(Record):
     eligible_back: int
 
 
-class RefundReversalDetail(Record):
+class RefundReversalDetail(Record, frozen=True):
     """A reversal of a refund."""
 
     member: str
@@ -59,7 +59,7 @@ class RefundReversalDetail(Record):
     reverses: int       # the refund's posting id
 
 
-class HoldDetail(Record):
+class HoldDetail(Record, frozen=True):
     """A pre-authorization's hold (posting kind `hold`): money moved from the card's cash to
     its held account, nothing to the merchant. An incremental authorization is a new hold
     posting with the same RRN that closes the one before and holds the total."""
@@ -69,13 +69,13 @@ class HoldDetail(Record):
     added: int          # what this authorization added to the hold (its own 0100's amount)
 
 
-class ChargeDetail(Record):
+class ChargeDetail(Record, frozen=True):
     member: str
     receivable_repaid: int
     auto: bool = False      # an auto-charge: the top-up a purchase triggered (docs/host-interface.md, "Auto-charge")
 
 
-class AutoCharge(Record):
+class AutoCharge(Record, frozen=True):
     """A card's auto-charge setting: when a purchase finds cash + cashback below `threshold`,
     `amount` is charged from the member's bank first, in the purchase's own commit."""
 
@@ -89,7 +89,7 @@ AUTO_CHARGE_META = "auto_charge:"  # meta key prefix: auto_charge:<card id> → 
 Detail = PurchaseDetail | UndoDetail | RefundReversalDetail | HoldDetail | ChargeDetail | None
 
 
-class Posting(Record):
+class Posting(Record, frozen=True):
     """One balanced set of entries, and the columns reports and undo read."""
 
     id: int
@@ -133,7 +133,7 @@ class PostingState:
         return self.amount - self.undone
 
 
-class MessageOutcome(Record):
+class MessageOutcome(Record, frozen=True):
     """The stored answer to one financial message, by its idempotency key."""
 
     key: MessageKey
@@ -174,7 +174,7 @@ class CardState:
 TERMINAL_STATUSES = ("active", "disabled")
 
 
-class Terminal(Record):
+class Terminal(Record, frozen=True):
     tid: str
     mid: str
     security: str
@@ -186,91 +186,91 @@ class Terminal(Record):
 
 # ---------------------------------------------------------------------------- changes a commit makes
 
-class MemberMonthMoved(Record):
+class MemberMonthMoved(Record, frozen=True):
     member: str
     month: str
     eligible: int           # delta of the member's eligible spend in that month
 
 
-class CardDayMoved(Record):
+class CardDayMoved(Record, frozen=True):
     card_id: int
     day: str
     spent: int              # delta of the card's spending that day
 
 
-class CardMonthCharged(Record):
+class CardMonthCharged(Record, frozen=True):
     card_id: int
     month: str
     charged: int            # delta of what was charged onto the card that month
 
 
-class PostingUndone(Record):
+class PostingUndone(Record, frozen=True):
     posting_id: int
     undone: int             # delta of the amount undone (refunds and reversals)
     reversed: int = 0       # of that, by reversal (a purchase's DE95 bookkeeping)
 
 
-class OriginalTombstoned(Record):
+class OriginalTombstoned(Record, frozen=True):
     key: MessageKey         # a reversal arrived before this original
     at: str
 
 
-class PinTriesSet(Record):
+class PinTriesSet(Record, frozen=True):
     card_id: int
     tries: int
     blocked: bool
 
 
-class KsnAccepted(Record):
+class KsnAccepted(Record, frozen=True):
     tid: str
     counter: int            # the terminal's highest DUKPT counter is at least this
 
 
-class CardStatusSet(Record):
+class CardStatusSet(Record, frozen=True):
     card_id: int
     status: str
 
 
-class CardPvvSet(Record):
+class CardPvvSet(Record, frozen=True):
     card_id: int
     pvv: str
 
 
-class CardIssued(Record):
+class CardIssued(Record, frozen=True):
     card: CardState
     issued_at: str
 
 
-class MerchantAdded(Record):
+class MerchantAdded(Record, frozen=True):
     merchant: Merchant
 
 
-class TerminalAdded(Record):
+class TerminalAdded(Record, frozen=True):
     terminal: Terminal
 
 
-class TerminalStatusSet(Record):
+class TerminalStatusSet(Record, frozen=True):
     tid: str
     status: str             # TERMINAL_STATUSES
 
 
-class MerchantUpdated(Record):
+class MerchantUpdated(Record, frozen=True):
     merchant: Merchant      # the whole row as it stands after the update (same mid)
 
 
-class MetaSet(Record):
+class MetaSet(Record, frozen=True):
     key: str
     value: str
 
 
-class KeyGroupAdded(Record):
+class KeyGroupAdded(Record, frozen=True):
     name: str
     profile: str
     bdk: str                # under the LMK
     kcv: str
 
 
-class RelayMarked(Record):
+class RelayMarked(Record, frozen=True):
     name: str
     seq: int
     at: str
@@ -281,7 +281,7 @@ Change = (MemberMonthMoved | CardDayMoved | CardMonthCharged | PostingUndone | O
           | KeyGroupAdded | RelayMarked | TerminalStatusSet | MerchantUpdated)
 
 
-class OutboxEvent(Record):
+class OutboxEvent(Record, frozen=True):
     """One outbox row: `payload` is the JSON published as is (`event_id` is inside it too)."""
 
     event_id: str

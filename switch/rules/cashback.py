@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 
-from switch.domain import DISTRICTS, Merchant, in_force_at
+from switch.domain import DISTRICTS, Merchant, fields_of, in_force_at
 from switch.record import Record
 
 BP_PER_UNIT = 10_000
@@ -31,6 +31,9 @@ class SpendTier:
     upto: int | None
     rate_bp: int
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
+
 
 @dataclass(frozen=True, slots=True)
 class SalesBand:
@@ -38,6 +41,9 @@ class SalesBand:
 
     sales_max: int | None
     tiers: tuple[SpendTier, ...]
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +58,9 @@ class Layer:
     @property
     def rate_bp_max(self) -> int:
         return max(tier.rate_bp for band in self.bands for tier in band.tiers)
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +77,20 @@ class CashbackPolicy:
         """Upper bound on the total rate any one purchase can earn under this policy."""
         return sum(layer.rate_bp_max for layer in self.layers)
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
+
 
 @dataclass(frozen=True, slots=True)
 class CashbackBook:
     policies: tuple[CashbackPolicy, ...]  # ascending effective_from
     program_districts: dict[str, str | None]  # card program id -> home district
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
 
-class CashbackQuote(Record):
+
+class CashbackQuote(Record, frozen=True):
     policy_id: str
     eligible: int
     by_funder: tuple[tuple[str, int], ...]

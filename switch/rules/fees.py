@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 
-from switch.domain import Merchant, in_force_at
+from switch.domain import Merchant, fields_of, in_force_at
 from switch.record import Record
 
 BP_PER_UNIT = 10_000
@@ -28,6 +28,9 @@ class FeeTier:
     id: str
     sales_max: int | None
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
+
 
 @dataclass(frozen=True, slots=True)
 class FeeSchedule:
@@ -35,6 +38,9 @@ class FeeSchedule:
 
     effective_from: datetime
     check_bp: dict[str, int]
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,9 @@ class FeeSupport:
     sales_above: int | None = None
     programs: tuple[str, ...] | None = None
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
+
 
 @dataclass(frozen=True, slots=True)
 class FeeBook:
@@ -71,8 +80,11 @@ class FeeBook:
         """True when DE22 says the card was not present (an absent DE22 means present)."""
         return entry_mode[:2] in self.ecommerce_entry_modes
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
 
-class FeeQuote(Record):
+
+class FeeQuote(Record, frozen=True):
     tier: str
     rate_bp: int
     fee: int

@@ -26,7 +26,7 @@ from switch.rules.cashback import (
     SpendTier,
 )
 from switch.configdir import config_dir
-from switch.domain import DISTRICTS, KST, Merchant, in_force_at
+from switch.domain import DISTRICTS, KST, Merchant, fields_of, in_force_at
 from switch.rules.fees import FeeBook, FeeSchedule, FeeSupport, FeeTier
 
 __all__ = [
@@ -74,6 +74,9 @@ class Program:
         prefix = pan[:BIN_PREFIX_LENGTH]
         return any(low <= prefix <= high for low, high in self.bins)
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -81,6 +84,9 @@ class Limits:
     holding_max: int
     charge_month_max: int | None
     daily_spend_max: int
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +99,9 @@ class Preauth:
     def completion_max(self, hold: int) -> int:
         return hold + hold * self.completion_tolerance_pct // 100
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
+
 
 @dataclass(frozen=True, slots=True)
 class LimitPeriod:
@@ -102,6 +111,11 @@ class LimitPeriod:
 
 # The merchant category of a bank channel: its terminals send members' top-ups (0200, processing
 # code 21) and nothing else (docs/host-interface.md, "Charges from a bank channel").
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
+
+
 BANK_CHANNEL = "bank_channel"
 
 # Who is not permitted a transaction (ISO 8583 response codes 57 and 58 respectively).
@@ -115,6 +129,9 @@ class ChannelRefusal:
 
     party: str  # CARDHOLDER | TERMINAL
     note: str
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +178,9 @@ class Rules:
         if period is None:
             raise ValueError(f"no limits in force at {now.isoformat()}")
         return period.limits
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle: see fields_of
+        return type(self), fields_of(self)
 
 
 def default_config_dir() -> pathlib.Path:

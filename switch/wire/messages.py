@@ -85,7 +85,7 @@ class FieldError(ValueError):
         self.rc = rc
 
 
-class OriginalData(Record):
+class OriginalData(Record, frozen=True):
     """DE90: what a reversal points at."""
 
     mti: str
@@ -93,7 +93,7 @@ class OriginalData(Record):
     transmission_time: str
 
 
-class Request(Record):
+class Request(Record, frozen=True):
     mti: str
     kind: Kind
     terminal: str
@@ -131,12 +131,12 @@ class Request(Record):
         return REPEAT_OF.get(self.mti, self.mti)
 
 
-class Balances(Record):
+class Balances(Record, frozen=True):
     cash: int
     cashback: int
 
 
-class Response(Record):
+class Response(Record, frozen=True):
     mti: str
     rc: Rc
     echo: dict[str, str] = msgspec.field(default_factory=dict)  # request fields echoed back, by DE number

@@ -18,6 +18,8 @@
 set -euo pipefail
 
 MUTMUT_VERSION=3.8.1
+# mutants are edits of the .py files: a compiled build beside them (setup.py) must not run instead
+export EUM_PURE_PYTHON=1
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 

@@ -1,0 +1,109 @@
+"""The hot path's compiled modules: which they are, which are loaded, and the way back to the
+pure Python.
+
+Where the install found a C compiler, `pip install -e .` compiles the modules named in
+`MODULES` with mypyc (setup.py); without one it installs them as they are. Either way the
+Python source is the reference: the compiled module is built from it, mypy-checked, and
+tests/test_compiled.py runs the decision and rules tests and a differential run against the
+pure modules too. `EUM_PURE_PYTHON=1` in the environment makes every process (and the
+processes it starts) import the `.py` files even where a build is present: the way to rule
+the compiled code out when a result looks wrong (docs/performance.md, "The compiled hot
+path").
+
+Only pure modules are listed: no I/O, no event loop, no msgspec record classes of their own
+kept by other modules' isinstance checks beyond what mypyc supports (switch/record.py and
+switch/wire/messages.py stay Python).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+PURE_ENV = "EUM_PURE_PYTHON"
+# Written by setup.py beside this file when it compiles: each listed module's source digest.
+BUILT_FROM = Path(__file__).with_name("compiled-sources.txt")
+
+MODULES = (
+    "switch.domain",
+    "switch.rules.fees",
+    "switch.rules.cashback",
+    "switch.rules.policy",
+    "switch.authorize.decide",
+)
+
+
+def pure_wanted() -> bool:
+    return os.environ.get(PURE_ENV, "") not in ("", "0")
+
+
+def source_digests(root: Path) -> str:
+    """One line per listed module: its name and the sha256 of its source under `root`."""
+    lines = []
+    for name in MODULES:
+        source = root.joinpath(*name.split(".")).with_suffix(".py")
+        lines.append(f"{name} {hashlib.sha256(source.read_bytes()).hexdigest()}\n")
+    return "".join(lines)
+
+
+def stale() -> bool:
+    """True when a listed module's source changed since the build (an editable checkout that
+    was edited, or checked out at another revision, without `pip install -e .` again): the
+    compiled modules call one another directly, so one stale module makes the whole build
+    stale, and the sources are loaded instead."""
+    try:
+        built = BUILT_FROM.read_text(encoding="utf-8")
+    except OSError:
+        return False  # no record: an installed wheel (sources not editable) or no build at all
+    try:
+        return built != source_digests(Path(__file__).resolve().parents[1])
+    except OSError:
+        return True
+
+
+def is_compiled(module: ModuleType) -> bool:
+    """True when the module was loaded from an extension (a mypyc build), not its source."""
+    return isinstance(getattr(module, "__loader__", None), importlib.machinery.ExtensionFileLoader)
+
+
+def status() -> dict[str, bool]:
+    """Each listed module (imported now if it was not yet) and whether it runs compiled."""
+    result = {}
+    for name in MODULES:
+        result[name] = is_compiled(importlib.import_module(name))
+    return result
+
+
+def summary() -> str:
+    """`compiled N/M`, as `eum switch` logs it in `switch_listening` (docs/operations.md)."""
+    loaded = status()
+    return f"{sum(loaded.values())}/{len(loaded)}"
+
+
+class _SourceOnly(importlib.abc.MetaPathFinder):
+    """Finds the listed modules' `.py` files, ahead of the extension beside them."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in MODULES or not path:
+            return None
+        leaf = fullname.rpartition(".")[2] + ".py"
+        for entry in path:
+            source = Path(entry) / leaf
+            if source.is_file():
+                return importlib.util.spec_from_file_location(fullname, source)
+        return None
+
+
+def choose() -> None:
+    """Called by switch/__init__.py: with EUM_PURE_PYTHON set, or a build older than its
+    sources, the sources win."""
+    if (pure_wanted() or stale()) and not any(isinstance(f, _SourceOnly) for f in sys.meta_path):
+        sys.meta_path.insert(0, _SourceOnly())

@@ -1,0 +1,112 @@
+"""The optional compiled build (setup.py, mypyc; switch/compiled.py) against the pure Python,
+the reference.
+
+- Where the install found a C compiler, every listed module runs compiled: a build that
+  silently fell back (a type error mypyc refused, say) fails here rather than going unnoticed.
+- `EUM_PURE_PYTHON=1` loads every listed module from its `.py` file, in the process and in
+  the processes it starts.
+- Differential: tests/compiled_probe.py drives the decision core through 400 seeded random
+  requests on each build; the two printed histories (every Decision's repr: response, posting,
+  entries, changes, balances, events) must be identical.
+- The decision and rules tests, which this run ran on one build, run again on the other.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from switch import compiled
+from switch_process import provisioned, running_switch
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS_COMPILED = any(compiled.status().values())
+ON_BOTH = ["tests/test_decide.py", "tests/test_decide_preauth.py", "tests/test_worked_examples.py",
+           "tests/test_rules_properties.py", "tests/test_fees.py", "tests/test_fees_boundaries.py",
+           "tests/test_cashback.py", "tests/test_config_validation.py", "tests/test_online_mall.py"]
+
+
+def env(pure: bool) -> dict[str, str]:
+    values = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV}
+    if pure:
+        values[compiled.PURE_ENV] = "1"
+    return values
+
+
+def run(args: list[str], *, pure: bool, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], env=env(pure), capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout)
+
+
+def a_compiler_is_found() -> bool:
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+    return bool(cc) and shutil.which(cc[0]) is not None
+
+
+def test_where_a_compiler_is_found_every_listed_module_runs_compiled():
+    if compiled.pure_wanted():
+        pytest.skip("EUM_PURE_PYTHON is set for this run: the sources are wanted")
+    if not a_compiler_is_found() or os.environ.get("EUM_BUILD_PURE"):
+        pytest.skip("no C compiler (or EUM_BUILD_PURE): the install is pure Python by design")
+    assert compiled.status() == {name: True for name in compiled.MODULES}, (
+        "a C compiler is here but the listed modules do not all run compiled (no build, a failed "
+        f"one, or sources changed since: stale={compiled.stale()}): run `python3 -m pip install -e .` "
+        "again and read its `eum-switch build:` lines")
+
+
+def test_eum_pure_python_loads_every_listed_module_from_its_source():
+    probe = ("import importlib, switch.compiled as c; "
+             "print(sorted((n, importlib.import_module(n).__file__.rsplit('.', 1)[1]) for n in c.MODULES))")
+    done = run(["-c", probe], pure=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == repr(sorted((name, "py") for name in compiled.MODULES))
+
+
+def test_the_compiled_and_the_pure_decisions_are_identical_over_a_random_history():
+    if not RUNS_COMPILED:
+        pytest.skip("no compiled build in this install: there is only the pure Python to run")
+    pure = run(["tests/compiled_probe.py", "20261129", "400"], pure=True)
+    built = run(["tests/compiled_probe.py", "20261129", "400"], pure=False)
+    assert pure.returncode == 0, pure.stderr
+    assert built.returncode == 0, built.stderr
+    pure_lines, built_lines = pure.stdout.splitlines(), built.stdout.splitlines()
+    assert pure_lines[0] == f"compiled 0/{len(compiled.MODULES)}"
+    assert built_lines[0] == f"compiled {len(compiled.MODULES)}/{len(compiled.MODULES)}"
+    assert len(pure_lines) == len(built_lines) == 401
+    for p, b in zip(pure_lines[1:], built_lines[1:]):
+        assert b == p
+    # the history crosses what it is meant to: approvals of each kind, declines of several codes
+    body = "\n".join(pure_lines[1:])
+    for kind in ("purchase", "refund", "reversal", "balance"):
+        assert any(line.split(" ", 2)[1].rstrip(":") == kind and "rc=<Rc.APPROVED" in line for line in pure_lines[1:]), kind
+    for code in ("UNKNOWN_CARD", "EXPIRED_CARD", "INSUFFICIENT_FUNDS", "INVALID_AMOUNT"):
+        assert f"rc=<Rc.{code}" in body, code
+
+
+def test_the_decision_and_rules_tests_pass_on_the_other_build():
+    if not RUNS_COMPILED:
+        pytest.skip("no compiled build in this install: this run's tests ran the pure Python already")
+    done = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", *ON_BOTH], pure=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert " passed" in done.stdout.splitlines()[-1] and "failed" not in done.stdout.splitlines()[-1]
+
+
+async def test_eum_switch_logs_which_build_it_runs(tmp_path, monkeypatch):
+    """`switch_listening` carries `compiled`: `N/M` of the listed modules (docs/operations.md)."""
+    data_dir, pure_dir = tmp_path / "var", tmp_path / "pure" / "var"  # one log file each
+    await provisioned(data_dir)
+    await provisioned(pure_dir)
+    with running_switch(data_dir, tmp_path) as switch:
+        [built] = switch.logged("the start line", event="switch_listening")
+    monkeypatch.setenv(compiled.PURE_ENV, "1")
+    with running_switch(pure_dir, tmp_path / "pure") as switch:
+        [pure] = switch.logged("the start line", event="switch_listening")
+    listed = len(compiled.MODULES)
+    assert pure["compiled"] == f"0/{listed}"
+    assert built["compiled"] == (f"{listed}/{listed}" if RUNS_COMPILED else f"0/{listed}")
