@@ -37,6 +37,7 @@ MODULES = (
     "switch.rules.cashback",
     "switch.rules.policy",
     "switch.authorize.decide",
+    "switch.wire.codec",
 )
 
 

@@ -6,7 +6,8 @@ identical (tests/test_compiled.py). Not a test file itself.
 
 The first line says which build ran (`compiled N/M`); then one line per request: its number,
 what it was, and the Decision's repr (response, posting and entries, changes, card balances,
-events with their ids and payloads). Purchases of random amounts at shops of every district and
+events with their ids and payloads), followed by one line per shipped dialect: the request
+encoded, decoded and parsed, cut short and decoded, and the response encoded. Purchases of random amounts at shops of every district and
 sales band, refunds and (partial) reversals of earlier purchases, balance inquiries, unknown
 and expired cards, over five years of rules (2019-07 to 2024), so that tiers, caps and the
 fee schedules' changes are all crossed.
@@ -24,11 +25,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from switch import compiled  # noqa: E402
 from switch.authorize.decide import decide  # noqa: E402
 from switch.domain import DISTRICTS  # noqa: E402
+from switch.wire.codec import (DecodeError, EncodeError, FieldError, decode_fields, dialects_dir,  # noqa: E402
+                               encode_fields, load_dialect, parse_request, response_fields)
 from switch.wire.messages import Rc  # noqa: E402
 from test_decide import (LAUNCH, RULES, DictView, balance, committed, incheon_card, namdong_card, pan_of,  # noqa: E402
                          purchase, refund, reversal, shop)
 
 SALES = (30_000_000, 250_000_000, 400_000_000, 700_000_000, 1_000_000_000, 3_000_000_000)
+
+
+DIALECTS = [load_dialect(path.stem) for path in sorted(dialects_dir().glob("*.toml"))]
+
+
+def outcome(fn, *args) -> str:  # type: ignore[no-untyped-def]
+    """What a codec call gives, as text: its result, or its error (class, field, message)."""
+    try:
+        result = fn(*args)
+    except (DecodeError, EncodeError, FieldError) as exc:
+        return f"{type(exc).__name__}({getattr(exc, 'field', '')!r}, {str(exc)!r})"
+    return result.hex() if isinstance(result, bytes) else repr(result)
+
+
+def on_the_wire(rng: random.Random, fields: dict[str, str], decision: object) -> list[str]:
+    """The request and the response through every shipped dialect's codec: encoded, decoded,
+    parsed; the request also cut short at a random byte (a DecodeError's text must match)."""
+    lines = []
+    for dialect in DIALECTS:
+        try:
+            wire = encode_fields(fields, dialect)
+        except EncodeError as exc:
+            lines.append(f"  {dialect.name} request: EncodeError({exc.field!r}, {str(exc)!r})")
+            continue
+        decoded = outcome(decode_fields, wire, dialect)
+        parsed = outcome(lambda w: parse_request(decode_fields(w, dialect)), wire)
+        cut = outcome(decode_fields, wire[: rng.randrange(len(wire))], dialect)
+        answer = outcome(encode_fields, response_fields(decision.response), dialect)  # type: ignore[attr-defined]
+        lines.append(f"  {dialect.name} request {wire.hex()} -> {decoded} -> {parsed}; cut: {cut}; answer {answer}")
+    return lines
 
 
 def history(seed: int, count: int) -> list[str]:
@@ -73,6 +106,7 @@ def history(seed: int, count: int) -> list[str]:
         if req.kind.name == "PURCHASE" and decision.response.rc is Rc.APPROVED:
             approved.append((req.pan, stan, req.amount, decision.response.rrn, where))
         lines.append(f"{n} {what}: {decision!r}")
+        lines.extend(on_the_wire(rng, fields, decision))
     return lines
 
 

@@ -6,9 +6,11 @@ the reference.
 - `EUM_PURE_PYTHON=1` loads every listed module from its `.py` file, in the process and in
   the processes it starts.
 - Differential: tests/compiled_probe.py drives the decision core through 400 seeded random
-  requests on each build; the two printed histories (every Decision's repr: response, posting,
-  entries, changes, balances, events) must be identical.
-- The decision and rules tests, which this run ran on one build, run again on the other.
+  requests on each build, and each request and response through every shipped dialect's codec;
+  the two printed histories (every Decision's repr: response, posting, entries, changes,
+  balances, events; the bytes, fields, parsed request or error of each codec call) must be
+  identical.
+- The decision, rules and codec tests, which this run ran on one build, run again on the other.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS_COMPILED = any(compiled.status().values())
 ON_BOTH = ["tests/test_decide.py", "tests/test_decide_preauth.py", "tests/test_worked_examples.py",
            "tests/test_rules_properties.py", "tests/test_fees.py", "tests/test_fees_boundaries.py",
-           "tests/test_cashback.py", "tests/test_config_validation.py", "tests/test_online_mall.py"]
+           "tests/test_cashback.py", "tests/test_config_validation.py", "tests/test_online_mall.py",
+           "tests/test_codec.py", "tests/test_codec_compiled.py", "tests/test_dialect_settings.py",
+           "tests/test_host_spec.py"]
 
 
 def env(pure: bool) -> dict[str, str]:
@@ -78,11 +82,16 @@ def test_the_compiled_and_the_pure_decisions_are_identical_over_a_random_history
     pure_lines, built_lines = pure.stdout.splitlines(), built.stdout.splitlines()
     assert pure_lines[0] == f"compiled 0/{len(compiled.MODULES)}"
     assert built_lines[0] == f"compiled {len(compiled.MODULES)}/{len(compiled.MODULES)}"
-    assert len(pure_lines) == len(built_lines) == 401
+    assert len(pure_lines) == len(built_lines) == 1 + 400 * 5  # a decision and four dialects' wire lines each
     for p, b in zip(pure_lines[1:], built_lines[1:]):
         assert b == p
-    # the history crosses what it is meant to: approvals of each kind, declines of several codes
+    # the history crosses what it is meant to: approvals of each kind, declines of several codes,
+    # every dialect's codec, and its errors
     body = "\n".join(pure_lines[1:])
+    for dialect in ("ascii4-mac128", "bcd-tpdu", "default", "iso93-text"):
+        assert f"  {dialect} request" in body, dialect
+    assert body.count("; cut: DecodeError(") == 400 * 3  # ascii4-mac128's requests do not encode at all:
+    assert body.count("  ascii4-mac128 request: EncodeError('7', ") == 400  # its DE7 has 12 digits
     for kind in ("purchase", "refund", "reversal", "balance"):
         assert any(line.split(" ", 2)[1].rstrip(":") == kind and "rc=<Rc.APPROVED" in line for line in pure_lines[1:]), kind
     for code in ("UNKNOWN_CARD", "EXPIRED_CARD", "INSUFFICIENT_FUNDS", "INVALID_AMOUNT"):

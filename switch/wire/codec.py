@@ -142,7 +142,7 @@ class Dialect:
     spec: dict[str, dict[str, Any]]
     compiled: "_Compiled | None" = field(default=None, init=False, repr=False, compare=False)
     settings: DialectSettings | None = None  # None: no settings tables, no translation
-    mac_plan: _MacPlan | None = field(default=None, init=False, repr=False, compare=False)
+    mac_plan: _MacPlan = field(init=False, repr=False, compare=False)  # set by __post_init__
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "compiled", _compile(self.spec))
@@ -326,7 +326,7 @@ def _settings(data: dict[str, Any], spec: dict[str, dict[str, Any]], refuse) -> 
 def _mac_plan(spec: dict[str, dict[str, Any]], mac: MacLayout) -> _MacPlan:
     h, t, p = spec.get("h"), spec.get("t"), spec.get("p")
     fixed = h is not None and t is not None and p is not None and not h["len_type"] and not t["len_type"]
-    return _MacPlan(bitmap_at=h["max_len"] + t["max_len"] if fixed else None,
+    return _MacPlan(bitmap_at=h["max_len"] + t["max_len"] if fixed and h is not None and t is not None else None,
                     bitmap_text="" if p is None or p["data_enc"] == "b" else p["data_enc"],
                     field=int(mac.field or 0), size=MAC_SIZE[mac.form], hex=mac.form == "hex")
 
@@ -548,7 +548,8 @@ def parse_request(fields: dict[str, str]) -> Request:
     mti = fields.get("t", "")
     if mti not in RESPONSE_MTI:
         raise FieldError("0", f"MTI {mti!r} not supported", rc=Rc.INVALID_TRANSACTION)
-    base = {"mti": mti, "digest": idempotency_digest(fields), "mac": fields.get("64", fields.get("128", ""))}
+    base: dict[str, Any] = {"mti": mti, "digest": idempotency_digest(fields),
+                            "mac": fields.get("64", fields.get("128", ""))}
     if mti == "0800":
         code = _digits(fields, "70", size=3)
         if code not in NETWORK_CODES:
@@ -903,6 +904,7 @@ def _last_field(raw: bytes, plan: _MacPlan) -> tuple[int, bool]:
     whether a secondary bitmap is present)."""
     size = 16 if plan.bitmap_text else 8
     at = plan.bitmap_at
+    assert at is not None, "called only for a bitmap at a fixed offset"
 
     def bitmap(i: int) -> int:
         chunk = raw[at + i * size : at + (i + 1) * size]
