@@ -55,6 +55,8 @@ class OptionalBuildExt(build_ext):
     since the compiled modules import one shared library (a shim without it cannot load)."""
 
     def run(self) -> None:
+        for old in (ROOT / "switch").rglob("*.so"):  # an earlier build's, maybe of a module no longer listed
+            old.unlink()
         try:
             super().run()
         except Exception as exc:  # a compiler error: keep the install, without the extensions

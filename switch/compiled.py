@@ -38,6 +38,9 @@ MODULES = (
     "switch.rules.policy",
     "switch.authorize.decide",
     "switch.wire.codec",
+    "switch.wire.framing",
+    "switch.ledger.events",
+    "switch.authorize.seen",
 )
 
 
