@@ -41,6 +41,7 @@ MODULES = (
     "switch.wire.framing",
     "switch.ledger.events",
     "switch.authorize.seen",
+    "switch.authorize.state",
 )
 
 

@@ -230,19 +230,16 @@ def _cards(store, n: int) -> None:
            for i in range(1, n + 1)])
 
 
-def test_a_warm_budget_stops_taking_cards_after_the_page_that_passes_it(store, monkeypatch):
+def test_a_warm_budget_stops_taking_cards_after_the_page_that_passes_it(store):
     from datetime import datetime
 
-    import switch.authorize.state as state_module
-
     _cards(store, 25_001)
-    ticks = iter(range(100))  # a clock that moves one second at each look: the budget of 1.5 s
-    monkeypatch.setattr(state_module.time, "perf_counter", lambda: next(ticks))  # allows one page
+    ticks = iter(range(100))  # a clock that moves one second at each look: a budget of 1.5 s allows one page
     reader = SqliteReader(store)
     try:
         state = HotState(reader)
         now = datetime.fromisoformat("2025-10-15T12:00:00+09:00")
-        assert state.warm(now, budget_s=1.5) == HotState.WARM_PAGE
+        assert state.warm(now, budget_s=1.5, clock=lambda: next(ticks)) == HotState.WARM_PAGE
         assert (len(state.cards), state.member_months.complete, state.card_days.complete) == (10_000, True, True)
         assert state.cards.by_pan("9410100000010001") is None  # past the budget: read on first use
         assert state.load_card_for("9410100000010001", now).id == 10_001

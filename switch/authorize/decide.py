@@ -494,7 +494,7 @@ class _Deciding:
         if merchant is None:
             raise Decline(Rc.TERMINAL_NOT_PERMITTED, "merchant unknown")
         hold = self._open_hold(state, merchant)
-        quoted = view.message(_original_key(req))
+        quoted = view.message(req.original_key)
         if (quoted is None or quoted.mti not in ("0100", "0120") or quoted.rc != Rc.APPROVED.value
                 or quoted.response.get("37") != hold.rrn):
             raise Decline(Rc.ORIGINAL_NOT_FOUND, "DE90 is not an approved authorization of this hold")
@@ -547,7 +547,7 @@ class _Deciding:
 
     def _reversal(self) -> Decision:
         req, view = self.req, self.view
-        orig_key = _original_key(req)
+        orig_key = req.original_key
         original_msg = view.message(orig_key)
         if original_msg is None:
             return self._decision(response(req, self.fields, Rc.APPROVED), note="original unknown: remembered",
@@ -675,13 +675,6 @@ class _Deciding:
             district=merchant.district if merchant else None, terminal=self.req.terminal, stan=self.req.stan,
             original_posting_id=posting.original_id, extra=hold_facts(posting))
         return tuple(posting_events(self.view.ledger_id, facts))
-
-
-def _original_key(req: Request) -> MessageKey:
-    """The key of the message DE90 names (a completion's or a reversal's; parsing requires it)."""
-    original = req.original
-    assert original is not None, f"{req.mti} carries DE90"
-    return (req.terminal, original.stan, original.transmission_time)
 
 
 def release_posting(pid: int, hold: PostingState, card: CardState, amount: int, at: str, *,

@@ -216,7 +216,7 @@ class Engine:
                 rc = Rc.INCORRECT_PIN if exc.error in ("20", "23", "24") else Rc.SECURITY_VIOLATION
                 pin = PinRefused(rc, f"PIN: HSM error {exc.error}")
         if req.kind is Kind.REVERSAL:  # reverse only what is settled
-            original_key = (req.terminal, req.original.stan, req.original.transmission_time)
+            original_key = req.original_key
             if original_key in self.pending:
                 await self.pending.wait(original_key)
         lock = card.member if card is not None else "pan:" + req.pan

@@ -21,7 +21,7 @@ import time
 from array import array
 from collections import OrderedDict
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable, ClassVar
 
 from switch.domain import Merchant, day_key, month_key
 from switch.ledger.records import (AUTO_CHARGE_META, AutoCharge, CardDayMoved, CardIssued, CardMonthCharged,
@@ -47,7 +47,7 @@ class PeriodCounters:
 
     def __init__(self) -> None:
         self.period = ""
-        self.values: dict = {}
+        self.values: Any = {}  # a dict here; CardCounters keeps an array("q") indexed by card id
         self.complete = False  # every stored counter of `period` is held: one not held is 0 (HotState.warm)
 
     def holds(self, key: object, period: str) -> bool:
@@ -95,7 +95,7 @@ class CardCounters(PeriodCounters):
 
     def __init__(self) -> None:
         super().__init__()
-        self.values = array("q")  # type: ignore[assignment]
+        self.values = array("q")
         self.held = bytearray()
         self.count = 0
 
@@ -190,10 +190,10 @@ class CardTable:
             grow = cid + 1 - len(self.keys)
             self.keys.extend([None] * grow)
             zeros = bytes(8 * grow)
-            for column in (self.cash, self.cashback, self.receivable):
-                column.frombytes(zeros)
-            for column in (self.tries, self.blocked, self.status, self.program):
-                column.extend(bytes(grow))
+            for counts in (self.cash, self.cashback, self.receivable):
+                counts.frombytes(zeros)
+            for flags in (self.tries, self.blocked, self.status, self.program):
+                flags.extend(bytes(grow))
             self.expiry.frombytes(bytes(2 * grow))
             self.member.frombytes(bytes(self.member.itemsize * grow))
         key = self.key(card.pan)
@@ -326,9 +326,10 @@ class HotState:
         if self.next_card_id >= self.card_ids_end:
             self.next_card_id, self.card_ids_end = self.ids.block("card")
 
-    WARM_PAGE = 10_000
+    WARM_PAGE: ClassVar[int] = 10_000
 
-    def warm(self, now: datetime, *, budget_s: float | None = None) -> int:
+    def warm(self, now: datetime, *, budget_s: float | None = None,
+             clock: Callable[[], float] = time.perf_counter) -> int:
         """The current month's and day's counters, then the cards in id order, into memory (a
         few statements instead of one read per new card: docs/performance.md, "PostgreSQL: a
         warm hot state", "A warm hot state on SQLite"). Only for the ledger's one writer, before
@@ -344,9 +345,9 @@ class HotState:
         for card_id, spent in self.reader.day_counters(day):
             self.card_days.set(card_id, day, spent)
         self.card_days.completed(day)
-        deadline = None if budget_s is None else time.perf_counter() + budget_s
+        deadline = None if budget_s is None else clock() + budget_s
         last, n = 0, 0
-        while deadline is None or time.perf_counter() < deadline:
+        while deadline is None or clock() < deadline:
             page = self.reader.cards_page(last, self.WARM_PAGE)
             for card in page:
                 self.cards.put(card)
@@ -489,7 +490,7 @@ class HotState:
             if req.kind is Kind.DEPOSIT or (req.kind is Kind.PURCHASE and card.id in self.auto_charges):
                 self.load_card_month_charged(card.id, month_key(now))
         if req.kind is Kind.REVERSAL:
-            original = self.load_message((req.terminal, req.original.stan, req.original.transmission_time))
+            original = self.load_message(req.original_key)
             if original is not None and original.posting_id is not None:
                 self._load_undo_chain(original.posting_id)
                 p = self.postings.get(original.posting_id)
@@ -502,7 +503,7 @@ class HotState:
                 if p is not None:
                     self._load_undo_chain(p.id)
             if req.kind is Kind.COMPLETION:  # DE90: the pre-authorization it completes
-                self.load_message((req.terminal, req.original.stan, req.original.transmission_time))
+                self.load_message(req.original_key)
 
     def _load_undo_chain(self, posting_id: int) -> None:
         """A posting to undo, its original (a refund's purchase), their card, merchant and
@@ -642,3 +643,4 @@ class HotState:
         horizon = self.clock_s - self.messages_age_s
         while tombstones and (len(tombstones) > self.tombstones_max or next(iter(tombstones.values())) < horizon):
             tombstones.popitem(last=False)
+

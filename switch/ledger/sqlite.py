@@ -322,7 +322,8 @@ class SqliteReader:
                    status: str | None = None) -> list[CardState]:
         """Up to `limit` cards with ids above `after_id`, in id order (HotState.warm), only those
         of `program`, `member`, `status` when given (eum admin card list|find)."""
-        where, args = ["c.id > ?"], [after_id]
+        where: list[str] = ["c.id > ?"]
+        args: list[object] = [after_id]
         for column, value in (("c.program", program), ("c.member", member), ("c.status", status)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -363,8 +364,8 @@ class SqliteReader:
 
     @staticmethod
     def _card_state(row: tuple) -> CardState:
-        return CardState(*row[:6], cash=row[9], cashback=row[10], receivable=row[11], pvv=row[6], pin_tries=row[7],
-                         pin_blocked=bool(row[8]))
+        return CardState(row[0], row[1], row[2], row[3], row[4], row[5], cash=row[9], cashback=row[10],
+                         receivable=row[11], pvv=row[6], pin_tries=row[7], pin_blocked=bool(row[8]))
 
     def _card(self, where: str, args: tuple) -> CardState | None:
         row = self._card_row(where, args)
@@ -425,7 +426,8 @@ class SqliteReader:
             f"WHERE {where}", (arg,)).fetchone()
         if row is None:
             return None
-        return PostingState(*row[:9], parse_detail(row[9]), reversed=row[10])
+        return PostingState(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8],
+                            parse_detail(row[9]), reversed=row[10])
 
     def posting(self, posting_id: int) -> PostingState | None:
         return self._posting("id=?", posting_id)

@@ -123,6 +123,15 @@ class Request(Record, frozen=True):
         return (self.terminal, self.stan, self.transmission_time)
 
     @property
+    def original_key(self) -> tuple[str, str, str]:
+        """The idempotency key of the message DE90 names: a completion's or a reversal's
+        (parsing requires DE90 of both; on any other request this is an error)."""
+        original = self.original
+        if original is None:
+            raise ValueError(f"{self.mti} {self.kind.name} carries no DE90")
+        return (self.terminal, original.stan, original.transmission_time)
+
+    @property
     def is_repeat(self) -> bool:
         return self.mti in REPEAT_OF
 
