@@ -934,6 +934,8 @@ def describe_machine() -> dict[str, Any]:
         with contextlib.suppress(md.PackageNotFoundError):
             m["packages"][package] = md.version(package)
     m["python_implementation"] = platform.python_implementation()
+    from switch import compiled  # which build of the hot path's modules ran (docs/operations.md)
+    m["compiled"] = compiled.summary()
     with contextlib.suppress(OSError):
         m["loadavg_at_start"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -990,7 +992,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, kernel {m.get('kernel', '?')}, "
         f"Python {m.get('python', '?')}, SQLite {m.get('sqlite', '?')}; {packages}. "
-        f"Load average at start: {m.get('loadavg_at_start', '?')}. Commit {m.get('git', '?')}.",
+        f"Load average at start: {m.get('loadavg_at_start', '?')}. Commit {m.get('git', '?')}; "
+        f"compiled modules {m.get('compiled', '?')}.",
         "",
         f"Correctness under load: **{'passed' if result.get('correctness.ok') else 'FAILED'}** "
         f"(verify + approvals fleet = ledger after every e2e run and the switch_plain run).",

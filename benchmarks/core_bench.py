@@ -157,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                     subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     medians = {name: statistics.median(v) for name, v in runs.items()}
+    from benchmarks.bench import describe_machine
     result = {"what": "switch CPU us per plain purchase, in process (benchmarks/core_bench.py)",
-              "this_tree": head, "messages": args.messages, "concurrency": args.concurrency,
+              "machine": describe_machine(), "this_tree": head, "messages": args.messages, "concurrency": args.concurrency,
               "loadavg_at_end": os.getloadavg(), "runs": runs, "median": medians}
     out = Path(args.out_dir) / f"{date.today().isoformat()}-vm-core.json"
     out.parent.mkdir(parents=True, exist_ok=True)
