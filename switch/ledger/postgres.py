@@ -397,7 +397,7 @@ class WriterBusy(StoreUnavailable):
 
 # Errors after which the connection, not the group, is in doubt: whether COMMIT happened is unknown.
 def _connection_lost(exc: BaseException) -> bool:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     return isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
                             asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
@@ -421,7 +421,7 @@ class PgCommitter:
         self._pseq: dict[int, int] = {}  # partition → its last event sequence number handed out (a cluster)
 
     async def open(self) -> None:
-        import asyncpg  # type: ignore[import-untyped]
+        import asyncpg
 
         conn = await asyncpg.connect(self.dsn)
         try:
