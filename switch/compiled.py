@@ -4,15 +4,17 @@ pure Python.
 Where the install found a C compiler, `pip install -e .` compiles the modules named in
 `MODULES` with mypyc (setup.py); without one it installs them as they are. Either way the
 Python source is the reference: the compiled module is built from it, mypy-checked, and
-tests/test_compiled.py runs the decision and rules tests and a differential run against the
-pure modules too. `EUM_PURE_PYTHON=1` in the environment makes every process (and the
+tests/test_compiled.py runs the decision, rules and codec tests and a differential run against
+the pure modules too. `EUM_PURE_PYTHON=1` in the environment makes every process (and the
 processes it starts) import the `.py` files even where a build is present: the way to rule
 the compiled code out when a result looks wrong (docs/performance.md, "The compiled hot
 path").
 
-Only pure modules are listed: no I/O, no event loop, no msgspec record classes of their own
-kept by other modules' isinstance checks beyond what mypyc supports (switch/record.py and
-switch/wire/messages.py stay Python).
+Listed are modules that never await: the decision core and the rules, the codec and framing,
+the event builder, the seen-keys index and the hot state (whose cache misses read the store
+synchronously). The async shell (engine, server, writer, HSM client) and the modules of
+msgspec records with field defaults (switch/record.py, switch/wire/messages.py,
+switch/ledger/records.py) stay Python (docs/performance.md says why).
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def status() -> dict[str, bool]:
 
 
 def summary() -> str:
-    """`compiled N/M`, as `eum switch` logs it in `switch_listening` (docs/operations.md)."""
+    """`N/M`: N of the M listed modules run compiled, as `eum switch` logs it in
+    `switch_listening` (docs/operations.md) and the bench records it."""
     loaded = status()
     return f"{sum(loaded.values())}/{len(loaded)}"
 

@@ -643,4 +643,3 @@ class HotState:
         horizon = self.clock_s - self.messages_age_s
         while tombstones and (len(tombstones) > self.tombstones_max or next(iter(tombstones.values())) < horizon):
             tombstones.popitem(last=False)
-
