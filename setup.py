@@ -9,12 +9,9 @@ files stay the reference and EUM_PURE_PYTHON=1 selects them at run time (switch/
 
 from __future__ import annotations
 
-import ast
-import hashlib
+import importlib.util
 import os
-import shutil
 import sys
-import sysconfig
 from pathlib import Path
 
 from setuptools import setup
@@ -23,31 +20,21 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 
 
-def listed_modules() -> list[str]:
-    """MODULES from switch/compiled.py, read without importing the package."""
-    tree = ast.parse((ROOT / "switch" / "compiled.py").read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "MODULES" for t in node.targets):
-            return list(ast.literal_eval(node.value))
-    raise SystemExit("setup.py: switch/compiled.py has no MODULES")
+def _load_compiled():  # type: ignore[no-untyped-def]
+    """switch/compiled.py on its own (it imports only the standard library): the list of
+    modules, their digests and the compiler check, without importing the package."""
+    spec = importlib.util.spec_from_file_location("_eum_compiled", ROOT / "switch" / "compiled.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def source_digests() -> str:
-    """As switch/compiled.py `source_digests` writes them (one line per module: name, sha256)."""
-    lines = []
-    for name in listed_modules():
-        digest = hashlib.sha256((ROOT / Path(*name.split("."))).with_suffix(".py").read_bytes()).hexdigest()
-        lines.append(f"{name} {digest}\n")
-    return "".join(lines)
+compiled = _load_compiled()
 
 
 def say(message: str) -> None:
     print(f"eum-switch build: {message}", file=sys.stderr)
-
-
-def compiler_found() -> bool:
-    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
-    return bool(cc) and shutil.which(cc[0]) is not None
 
 
 class OptionalBuildExt(build_ext):
@@ -67,8 +54,8 @@ class OptionalBuildExt(build_ext):
             say(f"compiling failed ({type(exc).__name__}: {exc}); the pure-Python modules are used")
             return
         if self.extensions:  # what the build was made from: switch/compiled.py loads the sources once they differ
-            (ROOT / "switch" / "compiled-sources.txt").write_text(source_digests(), encoding="utf-8")
-            say(f"compiled with mypyc: {', '.join(listed_modules())}")
+            compiled.BUILT_FROM.write_text(compiled.source_digests(ROOT), encoding="utf-8")
+            say(f"compiled with mypyc: {', '.join(compiled.MODULES)}")
 
     def get_outputs(self) -> list[str]:
         return super().get_outputs() if self.extensions else []
@@ -78,7 +65,7 @@ def extensions() -> list:
     if os.environ.get("EUM_BUILD_PURE", "") not in ("", "0"):
         say("EUM_BUILD_PURE is set: pure Python only")
         return []
-    if not compiler_found():
+    if not compiled.compiler_found():
         say("no C compiler found: pure Python only")
         return []
     try:
@@ -86,7 +73,7 @@ def extensions() -> list:
     except ImportError:
         say("mypyc is not installed: pure Python only")
         return []
-    paths = [str(Path(*name.split(".")).with_suffix(".py")) for name in listed_modules()]
+    paths = [str(Path(*name.split(".")).with_suffix(".py")) for name in compiled.MODULES]
     old = os.getcwd()
     os.chdir(ROOT)
     try:

@@ -24,7 +24,9 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
+import shutil
 import sys
+import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -49,6 +51,12 @@ MODULES = (
 
 def pure_wanted() -> bool:
     return os.environ.get(PURE_ENV, "") not in ("", "0")
+
+
+def compiler_found() -> bool:
+    """Whether the C compiler Python builds extensions with (or $CC) is on this machine."""
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+    return bool(cc) and shutil.which(cc[0]) is not None
 
 
 def source_digests(root: Path) -> str:

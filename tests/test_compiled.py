@@ -16,10 +16,8 @@ the reference.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -48,15 +46,10 @@ def run(args: list[str], *, pure: bool, timeout: float = 300) -> subprocess.Comp
                           timeout=timeout)
 
 
-def a_compiler_is_found() -> bool:
-    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
-    return bool(cc) and shutil.which(cc[0]) is not None
-
-
 def test_where_a_compiler_is_found_every_listed_module_runs_compiled():
     if compiled.pure_wanted():
         pytest.skip("EUM_PURE_PYTHON is set for this run: the sources are wanted")
-    if not a_compiler_is_found() or os.environ.get("EUM_BUILD_PURE"):
+    if not compiled.compiler_found() or os.environ.get("EUM_BUILD_PURE"):
         pytest.skip("no C compiler (or EUM_BUILD_PURE): the install is pure Python by design")
     assert compiled.status() == {name: True for name in compiled.MODULES}, (
         "a C compiler is here but the listed modules do not all run compiled (no build, a failed "
