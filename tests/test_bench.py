@@ -539,3 +539,23 @@ def test_the_fleet_waits_for_a_lease_round_begun_after_the_leases_settled_to_be_
     assert rounds_done_since(first, {"switch-1": 101.5, "switch-2": 101.2, "stranger": 101.0}, settled)
     assert "stranger" not in first
     assert not rounds_done_since({"switch-1": None}, {}, settled)  # no heartbeat at all yet
+
+
+def test_core_split_times_each_piece_of_a_real_plain_run(tmp_path):
+    """benchmarks/core_split.py end to end on a small run: a seeded ledger, 300 purchases all
+    approved and verified (the script refuses otherwise), every piece timed, and the rows
+    written per purchase counted from the writer's own statements: one posting, one message,
+    one card-day and one member-month row each (distinct cards of distinct members)."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "core_split.py"), "--rounds", "1",
+                           "--messages", "300", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (out,) = tmp_path.glob("*-core-split.json")
+    median = json.loads(out.read_text())["median"]
+    assert {k: median[k] for k in ("rows.postings", "rows.messages", "rows.card_days", "rows.member_months")} == {
+        "rows.postings": 1.0, "rows.messages": 1.0, "rows.card_days": 1.0, "rows.member_months": 1.0}
+    pieces = ("decide", "decide.isolated", "apply", "writer.rows", "writer.commit", "writer.sql.postings",
+              "writer.sql.entries", "writer.sql.messages", "writer.sql.outbox", "writer.sql.accounts")
+    assert all(median[k] > 0 for k in pieces), median
+    # the thread-CPU pieces are parts of the process CPU they are taken from
+    assert sum(median[k] for k in pieces if k != "decide.isolated") < median["total"]

@@ -1,0 +1,169 @@
+"""Where the plain path's CPU goes, piece by piece: core_bench.py's in-process run of this
+tree, with each piece timed by thread CPU (time.thread_time_ns) around it.
+
+    python benchmarks/core_split.py [--rounds 3] [--messages 10000] [--out-dir DIR]
+
+Pieces, in microseconds of thread CPU per answered purchase (the measured pass only, after
+the warm-up pass over the same cards):
+  decide            the pure decision (switch/authorize/decide.py), called by the engine
+  decide.isolated   the same purchases decided again one after another, on the same hot
+                    state, after the measured pass (no other work between two decisions)
+  apply             the decision's changes applied to the hot state after the commit
+  writer.rows       the writer thread turning a group's Commits into rows (group_rows)
+  writer.sql.TABLE  one executemany per table, per group
+  writer.commit     COMMIT: the WAL frames written, the fsync, a checkpoint when one is due
+  gc                the cyclic collector, wherever it ran (a young collection here is a
+                    fraction of a millisecond; `eum switch` freezes its start-up heap, this
+                    run does not)
+  total             process CPU (user + system, every thread), as core_bench.py reports it
+  rows.TABLE        rows written per purchase, by table (not µs)
+The rest of `total` is the loop thread's other work (decode, parse, the async shell, the
+answer's encoding, logging) and the kernel's. The wrapping costs a few microseconds per
+message of its own: compare pieces with one another, and totals only with core_bench.py.
+Timed by wrapping names the engine and the writer look up at call time
+(switch.authorize.engine.decide, Engine._apply, switch.ledger.sqlite.group_rows, the
+writer's commit_group): this tree only, no --base. The median of each piece over the rounds
+is written to <out-dir>/<date>-<host>-core-split.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.core_bench import MEASURE, seed_template  # noqa: E402
+
+# Put before core_bench.py's MEASURE `main`: wraps the pieces, and reports them for the
+# measured pass only (the counters are zeroed when the measured pass starts).
+HOOKS = r'''
+import collections as _c, gc as _gc, time as _t
+import switch.authorize.engine as _E, switch.ledger.sqlite as _S, switch.ledger.writer as _W
+_split = _c.Counter()
+_rows = _c.Counter()
+def _timed(name, fn):
+    def wrapped(*a, **k):
+        t0 = _t.thread_time_ns()
+        try:
+            return fn(*a, **k)
+        finally:
+            _split[name] += _t.thread_time_ns() - t0
+    return wrapped
+_E.decide = _timed("decide", _E.decide)
+_E.Engine._apply = _timed("apply", _E.Engine._apply)
+def _commit_group(conn, commits):
+    conn.execute("BEGIN IMMEDIATE")
+    t1 = _t.thread_time_ns()
+    tables = _S.group_rows(commits, _t.time())
+    _split["writer.rows"] += _t.thread_time_ns() - t1
+    try:
+        for table, rows in tables.items():
+            if rows:
+                t1 = _t.thread_time_ns()
+                conn.executemany(_S._SQL[table], rows)
+                _split["writer.sql." + table] += _t.thread_time_ns() - t1
+                _rows[table] += len(rows)
+        t1 = _t.thread_time_ns()
+        conn.execute("COMMIT")
+        _split["writer.commit"] += _t.thread_time_ns() - t1
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+_W.commit_group = _commit_group
+_gc_started = [0]
+def _gc_cb(phase, info):
+    if phase == "start":
+        _gc_started[0] = _t.thread_time_ns()
+    else:
+        _split["gc"] += _t.thread_time_ns() - _gc_started[0]
+_gc.callbacks.append(_gc_cb)
+'''
+
+# After the measured pass: the pieces and rows per purchase, then the same purchases decided
+# again in a loop on the same hot state (nothing committed: a decision changes nothing), the
+# decision's cost without the rest of the flow between two decisions.
+ISOLATED = r'''
+        pieces = {k: v / messages / 1000 for k, v in _split.items()}
+        rows = {k: round(v / messages, 2) for k, v in _rows.items()}
+        from switch.authorize.decide import decide as _decide
+        from switch.wire.codec import decode_fields as _decode, parse_request as _parse
+        _requests = []
+        for _fr in batch:
+            _f = _decode(_fr.payload, dialect)
+            _requests.append((_parse(_f), _f))
+        _state, _rules = core.engine.state, core.engine.rules
+        for _r, _f in _requests:
+            _state.prefetch(_r, now)
+        _t0 = _t.thread_time_ns()
+        for _r, _f in _requests:
+            _decide(_r, _f, _state, _rules, now)
+        pieces["decide.isolated"] = (_t.thread_time_ns() - _t0) / len(_requests) / 1000
+'''
+
+MARK = "        c0 = cpu()\n"
+REPORT = "        used = cpu() - c0\n"
+
+
+def script() -> str:
+    """core_bench.py's MEASURE with the hooks in, zeroed at the measured pass, reported at its end."""
+    if MARK not in MEASURE or REPORT not in MEASURE or "async def main():" not in MEASURE:
+        raise SystemExit("core_split: core_bench.py's MEASURE changed shape; update the marks here")
+    s = MEASURE.replace("async def main():", HOOKS + "\nasync def main():", 1)
+    s = s.replace(MARK, "        _split.clear(); _rows.clear()\n" + MARK, 1)
+    return s.replace(REPORT, REPORT + ISOLATED, 1).replace(
+        'print(json.dumps({"cpu_us_per_msg"', 'print(json.dumps({"pieces": pieces, "rows": rows, "cpu_us_per_msg"', 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--messages", type=int, default=10_000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+    code = script()
+    runs: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="eum-core-split-") as tmp:
+        template = Path(tmp) / "template"
+        template.mkdir()
+        seed_template(ROOT, template)
+        for r in range(args.rounds):
+            done = subprocess.run([sys.executable, "-c", code, str(args.messages), str(args.concurrency), str(template)],
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                                  cwd=template, timeout=600)
+            if done.returncode != 0:
+                raise SystemExit(f"core_split: the run failed:\n{done.stderr[-2000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            if result["codes"] != ["00"] or not result["verified"]:
+                raise SystemExit(f"core_split: the run was not all approved and verified: {result}")
+            pieces = {**result["pieces"], "total": result["cpu_us_per_msg"]}
+            pieces.update({f"rows.{k}": v for k, v in result["rows"].items()})
+            runs.append(pieces)
+            print(f"round {r + 1}: total {pieces['total']} us/msg", flush=True)
+    names = sorted({k for run in runs for k in run}, key=lambda k: (k.startswith("rows."), k == "total", k))
+    medians = {k: round(statistics.median(run.get(k, 0.0) for run in runs), 1) for k in names}
+    from benchmarks.bench import describe_machine
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    out = Path(args.out_dir) / f"{date.today().isoformat()}-vm-core-split.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"what": "thread CPU us per plain purchase, by piece (benchmarks/core_split.py)",
+                               "machine": describe_machine(), "this_tree": head, "messages": args.messages,
+                               "runs": runs, "median": medians}, indent=2) + "\n")
+    for k, v in medians.items():
+        print(f"{k:28} {v:8.1f}")
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
