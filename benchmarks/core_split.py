@@ -9,6 +9,12 @@ the warm-up pass over the same cards):
   decide.isolated   the same purchases decided again one after another, on the same hot
                     state, after the measured pass (no other work between two decisions)
   apply             the decision's changes applied to the hot state after the commit
+  decode, parse     the request's bytes to fields (codec decode_fields), the fields to a
+                    Request (parse_request: the record and its idempotency digest)
+  describe          the canonical line's description of the request (server `_describe`)
+  response_fields   the decision's response to the answer's fields
+  encode            the answer's fields to bytes (codec encode_fields, from the Answerer)
+  log.canonical     the one log line per message, masked, rendered and queued
   writer.rows       the writer thread turning a group's Commits into rows (group_rows)
   writer.sql.TABLE  one executemany per table, per group
   writer.commit     COMMIT: the WAL frames written, the fsync, a checkpoint when one is due
@@ -20,9 +26,9 @@ the warm-up pass over the same cards):
 The rest of `total` is the loop thread's other work (decode, parse, the async shell, the
 answer's encoding, logging) and the kernel's. The wrapping costs a few microseconds per
 message of its own: compare pieces with one another, and totals only with core_bench.py.
-Timed by wrapping names the engine and the writer look up at call time
-(switch.authorize.engine.decide, Engine._apply, switch.ledger.sqlite.group_rows, the
-writer's commit_group): this tree only, no --base. The median of each piece over the rounds
+Timed by wrapping names the engine, the server, the answerer, the logs and the writer look
+up at call time (switch.authorize.engine.decide, Engine._apply, the server's decode_fields,
+the writer's commit_group, …): this tree only, no --base. The median of each piece over the rounds
 is written to <out-dir>/<date>-<host>-core-split.json.
 """
 
@@ -58,8 +64,15 @@ def _timed(name, fn):
         finally:
             _split[name] += _t.thread_time_ns() - t0
     return wrapped
+import switch.authorize.answer as _A, switch.authorize.server as _SV, switch.ops.logs as _L
 _E.decide = _timed("decide", _E.decide)
 _E.Engine._apply = _timed("apply", _E.Engine._apply)
+_E.response_fields = _timed("response_fields", _E.response_fields)
+_SV.decode_fields = _timed("decode", _SV.decode_fields)
+_SV.parse_request = _timed("parse", _SV.parse_request)
+_SV._describe = _timed("describe", _SV._describe)
+_A.encode_fields = _timed("encode", _A.encode_fields)
+_L.canonical = _timed("log.canonical", _L.canonical)
 def _commit_group(conn, commits):
     conn.execute("BEGIN IMMEDIATE")
     t1 = _t.thread_time_ns()

@@ -554,7 +554,8 @@ def test_core_split_times_each_piece_of_a_real_plain_run(tmp_path):
     median = json.loads(out.read_text())["median"]
     assert {k: median[k] for k in ("rows.postings", "rows.messages", "rows.card_days", "rows.member_months")} == {
         "rows.postings": 1.0, "rows.messages": 1.0, "rows.card_days": 1.0, "rows.member_months": 1.0}
-    pieces = ("decide", "decide.isolated", "apply", "writer.rows", "writer.commit", "writer.sql.postings",
+    pieces = ("decide", "decide.isolated", "apply", "decode", "parse", "describe", "response_fields", "encode",
+              "log.canonical", "writer.rows", "writer.commit", "writer.sql.postings",
               "writer.sql.entries", "writer.sql.messages", "writer.sql.outbox", "writer.sql.accounts")
     assert all(median[k] > 0 for k in pieces), median
     # the thread-CPU pieces are parts of the process CPU they are taken from
