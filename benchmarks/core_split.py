@@ -23,13 +23,14 @@ the warm-up pass over the same cards):
                     run does not)
   total             process CPU (user + system, every thread), as core_bench.py reports it
   rows.TABLE        rows written per purchase, by table (not µs)
-The rest of `total` is the loop thread's other work (decode, parse, the async shell, the
-answer's encoding, logging) and the kernel's. The wrapping costs a few microseconds per
-message of its own: compare pieces with one another, and totals only with core_bench.py.
-Timed by wrapping names the engine, the server, the answerer, the logs and the writer look
-up at call time (switch.authorize.engine.decide, Engine._apply, the server's decode_fields,
-the writer's commit_group, …): this tree only, no --base. The median of each piece over the rounds
-is written to <out-dir>/<date>-<host>-core-split.json.
+The rest of `total` is the async shell (engine, server, the writer's hand-off, locks,
+futures, the event loop), the load's own coroutines and the kernel's work. The wrapping
+costs a few microseconds per message of its own: compare pieces with one another, and
+totals only with core_bench.py. Timed by wrapping names the engine, the server, the
+answerer, the logs and the writer look up at call time (switch.authorize.engine.decide,
+Engine._apply, the server's decode_fields, the writer's commit_group, …): this tree only, no
+--base. The median of each piece over the rounds is written to
+<out-dir>/<date>-<host>-core-split.json.
 """
 
 from __future__ import annotations
