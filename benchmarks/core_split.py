@@ -74,25 +74,33 @@ _SV.parse_request = _timed("parse", _SV.parse_request)
 _SV._describe = _timed("describe", _SV._describe)
 _A.encode_fields = _timed("encode", _A.encode_fields)
 _L.canonical = _timed("log.canonical", _L.canonical)
-def _commit_group(conn, commits):
-    conn.execute("BEGIN IMMEDIATE")
-    t1 = _t.thread_time_ns()
-    tables = _S.group_rows(commits, _t.time())
-    _split["writer.rows"] += _t.thread_time_ns() - t1
-    try:
-        for table, rows in tables.items():
-            if rows:
-                t1 = _t.thread_time_ns()
-                conn.executemany(_S._SQL[table], rows)
-                _split["writer.sql." + table] += _t.thread_time_ns() - t1
-                _rows[table] += len(rows)
+_S.group_rows = _timed("writer.rows", _S.group_rows)
+_TABLE_OF = {sql: table for table, sql in _S._SQL.items()}
+class _TimedConnection:
+    """The writer's connection as the real commit_group uses it, each executemany and the
+    COMMIT timed: the transaction itself is the project's, not a copy of it."""
+    def __init__(self, conn):
+        self._conn = conn
+    def executemany(self, sql, rows):
         t1 = _t.thread_time_ns()
-        conn.execute("COMMIT")
-        _split["writer.commit"] += _t.thread_time_ns() - t1
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        try:
+            return self._conn.executemany(sql, rows)
+        finally:
+            table = _TABLE_OF.get(sql, "other")
+            _split["writer.sql." + table] += _t.thread_time_ns() - t1
+            _rows[table] += len(rows)
+    def execute(self, sql, *args):
+        t1 = _t.thread_time_ns()
+        try:
+            return self._conn.execute(sql, *args)
+        finally:
+            if sql == "COMMIT":
+                _split["writer.commit"] += _t.thread_time_ns() - t1
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+_commit_group_of_the_store = _W.commit_group
+def _commit_group(conn, commits):
+    return _commit_group_of_the_store(_TimedConnection(conn), commits)
 _W.commit_group = _commit_group
 _gc_started = [0]
 def _gc_cb(phase, info):
