@@ -11,6 +11,7 @@ command as implemented, with our own choices marked. In short:
     CA PIN TPK→ZPK      CC PIN ZPK→ZPK     CI/G0 PIN TDES-DUKPT→ZPK
     Z0 PIN AES-DUKPT→ZPK (ours)            GW MAC with a TDES-DUKPT key
     Z2 MAC with an AES-DUKPT key (ours)
+    GQ verify a TDES-DUKPT PIN by Visa PVV, and optionally the request's DUKPT MAC with it
     DC/EC verify PIN, Visa PVV (TPK/ZPK)   DA/EA verify PIN, IBM 3624 offset (TPK/ZPK)
     FW PVV / BK IBM offset of a customer-selected PIN (from an encrypted PIN block)
     BA clear PIN → PIN under LMK, DG PVV / DE IBM offset from a PIN under LMK
@@ -158,6 +159,24 @@ class _DukptMacRequest:
     message: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class _DukptPvvRequest:
+    """GQ: a TDES-DUKPT PIN block checked against a PVV, and in mode 1 the message's MAC."""
+
+    mode: str
+    mac_mode: str
+    bdk: str
+    pvk: str
+    ksn: str
+    block: str
+    fmt: str
+    account: str
+    pvki: str
+    pvv: str
+    mac: str | None
+    message: bytes
+
+
 class Hsm:
     """The command processor: one per HSM process, shared by every connection. Between
     commands it keeps only its key caches (a pure function of the LMK and the inputs, so a
@@ -197,14 +216,14 @@ class Hsm:
             "DC": self._dc, "EC": self._ec, "DA": self._da, "EA": self._ea,
             "FW": self._fw, "BK": self._bk, "BA": self._ba, "DG": self._dg, "DE": self._de,
             "CW": self._cw, "CY": self._cy,
-            "M6": self._m6, "M8": self._m8, "GW": self._gw, "Z2": self._z2,
+            "M6": self._m6, "M8": self._m8, "GW": self._gw, "Z2": self._z2, "GQ": self._gq,
             "Z4": self._z4, "Z6": self._z6,
         }  # fmt: skip
         # Commands whose bodies carry binary data (which may hold 0x19): their trailer is
         # found after the fields, by parsing them (see `parse`).
         self._binary_parsers: dict[str, Callable[[FieldReader], Any]] = {
             "B2": self._parse_b2, "M6": self._parse_m6, "M8": self._parse_m8,
-            "GW": self._parse_gw, "Z2": self._parse_z2,
+            "GW": self._parse_gw, "Z2": self._parse_z2, "GQ": self._parse_gq,
         }  # fmt: skip
 
     @property
@@ -966,6 +985,62 @@ class Hsm:
         if req.mode in "456":
             return OK, to_hex(part)
         return (OK if hmac.compare_digest(to_hex(part), req.mac or "") else VERIFICATION_FAILED), ""
+
+    def _parse_gq(self, r: FieldReader) -> _DukptPvvRequest:
+        mode = r.take(1, "mode")
+        if mode not in "01":
+            raise ProtocolError("mode 0 (PIN) or 1 (PIN and MAC)")
+        mac_mode = ""
+        if mode == "1":
+            mac_mode, method = r.take(1, "MAC mode"), r.take(1, "MAC method")
+            if mac_mode not in "123" or method != "1":
+                raise ProtocolError("MAC mode 1-3, MAC method 1 (X9.19)")
+        bdk = r.double_key("BDK")
+        pvk = r.double_key("PVK")
+        descriptor = r.hex(3, "KSN descriptor")
+        ksn = _tdes_ksn(descriptor, r.hex(_descriptor_length(descriptor), "KSN"))
+        block = r.hex(16, "source PIN block")
+        fmt = _format(r, "source", DUKPT_SOURCE_FORMATS)
+        account = r.digits(ACCOUNT_DIGITS, "account number")
+        pvki, pvv = r.digits(1, "PVKI"), r.digits(4, "PVV")
+        mac, message = None, b""
+        if mode == "1":
+            mac = r.hex(16 if mac_mode == "1" else 8, "MAC")
+            message = r.raw(int(r.digits(4, "message length")), "message")
+        return _DukptPvvRequest(mode, mac_mode, bdk, pvk, ksn, block, fmt, account, pvki, pvv, mac, message)
+
+    def _gq(self, r: FieldReader, audit: Audit) -> Reply:
+        """Verify a PIN by Visa PVV from its TDES-DUKPT block (X9.24: the transaction's PIN
+        key), the work of G0 + EC in one command; mode 1 also verifies the message's X9.19 MAC
+        under the transaction's request MAC key, as GW mode 1-3 does. The error code is the
+        PIN's (00, 01, or 20/24 for a block that does not decode); in mode 1 the body is the
+        MAC's code (00, 01), given whenever the keys were usable, so a host learns both."""
+        req = r.parse_with(self._parse_gq)
+        r.done()
+        bdk = self._tdes(req.bdk, BDK, "bdk", audit, parity="10")
+        if len(bdk) != 16:
+            raise HsmCryptoError("TDES DUKPT needs a double-length BDK", code="27")
+        pvk = self._tdes(req.pvk, PVK, "pvk", audit, parity="11")
+        transaction_key = self._tdes_transaction_key(req.bdk, bdk, req.ksn)
+        mac_code = ""
+        if req.mode == "1":
+            mac = retail_mac_once(dukpt.tdes_mac_request_key(transaction_key), req.message)
+            part = {"1": mac, "2": mac[:4], "3": mac[4:]}[req.mac_mode]
+            mac_code = OK if hmac.compare_digest(to_hex(part), req.mac or "") else VERIFICATION_FAILED
+        audit.note(mode=req.mode, format=req.fmt, ksn_counter=dukpt.tdes_ksn_counter(req.ksn))
+        inputs = pinblock.BlockInputs(account=req.account, pad=req.account[: pinblock.DOCUTEL_PAD_SIZE])
+        pin_key = dukpt.tdes_pin_key(transaction_key)
+        try:
+            pin = pinblock.decode_block(req.fmt, tdes_ecb_decrypt_once(pin_key, bytes.fromhex(req.block)), inputs)
+        except (ProtocolError, HsmCryptoError) as exc:
+            if not mac_code:
+                raise
+            audit.note(mac=mac_code)
+            return exc.code, mac_code  # the PIN's error, and still the MAC's verdict
+        expected = cardverify.visa_pvv(pvk, req.account, req.pvki, pin, check_digit_included=False)
+        if mac_code:
+            audit.note(mac=mac_code)
+        return (OK if hmac.compare_digest(expected, req.pvv) else VERIFICATION_FAILED), mac_code
 
     def _parse_z2(self, r: FieldReader) -> _DukptMacRequest:
         mode = r.take(1, "MAC mode")
