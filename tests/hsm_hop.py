@@ -2,12 +2,12 @@
 
 It forwards payShield frames both ways (2-byte length, 4-character header, 2-character command
 code: docs/hsm.md, "Framing") and records each command it forwards as code plus mode for GW
-("GW11" is the TDES DUKPT request-MAC check, "GW42" the response MAC). What it does to a
-command is the test's choice:
+("GW11" is the TDES DUKPT request-MAC check, "GW42" the response MAC; "GQ" the PIN checked
+with the request MAC, docs/hsm.md "GQ"). What it does to a command is the test's choice:
 
-- `hold_pin`: a G0 (DUKPT PIN translation, docs/hsm.md "PIN translation") is swallowed —
-  recorded in `swallowed`, never forwarded, so never answered;
-- `cut_after_request_mac`: the reply to the next GW11 is delivered and then the HSM is gone:
+- `hold_pin`: the PIN check — a G0 (DUKPT PIN translation, docs/hsm.md "PIN translation")
+  or a GQ — is swallowed: recorded in `swallowed`, never forwarded, so never answered;
+- `cut_after_request_mac`: the reply to the next GW11 (or GQ) is delivered and then the HSM is gone:
   every connection is dropped and new ones are closed at once, until `restore()`;
 - `refuse`: a command whose label is a key ("GW11", "G0", …) is answered by the hop itself
   with that error code (docs/hsm.md §4, e.g. 67 over capacity), recorded in `refused`.
@@ -92,7 +92,7 @@ class HsmHop:
                 raise ConnectionError("the HSM is gone")
             code = payload[4:6].decode()
             label = code + (payload[6:8].decode() if code == "GW" else "")
-            if code == "G0" and self.hold_pin:
+            if code in ("G0", "GQ") and self.hold_pin:
                 self.swallowed.append(label)
                 continue
             if label in self.refuse:  # the response code is the command's with its second letter + 1
@@ -101,7 +101,7 @@ class HsmHop:
                 writer.write(len(reply).to_bytes(2, "big") + reply)
                 continue
             self.forwarded.append(label)
-            if label == "GW11" and self.cut_after_request_mac:
+            if label in ("GW11", "GQ") and self.cut_after_request_mac:
                 watched.add(payload[:4])
             up_writer.write(len(payload).to_bytes(2, "big") + payload)
 
@@ -132,13 +132,15 @@ class BehindHop:
 
 
 @asynccontextmanager
-async def switch_behind_hop(data_dir: Path, *, tid: str, pin: str | None = None) -> AsyncIterator[BehindHop]:
+async def switch_behind_hop(data_dir: Path, *, tid: str, pin: str | None = None,
+                            pin_verify: str = "gq") -> AsyncIterator[BehindHop]:
+    """pin_verify: the switch's HsmConfig.pin_verify ("gq", its default, or "g0-ec")."""
     hsm = HsmServer(HsmServiceConfig(port=0))
     await hsm.start()
     hop = HsmHop(hsm.port)
     await hop.start()
     config = HsmConfig(endpoints=(("127.0.0.1", hop.port),), call_timeout_ms=300, health_interval_s=0.05,
-                       reconnect_backoff_s_max=0.1)
+                       reconnect_backoff_s_max=0.1, pin_verify=pin_verify)
     try:
         async with start_switch(data_dir, clock=FixedClock(LAUNCH), hsm=config) as env:
             await env.op("merchant-add", mid="NAMDONG01", name="Namdong Cafe", district="namdong",

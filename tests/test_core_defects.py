@@ -15,9 +15,10 @@ not carry a response was found out only when a terminal got none. The rules guar
 * switch/wire/codec.py `check_responses`: `eum switch` refuses, at start, a dialect that
   cannot carry every response, with one line naming the field.
 
-Real components only: a real hsm_mock HsmServer behind a TCP hop the test controls (`PinHop`:
-it forwards every payShield command but, while told to, swallows the PIN translation G0, as an
-HSM that hangs on it), the switch's real objects in the test's event loop (real TCP, real
+Real components only: a real hsm_mock HsmServer behind a TCP hop the test controls
+(tests/hsm_hop.py: it forwards every payShield command but, while told to, swallows the PIN
+check — G0, or GQ where the PIN is checked with the request MAC — as an HSM that hangs on
+it), the switch's real objects in the test's event loop (real TCP, real
 SQLite), terminal_sim's DUKPT terminal with a PIN, and `eum switch` as a subprocess.
 """
 
@@ -96,15 +97,26 @@ def dialect_variant(source: Path, target: Path, field_no: str, **spec: int) -> N
 
 # ---------------------------------------------------------------------------- a: G0 timeout
 
+# The HSM commands of one PIN purchase, by the switch's pin_verify (docs/hsm.md, "GQ"): what is
+# forwarded while the PIN check is held, what is held, and a whole purchase.
+PIN_CHECKS = {
+    "g0-ec": (["GW11"], ["G0"], ["GW11", "G0", "EC", "GW42"]),
+    "gq": ([], ["GQ"], ["GQ", "GW42"]),
+}
+
+
+@pytest.mark.parametrize("pin_verify", ["g0-ec", "gq"])
 async def test_a_pin_translation_the_hsm_never_answers_is_declined_91_stores_nothing_and_the_repeat_is_approved(
-        tmp_path):
-    """The HSM verifies the request MAC (GW11) and then never answers the PIN translation (G0).
-    The switch answers 91 after its call timeout, and nothing of the message is stored: no
-    message row, no posting, no KSN counter, no PIN count. When the HSM answers again, the
-    terminal's 0201 repeat — re-sent under the original's KSN and PIN block (docs/security.md) —
-    is processed afresh and approved, posted once. The old engine committed the 91 with the
-    message (its repeat was replayed 91) and persisted the KSN counter."""
-    async with switch_behind_hop(tmp_path / "var", tid=TID, pin=PIN) as setup:
+        tmp_path, pin_verify):
+    """The HSM never answers the PIN check: the translation (G0) after it verified the request
+    MAC (GW11), or the GQ that checks both at once. The switch answers 91 after its call
+    timeout, and nothing of the message is stored: no message row, no posting, no KSN
+    counter, no PIN count. When the HSM answers again, the terminal's 0201 repeat — re-sent
+    under the original's KSN and PIN block (docs/security.md) — is processed afresh and
+    approved, posted once. The old engine committed the 91 with the message (its repeat was
+    replayed 91) and persisted the KSN counter."""
+    held_forwarded, held, whole = PIN_CHECKS[pin_verify]
+    async with switch_behind_hop(tmp_path / "var", tid=TID, pin=PIN, pin_verify=pin_verify) as setup:
         env, hop, pan, term, security = setup.env, setup.hop, setup.pan, setup.term, setup.security
         db = env.core.db_path
         async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as client:
@@ -114,7 +126,7 @@ async def test_a_pin_translation_the_hsm_never_answers_is_declined_91_stores_not
             with structlog.testing.capture_logs() as events:
                 answer = await client.request(term.purchase(pan, 20_000), pin=PIN, pan=pan)
             original = client.last_request
-            assert (hop.commands(), hop.swallowed) == (["GW11"], ["G0"])  # MAC checked, PIN never answered
+            assert (hop.commands(), hop.swallowed) == (held_forwarded, held)  # the PIN never answered
             assert without(answer, "64") == declined(original, "91")
             assert [(e["rc"], e.get("note")) for e in logged(events, event="message")] == [
                 ("91", "HSM unavailable")]
@@ -135,7 +147,7 @@ async def test_a_pin_translation_the_hsm_never_answers_is_declined_91_stores_not
             assert (again["t"], again["37"], again["38"], again["54"], client.last_response_mac_ok) == (
                 "0210", "000000000002", "000002", balances_de54(80_000, 1_500), True)
             # processed afresh: its MAC and PIN checked by the HSM, its response MAC'd
-            assert hop.commands() == ["GW11", "G0", "EC", "GW42"]
+            assert hop.commands() == whole
             replay = await client.resend(Terminal.repeat(original))
             assert without(replay, "64") == without(again, "64")  # now the stored answer
 
@@ -150,18 +162,20 @@ async def test_a_pin_translation_the_hsm_never_answers_is_declined_91_stores_not
 
 # ---------------------------------------------------------------------------- a2: an HSM error of its own
 
-@pytest.mark.parametrize("refused, forwarded, note", [
-    ("GW11", [], "MAC: HSM error 67"),                # the request MAC: nothing else is asked
-    ("G0", ["GW11", "GW42"], "PIN: HSM error 67"),    # the PIN, after the MAC verified; the 91 is MAC'd
+@pytest.mark.parametrize("pin_verify, refused, forwarded, note", [
+    ("g0-ec", "GW11", [], "MAC: HSM error 67"),              # the request MAC: nothing else is asked
+    ("g0-ec", "G0", ["GW11", "GW42"], "PIN: HSM error 67"),  # the PIN, after the MAC verified; the 91 is MAC'd
+    ("gq", "GQ", [], "PIN and MAC: HSM error 67"),           # both in one command: nothing else is asked
 ])
 async def test_an_hsm_that_answers_an_error_of_its_own_is_declined_91_stores_nothing_and_the_repeat_is_approved(
-        tmp_path, refused, forwarded, note):
+        tmp_path, pin_verify, refused, forwarded, note):
     """The HSM answers 67 (over capacity: an error of its own, not about the data, docs/hsm.md §4)
-    to the request-MAC check or to the PIN translation. It could not check them: 91, nothing
-    stored, the KSN counter not spent (docs/host-interface.md, 91). Before the fix the MAC case
-    was answered 63 and the PIN case a stored 63 (found by tests/test_simulation.py, seeds 1
-    and 64). When the HSM answers again the 0201 repeat is processed afresh and approved."""
-    async with switch_behind_hop(tmp_path / "var", tid=TID, pin=PIN) as setup:
+    to the request-MAC check, to the PIN translation or to the GQ that checks both. It could
+    not check them: 91, nothing stored, the KSN counter not spent (docs/host-interface.md, 91).
+    Before the fix the MAC case was answered 63 and the PIN case a stored 63 (found by
+    tests/test_simulation.py, seeds 1 and 64). When the HSM answers again the 0201 repeat is
+    processed afresh and approved."""
+    async with switch_behind_hop(tmp_path / "var", tid=TID, pin=PIN, pin_verify=pin_verify) as setup:
         env, hop, pan, term, security = setup.env, setup.hop, setup.pan, setup.term, setup.security
         db = env.core.db_path
         async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as client:
@@ -185,8 +199,34 @@ async def test_an_hsm_that_answers_an_error_of_its_own_is_declined_91_stores_not
             assert client.last_request["53"] == original["53"]  # the same KSN: its counter was not spent
             assert (again["39"], again["37"], again["54"], client.last_response_mac_ok) == (
                 "00", "000000000002", balances_de54(80_000, 1_500), True)
-            assert hop.commands() == ["GW11", "G0", "EC", "GW42"]
+            assert hop.commands() == PIN_CHECKS[pin_verify][2]
         assert card_accounts(db, pan) == (80_000, 1_500)
+        assert verify(db).ok
+
+
+async def test_an_hsm_without_gq_is_asked_gw_g0_ec_from_then_on(tmp_path):
+    """An HSM that answers GQ "command disabled" (68: not enabled or not licensed there,
+    docs/hsm.md §4) is not a reason to refuse PINs: that purchase is checked the two-command
+    way (GW11, then G0 and EC) and approved, one line says the switch changed its method, and
+    the next PIN purchase goes straight to GW11 without asking GQ again."""
+    async with switch_behind_hop(tmp_path / "var", tid=TID, pin=PIN, pin_verify="gq") as setup:
+        env, hop, pan, term, security = setup.env, setup.hop, setup.pan, setup.term, setup.security
+        db = env.core.db_path
+        async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as client:
+            assert (await client.request(term.sign_on()))["39"] == "00"
+            hop.forwarded.clear()
+            hop.refuse = {"GQ": "68"}
+            with structlog.testing.capture_logs() as events:
+                first = await client.request(term.purchase(pan, 20_000), pin=PIN, pan=pan)
+            assert (first["39"], first["37"], client.last_response_mac_ok) == ("00", "000000000002", True)
+            assert (hop.refused, hop.commands()) == (["GQ"], ["GW11", "G0", "EC", "GW42"])
+            assert [(e["log_level"], e["pin_verify"]) for e in logged(events, event="hsm_gq_disabled")] == [
+                ("warning", "g0-ec")]
+            hop.forwarded.clear()
+            second = await client.request(term.purchase(pan, 10_000), pin=PIN, pan=pan)
+            assert (second["39"], second["37"]) == ("00", "000000000003")
+            assert (hop.refused, hop.commands()) == (["GQ"], ["GW11", "G0", "EC", "GW42"])
+        assert card_accounts(db, pan) == (71_500, 750)  # the second spent the first's 1,500 cashback first
         assert verify(db).ok
 
 

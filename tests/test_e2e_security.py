@@ -209,15 +209,16 @@ async def test_a_slow_hsm_answers_slowly_and_a_too_slow_one_gets_91(tmp_path):
         # the purchase's commands are slow; NC stays quick, so the health check never marks the HSM down itself
         servers[0].config = replace(servers[0].config, latency_ms=60, command_latency_ms=(("NC", 0.0),))
         answer = await client.request(term.purchase(card["pan"], 1_000), pin=PIN, pan=card["pan"])
-        # MAC verify, PIN translate, PIN verify, response MAC: four HSM calls, each answered
+        # the PIN with the request MAC (GQ), the response MAC (GW): two HSM calls, each answered
         assert answer["39"] == "00"
-        assert (endpoint.calls - calls, endpoint.errors, env.core.hsm.healthy) == (4, 0, [endpoint.name])
+        assert (endpoint.calls - calls, endpoint.errors, env.core.hsm.healthy) == (2, 0, [endpoint.name])
+        assert endpoint.commands == {**endpoint.commands, "GQ": 1, "GW": 1}
         servers[0].config = replace(servers[0].config, latency_ms=1_000, command_latency_ms=(("NC", 0.0),))
         with structlog.testing.capture_logs() as logged:
             answer = await client.request(term.purchase(card["pan"], 1_000), pin=PIN, pan=card["pan"])
         assert answer["39"] == "91"
         # declined by the first call's timeout: one call timed out, none answered, the HSM marked down for it
-        assert (endpoint.calls - calls, endpoint.errors) == (4, 1)
+        assert (endpoint.calls - calls, endpoint.errors) == (2, 1)
         assert [(e["hsm"], e["reason"]) for e in logged if e["event"] == "hsm_down"] == [(endpoint.name, "timeout")]
         assert _purchases(env.core.db_path) == 1
     finally:

@@ -1,7 +1,8 @@
 """The authorization shell: the I/O around the pure decision, in flow order.
 
-For one financial request: terminal checks → the request's MAC through the HSM →
-idempotency (a repeat is answered from the store) → the PIN through the HSM → the member's
+For one financial request: terminal checks → the request's MAC through the HSM (with a
+TDES-DUKPT PIN, the PIN in the same command: GQ) → idempotency (a repeat is answered from
+the store) → the PIN through the HSM (when not checked with the MAC) → the member's
 lock → load what the decision reads → `decide` (pure, switch/authorize/decide.py) → the
 response encoded and MAC'd → commit (posting, message, changes and events in one group
 commit) → the changes applied to the hot state → unlock → send. Whatever can fail (HSM,
@@ -23,7 +24,8 @@ from typing import Any
 import structlog
 
 from switch.authorize.answer import Answerer, AnswerFailed
-from switch.authorize.decide import Decision, PinRefused, PinVerified, decide, iso, pin_needs_hsm, response
+from switch.authorize.decide import (Decision, PinCheck, PinRefused, PinVerified, decide, iso, pin_needs_hsm,
+                                     response)
 from switch.authorize.hsm_client import HsmUnavailable
 from switch.authorize.security import (DUKPT, HSM_FAILURE_ERRORS, SECURED, KsnGuard, Security, SecurityError, TerminalKeys,
                                       ksn_parts)
@@ -55,6 +57,39 @@ class Outcome:
     note: str = ""
     replayed: bool = False
     stored: bool = False
+
+
+COMMAND_DISABLED = "68"  # payShield: the command is disabled (or unknown to this HSM)
+
+
+class _Refused(Exception):
+    """A request the security checks refuse before anything is stored."""
+
+    def __init__(self, rc: Rc, note: str) -> None:
+        super().__init__(note)
+        self.rc = rc
+        self.note = note
+
+
+class _Unchecked:
+    """The HSM answered the MAC but could not check the PIN (a failure code): 91."""
+
+    __slots__ = ("note",)
+
+    def __init__(self, note: str) -> None:
+        self.note = note
+
+
+def _pin_check(code: str) -> Any:
+    """The PIN's code of a GQ as the decision's PinCheck, as G0 + EC map theirs: 00/01 a
+    verdict, 20/23/24 a block that does not decode (55), an HSM failure (91, before anything
+    is stored), any other error a key fault (63)."""
+    if code in ("00", "01"):
+        return PinVerified(code == "00")
+    if code in HSM_FAILURE_ERRORS:
+        return _Unchecked(f"PIN: HSM error {code}")
+    rc = Rc.INCORRECT_PIN if code in ("20", "23", "24") else Rc.SECURITY_VIOLATION
+    return PinRefused(rc, f"PIN: HSM error {code}")
 
 
 class MemberLocks:
@@ -162,16 +197,17 @@ class Engine:
         if req.merchant != terminal.mid:
             return await self._unstored(a, req, fields, Rc.TERMINAL_NOT_PERMITTED, "DE42 is not the terminal's merchant")
         sign = None
+        pin: PinCheck = None
         if terminal.security in SECURED:
             keys = TerminalKeys(terminal.security, terminal.key_lmk, terminal.ksn_initial)
-            refused = await self._check_mac(req, raw, keys, a.dialect)
+            refused, pin = await self._check_mac(req, raw, keys, a.dialect)
             if refused is not None:
                 return await self._unstored(a, req, fields, *refused)
             sign = (keys, req.ksn)
         if req.pin_block and terminal.security not in DUKPT:
             return await self._unstored(a, req, fields, Rc.NOT_PERMITTED, "PIN from a terminal whose profile "
                                         f"({terminal.security}) carries no PIN key", sign)
-        return await self._financial(a, req, fields, terminal, sign)
+        return await self._financial(a, req, fields, terminal, sign, pin)
 
     async def signed_on_elsewhere(self, tid: str) -> bool:
         """Signed on at another instance of the cluster (then here too, from now on)."""
@@ -180,7 +216,9 @@ class Engine:
         self.signed_on.add(tid)
         return True
 
-    async def _financial(self, a: Answerer, req: Request, fields: dict[str, str], terminal, sign: Sign | None) -> Outcome:
+    async def _financial(self, a: Answerer, req: Request, fields: dict[str, str], terminal, sign: Sign | None,
+                         pin: PinCheck = None) -> Outcome:
+        """pin: the PIN's verdict when the HSM gave it with the request's MAC (GQ)."""
         if req.key in self.pending:  # the same key in progress: its outcome first
             await self.pending.wait(req.key)
         prior = self.state.load_message(req.key)
@@ -193,7 +231,7 @@ class Engine:
                 return await self._unstored(a, req, fields, Rc.SECURITY_VIOLATION, "KSN counter used before", sign)
         self.pending.start(req.key)
         try:
-            outcome = await self._new(a, req, fields, terminal, sign, counter)
+            outcome = await self._new(a, req, fields, terminal, sign, counter, pin)
         finally:
             self.pending.finish(req.key)
         if counter is not None and not outcome.stored:  # nothing stored: the KSN may come again (a repeat)
@@ -201,10 +239,12 @@ class Engine:
         return outcome
 
     async def _new(self, a: Answerer, req: Request, fields: dict[str, str], terminal, sign: Sign | None,
-                   counter: int | None) -> Outcome:
+                   counter: int | None, checked: PinCheck = None) -> Outcome:
         card = self.state.load_card_for(req.pan, self.clock.now()) if req.pan else None
         pin = None
-        if req.pin_block and req.kind is not Kind.REVERSAL and pin_needs_hsm(card):
+        if checked is not None and pin_needs_hsm(card):  # verified with the MAC (GQ), for this card
+            pin = checked
+        elif req.pin_block and req.kind is not Kind.REVERSAL and pin_needs_hsm(card):
             keys = TerminalKeys(terminal.security, terminal.key_lmk, terminal.ksn_initial)
             try:
                 pin = PinVerified(await self.security.verify_pin(keys, req.ksn, req.pin_block, req.pan, card.pvv))
@@ -295,33 +335,73 @@ class Engine:
 
     # ------------------------------------------------------------------ security (through the HSM)
 
-    async def _check_mac(self, req: Request, raw: bytes, keys: TerminalKeys, dialect: Dialect) -> tuple[Rc, str] | None:
+    async def _check_mac(self, req: Request, raw: bytes, keys: TerminalKeys, dialect: Dialect
+                         ) -> tuple[tuple[Rc, str] | None, PinCheck]:
         """A secured terminal's request must carry its KSN (DE53) and a MAC (DE64, or the
         dialect's MAC field, in its form) over every byte of the message before the MAC's data
-        (codec `mac_span`); a bad MAC is answered 63 and nothing is done."""
+        (codec `mac_span`); a bad MAC is answered 63 and nothing is done. (refusal or None, the
+        PIN's verdict when the HSM checked it in the same command, else None)."""
+        refused, pin = None, None
+        try:
+            pin = await self._mac_verdict(req, raw, keys, dialect)
+        except _Refused as exc:
+            refused = (exc.rc, exc.note)
+        return refused, pin
+
+    def _combined_card(self, req: Request, keys: TerminalKeys):
+        """The card whose PIN the HSM checks with the request's MAC (GQ), or None: a TDES-DUKPT
+        request with a PIN block, not a reversal, for a card the PIN is worth checking for."""
+        security = self.security
+        if (keys.profile != "dukpt-tdes" or not req.pin_block or req.kind is Kind.REVERSAL or not req.pan
+                or security is None or not security.combined_pin_check):
+            return None
+        card = self.state.load_card_for(req.pan, self.clock.now())
+        return card if pin_needs_hsm(card) else None
+
+    async def _mac_verdict(self, req: Request, raw: bytes, keys: TerminalKeys, dialect: Dialect) -> PinCheck:
         ksn_size = {"dukpt-tdes": 20, "dukpt-aes": 24}.get(keys.profile, 0)
         if not req.mac or len(req.ksn) != ksn_size:
             field_no = "64" if not req.mac else "53"
-            return Rc.FORMAT_ERROR, f"DE{field_no} required by the terminal's {keys.profile} profile"
+            raise _Refused(Rc.FORMAT_ERROR, f"DE{field_no} required by the terminal's {keys.profile} profile")
         if keys.profile in DUKPT and ksn_parts(keys.profile, req.ksn)[0] != ksn_parts(keys.profile, keys.ksn_initial)[0]:
-            return Rc.SECURITY_VIOLATION, "KSN of another device"
+            raise _Refused(Rc.SECURITY_VIOLATION, "KSN of another device")
         span = mac_span(raw, dialect)
         if span is None or span[1] != req.mac.upper():
-            return Rc.FORMAT_ERROR, f"{mac_location(dialect)} must be the last field"
+            raise _Refused(Rc.FORMAT_ERROR, f"{mac_location(dialect)} must be the last field")
         covered, mac = span
-        if self.security is None:
-            return Rc.HSM_UNAVAILABLE, "no HSM configured"
+        security = self.security
+        if security is None:
+            raise _Refused(Rc.HSM_UNAVAILABLE, "no HSM configured")
+        card = self._combined_card(req, keys)
+        pin: PinCheck = None
         try:
-            ok = await self.security.verify_mac(keys, req.ksn, covered, mac)
+            if card is not None:
+                try:
+                    pin_code, mac_code = await security.verify_pin_and_mac(keys, req.ksn, req.pin_block, req.pan,
+                                                                           card.pvv, covered, mac)
+                except SecurityError as exc:
+                    if exc.error != COMMAND_DISABLED:
+                        raise
+                    security.gq_disabled()  # an HSM without GQ: GW, then G0 and EC, from now on
+                    log.warning("hsm_gq_disabled", error=exc.error, pin_verify="g0-ec")
+                    card = None
+            if card is not None:
+                ok = mac_code == "00"
+                pin = _pin_check(pin_code)
+            else:
+                ok = await security.verify_mac(keys, req.ksn, covered, mac)
         except HsmUnavailable:
-            return Rc.HSM_UNAVAILABLE, "HSM unavailable"
+            raise _Refused(Rc.HSM_UNAVAILABLE, "HSM unavailable") from None
         except SecurityError as exc:
+            what = "PIN and MAC" if card is not None else "MAC"
             if exc.error in HSM_FAILURE_ERRORS:  # the HSM could not check it: as if none answered
-                return Rc.HSM_UNAVAILABLE, f"MAC: HSM error {exc.error}"
-            return Rc.SECURITY_VIOLATION, f"MAC: HSM error {exc.error}"
+                raise _Refused(Rc.HSM_UNAVAILABLE, f"{what}: HSM error {exc.error}") from None
+            raise _Refused(Rc.SECURITY_VIOLATION, f"{what}: HSM error {exc.error}") from None
         if not ok:
-            return Rc.SECURITY_VIOLATION, "MAC does not verify"
-        return None
+            raise _Refused(Rc.SECURITY_VIOLATION, "MAC does not verify")
+        if isinstance(pin, _Unchecked):  # the MAC verified; the HSM could not check the PIN
+            raise _Refused(Rc.HSM_UNAVAILABLE, pin.note)
+        return pin
 
     # ------------------------------------------------------------------ network
 

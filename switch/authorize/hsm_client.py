@@ -26,6 +26,9 @@ from switch.ops.metrics import Buckets
 log = structlog.get_logger()
 
 
+PIN_VERIFY_METHODS = ("gq", "g0-ec")
+
+
 class HsmUnavailable(RuntimeError):
     """No HSM answered in time; the message is declined and nothing is posted."""
 
@@ -47,12 +50,18 @@ class HsmConfig:
     connections_per_hsm: int = 2      # pipelined connections to each HSM, used in turn
     in_flight_max: int = 256          # per connection; callers wait beyond it
     reconnect_backoff_s_max: float = 5.0
+    # How a TDES-DUKPT PIN is verified (docs/hsm.md, "GQ"): "gq", one command with the request
+    # MAC (GQ mode 1); "g0-ec", the MAC (GW), then the block translated to the ZPK (G0) and
+    # verified there (EC), for an HSM without GQ licensed.
+    pin_verify: str = "gq"
 
     def __post_init__(self) -> None:
         if not self.endpoints:
             raise ValueError("hsm endpoints: at least one HOST:PORT")
         if self.connections_per_hsm < 1:
             raise ValueError("hsm connections_per_hsm must be ≥ 1")
+        if self.pin_verify not in PIN_VERIFY_METHODS:
+            raise ValueError(f"hsm pin_verify must be one of {', '.join(PIN_VERIFY_METHODS)}")
         if self.header_length < 4:
             raise ValueError("hsm header_length must be ≥ 4 (it carries the correlation id)")
 

@@ -127,10 +127,14 @@ def _ok(reply: HsmReply, command: str, *, allow: tuple[str, ...] = ("00",)) -> H
 class Security:
     """The switch's side of terminal security; every method is one or two HSM calls."""
 
-    def __init__(self, hsm: HsmPool, *, zpk: str, pvk: str) -> None:
+    def __init__(self, hsm: HsmPool, *, zpk: str, pvk: str, pin_verify: str = "gq") -> None:
+        """pin_verify: how a TDES-DUKPT PIN is verified (HsmConfig.pin_verify): "gq" with the
+        request's MAC in one command, "g0-ec" after it in two."""
         self.hsm = hsm
         self.zpk = zpk  # switch's ZPK under LMK: PIN blocks are verified under it
         self.pvk = pvk  # PVK pair under LMK
+        self.pin_verify = pin_verify
+        self._gq_disabled = False
 
     @staticmethod
     async def switch_keys(hsm: HsmPool) -> tuple[str, str]:
@@ -176,6 +180,30 @@ class Security:
         body = self.zpk.encode() + self.pvk.encode() + zpk_block.encode() + b"01" + account.encode() + PVKI.encode() \
             + pvv.encode()
         return _ok(await self.hsm.call("EC", body), "EC", allow=("00", "01")).error == "00"
+
+    @property
+    def combined_pin_check(self) -> bool:
+        """A TDES-DUKPT PIN is verified with the request's MAC in one GQ (else GW, G0, EC)."""
+        return self.pin_verify == "gq" and not self._gq_disabled
+
+    def gq_disabled(self) -> None:
+        """The HSM answered GQ "command disabled" (68): verify as with g0-ec from now on."""
+        self._gq_disabled = True
+
+    async def verify_pin_and_mac(self, keys: TerminalKeys, ksn: str, pin_block: str, pan: str, pvv: str,
+                                 message: bytes, mac: str) -> tuple[str, str]:
+        """TDES DUKPT: the PIN block against the card's PVV and the request's X9.19 MAC in one
+        GQ (mode 1): (the PIN's code, the MAC's code), each "00" or "01", or the PIN's error
+        (20, 24: a block that does not decode) beside the MAC's verdict. SecurityError when the
+        HSM could check neither (its one error code: keys, input, capacity)."""
+        body = (b"111" + keys.key.encode() + self.pvk.encode() + b"A05" + ksn.encode() + pin_block.encode()
+                + b"01" + _account(pan).encode() + PVKI.encode() + pvv.encode() + mac.encode()
+                + f"{len(message):04d}".encode() + message)
+        reply = await self.hsm.call("GQ", body)
+        mac_code = reply.body[:2].decode("ascii", "replace")
+        if mac_code not in ("00", "01"):
+            raise SecurityError("GQ", reply.error)
+        return reply.error, mac_code
 
     # ------------------------------------------------------------------ production-style key sets
 

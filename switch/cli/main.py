@@ -42,7 +42,8 @@ def _hsm(args: argparse.Namespace) -> Any:
     from switch.authorize.hsm_client import HsmConfig, parse_endpoints
 
     text = getattr(args, "hsm", None)
-    return HsmConfig(endpoints=parse_endpoints(text)) if text else None
+    pin_verify = getattr(args, "hsm_pin_verify", None) or "gq"
+    return HsmConfig(endpoints=parse_endpoints(text), pin_verify=pin_verify) if text else None
 
 
 def _relay(args: argparse.Namespace) -> Any:
@@ -565,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--dialect", default="default", help="config/dialects/NAME.toml (default: default)")
     sw.add_argument("--clock-start", help="run the clock from this instant, e.g. 2019-07-20T12:00:00+09:00")
     sw.add_argument("--hsm", help="HOST:PORT[,HOST:PORT…] of the HSMs, in failover order (eum hsm: 127.0.0.1:1500)")
+    sw.add_argument("--hsm-pin-verify", choices=("gq", "g0-ec"), default="gq",
+                    help="TDES-DUKPT PIN check: gq (one command, with the request MAC; default) or g0-ec "
+                         "(GW, then G0 and EC: an HSM without GQ)")
     sw.add_argument("--mqtt", help="mqtt://HOST:PORT: publish the event outbox to this broker (docs/events.md)")
     sw.add_argument("--metrics", metavar="HOST:PORT",
                     help="serve Prometheus metrics (/metrics), /healthz and /readyz here, e.g. 127.0.0.1:9464 "

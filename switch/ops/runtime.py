@@ -185,4 +185,4 @@ async def _switch_security(pool: HsmPool, reader: SqliteReader, writer: LedgerWr
     if zpk is None or pvk is None:
         zpk, pvk = await Security.switch_keys(pool)
         await writer.submit(Commit(changes=(MetaSet("zpk", zpk), MetaSet("pvk", pvk))))
-    return Security(pool, zpk=zpk, pvk=pvk)
+    return Security(pool, zpk=zpk, pvk=pvk, pin_verify=pool.config.pin_verify)
