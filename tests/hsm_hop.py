@@ -3,7 +3,8 @@
 It forwards payShield frames both ways (2-byte length, 4-character header, 2-character command
 code: docs/hsm.md, "Framing") and records each command it forwards as code plus mode for GW
 ("GW11" is the TDES DUKPT request-MAC check, "GW42" the response MAC; "GQ" the PIN checked
-with the request MAC, docs/hsm.md "GQ"). What it does to a command is the test's choice:
+with the request MAC, docs/hsm.md "PIN verification"). What it does to a command is the
+test's choice:
 
 - `hold_pin`: the PIN check — a G0 (DUKPT PIN translation, docs/hsm.md "PIN translation")
   or a GQ — is swallowed: recorded in `swallowed`, never forwarded, so never answered;

@@ -97,8 +97,8 @@ def dialect_variant(source: Path, target: Path, field_no: str, **spec: int) -> N
 
 # ---------------------------------------------------------------------------- a: G0 timeout
 
-# The HSM commands of one PIN purchase, by the switch's pin_verify (docs/hsm.md, "GQ"): what is
-# forwarded while the PIN check is held, what is held, and a whole purchase.
+# The HSM commands of one PIN purchase, by the switch's pin_verify (docs/hsm.md, "PIN
+# verification"): what is forwarded while the PIN check is held, what is held, a whole purchase.
 PIN_CHECKS = {
     "g0-ec": (["GW11"], ["G0"], ["GW11", "G0", "EC", "GW42"]),
     "gq": ([], ["GQ"], ["GQ", "GW42"]),
@@ -165,7 +165,7 @@ async def test_a_pin_translation_the_hsm_never_answers_is_declined_91_stores_not
 @pytest.mark.parametrize("pin_verify, refused, forwarded, note", [
     ("g0-ec", "GW11", [], "MAC: HSM error 67"),              # the request MAC: nothing else is asked
     ("g0-ec", "G0", ["GW11", "GW42"], "PIN: HSM error 67"),  # the PIN, after the MAC verified; the 91 is MAC'd
-    ("gq", "GQ", [], "PIN and MAC: HSM error 67"),           # both in one command: nothing else is asked
+    ("gq", "GQ", [], "MAC and PIN: HSM error 67"),           # both in one command: nothing else is asked
 ])
 async def test_an_hsm_that_answers_an_error_of_its_own_is_declined_91_stores_nothing_and_the_repeat_is_approved(
         tmp_path, pin_verify, refused, forwarded, note):

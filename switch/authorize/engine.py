@@ -393,7 +393,7 @@ class Engine:
         except HsmUnavailable:
             raise _Refused(Rc.HSM_UNAVAILABLE, "HSM unavailable") from None
         except SecurityError as exc:
-            what = "PIN and MAC" if card is not None else "MAC"
+            what = "MAC and PIN" if card is not None else "MAC"  # "MAC…": switch/cert/journal.py
             if exc.error in HSM_FAILURE_ERRORS:  # the HSM could not check it: as if none answered
                 raise _Refused(Rc.HSM_UNAVAILABLE, f"{what}: HSM error {exc.error}") from None
             raise _Refused(Rc.SECURITY_VIOLATION, f"{what}: HSM error {exc.error}") from None

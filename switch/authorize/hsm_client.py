@@ -50,9 +50,9 @@ class HsmConfig:
     connections_per_hsm: int = 2      # pipelined connections to each HSM, used in turn
     in_flight_max: int = 256          # per connection; callers wait beyond it
     reconnect_backoff_s_max: float = 5.0
-    # How a TDES-DUKPT PIN is verified (docs/hsm.md, "GQ"): "gq", one command with the request
-    # MAC (GQ mode 1); "g0-ec", the MAC (GW), then the block translated to the ZPK (G0) and
-    # verified there (EC), for an HSM without GQ licensed.
+    # How a TDES-DUKPT PIN is verified (docs/hsm.md, "PIN verification"): "gq", one command
+    # with the request MAC (GQ mode 1); "g0-ec", the MAC (GW), then the block translated to
+    # the ZPK (G0) and verified there (EC), for an HSM without GQ enabled or licensed.
     pin_verify: str = "gq"
 
     def __post_init__(self) -> None:
