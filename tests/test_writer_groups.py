@@ -158,3 +158,111 @@ async def test_a_group_waits_no_longer_than_its_window(tmp_path):
         writer.withdraw()
     finally:
         await writer.close()
+
+
+# ---------------------------------------------------------------------------- the WAL checkpoint
+
+def wal_bytes(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+async def commit_units(writer: LedgerWriter, n: int, *, pause_every: int = 50) -> None:
+    """n units, one by one (a group each), with a short pause now and then so that the
+    checkpointer gets its turns while they commit."""
+    for i in range(n):
+        await writer.submit(unit(i))
+        if i % pause_every == pause_every - 1:
+            await asyncio.sleep(0.02)
+
+
+async def test_no_commit_runs_a_checkpoint_and_the_checkpointer_keeps_the_wal_bounded(tmp_path):
+    """The writer's connection has SQLite's automatic checkpoint off (0 pages), so no group
+    waits for a checkpoint inside its COMMIT; the Checkpointer copies the WAL beside it, and
+    the WAL restarts from its start: 1,500 groups leave it far smaller than without the
+    checkpointer (the control: the same groups with it stopped, where nothing else ever
+    copies the WAL and it only grows)."""
+    writer = await started(tmp_path, checkpoint_interval_ms=10)
+    try:
+        assert writer._conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        await commit_units(writer, 1_500)
+        checkpointed = wal_bytes(writer.path)
+        assert writer.checkpointer.passes > 0 and writer.checkpointer.frames_copied > 0
+        assert writer.checkpointer.failures == 0
+        assert stored(writer.path) == {f"writer-test-{i}": str(i) for i in range(1_500)}
+    finally:
+        await writer.close()
+
+    control = await started(tmp_path / "control", checkpoint_interval_ms=10)
+    control.checkpointer.stop()  # nobody checkpoints: every commit appends to the WAL
+    try:
+        await commit_units(control, 1_500)
+        unchecked = wal_bytes(control.path)
+    finally:
+        await control.close()
+    page = 4096 + 24  # a WAL frame: its header and one page
+    assert unchecked > 1_500 * page  # each group appended at least one frame, never copied
+    assert checkpointed < unchecked / 4, (checkpointed, unchecked)
+
+
+async def test_the_last_close_leaves_no_wal_and_every_unit_in_the_database(tmp_path):
+    """Closing the writer stops the checkpointer; the writer's connection, closed last,
+    checkpoints what is left and removes the WAL: the database file alone holds every unit."""
+    writer = await started(tmp_path, checkpoint_interval_ms=1_000)
+    await commit_units(writer, 200)
+    await writer.close()
+    assert wal_bytes(writer.path) == 0
+    assert stored(writer.path) == {f"writer-test-{i}": str(i) for i in range(200)}
+
+
+def test_the_fence_commit_gives_the_connection_back_its_own_checkpoint_setting(tmp_path):
+    """commit_unsynced (the fence after an fsync failure, switch/ledger/writer.py) turns the
+    automatic checkpoint off for itself and restores the connection's own value after: 0 on
+    the writer's connection, SQLite's 1,000 on another."""
+    from switch.ledger.sqlite import commit_unsynced, committing_connection
+
+    path = open_store(tmp_path / "var")
+    writer_conn, other = committing_connection(path), connect(path)
+    try:
+        for conn, expected in ((writer_conn, 0), (other, 1000)):
+            commit_unsynced(conn, [unit(expected)])
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (expected,)
+            assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    finally:
+        writer_conn.close()
+        other.close()
+
+
+def test_a_failing_checkpoint_is_said_once_and_retried_until_it_passes(tmp_path):
+    """A checkpoint pass that fails (an I/O error writing or syncing the database file) leaves
+    the frames in the WAL, which every commit fsynced: the next pass tries again. The operator
+    reads one warning when passes start failing and one line when they pass again, not a line
+    every 100 ms."""
+    import sqlite3
+
+    import structlog
+
+    from switch.ledger.sqlite import Checkpointer
+
+    class Flaky(Checkpointer):
+        outcomes = [sqlite3.OperationalError("disk I/O error"), sqlite3.OperationalError("disk I/O error"), 3, 0]
+
+        def _pass(self, conn):
+            outcome = self.outcomes.pop(0) if self.outcomes else 0
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+    path = open_store(tmp_path / "var")
+    checkpointer = Flaky(path, interval_s=0.005)
+    with structlog.testing.capture_logs() as events:
+        checkpointer.start()
+        deadline = threading.Event()
+        for _ in range(400):
+            if checkpointer.passes >= 2:
+                break
+            deadline.wait(0.005)
+        checkpointer.stop()
+    assert (checkpointer.failures, checkpointer.frames_copied) == (2, 3)
+    assert [(e["event"], e.get("error"), e.get("failures")) for e in events] == [
+        ("ledger_checkpoint_failed", "OperationalError", None), ("ledger_checkpoint_recovered", None, 2)]
