@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 
 import orjson
-import structlog
 import time
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from switch.domain import Merchant
 from switch.ledger.records import (AUTO_CHARGE_META, AutoCharge, CardDayMoved, CardIssued, CardMonthCharged, CardPvvSet, CardState, CardStatusSet,
@@ -28,8 +26,6 @@ from switch.ledger.records import (AUTO_CHARGE_META, AutoCharge, CardDayMoved, C
                                    RefundReversalDetail, RelayMarked, Terminal, TerminalAdded, TerminalStatusSet,
                                    UndoDetail)
 from switch.ledger.store import Store, connect
-
-log = structlog.get_logger()
 
 # ---------------------------------------------------------------------------- posting detail as JSON
 # The column keeps the shape earlier versions wrote (dicts with these keys), so an older
@@ -289,85 +285,14 @@ def commit_group(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None:
 def commit_unsynced(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None:
     """commit_group without an fsync, and with no checkpoint run under it: only for the fence
     the writer lays over a group whose fsync failed (switch/ledger/writer.py), while fsync
-    itself may be what fails. The connection goes back to synchronous=FULL and to its own
-    automatic checkpoint setting."""
-    (autocheckpoint,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+    itself may be what fails. The connection goes back to synchronous=FULL."""
     conn.execute("PRAGMA wal_autocheckpoint=0")
     conn.execute("PRAGMA synchronous=OFF")
     try:
         commit_group(conn, commits)
     finally:
         conn.execute("PRAGMA synchronous=FULL")
-        conn.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
-
-
-def committing_connection(path: Any) -> sqlite3.Connection:
-    """The writer's connection: WAL, synchronous=FULL, and no automatic checkpoint after its
-    commits (SQLite's default runs one inside the COMMIT that crosses 1,000 WAL pages, and
-    every request of that group waits for it): the Checkpointer does it beside the writer."""
-    conn = connect(path)
-    conn.execute("PRAGMA wal_autocheckpoint=0")
-    return conn
-
-
-class Checkpointer:
-    """Copies the WAL's committed pages into the database file every `interval_s`, on a thread
-    and a connection of its own, beside the writer: PRAGMA wal_checkpoint(PASSIVE), which
-    never waits for the writer or a reader (it copies what it can; the next pass the rest). The
-    writer then restarts the WAL from its start at a commit after a checkpoint that copied it
-    all, so the WAL stays about as large as `interval_s` of commits (at 4,000 approvals a
-    second and ≈ 9 pages an approval, ≈ 14 MB for 100 ms). Durability is the commit's own
-    fsync, as before; a checkpoint fsyncs the database file before it lets the WAL restart."""
-
-    def __init__(self, path: Any, *, interval_s: float = 0.1) -> None:
-        self.path = path
-        self.interval_s = interval_s
-        self.passes = 0
-        self.frames_copied = 0
-        self.failures = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="ledger-checkpointer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        conn = connect(self.path)
-        failing = False
-        try:
-            while not self._stop.wait(self.interval_s):
-                try:
-                    copied = self._pass(conn)
-                except sqlite3.Error as exc:
-                    # an I/O error (a failed write or fsync of the database file): SQLite does not
-                    # count those frames as copied, so the next pass writes them again; the WAL,
-                    # fsynced at every commit, still holds them
-                    self.failures += 1
-                    if not failing:
-                        log.warning("ledger_checkpoint_failed", error=type(exc).__name__,
-                                    code=getattr(exc, "sqlite_errorname", ""), detail=str(exc))
-                    failing = True
-                    continue
-                if failing:
-                    log.info("ledger_checkpoint_recovered", failures=self.failures)
-                    failing = False
-                self.passes += 1
-                self.frames_copied += max(0, copied)
-        finally:
-            conn.close()
-
-    @staticmethod
-    def _pass(conn: sqlite3.Connection) -> int:
-        """One checkpoint; the frames it copied."""
-        _, _, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return int(copied)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        conn.execute("PRAGMA wal_autocheckpoint=1000")
 
 
 # ---------------------------------------------------------------------------- reads

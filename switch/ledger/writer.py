@@ -3,10 +3,6 @@
 Many connections feed it through a bounded queue; it commits a group of Commits (typed
 records, switch/ledger/records.py) in one transaction through the store adapter
 (switch/ledger/sqlite.py), then resolves each one's future; only then does a response leave.
-On SQLite no commit runs a WAL checkpoint: the Checkpointer (switch/ledger/sqlite.py) copies
-the WAL into the database file every `checkpoint_interval_ms` on a thread and a connection of
-its own, so no group waits behind one (docs/performance.md, "The WAL checkpointed beside the
-writer").
 
 A group that fails is never retried: its units and the queue behind them are answered 96
 and the hot state is rebuilt from the store (`on_failure`). A full disk (SQLITE_FULL) leaves
@@ -32,7 +28,7 @@ from typing import Any
 import structlog
 
 from switch.ledger.records import Commit, MetaSet
-from switch.ledger.sqlite import Checkpointer, commit_group, commit_unsynced, committing_connection
+from switch.ledger.sqlite import commit_group, commit_unsynced
 from switch.ledger.store import LedgerUnavailable, PgDsn, Store, connect, ledger_id
 
 log = structlog.get_logger()
@@ -82,16 +78,13 @@ class LedgerWriter:
         *,
         batch_size_max: int = 512,
         commit_interval_ms_max: float = 2.0,
-        checkpoint_interval_ms: float = 100.0,
         queue_size_max: int = 8192,
         on_failure: Any = None,
         owner: str = "",
         leases: Any = None,
     ) -> None:
         """owner, leases: one instance of several on a PostgreSQL ledger (switch/ops/cluster.py):
-        every group is fenced by the leases held (switch/ledger/postgres.py, PgCommitter).
-        checkpoint_interval_ms: SQLite, how often the Checkpointer copies the WAL into the
-        database file beside the writer (switch/ledger/sqlite.py): commits never run one."""
+        every group is fenced by the leases held (switch/ledger/postgres.py, PgCommitter)."""
         self.path = path
         self.batch_size_max = batch_size_max
         self.commit_interval_s_max = commit_interval_ms_max / 1000
@@ -109,11 +102,9 @@ class LedgerWriter:
                 self.ledger_id = ledger_id(probe)
             finally:
                 probe.close()
-        self.checkpointer: Checkpointer | None = None
-        if self._pg is None:
-            self._conn = committing_connection(path)
+        else:
+            self._conn = connect(path)
             self.ledger_id = ledger_id(self._conn)
-            self.checkpointer = Checkpointer(path, interval_s=checkpoint_interval_ms / 1000)
         # set after a commit that carried events: the outbox relay waits on it instead of polling
         self.events_committed = asyncio.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
@@ -153,8 +144,6 @@ class LedgerWriter:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
-        if self.checkpointer is not None:
-            self.checkpointer.start()
 
     @property
     def running(self) -> bool:
@@ -293,7 +282,7 @@ class LedgerWriter:
 
     def _write_group(self, units: list[Commit]) -> None:
         if self._conn is None:  # the last reopen failed: try again, or fail this group too
-            self._conn = committing_connection(self.path)
+            self._conn = connect(self.path)
             self.reopens += 1
         try:
             self.commit_group(self._conn, units)
@@ -314,7 +303,7 @@ class LedgerWriter:
             with contextlib.suppress(sqlite3.Error):
                 old.close()
         try:
-            self._conn = committing_connection(self.path)
+            self._conn = connect(self.path)
         except sqlite3.Error as reopen_error:
             return Restart(False, False, str(reopen_error))
         self.reopens += 1
@@ -340,8 +329,6 @@ class LedgerWriter:
             except asyncio.CancelledError:
                 pass
         self._pool.shutdown(wait=True)
-        if self.checkpointer is not None:
-            self.checkpointer.stop()
         if self._conn is not None:
             self._conn.close()
         if self._pg is not None:
