@@ -71,23 +71,10 @@ class _Refused(Exception):
         self.note = note
 
 
-class _Unchecked:
-    """The HSM answered the MAC but could not check the PIN (a failure code): 91."""
-
-    __slots__ = ("note",)
-
-    def __init__(self, note: str) -> None:
-        self.note = note
-
-
-def _pin_check(code: str) -> Any:
-    """The PIN's code of a GQ as the decision's PinCheck, as G0 + EC map theirs: 00/01 a
-    verdict, 20/23/24 a block that does not decode (55), an HSM failure (91, before anything
-    is stored), any other error a key fault (63)."""
-    if code in ("00", "01"):
-        return PinVerified(code == "00")
-    if code in HSM_FAILURE_ERRORS:
-        return _Unchecked(f"PIN: HSM error {code}")
+def _pin_refused(code: str) -> PinRefused:
+    """An HSM error on a PIN check that is about the data (not in HSM_FAILURE_ERRORS, which
+    are answered 91 with nothing stored), for G0 + EC and GQ alike: a block that does not
+    decode (20, 23, 24) is an incorrect PIN (55), any other error a key fault (63)."""
     rc = Rc.INCORRECT_PIN if code in ("20", "23", "24") else Rc.SECURITY_VIOLATION
     return PinRefused(rc, f"PIN: HSM error {code}")
 
@@ -253,8 +240,7 @@ class Engine:
             except SecurityError as exc:
                 if exc.error in HSM_FAILURE_ERRORS:  # the HSM could not check it: as if none answered
                     return await self._unstored(a, req, fields, Rc.HSM_UNAVAILABLE, f"PIN: HSM error {exc.error}", sign)
-                rc = Rc.INCORRECT_PIN if exc.error in ("20", "23", "24") else Rc.SECURITY_VIOLATION
-                pin = PinRefused(rc, f"PIN: HSM error {exc.error}")
+                pin = _pin_refused(exc.error)
         if req.kind is Kind.REVERSAL:  # reverse only what is settled
             original_key = req.original_key
             if original_key in self.pending:
@@ -373,7 +359,7 @@ class Engine:
         if security is None:
             raise _Refused(Rc.HSM_UNAVAILABLE, "no HSM configured")
         card = self._combined_card(req, keys)
-        pin: PinCheck = None
+        pin_code = ""
         try:
             if card is not None:
                 try:
@@ -387,7 +373,6 @@ class Engine:
                     card = None
             if card is not None:
                 ok = mac_code == "00"
-                pin = _pin_check(pin_code)
             else:
                 ok = await security.verify_mac(keys, req.ksn, covered, mac)
         except HsmUnavailable:
@@ -399,9 +384,13 @@ class Engine:
             raise _Refused(Rc.SECURITY_VIOLATION, f"{what}: HSM error {exc.error}") from None
         if not ok:
             raise _Refused(Rc.SECURITY_VIOLATION, "MAC does not verify")
-        if isinstance(pin, _Unchecked):  # the MAC verified; the HSM could not check the PIN
-            raise _Refused(Rc.HSM_UNAVAILABLE, pin.note)
-        return pin
+        if card is None:
+            return None
+        if pin_code in ("00", "01"):  # the PIN's code of the GQ, mapped as G0 + EC's are (`_new`)
+            return PinVerified(pin_code == "00")
+        if pin_code in HSM_FAILURE_ERRORS:  # the MAC verified; the HSM could not check the PIN
+            raise _Refused(Rc.HSM_UNAVAILABLE, f"PIN: HSM error {pin_code}")
+        return _pin_refused(pin_code)
 
     # ------------------------------------------------------------------ network
 
