@@ -31,6 +31,7 @@ async def test_eum_switch_settles_its_heap_before_it_listens(tmp_path):
     await provisioned(data_dir)
     with running_switch(data_dir, tmp_path) as switch:
         [settled] = switch.logged("the heap settled", event="heap_settled")
+        switch.logged("the listening line", event="switch_listening")  # the log is written up to 50 ms late
         order = [e["event"] for e in switch.events() if e["event"] in ("heap_settled", "switch_listening")]
     assert order == ["heap_settled", "switch_listening"]
     assert settled["gc_threshold"] == [7000, 10, 10]
