@@ -563,3 +563,42 @@ def test_core_split_times_each_piece_of_a_real_plain_run(tmp_path):
     assert all(median[k] > 0 for k in pieces), median
     # the thread-CPU pieces are parts of the process CPU they are taken from
     assert sum(median[k] for k in pieces if k != "decide.isolated") < median["total"]
+
+
+def test_wakeups_measures_the_echo_server_at_each_rate_and_closed_loop_with_and_without_busy_neighbours(tmp_path):
+    """benchmarks/wakeups.py end to end on a short run: exactly the messages asked for at each
+    rate and closed loop, both halves, every CPU figure positive, each row's ratio to its own
+    closed-loop figure (1.0 for the closed loop itself); and no busy neighbour left running."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wakeups.py"), "--rates", "400,1000",
+                           "--messages", "40", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (out,) = tmp_path.glob("*-wakeups.json")
+    result = json.loads(out.read_text())
+    assert result["messages_per_rate"] == 40 and result["machine"]["cores"] == os.cpu_count()
+    for half in ("idle_cores", "busy_neighbours"):
+        rows = result[half]
+        assert [r["rate_per_s"] for r in rows] == [400.0, 1000.0, None]
+        assert [r["messages"] for r in rows] == [40, 40, 40]
+        assert all(r["server_cpu_us_per_msg"] > 0 and r["client_cpu_us_per_msg"] > 0 for r in rows), rows
+        closed = rows[-1]["server_cpu_us_per_msg"]
+        assert rows[-1]["server_to_closed_loop"] == 1.0
+        assert [r["server_to_closed_loop"] for r in rows] == [round(r["server_cpu_us_per_msg"] / closed, 2)
+                                                             for r in rows]
+        assert rows[0]["achieved_per_s"] <= 400 * 1.05  # paced: never faster than asked
+    spinners = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"while True: pass" in cmdline.read_bytes():
+                spinners.append(cmdline.parent.name)
+        except OSError:  # a process that ended meanwhile
+            continue
+    assert spinners == []
+
+
+def test_wakeups_refuses_rates_that_are_not_positive_numbers(tmp_path):
+    for rates in ("fast", "0,100"):
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wakeups.py"), "--rates", rates,
+                               "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "--rates" in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []
