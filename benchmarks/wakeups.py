@@ -7,15 +7,16 @@ An echo server (uvloop, an asyncio Protocol that writes back what it reads, in a
 its own) and one client connection sending 100-byte messages, one in flight: paced at each
 rate (open loop, a timer between two messages: the server sleeps between them, as `eum
 switch` does at part load), then back to back (closed loop: the next message leaves as soon
-as the echo is read). CPU is each process's time on CPU (the server's from /proc/PID/schedstat) over exactly
-`--messages` messages. The server does the same work for every message at every rate, so
-what its CPU per message gains as the rate falls is the cost of waking up for a message
-after sleeping — the floor under every per-message figure the bench measures at part load
-(`switch.cpu_us_per_auth` at 0.9 × capacity, `e2e_half`), which no change to the switch's own
-code can lower.
+as the echo is read). CPU is each process's time on CPU (the server's from
+/proc/PID/schedstat) over exactly `--messages` messages. The server does the same work for
+every message at every rate, so what its CPU per message gains as the rate falls is the cost
+of waking up for a message after sleeping: the machine's price for each wake-up, paid by
+every per-message figure the bench measures at part load (`switch.cpu_us_per_auth` at 0.9 ×
+capacity, `e2e_half`), which the switch's code can lower only by waking less often.
 
-The run is repeated with two busy neighbours (`nice -n 19` spinning processes, one per core),
-so that the cores never go idle: if the cost stays, it is not the CPU's idle states (a VM's
+The run is repeated with busy neighbours (`nice -n 19` spinning processes, one per core, each
+ending by itself after `NEIGHBOUR_S_MAX` whatever happens to this one), so that the cores
+never go idle: if the cost stays, it is not the CPU's idle states (a VM's
 halt and wake-up) but the wake-up itself (the scheduler's switch, caches and TLB refilled
 after another process ran). `--no-neighbours` skips that half.
 
@@ -42,6 +43,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 MESSAGE = b"x" * 100
+NEIGHBOUR_S_MAX = 120.0  # a busy neighbour's bound on top of the run's own length
+NEIGHBOUR_MARK = "eum-wakeups-neighbour"  # in each neighbour's command line (tests look for it)
 
 
 def process_cpu_s(pid: int) -> float:
@@ -115,17 +118,19 @@ def run_series(rates: list[float], messages: int) -> list[dict[str, float | None
         for rate in [*rates, None]:
             row = _run_loop(_measure(port, server.pid, rate, messages))
             rows.append({"rate_per_s": rate, **row})
-        closed = rows[-1]["server_cpu_us_per_msg"] or float("nan")
+        closed = rows[-1]["server_cpu_us_per_msg"]
         for row in rows:
-            row["server_to_closed_loop"] = round(row["server_cpu_us_per_msg"] / closed, 2) if closed else None
+            row["server_to_closed_loop"] = round(row["server_cpu_us_per_msg"] / closed, 2) if closed > 0 else None
         return rows
     finally:
         server.kill()
         server.wait()
 
 
-def busy_neighbours(n: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+def busy_neighbours(n: int, seconds: float) -> list[subprocess.Popen]:
+    """n spinning processes at the lowest priority; each ends by itself after `seconds`."""
+    spin = f"import time  # {NEIGHBOUR_MARK}\nend = time.monotonic() + {seconds!r}\nwhile time.monotonic() < end: pass"
+    return [subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", spin]) for _ in range(n)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                             "offered rate (null: closed loop) (benchmarks/wakeups.py)",
                     "idle_cores": run_series(rates, args.messages)}
     if not args.no_neighbours:
-        spinners = busy_neighbours(os.cpu_count() or 1)
+        paced_s = args.messages * sum(1 / r for r in rates)
+        spinners = busy_neighbours(os.cpu_count() or 1, NEIGHBOUR_S_MAX + 2 * paced_s)
         try:
             time.sleep(0.3)
             result["busy_neighbours"] = run_series(rates, args.messages)
