@@ -42,14 +42,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.scale import free_port  # noqa: E402
+
 MESSAGE = b"x" * 100
 NEIGHBOUR_S_MAX = 120.0  # a busy neighbour's bound on top of the run's own length
 NEIGHBOUR_MARK = "eum-wakeups-neighbour"  # in each neighbour's command line (tests look for it)
 
 
-def process_cpu_s(pid: int) -> float:
+def main_thread_cpu_s(pid: int) -> float:
     """The server's CPU time to the nanosecond: /proc/PID/schedstat's time on CPU of its main
-    thread, the only one that serves (/proc/PID/stat counts in 10 ms ticks)."""
+    thread, the only one that serves (/proc/PID/stat, which benchmarks/bench.py's
+    process_cpu_s reads for whole processes, counts in 10 ms ticks)."""
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
 
 
@@ -83,7 +86,7 @@ async def _measure(port: int, server_pid: int, rate: float | None, messages: int
         for _ in range(20):  # warm the connection and both loops
             writer.write(MESSAGE)
             await reader.readexactly(len(MESSAGE))
-        server0, client0, t0 = process_cpu_s(server_pid), time.process_time(), time.perf_counter()
+        server0, client0, t0 = main_thread_cpu_s(server_pid), time.process_time(), time.perf_counter()
         for n in range(messages):
             if rate is not None:
                 wait = t0 + n / rate - time.perf_counter()
@@ -92,7 +95,7 @@ async def _measure(port: int, server_pid: int, rate: float | None, messages: int
             writer.write(MESSAGE)
             await reader.readexactly(len(MESSAGE))
         elapsed = time.perf_counter() - t0
-        server_s, client_s = process_cpu_s(server_pid) - server0, time.process_time() - client0
+        server_s, client_s = main_thread_cpu_s(server_pid) - server0, time.process_time() - client0
     finally:
         writer.close()
     return {"messages": messages, "achieved_per_s": round(messages / elapsed, 1),
@@ -100,15 +103,9 @@ async def _measure(port: int, server_pid: int, rate: float | None, messages: int
             "client_cpu_us_per_msg": round(client_s * 1e6 / messages, 1)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_series(rates: list[float], messages: int) -> list[dict[str, float | None]]:
     """Every rate, then closed loop, against one echo server process started here."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", str(port)],
                               stdout=subprocess.PIPE, text=True)
     try:
