@@ -1,6 +1,6 @@
 """Before/after in one run: the closed-loop capacity of two source trees, alternated.
 
-    python benchmarks/ab.py --base REV [--head REV] [--rounds 3] [--seconds 12] [--rate R]
+    python benchmarks/ab.py --base REV [--head REV] [--rounds 3] [--seconds 12] [--rate R] [--terminals N]
                             [--base-env KEY=VALUE ...] [--tag T] [--out-dir DIR]
 
 Each revision is checked out into a temporary git worktree; for each, an `eum hsm`, a seeded
@@ -12,7 +12,8 @@ the rounds per revision: approvals per second, latency, and CPU per approval of 
 the HSM and the fleet (from /proc). This is how docs/performance.md's before/after table is
 measured. `--rate R`: open loop instead, Poisson arrivals at R a second over the same 32
 terminals (the bench's e2e_half procedure at a rate you choose): for latency levers, p99 at a
-fixed load. A tree with the optional compiled build (setup.py) is built in place first, as
+fixed load. `--terminals N`: that many terminals instead of 32 (the bench's open-loop e2e runs
+use 200, each with its own connection and timers). A tree with the optional compiled build (setup.py) is built in place first, as
 `pip install -e .` builds it; `--base REV --head REV --base-env EUM_PURE_PYTHON=1` measures a
 revision's compiled modules against its own pure Python. Writes <out-dir>/<date>-<host>-ab[-T].json.
 """
@@ -39,6 +40,7 @@ import json, sys
 from pathlib import Path
 from benchmarks.bench import BenchPlan, E2eSuite, Processes, fleet_api
 work, seconds, seed, rate = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+terminals = int(sys.argv[5])
 plan = BenchPlan(mode="quick", cards=30_000)
 procs = Processes(work)
 suite = E2eSuite(plan, work, procs)
@@ -49,7 +51,7 @@ try:
     else:
         suite.seed()
     run = suite.switch_run("ab", closed_loop=rate <= 0, rate_per_s=rate if rate > 0 else 1e6, duration_s=seconds,
-                           seed=seed, terminals=plan.capacity_terminals)
+                           seed=seed, terminals=terminals or plan.capacity_terminals)
 finally:
     procs.stop_all()
 if not run.check["ok"]:
@@ -102,9 +104,11 @@ def short_revs(base: str, head: str) -> dict[str, str]:
 
 
 def one_round(tree: Path, work: Path, seconds: float, seed: int, rate: float = 0.0,
-              extra_env: dict[str, str] | None = None) -> dict:
+              extra_env: dict[str, str] | None = None, terminals: int = 0) -> dict:
+    """terminals: 0 for the plan's capacity_terminals (32)."""
     env = {**os.environ, "PYTHONPATH": str(tree), **(extra_env or {})}  # the tree's own packages, in every process
-    done = subprocess.run([sys.executable, "-c", ROUND, str(work), str(seconds), str(seed), str(rate)], cwd=tree,
+    done = subprocess.run([sys.executable, "-c", ROUND, str(work), str(seconds), str(seed), str(rate),
+                           str(terminals)], cwd=tree,
                           env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise SystemExit(f"round in {tree} failed:\n{done.stderr[-2000:]}")
@@ -119,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--rate", type=float, default=0.0,
                     help="open loop at this many requests a second (default 0: closed loop, capacity)")
+    ap.add_argument("--terminals", type=int, default=32,
+                    help="terminals of the fleet, each its own connection (default 32; the bench's e2e: 200)")
     ap.add_argument("--base-env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment of the base side's processes (repeatable), e.g. EUM_PURE_PYTHON=1 to "
                          "measure a revision's compiled build against its own pure Python (--base REV --head REV)")
@@ -128,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     from benchmarks.bench import describe_machine
 
+    if not 1 <= args.terminals <= 200:
+        raise SystemExit(f"--terminals must be 1 to 200 (the seeded merchants), got {args.terminals}")
     revs = short_revs(args.base, args.head)
     base_env = parse_env(args.base_env)
     if revs["base"] == revs["head"] and not base_env:
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                     work = Path(tmp) / f"work-{name}"
                     work.mkdir(exist_ok=True)
                     r = one_round(trees[name], work, args.seconds, seed=100 + i, rate=args.rate,
-                                  extra_env=base_env if name == "base" else None)
+                                  extra_env=base_env if name == "base" else None, terminals=args.terminals)
                     runs[name].append(r)
                     print(name, revs[name], json.dumps(r), flush=True)
         finally:
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
     medians = {name: {k: round(statistics.median(r[k] for r in rs), 1) for k in KEYS} for name, rs in runs.items()}
     result = {"machine": describe_machine(), "revisions": revs, "base_env": base_env, "rounds": args.rounds,
-              "seconds": args.seconds,
+              "seconds": args.seconds, "terminals": args.terminals,
               "loop": f"open, {args.rate:g}/s" if args.rate > 0 else "closed",
               "median": medians, "runs": runs,
               "ratio_head_to_base": {k: round(medians["head"][k] / medians["base"][k], 3)

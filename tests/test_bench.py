@@ -602,3 +602,13 @@ def test_wakeups_refuses_rates_that_are_not_positive_numbers(tmp_path):
                                "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and "--rates" in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ab_refuses_a_fleet_of_no_terminals_or_more_than_the_seeded_merchants(tmp_path):
+    for terminals in ("0", "201"):
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ab.py"), "--base", "HEAD~1",
+                               "--terminals", terminals, "--out-dir", str(tmp_path)],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.strip() == f"--terminals must be 1 to 200 (the seeded merchants), got {terminals}"
+    assert list(tmp_path.iterdir()) == []
