@@ -98,6 +98,11 @@ PERCENTILES = (0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 75.0, 80.0, 90.0, 
 CONNECT_CONCURRENCY_MAX = 64  # terminals connecting and signing on at once at the start
 RECONNECT_BACKOFF_S_MAX = 1.0
 REFUNDABLE_MAX = 32  # approved purchases a terminal remembers for refunds
+# uvloop rounds a timer's delay to whole milliseconds from the loop time cached at the start of
+# the iteration, so a sleep may end up to about a millisecond before its time; a terminal
+# woken that close to its intended send time sends at once (its latency then counts from
+# the send) instead of sleeping the remainder, which uvloop rounds to 0 ms: the loop spun.
+EARLY_SEND_S = 0.001
 TIMED_OUT_REMEMBERED_MAX = 64  # STANs whose late answers are recognised as late
 KSN_BLOCK_MIN = 256
 PROGRESS_INTERVAL_S = 0.5
@@ -757,7 +762,7 @@ class _SimTerminal:
         echo_idle_s = ctx.scenario.terminal.echo_idle_s
         while True:
             t = now()
-            if intended <= t:
+            if intended <= t + EARLY_SEND_S:
                 return
             saf_in = self.saf.due_in()
             if saf_in == 0.0 and t < ctx.end and (await self.settle_reversals()).tries:
@@ -803,7 +808,7 @@ class _SimTerminal:
             self._note_pin(pan, pin, answer)
         if isinstance(answer, _Answer):
             rc = answer.fields.get("39", "")
-            rec.answered(kind, rc, intended=sent_at if intended is None else intended, sent_at=sent_at,
+            rec.answered(kind, rc, intended=sent_at if intended is None else min(intended, sent_at), sent_at=sent_at,
                          at=answer.at, switch=switch)
             if rc == "00":
                 self._approved(kind, fields, answer)
