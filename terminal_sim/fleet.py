@@ -13,7 +13,8 @@ Load model (docs/performance.md, "Latency in the load generator"):
   A terminal still busy when its next intended time comes sends it as soon as it is free,
   and that transaction's latency includes the wait: latency = reply time − intended send
   time, so a stalled switch shows in the percentiles instead of silencing the sampler
-  (wrk2's fix for coordinated omission).
+  (wrk2's fix for coordinated omission). A terminal woken within EARLY_SEND_S of its
+  intended time sends at once, and then latency = reply − min(intended, sent).
 - Closed loop (`closed_loop=True`, capacity search). Each terminal keeps
   `in_flight_per_terminal_max` requests outstanding and sends the next as soon as one is
   answered; latency = reply − send.

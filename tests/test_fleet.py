@@ -328,6 +328,37 @@ async def test_constant_arrivals_reach_the_switch_at_the_intended_times(tmp_path
         await server.stop()
 
 
+async def test_a_timer_that_fires_early_costs_one_sleep_per_send_and_never_flatters_latency(tmp_path, monkeypatch):
+    # uvloop rounds a timer's delay to whole milliseconds from the loop's cached time, so a
+    # sleep may end up to about a millisecond early; here every sleep ends 1 ms early (a
+    # remainder under 1 ms at once), as the worst of that. A terminal woken within
+    # EARLY_SEND_S of its send time sends then, instead of sleeping the remainder again (which
+    # uvloop rounds to 0 ms: the loop spun until the time came); its latency then counts from
+    # the send, so sending early can only lengthen it, never shorten it.
+    real_sleep = asyncio.sleep
+    sleeps = Counter()
+
+    async def early_sleep(delay, result=None):
+        sleeps["all"] += 1
+        return await real_sleep(max(0.0, delay - 0.001), result)
+
+    monkeypatch.setattr(asyncio, "sleep", early_sleep)
+    server = await ScriptedSwitch().start()
+    try:
+        report = await run_fleet(_config(server.port, _fake_population(2), tmp_path, terminals=2, rate_per_s=40.0,
+                                         duration_s=1.0, arrivals="constant"))
+        sends = [f for _, f in server.received if f["t"] == "0200"]
+        assert report.sent == report.responses == len(sends) == 40 and report.unsent == 0
+        # one sleep per send and one for each terminal's wait for the run's end; with the
+        # remainder slept again, hundreds (each 0 ms: a turn of the loop)
+        assert sleeps["all"] <= 40 + 2 + 2, sleeps
+        # every latency is at least its own service time (answer − send), so the least
+        # latency is at least the least service time
+        assert report.latency_histogram.get_min_value() >= report.service_histogram.get_min_value()
+    finally:
+        await server.stop()
+
+
 async def test_poisson_arrivals_have_exponential_gaps():
     import random
 
