@@ -1,6 +1,7 @@
 """Before/after in one run: the closed-loop capacity of two source trees, alternated.
 
     python benchmarks/ab.py --base REV [--head REV] [--rounds 3] [--seconds 12] [--rate R] [--terminals N]
+                            [--against switch|responder]
                             [--base-env KEY=VALUE ...] [--tag T] [--out-dir DIR]
 
 Each revision is checked out into a temporary git worktree; for each, an `eum hsm`, a seeded
@@ -13,7 +14,9 @@ the HSM and the fleet (from /proc). This is how docs/performance.md's before/aft
 measured. `--rate R`: open loop instead, Poisson arrivals at R a second over the same 32
 terminals (the bench's e2e_half procedure at a rate you choose): for latency levers, p99 at a
 fixed load. `--terminals N`: that many terminals instead of 32 (the bench's open-loop e2e runs
-use 200, each with its own connection and timers). A tree with the optional compiled build (setup.py) is built in place first, as
+use 200, each with its own connection and timers). `--against responder`: the fleet alone,
+against benchmarks/responder.py (answers at once, no MAC, no switch or HSM on the cores): the
+fleet's CPU per transaction without the e2e's noise, for the fleet's own levers. A tree with the optional compiled build (setup.py) is built in place first, as
 `pip install -e .` builds it; `--base REV --head REV --base-env EUM_PURE_PYTHON=1` measures a
 revision's compiled modules against its own pure Python. Writes <out-dir>/<date>-<host>-ab[-T].json.
 """
@@ -40,7 +43,7 @@ import json, sys
 from pathlib import Path
 from benchmarks.bench import BenchPlan, E2eSuite, Processes, fleet_api
 work, seconds, seed, rate = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-terminals = int(sys.argv[5])
+terminals, against = int(sys.argv[5]), sys.argv[6]
 plan = BenchPlan(mode="quick", cards=30_000)
 procs = Processes(work)
 suite = E2eSuite(plan, work, procs)
@@ -50,10 +53,30 @@ try:
         suite.population = fleet_api().load_population(suite.population_path)
     else:
         suite.seed()
-    run = suite.switch_run("ab", closed_loop=rate <= 0, rate_per_s=rate if rate > 0 else 1e6, duration_s=seconds,
-                           seed=seed, terminals=terminals or plan.capacity_terminals)
+    if against == "responder":  # the fleet alone: benchmarks/responder.py answers at once
+        from benchmarks.bench import drive, free_port, process_cpu_s, ROOT
+        procs.stop("hsm")
+        port = free_port()
+        procs.start("responder", [sys.executable, str(ROOT / "benchmarks" / "responder.py"),
+                                  "--listen", f"127.0.0.1:{port}"])
+        procs.wait_listening("responder", port)
+        cpu0 = process_cpu_s(procs.running["responder"].pid)
+        report, fleet_cpu = drive(port, plan, suite.population, None, closed_loop=rate <= 0,
+                                  rate_per_s=rate if rate > 0 else 1e6, duration_s=seconds, seed=seed,
+                                  terminals=terminals or plan.capacity_terminals)
+        responder_cpu = process_cpu_s(procs.running["responder"].pid) - cpu0
+    else:
+        run = suite.switch_run("ab", closed_loop=rate <= 0, rate_per_s=rate if rate > 0 else 1e6,
+                               duration_s=seconds, seed=seed, terminals=terminals or plan.capacity_terminals)
 finally:
     procs.stop_all()
+if against == "responder":
+    n = max(1, int(report.sent))
+    print(json.dumps({"sent_per_s": round(n / seconds, 1), "p50_ms": round(float(report.latency_ms["p50"]), 3),
+                      "p99_ms": round(float(report.latency_ms["p99"]), 3),
+                      "fleet_cpu_us_per_tx": round(fleet_cpu * 1e6 / n, 1),
+                      "responder_cpu_us_per_tx": round(responder_cpu * 1e6 / n, 1)}))
+    sys.exit(0)
 if not run.check["ok"]:
     sys.exit(f"correctness check failed: {run.check['problem']}")
 report, n = run.report, max(1, int(run.report.approved))
@@ -68,6 +91,7 @@ print(json.dumps({"approved_per_s": round(float(report.approved_per_s), 1),
 
 KEYS = ("approved_per_s", "p50_ms", "p99_ms", "switch_cpu_us_per_auth", "switch_system_us_per_auth",
         "hsm_cpu_us_per_auth", "fleet_cpu_us_per_auth")
+RESPONDER_KEYS = ("sent_per_s", "p50_ms", "p99_ms", "fleet_cpu_us_per_tx", "responder_cpu_us_per_tx")
 
 
 def worktree(rev: str, parent: Path, name: str = "") -> Path:
@@ -104,11 +128,12 @@ def short_revs(base: str, head: str) -> dict[str, str]:
 
 
 def one_round(tree: Path, work: Path, seconds: float, seed: int, rate: float = 0.0,
-              extra_env: dict[str, str] | None = None, terminals: int = 0) -> dict:
-    """terminals: 0 for the plan's capacity_terminals (32)."""
+              extra_env: dict[str, str] | None = None, terminals: int = 0, against: str = "switch") -> dict:
+    """terminals: 0 for the plan's capacity_terminals (32). against: "switch" (the e2e: switch,
+    HSM and fleet) or "responder" (the fleet alone against benchmarks/responder.py)."""
     env = {**os.environ, "PYTHONPATH": str(tree), **(extra_env or {})}  # the tree's own packages, in every process
     done = subprocess.run([sys.executable, "-c", ROUND, str(work), str(seconds), str(seed), str(rate),
-                           str(terminals)], cwd=tree,
+                           str(terminals), against], cwd=tree,
                           env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise SystemExit(f"round in {tree} failed:\n{done.stderr[-2000:]}")
@@ -125,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="open loop at this many requests a second (default 0: closed loop, capacity)")
     ap.add_argument("--terminals", type=int, default=32,
                     help="terminals of the fleet, each its own connection (default 32; the bench's e2e: 200)")
+    ap.add_argument("--against", choices=("switch", "responder"), default="switch",
+                    help="switch: the e2e (switch, HSM, fleet); responder: the fleet alone against "
+                         "benchmarks/responder.py, which answers at once (for the fleet's own levers)")
     ap.add_argument("--base-env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment of the base side's processes (repeatable), e.g. EUM_PURE_PYTHON=1 to "
                          "measure a revision's compiled build against its own pure Python (--base REV --head REV)")
@@ -149,19 +177,21 @@ def main(argv: list[str] | None = None) -> int:
                     work = Path(tmp) / f"work-{name}"
                     work.mkdir(exist_ok=True)
                     r = one_round(trees[name], work, args.seconds, seed=100 + i, rate=args.rate,
-                                  extra_env=base_env if name == "base" else None, terminals=args.terminals)
+                                  extra_env=base_env if name == "base" else None, terminals=args.terminals,
+                                  against=args.against)
                     runs[name].append(r)
                     print(name, revs[name], json.dumps(r), flush=True)
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
-    medians = {name: {k: round(statistics.median(r[k] for r in rs), 1) for k in KEYS} for name, rs in runs.items()}
+    keys = RESPONDER_KEYS if args.against == "responder" else KEYS
+    medians = {name: {k: round(statistics.median(r[k] for r in rs), 1) for k in keys} for name, rs in runs.items()}
     result = {"machine": describe_machine(), "revisions": revs, "base_env": base_env, "rounds": args.rounds,
-              "seconds": args.seconds, "terminals": args.terminals,
+              "seconds": args.seconds, "terminals": args.terminals, "against": args.against,
               "loop": f"open, {args.rate:g}/s" if args.rate > 0 else "closed",
               "median": medians, "runs": runs,
               "ratio_head_to_base": {k: round(medians["head"][k] / medians["base"][k], 3)
-                                     for k in KEYS if medians["base"][k]}}
+                                     for k in keys if medians["base"][k]}}
     tag = f"-{args.tag}" if args.tag else ""
     out = Path(args.out_dir) / f"{date.today().isoformat()}-{socket.gethostname()}-ab{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

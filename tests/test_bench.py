@@ -611,4 +611,7 @@ def test_ab_refuses_a_fleet_of_no_terminals_or_more_than_the_seeded_merchants(tm
                               capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert done.returncode == 1, done.stderr
         assert done.stderr.strip() == f"--terminals must be 1 to 200 (the seeded merchants), got {terminals}"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ab.py"), "--base", "HEAD~1", "--against", "hsm",
+                           "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2 and "--against: invalid choice: 'hsm'" in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []
