@@ -156,6 +156,7 @@ class _Endpoint:
     healthy: bool = False
     conns: list[_Connection] = field(default_factory=list)
     turn: int = 0
+    last: _Connection | None = None  # the connection next_conn chose last
     failures: int = 0
     last_check: float = 0.0
     lmk_check: str = ""
@@ -177,17 +178,25 @@ class _Endpoint:
         return [c for c in self.conns if c.open]
 
     def next_conn(self) -> _Connection | None:
-        """The endpoint's open connections in turn: pipelining spread over all of them."""
+        """The endpoint's open connections in turn, one per turn of the event loop: a call
+        joins the connection whose commands of this turn still wait to leave (one write, one
+        wake-up of the HSM), unless its in-flight slots are taken; the next turn's calls go
+        to the next connection, so pipelining is spread over all of them."""
+        last = self.last
+        if last is not None and last.open and last.out is not None and last.out.pending and not last.slots.locked():
+            return last
         live = self.open_conns
         if not live:
             return None
         self.turn += 1
-        return live[self.turn % len(live)]
+        self.last = live[self.turn % len(live)]
+        return self.last
 
     def close(self) -> None:
         for conn in self.conns:
             conn.close()
         self.conns = []
+        self.last = None
 
 
 class HsmPool:

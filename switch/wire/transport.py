@@ -49,6 +49,11 @@ class WriteBatch:
             asyncio.get_running_loop().call_soon(self.flush)
         self._frames.append(data)
 
+    @property
+    def pending(self) -> bool:
+        """Frames wait for this iteration's flush: the connection was written to in this turn."""
+        return bool(self._frames)
+
     def flush(self) -> None:
         if self._frames and self._usable():
             self._write(b"".join(self._frames))
