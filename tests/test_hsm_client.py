@@ -2,6 +2,8 @@
 health checks, failover to a second HSM, reconnect, and a fast 'unavailable'."""
 
 import asyncio
+import io
+import json
 
 import pytest
 import structlog
@@ -137,6 +139,48 @@ async def test_calls_are_spread_over_the_pool_of_connections():
             assert len(hsm._connections) == 3  # the service saw exactly three clients
         finally:
             await pool.close()
+
+
+def _b2_connections(hsm: HsmServer, sink: io.StringIO) -> list[int]:
+    """The HSM's connection id of each B2 it answered, in order (its audit lines)."""
+    hsm.audit.flush()
+    lines = (json.loads(line) for line in sink.getvalue().splitlines())
+    return [line["conn"] for line in lines if line["command"] == "B2"]
+
+
+async def test_one_turns_calls_share_a_connection_and_the_next_turn_takes_the_next():
+    # Calls made in one turn of the event loop leave in one write on one connection (one
+    # wake-up of the HSM); the next turn's go to the next connection.
+    async with service() as hsm:
+        pool = pool_for(hsm, connections_per_hsm=2, health_interval_s=600)
+        await pool.start()
+        sink = io.StringIO()
+        hsm.audit.sinks.append(sink)
+        try:
+            for _ in range(3):
+                replies = await asyncio.gather(*(pool.call("B2", b"0002ok") for _ in range(5)))
+                assert [r.body for r in replies] == [b"ok"] * 5
+        finally:
+            await pool.close()
+    conns = _b2_connections(hsm, sink)
+    turns = [conns[0:5], conns[5:10], conns[10:15]]
+    assert len(conns) == 15 and all(len(set(t)) == 1 for t in turns), conns
+    assert turns[0][0] != turns[1][0] and turns[2][0] == turns[0][0] and sorted({*conns}) == [1, 2]
+
+
+async def test_a_turn_moves_to_the_next_connection_once_one_has_no_free_slot():
+    async with service(latency_ms=20) as hsm:
+        pool = pool_for(hsm, connections_per_hsm=2, health_interval_s=600, in_flight_max=2)
+        await pool.start()
+        sink = io.StringIO()
+        hsm.audit.sinks.append(sink)
+        try:
+            replies = await asyncio.gather(*(pool.call("B2", b"0002ok") for _ in range(4)))
+            assert [r.body for r in replies] == [b"ok"] * 4
+        finally:
+            await pool.close()
+    conns = _b2_connections(hsm, sink)
+    assert sorted(conns) == [1, 1, 2, 2], conns  # two in flight on each, none waiting for a slot
 
 
 async def test_a_slow_hsm_within_the_timeout_still_answers_and_one_beyond_it_fails_over():

@@ -1,7 +1,8 @@
 """The switch's HSM client: a pool of pipelined connections to one or more payShield-style HSMs.
 
-`connections_per_hsm` connections to each HSM, used in turn; each carries many commands at once; the 4-character message header is the
-correlation id (the HSM returns it unchanged). Every call has a timeout. A background task
+`connections_per_hsm` connections to each HSM, used in turn, one per turn of the event loop (the
+commands of one turn leave in one write, unless that connection's in-flight slots are taken);
+each carries many commands at once; the 4-character message header is the correlation id (the HSM returns it unchanged). Every call has a timeout. A background task
 health-checks each HSM with NC and reconnects with backoff; calls go to the first healthy
 HSM in the configured order and fail over to the next on a timeout or a broken connection.
 With no HSM answering, `call` raises HsmUnavailable quickly, and the engine declines (91):
@@ -47,7 +48,7 @@ class HsmConfig:
     call_timeout_ms: float = 300.0
     connect_timeout_ms: float = 500.0
     health_interval_s: float = 2.0
-    connections_per_hsm: int = 2      # pipelined connections to each HSM, used in turn
+    connections_per_hsm: int = 2      # pipelined connections to each HSM, one per loop turn in turn
     in_flight_max: int = 256          # per connection; callers wait beyond it
     reconnect_backoff_s_max: float = 5.0
     # How a TDES-DUKPT PIN is verified (docs/hsm.md, "PIN verification"): "gq", one command
