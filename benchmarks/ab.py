@@ -16,9 +16,10 @@ terminals (the bench's e2e_half procedure at a rate you choose): for latency lev
 fixed load. `--terminals N`: that many terminals instead of 32 (the bench's open-loop e2e runs
 use 200, each with its own connection and timers). `--against responder`: the fleet alone,
 against benchmarks/responder.py (answers at once, no MAC, no switch or HSM on the cores): the
-fleet's CPU per transaction without the e2e's noise, for the fleet's own levers. A tree with the optional compiled build (setup.py) is built in place first, as
-`pip install -e .` builds it; `--base REV --head REV --base-env EUM_PURE_PYTHON=1` measures a
-revision's compiled modules against its own pure Python. Writes <out-dir>/<date>-<host>-ab[-T].json.
+fleet's CPU per transaction without the e2e's noise, for the fleet's own levers. A tree with
+the optional compiled build (setup.py) is built in place first, as `pip install -e .` builds
+it; `--base REV --head REV --base-env EUM_PURE_PYTHON=1` measures a revision's compiled modules
+against its own pure Python. Writes <out-dir>/<date>-<host>-ab[-T].json.
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 
 `connections_per_hsm` connections to each HSM, used in turn, one per turn of the event loop (the
 commands of one turn leave in one write, unless that connection's in-flight slots are taken);
-each carries many commands at once; the 4-character message header is the correlation id (the HSM returns it unchanged). Every call has a timeout. A background task
-health-checks each HSM with NC and reconnects with backoff; calls go to the first healthy
-HSM in the configured order and fail over to the next on a timeout or a broken connection.
-With no HSM answering, `call` raises HsmUnavailable quickly, and the engine declines (91):
-never an approval without the HSM's word.
+each carries many commands at once; the 4-character message header is the correlation id (the
+HSM returns it unchanged). Every call has a timeout. A background task health-checks each HSM
+with NC and reconnects with backoff; calls go to the first healthy HSM in the configured order
+and fail over to the next on a timeout or a broken connection. With no HSM answering, `call`
+raises HsmUnavailable quickly, and the engine declines (91): never an approval without the
+HSM's word.
 """
 
 from __future__ import annotations
