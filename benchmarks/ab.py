@@ -55,6 +55,8 @@ try:
     else:
         suite.seed()
     if against == "responder":  # the fleet alone: benchmarks/responder.py answers at once
+        # (not E2eSuite.ceiling_run: it is closed loop over plan.terminals only, and this code
+        # runs against each tree's own bench.py, so it uses only what older trees have too)
         from benchmarks.bench import drive, free_port, process_cpu_s, ROOT
         procs.stop("hsm")
         port = free_port()
