@@ -12,6 +12,9 @@ test's choice:
   every connection is dropped and new ones are closed at once, until `restore()`;
 - `refuse`: a command whose label is a key ("GW11", "G0", …) is answered by the hop itself
   with that error code (docs/hsm.md §4, e.g. 67 over capacity), recorded in `refused`.
+
+`trace` lists, in the order the hop saw them, each command forwarded ("sent", label) and each
+of the HSM's replies delivered ("answered", the label of the command it answers).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class HsmHop:
         self.swallowed: list[str] = []
         self.refuse: dict[str, str] = {}
         self.refused: list[str] = []
+        self.trace: list[tuple[str, str]] = []
         self.writers: set[asyncio.StreamWriter] = set()
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
@@ -74,8 +78,9 @@ class HsmHop:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         self.writers |= {writer, up_writer}
         watched: set[bytes] = set()  # headers of request-MAC checks after which the HSM goes
-        await asyncio.gather(self._commands(reader, up_writer, watched, writer),
-                             self._replies(up_reader, writer, watched), return_exceptions=True)
+        labels: dict[bytes, str] = {}  # header → label of the commands forwarded on this connection
+        await asyncio.gather(self._commands(reader, up_writer, watched, writer, labels),
+                             self._replies(up_reader, writer, watched, labels), return_exceptions=True)
         for w in (writer, up_writer):
             w.close()
             self.writers.discard(w)
@@ -86,7 +91,7 @@ class HsmHop:
         return await reader.readexactly(size)
 
     async def _commands(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter,
-                        watched: set[bytes], writer: asyncio.StreamWriter) -> None:
+                        watched: set[bytes], writer: asyncio.StreamWriter, labels: dict[bytes, str]) -> None:
         while True:
             payload = await self._frame(reader)
             if not self.up:
@@ -102,15 +107,18 @@ class HsmHop:
                 writer.write(len(reply).to_bytes(2, "big") + reply)
                 continue
             self.forwarded.append(label)
+            self.trace.append(("sent", label))
+            labels[payload[:4]] = label
             if label in ("GW11", "GQ") and self.cut_after_request_mac:
                 watched.add(payload[:4])
             up_writer.write(len(payload).to_bytes(2, "big") + payload)
 
     async def _replies(self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       watched: set[bytes]) -> None:
+                       watched: set[bytes], labels: dict[bytes, str]) -> None:
         while True:
             payload = await self._frame(up_reader)
             writer.write(len(payload).to_bytes(2, "big") + payload)
+            self.trace.append(("answered", labels.pop(payload[:4], "?")))
             if payload[:4] in watched:  # the request MAC is verified: the HSM dies before anything else
                 self.cut_after_request_mac = False
                 self.up = False

@@ -1,14 +1,15 @@
 """The authorization shell: the I/O around the pure decision, in flow order.
 
 For one financial request: terminal checks → the request's MAC through the HSM (with a
-TDES-DUKPT PIN, the PIN in the same command: GQ) → idempotency (a repeat is answered from
-the store) → the PIN through the HSM (when not checked with the MAC) → the member's
-lock → load what the decision reads → `decide` (pure, switch/authorize/decide.py) → the
-response encoded and MAC'd → commit (posting, message, changes and events in one group
-commit) → the changes applied to the hot state → unlock → send. Whatever can fail (HSM,
-encoding, the response MAC) fails before the commit: such a request is answered 91 or 96
-and nothing of it is stored, so its repeat is processed afresh. After the commit only
-sending remains.
+TDES-DUKPT PIN, the PIN in the same command: GQ; without a PIN block, the check runs beside
+the steps that follow and the commit waits for its verdict: `_decided_while_checked`) →
+idempotency (a repeat is answered from the store) → the PIN through the HSM (when not
+checked with the MAC) → the member's lock → load what the decision reads → `decide` (pure,
+switch/authorize/decide.py) → the response encoded and MAC'd → commit (posting, message,
+changes and events in one group commit) → the changes applied to the hot state → unlock →
+send. Whatever can fail (HSM, encoding, the response MAC) fails before the commit: such a
+request is answered 91 or 96 and nothing of it is stored, so its repeat is processed
+afresh. After the commit only sending remains.
 
 Two decisions on the same member never overlap: a member's monthly cashback tiers span all
 of their cards, and a decision must see every committed decision before it. Members are
@@ -42,6 +43,8 @@ from switch.wire.messages import Kind, Rc, Request
 log = structlog.get_logger()
 
 Sign = tuple[TerminalKeys, str]
+Verdict = asyncio.Future  # of a MAC check run beside the decision: None (verified) or the refusal (rc, note)
+_UNCHECKED = (Rc.HSM_UNAVAILABLE, "MAC not checked")  # the check ended without a verdict (a bug, a cancel)
 
 
 @dataclass(slots=True)
@@ -187,7 +190,13 @@ class Engine:
         pin: PinCheck = None
         if terminal.security in SECURED:
             keys = TerminalKeys(terminal.security, terminal.key_lmk, terminal.ksn_initial)
-            refused, pin = await self._check_mac(req, raw, keys, a.dialect)
+            try:
+                covered, mac = self._mac_input(req, raw, keys, a.dialect)
+            except _Refused as exc:
+                return await self._unstored(a, req, fields, exc.rc, exc.note)
+            if not req.pin_block:  # nothing but the commit waits for the MAC's verdict
+                return await self._decided_while_checked(a, req, fields, terminal, (keys, req.ksn), covered, mac)
+            refused, pin = await self._check_mac(req, keys, covered, mac)
             if refused is not None:
                 return await self._unstored(a, req, fields, *refused)
             sign = (keys, req.ksn)
@@ -203,9 +212,39 @@ class Engine:
         self.signed_on.add(tid)
         return True
 
+    async def _decided_while_checked(self, a: Answerer, req: Request, fields: dict[str, str], terminal, sign: Sign,
+                                     covered: bytes, mac: str) -> Outcome:
+        """A secured request without a PIN block: its MAC is checked by the HSM while it is
+        decided and its response built, so the request's MAC check and the response's MAC leave
+        for the HSM in one write and come back in one read (one round trip, not two). The check
+        is sent first, from this task; the decision runs in a task of its own and waits for the
+        verdict before its commit (`_decide_and_commit`), so nothing is stored for a request
+        whose MAC did not verify. A refused MAC overrides whatever was decided meanwhile (a
+        replay, a decline): the answer is the refusal, unMAC'd, as without the overlap
+        (docs/host-interface.md, "The MAC check and the response MAC in one round trip")."""
+        loop = asyncio.get_running_loop()
+        verdict: asyncio.Future[tuple[Rc, str] | None] = loop.create_future()
+        rest = loop.create_task(self._financial(a, req, fields, terminal, sign, verdict=verdict))
+        try:
+            refused = await self._mac_refusal(sign[0], req.ksn, covered, mac)
+        except BaseException:
+            verdict.set_result(_UNCHECKED)  # the decision's task ends without a commit
+            rest.cancel()
+            raise
+        verdict.set_result(refused)
+        try:
+            outcome = await rest
+        except BaseException:
+            rest.cancel()
+            raise
+        if refused is not None:
+            return await self._unstored(a, req, fields, *refused)
+        return outcome
+
     async def _financial(self, a: Answerer, req: Request, fields: dict[str, str], terminal, sign: Sign | None,
-                         pin: PinCheck = None) -> Outcome:
-        """pin: the PIN's verdict when the HSM gave it with the request's MAC (GQ)."""
+                         pin: PinCheck = None, *, verdict: Verdict | None = None) -> Outcome:
+        """pin: the PIN's verdict when the HSM gave it with the request's MAC (GQ). verdict:
+        the request's MAC check when it runs beside the decision (`_decided_while_checked`)."""
         if req.key in self.pending:  # the same key in progress: its outcome first
             await self.pending.wait(req.key)
         prior = self.state.load_message(req.key)
@@ -218,7 +257,7 @@ class Engine:
                 return await self._unstored(a, req, fields, Rc.SECURITY_VIOLATION, "KSN counter used before", sign)
         self.pending.start(req.key)
         try:
-            outcome = await self._new(a, req, fields, terminal, sign, counter, pin)
+            outcome = await self._new(a, req, fields, terminal, sign, counter, pin, verdict)
         finally:
             self.pending.finish(req.key)
         if counter is not None and not outcome.stored:  # nothing stored: the KSN may come again (a repeat)
@@ -226,7 +265,7 @@ class Engine:
         return outcome
 
     async def _new(self, a: Answerer, req: Request, fields: dict[str, str], terminal, sign: Sign | None,
-                   counter: int | None, checked: PinCheck = None) -> Outcome:
+                   counter: int | None, checked: PinCheck = None, verdict: Verdict | None = None) -> Outcome:
         card = self.state.load_card_for(req.pan, self.clock.now()) if req.pan else None
         pin = None
         if checked is not None and pin_needs_hsm(card):  # verified with the MAC (GQ), for this card
@@ -249,14 +288,17 @@ class Engine:
         await self.locks.acquire(lock)
         try:
             return await self._decide_and_commit(a, req, fields, sign, counter, pin,
-                                                 card.member if card is not None else None)
+                                                 card.member if card is not None else None, verdict)
         finally:
             self.locks.release(lock)
 
     async def _decide_and_commit(self, a: Answerer, req: Request, fields: dict[str, str], sign: Sign | None,
-                                 counter: int | None, pin, member: str | None = None) -> Outcome:
+                                 counter: int | None, pin, member: str | None = None,
+                                 verdict: Verdict | None = None) -> Outcome:
         """member: the card's, whose partition fences the commit when the writer is one of a
-        cluster's (switch/ops/cluster.py); not computed otherwise."""
+        cluster's (switch/ops/cluster.py); not computed otherwise. verdict: the request's MAC
+        check still running (`_decided_while_checked`): the commit waits for it, and a refusal
+        commits nothing (the caller answers the refusal)."""
         state = self.state
         epoch = state.epoch
         now = self.clock.now()
@@ -279,6 +321,9 @@ class Engine:
         except BaseException:
             writer.withdraw()
             raise
+        if verdict is not None and await verdict is not None:  # the MAC refused: nothing of this is stored
+            writer.withdraw()
+            return Outcome(stored, None, note="MAC refused")
         if state.epoch != epoch:  # a commit failed meanwhile: this was decided on state now void
             writer.withdraw()
             return await self._unstored(a, req, fields, Rc.SYSTEM_ERROR, "ledger unavailable", None)
@@ -321,15 +366,45 @@ class Engine:
 
     # ------------------------------------------------------------------ security (through the HSM)
 
-    async def _check_mac(self, req: Request, raw: bytes, keys: TerminalKeys, dialect: Dialect
-                         ) -> tuple[tuple[Rc, str] | None, PinCheck]:
+    def _mac_input(self, req: Request, raw: bytes, keys: TerminalKeys, dialect: Dialect) -> tuple[bytes, str]:
         """A secured terminal's request must carry its KSN (DE53) and a MAC (DE64, or the
         dialect's MAC field, in its form) over every byte of the message before the MAC's data
-        (codec `mac_span`); a bad MAC is answered 63 and nothing is done. (refusal or None, the
-        PIN's verdict when the HSM checked it in the same command, else None)."""
+        (codec `mac_span`): (the bytes the MAC covers, the MAC), or _Refused without asking the
+        HSM."""
+        ksn_size = {"dukpt-tdes": 20, "dukpt-aes": 24}.get(keys.profile, 0)
+        if not req.mac or len(req.ksn) != ksn_size:
+            field_no = "64" if not req.mac else "53"
+            raise _Refused(Rc.FORMAT_ERROR, f"DE{field_no} required by the terminal's {keys.profile} profile")
+        if keys.profile in DUKPT and ksn_parts(keys.profile, req.ksn)[0] != ksn_parts(keys.profile, keys.ksn_initial)[0]:
+            raise _Refused(Rc.SECURITY_VIOLATION, "KSN of another device")
+        span = mac_span(raw, dialect)
+        if span is None or span[1] != req.mac.upper():
+            raise _Refused(Rc.FORMAT_ERROR, f"{mac_location(dialect)} must be the last field")
+        if self.security is None:
+            raise _Refused(Rc.HSM_UNAVAILABLE, "no HSM configured")
+        return span
+
+    async def _mac_refusal(self, keys: TerminalKeys, ksn: str, covered: bytes, mac: str) -> tuple[Rc, str] | None:
+        """The HSM's check of a request's MAC (no PIN with it): None when it verified, else the
+        refusal (63, or 91 when no HSM could check it); nothing is done for a refused request."""
+        try:
+            ok = await self.security.verify_mac(keys, ksn, covered, mac)
+        except HsmUnavailable:
+            return Rc.HSM_UNAVAILABLE, "HSM unavailable"
+        except SecurityError as exc:
+            if exc.error in HSM_FAILURE_ERRORS:  # the HSM could not check it: as if none answered
+                return Rc.HSM_UNAVAILABLE, f"MAC: HSM error {exc.error}"
+            return Rc.SECURITY_VIOLATION, f"MAC: HSM error {exc.error}"
+        return None if ok else (Rc.SECURITY_VIOLATION, "MAC does not verify")
+
+    async def _check_mac(self, req: Request, keys: TerminalKeys, covered: bytes, mac: str
+                         ) -> tuple[tuple[Rc, str] | None, PinCheck]:
+        """A request with a PIN block: its MAC (and with GQ its PIN) checked before anything
+        else; a bad MAC is answered 63 and nothing is done. (refusal or None, the PIN's verdict
+        when the HSM checked it in the same command, else None)."""
         refused, pin = None, None
         try:
-            pin = await self._mac_verdict(req, raw, keys, dialect)
+            pin = await self._mac_verdict(req, keys, covered, mac)
         except _Refused as exc:
             refused = (exc.rc, exc.note)
         return refused, pin
@@ -344,20 +419,8 @@ class Engine:
         card = self.state.load_card_for(req.pan, self.clock.now())
         return card if pin_needs_hsm(card) else None
 
-    async def _mac_verdict(self, req: Request, raw: bytes, keys: TerminalKeys, dialect: Dialect) -> PinCheck:
-        ksn_size = {"dukpt-tdes": 20, "dukpt-aes": 24}.get(keys.profile, 0)
-        if not req.mac or len(req.ksn) != ksn_size:
-            field_no = "64" if not req.mac else "53"
-            raise _Refused(Rc.FORMAT_ERROR, f"DE{field_no} required by the terminal's {keys.profile} profile")
-        if keys.profile in DUKPT and ksn_parts(keys.profile, req.ksn)[0] != ksn_parts(keys.profile, keys.ksn_initial)[0]:
-            raise _Refused(Rc.SECURITY_VIOLATION, "KSN of another device")
-        span = mac_span(raw, dialect)
-        if span is None or span[1] != req.mac.upper():
-            raise _Refused(Rc.FORMAT_ERROR, f"{mac_location(dialect)} must be the last field")
-        covered, mac = span
+    async def _mac_verdict(self, req: Request, keys: TerminalKeys, covered: bytes, mac: str) -> PinCheck:
         security = self.security
-        if security is None:
-            raise _Refused(Rc.HSM_UNAVAILABLE, "no HSM configured")
         card = self._combined_card(req, keys)
         pin_code = ""
         try:

@@ -1,0 +1,117 @@
+"""The request's MAC check and the response's MAC in one HSM round trip, end to end.
+
+A secured request without a PIN block is decided while the HSM checks its MAC
+(switch/authorize/engine.py, `_decided_while_checked`; docs/host-interface.md, "The MAC check
+and the response MAC in one round trip"): the check (GW mode 11) and the response MAC (GW
+mode 42) leave in one write, and the commit waits for the check's verdict. The rules guarded:
+a request whose MAC is refused is answered as before the overlap (63 "MAC does not verify",
+or 91 when the HSM could not check it), without a MAC, with nothing posted or stored and its
+KSN counter not spent, even though its response MAC was asked meanwhile; and a repeat of an
+approved purchase whose MAC is refused gets that refusal, not the replay.
+
+Real components: a real hsm_mock HsmServer behind tests/hsm_hop.py (which records the
+order in which commands went and answers came back, and answers a refused command itself),
+the switch's real objects with real TCP and a real ledger, terminal_sim's DUKPT terminal.
+"""
+
+from __future__ import annotations
+
+import pytest
+import structlog
+
+from switch.ledger.audit import verify
+from terminal_sim.client import TerminalClient
+from terminal_sim.terminal import Terminal
+
+from conftest import card_accounts, postings, query
+from hsm_hop import switch_behind_hop
+from test_core_defects import TID, balances_de54, declined, message_rows, without
+from waiting import logged
+
+pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
+
+
+def exchanges(trace: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The hop's trace without the health checks (NC)."""
+    return [t for t in trace if t[1] != "NC"]
+
+
+async def test_a_purchase_without_a_pin_sends_its_mac_check_and_its_response_mac_before_either_is_answered(tmp_path):
+    async with switch_behind_hop(tmp_path / "var", tid=TID) as setup:
+        env, hop, pan, term, security = setup.env, setup.hop, setup.pan, setup.term, setup.security
+        async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as client:
+            assert (await client.request(term.sign_on()))["39"] == "00"
+            hop.trace.clear()
+            answer = await client.request(term.purchase(pan, 20_000))
+            assert (answer["39"], answer["37"], answer["54"], client.last_response_mac_ok) == (
+                "00", "000000000002", balances_de54(80_000, 1_500), True)
+            # one round trip: both commands went before the first answer came back
+            assert exchanges(hop.trace) == [("sent", "GW11"), ("sent", "GW42"),
+                                            ("answered", "GW11"), ("answered", "GW42")]
+        assert card_accounts(env.core.db_path, pan) == (80_000, 1_500)
+        assert verify(env.core.db_path).ok
+
+
+@pytest.mark.parametrize("code, rc, note", [
+    ("01", "63", "MAC does not verify"),  # GW mode 11's "verification failure" (docs/hsm.md §4)
+    ("67", "91", "MAC: HSM error 67"),    # an error of the HSM's own: it could not check the MAC
+])
+async def test_a_refused_mac_check_overrides_the_decision_made_meanwhile_and_stores_nothing(tmp_path, code, rc, note):
+    async with switch_behind_hop(tmp_path / "var", tid=TID) as setup:
+        env, hop, pan, term, security = setup.env, setup.hop, setup.pan, setup.term, setup.security
+        db = env.core.db_path
+        async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as client:
+            assert (await client.request(term.sign_on()))["39"] == "00"
+            hop.forwarded.clear()
+            hop.refuse = {"GW11": code}
+            with structlog.testing.capture_logs() as events:
+                answer = await client.request(term.purchase(pan, 20_000))
+            original = client.last_request
+            # the response MAC was asked beside the check, and is not what went out
+            assert (hop.refused, hop.commands()) == (["GW11"], ["GW42"])
+            assert "64" not in answer and client.last_response_mac_ok is None
+            assert without(answer) == declined(original, rc)
+            assert [(e["rc"], e.get("note")) for e in logged(events, event="message")] == [(rc, note)]
+            assert message_rows(db, TID, original["11"]) == []
+            assert postings(db, "purchase") == []
+            assert query(db, "SELECT ksn_max FROM terminals WHERE tid=?", TID) == [(0,)]
+            assert card_accounts(db, pan) == (100_000, 0)
+
+            hop.refuse = {}
+            again = await client.resend(Terminal.repeat(original))
+            assert client.last_request["53"] == original["53"]  # the same KSN: its counter was not spent
+            # posting id 2 went to the decision made while the MAC was checked: ids are unique,
+            # not dense (docs/host-interface.md, "DE37 and DE38")
+            assert (again["39"], again["37"], again["54"], client.last_response_mac_ok) == (
+                "00", "000000000003", balances_de54(80_000, 1_500), True)
+        assert [(p["stan"], p["amount"]) for p in postings(db, "purchase")] == [(original["11"], 20_000)]
+        assert verify(db).ok
+
+
+async def test_a_repeat_whose_mac_is_refused_gets_the_refusal_not_the_replay(tmp_path):
+    async with switch_behind_hop(tmp_path / "var", tid=TID) as setup:
+        env, hop, pan, term, security = setup.env, setup.hop, setup.pan, setup.term, setup.security
+        db = env.core.db_path
+        async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as client:
+            assert (await client.request(term.sign_on()))["39"] == "00"
+            first = await client.request(term.purchase(pan, 20_000))
+            original = client.last_request
+            assert (first["39"], first["37"]) == ("00", "000000000002")
+            stored = message_rows(db, TID, original["11"])
+            assert [row[1:] for row in stored] == [("00", 2)]
+
+            hop.refuse = {"GW11": "01"}
+            with structlog.testing.capture_logs() as events:
+                refused = await client.resend(Terminal.repeat(original))
+            assert "64" not in refused and (refused["39"], refused.get("37")) == ("63", None)
+            assert [(e["rc"], e.get("note"), e.get("replayed")) for e in logged(events, event="message")] == [
+                ("63", "MAC does not verify", None)]
+
+            hop.refuse = {}
+            replayed = await client.resend(Terminal.repeat(original))
+            assert (replayed["39"], replayed["37"], replayed["54"], client.last_response_mac_ok) == (
+                "00", "000000000002", balances_de54(80_000, 1_500), True)
+        assert message_rows(db, TID, original["11"]) == stored
+        assert len(postings(db, "purchase")) == 1
+        assert card_accounts(db, pan) == (80_000, 1_500)
+        assert verify(db).ok
