@@ -201,3 +201,75 @@ async def test_a_slow_hsm_within_the_timeout_still_answers_and_one_beyond_it_fai
             assert (await pool.call("B2", b"0002ok")).body == b"ok"
         finally:
             await pool.close()
+
+
+async def test_a_sent_command_is_queued_in_the_senders_turn_and_its_reply_awaited_later():
+    # HsmPool.send queues the command before the caller awaits anything, so a call made after
+    # it in the same turn leaves in the same write, behind it (the engine's MAC check, then
+    # the response MAC: switch/authorize/engine.py, `_decided_while_checked`).
+    async with service() as hsm:
+        pool = pool_for(hsm, connections_per_hsm=2, health_interval_s=600)
+        await pool.start()
+        sink = io.StringIO()
+        hsm.audit.sinks.append(sink)
+        try:
+            sent = pool.send("B2", b"0005first")
+            assert sent.attempt is not None and sent.conn.out.pending  # queued, not yet written
+            second = await pool.call("B2", b"0006second")
+            first = await pool.reply(sent)
+        finally:
+            await pool.close()
+    assert (first.error, first.body, second.body) == ("00", b"first", b"second")
+    conns = _b2_connections(hsm, sink)
+    assert len(conns) == 2 and len(set(conns)) == 1, conns  # one connection: one write
+    b2 = [json.loads(line) for line in sink.getvalue().splitlines() if '"B2"' in line]
+    assert [line["length"] for line in b2] == [5, 6]  # in the order queued
+    assert pool.endpoints[0].calls == 2 and all(c.slots.free == 256 for c in pool.endpoints[0].conns)
+
+
+async def test_a_send_without_a_free_slot_is_sent_when_its_reply_is_awaited():
+    async with service(latency_ms=20) as hsm:
+        pool = pool_for(hsm, connections_per_hsm=1, health_interval_s=600, in_flight_max=1)
+        await pool.start()
+        try:
+            busy = asyncio.ensure_future(pool.call("B2", b"0004busy"))
+            await asyncio.sleep(0)  # the busy call takes the one slot
+            sent = pool.send("B2", b"0004late")
+            assert sent.attempt is None and sent.index == 0
+            replies = await asyncio.gather(busy, pool.reply(sent))
+        finally:
+            await pool.close()
+    assert [r.body for r in replies] == [b"busy", b"late"]
+
+
+async def test_a_send_with_no_hsm_usable_is_unavailable_when_awaited():
+    pool = pool_for(service())  # never started: no connection, not healthy
+    sent = pool.send("NC", b"")
+    assert (sent.index, sent.attempt) == (1, None)
+    with pytest.raises(HsmUnavailable, match="no HSM answered NC"):
+        await pool.reply(sent)
+    assert pool.unavailable == 1
+
+
+async def test_slots_are_handed_to_waiters_in_turn_and_a_cancelled_waiter_is_skipped():
+    from switch.authorize.hsm_client import _Slots
+
+    slots = _Slots(1)
+    assert slots.take_now() and not slots.take_now() and slots.locked()
+    order: list[str] = []
+
+    async def taker(name: str) -> None:
+        await slots.take()
+        order.append(name)
+
+    a, b, c = (asyncio.ensure_future(taker(n)) for n in "abc")
+    await asyncio.sleep(0)
+    b.cancel()
+    await asyncio.sleep(0)
+    slots.give()  # to a
+    await asyncio.sleep(0)
+    slots.give()  # b was cancelled: to c
+    await asyncio.gather(a, c)
+    assert order == ["a", "c"] and b.cancelled() and slots.free == 0
+    slots.give()
+    assert slots.free == 1 and not slots.locked()

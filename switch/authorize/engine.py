@@ -27,7 +27,7 @@ import structlog
 from switch.authorize.answer import Answerer, AnswerFailed
 from switch.authorize.decide import (Decision, PinCheck, PinRefused, PinVerified, decide, iso, pin_needs_hsm,
                                      response)
-from switch.authorize.hsm_client import HsmUnavailable
+from switch.authorize.hsm_client import HsmUnavailable, Sent
 from switch.authorize.security import (DUKPT, HSM_FAILURE_ERRORS, SECURED, KsnGuard, Security, SecurityError, TerminalKeys,
                                       ksn_parts)
 from switch.authorize.state import HotState
@@ -43,8 +43,6 @@ from switch.wire.messages import Kind, Rc, Request
 log = structlog.get_logger()
 
 Sign = tuple[TerminalKeys, str]
-Verdict = asyncio.Future  # of a MAC check run beside the decision: None (verified) or the refusal (rc, note)
-_UNCHECKED = (Rc.HSM_UNAVAILABLE, "MAC not checked")  # the check ended without a verdict (a bug, a cancel)
 
 
 @dataclass(slots=True)
@@ -63,6 +61,46 @@ class Outcome:
 
 
 COMMAND_DISABLED = "68"  # payShield: the command is disabled (or unknown to this HSM)
+
+
+class MacCheck:
+    """A request's MAC check sent before the request is decided (`_decided_while_checked`):
+    its verdict, awaited once and kept, is None (verified) or the refusal, (63, "MAC does not
+    verify") or 91 when no HSM could check it."""
+
+    __slots__ = ("_sent", "_security", "_refused", "_known")
+
+    def __init__(self, sent: Sent, security: Security) -> None:
+        self._sent = sent
+        self._security = security
+        self._refused: tuple[Rc, str] | None = None
+        self._known = False
+
+    async def refusal(self) -> tuple[Rc, str] | None:
+        if not self._known:
+            try:
+                ok = await self._security.mac_verified(self._sent)
+            except HsmUnavailable:
+                self._refused = (Rc.HSM_UNAVAILABLE, "HSM unavailable")
+            except SecurityError as exc:
+                rc = Rc.HSM_UNAVAILABLE if exc.error in HSM_FAILURE_ERRORS else Rc.SECURITY_VIOLATION
+                self._refused = (rc, f"MAC: HSM error {exc.error}")  # 91: the HSM could not check it
+            else:
+                self._refused = None if ok else (Rc.SECURITY_VIOLATION, "MAC does not verify")
+            self._known = True
+        return self._refused
+
+    def abandon(self) -> None:
+        """The request ended without its verdict (a bug, a cancel): the reply is still taken,
+        so its in-flight slot is given back and no timeout goes unread."""
+        if not self._known:
+            asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            await self.refusal()
+        except Exception:  # noqa: BLE001 - nobody waits for this verdict any more
+            pass
 
 
 class _Refused(Exception):
@@ -217,32 +255,24 @@ class Engine:
         """A secured request without a PIN block: its MAC is checked by the HSM while it is
         decided and its response built, so the request's MAC check and the response's MAC leave
         for the HSM in one write and come back in one read (one round trip, not two). The check
-        is sent first, from this task; the decision runs in a task of its own and waits for the
-        verdict before its commit (`_decide_and_commit`), so nothing is stored for a request
-        whose MAC did not verify. A refused MAC overrides whatever was decided meanwhile (a
-        replay, a decline): the answer is the refusal, unMAC'd, as without the overlap
-        (docs/host-interface.md, "The MAC check and the response MAC in one round trip")."""
-        loop = asyncio.get_running_loop()
-        verdict: asyncio.Future[tuple[Rc, str] | None] = loop.create_future()
-        rest = loop.create_task(self._financial(a, req, fields, terminal, sign, verdict=verdict))
+        is queued first, in this turn (HsmPool.send); the commit waits for its verdict
+        (`_decide_and_commit`), so nothing is stored for a request whose MAC did not verify. A
+        refused MAC overrides whatever was decided meanwhile (a replay, a decline): the answer
+        is the refusal, unMAC'd, as without the overlap (docs/host-interface.md, "The MAC check
+        and the response MAC in one round trip")."""
+        check = MacCheck(self.security.send_verify_mac(sign[0], req.ksn, covered, mac), self.security)
         try:
-            refused = await self._mac_refusal(sign[0], req.ksn, covered, mac)
+            outcome = await self._financial(a, req, fields, terminal, sign, verdict=check)
         except BaseException:
-            verdict.set_result(_UNCHECKED)  # the decision's task ends without a commit
-            rest.cancel()
+            check.abandon()
             raise
-        verdict.set_result(refused)
-        try:
-            outcome = await rest
-        except BaseException:
-            rest.cancel()
-            raise
+        refused = await check.refusal()
         if refused is not None:
             return await self._unstored(a, req, fields, *refused)
         return outcome
 
     async def _financial(self, a: Answerer, req: Request, fields: dict[str, str], terminal, sign: Sign | None,
-                         pin: PinCheck = None, *, verdict: Verdict | None = None) -> Outcome:
+                         pin: PinCheck = None, *, verdict: MacCheck | None = None) -> Outcome:
         """pin: the PIN's verdict when the HSM gave it with the request's MAC (GQ). verdict:
         the request's MAC check when it runs beside the decision (`_decided_while_checked`)."""
         if req.key in self.pending:  # the same key in progress: its outcome first
@@ -265,7 +295,7 @@ class Engine:
         return outcome
 
     async def _new(self, a: Answerer, req: Request, fields: dict[str, str], terminal, sign: Sign | None,
-                   counter: int | None, checked: PinCheck = None, verdict: Verdict | None = None) -> Outcome:
+                   counter: int | None, checked: PinCheck = None, verdict: MacCheck | None = None) -> Outcome:
         card = self.state.load_card_for(req.pan, self.clock.now()) if req.pan else None
         pin = None
         if checked is not None and pin_needs_hsm(card):  # verified with the MAC (GQ), for this card
@@ -294,7 +324,7 @@ class Engine:
 
     async def _decide_and_commit(self, a: Answerer, req: Request, fields: dict[str, str], sign: Sign | None,
                                  counter: int | None, pin, member: str | None = None,
-                                 verdict: Verdict | None = None) -> Outcome:
+                                 verdict: MacCheck | None = None) -> Outcome:
         """member: the card's, whose partition fences the commit when the writer is one of a
         cluster's (switch/ops/cluster.py); not computed otherwise. verdict: the request's MAC
         check still running (`_decided_while_checked`): the commit waits for it, and a refusal
@@ -321,7 +351,7 @@ class Engine:
         except BaseException:
             writer.withdraw()
             raise
-        if verdict is not None and await verdict is not None:  # the MAC refused: nothing of this is stored
+        if verdict is not None and await verdict.refusal() is not None:  # the MAC refused: nothing is stored
             writer.withdraw()
             return Outcome(stored, None, note="MAC refused")
         if state.epoch != epoch:  # a commit failed meanwhile: this was decided on state now void
@@ -383,19 +413,6 @@ class Engine:
         if self.security is None:
             raise _Refused(Rc.HSM_UNAVAILABLE, "no HSM configured")
         return span
-
-    async def _mac_refusal(self, keys: TerminalKeys, ksn: str, covered: bytes, mac: str) -> tuple[Rc, str] | None:
-        """The HSM's check of a request's MAC (no PIN with it): None when it verified, else the
-        refusal (63, or 91 when no HSM could check it); nothing is done for a refused request."""
-        try:
-            ok = await self.security.verify_mac(keys, ksn, covered, mac)
-        except HsmUnavailable:
-            return Rc.HSM_UNAVAILABLE, "HSM unavailable"
-        except SecurityError as exc:
-            if exc.error in HSM_FAILURE_ERRORS:  # the HSM could not check it: as if none answered
-                return Rc.HSM_UNAVAILABLE, f"MAC: HSM error {exc.error}"
-            return Rc.SECURITY_VIOLATION, f"MAC: HSM error {exc.error}"
-        return None if ok else (Rc.SECURITY_VIOLATION, "MAC does not verify")
 
     async def _check_mac(self, req: Request, keys: TerminalKeys, covered: bytes, mac: str
                          ) -> tuple[tuple[Rc, str] | None, PinCheck]:

@@ -13,9 +13,11 @@ HSM's word.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import structlog
 
@@ -68,6 +70,57 @@ class HsmConfig:
             raise ValueError("hsm header_length must be ≥ 4 (it carries the correlation id)")
 
 
+class _Slots:
+    """A connection's in-flight commands: at most `size` at once; a call beyond them waits,
+    first come first served. Unlike asyncio.Semaphore a slot can also be taken without
+    awaiting (`take_now`), for a command queued in its caller's turn (`HsmPool.send`)."""
+
+    __slots__ = ("free", "_waiters")
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def locked(self) -> bool:
+        return self.free <= 0
+
+    def take_now(self) -> bool:
+        if self.free > 0:  # callers wait only while no slot is free
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.take_now():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed a slot, then cancelled: pass it on
+                self.give()
+            elif fut in self._waiters:
+                self._waiters.remove(fut)
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():  # the slot passes to the first caller still waiting
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
+class _Attempt(NamedTuple):
+    """A command queued on a connection: its header, the future of its reply, its timer."""
+
+    header: bytes
+    fut: asyncio.Future[HsmReply]
+    timer: asyncio.TimerHandle
+
+
 class _Connection:
     """One TCP connection; responses matched to calls by header."""
 
@@ -77,7 +130,7 @@ class _Connection:
         self.writer: asyncio.StreamWriter | None = None
         self.pending: dict[bytes, asyncio.Future[HsmReply]] = {}
         self.ids = itertools.count()
-        self.slots = asyncio.Semaphore(config.in_flight_max)
+        self.slots = _Slots(config.in_flight_max)
         self.read_task: asyncio.Task[None] | None = None
         self.out: WriteBatch | None = None  # commands of one loop iteration leave in one write
 
@@ -99,21 +152,38 @@ class _Connection:
                 return header
 
     async def call(self, code: str, body: bytes, timeout_s: float) -> HsmReply:
-        async with self.slots:
-            if not self.open:
-                raise ConnectionError("hsm connection closed")
-            header = self._next_header()
-            loop = asyncio.get_running_loop()
-            fut: asyncio.Future[HsmReply] = loop.create_future()
-            self.pending[header] = fut
-            # one timer handle per call (asyncio.wait_for costs a wrapper future and callbacks)
-            timer = loop.call_later(timeout_s, _expire, fut)
-            try:
-                self.out.add(frame(header + code.encode() + body))
-                return await fut
-            finally:
-                timer.cancel()
-                self.pending.pop(header, None)
+        await self.slots.take()
+        if not self.open:
+            self.slots.give()
+            raise ConnectionError("hsm connection closed")
+        return await self.reply(self._queue(code, body, timeout_s))
+
+    def send_now(self, code: str, body: bytes, timeout_s: float) -> _Attempt | None:
+        """The command queued in this turn's write when the connection is open and has a free
+        slot (its reply then comes from `reply`), else None."""
+        if not self.open or not self.slots.take_now():
+            return None
+        return self._queue(code, body, timeout_s)
+
+    def _queue(self, code: str, body: bytes, timeout_s: float) -> _Attempt:
+        """With a slot taken: the frame queued, its future and timer armed."""
+        header = self._next_header()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[HsmReply] = loop.create_future()
+        self.pending[header] = fut
+        # one timer handle per call (asyncio.wait_for costs a wrapper future and callbacks)
+        timer = loop.call_later(timeout_s, _expire, fut)
+        self.out.add(frame(header + code.encode() + body))
+        return _Attempt(header, fut, timer)
+
+    async def reply(self, attempt: _Attempt) -> HsmReply:
+        """The reply to a queued command; its slot is given back whatever happens."""
+        try:
+            return await attempt.fut
+        finally:
+            attempt.timer.cancel()
+            self.pending.pop(attempt.header, None)
+            self.slots.give()
 
     async def _read_loop(self) -> None:
         frames = FrameReader()
@@ -144,6 +214,18 @@ class _Connection:
             if not fut.done():
                 fut.set_exception(ConnectionError("hsm connection lost"))
         self.pending.clear()
+
+
+class Sent(NamedTuple):
+    """A call begun by `HsmPool.send`: the endpoint it was queued at (its index; past the
+    last: none was usable) and, when a slot was free there, the queued attempt."""
+
+    code: str
+    body: bytes
+    index: int
+    conn: _Connection | None
+    attempt: _Attempt | None
+    started: int  # perf_counter_ns when queued
 
 
 def _expire(fut: asyncio.Future[HsmReply]) -> None:
@@ -232,17 +314,44 @@ class HsmPool:
 
     async def call(self, code: str, body: bytes) -> HsmReply:
         """Send one command to the first healthy HSM; fail over on timeout or broken link."""
+        return await self.reply(self.send(code, body))
+
+    def send(self, code: str, body: bytes) -> Sent:
+        """A call whose command is queued now, in the caller's turn of the loop, so that it
+        leaves in that turn's write (unless the first usable HSM's connection has no free slot:
+        then it is sent when awaited); `await reply(sent)` gives its answer, with `call`'s
+        failover. The engine sends a request's MAC check this way before it decides the request
+        and has its response MAC'd (switch/authorize/engine.py, `_decided_while_checked`)."""
         timeout_s = self.config.call_timeout_ms / 1000
-        tried = []
-        for ep in self.endpoints:
+        for index, ep in enumerate(self.endpoints):
             if not self._usable(ep):
                 if ep.healthy:
                     self._mark_down(ep, "connection closed")
                 continue
+            conn = ep.next_conn()
+            return Sent(code, body, index, conn, conn.send_now(code, body, timeout_s), time.perf_counter_ns())
+        return Sent(code, body, len(self.endpoints), None, None, 0)
+
+    async def reply(self, sent: Sent) -> HsmReply:
+        """The answer to a `send`: from the HSM it was queued at, else (a timeout, a broken link,
+        no free slot then) from the next healthy HSM in order, as `call`."""
+        code, body = sent.code, sent.body
+        timeout_s = self.config.call_timeout_ms / 1000
+        tried = []
+        for index in range(sent.index, len(self.endpoints)):
+            ep = self.endpoints[index]
+            first = sent.attempt if index == sent.index else None
+            if first is None and not self._usable(ep):
+                if ep.healthy:
+                    self._mark_down(ep, "connection closed")
+                continue
             tried.append(ep.name)
-            started = time.perf_counter_ns()
+            started = sent.started if first is not None else time.perf_counter_ns()
             try:
-                reply = await ep.next_conn().call(code, body, timeout_s)
+                if first is not None:
+                    reply = await sent.conn.reply(first)
+                else:
+                    reply = await ep.next_conn().call(code, body, timeout_s)
                 ep.calls += 1
                 ep.commands[code] = ep.commands.get(code, 0) + 1
                 ep.latency.observe((time.perf_counter_ns() - started) // 1000)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from collections import OrderedDict
 
-from switch.authorize.hsm_client import HsmPool, HsmReply, HsmUnavailable
+from switch.authorize.hsm_client import HsmPool, HsmReply, HsmUnavailable, Sent
 
 PROFILES = ("none", "mac", "dukpt-tdes", "dukpt-aes")
 DUKPT = ("dukpt-tdes", "dukpt-aes")
@@ -144,16 +144,27 @@ class Security:
         return zpk, pvk
 
     async def verify_mac(self, keys: TerminalKeys, ksn: str, message: bytes, mac: str) -> bool:
-        if keys.profile == "mac":  # M8: mode 0, binary, 16H, ISO 9797-1 alg 3, padding 1, TAK
+        return await self.mac_verified(self.send_verify_mac(keys, ksn, message, mac))
+
+    def send_verify_mac(self, keys: TerminalKeys, ksn: str, message: bytes, mac: str) -> Sent:
+        """The request MAC's check, its command queued now (HsmPool.send): `mac_verified` gives
+        the verdict. TAK: M8 (mode 0, binary, 16H, ISO 9797-1 alg 3, padding 1); TDES DUKPT:
+        GW mode 11; AES DUKPT: Z2 mode 1."""
+        if keys.profile == "mac":
             body = b"00131" + TAK_KEY_TYPE.encode() + keys.key.encode() + f"{len(message):04X}".encode() + message \
                 + mac.encode()
-            return _ok(await self.hsm.call("M8", body), "M8", allow=("00", "01")).error == "00"
+            return self.hsm.send("M8", body)
         if keys.profile == "dukpt-tdes":
             body = (b"11" + keys.key.encode() + b"A05" + ksn.encode() + mac.encode()
                     + f"{len(message):04d}".encode() + message)
-            return _ok(await self.hsm.call("GW", body), "GW", allow=("00", "01")).error == "00"
+            return self.hsm.send("GW", body)
         body = (b"101" + keys.key.encode() + ksn.encode() + mac.encode() + f"{len(message):04d}".encode() + message)
-        return _ok(await self.hsm.call("Z2", body), "Z2", allow=("00", "01")).error == "00"
+        return self.hsm.send("Z2", body)
+
+    async def mac_verified(self, sent: Sent) -> bool:
+        """True: the MAC verified; False: it did not (01); SecurityError for another error,
+        HsmUnavailable when no HSM answered."""
+        return _ok(await self.hsm.reply(sent), sent.code, allow=("00", "01")).error == "00"
 
     async def response_mac(self, keys: TerminalKeys, ksn: str, message: bytes) -> str:
         if keys.profile == "mac":

@@ -1,8 +1,10 @@
 """The HSM in the simulation: hsm_mock's real command processor, called in process, behind a
 fault layer that follows the seed's schedule.
 
-`SimHsm` has the one method the switch's `Security` uses of its HSM pool, `call(code,
-body)`, and answers it the way `switch.authorize.hsm_client.HsmPool` does:
+`SimHsm` has the methods the switch's `Security` uses of its HSM pool, `call(code, body)`,
+and `send` and `reply` (a call begun in the caller's turn, its answer awaited later: here the
+call runs as a task from the loop's next turn), and answers the way
+`switch.authorize.hsm_client.HsmPool` does:
 - up: the command runs in `hsm_mock.commands.Hsm` (parse, handle) after a short latency
   drawn from the seed, and the reply comes back as an `HsmReply`;
 - down (connection refused, process gone): `HsmUnavailable` at once, as the pool raises
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import NamedTuple
 
 from hsm_mock.commands import Hsm
 from switch.authorize.hsm_client import HsmConfig, HsmReply, HsmUnavailable
@@ -29,6 +32,13 @@ from .faults import Faults
 HEADER = b"0000"
 OVERLOAD_ERROR = "67"
 CALL_TIMEOUT_S = HsmConfig(endpoints=(("127.0.0.1", 1500),)).call_timeout_ms / 1000  # the switch's default
+
+
+class SimSent(NamedTuple):
+    """What `SimHsm.send` returns: the command's code (as HsmPool's Sent) and the call's task."""
+
+    code: str
+    task: asyncio.Task[HsmReply]
 
 
 class SimHsm:
@@ -59,3 +69,9 @@ class SimHsm:
         cmd = self.hsm.parse(HEADER + code.encode("ascii") + body)
         error, out, _ = self.hsm.handle(cmd)
         return HsmReply(response_code(code), error, out)
+
+    def send(self, code: str, body: bytes) -> SimSent:
+        return SimSent(code, asyncio.get_running_loop().create_task(self.call(code, body)))
+
+    async def reply(self, sent: SimSent) -> HsmReply:
+        return await sent.task
