@@ -99,9 +99,11 @@ def dialect_variant(source: Path, target: Path, field_no: str, **spec: int) -> N
 
 # The HSM commands of one PIN purchase, by the switch's pin_verify (docs/hsm.md, "PIN
 # verification"): what is forwarded while the PIN check is held, what is held, a whole purchase.
+# With GQ the response MAC leaves beside the check, for a decision that assumed the PIN right
+# (docs/host-interface.md, "The MAC check and the response MAC in one round trip").
 PIN_CHECKS = {
     "g0-ec": (["GW11"], ["G0"], ["GW11", "G0", "EC", "GW42"]),
-    "gq": ([], ["GQ"], ["GQ", "GW42"]),
+    "gq": (["GW42"], ["GQ"], ["GQ", "GW42"]),
 }
 
 
@@ -165,7 +167,7 @@ async def test_a_pin_translation_the_hsm_never_answers_is_declined_91_stores_not
 @pytest.mark.parametrize("pin_verify, refused, forwarded, note", [
     ("g0-ec", "GW11", [], "MAC: HSM error 67"),              # the request MAC: nothing else is asked
     ("g0-ec", "G0", ["GW11", "GW42"], "PIN: HSM error 67"),  # the PIN, after the MAC verified; the 91 is MAC'd
-    ("gq", "GQ", [], "MAC and PIN: HSM error 67"),           # both in one command: nothing else is asked
+    ("gq", "GQ", ["GW42"], "MAC and PIN: HSM error 67"),     # both in one command, the response MAC beside it
 ])
 async def test_an_hsm_that_answers_an_error_of_its_own_is_declined_91_stores_nothing_and_the_repeat_is_approved(
         tmp_path, pin_verify, refused, forwarded, note):
@@ -219,7 +221,8 @@ async def test_an_hsm_without_gq_is_asked_gw_g0_ec_from_then_on(tmp_path):
             with structlog.testing.capture_logs() as events:
                 first = await client.request(term.purchase(pan, 20_000), pin=PIN, pan=pan)
             assert (first["39"], first["37"], client.last_response_mac_ok) == ("00", "000000000002", True)
-            assert (hop.refused, hop.commands()) == (["GQ"], ["GW11", "G0", "EC", "GW42"])
+            # the response MAC was asked beside the GQ, for the PIN assumed right, which G0 and EC confirmed
+            assert (hop.refused, hop.commands()) == (["GQ"], ["GW42", "GW11", "G0", "EC"])
             assert [(e["log_level"], e["pin_verify"]) for e in logged(events, event="hsm_gq_disabled")] == [
                 ("warning", "g0-ec")]
             hop.forwarded.clear()

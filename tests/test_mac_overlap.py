@@ -1,13 +1,15 @@
 """The request's MAC check and the response's MAC in one HSM round trip, end to end.
 
-A secured request without a PIN block is decided while the HSM checks its MAC
-(switch/authorize/engine.py, `_decided_while_checked`; docs/host-interface.md, "The MAC check
-and the response MAC in one round trip"): the check (GW mode 11) and the response MAC (GW
-mode 42) leave in one write, and the commit waits for the check's verdict. The rules guarded:
+A secured request is decided while the HSM checks its MAC (switch/authorize/engine.py,
+`_decided_while_checked`; docs/host-interface.md, "The MAC check and the response MAC in one
+round trip"): the check (GW mode 11; with a TDES-DUKPT PIN, the GQ that checks both, the PIN
+assumed right meanwhile) and the response MAC (GW mode 42) leave in one write, and the commit
+waits for the check's verdict. The rules guarded:
 a request whose MAC is refused is answered as before the overlap (63 "MAC does not verify",
 or 91 when the HSM could not check it), without a MAC, with nothing posted or stored and its
-KSN counter not spent, even though its response MAC was asked meanwhile; and a repeat of an
-approved purchase whose MAC is refused gets that refusal, not the replay.
+KSN counter not spent, even though its response MAC was asked meanwhile; a repeat of an
+approved purchase whose MAC is refused gets that refusal, not the replay; and a PIN the GQ
+finds wrong is decided again on that verdict (55) and MAC'd again.
 
 Real components: a real hsm_mock HsmServer behind tests/hsm_hop.py (which records the
 order in which commands went and answers came back, and answers a refused command itself),
@@ -25,7 +27,7 @@ from terminal_sim.terminal import Terminal
 
 from conftest import card_accounts, postings, query
 from hsm_hop import switch_behind_hop
-from test_core_defects import TID, balances_de54, declined, message_rows, without
+from test_core_defects import PIN, TID, balances_de54, declined, message_rows, without
 from waiting import logged
 
 pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
@@ -80,10 +82,10 @@ async def test_a_refused_mac_check_overrides_the_decision_made_meanwhile_and_sto
             hop.refuse = {}
             again = await client.resend(Terminal.repeat(original))
             assert client.last_request["53"] == original["53"]  # the same KSN: its counter was not spent
-            # posting id 2 went to the decision made while the MAC was checked: ids are unique,
-            # not dense (docs/host-interface.md, "DE37 and DE38")
+            # the decision made while the MAC was checked gave posting id 2 back (no later id was
+            # taken meanwhile: docs/host-interface.md, "DE37 and DE38")
             assert (again["39"], again["37"], again["54"], client.last_response_mac_ok) == (
-                "00", "000000000003", balances_de54(80_000, 1_500), True)
+                "00", "000000000002", balances_de54(80_000, 1_500), True)
         assert [(p["stan"], p["amount"]) for p in postings(db, "purchase")] == [(original["11"], 20_000)]
         assert verify(db).ok
 
@@ -114,4 +116,34 @@ async def test_a_repeat_whose_mac_is_refused_gets_the_refusal_not_the_replay(tmp
         assert message_rows(db, TID, original["11"]) == stored
         assert len(postings(db, "purchase")) == 1
         assert card_accounts(db, pan) == (80_000, 1_500)
+        assert verify(db).ok
+
+
+async def test_a_wrong_pin_the_gq_finds_is_decided_again_and_its_55_macd_again(tmp_path):
+    """A PIN purchase is decided while its GQ is out, on the PIN assumed right, and its
+    response MAC leaves beside the GQ. The GQ finds the PIN wrong: the approval is dropped,
+    the request decided again on the HSM's verdict (55, one PIN try counted) and that answer
+    MAC'd again; the approval's posting id goes back for the next purchase."""
+    async with switch_behind_hop(tmp_path / "var", tid=TID, pin=PIN) as setup:
+        env, hop, pan, term, security = setup.env, setup.hop, setup.pan, setup.term, setup.security
+        db = env.core.db_path
+        async with TerminalClient("127.0.0.1", env.port, env.dialect, security=security) as client:
+            assert (await client.request(term.sign_on()))["39"] == "00"
+            hop.trace.clear()
+            wrong = await client.request(term.purchase(pan, 20_000), pin="9999", pan=pan)
+            original = client.last_request
+            assert (without(wrong, "64"), client.last_response_mac_ok) == (declined(original, "55"), True)
+            assert exchanges(hop.trace) == [("sent", "GQ"), ("sent", "GW42"), ("answered", "GQ"),
+                                            ("answered", "GW42"), ("sent", "GW42"), ("answered", "GW42")]
+            assert message_rows(db, TID, original["11"]) == [("0200", "55", None)]
+            assert query(db, "SELECT pin_tries, pin_blocked FROM cards WHERE pan=?", pan) == [(1, 0)]
+
+            hop.trace.clear()
+            right = await client.request(term.purchase(pan, 20_000), pin=PIN, pan=pan)
+            assert (right["39"], right["37"], right["54"], client.last_response_mac_ok) == (
+                "00", "000000000002", balances_de54(80_000, 1_500), True)
+            assert exchanges(hop.trace) == [("sent", "GQ"), ("sent", "GW42"), ("answered", "GQ"),
+                                            ("answered", "GW42")]
+        assert query(db, "SELECT pin_tries, pin_blocked FROM cards WHERE pan=?", pan) == [(0, 0)]
+        assert [(p["id"], p["amount"]) for p in postings(db, "purchase")] == [(2, 20_000)]
         assert verify(db).ok

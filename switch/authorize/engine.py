@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Coroutine
 
 import structlog
 
@@ -43,6 +43,7 @@ from switch.wire.messages import Kind, Rc, Request
 log = structlog.get_logger()
 
 Sign = tuple[TerminalKeys, str]
+PIN_ASSUMED = PinVerified(True)  # what a request is decided on while its GQ is out (`_decided_while_checked`)
 
 
 @dataclass(slots=True)
@@ -63,42 +64,32 @@ class Outcome:
 COMMAND_DISABLED = "68"  # payShield: the command is disabled (or unknown to this HSM)
 
 
-class MacCheck:
-    """A request's MAC check sent before the request is decided (`_decided_while_checked`):
-    its verdict, awaited once and kept, is None (verified) or the refusal, (63, "MAC does not
-    verify") or 91 when no HSM could check it."""
+class Check:
+    """A request's security check sent to the HSM before the request is decided
+    (`_decided_while_checked`): its verdict, awaited once and kept, is (the refusal or None,
+    the PIN's verdict or None when no PIN was checked). Refusals: 63 (the MAC does not
+    verify), 91 (no HSM could check it), as when the check ran first."""
 
-    __slots__ = ("_sent", "_security", "_refused", "_known")
+    __slots__ = ("_verdict", "_result")
 
-    def __init__(self, sent: Sent, security: Security) -> None:
-        self._sent = sent
-        self._security = security
-        self._refused: tuple[Rc, str] | None = None
-        self._known = False
+    def __init__(self, verdict: Coroutine[Any, Any, tuple[tuple[Rc, str] | None, PinCheck]]) -> None:
+        self._verdict = verdict  # awaited by the first `result`
+        self._result: tuple[tuple[Rc, str] | None, PinCheck] | None = None
 
-    async def refusal(self) -> tuple[Rc, str] | None:
-        if not self._known:
-            try:
-                ok = await self._security.mac_verified(self._sent)
-            except HsmUnavailable:
-                self._refused = (Rc.HSM_UNAVAILABLE, "HSM unavailable")
-            except SecurityError as exc:
-                rc = Rc.HSM_UNAVAILABLE if exc.error in HSM_FAILURE_ERRORS else Rc.SECURITY_VIOLATION
-                self._refused = (rc, f"MAC: HSM error {exc.error}")  # 91: the HSM could not check it
-            else:
-                self._refused = None if ok else (Rc.SECURITY_VIOLATION, "MAC does not verify")
-            self._known = True
-        return self._refused
+    async def result(self) -> tuple[tuple[Rc, str] | None, PinCheck]:
+        if self._result is None:
+            self._result = await self._verdict
+        return self._result
 
     def abandon(self) -> None:
         """The request ended without its verdict (a bug, a cancel): the reply is still taken,
         so its in-flight slot is given back and no timeout goes unread."""
-        if not self._known:
+        if self._result is None:
             asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         try:
-            await self.refusal()
+            await self.result()
         except Exception:  # noqa: BLE001 - nobody waits for this verdict any more
             pass
 
@@ -225,23 +216,29 @@ class Engine:
         if req.merchant != terminal.mid:
             return await self._unstored(a, req, fields, Rc.TERMINAL_NOT_PERMITTED, "DE42 is not the terminal's merchant")
         sign = None
-        pin: PinCheck = None
         if terminal.security in SECURED:
             keys = TerminalKeys(terminal.security, terminal.key_lmk, terminal.ksn_initial)
             try:
                 covered, mac = self._mac_input(req, raw, keys, a.dialect)
             except _Refused as exc:
                 return await self._unstored(a, req, fields, exc.rc, exc.note)
+            sign = (keys, req.ksn)
+            security = self.security
             if not req.pin_block:  # nothing but the commit waits for the MAC's verdict
-                return await self._decided_while_checked(a, req, fields, terminal, (keys, req.ksn), covered, mac)
-            refused, pin = await self._check_mac(req, keys, covered, mac)
+                check = Check(self._mac_verdict(security.send_verify_mac(keys, req.ksn, covered, mac)))
+                return await self._decided_while_checked(a, req, fields, terminal, sign, check, None)
+            card = self._combined_card(req, keys)
+            if card is not None:  # GQ: the PIN with the MAC, checked while the PIN is assumed right
+                sent = security.send_verify_pin_and_mac(keys, req.ksn, req.pin_block, req.pan, card.pvv, covered, mac)
+                check = Check(self._gq_verdict(sent, req, keys, card.pvv, covered, mac))
+                return await self._decided_while_checked(a, req, fields, terminal, sign, check, PIN_ASSUMED)
+            refused = (await self._mac_verdict(security.send_verify_mac(keys, req.ksn, covered, mac)))[0]
             if refused is not None:
                 return await self._unstored(a, req, fields, *refused)
-            sign = (keys, req.ksn)
         if req.pin_block and terminal.security not in DUKPT:
             return await self._unstored(a, req, fields, Rc.NOT_PERMITTED, "PIN from a terminal whose profile "
                                         f"({terminal.security}) carries no PIN key", sign)
-        return await self._financial(a, req, fields, terminal, sign, pin)
+        return await self._financial(a, req, fields, terminal, sign)
 
     async def signed_on_elsewhere(self, tid: str) -> bool:
         """Signed on at another instance of the cluster (then here too, from now on)."""
@@ -251,30 +248,31 @@ class Engine:
         return True
 
     async def _decided_while_checked(self, a: Answerer, req: Request, fields: dict[str, str], terminal, sign: Sign,
-                                     covered: bytes, mac: str) -> Outcome:
-        """A secured request without a PIN block: its MAC is checked by the HSM while it is
-        decided and its response built, so the request's MAC check and the response's MAC leave
+                                     check: Check, assumed: PinCheck) -> Outcome:
+        """A secured request whose check the HSM answers while the request is decided and its
+        response built: the check (the MAC; with GQ, the PIN too) and the response's MAC leave
         for the HSM in one write and come back in one read (one round trip, not two). The check
-        is queued first, in this turn (HsmPool.send); the commit waits for its verdict
-        (`_decide_and_commit`), so nothing is stored for a request whose MAC did not verify. A
-        refused MAC overrides whatever was decided meanwhile (a replay, a decline): the answer
-        is the refusal, unMAC'd, as without the overlap (docs/host-interface.md, "The MAC check
-        and the response MAC in one round trip")."""
-        check = MacCheck(self.security.send_verify_mac(sign[0], req.ksn, covered, mac), self.security)
+        was queued first, in this turn (HsmPool.send); the commit waits for its verdict
+        (`_decide_and_commit`), so nothing is stored for a request it refuses, and a PIN
+        decided as right (`assumed`) that the HSM finds wrong is decided again with the HSM's
+        verdict, and MAC'd again. A refusal overrides whatever was decided meanwhile (a replay,
+        a decline): the answer is the refusal, unMAC'd, as without the overlap
+        (docs/host-interface.md, "The MAC check and the response MAC in one round trip")."""
         try:
-            outcome = await self._financial(a, req, fields, terminal, sign, verdict=check)
+            outcome = await self._financial(a, req, fields, terminal, sign, assumed, check=check)
         except BaseException:
             check.abandon()
             raise
-        refused = await check.refusal()
+        refused = (await check.result())[0]
         if refused is not None:
             return await self._unstored(a, req, fields, *refused)
         return outcome
 
     async def _financial(self, a: Answerer, req: Request, fields: dict[str, str], terminal, sign: Sign | None,
-                         pin: PinCheck = None, *, verdict: MacCheck | None = None) -> Outcome:
-        """pin: the PIN's verdict when the HSM gave it with the request's MAC (GQ). verdict:
-        the request's MAC check when it runs beside the decision (`_decided_while_checked`)."""
+                         pin: PinCheck = None, *, check: Check | None = None) -> Outcome:
+        """pin: the PIN's verdict when the HSM gave it with the request's MAC (GQ), or the
+        assumption a check still running will confirm. check: the request's check when it runs
+        beside the decision (`_decided_while_checked`)."""
         if req.key in self.pending:  # the same key in progress: its outcome first
             await self.pending.wait(req.key)
         prior = self.state.load_message(req.key)
@@ -287,7 +285,7 @@ class Engine:
                 return await self._unstored(a, req, fields, Rc.SECURITY_VIOLATION, "KSN counter used before", sign)
         self.pending.start(req.key)
         try:
-            outcome = await self._new(a, req, fields, terminal, sign, counter, pin, verdict)
+            outcome = await self._new(a, req, fields, terminal, sign, counter, pin, check)
         finally:
             self.pending.finish(req.key)
         if counter is not None and not outcome.stored:  # nothing stored: the KSN may come again (a repeat)
@@ -295,7 +293,7 @@ class Engine:
         return outcome
 
     async def _new(self, a: Answerer, req: Request, fields: dict[str, str], terminal, sign: Sign | None,
-                   counter: int | None, checked: PinCheck = None, verdict: MacCheck | None = None) -> Outcome:
+                   counter: int | None, checked: PinCheck = None, check: Check | None = None) -> Outcome:
         card = self.state.load_card_for(req.pan, self.clock.now()) if req.pan else None
         pin = None
         if checked is not None and pin_needs_hsm(card):  # verified with the MAC (GQ), for this card
@@ -318,42 +316,53 @@ class Engine:
         await self.locks.acquire(lock)
         try:
             return await self._decide_and_commit(a, req, fields, sign, counter, pin,
-                                                 card.member if card is not None else None, verdict)
+                                                 card.member if card is not None else None, check)
         finally:
             self.locks.release(lock)
 
     async def _decide_and_commit(self, a: Answerer, req: Request, fields: dict[str, str], sign: Sign | None,
                                  counter: int | None, pin, member: str | None = None,
-                                 verdict: MacCheck | None = None) -> Outcome:
+                                 check: Check | None = None) -> Outcome:
         """member: the card's, whose partition fences the commit when the writer is one of a
-        cluster's (switch/ops/cluster.py); not computed otherwise. verdict: the request's MAC
-        check still running (`_decided_while_checked`): the commit waits for it, and a refusal
-        commits nothing (the caller answers the refusal)."""
+        cluster's (switch/ops/cluster.py); not computed otherwise. check: the request's check
+        still running (`_decided_while_checked`): the commit waits for it; a refusal commits
+        nothing (the caller answers the refusal), and a PIN verdict other than the one decided
+        on (`pin`, assumed right) is decided again."""
         state = self.state
         epoch = state.epoch
         now = self.clock.now()
         state.prefetch(req, now)
-        decision = decide(req, fields, state, self.rules, now, pin=pin)
-        if decision.posting is not None:
-            state.posting_id_used(decision.posting.id)
-        stored = response_fields(decision.response)
-        posting_id = decision.posting.id if decision.posting is not None else None
-        message = MessageOutcome(req.key, req.base_mti, req.digest, stored["39"], stored, posting_id, iso(now))
-        changes = decision.changes if counter is None else decision.changes + (KsnAccepted(req.terminal, counter),)
         writer = self.writer
         partition = partition_of(member) if member is not None and writer.partitioned else None
         writer.expect()  # a group forming now may wait for this unit while its response is MACed
-        try:
-            payload = await a.encode(stored, sign)
-        except AnswerFailed as failed:
-            writer.withdraw()
-            return await self._unstored(a, req, fields, failed.rc, failed.note, None)
-        except BaseException:
-            writer.withdraw()
-            raise
-        if verdict is not None and await verdict.refusal() is not None:  # the MAC refused: nothing is stored
-            writer.withdraw()
-            return Outcome(stored, None, note="MAC refused")
+        while True:
+            decision = decide(req, fields, state, self.rules, now, pin=pin)
+            if decision.posting is not None:
+                state.posting_id_used(decision.posting.id)
+            stored = response_fields(decision.response)
+            try:
+                payload = await a.encode(stored, sign)
+            except AnswerFailed as failed:
+                writer.withdraw()
+                return await self._unstored(a, req, fields, failed.rc, failed.note, None)
+            except BaseException:
+                writer.withdraw()
+                raise
+            if check is None:
+                break
+            refused, verdict = await check.result()
+            check = None
+            if refused is not None:  # nothing of this is stored
+                writer.withdraw()
+                self._unused(decision)
+                return Outcome(stored, None, note="refused by its check")
+            if verdict is None or pin is None or verdict == pin:
+                break
+            self._unused(decision)  # decided on a PIN assumed right, which the HSM did not verify
+            pin = verdict
+        posting_id = decision.posting.id if decision.posting is not None else None
+        message = MessageOutcome(req.key, req.base_mti, req.digest, stored["39"], stored, posting_id, iso(now))
+        changes = decision.changes if counter is None else decision.changes + (KsnAccepted(req.terminal, counter),)
         if state.epoch != epoch:  # a commit failed meanwhile: this was decided on state now void
             writer.withdraw()
             return await self._unstored(a, req, fields, Rc.SYSTEM_ERROR, "ledger unavailable", None)
@@ -365,6 +374,13 @@ class Engine:
         self._apply(decision, message)
         return Outcome(stored, payload, posting_id=posting_id, fee=decision.fee, cashback=decision.cashback,
                        note=decision.note, stored=True)
+
+    def _unused(self, decision: Decision) -> None:
+        """A decision dropped before its commit gives its posting id back when no later one was
+        taken meanwhile (else the id is left unused: DE37's ids are unique, not dense)."""
+        state = self.state
+        if decision.posting is not None and state.next_posting_id == decision.posting.id + 1:
+            state.next_posting_id = decision.posting.id
 
     def _apply(self, decision: Decision, message: MessageOutcome) -> None:
         state = self.state
@@ -414,18 +430,6 @@ class Engine:
             raise _Refused(Rc.HSM_UNAVAILABLE, "no HSM configured")
         return span
 
-    async def _check_mac(self, req: Request, keys: TerminalKeys, covered: bytes, mac: str
-                         ) -> tuple[tuple[Rc, str] | None, PinCheck]:
-        """A request with a PIN block: its MAC (and with GQ its PIN) checked before anything
-        else; a bad MAC is answered 63 and nothing is done. (refusal or None, the PIN's verdict
-        when the HSM checked it in the same command, else None)."""
-        refused, pin = None, None
-        try:
-            pin = await self._mac_verdict(req, keys, covered, mac)
-        except _Refused as exc:
-            refused = (exc.rc, exc.note)
-        return refused, pin
-
     def _combined_card(self, req: Request, keys: TerminalKeys):
         """The card whose PIN the HSM checks with the request's MAC (GQ), or None: a TDES-DUKPT
         request with a PIN block, not a reversal, for a card the PIN is worth checking for."""
@@ -436,41 +440,57 @@ class Engine:
         card = self.state.load_card_for(req.pan, self.clock.now())
         return card if pin_needs_hsm(card) else None
 
-    async def _mac_verdict(self, req: Request, keys: TerminalKeys, covered: bytes, mac: str) -> PinCheck:
-        security = self.security
-        card = self._combined_card(req, keys)
-        pin_code = ""
+    async def _mac_verdict(self, sent: Sent) -> tuple[tuple[Rc, str] | None, PinCheck]:
+        """The HSM's verdict on a request's MAC (GW 11, M8, Z2): (None, None) when it verified,
+        else (the refusal, None)."""
         try:
-            if card is not None:
-                try:
-                    pin_code, mac_code = await security.verify_pin_and_mac(keys, req.ksn, req.pin_block, req.pan,
-                                                                           card.pvv, covered, mac)
-                except SecurityError as exc:
-                    if exc.error != COMMAND_DISABLED:
-                        raise
-                    security.gq_disabled()  # an HSM without GQ: GW, then G0 and EC, from now on
-                    log.warning("hsm_gq_disabled", error=exc.error, pin_verify="g0-ec")
-                    card = None
-            if card is not None:
-                ok = mac_code == "00"
-            else:
-                ok = await security.verify_mac(keys, req.ksn, covered, mac)
+            ok = await self.security.mac_verified(sent)
         except HsmUnavailable:
-            raise _Refused(Rc.HSM_UNAVAILABLE, "HSM unavailable") from None
+            return (Rc.HSM_UNAVAILABLE, "HSM unavailable"), None
         except SecurityError as exc:
-            what = "MAC and PIN" if card is not None else "MAC"  # "MAC…": switch/cert/journal.py
-            if exc.error in HSM_FAILURE_ERRORS:  # the HSM could not check it: as if none answered
-                raise _Refused(Rc.HSM_UNAVAILABLE, f"{what}: HSM error {exc.error}") from None
-            raise _Refused(Rc.SECURITY_VIOLATION, f"{what}: HSM error {exc.error}") from None
-        if not ok:
-            raise _Refused(Rc.SECURITY_VIOLATION, "MAC does not verify")
-        if card is None:
-            return None
+            rc = Rc.HSM_UNAVAILABLE if exc.error in HSM_FAILURE_ERRORS else Rc.SECURITY_VIOLATION
+            return (rc, f"MAC: HSM error {exc.error}"), None  # 91: the HSM could not check it
+        return (None if ok else (Rc.SECURITY_VIOLATION, "MAC does not verify")), None
+
+    async def _gq_verdict(self, sent: Sent, req: Request, keys: TerminalKeys, pvv: str, covered: bytes, mac: str
+                          ) -> tuple[tuple[Rc, str] | None, PinCheck]:
+        """The HSM's verdict on a request's MAC and PIN in one GQ: (None, the PIN's verdict)
+        when the MAC verified, else (the refusal, None). An HSM without GQ (68) is asked the
+        two-command way (GW, then G0 and EC), now and from then on."""
+        security = self.security
+        try:
+            pin_code, mac_code = await security.pin_and_mac_verified(sent)
+        except HsmUnavailable:
+            return (Rc.HSM_UNAVAILABLE, "HSM unavailable"), None
+        except SecurityError as exc:
+            if exc.error == COMMAND_DISABLED:
+                security.gq_disabled()
+                log.warning("hsm_gq_disabled", error=exc.error, pin_verify="g0-ec")
+                return await self._gw_g0_ec_verdict(req, keys, pvv, covered, mac)
+            rc = Rc.HSM_UNAVAILABLE if exc.error in HSM_FAILURE_ERRORS else Rc.SECURITY_VIOLATION
+            return (rc, f"MAC and PIN: HSM error {exc.error}"), None  # "MAC…": switch/cert/journal.py
+        if mac_code != "00":
+            return (Rc.SECURITY_VIOLATION, "MAC does not verify"), None
         if pin_code in ("00", "01"):  # the PIN's code of the GQ, mapped as G0 + EC's are (`_new`)
-            return PinVerified(pin_code == "00")
+            return None, PinVerified(pin_code == "00")
         if pin_code in HSM_FAILURE_ERRORS:  # the MAC verified; the HSM could not check the PIN
-            raise _Refused(Rc.HSM_UNAVAILABLE, f"PIN: HSM error {pin_code}")
-        return _pin_refused(pin_code)
+            return (Rc.HSM_UNAVAILABLE, f"PIN: HSM error {pin_code}"), None
+        return None, _pin_refused(pin_code)
+
+    async def _gw_g0_ec_verdict(self, req: Request, keys: TerminalKeys, pvv: str, covered: bytes, mac: str
+                                ) -> tuple[tuple[Rc, str] | None, PinCheck]:
+        security = self.security
+        refused = (await self._mac_verdict(security.send_verify_mac(keys, req.ksn, covered, mac)))[0]
+        if refused is not None:
+            return refused, None
+        try:
+            return None, PinVerified(await security.verify_pin(keys, req.ksn, req.pin_block, req.pan, pvv))
+        except HsmUnavailable:
+            return (Rc.HSM_UNAVAILABLE, "HSM unavailable"), None
+        except SecurityError as exc:
+            if exc.error in HSM_FAILURE_ERRORS:  # the HSM could not check it: as if none answered
+                return (Rc.HSM_UNAVAILABLE, f"PIN: HSM error {exc.error}"), None
+            return None, _pin_refused(exc.error)
 
     # ------------------------------------------------------------------ network
 

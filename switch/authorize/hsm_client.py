@@ -7,7 +7,9 @@ HSM returns it unchanged). Every call has a timeout. A background task health-ch
 with NC and reconnects with backoff; calls go to the first healthy HSM in the configured order
 and fail over to the next on a timeout or a broken connection. With no HSM answering, `call`
 raises HsmUnavailable quickly, and the engine declines (91): never an approval without the
-HSM's word.
+HSM's word. `send` begins a call in the caller's turn without awaiting it (its frame joins
+that turn's write) and `reply` awaits its answer, with the same failover: the engine checks a
+request's MAC that way while it decides the request.
 """
 
 from __future__ import annotations

@@ -201,16 +201,20 @@ class Security:
         """The HSM answered GQ "command disabled" (68): verify as with g0-ec from now on."""
         self._gq_disabled = True
 
-    async def verify_pin_and_mac(self, keys: TerminalKeys, ksn: str, pin_block: str, pan: str, pvv: str,
-                                 message: bytes, mac: str) -> tuple[str, str]:
+    def send_verify_pin_and_mac(self, keys: TerminalKeys, ksn: str, pin_block: str, pan: str, pvv: str,
+                                message: bytes, mac: str) -> Sent:
         """TDES DUKPT: the PIN block against the card's PVV and the request's X9.19 MAC in one
-        GQ (mode 1): (the PIN's code, the MAC's code), each "00" or "01", or the PIN's error
-        (20, 24: a block that does not decode) beside the MAC's verdict. SecurityError when the
-        HSM could check neither (its one error code: keys, input, capacity)."""
+        GQ (mode 1), queued now (HsmPool.send). `pin_and_mac_verified` gives (the PIN's code,
+        the MAC's code), each "00" or "01", or the PIN's error (20, 24: a block that does not
+        decode) beside the MAC's verdict; SecurityError when the HSM could check neither (its
+        one error code: keys, input, capacity)."""
         body = (b"111" + keys.key.encode() + self.pvk.encode() + b"A05" + ksn.encode() + pin_block.encode()
                 + b"01" + _account(pan).encode() + PVKI.encode() + pvv.encode() + mac.encode()
                 + f"{len(message):04d}".encode() + message)
-        reply = await self.hsm.call("GQ", body)
+        return self.hsm.send("GQ", body)
+
+    async def pin_and_mac_verified(self, sent: Sent) -> tuple[str, str]:
+        reply = await self.hsm.reply(sent)
         mac_code = reply.body[:2].decode("ascii", "replace")
         if mac_code not in ("00", "01"):
             raise SecurityError("GQ", reply.error)
