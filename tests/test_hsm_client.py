@@ -4,6 +4,7 @@ health checks, failover to a second HSM, reconnect, and a fast 'unavailable'."""
 import asyncio
 import io
 import json
+from contextlib import asynccontextmanager
 
 import pytest
 import structlog
@@ -141,6 +142,19 @@ async def test_calls_are_spread_over_the_pool_of_connections():
             await pool.close()
 
 
+@asynccontextmanager
+async def audited_pool(hsm: HsmServer, **kw):
+    """A started pool on `hsm` and a sink of the HSM's audit lines; the pool is closed after."""
+    pool = pool_for(hsm, **kw)
+    await pool.start()
+    sink = io.StringIO()
+    hsm.audit.sinks.append(sink)
+    try:
+        yield pool, sink
+    finally:
+        await pool.close()
+
+
 def _b2_connections(hsm: HsmServer, sink: io.StringIO) -> list[int]:
     """The HSM's connection id of each B2 it answered, in order (its audit lines)."""
     hsm.audit.flush()
@@ -152,16 +166,10 @@ async def test_one_turns_calls_share_a_connection_and_the_next_turn_takes_the_ne
     # Calls made in one turn of the event loop leave in one write on one connection (one
     # wake-up of the HSM); the next turn's go to the next connection.
     async with service() as hsm:
-        pool = pool_for(hsm, connections_per_hsm=2, health_interval_s=600)
-        await pool.start()
-        sink = io.StringIO()
-        hsm.audit.sinks.append(sink)
-        try:
+        async with audited_pool(hsm, connections_per_hsm=2, health_interval_s=600) as (pool, sink):
             for _ in range(3):
                 replies = await asyncio.gather(*(pool.call("B2", b"0002ok") for _ in range(5)))
                 assert [r.body for r in replies] == [b"ok"] * 5
-        finally:
-            await pool.close()
     conns = _b2_connections(hsm, sink)
     turns = [conns[0:5], conns[5:10], conns[10:15]]
     assert len(conns) == 15 and all(len(set(t)) == 1 for t in turns), conns
@@ -170,15 +178,9 @@ async def test_one_turns_calls_share_a_connection_and_the_next_turn_takes_the_ne
 
 async def test_a_turn_moves_to_the_next_connection_once_one_has_no_free_slot():
     async with service(latency_ms=20) as hsm:
-        pool = pool_for(hsm, connections_per_hsm=2, health_interval_s=600, in_flight_max=2)
-        await pool.start()
-        sink = io.StringIO()
-        hsm.audit.sinks.append(sink)
-        try:
+        async with audited_pool(hsm, connections_per_hsm=2, health_interval_s=600, in_flight_max=2) as (pool, sink):
             replies = await asyncio.gather(*(pool.call("B2", b"0002ok") for _ in range(4)))
             assert [r.body for r in replies] == [b"ok"] * 4
-        finally:
-            await pool.close()
     conns = _b2_connections(hsm, sink)
     assert sorted(conns) == [1, 1, 2, 2], conns  # two in flight on each, none waiting for a slot
 
@@ -208,23 +210,18 @@ async def test_a_sent_command_is_queued_in_the_senders_turn_and_its_reply_awaite
     # it in the same turn leaves in the same write, behind it (the engine's MAC check, then
     # the response MAC: switch/authorize/engine.py, `_decided_while_checked`).
     async with service() as hsm:
-        pool = pool_for(hsm, connections_per_hsm=2, health_interval_s=600)
-        await pool.start()
-        sink = io.StringIO()
-        hsm.audit.sinks.append(sink)
-        try:
+        async with audited_pool(hsm, connections_per_hsm=2, health_interval_s=600) as (pool, sink):
             sent = pool.send("B2", b"0005first")
             assert sent.attempt is not None and sent.conn.out.pending  # queued, not yet written
             second = await pool.call("B2", b"0006second")
             first = await pool.reply(sent)
-        finally:
-            await pool.close()
+            free = [c.slots.free for c in pool.endpoints[0].conns]  # every slot given back
     assert (first.error, first.body, second.body) == ("00", b"first", b"second")
     conns = _b2_connections(hsm, sink)
     assert len(conns) == 2 and len(set(conns)) == 1, conns  # one connection: one write
     b2 = [json.loads(line) for line in sink.getvalue().splitlines() if '"B2"' in line]
     assert [line["length"] for line in b2] == [5, 6]  # in the order queued
-    assert pool.endpoints[0].calls == 2 and all(c.slots.free == 256 for c in pool.endpoints[0].conns)
+    assert (pool.endpoints[0].calls, free) == (2, [256, 256])
 
 
 async def test_a_send_without_a_free_slot_is_sent_when_its_reply_is_awaited():
