@@ -18,9 +18,12 @@ the switch's real objects with real TCP and a real ledger, terminal_sim's DUKPT 
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import structlog
 
+from switch.authorize.hsm_client import HsmUnavailable
 from switch.ledger.audit import verify
 from terminal_sim.client import TerminalClient
 from terminal_sim.terminal import Terminal
@@ -147,3 +150,48 @@ async def test_a_wrong_pin_the_gq_finds_is_decided_again_and_its_55_macd_again(t
         assert query(db, "SELECT pin_tries, pin_blocked FROM cards WHERE pan=?", pan) == [(0, 0)]
         assert [(p["id"], p["amount"]) for p in postings(db, "purchase")] == [(2, 20_000)]
         assert verify(db).ok
+
+
+async def test_a_check_abandoned_by_its_request_still_takes_its_verdict_and_keeps_it():
+    """A request that ends before its check's verdict (a bug, a cancel: `Check.abandon`)
+    leaves a task that takes the verdict anyway, so the HSM client's in-flight slot is given
+    back and no reply or timeout goes unread; `result` then answers from what was kept."""
+    from switch.authorize.engine import Check
+    from switch.wire.messages import Rc
+
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future = loop.create_future()
+    taken: list[str] = []
+
+    async def verdict():
+        try:
+            return await answer
+        finally:
+            taken.append("taken")
+
+    check = Check(verdict())
+    check.abandon()
+    await asyncio.sleep(0)
+    assert taken == []  # still waiting for the HSM
+    answer.set_result(((Rc.SECURITY_VIOLATION, "MAC does not verify"), None))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert taken == ["taken"]
+    assert await check.result() == ((Rc.SECURITY_VIOLATION, "MAC does not verify"), None)
+
+    unhandled: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        failing = Check(_raises(HsmUnavailable("no HSM answered GW")))
+        failing.abandon()  # a verdict that fails is swallowed by the task nobody waits on
+        for _ in range(3):
+            await asyncio.sleep(0)
+        import gc
+        gc.collect()  # an exception never retrieved would be reported when its task is freed
+    finally:
+        loop.set_exception_handler(None)
+    assert (unhandled, failing._result) == ([], None)
+
+
+async def _raises(exc: BaseException):
+    raise exc
