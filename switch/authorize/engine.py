@@ -1,10 +1,11 @@
 """The authorization shell: the I/O around the pure decision, in flow order.
 
 For one financial request: terminal checks → the request's MAC through the HSM (with a
-TDES-DUKPT PIN, the PIN in the same command: GQ; without a PIN block, the check runs beside
-the steps that follow and the commit waits for its verdict: `_decided_while_checked`) →
-idempotency (a repeat is answered from the store) → the PIN through the HSM (when not
-checked with the MAC) → the member's lock → load what the decision reads → `decide` (pure,
+TDES-DUKPT PIN, the PIN in the same command: GQ, the PIN assumed right until it answers);
+the check runs beside the steps that follow, and the commit waits for its verdict
+(`_decided_while_checked`) → idempotency (a repeat is answered from the store) → the PIN
+through the HSM when not checked with the MAC (G0 + EC, after the MAC's verdict) → the
+member's lock → load what the decision reads → `decide` (pure,
 switch/authorize/decide.py) → the response encoded and MAC'd → commit (posting, message,
 changes and events in one group commit) → the changes applied to the hot state → unlock →
 send. Whatever can fail (HSM, encoding, the response MAC) fails before the commit: such a
