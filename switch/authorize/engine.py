@@ -301,14 +301,9 @@ class Engine:
             pin = checked
         elif req.pin_block and req.kind is not Kind.REVERSAL and pin_needs_hsm(card):
             keys = TerminalKeys(terminal.security, terminal.key_lmk, terminal.ksn_initial)
-            try:
-                pin = PinVerified(await self.security.verify_pin(keys, req.ksn, req.pin_block, req.pan, card.pvv))
-            except HsmUnavailable:
-                return await self._unstored(a, req, fields, Rc.HSM_UNAVAILABLE, "HSM unavailable", sign)
-            except SecurityError as exc:
-                if exc.error in HSM_FAILURE_ERRORS:  # the HSM could not check it: as if none answered
-                    return await self._unstored(a, req, fields, Rc.HSM_UNAVAILABLE, f"PIN: HSM error {exc.error}", sign)
-                pin = _pin_refused(exc.error)
+            refused, pin = await self._pin_verdict(keys, req, card.pvv)
+            if refused is not None:
+                return await self._unstored(a, req, fields, *refused, sign)
         if req.kind is Kind.REVERSAL:  # reverse only what is settled
             original_key = req.original_key
             if original_key in self.pending:
@@ -484,8 +479,13 @@ class Engine:
         refused = (await self._mac_verdict(security.send_verify_mac(keys, req.ksn, covered, mac)))[0]
         if refused is not None:
             return refused, None
+        return await self._pin_verdict(keys, req, pvv)
+
+    async def _pin_verdict(self, keys: TerminalKeys, req: Request, pvv: str) -> tuple[tuple[Rc, str] | None, PinCheck]:
+        """The PIN the two-command way (G0 or Z0, then EC), after the MAC verified: (None, the
+        PIN's verdict), or (91, None) when no HSM could check it."""
         try:
-            return None, PinVerified(await security.verify_pin(keys, req.ksn, req.pin_block, req.pan, pvv))
+            return None, PinVerified(await self.security.verify_pin(keys, req.ksn, req.pin_block, req.pan, pvv))
         except HsmUnavailable:
             return (Rc.HSM_UNAVAILABLE, "HSM unavailable"), None
         except SecurityError as exc:
