@@ -1,8 +1,8 @@
 """The SQLite adapter of the ledger port: typed records in, rows out (and back).
 
 The only place the hot path's SQL lives. `SqliteStore.commit` applies a group of Commits in
-one transaction with one executemany per table, so a group of N approvals costs a handful
-of statements, not N × 8. Durability: WAL, synchronous=FULL; the caller (the single writer,
+one transaction, each table's rows in a few multi-row statements (`write_rows`), so a group
+of N approvals costs a handful of statements, not N × 8. Durability: WAL, synchronous=FULL; the caller (the single writer,
 switch/ledger/writer.py) runs `commit` on its thread and answers only after it returns.
 Reads serve the hot state's cache misses on a read-only connection (WAL: readers never
 block the writer).
@@ -10,12 +10,14 @@ block the writer).
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 
 import orjson
 import time
 from collections import defaultdict
+from itertools import chain
 from typing import Callable, Iterable, Sequence
 
 from switch.domain import Merchant
@@ -264,7 +266,63 @@ def apply_commits(conn: sqlite3.Connection, commits: Iterable[Commit], *, commit
     group's events, for the relay's lag."""
     for table, rows in group_rows(commits, committed_at).items():
         if rows:
-            conn.executemany(_SQL[table], rows)
+            write_rows(conn, _SQL[table], rows)
+
+
+# The most rows one INSERT statement carries (postings: 14 values a row, 3,584 in all; SQLite
+# allows 32,766 host parameters a statement since 3.32).
+ROWS_PER_INSERT_MAX = 256
+
+
+def write_rows(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence]) -> None:
+    """`sql` (one statement of one row) for every row. An INSERT's rows go in multi-row
+    statements (VALUES (…),(…),…) of power-of-two sizes, largest first: a group's rows of
+    a table cost a few statement steps, not one per row. Each step is one call into SQLite
+    with the GIL released, and a writer thread that took the GIL back after every row waited
+    for the event loop's thread each time (docs/performance.md, "The group commit's rows in
+    multi-row statements"). The rows are written in the same order as one by one, and within a
+    group a table's upsert keys are distinct (the group sums them first, `_Rows`), so the
+    outcome is the same. UPDATEs stay one execution per row."""
+    n = len(rows)
+    if n == 1 or not sql.startswith("INSERT"):
+        conn.executemany(sql, rows)
+        return
+    at = 0
+    while at < n:
+        size = min(ROWS_PER_INSERT_MAX, 1 << ((n - at).bit_length() - 1))  # the largest power of two that fits
+        conn.execute(_multi_row(sql, size), list(chain.from_iterable(rows[at:at + size])))
+        at += size
+
+
+@functools.lru_cache(maxsize=512)
+def _multi_row(sql: str, rows: int) -> str:
+    """An INSERT of one VALUES tuple (with whatever follows it: ON CONFLICT …) for `rows` tuples.
+
+    A plain INSERT becomes INSERT OR ROLLBACK: a row that breaks a constraint ends the whole
+    transaction at once, as commit_group's ROLLBACK would a moment later (a group fails or
+    commits whole), so SQLite keeps no statement journal to undo that statement alone. An
+    upsert keeps its own conflict handling (and its statement journal, in memory:
+    `connect_writer`)."""
+    if rows == 1:
+        return sql
+    head, values, rest = sql.partition(" VALUES ")
+    if head.startswith("INSERT INTO ") and " ON CONFLICT" not in rest:
+        head = "INSERT OR ROLLBACK INTO " + head[len("INSERT INTO "):]
+    one_end = rest.index(")") + 1
+    return head + values + ",".join([rest[:one_end]] * rows) + rest[one_end:]
+
+
+def connect_writer(path: Store) -> sqlite3.Connection:
+    """The group commit's connection: the store's writable one (switch/ledger/store.py,
+    `connect`), with its temporary files in memory. A multi-row INSERT (`write_rows`) keeps a
+    statement journal, the pages it changed as they were, to undo that statement alone if a
+    later row of it fails; beyond 64 KiB SQLite spills that journal to a temporary file,
+    created, written and deleted per statement (seen with strace: one file and ≈ 50 writes
+    a group). In memory it is bounded by the pages one statement changes (at most
+    ROWS_PER_INSERT_MAX rows: a few hundred KiB)."""
+    conn = connect(path)
+    conn.execute("PRAGMA temp_store=MEMORY")
+    return conn
 
 
 def commit_group(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None:

@@ -147,7 +147,9 @@ def connect(path: Store, *, readonly: bool = False) -> Any:
         return PgConnection(path, readonly=readonly)
     if readonly:
         return _connect_readonly(path)
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    # 256 prepared statements kept (sqlite3's default: 128): the group commit's multi-row
+    # INSERTs come in up to nine sizes per table (switch/ledger/sqlite.py, write_rows)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, cached_statements=256)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=10000")

@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from switch.ledger.records import Commit, MetaSet
-from switch.ledger.sqlite import commit_group, commit_unsynced
+from switch.ledger.sqlite import commit_group, commit_unsynced, connect_writer
 from switch.ledger.store import LedgerUnavailable, PgDsn, Store, connect, ledger_id
 
 log = structlog.get_logger()
@@ -103,7 +103,7 @@ class LedgerWriter:
             finally:
                 probe.close()
         else:
-            self._conn = connect(path)
+            self._conn = connect_writer(path)
             self.ledger_id = ledger_id(self._conn)
         # set after a commit that carried events: the outbox relay waits on it instead of polling
         self.events_committed = asyncio.Event()
@@ -282,7 +282,7 @@ class LedgerWriter:
 
     def _write_group(self, units: list[Commit]) -> None:
         if self._conn is None:  # the last reopen failed: try again, or fail this group too
-            self._conn = connect(self.path)
+            self._conn = connect_writer(self.path)
             self.reopens += 1
         try:
             self.commit_group(self._conn, units)
@@ -303,7 +303,7 @@ class LedgerWriter:
             with contextlib.suppress(sqlite3.Error):
                 old.close()
         try:
-            self._conn = connect(self.path)
+            self._conn = connect_writer(self.path)
         except sqlite3.Error as reopen_error:
             return Restart(False, False, str(reopen_error))
         self.reopens += 1
