@@ -97,6 +97,15 @@ KEYS = ("approved_per_s", "p50_ms", "p99_ms", "switch_cpu_us_per_auth", "switch_
 RESPONDER_KEYS = ("sent_per_s", "p50_ms", "p99_ms", "fleet_cpu_us_per_tx", "responder_cpu_us_per_tx")
 
 
+def round_order(names, i: int) -> list:
+    """The sides of round i: in order in even rounds, reversed in odd ones (ABBA). Whichever
+    side runs second in a pair ran 4-11 % slower on this VM in four pairs of core_split.py of
+    the same code (docs/performance.md, "Which side runs first"), so a fixed order biases
+    every ratio by that much."""
+    names = list(names)
+    return names if i % 2 == 0 else names[::-1]
+
+
 def worktree(rev: str, parent: Path, name: str = "") -> Path:
     """REV checked out under `parent`, with its compiled modules built in place where the tree
     has the optional build (setup.py), as `pip install -e .` would build them: a revision is
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         trees = {name: worktree(rev, Path(tmp), f"tree-{name}") for name, rev in revs.items()}
         try:
             for i in range(args.rounds):
-                for name in ("base", "head"):
+                for name in round_order(("base", "head"), i):
                     work = Path(tmp) / f"work-{name}"
                     work.mkdir(exist_ok=True)
                     r = one_round(trees[name], work, args.seconds, seed=100 + i, rate=args.rate,

@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.ab import round_order
+
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="eum-ab-plain-") as tmp:
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[float]] = {name: [] for name in trees}
         try:
             for r in range(args.rounds):
-                for name, tree in trees.items():
+                for name in round_order(trees, r):  # ABBA: the side run second is slower
+                    tree = trees[name]
                     result = one_round(tree)
                     if isinstance(result["check"], dict) and result["check"].get("ok") is False:
                         raise SystemExit(f"ab_plain: {name} failed its correctness check: {result['check']}")

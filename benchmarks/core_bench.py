@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from benchmarks.ab import worktree
+    from benchmarks.ab import round_order, worktree
     with tempfile.TemporaryDirectory(prefix="eum-core-bench-") as tmp:
         trees = {rev: worktree(rev, Path(tmp), rev.replace("/", "_")) for rev in args.base}
         trees["this tree"] = ROOT
@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[float]] = {name: [] for name in trees}
         try:
             for r in range(args.rounds):
-                for name, tree in trees.items():
+                for name in round_order(trees, r):  # ABBA: the side run second is slower
+                    tree = trees[name]
                     result = measure(tree, templates[name], args.messages, args.concurrency, envs[name])
                     runs[name].append(result["cpu_us_per_msg"])
                     print(f"round {r + 1} {name}: {result['cpu_us_per_msg']} us/msg", flush=True)
