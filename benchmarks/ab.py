@@ -98,10 +98,10 @@ RESPONDER_KEYS = ("sent_per_s", "p50_ms", "p99_ms", "fleet_cpu_us_per_tx", "resp
 
 
 def round_order(names, i: int) -> list:
-    """The sides of round i: in order in even rounds, reversed in odd ones (ABBA). Whichever
-    side runs second in a pair ran 4-11 % slower on this VM in four pairs of core_split.py of
-    the same code (docs/performance.md, "Which side runs first"), so a fixed order biases
-    every ratio by that much."""
+    """The sides of round i: in order in even rounds, reversed in odd ones (ABBA). In six
+    pairs of core_split.py, the pieces whose code both trees share cost 2-16 % more in
+    whichever tree ran second (docs/performance.md, "Which side runs first (the A/B tools
+    now alternate it)"), so a fixed order biases every ratio by about that much."""
     names = list(names)
     return names if i % 2 == 0 else names[::-1]
 

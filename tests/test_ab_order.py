@@ -1,6 +1,6 @@
 """benchmarks/ab.py, ab_plain.py and core_bench.py run the sides of a pair in alternating
 order (ABBA): on this VM whichever side runs second is slower (docs/performance.md, "Which
-side runs first"), so a fixed order would bias every ratio."""
+side runs first (the A/B tools now alternate it)"), so a fixed order would bias every ratio."""
 
 from __future__ import annotations
 
