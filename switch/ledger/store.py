@@ -138,18 +138,18 @@ def locate(data_dir: Path, store: str | None = None) -> Store:
     return PgDsn(url) if url is not None else data_dir / "ledger.sqlite3"
 
 
-def connect(path: Store, *, readonly: bool = False) -> Any:
+def connect(path: Store, *, readonly: bool = False, cached_statements: int = 128) -> Any:
     """A DB-API connection to the ledger. For PostgreSQL, a thin translation of the same SQL
-    (switch/ledger/postgres.py, PgConnection): the read side is written once."""
+    (switch/ledger/postgres.py, PgConnection): the read side is written once. cached_statements:
+    prepared statements a SQLite connection keeps (sqlite3's default: 128)."""
     if isinstance(path, PgDsn):
         from switch.ledger.postgres import PgConnection
 
         return PgConnection(path, readonly=readonly)
     if readonly:
         return _connect_readonly(path)
-    # 256 prepared statements kept (sqlite3's default: 128): the group commit's multi-row
-    # INSERTs come in up to nine sizes per table (switch/ledger/sqlite.py, write_rows)
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, cached_statements=256)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+                           cached_statements=cached_statements)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=10000")
