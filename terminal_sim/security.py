@@ -63,6 +63,7 @@ from hsm_mock import dukpt, pinblock
 from hsm_mock.crypto import (HsmCryptoError, aes_cmac, aes_ecb_encrypt_once, aes_key_check_value, combine_components,
                              key_check_value, mac_iso9797_alg3, retail_mac_once, tdes_ecb_encrypt_once)
 from hsm_mock.lmk import decrypt_key_under_kek
+from switch.wire.messages import mac_field
 
 from .terminal import REPEAT_MTI
 
@@ -312,13 +313,6 @@ class _KeyRegisters:
             self._regs[j] = k
         self.next_counter = _next_counter(self.profile, counter)
         return counter, keys
-
-
-def mac_field(fields: dict[str, str]) -> str:
-    """Where the MAC goes: DE128 when any field 65..127 needs the secondary bitmap, else DE64
-    (ISO 8583: the MAC is always the message's last field)."""
-    secondary = any(k.isdigit() and 65 <= int(k) <= 127 for k in fields)
-    return "128" if secondary else "64"
 
 
 class TerminalSecurity:

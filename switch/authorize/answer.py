@@ -8,7 +8,7 @@ from __future__ import annotations
 from switch.authorize.hsm_client import HsmUnavailable
 from switch.authorize.security import Security, SecurityError, TerminalKeys
 from switch.wire.codec import Dialect, EncodeError, encode_fields, mac_location, mac_span, splice_mac
-from switch.wire.messages import Rc
+from switch.wire.messages import Rc, mac_field
 
 MAC_PLACEHOLDER = "0" * 16  # canonical hex: 8 zero bytes, or 16 "0" characters in a hex-form dialect
 
@@ -21,12 +21,6 @@ class AnswerFailed(Exception):
         super().__init__(note)
         self.rc = rc
         self.note = note
-
-
-def mac_field(fields: dict[str, str]) -> str:
-    """The canonical MAC field, the last field: DE128 when the message has a secondary bitmap,
-    else DE64. A dialect with its own MAC field moves it there (codec `from_canonical`)."""
-    return "128" if any(k.isdigit() and 65 <= int(k) <= 127 for k in fields) else "64"
 
 
 class Answerer:

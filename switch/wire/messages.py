@@ -170,6 +170,18 @@ ECHO_FIELDS = {
 _DIGEST_SKIP = frozenset({"t", "p", "1", "52", "53", "64", "128"})
 
 
+# The fields a secondary bitmap announces (DE65 is bit 1 of it), as canonical field keys.
+_SECONDARY_FIELDS = frozenset(str(no) for no in range(65, 128))
+
+
+def mac_field(fields: dict[str, str]) -> str:
+    """Where a message's MAC goes, in canonical fields: DE128 when any field 65..127 needs the
+    secondary bitmap, else DE64 (ISO 8583: the MAC is always the message's last field). A
+    dialect with its own MAC field moves it there (codec `from_canonical`). One set lookup per
+    key in C, not a parse of every key (the fleet read every message's keys this way)."""
+    return "64" if _SECONDARY_FIELDS.isdisjoint(fields) else "128"
+
+
 def idempotency_digest(fields: dict[str, str]) -> str:
     parts = [f"{k}={v}" for k, v in sorted(fields.items()) if k not in _DIGEST_SKIP]
     parts.append("t=" + REPEAT_OF.get(fields.get("t", ""), fields.get("t", "")))
