@@ -706,6 +706,7 @@ def run_e2e(plan: BenchPlan, tmp: Path, procs: Processes, *,
         "e2e.latency_ms.p999": _ms(lat["p999"]),
         "e2e.offered_per_s": round(float(e2e.report.offered_per_s), 1),
         "e2e.capacity_per_s": round(capacity_per_s, 1),
+        "e2e.capacity_cores_busy": cores_busy(capacity),
         "ceiling.per_s": round(ceiling_per_s, 1),
         "ratio.e2e_to_ceiling": round(float(e2e.report.approved_per_s) / ceiling_per_s, 3) if ceiling_per_s else 0.0,
         "switch.cpu_us_per_auth": round(e2e.switch_cpu_s * 1e6 / approved, 1) if approved else float("inf"),
@@ -892,6 +893,16 @@ def run_switch_plain(plan: BenchPlan, tmp: Path, procs: Processes) -> tuple[dict
                "switch_cpu_s": round(r.switch_cpu_s, 3), "switch_system_s": round(r.switch_system_s, 3),
                "fleet_cpu_s": round(r.fleet_cpu_s, 3), "check": r.check}
     return flat, {"seed_plain": seeded, "switch_plain": details}, r.check
+
+
+def cores_busy(run: SwitchRun) -> float:
+    """How many cores a run kept busy: the CPU the switch, the HSM, PostgreSQL and the fleet
+    spent over it ÷ its wall time. A closed loop that keeps fewer busy than the machine has is
+    held back by latency, not by the cores: its requests wait behind each other's stages
+    (docs/performance.md, "The closed loop is not CPU-bound: where an approval's 11 ms go")."""
+    if run.wall_s <= 0:
+        return 0.0
+    return round((run.switch_cpu_s + run.hsm_cpu_s + run.fleet_cpu_s + run.db_cpu_s) / run.wall_s, 2)
 
 
 def served_per_s(report: Any) -> float:
@@ -1083,6 +1094,8 @@ def notes_for(plan: BenchPlan, *, instances: int = 1, cores: Any = None) -> list
         f"scale.* keys are measured with scale.cards = {plan.scale_cards:,} cards "
         f"({'not 1,000,000: quick mode' if plan.scale_cards != 1_000_000 else 'as named'}).",
         "switch.cpu_us_per_auth: the switch process's utime+stime (/proc/PID/stat) over the e2e run ÷ approvals.",
+        "e2e.capacity_cores_busy: the CPU of the switch, the HSM and the fleet over the closed-loop capacity run ÷ "
+        "its wall time; fewer than the machine's cores: the capacity is held by latency, not by the cores.",
         f"switch_plain.cpu_us_per_msg: the same over a {plan.plain_s:g} s closed-loop run of "
         f"{plan.capacity_terminals} terminals against `eum switch` without an HSM, on its own ledger of "
         f"{plan.plain_cards:,} cards seeded with --security none (no MAC, no PIN block; the standard "

@@ -22,7 +22,9 @@ import pytest
 from benchmarks.bench import (
     REQUIRED_KEYS,
     BenchPlan,
+    SwitchRun,
     check_run,
+    cores_busy,
     kst_now_iso,
     latency_targets,
     markdown,
@@ -232,6 +234,17 @@ def fake_result() -> dict:
     return result
 
 
+def test_cores_busy_is_the_runs_cpu_over_its_wall_time():
+    run = SwitchRun(name="capacity", report=None, switch_cpu_s=3.35, switch_system_s=0.61, fleet_cpu_s=1.61,
+                    hsm_cpu_s=1.18, wall_s=5.07, check={})
+    assert cores_busy(run) == 1.21  # (3.35 + 1.18 + 1.61) / 5.07 = 1.211
+    pg = SwitchRun(name="capacity", report=None, switch_cpu_s=2.0, switch_system_s=0.5, fleet_cpu_s=1.0,
+                   hsm_cpu_s=0.5, wall_s=4.0, check={}, db_cpu_s=1.5)
+    assert cores_busy(pg) == 1.25  # PostgreSQL's CPU counts: it is one of the run's processes
+    assert cores_busy(SwitchRun(name="x", report=None, switch_cpu_s=1.0, switch_system_s=0.0, fleet_cpu_s=1.0,
+                                hsm_cpu_s=0.0, wall_s=0.0, check={})) == 0.0
+
+
 def test_json_and_markdown_writers_carry_every_key(tmp_path):
     result = fake_result()
     path = tmp_path / f"{result_stem(quick=True, host='vm')}.json"
@@ -332,6 +345,9 @@ def test_tiny_bench_runs_every_part_and_the_ledger_agrees_with_the_fleet(tmp_pat
                                                                                  "switch_plain"]
     assert all(c["fleet_approved"] == c["ledger_approved"] > 0 for c in result["checks"] if c["exact"])
     assert result["e2e.approved_per_s"] > 0 and result["ceiling.per_s"] > 0 and result["scale.cards"] == 2_000
+    capacity = result["runs"]["capacity"]  # its figures rounded (wall_s to 10 ms): the key within that rounding
+    busy = (capacity["switch_cpu_s"] + capacity["hsm_cpu_s"] + capacity["fleet_cpu_s"]) / capacity["wall_s"]
+    assert result["e2e.capacity_cores_busy"] == pytest.approx(busy, abs=0.02) and result["e2e.capacity_cores_busy"] > 0
     written = json.loads(Path(result["files"][0]).read_text())
     assert all(key in written for key in REQUIRED_KEYS)
     assert Path(result["files"][1]).read_text().count("| `") >= len(REQUIRED_KEYS)
