@@ -716,6 +716,9 @@ class _SimTerminal:
     async def _ensure_link(self) -> bool:
         """A signed-on connection, reconnecting (with backoff) until the run's end, each try
         to the next switch of the list (the same one when there is one)."""
+        link = self.link
+        if link is not None and not link.lost and not self._link_lock.locked():  # nothing to wait for
+            return now() < self.ctx.end
         async with self._link_lock:
             backoff = 0.05
             while self.link is None or self.link.lost:

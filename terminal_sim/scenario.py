@@ -23,7 +23,9 @@ from __future__ import annotations
 import math
 import random
 import tomllib
+from bisect import bisect
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -53,9 +55,20 @@ class Mix:
     balance: float = 0.0
     reversal: float = 0.0
 
+    @cached_property
+    def _cumulative(self) -> tuple[float, ...]:
+        """The weights' running sums, once (frozen: they never change)."""
+        sums, total = [], 0.0
+        for weight in (self.purchase, self.refund, self.balance, self.reversal):
+            total += weight
+            sums.append(total)
+        return tuple(sums)
+
     def pick(self, rng: random.Random) -> str:
-        weights = (self.purchase, self.refund, self.balance, self.reversal)
-        return rng.choices(KINDS, weights=weights)[0]
+        """A kind by weight: the draw `rng.choices(KINDS, weights=…)[0]` makes from the same
+        state (one `random()` against the running sums), without building them per call."""
+        cumulative = self._cumulative
+        return KINDS[bisect(cumulative, rng.random() * cumulative[-1], 0, len(KINDS) - 1)]
 
 
 @dataclass(frozen=True)
