@@ -1,4 +1,5 @@
-"""A terminal's time fields (DE7, DE12, DE13) and where a message's MAC goes (DE64 or DE128).
+"""A terminal's time fields (DE7, DE12, DE13), where a message's MAC goes (DE64 or DE128), and
+the scenario's draw of the next transaction's kind.
 
 `clock_fields` formats the three time fields once a second from one instant
 (terminal_sim/terminal.py); `mac_field` is one set test over the canonical field keys
@@ -70,3 +71,21 @@ def test_mac_field_is_de128_exactly_when_a_field_of_the_secondary_bitmap_is_pres
 
 def test_one_mac_field_for_the_switch_and_the_terminals():
     assert answer_mac_field is mac_field and terminal_mac_field is mac_field
+
+
+def test_the_mix_draws_what_random_choices_draws_from_the_same_state():
+    import random
+
+    from terminal_sim.scenario import KINDS, Mix
+
+    for mix in (Mix(), Mix(0.85, 0.03, 0.09, 0.03), Mix(0, 0, 1, 0), Mix(1, 2, 3, 4), Mix(0.5, 0.5, 0, 0)):
+        weights = (mix.purchase, mix.refund, mix.balance, mix.reversal)
+        reference, drawn = random.Random(15), random.Random(15)
+        expected = [reference.choices(KINDS, weights=weights)[0] for _ in range(5_000)]
+        assert [mix.pick(drawn) for _ in range(5_000)] == expected
+        assert reference.random() == drawn.random()  # one random() a draw, as choices takes
+    counts = {k: 0 for k in KINDS}
+    rng = random.Random(3)
+    for _ in range(10_000):
+        counts[Mix(0, 0, 1, 0).pick(rng)] += 1
+    assert counts == {"purchase": 0, "refund": 0, "balance": 10_000, "reversal": 0}
