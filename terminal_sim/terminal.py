@@ -34,10 +34,12 @@ def clock_fields(t: datetime) -> tuple[str, str, str]:
     saving time). A naive `t` is read as the machine's local time, as datetime does."""
     global _formatted
     second = int(t.timestamp() // 1)
-    if second != _formatted[0]:
+    known = _formatted  # read once: another thread may format another second meanwhile
+    if second != known[0]:
         utc, local = t.astimezone(timezone.utc), t.astimezone(KST)
-        _formatted = (second, utc.strftime("%m%d%H%M%S"), local.strftime("%H%M%S"), local.strftime("%m%d"))
-    return _formatted[1], _formatted[2], _formatted[3]
+        known = (second, utc.strftime("%m%d%H%M%S"), local.strftime("%H%M%S"), local.strftime("%m%d"))
+        _formatted = known
+    return known[1], known[2], known[3]
 
 
 class Terminal:
