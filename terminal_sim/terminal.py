@@ -51,9 +51,13 @@ class Terminal:
         self.stan = stan
         self._now = now
 
-    def _next(self) -> dict[str, str]:
+    def _next_stan(self) -> str:
+        """DE11: the next STAN, 000001 after 999999 (never 000000)."""
         self.stan = self.stan % 999_999 + 1
-        return {"7": clock_fields(self._now())[0], "11": f"{self.stan:06d}", "41": self.tid}
+        return f"{self.stan:06d}"
+
+    def _next(self) -> dict[str, str]:
+        return {"7": clock_fields(self._now())[0], "11": self._next_stan(), "41": self.tid}
 
     def network(self, code: str) -> dict[str, str]:
         return {"t": "0800", **self._next(), "70": code}
@@ -68,9 +72,8 @@ class Terminal:
         return self.network("301")
 
     def _financial(self, pcode: str, pan: str, amount: int, expiry: str | None, entry_mode: str) -> dict[str, str]:
-        self.stan = self.stan % 999_999 + 1
         de7, de12, de13 = clock_fields(self._now())  # one instant: DE12/DE13 are DE7's, in Korea
-        fields = {"t": "0200", "2": pan, "3": pcode, "4": f"{amount:012d}", "7": de7, "11": f"{self.stan:06d}",
+        fields = {"t": "0200", "2": pan, "3": pcode, "4": f"{amount:012d}", "7": de7, "11": self._next_stan(),
                   "41": self.tid, "12": de12, "13": de13, "22": entry_mode, "42": self.mid, "49": "410"}
         if expiry:
             fields["14"] = expiry
