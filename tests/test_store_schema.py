@@ -1,13 +1,16 @@
-"""The ledger's hot tables are keyed time first (docs/performance.md "Issue 10 levers"), and a
-store made before the re-keying is rebuilt on open with every row kept."""
+"""The ledger's hot tables are keyed time first (docs/performance.md "Issue 10 levers"), the day
+and month counters are appended moves read through views of their sums (docs/performance.md,
+"The day and month counters appended (kept)"), and a store made before either is rebuilt on
+open with every row and every counter kept."""
 
 from __future__ import annotations
 
 import sqlite3
 
-from switch.ledger.store import HOT_KEYS, _primary_key, open_store
+from switch.ledger.store import COUNTERS, HOT_KEYS, _primary_key, open_store
 
-# The five hot tables as stores before 76542c4 made them: key columns in the old order.
+# The five hot tables as stores before 76542c4 made them: key columns in the old order, the
+# counters in tables keyed by period and card or member.
 OLD_TABLES = """
 CREATE TABLE member_months(member TEXT NOT NULL, month TEXT NOT NULL, eligible INTEGER NOT NULL,
     PRIMARY KEY(member, month)) WITHOUT ROWID;
@@ -33,10 +36,26 @@ def test_a_fresh_store_keys_its_hot_tables_time_first(tmp_path):
     assert {t: _primary_key(conn, t) for t in HOT_KEYS} == {
         "messages": ("tx_time", "tid", "stan"),
         "tombstones": ("tx_time", "tid", "stan"),
-        "card_days": ("day", "card_id"),
-        "card_months": ("month", "card_id"),
-        "member_months": ("month", "member"),
     }
+
+
+def test_a_fresh_store_keeps_its_counters_as_moves_summed_by_views(tmp_path):
+    conn = sqlite3.connect(open_store(tmp_path))
+    kinds = dict(conn.execute("SELECT name, type FROM sqlite_master"))
+    assert {name: kinds[name] for name in COUNTERS} == {
+        "member_months": "view", "card_days": "view", "card_months": "view"}
+    assert {kinds[moves] for moves, *_ in COUNTERS.values()} == {"table"}
+    assert _primary_key(conn, "card_day_moves") == ()  # a rowid table: rows go to its end
+    # an INSERT into a view adds a move; the view sums a key's moves
+    conn.executemany("INSERT INTO card_days(card_id, day, spent) VALUES (?,?,?)",
+                     [(7, "2025-10-15", 3000), (7, "2025-10-15", -1000), (8, "2025-10-15", 5)])
+    conn.execute("INSERT INTO member_months(member, month, eligible) VALUES ('M1', '2025-10', 12000)")
+    conn.execute("INSERT INTO card_months(card_id, month, charged) VALUES (7, '2025-10', 500000)")
+    assert conn.execute("SELECT COUNT(*) FROM card_day_moves").fetchone()[0] == 3
+    assert sorted(conn.execute("SELECT * FROM card_days")) == [(7, "2025-10-15", 2000), (8, "2025-10-15", 5)]
+    assert conn.execute("SELECT spent FROM card_days WHERE card_id=7 AND day='2025-10-15'").fetchone() == (2000,)
+    assert list(conn.execute("SELECT * FROM member_months")) == [("M1", "2025-10", 12000)]
+    assert list(conn.execute("SELECT * FROM card_months")) == [(7, "2025-10", 500000)]
 
 
 def test_an_older_store_is_rekeyed_on_open_with_every_row_kept(tmp_path):
@@ -46,7 +65,9 @@ def test_an_older_store_is_rekeyed_on_open_with_every_row_kept(tmp_path):
     open_store(tmp_path)
     conn = sqlite3.connect(tmp_path / "ledger.sqlite3")
     assert _primary_key(conn, "messages") == ("tx_time", "tid", "stan")
-    assert _primary_key(conn, "card_days") == ("day", "card_id")
+    kinds = dict(conn.execute("SELECT name, type FROM sqlite_master"))
+    assert [kinds[name] for name in COUNTERS] == ["view", "view", "view"]
+    assert sorted(conn.execute("SELECT * FROM card_day_moves")) == [("2025-10-14", 8, 1), ("2025-10-15", 7, 3000)]
     assert sorted(conn.execute("SELECT * FROM member_months")) == [("M1", "2025-10", 12000), ("M2", "2025-09", 5)]
     assert sorted(conn.execute("SELECT * FROM card_days")) == [(7, "2025-10-15", 3000), (8, "2025-10-14", 1)]
     assert list(conn.execute("SELECT * FROM card_months")) == [(7, "2025-10", 500000)]
@@ -59,3 +80,38 @@ def test_an_older_store_is_rekeyed_on_open_with_every_row_kept(tmp_path):
     open_store(tmp_path)
     conn = sqlite3.connect(tmp_path / "ledger.sqlite3")
     assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM member_month_moves").fetchone()[0] == 2
+
+
+def test_a_store_keyed_time_first_gets_its_counters_as_moves_too(tmp_path):
+    """The counters' tables as 76542c4 to this change made them (period first)."""
+    conn = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    conn.executescript(OLD_TABLES.replace("PRIMARY KEY(member, month)", "PRIMARY KEY(month, member)")
+                       .replace("PRIMARY KEY(card_id, day)", "PRIMARY KEY(day, card_id)")
+                       .replace("PRIMARY KEY(card_id, month)", "PRIMARY KEY(month, card_id)"))
+    conn.close()
+    open_store(tmp_path)
+    conn = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    assert sorted(conn.execute("SELECT * FROM member_months")) == [("M1", "2025-10", 12000), ("M2", "2025-09", 5)]
+    assert conn.execute("SELECT charged FROM card_months WHERE card_id=7 AND month='2025-10'").fetchone() == (500000,)
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name IN "
+                                       "('member_months', 'card_days', 'card_months')")] == []
+
+
+def test_each_group_appends_one_move_per_counter_key_and_the_views_sum_them(tmp_path):
+    from switch.ledger.records import CardDayMoved, CardMonthCharged, Commit, MemberMonthMoved
+    from switch.ledger.sqlite import commit_group, connect_writer
+
+    conn = connect_writer(open_store(tmp_path))
+    first = [Commit(changes=(CardDayMoved(7, "2025-10-15", 3_000), MemberMonthMoved("M1", "2025-10", 3_000))),
+             Commit(changes=(CardDayMoved(7, "2025-10-15", 2_000), MemberMonthMoved("M1", "2025-10", 2_000),
+                             CardMonthCharged(7, "2025-10", 100_000)))]
+    commit_group(conn, first)
+    commit_group(conn, [Commit(changes=(CardDayMoved(7, "2025-10-15", -500), CardDayMoved(8, "2025-10-15", 10)))])
+    # the first group's two units on one key: one move (their sum); the second group's: one more
+    assert list(conn.execute("SELECT day, card_id, spent FROM card_day_moves ORDER BY rowid")) == [
+        ("2025-10-15", 7, 5_000), ("2025-10-15", 7, -500), ("2025-10-15", 8, 10)]
+    assert sorted(conn.execute("SELECT * FROM card_days")) == [(7, "2025-10-15", 4_500), (8, "2025-10-15", 10)]
+    assert list(conn.execute("SELECT * FROM member_months")) == [("M1", "2025-10", 5_000)]
+    assert list(conn.execute("SELECT * FROM card_months")) == [(7, "2025-10", 100_000)]
+    conn.close()

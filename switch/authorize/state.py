@@ -43,12 +43,17 @@ class PeriodCounters:
     period held in memory. Counting another period drops the one held (the store has it);
     read and iterated as {(key, period): value}, the store's key."""
 
-    __slots__ = ("period", "values", "complete")
+    __slots__ = ("period", "values", "complete", "latest")
 
     def __init__(self) -> None:
         self.period = ""
         self.values: Any = {}  # a dict here; CardCounters keeps an array("q") indexed by card id
         self.complete = False  # every stored counter of `period` is held: one not held is 0 (HotState.warm)
+        self.latest = ""       # the latest period ever held complete (HotState._whole_month …)
+
+    def whole(self, period: str) -> bool:
+        """Every stored counter of `period` is held."""
+        return self.complete and period == self.period
 
     def holds(self, key: object, period: str) -> bool:
         return period == self.period and (self.complete or key in self.values)
@@ -73,6 +78,7 @@ class PeriodCounters:
         if period != self.period:
             self.period, self.values = period, {}
         self.complete = True
+        self.latest = max(self.latest, period)
 
     def __contains__(self, item: tuple) -> bool:
         return self.holds(*item)
@@ -127,6 +133,7 @@ class CardCounters(PeriodCounters):
         if period != self.period:
             self.period, self.values, self.held, self.count = period, array("q"), bytearray(), 0
         self.complete = True
+        self.latest = max(self.latest, period)
 
     def __iter__(self):
         return ((k, self.period) for k, h in enumerate(self.held) if h)
@@ -333,18 +340,16 @@ class HotState:
         """The current month's and day's counters, then the cards in id order, into memory (a
         few statements instead of one read per new card: docs/performance.md, "PostgreSQL: a
         warm hot state", "A warm hot state on SQLite"). Only for the ledger's one writer, before
-        it serves: a counter not stored for `now`'s period is then known to be 0 until the
-        period changes (PeriodCounters.complete). budget_s: stop taking cards after the page
+        it serves: a counter not stored for `now`'s period is then known to be 0
+        (PeriodCounters.complete), and a later period is read whole when first met (below,
+        "whole periods"). budget_s: stop taking cards after the page
         that passes this many seconds (the rest are read on first use, as without warming), so
         a large ledger still starts in bounded time. Returns the number of cards taken; memory
         is what every card being used once costs anyway (docs/architecture.md, "Memory bounds")."""
         month, day = month_key(now), day_key(now)
-        for member, eligible in self.reader.month_counters(month):
-            self.member_months.set(member, month, eligible)
-        self.member_months.completed(month)
-        for card_id, spent in self.reader.day_counters(day):
-            self.card_days.set(card_id, day, spent)
-        self.card_days.completed(day)
+        self._whole_month(month)
+        self._whole_day(day)
+        self._whole_charged(month)
         deadline = None if budget_s is None else clock() + budget_s
         last, n = 0, 0
         while deadline is None or clock() < deadline:
@@ -375,13 +380,54 @@ class HotState:
                 self.cards.put(card)
         return card
 
+    # ------------------------------------------------------------------ whole periods (the one writer)
+    # The ledger's one writer (no IdBlocks: not one of a cluster's instances) is the only one to
+    # write counters, so the store holds of a period no more than this process committed. It
+    # reads a period whole when it first meets it (at start, HotState.warm; at a day's or
+    # month's rollover, with the first request of the new one) and from then on never reads one
+    # counter of it: one not held is 0 (PeriodCounters.complete). Only a period later than every
+    # one met before is read so: nothing of it can be in flight (a decision's counters are
+    # loaded, prefetch, before it is made, and an undo moves the period of a posting already
+    # made), so the read cannot count a unit that its commit's `apply` will count again. A
+    # period met again after an earlier one (the clock stepped back) is read per key, under the
+    # member's lock, as a cluster's instance reads every counter (other instances write too).
+    # On SQLite a counter is a sum of appended moves (switch/ledger/store.py, COUNTERS): a
+    # period's one read sums them at once, where a read per key sums the period's moves of
+    # the key.
+
+    def _whole_month(self, month: str) -> None:
+        counters = self.member_months
+        if self.ids is None and month > counters.latest:
+            for member, eligible in self.reader.month_counters(month):
+                counters.set(member, month, eligible)
+            counters.completed(month)
+
+    def _whole_day(self, day: str) -> None:
+        counters = self.card_days
+        if self.ids is None and day > counters.latest:
+            for card_id, spent in self.reader.day_counters(day):
+                counters.set(card_id, day, spent)
+            counters.completed(day)
+
+    def _whole_charged(self, month: str) -> None:
+        counters = self.card_months
+        if self.ids is None and month > counters.latest:
+            for card_id, charged in self.reader.month_charged(month):
+                counters.set(card_id, month, charged)
+            counters.completed(month)
+
     def load_card_for(self, pan: str, now: datetime) -> CardState | None:
-        """A card not in memory comes with this month's and day's counters, in one read; a
-        counter already held (another card of the member, a pending change) is kept."""
+        """A card not in memory comes with this month's and day's counters, in one read, unless
+        both periods are held whole; a counter already held (another card of the member, a
+        pending change) is kept."""
         card = self.cards.by_pan(pan)
         if card is not None:
             return card
         month, day = month_key(now), day_key(now)
+        self._whole_month(month)
+        self._whole_day(day)
+        if self.member_months.whole(month) and self.card_days.whole(day):
+            return self.load_card(pan)
         card, eligible, spent = self.reader.card_with_counters(pan, month, day)
         if card is not None:
             self.cards.put(card)
@@ -416,18 +462,21 @@ class HotState:
         return t
 
     def load_member_month(self, member: str, month: str) -> int:
+        self._whole_month(month)
         counters = self.member_months
         if not counters.holds(member, month):
             counters.set(member, month, self.reader.member_month(member, month))
         return counters.get(member, month)
 
     def load_card_day(self, card_id: int, day: str) -> int:
+        self._whole_day(day)
         counters = self.card_days
         if not counters.holds(card_id, day):
             counters.set(card_id, day, self.reader.card_day(card_id, day))
         return counters.get(card_id, day)
 
     def load_card_month_charged(self, card_id: int, month: str) -> int:
+        self._whole_charged(month)
         counters = self.card_months
         if not counters.holds(card_id, month):
             counters.set(card_id, month, self.reader.card_month_charged(card_id, month))

@@ -93,12 +93,10 @@ _EVENT = ("INSERT INTO outbox(event_id, topic, type, posting_id, payload, commit
           "VALUES (?,?,?,?,?,?,?,?)")
 _ACCOUNT = ("INSERT INTO accounts(name, balance) VALUES (?, ?) "
             "ON CONFLICT(name) DO UPDATE SET balance = balance + excluded.balance")
-_MEMBER_MONTH = ("INSERT INTO member_months(member, month, eligible) VALUES (?,?,?) "
-                 "ON CONFLICT(member, month) DO UPDATE SET eligible = eligible + excluded.eligible")
-_CARD_DAY = ("INSERT INTO card_days(card_id, day, spent) VALUES (?,?,?) "
-             "ON CONFLICT(card_id, day) DO UPDATE SET spent = spent + excluded.spent")
-_CARD_MONTH = ("INSERT INTO card_months(card_id, month, charged) VALUES (?,?,?) "
-               "ON CONFLICT(card_id, month) DO UPDATE SET charged = charged + excluded.charged")
+# the counters' moves: appended, a group's sum per key (switch/ledger/store.py, COUNTERS)
+_MEMBER_MONTH = "INSERT INTO member_month_moves(member, month, eligible) VALUES (?,?,?)"
+_CARD_DAY = "INSERT INTO card_day_moves(card_id, day, spent) VALUES (?,?,?)"
+_CARD_MONTH = "INSERT INTO card_month_moves(card_id, month, charged) VALUES (?,?,?)"
 _UNDONE = "UPDATE postings SET undone = undone + ?, reversed = reversed + ? WHERE id = ?"
 _TOMBSTONE = "INSERT OR IGNORE INTO tombstones(tid, stan, tx_time, at) VALUES (?,?,?,?)"
 _PIN_TRIES = "UPDATE cards SET pin_tries = ?, pin_blocked = ? WHERE id = ?"
@@ -396,6 +394,9 @@ class SqliteReader:
 
     def day_counters(self, day: str) -> list[tuple[int, int]]:
         return self.conn.execute("SELECT card_id, spent FROM card_days WHERE day=?", (day,)).fetchall()
+
+    def month_charged(self, month: str) -> list[tuple[int, int]]:
+        return self.conn.execute("SELECT card_id, charged FROM card_months WHERE month=?", (month,)).fetchall()
 
     def member_of(self, pan: str) -> str | None:
         """The card's member only (a cluster's ingress routes by it: switch/ops/cluster.py)."""

@@ -66,18 +66,23 @@ CREATE TABLE IF NOT EXISTS entries(
     posting_id INTEGER NOT NULL, account TEXT NOT NULL, amount INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_posting ON entries(posting_id);
-CREATE TABLE IF NOT EXISTS member_months(
-    member TEXT NOT NULL, month TEXT NOT NULL, eligible INTEGER NOT NULL,
-    PRIMARY KEY(month, member)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS card_days(
-    card_id INTEGER NOT NULL, day TEXT NOT NULL, spent INTEGER NOT NULL,
-    PRIMARY KEY(day, card_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS card_months(
-    card_id INTEGER NOT NULL, month TEXT NOT NULL, charged INTEGER NOT NULL,
-    PRIMARY KEY(month, card_id)
-) WITHOUT ROWID;
+-- The day and month counters, appended: one row per key per group, a counter is the sum of its
+-- period's rows (COUNTERS below: the views member_months, card_days and card_months). Each
+-- group's rows land on the last pages of the table and of its period index, where an upsert
+-- keyed (period, card) dirtied a page per card (docs/performance.md, "The day and month
+-- counters appended (kept)").
+CREATE TABLE IF NOT EXISTS member_month_moves(
+    month TEXT NOT NULL, member TEXT NOT NULL, eligible INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS member_month_moves_month ON member_month_moves(month);
+CREATE TABLE IF NOT EXISTS card_day_moves(
+    day TEXT NOT NULL, card_id INTEGER NOT NULL, spent INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS card_day_moves_day ON card_day_moves(day);
+CREATE TABLE IF NOT EXISTS card_month_moves(
+    month TEXT NOT NULL, card_id INTEGER NOT NULL, charged INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS card_month_moves_month ON card_month_moves(month);
 CREATE TABLE IF NOT EXISTS messages(
     tid TEXT NOT NULL, stan TEXT NOT NULL, tx_time TEXT NOT NULL, mti TEXT NOT NULL,
     digest TEXT NOT NULL, rc TEXT NOT NULL, response TEXT NOT NULL, posting_id INTEGER,
@@ -215,10 +220,47 @@ BACKFILLS = {
 HOT_KEYS = {
     "messages": ("tx_time", "tid", "stan"),
     "tombstones": ("tx_time", "tid", "stan"),
-    "card_days": ("day", "card_id"),
-    "card_months": ("month", "card_id"),
-    "member_months": ("month", "member"),
 }
+
+
+# The counters as the rest of the code and the operator read them: a view per counter, the sum
+# of its moves by key, with the columns of the keyed tables they replace (PostgreSQL keeps those
+# tables: switch/ledger/postgres.py). An INSERT into a view adds a move. Made after the tables
+# (a store from before the moves has tables by these names until `_counters_as_moves`).
+COUNTERS = {  # view: (moves table, period column, key column, value column)
+    "member_months": ("member_month_moves", "month", "member", "eligible"),
+    "card_days": ("card_day_moves", "day", "card_id", "spent"),
+    "card_months": ("card_month_moves", "month", "card_id", "charged"),
+}
+
+
+def _counter_views(view: str) -> str:
+    moves, period, key, value = COUNTERS[view]
+    return (f"CREATE VIEW IF NOT EXISTS {view}({key}, {period}, {value}) AS "
+            f"SELECT {key}, {period}, SUM({value}) FROM {moves} GROUP BY {period}, {key};\n"
+            f"CREATE TRIGGER IF NOT EXISTS {view}_insert INSTEAD OF INSERT ON {view} BEGIN "
+            f"INSERT INTO {moves}({period}, {key}, {value}) VALUES (NEW.{period}, NEW.{key}, NEW.{value}); END;\n")
+
+
+def _counters_as_moves(conn: sqlite3.Connection) -> None:
+    """Each counter's view, made once; a store from before the moves keeps its counters as one
+    move per key (the keyed table's rows, copied, then the table dropped: one transaction)."""
+    for view, (moves, period, key, value) in COUNTERS.items():
+        kind = conn.execute("SELECT type FROM sqlite_master WHERE name = ?", (view,)).fetchone()
+        if kind is not None and kind[0] == "view":
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if kind is not None:
+                conn.execute(f"INSERT INTO {moves}({period}, {key}, {value}) "
+                             f"SELECT {period}, {key}, {value} FROM {view} ORDER BY {period}, {key}")
+                conn.execute(f"DROP TABLE {view}")
+            for statement in _counter_views(view).splitlines():
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
 
 def _primary_key(conn: sqlite3.Connection, table: str) -> tuple[str, ...]:
@@ -286,6 +328,7 @@ def _upgrade(path: Path) -> None:
         for table, key in HOT_KEYS.items():
             if _primary_key(conn, table) != key:
                 _rekey(conn, table)
+        _counters_as_moves(conn)
         if conn.execute("SELECT 1 FROM meta WHERE key = 'ledger_id'").fetchone() is None:
             # names this ledger: event ids are derived from it (events.event_id), so two
             # ledgers never emit the same id and one ledger always emits the same id again
