@@ -69,8 +69,8 @@ CREATE INDEX IF NOT EXISTS entries_posting ON entries(posting_id);
 -- The day and month counters, appended: one row per key per group, a counter is the sum of its
 -- period's rows (COUNTERS below: the views member_months, card_days and card_months). Each
 -- group's rows land on the last pages of the table and of its period index, where an upsert
--- keyed (period, card) dirtied a page per card (docs/performance.md, "The day and month
--- counters appended (kept)").
+-- keyed (period, card) dirtied a page per card. docs/performance.md:
+-- "The day and month counters appended (kept)".
 CREATE TABLE IF NOT EXISTS member_month_moves(
     month TEXT NOT NULL, member TEXT NOT NULL, eligible INTEGER NOT NULL
 );
