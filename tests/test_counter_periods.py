@@ -13,7 +13,8 @@ import pytest
 from switch.authorize.state import HotState
 from switch.ledger.records import CardDayMoved, MemberMonthMoved
 from switch.ledger.sqlite import SqliteReader
-from switch.ledger.store import connect, open_store
+from switch.ledger.store import open_store
+from test_hot_state_bounds import write
 
 pytestmark = pytest.mark.both_stores  # SQLite and PostgreSQL (tests/conftest.py)
 
@@ -41,14 +42,6 @@ class OneBlock:
 
     def block(self, kind: str) -> tuple[int, int]:
         return 1_000, 1 << 40
-
-
-def write(db, sql: str, rows: list[tuple]) -> None:
-    conn = connect(db)
-    try:
-        conn.executemany(sql, rows)
-    finally:
-        conn.close()
 
 
 @pytest.fixture

@@ -395,26 +395,23 @@ class HotState:
     # period's one read sums them at once, where a read per key sums the period's moves of
     # the key.
 
+    @staticmethod
+    def _hold_whole(counters: PeriodCounters, period: str, rows: list[tuple[Any, int]]) -> None:
+        for key, value in rows:
+            counters.set(key, period, value)
+        counters.completed(period)
+
     def _whole_month(self, month: str) -> None:
-        counters = self.member_months
-        if self.ids is None and month > counters.latest:
-            for member, eligible in self.reader.month_counters(month):
-                counters.set(member, month, eligible)
-            counters.completed(month)
+        if self.ids is None and month > self.member_months.latest:
+            self._hold_whole(self.member_months, month, self.reader.month_counters(month))
 
     def _whole_day(self, day: str) -> None:
-        counters = self.card_days
-        if self.ids is None and day > counters.latest:
-            for card_id, spent in self.reader.day_counters(day):
-                counters.set(card_id, day, spent)
-            counters.completed(day)
+        if self.ids is None and day > self.card_days.latest:
+            self._hold_whole(self.card_days, day, self.reader.day_counters(day))
 
     def _whole_charged(self, month: str) -> None:
-        counters = self.card_months
-        if self.ids is None and month > counters.latest:
-            for card_id, charged in self.reader.month_charged(month):
-                counters.set(card_id, month, charged)
-            counters.completed(month)
+        if self.ids is None and month > self.card_months.latest:
+            self._hold_whole(self.card_months, month, self.reader.month_charged(month))
 
     def load_card_for(self, pan: str, now: datetime) -> CardState | None:
         """A card not in memory comes with this month's and day's counters, in one read, unless
