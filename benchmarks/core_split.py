@@ -16,7 +16,9 @@ the warm-up pass over the same cards):
   encode            the answer's fields to bytes (codec encode_fields, from the Answerer)
   log.canonical     the one log line per message, masked, rendered and queued
   writer.rows       the writer thread turning a group's Commits into rows (group_rows)
-  writer.sql.TABLE  a table's rows of a group: its multi-row INSERTs (or executemany)
+  writer.sql.TABLE  a table's rows of a group: its multi-row INSERTs (or executemany);
+                    writer.sql.accounts: the balances folded (about once a second, in
+                    the group that is committing then: switch/ledger/sqlite.py, fold_accounts)
   writer.commit     COMMIT: the WAL frames written, the fsync, a checkpoint when one is due
   gc                the cyclic collector, wherever it ran (a young collection here is a
                     fraction of a millisecond; `eum switch` freezes its start-up heap, this
@@ -77,6 +79,7 @@ _L.canonical = _timed("log.canonical", _L.canonical)
 _S.group_rows = _timed("writer.rows", _S.group_rows)
 _TABLE_OF = {sql: table for table, sql in _S._SQL.items()}
 _TABLE_OF_INSERT = {sql.partition(" VALUES ")[0]: table for table, sql in _S._SQL.items()}
+_TABLE_OF_INSERT[_S._FOLD] = "accounts"
 class _TimedConnection:
     """The writer's connection as the real commit_group uses it, each executemany and the
     COMMIT timed: the transaction itself is the project's, not a copy of it."""
@@ -100,7 +103,8 @@ class _TimedConnection:
             elif sql.startswith("INSERT"):  # a multi-row INSERT (switch/ledger/sqlite.py, write_rows)
                 table = _TABLE_OF_INSERT.get(sql.partition(" VALUES ")[0].replace(" OR ROLLBACK", ""), "other")
                 _split["writer.sql." + table] += _t.thread_time_ns() - t1
-                _rows[table] += sql.count("),(") + 1
+                if table != "accounts":  # a fold: one statement of however many accounts moved
+                    _rows[table] += sql.count("),(") + 1
     def __getattr__(self, name):
         return getattr(self._conn, name)
 _commit_group_of_the_store = _W.commit_group

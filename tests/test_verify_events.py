@@ -8,7 +8,7 @@ import json
 import pytest
 
 from switch.ledger.audit import verify
-from switch.ledger.store import connect
+from switch.ledger.store import PgDsn, connect
 
 from conftest import postings, query
 
@@ -80,7 +80,8 @@ def test_postings_older_than_the_outbox_are_not_held_to_it(tmp_path):
     conn = connect(db)
     # a store that had postings before any switch with an outbox opened it
     conn.execute("DELETE FROM meta WHERE key IN ('ledger_id', 'outbox_since_posting')")
-    conn.execute("INSERT INTO accounts(name, balance) VALUES ('bank_settlement', -5000), ('card:1:cash', 5000)")
+    if isinstance(db, PgDsn):  # SQLite: the entries below are the balances (the view accounts sums them)
+        conn.execute("INSERT INTO accounts(name, balance) VALUES ('bank_settlement', -5000), ('card:1:cash', 5000)")
     conn.execute("INSERT INTO postings(id, kind, at, card_id, amount) VALUES (1, 'charge', '2025-10-15', 1, 5000)")
     conn.execute("INSERT INTO entries VALUES (1, 'bank_settlement', -5000), (1, 'card:1:cash', 5000)")
     conn.close()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from switch.ledger.sqlite import fold_accounts
 from switch.ledger.store import PgDsn, Store, StoreUnavailable, connect, redact
 
 MerchantRow = tuple[str, str, str, int, str]             # mid, name, district, annual sales, category
@@ -32,6 +33,7 @@ class NextIds:
 class BulkLoad:
     def __init__(self, db_path: Store) -> None:
         self.conn: sqlite3.Connection = connect(db_path)
+        self.folded = not isinstance(db_path, PgDsn)  # SQLite: balances folded from the entries (store.py)
         if isinstance(db_path, PgDsn):  # the data dir's lock guards SQLite; PostgreSQL's writer lock this one
             from switch.ledger.postgres import WRITER_LOCK
 
@@ -48,6 +50,8 @@ class BulkLoad:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
+                if self.folded:  # the load's entries summed once into their accounts' rows, not by each read
+                    fold_accounts(self.conn)
                 self.conn.execute("COMMIT")
             elif self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
@@ -82,9 +86,10 @@ class BulkLoad:
         self.conn.execute("INSERT INTO postings(id, kind, at, amount, detail) VALUES (?, 'seed_charge', ?, ?, ?)",
                           (posting_id, at, total, json.dumps(detail)))
         self.conn.executemany("INSERT INTO entries(posting_id, account, amount) VALUES (?,?,?)", entries)
-        self.conn.executemany("INSERT INTO accounts(name, balance) VALUES (?, ?) "
-                              "ON CONFLICT(name) DO UPDATE SET balance = accounts.balance + excluded.balance",
-                              [(acc, amt) for _, acc, amt in entries])
+        if not self.folded:
+            self.conn.executemany("INSERT INTO accounts(name, balance) VALUES (?, ?) "
+                                  "ON CONFLICT(name) DO UPDATE SET balance = accounts.balance + excluded.balance",
+                                  [(acc, amt) for _, acc, amt in entries])
         return total
 
 

@@ -36,10 +36,20 @@ from urllib.parse import quote
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS accounts(
+-- Balances, folded: an account's balance is its row here plus its entries past the fold mark
+-- (the view `accounts`, ACCOUNTS below). The group commit appends entries only; about once a
+-- second it folds the entries past the mark into these rows, one upsert per account, and moves
+-- the mark, in the same transaction (switch/ledger/sqlite.py, fold_accounts). So a card's row
+-- is written once a second at most, not once per approval: docs/performance.md, "The balances
+-- folded once a second (kept)".
+CREATE TABLE IF NOT EXISTS account_folds(
     name TEXT PRIMARY KEY,
     balance INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS accounts_folded(
+    id INTEGER PRIMARY KEY CHECK (id = 0), entries_rowid INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO accounts_folded(id, entries_rowid) VALUES (0, 0);
 CREATE TABLE IF NOT EXISTS merchants(
     mid TEXT PRIMARY KEY, name TEXT NOT NULL, district TEXT NOT NULL,
     annual_sales INTEGER NOT NULL, category TEXT NOT NULL, online_mall INTEGER NOT NULL
@@ -143,10 +153,12 @@ def locate(data_dir: Path, store: str | None = None) -> Store:
     return PgDsn(url) if url is not None else data_dir / "ledger.sqlite3"
 
 
-def connect(path: Store, *, readonly: bool = False, cached_statements: int = 128) -> Any:
+def connect(path: Store, *, readonly: bool = False, cached_statements: int = 128,
+            factory: type[sqlite3.Connection] = sqlite3.Connection) -> Any:
     """A DB-API connection to the ledger. For PostgreSQL, a thin translation of the same SQL
     (switch/ledger/postgres.py, PgConnection): the read side is written once. cached_statements:
-    prepared statements a SQLite connection keeps (sqlite3's default: 128)."""
+    prepared statements a SQLite connection keeps (sqlite3's default: 128); factory: a SQLite
+    writable connection's class (the group commit's: switch/ledger/sqlite.py)."""
     if isinstance(path, PgDsn):
         from switch.ledger.postgres import PgConnection
 
@@ -154,7 +166,7 @@ def connect(path: Store, *, readonly: bool = False, cached_statements: int = 128
     if readonly:
         return _connect_readonly(path)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
-                           cached_statements=cached_statements)
+                           cached_statements=cached_statements, factory=factory)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=10000")
@@ -263,6 +275,48 @@ def _counters_as_moves(conn: sqlite3.Connection) -> None:
             raise
 
 
+# The balances as every reader reads them (SQLite): a view named as the table it replaces, with
+# its columns. The entries past the mark are few (at most about a second of them), summed by
+# account; an account that has no folded row yet still shows. An INSERT into the view adds a
+# folded row, an UPDATE moves an account's folded row by the change (a tampering test's UPDATE
+# still changes what verify reads). PostgreSQL keeps the table (switch/ledger/postgres.py).
+ACCOUNTS = """
+CREATE VIEW IF NOT EXISTS accounts(name, balance) AS
+  WITH unfolded(account, moved) AS (
+    SELECT account, SUM(amount) FROM entries WHERE rowid > (SELECT entries_rowid FROM accounts_folded)
+    GROUP BY account)
+  SELECT f.name, f.balance + COALESCE(u.moved, 0) FROM account_folds f LEFT JOIN unfolded u ON u.account = f.name
+  UNION ALL
+  SELECT u.account, u.moved FROM unfolded u WHERE u.account NOT IN (SELECT name FROM account_folds);
+CREATE TRIGGER IF NOT EXISTS accounts_insert INSTEAD OF INSERT ON accounts BEGIN
+  INSERT INTO account_folds(name, balance) VALUES (NEW.name, NEW.balance); END;
+CREATE TRIGGER IF NOT EXISTS accounts_update INSTEAD OF UPDATE ON accounts BEGIN
+  INSERT INTO account_folds(name, balance) VALUES (OLD.name, NEW.balance - OLD.balance)
+  ON CONFLICT(name) DO UPDATE SET balance = balance + excluded.balance; END;
+"""
+
+
+def _accounts_folded(conn: sqlite3.Connection) -> None:
+    """The view `accounts`, made once; a store from before the folds keeps its balances as
+    folded rows, with every entry folded (the table's rows copied, the mark at the last entry,
+    the table dropped: one transaction)."""
+    kind = conn.execute("SELECT type FROM sqlite_master WHERE name = 'accounts'").fetchone()
+    if kind is not None and kind[0] == "view":
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if kind is not None:
+            conn.execute("INSERT INTO account_folds(name, balance) SELECT name, balance FROM accounts ORDER BY name")
+            conn.execute("UPDATE accounts_folded SET entries_rowid = (SELECT COALESCE(MAX(rowid), 0) FROM entries)")
+            conn.execute("DROP TABLE accounts")
+        for statement in ACCOUNTS.split(";\n")[:-1]:
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def _primary_key(conn: sqlite3.Connection, table: str) -> tuple[str, ...]:
     cols = sorted((row[5], row[1]) for row in conn.execute(f"PRAGMA table_info({table})") if row[5])
     return tuple(name for _, name in cols)
@@ -329,6 +383,7 @@ def _upgrade(path: Path) -> None:
             if _primary_key(conn, table) != key:
                 _rekey(conn, table)
         _counters_as_moves(conn)
+        _accounts_folded(conn)
         if conn.execute("SELECT 1 FROM meta WHERE key = 'ledger_id'").fetchone() is None:
             # names this ledger: event ids are derived from it (events.event_id), so two
             # ledgers never emit the same id and one ledger always emits the same id again

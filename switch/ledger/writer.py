@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from switch.ledger.records import Commit, MetaSet
-from switch.ledger.sqlite import commit_group, commit_unsynced, connect_writer
+from switch.ledger.sqlite import commit_group, commit_unsynced, connect_writer, fold_now
 from switch.ledger.store import LedgerUnavailable, PgDsn, Store, connect, ledger_id
 
 log = structlog.get_logger()
@@ -105,6 +105,7 @@ class LedgerWriter:
         else:
             self._conn = connect_writer(path)
             self.ledger_id = ledger_id(self._conn)
+            fold_now(self._conn)  # what a crash left unfolded, before anyone reads a balance (the warm hot state)
         # set after a commit that carried events: the outbox relay waits on it instead of polling
         self.events_committed = asyncio.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
@@ -330,6 +331,8 @@ class LedgerWriter:
                 pass
         self._pool.shutdown(wait=True)
         if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):  # a ledger at rest is folded (a failure: the next start folds)
+                fold_now(self._conn)
             self._conn.close()
         if self._pg is not None:
             await self._pg.close()
