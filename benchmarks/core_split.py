@@ -107,6 +107,11 @@ class _TimedConnection:
                     _rows[table] += sql.count("),(") + 1
     def __getattr__(self, name):
         return getattr(self._conn, name)
+    def __setattr__(self, name, value):  # when the connection last folded: kept by the connection itself
+        if name == "_conn":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._conn, name, value)
 _commit_group_of_the_store = _W.commit_group
 def _commit_group(conn, commits):
     return _commit_group_of_the_store(_TimedConnection(conn), commits)
