@@ -204,7 +204,7 @@ class CityDay:
 @dataclass
 class AccountLine:
     """A ledger account group: balance at the start, movement in the period, at its end,
-    movement after it, and the accounts table's balance now."""
+    movement after it, and the balance now (the view accounts)."""
 
     account: str
     opening: int

@@ -40,8 +40,8 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- (the view `accounts`, ACCOUNTS below). The group commit appends entries only; about once a
 -- second it folds the entries past the mark into these rows, one upsert per account, and moves
 -- the mark, in the same transaction (switch/ledger/sqlite.py, fold_accounts). So a card's row
--- is written once a second at most, not once per approval: docs/performance.md, "The balances
--- folded once a second (kept)".
+-- is written once a second at most, not once per approval:
+-- docs/performance.md, "The balances folded once a second (kept)".
 CREATE TABLE IF NOT EXISTS account_folds(
     name TEXT PRIMARY KEY,
     balance INTEGER NOT NULL DEFAULT 0
