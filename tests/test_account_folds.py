@@ -4,7 +4,9 @@ fold_accounts), and every reader sees a balance as its folded row plus its entri
 mark (the view `accounts`, SqliteReader). Folding moves no balance: these tests read every
 balance, exactly, before and after each fold, after a group that failed, after a start that
 follows a crash, after a bulk load, and on a store made before the folds
-(docs/performance.md, "The balances folded once a second (kept)")."""
+(docs/performance.md, "The balances folded once a second (kept)"). A card's postings (the card
+statement's) are folded with them, in place of an index on postings(card_id)
+(docs/performance.md, "A card's postings folded with the balances (kept)")."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import sqlite3
 
 import pytest
 
+from switch.ledger.audit import card_statement, verify
 from switch.ledger.bulk import BulkLoad
 from switch.ledger.records import CardIssued, CardState, Commit, Posting
 from switch.ledger.sqlite import SqliteReader, commit_group, connect_writer, fold_now
@@ -27,7 +30,7 @@ def charge(posting_id: int, card_id: int, amount: int) -> Commit:
     """A balanced posting: `amount` onto the card's cash, from bank_settlement (a seed charge:
     the one kind told by no event, so a unit needs nothing else)."""
     return Commit(posting=Posting(posting_id, "seed_charge", AT, amount,
-                                  ((f"card:{card_id}:cash", amount), ("bank_settlement", -amount))))
+                                  ((f"card:{card_id}:cash", amount), ("bank_settlement", -amount)), card_id=card_id))
 
 
 def issue(card_id: int) -> Commit:
@@ -184,4 +187,65 @@ def test_a_store_from_before_the_folds_keeps_its_balances_all_folded(tmp_path):
     open_store(tmp_path)  # a second open changes nothing
     conn = sqlite3.connect(path)
     assert folded(conn)[1] == 4 and balances(conn)["card:1:cash"] == 8900
+    conn.close()
+
+
+# ---------------------------------------------------------------------------- a card's postings, folded
+
+def card_postings(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+    return sorted(conn.execute("SELECT card_id, posting_id FROM card_postings"))
+
+
+def statement_ids(store, pan: str, recent: int = 10) -> list[int]:
+    return [p["id"] for p in card_statement(store, pan, recent=recent)["postings"]]
+
+
+def test_a_cards_postings_are_folded_with_its_balances_and_the_statement_reads_both(store, writer):
+    writer.folded_at = DUE
+    commit_group(writer, [issue(1), issue(2), charge(1, 1, 50_000), charge(2, 2, 7_000), charge(3, 1, 10)])
+    assert card_postings(writer) == []  # no row written per group: no index on postings(card_id) either
+    assert writer.execute("SELECT name FROM sqlite_master WHERE name = 'postings_card'").fetchone() is None
+    assert statement_ids(store, "9410000000000001") == [3, 1]  # from the entries past the mark
+    writer.folded_at = -DUE
+    commit_group(writer, [charge(4, 2, 5)])
+    assert card_postings(writer) == [(1, 1), (1, 3), (2, 2), (2, 4)]
+    writer.folded_at = DUE
+    commit_group(writer, [charge(5, 1, 1), charge(6, 2, 1)])
+    assert statement_ids(store, "9410000000000001") == [5, 3, 1]  # folded and past the mark, newest first
+    assert statement_ids(store, "9410000000000002", recent=2) == [6, 4]
+    assert verify(store).ok
+
+
+def test_a_posting_with_no_entries_gets_its_cards_row_in_its_own_group(store, writer):
+    writer.folded_at = DUE
+    empty = Commit(posting=Posting(7, "seed_charge", AT, 0, (), card_id=1))  # nothing to fold it by
+    commit_group(writer, [issue(1), charge(1, 1, 100), empty])
+    assert card_postings(writer) == [(1, 7)]
+    assert statement_ids(store, "9410000000000001") == [7, 1]
+    assert verify(store).ok
+
+
+def test_verify_names_a_folded_posting_missing_from_its_cards_postings_and_a_row_of_another_card(store, writer):
+    writer.folded_at, writer.fold_every_s = -DUE, 0.0
+    commit_group(writer, [issue(1), issue(2), charge(1, 1, 100), charge(2, 2, 200)])
+    assert verify(store).ok
+    writer.execute("DELETE FROM card_postings WHERE posting_id = 2")
+    assert verify(store).problem == "posting 2 of card 2 is missing from its card's postings"
+    writer.execute("INSERT INTO card_postings VALUES (2, 2), (2, 1)")
+    assert verify(store).problem == "card 2's postings name posting 1, which is not the card's"
+
+
+def test_a_store_with_the_card_index_gets_every_cards_posting_and_loses_the_index(tmp_path):
+    store = open_store(tmp_path)
+    conn = sqlite3.connect(store)
+    conn.execute("DROP TABLE card_postings")  # as before card_postings, with the index it replaces
+    conn.execute("CREATE INDEX postings_card ON postings(card_id)")
+    conn.execute("INSERT INTO postings(id, kind, at, card_id, amount) VALUES (1, 'charge', 'x', 4, 10), "
+                 "(2, 'charge', 'x', 3, 10), (3, 'charge', 'x', NULL, 0), (4, 'charge', 'x', 4, 10)")
+    conn.commit()
+    conn.close()
+    open_store(tmp_path)
+    conn = sqlite3.connect(store)
+    assert card_postings(conn) == [(3, 2), (4, 1), (4, 4)]
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'postings_card'").fetchone() is None
     conn.close()

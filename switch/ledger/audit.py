@@ -73,6 +73,10 @@ def _verify(conn: sqlite3.Connection) -> VerifyResult:
     ).fetchone()
     if row:
         return VerifyResult(False, f"entries post to account {row[0]}, which does not exist", stats)
+    if isinstance(conn, sqlite3.Connection):  # a card's postings, folded (switch/ledger/store.py, card_postings)
+        problem = _verify_card_postings(conn)
+        if problem:
+            return VerifyResult(False, problem, stats)
     row = conn.execute(
         "SELECT name, balance FROM accounts WHERE (name LIKE 'card:%:cash' OR name LIKE 'card:%:cashback') "
         "AND balance < 0 ORDER BY name LIMIT 1").fetchone()
@@ -157,6 +161,33 @@ def _verify_outbox(conn: sqlite3.Connection, stats: dict[str, int]) -> str:
     return ""
 
 
+_STATEMENT = "SELECT id, kind, at, amount, fee, cashback, rrn, mid FROM postings "
+_CARD_POSTINGS = _STATEMENT + "WHERE card_id = ? ORDER BY id DESC LIMIT ?"  # PostgreSQL: postings(card_id) indexed
+# SQLite: the card's folded postings, and the postings of the entries past the fold mark
+# (switch/ledger/store.py, card_postings), a card's own kept by card_id
+_CARD_POSTINGS_FOLDED = (_STATEMENT + "WHERE id IN (SELECT posting_id FROM card_postings WHERE card_id = ?1 UNION "
+                         "SELECT posting_id FROM entries WHERE rowid > (SELECT entries_rowid FROM accounts_folded)) "
+                         "AND card_id = ?1 ORDER BY id DESC LIMIT ?2")
+
+
+def _verify_card_postings(conn: sqlite3.Connection) -> str:
+    """SQLite: the card statement's table holds each posting of a card once folded (all its
+    entries at or before the mark, or none at all), and names no other."""
+    row = conn.execute(
+        "SELECT p.id, p.card_id FROM postings p WHERE p.card_id IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM card_postings c WHERE c.card_id = p.card_id AND c.posting_id = p.id) "
+        "AND p.id NOT IN (SELECT posting_id FROM entries WHERE rowid > (SELECT entries_rowid FROM accounts_folded)) "
+        "ORDER BY p.id LIMIT 1").fetchone()
+    if row:
+        return f"posting {row[0]} of card {row[1]} is missing from its card's postings"
+    row = conn.execute(
+        "SELECT c.posting_id, c.card_id FROM card_postings c LEFT JOIN postings p ON p.id = c.posting_id "
+        "WHERE p.card_id IS NOT c.card_id ORDER BY c.posting_id LIMIT 1").fetchone()
+    if row:
+        return f"card {row[1]}'s postings name posting {row[0]}, which is not the card's"
+    return ""
+
+
 def card_statement(db_path: Store, pan: str, *, recent: int = 10) -> dict[str, Any] | None:
     conn = connect(db_path, readonly=True)
     try:
@@ -166,6 +197,8 @@ def card_statement(db_path: Store, pan: str, *, recent: int = 10) -> dict[str, A
             return None
         cid, program, member, expiry, status, pin_tries, pin_blocked = row
 
+        folded = isinstance(conn, sqlite3.Connection)  # SQLite: switch/ledger/store.py, card_postings
+
         def bal(kind: str) -> int:
             r = conn.execute("SELECT balance FROM accounts WHERE name=?", (f"card:{cid}:{kind}",)).fetchone()
             return r[0] if r else 0
@@ -173,9 +206,7 @@ def card_statement(db_path: Store, pan: str, *, recent: int = 10) -> dict[str, A
         postings = [
             {"id": p[0], "kind": p[1], "at": p[2], "amount": p[3], "fee": p[4], "cashback": p[5], "rrn": p[6],
              "merchant": (p[7] or "").strip()}
-            for p in conn.execute(
-                "SELECT id, kind, at, amount, fee, cashback, rrn, mid FROM postings WHERE card_id=? "
-                "ORDER BY id DESC LIMIT ?", (cid, recent))
+            for p in conn.execute(_CARD_POSTINGS_FOLDED if folded else _CARD_POSTINGS, (cid, recent))
         ]
         return {"pan": mask_pan(pan), "program": program, "member": member, "expiry": expiry, "status": status,
                 # pin_blocked: wrong PINs reached the limit (eum admin card unblock-pin clears it)

@@ -92,6 +92,7 @@ _MESSAGE = ("INSERT INTO messages(tid, stan, tx_time, mti, digest, rc, response,
 _EVENT = ("INSERT INTO outbox(event_id, topic, type, posting_id, payload, committed_at, partition, pseq) "
           "VALUES (?,?,?,?,?,?,?,?)")
 # the counters' moves: appended, a group's sum per key (switch/ledger/store.py, COUNTERS)
+_CARD_POSTINGS = "INSERT OR IGNORE INTO card_postings(card_id, posting_id) VALUES (?,?)"
 _MEMBER_MONTH = "INSERT INTO member_month_moves(member, month, eligible) VALUES (?,?,?)"
 _CARD_DAY = "INSERT INTO card_day_moves(card_id, day, spent) VALUES (?,?,?)"
 _CARD_MONTH = "INSERT INTO card_month_moves(card_id, month, charged) VALUES (?,?,?)"
@@ -124,6 +125,7 @@ class _Rows:
         self.messages: list[tuple] = []
         self.events: list[tuple] = []
         self.accounts: dict[str, int] = defaultdict(int)
+        self.card_postings: list[tuple[int, int]] = []  # SQLite: a card's postings that have no entries
         self.member_months: dict[tuple[str, str], int] = defaultdict(int)
         self.card_days: dict[tuple[int, str], int] = defaultdict(int)
         self.card_months: dict[tuple[int, str], int] = defaultdict(int)
@@ -166,6 +168,8 @@ class _Rows:
         for account, amount in p.entries:
             self.entries.append((p.id, account, amount))
             self.accounts[account] += amount
+        if not p.entries and p.card_id is not None:  # no entry to fold it by (fold_accounts)
+            self.card_postings.append((p.card_id, p.id))
 
     def _change(self, ch) -> None:  # noqa: C901 - one branch per record type, flat on purpose
         if isinstance(ch, MemberMonthMoved):
@@ -223,6 +227,7 @@ class _Rows:
             "messages": self.messages,
             "outbox": self.events,
             "accounts": sorted(self.accounts.items()),  # sorted: writers lock house accounts in one order
+            "card_postings": self.card_postings,  # SQLite only (PostgreSQL indexes postings(card_id))
             "member_months": [(m, mo, v) for (m, mo), v in self.member_months.items()],
             "card_days": [(c, d, v) for (c, d), v in self.card_days.items()],
             "card_months": [(c, mo, v) for (c, mo), v in self.card_months.items()],
@@ -242,7 +247,7 @@ class _Rows:
 
 
 _SQL = {"merchants": _MERCHANT, "terminals": _TERMINAL, "cards": _CARD, "postings": _POSTING, "entries": _ENTRY,
-        "messages": _MESSAGE, "outbox": _EVENT, "member_months": _MEMBER_MONTH,
+        "messages": _MESSAGE, "outbox": _EVENT, "card_postings": _CARD_POSTINGS, "member_months": _MEMBER_MONTH,
         "card_days": _CARD_DAY, "card_months": _CARD_MONTH, "undone": _UNDONE, "tombstones": _TOMBSTONE,
         "pin_tries": _PIN_TRIES, "ksn": _KSN, "status": _STATUS, "pvv": _PVV, "meta": _META,
         "key_groups": _KEY_GROUP, "relay": _RELAY, "terminal_status": _TERMINAL_STATUS,
@@ -279,17 +284,22 @@ FOLD_EVERY_S = 1.0
 _FOLD = ("INSERT INTO account_folds(name, balance) SELECT account, SUM(amount) FROM entries "
          "WHERE rowid > ? AND rowid <= ? GROUP BY account "
          "ON CONFLICT(name) DO UPDATE SET balance = balance + excluded.balance")
+# the same entries' postings of a card, into the card statement's table (store.py, card_postings)
+_FOLD_CARD_POSTINGS = ("INSERT OR IGNORE INTO card_postings(card_id, posting_id) "
+                       "SELECT DISTINCT p.card_id, p.id FROM entries e JOIN postings p ON p.id = e.posting_id "
+                       "WHERE e.rowid > ? AND e.rowid <= ? AND p.card_id IS NOT NULL ORDER BY 1, 2")
 
 
 def fold_accounts(conn: sqlite3.Connection) -> int:
-    """Fold every entry past the mark into its account's row and move the mark past them, in
-    the caller's transaction. Reads the entries themselves, not what a writer remembers, so any
-    writer (the group commit, a bulk load, a start after a crash) folds the same way. Returns
-    the number of entries folded."""
+    """Fold every entry past the mark into its account's row, and its posting into its card's
+    postings, and move the mark past them, in the caller's transaction. Reads the entries
+    themselves, not what a writer remembers, so any writer (the group commit, a bulk load, a
+    start after a crash) folds the same way. Returns the number of entries folded."""
     mark = conn.execute("SELECT entries_rowid FROM accounts_folded").fetchone()[0]
     last = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM entries").fetchone()[0]
     if last > mark:
         conn.execute(_FOLD, (mark, last))
+        conn.execute(_FOLD_CARD_POSTINGS, (mark, last))
         conn.execute("UPDATE accounts_folded SET entries_rowid = ?", (last,))
     return last - mark
 
@@ -493,7 +503,8 @@ class SqliteReader:
         return (None, 0, 0) if row is None else (self._card_state(row), row[12], row[13])
 
     # a card's three balances are accounts named after it: one join each, so a card is one read
-    _CARD_COLUMNS = "SELECT c.id, c.pan, c.program, c.member, c.expiry, c.status, c.pvv, c.pin_tries, c.pin_blocked, "
+    _CARD_COLUMNS = ("SELECT c.id, c.pan, c.program, c.member, c.expiry, c.status, c.pvv, c.pin_tries, "
+                     "c.pin_blocked, ")
     _CARD_JOINS = ("LEFT JOIN {table} a ON a.name = 'card:' || c.id || ':cash' "
                    "LEFT JOIN {table} b ON b.name = 'card:' || c.id || ':cashback' "
                    "LEFT JOIN {table} r ON r.name = 'card:' || c.id || ':receivable' WHERE {{where}}")

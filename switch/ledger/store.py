@@ -70,7 +70,14 @@ CREATE TABLE IF NOT EXISTS postings(
     detail TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS postings_rrn ON postings(rrn);
-CREATE INDEX IF NOT EXISTS postings_card ON postings(card_id);
+-- A card's postings (the card statement's), folded with the balances (fold_accounts): the
+-- postings of the entries past the mark are found through those entries, so no index on
+-- postings(card_id) dirties a page per approval at a random place. A posting with no entries
+-- (nothing to fold it by) gets its row in its own group. docs/performance.md, "A card's
+-- postings folded with the balances (kept)".
+CREATE TABLE IF NOT EXISTS card_postings(
+    card_id INTEGER NOT NULL, posting_id INTEGER NOT NULL, PRIMARY KEY(card_id, posting_id)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS postings_open_holds ON postings(id) WHERE kind = 'hold' AND undone < amount;
 CREATE TABLE IF NOT EXISTS entries(
     posting_id INTEGER NOT NULL, account TEXT NOT NULL, amount INTEGER NOT NULL
@@ -317,6 +324,22 @@ def _accounts_folded(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _card_postings_folded(conn: sqlite3.Connection) -> None:
+    """A store from before card_postings: every posting of a card gets its row, and the index
+    it replaces goes (one transaction)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'postings_card'").fetchone() is None:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("INSERT OR IGNORE INTO card_postings(card_id, posting_id) "
+                     "SELECT card_id, id FROM postings WHERE card_id IS NOT NULL ORDER BY card_id, id")
+        conn.execute("DROP INDEX postings_card")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def _primary_key(conn: sqlite3.Connection, table: str) -> tuple[str, ...]:
     cols = sorted((row[5], row[1]) for row in conn.execute(f"PRAGMA table_info({table})") if row[5])
     return tuple(name for _, name in cols)
@@ -384,6 +407,7 @@ def _upgrade(path: Path) -> None:
                 _rekey(conn, table)
         _counters_as_moves(conn)
         _accounts_folded(conn)
+        _card_postings_folded(conn)
         if conn.execute("SELECT 1 FROM meta WHERE key = 'ledger_id'").fetchone() is None:
             # names this ledger: event ids are derived from it (events.event_id), so two
             # ledgers never emit the same id and one ledger always emits the same id again
