@@ -633,3 +633,19 @@ def test_ab_refuses_a_fleet_of_no_terminals_or_more_than_the_seeded_merchants(tm
                            "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 2 and "--against: invalid choice: 'hsm'" in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fold_time_times_each_piece_of_a_fold_and_checks_every_posting_reached_its_card(tmp_path):
+    """benchmarks/fold_time.py end to end on a small ledger: every piece of the fold timed
+    (positive), the sizes written down, and the script's own check that card_postings holds
+    one row per posting (it exits non-zero otherwise)."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fold_time.py"), "--cards", "500",
+                           "--postings", "2000", "--per-fold", "300", "--folds", "3", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (out,) = tmp_path.glob("*-fold-time.json")
+    result = json.loads(out.read_text())
+    assert {k: result[k] for k in ("cards", "postings", "per_fold", "folds")} == {
+        "cards": 500, "postings": 2000, "per_fold": 300, "folds": 3}
+    assert sorted(result["median"]) == ["balances_ms", "card_postings_ms", "commit_ms"]
+    assert all(v > 0 for v in result["median"].values()), result

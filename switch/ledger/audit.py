@@ -27,7 +27,8 @@ def verify(db_path: Store) -> VerifyResult:
     """Prove the ledger: every posting balances, all accounts sum to zero, every account's
     balance equals its entries (so each card's cash and cashback do), no card balance is
     negative, every entry belongs to a posting, no message key posted twice, and the event
-    outbox agrees with the postings (_verify_outbox)."""
+    outbox agrees with the postings (_verify_outbox). On SQLite also what is folded: every
+    entry folded has its account's row, every folded posting of a card its card's row."""
     conn = connect(db_path, readonly=True)
     try:
         conn.execute("BEGIN")  # one snapshot for every check

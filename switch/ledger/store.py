@@ -73,8 +73,8 @@ CREATE INDEX IF NOT EXISTS postings_rrn ON postings(rrn);
 -- A card's postings (the card statement's), folded with the balances (fold_accounts): the
 -- postings of the entries past the mark are found through those entries, so no index on
 -- postings(card_id) dirties a page per approval at a random place. A posting with no entries
--- (nothing to fold it by) gets its row in its own group. docs/performance.md, "A card's
--- postings folded with the balances (kept)".
+-- (nothing to fold it by) gets its row in its own group:
+-- docs/performance.md, "A card's postings folded with the balances (kept)".
 CREATE TABLE IF NOT EXISTS card_postings(
     card_id INTEGER NOT NULL, posting_id INTEGER NOT NULL, PRIMARY KEY(card_id, posting_id)
 ) WITHOUT ROWID;
