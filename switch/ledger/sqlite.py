@@ -91,8 +91,9 @@ _MESSAGE = ("INSERT INTO messages(tid, stan, tx_time, mti, digest, rc, response,
             "VALUES (?,?,?,?,?,?,?,?,?)")
 _EVENT = ("INSERT INTO outbox(event_id, topic, type, posting_id, payload, committed_at, partition, pseq) "
           "VALUES (?,?,?,?,?,?,?,?)")
-# the counters' moves: appended, a group's sum per key (switch/ledger/store.py, COUNTERS)
+# a card's posting that has no entries (the others are folded: fold_accounts)
 _CARD_POSTINGS = "INSERT OR IGNORE INTO card_postings(card_id, posting_id) VALUES (?,?)"
+# the counters' moves: appended, a group's sum per key (switch/ledger/store.py, COUNTERS)
 _MEMBER_MONTH = "INSERT INTO member_month_moves(member, month, eligible) VALUES (?,?,?)"
 _CARD_DAY = "INSERT INTO card_day_moves(card_id, day, spent) VALUES (?,?,?)"
 _CARD_MONTH = "INSERT INTO card_month_moves(card_id, month, charged) VALUES (?,?,?)"
