@@ -28,7 +28,7 @@ from switch.ledger.records import (AUTO_CHARGE_META, AutoCharge, CardDayMoved, C
                                    OriginalTombstoned, PinTriesSet, Posting, PostingState, PostingUndone, PurchaseDetail,
                                    RefundReversalDetail, RelayMarked, Terminal, TerminalAdded, TerminalStatusSet,
                                    UndoDetail)
-from switch.ledger.store import PgDsn, Store, connect
+from switch.ledger.store import PgDsn, Store, connect, transaction
 
 # ---------------------------------------------------------------------------- posting detail as JSON
 # The column keeps the shape earlier versions wrote (dicts with these keys), so an older
@@ -308,14 +308,8 @@ def fold_accounts(conn: sqlite3.Connection) -> int:
 def fold_now(conn: sqlite3.Connection) -> int:
     """fold_accounts in a transaction of its own (a writer's start: the entries a crash left
     unfolded are summed once, not by every balance read after)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         folded = fold_accounts(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     if getattr(conn, "fold_every_s", None) is not None:
         conn.folded_at = time.monotonic()  # type: ignore[attr-defined]
     return folded

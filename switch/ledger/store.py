@@ -31,7 +31,8 @@ import re
 import sqlite3
 import uuid
 from pathlib import Path
-from typing import Any, Union
+from contextlib import contextmanager
+from typing import Any, Iterator, Union
 from urllib.parse import quote
 
 SCHEMA = """
@@ -253,6 +254,20 @@ COUNTERS = {  # view: (moves table, period column, key column, value column)
 }
 
 
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE … COMMIT on an autocommit connection; ROLLBACK if the block raises (when
+    SQLite has not already rolled back: a second ROLLBACK would hide the real cause)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _counter_views(view: str) -> str:
     moves, period, key, value = COUNTERS[view]
     return (f"CREATE VIEW IF NOT EXISTS {view}({key}, {period}, {value}) AS "
@@ -268,18 +283,13 @@ def _counters_as_moves(conn: sqlite3.Connection) -> None:
         kind = conn.execute("SELECT type FROM sqlite_master WHERE name = ?", (view,)).fetchone()
         if kind is not None and kind[0] == "view":
             continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             if kind is not None:
                 conn.execute(f"INSERT INTO {moves}({period}, {key}, {value}) "
                              f"SELECT {period}, {key}, {value} FROM {view} ORDER BY {period}, {key}")
                 conn.execute(f"DROP TABLE {view}")
             for statement in _counter_views(view).splitlines():
                 conn.execute(statement)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
 
 # The balances as every reader reads them (SQLite): a view named as the table it replaces, with
@@ -310,18 +320,13 @@ def _accounts_folded(conn: sqlite3.Connection) -> None:
     kind = conn.execute("SELECT type FROM sqlite_master WHERE name = 'accounts'").fetchone()
     if kind is not None and kind[0] == "view":
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         if kind is not None:
             conn.execute("INSERT INTO account_folds(name, balance) SELECT name, balance FROM accounts ORDER BY name")
             conn.execute("UPDATE accounts_folded SET entries_rowid = (SELECT COALESCE(MAX(rowid), 0) FROM entries)")
             conn.execute("DROP TABLE accounts")
         for statement in ACCOUNTS.split(";\n")[:-1]:
             conn.execute(statement)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _card_postings_folded(conn: sqlite3.Connection) -> None:
@@ -329,15 +334,10 @@ def _card_postings_folded(conn: sqlite3.Connection) -> None:
     it replaces goes (one transaction)."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'postings_card'").fetchone() is None:
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         conn.execute("INSERT OR IGNORE INTO card_postings(card_id, posting_id) "
                      "SELECT card_id, id FROM postings WHERE card_id IS NOT NULL ORDER BY card_id, id")
         conn.execute("DROP INDEX postings_card")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _primary_key(conn: sqlite3.Connection, table: str) -> tuple[str, ...]:
@@ -349,17 +349,12 @@ def _rekey(conn: sqlite3.Connection, table: str) -> None:
     """Rebuild `table` with SCHEMA's key, keeping every row (one transaction)."""
     start = SCHEMA.index(f"CREATE TABLE IF NOT EXISTS {table}(")
     create = SCHEMA[start:SCHEMA.index(";", start)]
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         conn.execute(f"ALTER TABLE {table} RENAME TO {table}_rekey")
         conn.execute(create)
         cols = ", ".join(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
         conn.execute(f"INSERT INTO {table}({cols}) SELECT {cols} FROM {table}_rekey")
         conn.execute(f"DROP TABLE {table}_rekey")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def open_store(data_dir: Path, store: str | None = None) -> Store:
