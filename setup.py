@@ -1,4 +1,5 @@
-"""The optional compiled build of the hot path's pure modules (switch/compiled.py `MODULES`).
+"""The optional compiled build of the hot path's pure modules (switch/compiled.py `MODULES`),
+and of hsm_mock/_des.c (DES for keys used once: hsm_mock/crypto.py `DES_COMPILED`).
 
 pyproject.toml holds the project's metadata; this file only adds the extension modules. With a
 C compiler and mypyc (a build requirement, pyproject.toml [build-system]), `pip install -e .`
@@ -14,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -42,8 +43,9 @@ class OptionalBuildExt(build_ext):
     since the compiled modules import one shared library (a shim without it cannot load)."""
 
     def run(self) -> None:
-        for old in (ROOT / "switch").rglob("*.so"):  # an earlier build's, maybe of a module no longer listed
-            old.unlink()
+        for package in ("switch", "hsm_mock"):  # an earlier build's, maybe of a module no longer listed
+            for old in (ROOT / package).rglob("*.so"):
+                old.unlink()
         try:
             super().run()
         except Exception as exc:  # a compiler error: keep the install, without the extensions
@@ -53,12 +55,19 @@ class OptionalBuildExt(build_ext):
             self.extensions = []
             say(f"compiling failed ({type(exc).__name__}: {exc}); the pure-Python modules are used")
             return
-        if self.extensions:  # what the build was made from: switch/compiled.py loads the sources once they differ
-            compiled.BUILT_FROM.write_text(compiled.source_digests(ROOT), encoding="utf-8")
-            say(f"compiled with mypyc: {', '.join(compiled.MODULES)}")
+        if any(ext.name != DES.name for ext in self.extensions):  # what the build was made from:
+            compiled.BUILT_FROM.write_text(compiled.source_digests(ROOT), encoding="utf-8")  # switch/compiled.py
+            say(f"compiled with mypyc: {', '.join(compiled.MODULES)}")  # loads the sources once they differ
+        if any(ext.name == DES.name for ext in self.extensions):
+            say("compiled hsm_mock/_des.c")
 
     def get_outputs(self) -> list[str]:
         return super().get_outputs() if self.extensions else []
+
+
+# Plain C, no dependency but Python's headers: built wherever a compiler is found, with or
+# without mypyc.
+DES = Extension("hsm_mock._des", sources=["hsm_mock/_des.c"], extra_compile_args=["-O2"])
 
 
 def extensions() -> list:
@@ -68,10 +77,14 @@ def extensions() -> list:
     if not compiled.compiler_found():
         say("no C compiler found: pure Python only")
         return []
+    return [*_mypyc_extensions(), DES]
+
+
+def _mypyc_extensions() -> list:
     try:
         from mypyc.build import mypycify
     except ImportError:
-        say("mypyc is not installed: pure Python only")
+        say("mypyc is not installed: the switch's modules stay pure Python")
         return []
     paths = [str(Path(*name.split(".")).with_suffix(".py")) for name in compiled.MODULES]
     old = os.getcwd()
@@ -79,7 +92,7 @@ def extensions() -> list:
     try:
         return mypycify(paths, opt_level="3", group_name="switch._hot")
     except (Exception, SystemExit) as exc:  # mypy found a type error, or mypyc a construct it cannot compile
-        say(f"mypyc refused the modules ({type(exc).__name__}: {exc}); pure Python only")
+        say(f"mypyc refused the modules ({type(exc).__name__}: {exc}); the switch's modules stay pure Python")
         return []
     finally:
         os.chdir(old)

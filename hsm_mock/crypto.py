@@ -10,7 +10,10 @@ and one decryptor context per key can serve any number of block-aligned `update(
 are never finalised. They are cached per key *and per thread* (contexts are not thread-safe),
 in an LRU of bounded size. CBC reuses one long-lived context per key too, by folding the
 chaining state into the first block (see `_Contexts`). AES-CMAC copies a keyed template
-(`CMAC.copy()`). Keys used once (DUKPT intermediates) bypass the cache (`*_once`).
+(`CMAC.copy()`). Keys used once (DUKPT intermediates) bypass the cache (`*_once`); where the
+optional build compiled hsm_mock/_des.c, their TDES and the retail MAC run there instead, one
+call without a cipher context (`DES_COMPILED`; docs/performance.md, "DES for keys used once, in
+C"), and `cryptography` stays the reference (EUM_PURE_PYTHON=1 selects it).
 
 TDES keys: 8-byte keys run as K|K|K (single DES), 16-byte keys as K1|K2|K1, 24-byte keys as
 given. We expand to 24 bytes ourselves because `cryptography` deprecates short TDES keys.
@@ -18,6 +21,7 @@ given. We expand to 24 bytes ourselves because `cryptography` deprecates short T
 
 from __future__ import annotations
 
+import os
 import threading
 from functools import lru_cache
 
@@ -88,6 +92,28 @@ def _binding_contexts():
 _BINDING = _binding_contexts()
 CONTEXTS_FROM_BINDING = _BINDING is not None
 encryptor, decryptor = _BINDING if _BINDING is not None else (public_encryptor, public_decryptor)
+
+
+def _compiled_des():  # type: ignore[no-untyped-def]
+    """hsm_mock/_des.c's module where the optional build made it, unless EUM_PURE_PYTHON=1 asks
+    for `cryptography` (as it does for the switch's compiled modules, switch/compiled.py), or it
+    disagrees with `cryptography` on a self-check at import (a build from other sources): then
+    None, and every caller uses `cryptography`. tests/test_des_c.py compares the two paths."""
+    if os.environ.get("EUM_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from hsm_mock import _des  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    key, data = bytes(range(1, 25)), bytes(range(32))
+    reference = public_encryptor(TripleDES(key), _ECB).update(data)
+    if _des.ecb(key, data, False) != reference or _des.ecb(key, reference, True) != data:
+        return None
+    return _des
+
+
+_DES = _compiled_des()
+DES_COMPILED = _DES is not None
 
 
 class HsmCryptoError(ValueError):
@@ -267,6 +293,8 @@ def tdes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
 def tdes_ecb_encrypt_once(key: bytes, data: bytes) -> bytes:
     """TDES-ECB for a key used once (DUKPT intermediates): no cache, so hot keys stay cached."""
     _aligned(data, DES_BLOCK_SIZE, "TDES data")
+    if _DES is not None:
+        return _DES.ecb(expand_tdes_key(key), data, False)
     enc = encryptor(TripleDES(expand_tdes_key(key)), _ECB)
     return enc.update(data) + enc.finalize()
 
@@ -274,6 +302,8 @@ def tdes_ecb_encrypt_once(key: bytes, data: bytes) -> bytes:
 def tdes_ecb_decrypt_once(key: bytes, data: bytes) -> bytes:
     """TDES-ECB decryption for a key used once (a DUKPT PIN key): no cache, one context."""
     _aligned(data, DES_BLOCK_SIZE, "TDES data")
+    if _DES is not None:
+        return _DES.ecb(expand_tdes_key(key), data, True)
     dec = decryptor(TripleDES(expand_tdes_key(key)), _ECB)
     return dec.update(data) + dec.finalize()
 
@@ -420,6 +450,8 @@ def retail_mac_once(key: bytes, data: bytes, *, length: int = DES_BLOCK_SIZE) ->
         raise HsmCryptoError(f"retail MAC key must be 16 bytes (K||K'), got {len(key)}", code="27")
     _mac_length(length)
     padded = pad_iso9797(data, 1)
+    if _DES is not None:
+        return _DES.retail_mac(bytes(key), padded)[:length]
     chained = ZERO_BLOCK_DES
     if len(padded) > DES_BLOCK_SIZE:
         cbc = encryptor(TripleDES(bytes(key[:8]) * 3), _CBC_ZERO[DES_BLOCK_SIZE])

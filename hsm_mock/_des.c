@@ -1,0 +1,286 @@
+/* DES and TDES for keys used once: the DUKPT derivations and the X9.19 retail MAC of a
+ * transaction's key (hsm_mock/crypto.py, `tdes_ecb_encrypt_once`, `tdes_ecb_decrypt_once`,
+ * `retail_mac_once`), in the HSM and in the fleet's terminals.
+ *
+ * Why: a key used once costs a cipher context in `cryptography` (OpenSSL's EVP set-up, ≈ 1.4 µs
+ * through the Rust binding) for one or two blocks; a MAC takes two. Here a key schedule and a
+ * block are a few hundred table look-ups, done in one call from Python
+ * (docs/performance.md, "DES for keys used once, in C").
+ *
+ * The optional build (setup.py) compiles this file; without a compiler, or with
+ * EUM_PURE_PYTHON=1, hsm_mock/crypto.py uses `cryptography` instead, which stays the reference:
+ * tests/test_des_c.py checks FIPS 46-3 / SP 800-67 vectors and compares both over random keys.
+ *
+ * Written from the standard (FIPS PUB 46-3, the tables below; bits numbered 1..64 from the most
+ * significant bit of the first byte). Every permutation is table-driven: the tables of byte
+ * look-ups are built once at import from the standard's bit tables.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+static const uint8_t IP[64] = {
+    58, 50, 42, 34, 26, 18, 10, 2, 60, 52, 44, 36, 28, 20, 12, 4,
+    62, 54, 46, 38, 30, 22, 14, 6, 64, 56, 48, 40, 32, 24, 16, 8,
+    57, 49, 41, 33, 25, 17, 9, 1, 59, 51, 43, 35, 27, 19, 11, 3,
+    61, 53, 45, 37, 29, 21, 13, 5, 63, 55, 47, 39, 31, 23, 15, 7};
+static const uint8_t FP[64] = {
+    40, 8, 48, 16, 56, 24, 64, 32, 39, 7, 47, 15, 55, 23, 63, 31,
+    38, 6, 46, 14, 54, 22, 62, 30, 37, 5, 45, 13, 53, 21, 61, 29,
+    36, 4, 44, 12, 52, 20, 60, 28, 35, 3, 43, 11, 51, 19, 59, 27,
+    34, 2, 42, 10, 50, 18, 58, 26, 33, 1, 41, 9, 49, 17, 57, 25};
+static const uint8_t P[32] = {
+    16, 7, 20, 21, 29, 12, 28, 17, 1, 15, 23, 26, 5, 18, 31, 10,
+    2, 8, 24, 14, 32, 27, 3, 9, 19, 13, 30, 6, 22, 11, 4, 25};
+static const uint8_t PC1[56] = {
+    57, 49, 41, 33, 25, 17, 9, 1, 58, 50, 42, 34, 26, 18,
+    10, 2, 59, 51, 43, 35, 27, 19, 11, 3, 60, 52, 44, 36,
+    63, 55, 47, 39, 31, 23, 15, 7, 62, 54, 46, 38, 30, 22,
+    14, 6, 61, 53, 45, 37, 29, 21, 13, 5, 28, 20, 12, 4};
+static const uint8_t PC2[48] = {
+    14, 17, 11, 24, 1, 5, 3, 28, 15, 6, 21, 10,
+    23, 19, 12, 4, 26, 8, 16, 7, 27, 20, 13, 2,
+    41, 52, 31, 37, 47, 55, 30, 40, 51, 45, 33, 48,
+    44, 49, 39, 56, 34, 53, 46, 42, 50, 36, 29, 32};
+static const uint8_t SHIFTS[16] = {1, 1, 2, 2, 2, 2, 2, 2, 1, 2, 2, 2, 2, 2, 2, 1};
+static const uint8_t S[8][64] = {
+    {14, 4, 13, 1, 2, 15, 11, 8, 3, 10, 6, 12, 5, 9, 0, 7,
+     0, 15, 7, 4, 14, 2, 13, 1, 10, 6, 12, 11, 9, 5, 3, 8,
+     4, 1, 14, 8, 13, 6, 2, 11, 15, 12, 9, 7, 3, 10, 5, 0,
+     15, 12, 8, 2, 4, 9, 1, 7, 5, 11, 3, 14, 10, 0, 6, 13},
+    {15, 1, 8, 14, 6, 11, 3, 4, 9, 7, 2, 13, 12, 0, 5, 10,
+     3, 13, 4, 7, 15, 2, 8, 14, 12, 0, 1, 10, 6, 9, 11, 5,
+     0, 14, 7, 11, 10, 4, 13, 1, 5, 8, 12, 6, 9, 3, 2, 15,
+     13, 8, 10, 1, 3, 15, 4, 2, 11, 6, 7, 12, 0, 5, 14, 9},
+    {10, 0, 9, 14, 6, 3, 15, 5, 1, 13, 12, 7, 11, 4, 2, 8,
+     13, 7, 0, 9, 3, 4, 6, 10, 2, 8, 5, 14, 12, 11, 15, 1,
+     13, 6, 4, 9, 8, 15, 3, 0, 11, 1, 2, 12, 5, 10, 14, 7,
+     1, 10, 13, 0, 6, 9, 8, 7, 4, 15, 14, 3, 11, 5, 2, 12},
+    {7, 13, 14, 3, 0, 6, 9, 10, 1, 2, 8, 5, 11, 12, 4, 15,
+     13, 8, 11, 5, 6, 15, 0, 3, 4, 7, 2, 12, 1, 10, 14, 9,
+     10, 6, 9, 0, 12, 11, 7, 13, 15, 1, 3, 14, 5, 2, 8, 4,
+     3, 15, 0, 6, 10, 1, 13, 8, 9, 4, 5, 11, 12, 7, 2, 14},
+    {2, 12, 4, 1, 7, 10, 11, 6, 8, 5, 3, 15, 13, 0, 14, 9,
+     14, 11, 2, 12, 4, 7, 13, 1, 5, 0, 15, 10, 3, 9, 8, 6,
+     4, 2, 1, 11, 10, 13, 7, 8, 15, 9, 12, 5, 6, 3, 0, 14,
+     11, 8, 12, 7, 1, 14, 2, 13, 6, 15, 0, 9, 10, 4, 5, 3},
+    {12, 1, 10, 15, 9, 2, 6, 8, 0, 13, 3, 4, 14, 7, 5, 11,
+     10, 15, 4, 2, 7, 12, 9, 5, 6, 1, 13, 14, 0, 11, 3, 8,
+     9, 14, 15, 5, 2, 8, 12, 3, 7, 0, 4, 10, 1, 13, 11, 6,
+     4, 3, 2, 12, 9, 5, 15, 10, 11, 14, 1, 7, 6, 0, 8, 13},
+    {4, 11, 2, 14, 15, 0, 8, 13, 3, 12, 9, 7, 5, 10, 6, 1,
+     13, 0, 11, 7, 4, 9, 1, 10, 14, 3, 5, 12, 2, 15, 8, 6,
+     1, 4, 11, 13, 12, 3, 7, 14, 10, 15, 6, 8, 0, 5, 9, 2,
+     6, 11, 13, 8, 1, 4, 10, 7, 9, 5, 0, 15, 14, 2, 3, 12},
+    {13, 2, 8, 4, 6, 15, 11, 1, 10, 9, 3, 14, 5, 0, 12, 7,
+     1, 15, 13, 8, 10, 3, 7, 4, 12, 5, 6, 11, 0, 14, 9, 2,
+     7, 11, 4, 1, 9, 12, 14, 2, 0, 6, 10, 13, 15, 3, 5, 8,
+     2, 1, 14, 7, 4, 10, 8, 13, 15, 12, 9, 0, 3, 5, 6, 11}};
+
+/* A bit permutation of an n-bit input (n a multiple of 8, bit 1 = the most significant) done as
+ * n/8 byte look-ups: bytes[b][v] is the output bits the input's byte b contributes when it is v. */
+static uint64_t ip_bytes[8][256], fp_bytes[8][256], pc1_bytes[8][256], pc2_bytes[7][256];
+static uint32_t sp[8][64]; /* S-box i's output for a 6-bit input, then P */
+
+static void build_bytes(uint64_t (*bytes)[256], const uint8_t *table, int out_bits, int in_bits)
+{
+    for (int b = 0; b < in_bits / 8; b++) {
+        for (int v = 0; v < 256; v++) {
+            uint64_t out = 0;
+            for (int i = 0; i < out_bits; i++) {
+                int src = table[i] - 1; /* 0-based input bit, from the most significant */
+                if (src / 8 == b && (v >> (7 - src % 8)) & 1)
+                    out |= (uint64_t)1 << (out_bits - 1 - i);
+            }
+            bytes[b][v] = out;
+        }
+    }
+}
+
+static inline uint64_t permute(uint64_t (*bytes)[256], uint64_t in, int in_bits)
+{
+    uint64_t out = 0;
+    for (int b = 0; b < in_bits / 8; b++)
+        out |= bytes[b][(in >> (in_bits - 8 - 8 * b)) & 0xFF];
+    return out;
+}
+
+static void build_tables(void)
+{
+    build_bytes(ip_bytes, IP, 64, 64);
+    build_bytes(fp_bytes, FP, 64, 64);
+    build_bytes(pc1_bytes, PC1, 56, 64);
+    build_bytes(pc2_bytes, PC2, 48, 56);
+    for (int i = 0; i < 8; i++) {
+        for (int v = 0; v < 64; v++) {
+            int row = ((v >> 4) & 2) | (v & 1), col = (v >> 1) & 0xF;
+            uint32_t s = (uint32_t)S[i][row * 16 + col] << (28 - 4 * i); /* bits 4i+1 .. 4i+4 */
+            uint32_t out = 0;
+            for (int j = 0; j < 32; j++)
+                if ((s >> (32 - P[j])) & 1)
+                    out |= (uint32_t)1 << (31 - j);
+            sp[i][v] = out;
+        }
+    }
+}
+
+typedef struct { uint8_t k[16][8]; } schedule; /* each round's 48-bit key as eight 6-bit groups */
+
+static void key_schedule(const uint8_t key[8], schedule *ks)
+{
+    uint64_t k = 0;
+    for (int i = 0; i < 8; i++)
+        k = (k << 8) | key[i];
+    uint64_t cd = permute(pc1_bytes, k, 64); /* 56 bits: C (28) then D (28) */
+    uint32_t c = (uint32_t)(cd >> 28) & 0xFFFFFFF, d = (uint32_t)cd & 0xFFFFFFF;
+    for (int r = 0; r < 16; r++) {
+        int s = SHIFTS[r];
+        c = ((c << s) | (c >> (28 - s))) & 0xFFFFFFF;
+        d = ((d << s) | (d >> (28 - s))) & 0xFFFFFFF;
+        uint64_t sub = permute(pc2_bytes, ((uint64_t)c << 28) | d, 56);
+        for (int g = 0; g < 8; g++)
+            ks->k[r][g] = (uint8_t)((sub >> (42 - 6 * g)) & 0x3F);
+    }
+}
+
+static inline uint32_t feistel(uint32_t r, const uint8_t k[8])
+{
+    /* E(R): group g is R's bits 4g .. 4g+5 (bit 0 meaning bit 32, bit 33 meaning bit 1) */
+    uint64_t x = ((uint64_t)(r & 1) << 33) | ((uint64_t)r << 1) | (r >> 31);
+    uint32_t out = 0;
+    for (int g = 0; g < 8; g++)
+        out |= sp[g][((x >> (28 - 4 * g)) & 0x3F) ^ k[g]];
+    return out;
+}
+
+static uint64_t des_block(uint64_t block, const schedule *ks, int decrypt)
+{
+    uint64_t lr = permute(ip_bytes, block, 64);
+    uint32_t l = (uint32_t)(lr >> 32), r = (uint32_t)lr;
+    for (int i = 0; i < 16; i++) {
+        uint32_t t = l ^ feistel(r, ks->k[decrypt ? 15 - i : i]);
+        l = r;
+        r = t;
+    }
+    return permute(fp_bytes, ((uint64_t)r << 32) | l, 64); /* the last round's halves are not swapped */
+}
+
+static uint64_t load(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static void store(uint64_t v, uint8_t *p)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+/* ecb(key, data, decrypt) -> bytes: TDES-EDE (or its inverse) of block-aligned data under a
+ * 24-byte key K1|K2|K3 (hsm_mock/crypto.py expands 8- and 16-byte keys first). */
+static PyObject *des_ecb(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer key, data;
+    int decrypt;
+    if (!PyArg_ParseTuple(args, "y*y*p", &key, &data, &decrypt))
+        return NULL;
+    PyObject *result = NULL;
+    if (key.len != 24) {
+        PyErr_Format(PyExc_ValueError, "TDES key must be 24 bytes here, got %zd", key.len);
+        goto done;
+    }
+    if (data.len % 8 != 0) {
+        PyErr_Format(PyExc_ValueError, "TDES data must be a multiple of 8 bytes, got %zd", data.len);
+        goto done;
+    }
+    schedule ks[3];
+    const uint8_t *k = key.buf;
+    key_schedule(k, &ks[0]);
+    key_schedule(k + 8, &ks[1]);
+    int single = memcmp(k, k + 8, 8) == 0 && memcmp(k, k + 16, 8) == 0; /* K|K|K: EDE is one DES */
+    if (memcmp(k, k + 16, 8) == 0) /* K1|K2|K1, the 2-key TDES of every DUKPT key */
+        ks[2] = ks[0];
+    else
+        key_schedule(k + 16, &ks[2]);
+    result = PyBytes_FromStringAndSize(NULL, data.len);
+    if (result == NULL)
+        goto done;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+    const uint8_t *in = data.buf;
+    for (Py_ssize_t at = 0; at < data.len; at += 8) {
+        uint64_t b = load(in + at);
+        if (single)
+            b = des_block(b, &ks[0], decrypt);
+        else if (decrypt)
+            b = des_block(des_block(des_block(b, &ks[2], 1), &ks[1], 0), &ks[0], 1);
+        else
+            b = des_block(des_block(des_block(b, &ks[0], 0), &ks[1], 1), &ks[2], 0);
+        store(b, out + at);
+    }
+    /* every schedule held key material: cleared before the stack frame is reused */
+    memset(ks, 0, sizeof ks);
+done:
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+/* retail_mac(key, padded) -> bytes: ISO/IEC 9797-1 MAC algorithm 3 (X9.19) of already padded
+ * data under a 16-byte key K|K': single-DES CBC under K with a zero IV, then the last block
+ * decrypted under K' and encrypted under K. The full 8-byte MAC. */
+static PyObject *des_retail_mac(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer key, data;
+    if (!PyArg_ParseTuple(args, "y*y*", &key, &data))
+        return NULL;
+    PyObject *result = NULL;
+    if (key.len != 16) {
+        PyErr_Format(PyExc_ValueError, "retail MAC key must be 16 bytes, got %zd", key.len);
+        goto done;
+    }
+    if (data.len == 0 || data.len % 8 != 0) {
+        PyErr_Format(PyExc_ValueError, "MAC data must be padded to a multiple of 8 bytes, got %zd", data.len);
+        goto done;
+    }
+    schedule ks[2];
+    key_schedule(key.buf, &ks[0]);
+    key_schedule((const uint8_t *)key.buf + 8, &ks[1]);
+    const uint8_t *in = data.buf;
+    uint64_t chained = 0;
+    for (Py_ssize_t at = 0; at < data.len; at += 8)
+        chained = des_block(chained ^ load(in + at), &ks[0], 0);
+    chained = des_block(des_block(chained, &ks[1], 1), &ks[0], 0);
+    memset(ks, 0, sizeof ks);
+    uint8_t mac[8];
+    store(chained, mac);
+    result = PyBytes_FromStringAndSize((const char *)mac, 8);
+done:
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"ecb", des_ecb, METH_VARARGS, "ecb(key24, data, decrypt) -> TDES-EDE ECB of block-aligned data"},
+    {"retail_mac", des_retail_mac, METH_VARARGS, "retail_mac(key16, padded) -> the X9.19 MAC (8 bytes)"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "hsm_mock._des",
+    .m_doc = "DES and TDES for keys used once (see the file's head).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__des(void)
+{
+    build_tables();
+    return PyModule_Create(&module);
+}
