@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from hsm_mock import lmk, pinblock
+from hsm_mock import crypto, lmk, pinblock
 from hsm_mock.audit import AuditLog
 from hsm_mock.cli import add_hsm_parser, config_from_args, run_hsm
 from hsm_mock.config import HsmConfig, build_config
@@ -419,6 +419,7 @@ def test_eum_hsm_runs_as_a_separate_process_and_answers_nc(tmp_path: Path) -> No
                 port = event["port"]
         assert port, "eum hsm did not report its port"
         assert event["test_lmk"] is True and event["lmk_check_value"] == "7B44AC1DDEE2A94B"
+        assert event["des"] == ("c" if crypto.DES_COMPILED else "py")  # the build this test process loaded too
 
         async def nc() -> bytes:
             c = await Client.connect(port)
