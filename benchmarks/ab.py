@@ -115,11 +115,17 @@ def worktree(rev: str, parent: Path, name: str = "") -> Path:
     if (path / "setup.py").exists():
         subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=path, check=True,
                        capture_output=True)
-        probe = "import switch.compiled as c; print(c.summary())"
-        built = subprocess.run([sys.executable, "-c", probe], cwd=path, env={**os.environ, "PYTHONPATH": str(path)},
-                               capture_output=True, text=True, check=True).stdout.strip()
-        print(f"tree {rev}: compiled modules {built}", flush=True)
+        print(f"tree {rev}: {built_summary(path)}", flush=True)
     return path
+
+
+def built_summary(tree: Path) -> str:
+    """Which build `tree` runs: its compiled modules (N/M) and its DES (hsm_mock/_des.c or
+    `cryptography`; trees older than the C DES have only the latter)."""
+    probe = ("import switch.compiled as c, hsm_mock.crypto as h; "
+             "print(f\"compiled modules {c.summary()}, DES {'c' if getattr(h, 'DES_COMPILED', False) else 'py'}\")")
+    return subprocess.run([sys.executable, "-c", probe], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:

@@ -2,7 +2,9 @@
 
     python benchmarks/ab_plain.py --base REV [--base REV …] [--rounds 6] [--out-dir DIR]
 
-Each REV is checked out into a temporary git worktree; every round runs, in each tree in turn
+Each REV is checked out into a temporary git worktree, with its compiled modules built in place
+as `pip install -e .` builds them (benchmarks/ab.py `worktree`: before, a revision was measured
+in pure Python against this tree's compiled build); every round runs, in each tree in turn
 (REV…, then this tree), the quick plan's switch_plain run (benchmarks/bench.py
 `run_switch_plain`: its own seeded ledger of `--security none` terminals, `eum switch` of that
 tree, the fleet closed loop, verify and fleet = ledger checked). Rounds alternate the trees so
@@ -57,17 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from benchmarks.ab import round_order
+    from benchmarks.ab import built_summary, round_order, worktree
 
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="eum-ab-plain-") as tmp:
         trees: dict[str, Path] = {}
         for rev in args.base:
-            path = Path(tmp) / rev.replace("/", "_")
-            subprocess.run(["git", "worktree", "add", "--detach", "-q", str(path), rev], cwd=ROOT, check=True)
-            trees[rev] = path
+            trees[rev] = worktree(rev, Path(tmp), rev.replace("/", "_"))
         trees[f"{head} (this tree)"] = ROOT
+        print(f"tree {head} (this tree): {built_summary(ROOT)}", flush=True)
         runs: dict[str, list[float]] = {name: [] for name in trees}
         try:
             for r in range(args.rounds):
