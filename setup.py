@@ -40,7 +40,8 @@ def say(message: str) -> None:
 
 class OptionalBuildExt(build_ext):
     """build_ext that falls back to the pure modules when compiling fails: all or nothing,
-    since the compiled modules import one shared library (a shim without it cannot load)."""
+    since the compiled modules import one shared library (a shim without it cannot load), and
+    hsm_mock/_des.c goes with them (a compiler that fails on one is not trusted with the other)."""
 
     def run(self) -> None:
         for package in ("switch", "hsm_mock"):  # an earlier build's, maybe of a module no longer listed

@@ -127,6 +127,21 @@ static void build_tables(void)
 
 typedef struct { uint8_t k[16][8]; } schedule; /* each round's 48-bit key as eight 6-bit groups */
 
+/* Key schedules are key material: cleared before their stack frame is left. A memset of memory
+ * about to go out of scope is a dead store the compiler may drop: the empty asm that "reads" the
+ * memory after it keeps it (GCC, Clang); elsewhere a volatile pointer does, a byte at a time. */
+static void clear(void *p, size_t n)
+{
+#if defined(__GNUC__)
+    memset(p, 0, n);
+    __asm__ __volatile__("" : : "r"(p) : "memory");
+#else
+    volatile uint8_t *v = p;
+    while (n--)
+        *v++ = 0;
+#endif
+}
+
 static void key_schedule(const uint8_t key[8], schedule *ks)
 {
     uint64_t k = 0;
@@ -222,8 +237,7 @@ static PyObject *des_ecb(PyObject *self, PyObject *args)
             b = des_block(des_block(des_block(b, &ks[0], 0), &ks[1], 1), &ks[2], 0);
         store(b, out + at);
     }
-    /* every schedule held key material: cleared before the stack frame is reused */
-    memset(ks, 0, sizeof ks);
+    clear(ks, sizeof ks);
 done:
     PyBuffer_Release(&key);
     PyBuffer_Release(&data);
@@ -256,7 +270,7 @@ static PyObject *des_retail_mac(PyObject *self, PyObject *args)
     for (Py_ssize_t at = 0; at < data.len; at += 8)
         chained = des_block(chained ^ load(in + at), &ks[0], 0);
     chained = des_block(des_block(chained, &ks[1], 1), &ks[0], 0);
-    memset(ks, 0, sizeof ks);
+    clear(ks, sizeof ks);
     uint8_t mac[8];
     store(chained, mac);
     result = PyBytes_FromStringAndSize((const char *)mac, 8);

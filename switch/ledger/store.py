@@ -40,8 +40,8 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- Balances, folded: an account's balance is its row here plus its entries past the fold mark
 -- (the view `accounts`, ACCOUNTS below). The group commit appends entries only; every
 -- FOLD_EVERY_S (a quarter second) it folds the entries past the mark into these rows, one upsert
--- per account, and moves the mark (switch/ledger/sqlite.py, fold_accounts). So a card's row
--- is written four times a second at most, not once per approval:
+-- per account, and moves the mark, in the group's transaction (switch/ledger/sqlite.py,
+-- fold_accounts). So a card's row is written four times a second at most, not once per approval:
 -- docs/performance.md, "The balances folded once a second (kept)".
 CREATE TABLE IF NOT EXISTS account_folds(
     name TEXT PRIMARY KEY,
