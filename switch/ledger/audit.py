@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from switch.domain import Merchant, mask_pan
 from switch.ledger.records import CardState, Terminal
-from switch.ledger.store import Store, connect
+from switch.ledger.store import FOLD_MARK, Store, connect
 
 
 @dataclass
@@ -68,7 +68,7 @@ def _verify(conn: sqlite3.Connection) -> VerifyResult:
     # exist (past the mark, the view `accounts` shows every account its entries name)
     row = conn.execute(
         "SELECT e.account FROM entries e LEFT JOIN account_folds a ON a.name = e.account "
-        "WHERE e.rowid <= (SELECT entries_rowid FROM accounts_folded) AND a.name IS NULL LIMIT 1"
+        f"WHERE e.rowid <= {FOLD_MARK} AND a.name IS NULL LIMIT 1"
         if isinstance(conn, sqlite3.Connection) else
         "SELECT e.account FROM entries e LEFT JOIN accounts a ON a.name = e.account WHERE a.name IS NULL LIMIT 1"
     ).fetchone()
@@ -167,7 +167,7 @@ _CARD_POSTINGS = _STATEMENT + "WHERE card_id = ? ORDER BY id DESC LIMIT ?"  # Po
 # SQLite: the card's folded postings, and the postings of the entries past the fold mark
 # (switch/ledger/store.py, card_postings), a card's own kept by card_id
 _CARD_POSTINGS_FOLDED = (_STATEMENT + "WHERE id IN (SELECT posting_id FROM card_postings WHERE card_id = ?1 UNION "
-                         "SELECT posting_id FROM entries WHERE rowid > (SELECT entries_rowid FROM accounts_folded)) "
+                         f"SELECT posting_id FROM entries WHERE rowid > {FOLD_MARK}) "
                          "AND card_id = ?1 ORDER BY id DESC LIMIT ?2")
 
 
@@ -177,7 +177,7 @@ def _verify_card_postings(conn: sqlite3.Connection) -> str:
     row = conn.execute(
         "SELECT p.id, p.card_id FROM postings p WHERE p.card_id IS NOT NULL "
         "AND NOT EXISTS (SELECT 1 FROM card_postings c WHERE c.card_id = p.card_id AND c.posting_id = p.id) "
-        "AND p.id NOT IN (SELECT posting_id FROM entries WHERE rowid > (SELECT entries_rowid FROM accounts_folded)) "
+        f"AND p.id NOT IN (SELECT posting_id FROM entries WHERE rowid > {FOLD_MARK}) "
         "ORDER BY p.id LIMIT 1").fetchone()
     if row:
         return f"posting {row[0]} of card {row[1]} is missing from its card's postings"

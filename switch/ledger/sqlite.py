@@ -28,7 +28,7 @@ from switch.ledger.records import (AUTO_CHARGE_META, AutoCharge, CardDayMoved, C
                                    OriginalTombstoned, PinTriesSet, Posting, PostingState, PostingUndone, PurchaseDetail,
                                    RefundReversalDetail, RelayMarked, Terminal, TerminalAdded, TerminalStatusSet,
                                    UndoDetail)
-from switch.ledger.store import PgDsn, Store, connect, transaction
+from switch.ledger.store import FOLD_MARK, PgDsn, Store, connect, transaction
 
 # ---------------------------------------------------------------------------- posting detail as JSON
 # The column keeps the shape earlier versions wrote (dicts with these keys), so an older
@@ -425,7 +425,7 @@ def commit_unsynced(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None
 
 def _unfolded(name: str) -> str:
     """SQL: the sum of account `name`'s entries past the fold mark (`name` is SQL too)."""
-    return ("COALESCE((SELECT SUM(amount) FROM entries WHERE rowid > (SELECT entries_rowid FROM accounts_folded) "
+    return (f"COALESCE((SELECT SUM(amount) FROM entries WHERE rowid > {FOLD_MARK} "
             f"AND account = {name}), 0)")
 
 
@@ -448,7 +448,7 @@ class SqliteReader:
 
     # A balance on SQLite: its folded row plus its entries past the mark (switch/ledger/store.py,
     # account_folds), in one statement, so one snapshot. The entries past the mark are at most
-    # about a second's (FOLD_EVERY_S), scanned by rowid from the mark: the view `accounts` would
+    # about FOLD_EVERY_S's (a quarter second), scanned by rowid from the mark: the view `accounts` would
     # sum every account's.
     _BALANCE_FOLDED = "SELECT COALESCE((SELECT balance FROM account_folds WHERE name = ?1), 0) + " + _unfolded("?1")
     _BALANCE_ROW = "SELECT COALESCE((SELECT balance FROM accounts WHERE name = ?), 0)"

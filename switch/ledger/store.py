@@ -292,15 +292,20 @@ def _counters_as_moves(conn: sqlite3.Connection) -> None:
                 conn.execute(statement)
 
 
+# The fold mark as SQL (SQLite): the rowid of the last entry folded into account_folds and
+# card_postings. Every reader that adds what is past it names it so (the view below, the
+# switch's point reads in switch/ledger/sqlite.py, verify and the card statement in audit.py).
+FOLD_MARK = "(SELECT entries_rowid FROM accounts_folded)"
+
 # The balances as every reader reads them (SQLite): a view named as the table it replaces, with
-# its columns. The entries past the mark are few (at most about a second of them), summed by
+# its columns. The entries past the mark are few (at most about FOLD_EVERY_S of them), summed by
 # account; an account that has no folded row yet still shows. An INSERT into the view adds a
 # folded row, an UPDATE moves an account's folded row by the change (a tampering test's UPDATE
 # still changes what verify reads). PostgreSQL keeps the table (switch/ledger/postgres.py).
-ACCOUNTS = """
+ACCOUNTS = f"""
 CREATE VIEW IF NOT EXISTS accounts(name, balance) AS
   WITH unfolded(account, moved) AS (
-    SELECT account, SUM(amount) FROM entries WHERE rowid > (SELECT entries_rowid FROM accounts_folded)
+    SELECT account, SUM(amount) FROM entries WHERE rowid > {FOLD_MARK}
     GROUP BY account)
   SELECT f.name, f.balance + COALESCE(u.moved, 0) FROM account_folds f LEFT JOIN unfolded u ON u.account = f.name
   UNION ALL
