@@ -392,19 +392,10 @@ def commit_group(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None:
 
 
 def _commit(conn: sqlite3.Connection, commits: Sequence[Commit], fold: bool) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):  # a failed group is rolled back whole, its own error raised
         apply_commits(conn, commits, committed_at=time.time())
         if fold:
             fold_accounts(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:  # SQLite itself rolls back after some errors (disk full, I/O error):
-            try:                  # a second ROLLBACK would raise and hide the real cause
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:  # the rollback's own failure must not hide the real cause either
-                pass
-        raise
 
 
 def commit_unsynced(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None:

@@ -256,15 +256,20 @@ COUNTERS = {  # view: (moves table, period column, key column, value column)
 
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE … COMMIT on an autocommit connection; ROLLBACK if the block raises (when
-    SQLite has not already rolled back: a second ROLLBACK would hide the real cause)."""
+    """BEGIN IMMEDIATE … COMMIT on an autocommit connection; ROLLBACK if the block raises. The
+    block's error is the one raised: SQLite itself rolls back after some errors (disk full, I/O
+    error), when a second ROLLBACK would raise and hide it, and a ROLLBACK that fails must not
+    hide it either. The group commit's transaction too (switch/ledger/sqlite.py, `_commit`)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
-            conn.execute("ROLLBACK")
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
         raise
 
 
