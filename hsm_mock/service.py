@@ -442,7 +442,7 @@ class HsmServer:
         if now is not None:
             fields["queue_ms"] = round(queued_s * 1000, 3)
             fields["latency_ms"] = round((now - received) * 1000, 3)
-        self.audit.record(**fields)
+        self.audit.record_event(fields)
 
 
 class HsmMetrics:
