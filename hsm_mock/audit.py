@@ -9,8 +9,8 @@ before rendering as a second line of defence: it drops secret-named keys and mas
 of 13–19 digits (first 6 / last 4), whatever produced it.
 
 Written directly, not through structlog: the trail is one fixed shape of line per command,
-on the HSM's hot path, so `record` builds the event, scrubs it in one pass over its fields and
-renders it with orjson (docs/performance.md, "The HSM's audit line"). It does not depend on
+on the HSM's hot path, so `record` builds the event, scrubs it in one pass over its fields (in
+place, for the dict the server hands over: `record_event`) and renders it with orjson (docs/performance.md, "The HSM's audit line"). It does not depend on
 how the process's other logs are configured. The file is block-buffered (64 KiB) and flushed
 at close; the stream is the process's stdout. Inside a running event loop the lines of one
 loop iteration go to each sink in one write (as the responses do: switch/wire/transport.py
@@ -106,8 +106,9 @@ def utc_timestamp() -> str:
 
 
 class AuditLog:
-    """`record(**fields)` appends one `hsm_command` line. `path` None: no file; `stream`
-    None: no stream (tests)."""
+    """`record(**fields)` appends one `hsm_command` line; `record_event(event)` the same line of
+    a dict handed over (scrubbed in place: the HSM server's path). `path` None: no file;
+    `stream` None: no stream (tests)."""
 
     def __init__(self, path: Path | None = None, *, stream: TextIO | None = None) -> None:
         self._file: TextIO | None = None

@@ -70,3 +70,27 @@ def test_secret_fields_are_dropped_at_every_level_and_pan_like_runs_masked() -> 
     assert {k: v for k, v in line.items() if k != "ts"} == {
         "command": "CA", "header": "0001", "kcv": {"zpk": "ABCDEF"}, "params": ["941010******7890", 7],
         "ksn_counter": 1, "ok": True, "ratio": 0.5, "missing": None, "event": "hsm_command"}
+
+
+def test_a_handed_over_event_is_scrubbed_in_place_into_the_same_line() -> None:
+    """The server's path (`record_event`, the dict scrubbed where it is) writes what
+    `record(**fields)` writes, key order included, and leaves the caller's nested values as
+    they were (they are scrubbed into new ones)."""
+    kcv = {"zpk": "ABCDEF", "clear_key": "0123456789ABCDEF"}
+    fields = {"conn": 3, "header": "9410101234567890", "command": "GQ", "pin_block": "0412AC89ABCDEF67", "kcv": kcv,
+              "params": ("9410101234567890", 7), "pvv": "1234", "response": "GR", "error": "00", "fault": "none",
+              "queue_ms": 0.0, "latency_ms": 1.25}
+    by_keywords, in_place = io.StringIO(), io.StringIO()
+    AuditLog(stream=by_keywords).record(**dict(fields))
+    handed = dict(fields)
+    AuditLog(stream=in_place).record_event(handed)
+
+    def without_ts(text: str) -> str:
+        return re.sub(r',"ts":"[^"]*"', "", text)
+
+    assert without_ts(in_place.getvalue()) == without_ts(by_keywords.getvalue()) == (
+        '{"conn":3,"header":"941010******7890","command":"GQ","kcv":{"zpk":"ABCDEF"},'
+        '"params":["941010******7890",7],"response":"GR","error":"00","fault":"none","queue_ms":0.0,'
+        '"latency_ms":1.25,"event":"hsm_command"}\n')
+    assert kcv == {"zpk": "ABCDEF", "clear_key": "0123456789ABCDEF"}  # the caller's nested dict untouched
+    assert "pin_block" not in handed and "pvv" not in handed and handed["header"] == "941010******7890"
