@@ -10,13 +10,14 @@ of 13–19 digits (first 6 / last 4), whatever produced it.
 
 Written directly, not through structlog: the trail is one fixed shape of line per command,
 on the HSM's hot path, so `record` builds the event, scrubs it in one pass over its fields (in
-place, for the dict the server hands over: `record_event`) and renders it with orjson (docs/performance.md, "The HSM's audit line"). It does not depend on
-how the process's other logs are configured. The file is block-buffered (64 KiB) and flushed
-at close; the stream is the process's stdout. Inside a running event loop the lines of one
-loop iteration go to each sink in one write (as the responses do: switch/wire/transport.py
-WriteBatch), so a pipelined burst of commands costs one write to stdout, not one per command,
-whatever the stream's buffering (PYTHONUNBUFFERED makes every write a system call); outside a
-loop each line is written at once.
+place, for the dict the server hands over: `record_event`) and renders it with orjson
+(docs/performance.md, "The HSM's audit line"). It does not depend on how the process's other
+logs are configured. The file is block-buffered (64 KiB) and flushed at close; the stream is
+the process's stdout. Inside a running event loop the lines of one loop iteration go to each
+sink in one write (as the responses do: switch/wire/transport.py WriteBatch), so a pipelined
+burst of commands costs one write to stdout, not one per command, whatever the stream's
+buffering (PYTHONUNBUFFERED makes every write a system call); outside a loop each line is
+written at once.
 """
 
 from __future__ import annotations
