@@ -56,25 +56,14 @@ def _scrub(value: Any) -> Any:
 
 
 def _scrub_event(event: dict[str, Any]) -> dict[str, Any]:
-    """`_scrub` over an event's fields in one pass: the flat values an audit line carries (short
-    strings, numbers, None) are kept without a call each."""
-    out: dict[str, Any] = {}
-    for k, v in event.items():
-        if k in SECRET_KEYS:
-            continue
-        kind = type(v)
-        if kind is str:
-            if len(v) >= _PAN_LEN_MIN:
-                v = mask_digits(v)
-        elif not (kind is int or kind is float or v is None or kind is bool):
-            v = _scrub(v)
-        out[k] = v
-    return out
+    """`_scrub` over an event's fields, into a new dict (the caller's is left as it is)."""
+    return _scrub_in_place(dict(event))
 
 
 def _scrub_in_place(event: dict[str, Any]) -> dict[str, Any]:
-    """`_scrub_event` on a dict the caller hands over (AuditLog.record_event): secret-named keys
-    deleted and values replaced in place, without building a second dict. A nested value is
+    """`_scrub` over the fields of a dict the caller hands over (AuditLog.record_event), in one
+    pass: secret-named keys deleted, values replaced where they are; the flat values an audit
+    line carries (short strings, numbers, None) are kept without a call each. A nested value is
     scrubbed into a new one (it may be the caller's)."""
     if not SECRET_KEYS.isdisjoint(event):
         for key in SECRET_KEYS.intersection(event):
