@@ -1,0 +1,287 @@
+"""The plain path's cost in instructions per purchase, counted by valgrind: a figure that
+does not move with the machine's load, so a lever of 1 % can be told from none.
+
+    python benchmarks/instructions.py [--base REV ...] [--messages 2000] [--functions K] [--out-dir DIR]
+
+core_bench.py's in-process plain path (security `none`, no HSM, 32 in flight, group commit,
+uvloop as `eum switch` runs it) under `valgrind --tool=callgrind`: a warm-up pass of
+`--messages` purchases puts every card in the hot state, the heap is frozen as `eum switch`
+freezes it once started, the next pass's frames are built, and then that pass is counted
+alone: callgrind dumps its counts at an `os.getppid()` just before the pass and again just
+after it (`--dump-before=getppid`), so start-up, seeding, the load's own frames, shutdown and
+the ledger's verification are outside the count. The figure is the counted pass's
+instructions divided by its purchases, for the whole process (the event loop's thread, the
+writer's, the log's), split by the shared object they ran in (libpython, SQLite, the
+compiled modules, libc, …); `--functions K` lists the K C functions costing most.
+
+What the count leaves out, so read it beside core_bench.py's CPU time, not instead of it:
+- the kernel's work (system calls: the WAL's writes, fsync) and waits: instructions in user
+  space only;
+- the cost of an instruction: cache misses and branch mispredictions weigh nothing here, so
+  a lever that saves memory traffic can save more time than its count says;
+- the balances' fold (every quarter second of wall time, switch/ledger/sqlite.py): under
+  valgrind, ≈ 50 times slower, it would run once per few dozen purchases instead of several
+  hundred, so the counted runs fold only at start (`WriterConnection.fold_every_s` is set
+  out of reach); benchmarks/fold_time.py measures the fold.
+Python frames are not named: the interpreter's own functions are (`_PyEval_EvalFrameDefault`,
+`_PyObject_Malloc`, …), and so are a compiled module's (`CPyDef_codec____fast_encode`).
+The count repeats to a few parts in a thousand (the event loop's turns and the group
+commit's groups follow the threads' timing), so one run per tree tells a lever of 1 %, and
+trees may run side by side (`--jobs`): the count does not depend on the machine's load.
+With --base, each REV is checked out into a temporary git worktree (benchmarks/ab.py
+`worktree`, compiled build included) and seeded with its own schema. Writes
+<out-dir>/<date>-<host>-instructions.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs inside the tree being measured (PYTHONPATH = that tree), under valgrind.
+MEASURE = r"""
+import asyncio, json, os, shutil, sys, tempfile
+from pathlib import Path
+counted, concurrency, template = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+from switch.clock import FixedClock
+from switch.ops.runtime import open_core
+from switch.authorize.server import Processor
+from switch.wire.codec import encode_fields, load_dialect
+from switch.wire.framing import Frame
+from switch.ledger.audit import verify
+from terminal_sim.terminal import Terminal
+from datetime import datetime
+import switch.ledger.sqlite as ledger_sqlite
+if hasattr(ledger_sqlite, "WriterConnection"):  # the fold runs at start only (instructions.py)
+    ledger_sqlite.WriterConnection.fold_every_s = 1e9
+
+async def main():
+    work = Path(tempfile.mkdtemp(prefix="eum-instr-"))
+    shutil.copytree(template / "var", work / "var")
+    population = json.loads((template / "pop.json").read_text())
+    now = datetime.fromisoformat("2025-10-15T12:00:00+09:00")
+    dialect = load_dialect("default")
+    from switch.ops import logs
+    logs.configure(data_dir=work / "var", name="switch", stream=open(work / "stdout.log", "w"), json_output=True,
+                   queued=True)
+    async with open_core(work / "var", clock=FixedClock(now)) as core:
+        proc = Processor(core.engine, dialect)
+        terminals = [Terminal(t["tid"], t["mid"], now=lambda: now) for t in population["terminals"]]
+        cards = [c["pan"] for c in population["cards"]]
+        for t in terminals:
+            await proc.process(Frame(encode_fields(t.sign_on(), dialect)), "bench")
+        def frames(n):
+            return [Frame(encode_fields(terminals[i % len(terminals)].purchase(cards[i], 1_000), dialect))
+                    for i in range(n)]
+        async def drive(batch):
+            sem = asyncio.Semaphore(concurrency)
+            async def one(fr):
+                async with sem:
+                    return await proc.process(fr, "bench")
+            return await asyncio.gather(*(one(fr) for fr in batch))
+        await drive(frames(counted))  # every card of the counted pass in the hot state
+        try:  # as `eum switch` does once started, before it serves
+            from switch.wire.transport import freeze_heap
+            freeze_heap()
+        except ImportError:
+            pass
+        batch = frames(counted)  # the load's own work, before the count starts
+        os.getppid()  # callgrind dumps here (--dump-before=getppid): the count starts from zero
+        answers = await drive(batch)
+        os.getppid()  # and dumps again: the second dump is the counted pass alone
+    logs.flush()
+    from switch.wire.codec import decode_fields
+    codes = sorted({decode_fields(a[2:], dialect)["39"] for a in answers})
+    ok = verify(work / "var" / "ledger.sqlite3").ok
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({"codes": codes, "verified": ok}))
+
+try:
+    from switch.wire.transport import run  # uvloop, as `eum switch` runs
+except ImportError:
+    run = asyncio.run
+run(main())
+"""
+
+OBJECTS = (("python", re.compile(r"libpython|/python3[.\d]*$|^python")),
+           ("sqlite", re.compile(r"sqlite")),
+           ("compiled", re.compile(r"__mypyc|_hot_|/switch/.*\.so$|hsm_mock/.*\.so$")),
+           ("libc", re.compile(r"libc[.-]|libm[.-]|ld-linux")),
+           ("msgspec/orjson", re.compile(r"msgspec|orjson")),
+           ("uvloop", re.compile(r"uvloop")))
+
+
+def python_binary() -> str:
+    """The interpreter itself, not a wrapper script (pyenv's shims are shell scripts, which
+    valgrind would count instead)."""
+    return os.path.realpath(sys.executable)
+
+
+def self_costs(path: Path) -> dict[tuple[str, str], int]:
+    """Instructions by (shared object, function) from a callgrind output file: each function's
+    self cost (a cost line after `calls=` is that call's inclusive cost, and is skipped).
+    Names are given once, in ob=/cob= (objects) or fn=/cfn= (functions), then by (id) alone."""
+    names: dict[str, dict[str, str]] = {"ob": {}, "fn": {}}
+    costs: dict[tuple[str, str], int] = {}
+    current = {"ob": "???", "fn": "???"}
+    skip_next = False
+    spec = re.compile(r"(c?)(ob|fn)=\((\d+)\)(?: (.*))?")
+    with path.open() as f:
+        for line in f:
+            m = spec.match(line)
+            if m:
+                kind = m.group(2)
+                if m.group(4) is not None:
+                    names[kind][m.group(3)] = m.group(4).rstrip("\n")
+                if not m.group(1):  # ob= / fn=: what the following cost lines belong to
+                    current[kind] = names[kind].get(m.group(3), "???")
+                continue
+            if line.startswith("calls="):
+                skip_next = True
+                continue
+            if line[:1].isdigit() or line[:1] in "+-*":
+                if skip_next:
+                    skip_next = False
+                    continue
+                parts = line.split()
+                if len(parts) >= 2:
+                    key = (current["ob"], current["fn"])
+                    costs[key] = costs.get(key, 0) + int(parts[-1])
+    return costs
+
+
+def by_object(costs: dict[tuple[str, str], int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for (obj, _), cost in costs.items():
+        out[obj] = out.get(obj, 0) + cost
+    return out
+
+
+def grouped(by_object: dict[str, int]) -> dict[str, int]:
+    out = {name: 0 for name, _ in OBJECTS} | {"other": 0}
+    for obj, cost in by_object.items():
+        for name, pattern in OBJECTS:
+            if pattern.search(obj):
+                out[name] += cost
+                break
+        else:
+            out["other"] += cost
+    return out
+
+
+def count(tree: Path, template: Path, counted: int, concurrency: int, out: Path
+          ) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """One run of MEASURE under callgrind: the counted pass's instructions by group of shared
+    objects, and by (object, function). callgrind writes a dump at each `os.getppid()` of
+    MEASURE (`--dump-before=getppid`, a libc function nothing else here calls): `out`.1 is
+    everything before the counted pass, `out`.2 the counted pass alone, `out` the rest."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-line=no",
+           "--dump-before=getppid", python_binary(), "-c", MEASURE, str(counted), str(concurrency), str(template)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=template, timeout=3600)
+    if done.returncode != 0:
+        raise SystemExit(f"instructions: the run in {tree} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["codes"] != ["00"] or not result["verified"]:
+        raise SystemExit(f"instructions: the run in {tree} was not all approved and verified: {result}")
+    dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda p: int(p.suffix[1:]))
+    if len(dumps) != 2:
+        raise SystemExit(f"instructions: expected two dumps (before and after the counted pass), found {len(dumps)}")
+    costs = self_costs(dumps[1])
+    split = grouped(by_object(costs))
+    split["total"] = sum(split.values())
+    return split, costs
+
+
+def per_purchase(split: dict[str, int], purchases: int) -> dict[str, float]:
+    return {key: round(value / purchases, 1) for key, value in split.items()}
+
+
+def top_functions(costs: dict[tuple[str, str], int], purchases: int, k: int) -> list[dict[str, object]]:
+    """The k (object, function) pairs of most instructions a purchase in the counted pass."""
+    return [{"object": Path(obj).name, "function": fn, "per_purchase": round(cost / purchases, 1)}
+            for (obj, fn), cost in sorted(costs.items(), key=lambda kv: -kv[1])[:k]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", action="append", default=[], help="git revision to compare with (repeatable)")
+    ap.add_argument("--messages", type=int, default=2000, help="purchases in the counted pass (and in the warm-up)")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--jobs", type=int, default=2, help="valgrind runs at a time (the counts do not depend on it)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per tree (to show how closely the count repeats)")
+    ap.add_argument("--functions", type=int, default=0, help="also list the K C functions costing most a purchase")
+    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+    if args.messages < 1 or args.messages > 20_000:
+        raise SystemExit(f"--messages must be 1 to 20000 (the seeded cards), got {args.messages}")
+    if shutil.which("valgrind") is None:
+        raise SystemExit("instructions: valgrind is not installed (apt-get install valgrind)")
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.ab import worktree
+    from benchmarks.core_bench import seed_template
+    n = args.messages
+    with tempfile.TemporaryDirectory(prefix="eum-instr-") as tmp:
+        trees = {rev: worktree(rev, Path(tmp), rev.replace("/", "_")) for rev in args.base}
+        trees["this tree"] = ROOT
+        try:
+            templates = {}
+            for i, (name, tree) in enumerate(trees.items()):  # each tree seeds with its own schema
+                templates[name] = Path(tmp) / f"template{i}"
+                templates[name].mkdir()
+                seed_template(tree, templates[name])
+            jobs = [(name, r) for r in range(args.repeat) for name in trees]
+            outs = {job: Path(tmp) / f"run{i}" / "callgrind.out" for i, job in enumerate(jobs)}
+            for out in outs.values():
+                out.parent.mkdir()
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                futures = {job: pool.submit(count, trees[job[0]], templates[job[0]], n, args.concurrency, outs[job])
+                           for job in jobs}
+                counts = {job: fut.result() for job, fut in futures.items()}
+        finally:
+            for name, tree in trees.items():
+                if tree != ROOT:
+                    subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+    runs = {name: [per_purchase(counts[(name, r)][0], n) for r in range(args.repeat)] for name in trees}
+    functions = ({name: top_functions(counts[(name, 0)][1], n, args.functions) for name in trees}
+                 if args.functions else {})
+    for name, top in functions.items():
+        print(f"{name}: the {len(top)} functions costing most a purchase (first run)")
+        for row in top:
+            print(f"  {row['per_purchase']:>10,.1f}  {row['object']}  {row['function']}")
+    for name, per in runs.items():
+        for r, split in enumerate(per):
+            print(f"{name} run {r + 1}: {split['total']:,.0f} instructions a purchase; "
+                  + ", ".join(f"{k} {v:,.0f}" for k, v in split.items() if k != "total"), flush=True)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+    from benchmarks.bench import describe_machine
+    result = {"what": "instructions per warm plain purchase, in process, every thread, user space "
+                      "(benchmarks/instructions.py, valgrind callgrind)",
+              "machine": describe_machine(), "this_tree": head, "messages": n, "concurrency": args.concurrency,
+              "runs": runs, "raw": {f"{name} run {r + 1}": v[0] for (name, r), v in counts.items()},
+              "functions": functions}
+    if args.base:
+        base = runs[args.base[0]][0]["total"]
+        result["ratio_to_first_base"] = {name: round(per[0]["total"] / base, 4) for name, per in runs.items()}
+        print(json.dumps({"ratio_to_first_base": result["ratio_to_first_base"]}))
+    out = Path(args.out_dir) / f"{date.today().isoformat()}-vm-instructions.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
