@@ -119,16 +119,18 @@ def response(req: Request, fields: dict[str, str], rc: Rc, *, rrn: str = "", aut
 
 
 def decide(req: Request, fields: dict[str, str], view: View, rules: Rules, now: datetime, *,
-           pin: PinCheck = None) -> Decision:
+           pin: PinCheck = None, at: str = "") -> Decision:
     """The decision on a new (not repeated) financial message. A decline still carries the
-    PIN-count change it caused: a wrong PIN counts even though the purchase is refused."""
+    PIN-count change it caused: a wrong PIN counts even though the purchase is refused.
+    at: `iso(now)` when the caller has it already (the shell stores it in the message row
+    too: one formatting a purchase, not two); computed here otherwise."""
     pin_changes: list[Change] = []
     try:
         if req.kind is not Kind.REVERSAL and view.tombstoned(req.key):
             raise Decline(RC_REVERSED_BEFORE_ARRIVAL, "reversed before it arrived")
         if req.pin_block and req.kind is not Kind.REVERSAL:
             _pin_outcome(req, view, pin, pin_changes)
-        return _Deciding(req, fields, view, rules, now, tuple(pin_changes)).dispatch()
+        return _Deciding(req, fields, view, rules, now, tuple(pin_changes), at).dispatch()
     except Decline as d:
         return Decision(response(req, fields, d.rc), changes=tuple(pin_changes), note=d.note)
 
@@ -212,9 +214,9 @@ class _Deciding:
     """One decision in progress: reads the view, builds the Decision, mutates nothing shared."""
 
     def __init__(self, req: Request, fields: dict[str, str], view: View, rules: Rules, now: datetime,
-                 pin_changes: tuple[Change, ...]) -> None:
+                 pin_changes: tuple[Change, ...], at: str = "") -> None:
         self.req, self.fields, self.view, self.rules, self.now = req, fields, view, rules, now
-        self.at = iso(now)
+        self.at = at or iso(now)
         self.pin_changes = pin_changes
         self.pid_offset = 0  # postings this decision made before its own (an auto-charge: 1)
 

@@ -328,11 +328,12 @@ class Engine:
         epoch = state.epoch
         now = self.clock.now()
         state.prefetch(req, now)
+        at = iso(now)  # the posting's time and the message row's: formatted once
         writer = self.writer
         partition = partition_of(member) if member is not None and writer.partitioned else None
         writer.expect()  # a group forming now may wait for this unit while its response is MACed
         while True:
-            decision = decide(req, fields, state, self.rules, now, pin=pin)
+            decision = decide(req, fields, state, self.rules, now, pin=pin, at=at)
             if decision.posting is not None:
                 state.posting_id_used(decision.posting.id)
             stored = response_fields(decision.response)
@@ -357,7 +358,7 @@ class Engine:
             self._unused(decision)  # decided on a PIN assumed right, which the HSM did not verify
             pin = verdict
         posting_id = decision.posting.id if decision.posting is not None else None
-        message = MessageOutcome(req.key, req.base_mti, req.digest, stored["39"], stored, posting_id, iso(now))
+        message = MessageOutcome(req.key, req.base_mti, req.digest, stored["39"], stored, posting_id, at)
         changes = decision.changes if counter is None else decision.changes + (KsnAccepted(req.terminal, counter),)
         if state.epoch != epoch:  # a commit failed meanwhile: this was decided on state now void
             writer.withdraw()
