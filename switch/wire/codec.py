@@ -696,15 +696,18 @@ def wire_encode(fields: dict[str, str], dialect: Dialect) -> bytes:
 
 
 _ASCII_LENGTHS = {n: f"%0{n}d" for n in range(1, 5)}
+# The field keys the fast encoder takes, by number: "2".."128" written plainly, but "65" ("1" and
+# "65" are pyiso8583's to drop; any other key is its error or its to check). A dict lookup, not
+# an int() a field: ≈ 12 a message (docs/performance.md, "Four formattings fewer a purchase (kept)").
+_FIELD_NUMBERS: dict[str, int] = {str(no): no for no in range(2, 129) if no != 65}
 
 
 def _fast_encode(doc: dict[str, str], c: _Compiled) -> bytes:
     numbered: list[int] = []
+    numbers = _FIELD_NUMBERS
     for key in doc:
-        if key.isdigit() and key.isascii():
-            no = int(key)
-            if not 2 <= no <= 128 or no == 65 or key != str(no):
-                raise _Fallback  # "1" and "65" are pyiso8583's to drop; out-of-range is its error
+        no = numbers.get(key)
+        if no is not None:
             numbered.append(no)
         elif key not in ("t", "h", "p"):
             raise _Fallback
