@@ -514,8 +514,9 @@ def _pan_expiry(fields: dict[str, str]) -> tuple[str, str]:
 
 def _transmission(fields: dict[str, str]) -> str:
     dt = _digits(fields, "7", size=10)
-    month, day, hh, mm, ss = (int(dt[i : i + 2]) for i in range(0, 10, 2))
-    if not (1 <= month <= 12 and 1 <= day <= 31 and hh < 24 and mm < 60 and ss < 60):
+    # two ASCII digits each, so compared as text in the order of their numbers
+    month, day, hh, mm, ss = dt[0:2], dt[2:4], dt[4:6], dt[6:8], dt[8:10]
+    if not ("01" <= month <= "12" and "01" <= day <= "31" and hh < "24" and mm < "60" and ss < "60"):
         raise FieldError("7", "not a valid MMDDhhmmss")
     return dt
 
