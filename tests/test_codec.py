@@ -131,3 +131,33 @@ def test_bcd_tpdu_dialect_loads_with_the_same_fields():
     d = load_dialect("bcd-tpdu")
     assert (d.framing.length_header, d.framing.tpdu) == ("bcd2", True)
     assert d.spec == DIALECT.spec
+
+
+@pytest.mark.parametrize("de7, valid", [
+    ("0101000000", True), ("1231235959", True), ("0229120000", True),
+    ("0001000000", False), ("1301000000", False), ("0100000000", False), ("0132000000", False),
+    ("0101240000", False), ("0101006000", False), ("0101000060", False), ("9999999999", False),
+])
+def test_de7_is_checked_against_each_part_s_bounds(de7, valid):
+    """DE7 (MMDDhhmmss): month 01-12, day 01-31, hour < 24, minute and second < 60; the
+    check compares each pair of ASCII digits as text, which orders them as their numbers."""
+    if valid:
+        assert parse_request({**PURCHASE, "7": de7}).key == ("T0000001", "000002", de7)
+    else:
+        with pytest.raises(FieldError) as err:
+            parse_request({**PURCHASE, "7": de7})
+        assert (err.value.field, err.value.reason, err.value.rc) == ("7", "not a valid MMDDhhmmss", Rc.FORMAT_ERROR)
+
+
+def test_the_fast_encoder_takes_the_same_field_keys_as_before_and_leaves_the_rest_to_pyiso8583():
+    """Keys "2".."128" but "65" are the compiled encoder's; a key written otherwise ("002"), "1"
+    or "65", or one out of range, is pyiso8583's (which drops "1" and "65" and refuses the
+    others). The fast encoder's bytes are pyiso8583's for the keys it takes."""
+    import iso8583
+
+    from switch.wire.codec import _Fallback, _fast_encode
+
+    assert _fast_encode(PURCHASE, DIALECT.compiled) == bytes(iso8583.encode(dict(PURCHASE), DIALECT.spec)[0])
+    for key in ("002", "1", "65", "129", "0", "x", "２"):
+        with pytest.raises(_Fallback):
+            _fast_encode({**PURCHASE, key: "1"}, DIALECT.compiled)

@@ -268,6 +268,19 @@ def bought_and_committed() -> DictView:
     return view
 
 
+def test_the_luhn_digit_matches_iso_iec_7812_1_and_reads_a_non_ascii_digit_by_its_value():
+    """ISO/IEC 7812-1's Luhn digit: the standard example 7992739871 → 3 (79927398713); the
+    seeded test PAN 9410100000000011 ends in its digit; the empty body's is 0. A non-ASCII digit
+    (str.isdigit accepts "٣", ARABIC-INDIC THREE) counts as its value, as int() reads it."""
+    from switch.domain import luhn_ok
+
+    # "9": doubled 18 → 9, so 1; "18": 8 doubled 16 → 7, plus 1 is 8, so 2
+    assert [luhn_digit(b) for b in ("7992739871", "941010000000001", "", "0", "9", "18")] == ["3", "1", "0", "0", "1",
+                                                                                          "2"]
+    assert luhn_digit("٣") == luhn_digit("3") == "4"
+    assert luhn_ok("79927398713") and not luhn_ok("79927398710") and not luhn_ok("7992739871x")
+
+
 def test_worked_example_1_namdong_card_at_a_namdong_shop_posts_fee_support_and_cashback_by_funder():
     """docs/domain.md, Worked examples, 1: cashback 7.5 % = 1,500 (national 800, city 400,
     Namdong 300); fee 0.5 % = 100, all paid by Namdong's support; the merchant is paid 20,000.

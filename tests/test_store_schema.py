@@ -115,3 +115,19 @@ def test_each_group_appends_one_move_per_counter_key_and_the_views_sum_them(tmp_
     assert list(conn.execute("SELECT * FROM member_months")) == [("M1", "2025-10", 5_000)]
     assert list(conn.execute("SELECT * FROM card_months")) == [(7, "2025-10", 100_000)]
     conn.close()
+
+
+def test_a_null_parameter_binds_through_its_adapter_and_stays_null(tmp_path):
+    """switch/ledger/store.py registers an adapter for None (`{}.get`), so sqlite3 does not
+    look for `__adapt__` on its protocol type (a failed lookup that formats an AttributeError)
+    for every NULL it binds. None still binds as NULL, in a multi-row INSERT as the group
+    commit writes them, and no other type is adapted."""
+    import switch.ledger.store  # noqa: F401 - registers the adapter
+
+    assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)](None) is None
+    assert [key[0] for key in sqlite3.adapters if key[0] in (int, float, str, bytes, bytearray)] == []
+    conn = sqlite3.connect(tmp_path / "t.sqlite3")
+    conn.execute("CREATE TABLE t(a INTEGER PRIMARY KEY AUTOINCREMENT, b TEXT, c INTEGER)")
+    conn.execute("INSERT INTO t(a, b, c) VALUES (?, ?, ?), (?, ?, ?)", (None, None, 7, None, "x", None))
+    assert conn.execute("SELECT a, b IS NULL, c IS NULL, typeof(b), typeof(c) FROM t ORDER BY a").fetchall() == [
+        (1, 1, 0, "null", "integer"), (2, 0, 1, "text", "null")]
