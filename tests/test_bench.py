@@ -706,9 +706,9 @@ def test_instructions_reads_self_costs_by_object_and_function_from_a_callgrind_f
     split = grouped(by_object(costs))
     assert split == {"python": 700, "sqlite": 261, "compiled": 150, "libc": 0, "msgspec/orjson": 0, "uvloop": 0,
                      "other": 0}
-    assert per_purchase({**split, "total": 1111}, 10) == {"python": 70.0, "sqlite": 26.1, "compiled": 15.0,
-                                                         "libc": 0.0, "msgspec/orjson": 0.0, "uvloop": 0.0,
-                                                         "other": 0.0, "total": 111.1}
+    assert per_purchase({**split, "total": 1111, "units_per_group": 2.5}, 10) == {
+        "python": 70.0, "sqlite": 26.1, "compiled": 15.0, "libc": 0.0, "msgspec/orjson": 0.0, "uvloop": 0.0,
+        "other": 0.0, "total": 111.1, "units_per_group": 2.5}
     assert top_functions(costs, 10, 2) == [
         {"object": "libpython3.11.so.1.0", "function": "_PyEval_EvalFrameDefault", "per_purchase": 70.0},
         {"object": "libsqlite3.so.0.8.6", "function": "sqlite3VdbeExec", "per_purchase": 25.0}]
@@ -717,8 +717,9 @@ def test_instructions_reads_self_costs_by_object_and_function_from_a_callgrind_f
 def test_instructions_counts_a_real_plain_run_under_valgrind(tmp_path):
     """benchmarks/instructions.py end to end on a small run (20 counted purchases after 20 to
     warm up, all approved and verified or the script exits non-zero): the per-purchase split
-    is the counted pass's raw count over its 20 purchases, the groups add up to the total, and
-    the plain path runs in the interpreter, SQLite and the compiled modules alike."""
+    is the counted pass's raw count over its 20 purchases (with its group commits' size as seen),
+    the groups add up to the total, and the plain path runs in the interpreter, SQLite and the
+    compiled modules alike."""
     if shutil.which("valgrind") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("valgrind is missing; CI installs it (.ci/run), so this is a defect", pytrace=False)
@@ -732,8 +733,10 @@ def test_instructions_counts_a_real_plain_run_under_valgrind(tmp_path):
     assert result["messages"] == 20 and list(result["runs"]) == ["this tree"]
     (split,) = result["runs"]["this tree"]
     raw = result["raw"]["this tree run 1"]
-    assert split == {key: round(value / 20, 1) for key, value in raw.items()}
+    groups = raw.pop("units_per_group")
+    assert split == {**{key: round(value / 20, 1) for key, value in raw.items()}, "units_per_group": groups}
     assert raw["total"] == sum(v for k, v in raw.items() if k != "total")
+    assert 1 <= groups <= 20  # the group commit's units a group, as they were in the counted pass
     assert split["python"] > 0 and split["sqlite"] > 0
     if not result["machine"]["compiled"].startswith("0/"):  # a build with the compiled modules (N/M)
         assert split["compiled"] > 0
