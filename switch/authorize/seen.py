@@ -41,9 +41,12 @@ class SeenKeys:
 
     def _probes(self, key: MessageKey) -> list[int]:
         # two independent hashes, combined (Kirsch–Mitzenmacher): enough for a Bloom filter
-        h1 = hash(key)
-        h2 = hash((key, 0x9E3779B9)) | 1
+        # reduced modulo the size first: the same probes ((a + i·b) mod n is ((a mod n) + i·(b mod n))
+        # mod n), computed on small ints instead of 64-bit hashes times i, which overflow the
+        # compiled module's native ints into Python's arbitrary-precision multiplication
         size = self.size
+        h1 = hash(key) % size
+        h2 = (hash((key, 0x9E3779B9)) | 1) % size
         return [(h1 + i * h2) % size for i in range(PROBES)]
 
     def add(self, key: MessageKey) -> None:
