@@ -25,6 +25,24 @@ def test_every_added_key_is_held_and_false_positives_stay_near_one_percent():
     assert len(seen.bits) == 20_000 * BITS_PER_KEY // 8 and seen.full  # at capacity: the switch doubles it
 
 
+def test_a_key_s_probes_are_kirsch_mitzenmacher_s_on_its_two_hashes_whatever_the_size():
+    """Probe i of a key is (h1 + i·h2) mod size, h1 = hash(key), h2 = hash((key, 0x9E3779B9)) | 1,
+    computed here on Python's unbounded ints; the filter reduces the hashes first (the same
+    numbers, on ints the compiled module keeps native). Sizes from one key's bits to a
+    million keys', keys of random terminals, STANs and times."""
+    import random
+
+    from switch.authorize.seen import PROBES
+
+    rng = random.Random(3)
+    for capacity in (1, 7, 1000, 123_457, 1_000_000):
+        seen = SeenKeys(capacity)
+        for _ in range(500):
+            key = (f"T{rng.randrange(10**7):07d}", f"{rng.randrange(10**6):06d}", f"{rng.randrange(10**10):010d}")
+            h1, h2 = hash(key), hash((key, 0x9E3779B9)) | 1
+            assert seen._probes(key) == [(h1 + i * h2) % seen.size for i in range(PROBES)]
+
+
 def test_the_filter_is_full_at_its_capacity_and_is_built_with_room_to_double():
     seen = SeenKeys.of(keys(3), stored=3, capacity_min=4)
     assert (seen.capacity, seen.count, seen.full) == (6, 3, False)
