@@ -171,7 +171,7 @@ class CardTable:
     "Memory bounds"). A card's row changes only here (set_*), after its commit."""
 
     __slots__ = ("ids", "keys", "cash", "cashback", "receivable", "tries", "blocked", "status", "program",
-                 "expiry", "member", "pvv", "members", "member_codes", "codes")
+                 "expiry", "member", "pvv", "members", "member_codes", "codes", "_last_pan", "_last_key")
 
     def __init__(self) -> None:
         self.ids: dict[int, int] = {}                 # PAN key → card id
@@ -185,6 +185,11 @@ class CardTable:
         self.members: list[str] = []                  # member code → member id
         self.member_codes: dict[str, int] = {}
         self.codes = (_Codes(), _Codes(), _Codes())   # status, program, expiry
+        # the last PAN looked up and its key: a purchase looks its card up three times or more
+        # (the shell, the prefetch, the decision), and int() of 17 digits is the lookup's dearest
+        # step. A pure function's last result, so nothing can make it stale.
+        self._last_pan = ""
+        self._last_key = 0
 
     @staticmethod
     def key(pan: str) -> int:
@@ -233,9 +238,14 @@ class CardTable:
                          bool(self.blocked[card_id]))
 
     def by_pan(self, pan: str) -> CardState | None:
-        if not (pan.isascii() and pan.isdigit()):
-            return None
-        cid = self.ids.get(self.key(pan))
+        if pan == self._last_pan:
+            key = self._last_key
+        else:
+            if not (pan.isascii() and pan.isdigit()):
+                return None
+            key = self.key(pan)
+            self._last_pan, self._last_key = pan, key
+        cid = self.ids.get(key)
         return None if cid is None else self.get(cid)
 
     def holds(self, card_id: int) -> bool:
