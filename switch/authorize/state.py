@@ -189,7 +189,7 @@ class CardTable:
         # (the shell, the prefetch, the decision), and int() of 17 digits is the lookup's dearest
         # step. A pure function's last result, so nothing can make it stale.
         self._last_pan = ""
-        self._last_key = 0
+        self._last_key = -1  # no card's key (int("1" + pan) ≥ 10): "" finds nothing, as before
 
     @staticmethod
     def key(pan: str) -> int:
