@@ -186,8 +186,9 @@ class CardTable:
         self.member_codes: dict[str, int] = {}
         self.codes = (_Codes(), _Codes(), _Codes())   # status, program, expiry
         # the last PAN looked up and its key: a purchase looks its card up three times or more
-        # (the shell, the prefetch, the decision), and int() of 17 digits is the lookup's dearest
-        # step. A pure function's last result, so nothing can make it stale.
+        # (the shell, the prefetch, the decision), each an int() of 17 digits without it. A pure
+        # function's last result, so nothing can make it stale (docs/performance.md, "The card
+        # table's last key (kept)").
         self._last_pan = ""
         self._last_key = -1  # no card's key (int("1" + pan) ≥ 10): "" finds nothing, as before
 
