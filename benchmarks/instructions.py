@@ -240,9 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         raise SystemExit("instructions: valgrind is not installed (apt-get install valgrind)")
     sys.path.insert(0, str(ROOT))
-    from benchmarks.ab import worktree
+    from benchmarks.ab import built_summary, worktree
     from benchmarks.core_bench import seed_template
     n = args.messages
+    print(f"this tree: {built_summary(ROOT)}", flush=True)  # a source edited since the build runs it pure
     with tempfile.TemporaryDirectory(prefix="eum-instr-") as tmp:
         trees = {rev: worktree(rev, Path(tmp), rev.replace("/", "_")) for rev in args.base}
         trees["this tree"] = ROOT
