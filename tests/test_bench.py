@@ -680,7 +680,7 @@ fn=(2)
 fn=(3) sqlite3BtreeInsert
 0 11
 
-ob=(3) /work/switch/_hot__mypyc.cpython-311-x86_64-linux-gnu.so
+ob=(3) /srv/eum/switch/_hot__mypyc.cpython-311-x86_64-linux-gnu.so
 fn=(4) CPyDef_decide
 * 150
 ob=(1)
@@ -701,7 +701,7 @@ def test_instructions_reads_self_costs_by_object_and_function_from_a_callgrind_f
     assert costs == {("/usr/lib/libpython3.11.so.1.0", "_PyEval_EvalFrameDefault"): 700,
                      ("/usr/lib/libsqlite3.so.0.8.6", "sqlite3VdbeExec"): 250,
                      ("/usr/lib/libsqlite3.so.0.8.6", "sqlite3BtreeInsert"): 11,
-                     ("/work/switch/_hot__mypyc.cpython-311-x86_64-linux-gnu.so", "CPyDef_decide"): 150}
+                     ("/srv/eum/switch/_hot__mypyc.cpython-311-x86_64-linux-gnu.so", "CPyDef_decide"): 150}
     assert sum(costs.values()) == 1111  # the file's own summary
     split = grouped(by_object(costs))
     assert split == {"python": 700, "sqlite": 261, "compiled": 150, "libc": 0, "msgspec/orjson": 0, "uvloop": 0,
