@@ -132,9 +132,10 @@ OBJECTS = (("python", re.compile(r"libpython|/python3[.\d]*$|^python")),
 
 
 def python_binary() -> str:
-    """The interpreter itself, not a wrapper script (pyenv's shims are shell scripts, which
-    valgrind would count instead)."""
-    return os.path.realpath(sys.executable)
+    """This interpreter, by the path it runs under (a virtual environment's finds its packages
+    from that path; resolved, it would be the base interpreter without them). Not `python3`
+    from PATH: pyenv's shims are shell scripts, which valgrind would count instead."""
+    return sys.executable
 
 
 def self_costs(path: Path) -> dict[tuple[str, str], int]:
