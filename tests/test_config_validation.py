@@ -503,3 +503,23 @@ def test_a_fee_book_without_tiers_or_schedules_and_a_program_without_bins_are_re
     config = edited_config(tmp_path, [("programs.toml", 'bins = [["94100000", "94100999"]]', "bins = []")])
     with pytest.raises(ValueError, match=r"^programs\.toml: programs\[0\]\.bins: at least one range is required$"):
         load_rules(config)
+
+
+def test_every_instant_of_the_shipped_rules_carries_the_clocks_kst_tzinfo_and_keeps_its_instant():
+    """The rules' instants (effective_from, effective_until) are given as +09:00 date-times;
+    loaded, each is the same instant with switch.domain.KST itself as its tzinfo, the object the
+    clocks use, so comparing one with a clock's now compares fields (docs/performance.md, "The
+    rules' instants in the clocks' zone (kept)"). The text and the instant are unchanged."""
+    from switch.configdir import config_dir
+    from switch.domain import KST
+    from switch.rules.policy import load_rules
+
+    rules = load_rules(config_dir())
+    instants = [p.effective_from for p in rules.limit_periods] + [s.effective_from for s in rules.fees.schedules]
+    instants += [p.effective_from for p in rules.cashback.policies]
+    instants += [t for s in rules.fees.supports for t in (s.effective_from, s.effective_until) if t is not None]
+    assert len(instants) >= 3 and all(t.tzinfo is KST for t in instants)
+    first = instants[0]
+    assert first == datetime.fromisoformat(first.isoformat())  # the same instant as the text
+    assert first.isoformat().endswith("+09:00") and first.utcoffset() == timedelta(hours=9)
+    assert first == first.astimezone(timezone.utc)
