@@ -33,6 +33,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs inside the tree being measured (PYTHONPATH = that tree), printing one JSON line.
+# The in-process plain path's set-up, in the body of MEASURE's `async def main():`: a copy of
+# the seeded ledger, the logs as `eum switch` configures them, the core opened on a fixed clock,
+# every terminal signed on. benchmarks/instructions.py runs the same set-up.
+SETUP = r"""    work = Path(tempfile.mkdtemp(prefix="eum-core-"))
+    shutil.copytree(template / "var", work / "var")
+    population = json.loads((template / "pop.json").read_text())
+    now = datetime.fromisoformat("2025-10-15T12:00:00+09:00")
+    dialect = load_dialect("default")
+    from switch.ops import logs  # as `eum switch` configures them: JSON lines, queued off the hot path
+    logs.configure(data_dir=work / "var", name="switch", stream=open(work / "stdout.log", "w"), json_output=True,
+                   queued=True)
+    async with open_core(work / "var", clock=FixedClock(now)) as core:
+        proc = Processor(core.engine, dialect)
+        terminals = [Terminal(t["tid"], t["mid"], now=lambda: now) for t in population["terminals"]]
+        cards = [c["pan"] for c in population["cards"]]
+        for t in terminals:
+            answer = await proc.process(Frame(encode_fields(t.sign_on(), dialect)), "bench")
+"""
+
 MEASURE = r"""
 import asyncio, json, resource, shutil, subprocess, sys, tempfile
 from pathlib import Path
@@ -52,21 +71,7 @@ def cpu():
     return r.ru_utime + r.ru_stime
 
 async def main():
-    work = Path(tempfile.mkdtemp(prefix="eum-core-"))
-    shutil.copytree(template / "var", work / "var")
-    population = json.loads((template / "pop.json").read_text())
-    now = datetime.fromisoformat("2025-10-15T12:00:00+09:00")
-    dialect = load_dialect("default")
-    from switch.ops import logs  # as `eum switch` configures them: JSON lines, queued off the hot path
-    logs.configure(data_dir=work / "var", name="switch", stream=open(work / "stdout.log", "w"), json_output=True,
-                   queued=True)
-    async with open_core(work / "var", clock=FixedClock(now)) as core:
-        proc = Processor(core.engine, dialect)
-        terminals = [Terminal(t["tid"], t["mid"], now=lambda: now) for t in population["terminals"]]
-        cards = [c["pan"] for c in population["cards"]]
-        for t in terminals:
-            answer = await proc.process(Frame(encode_fields(t.sign_on(), dialect)), "bench")
-        def frames(n, offset):
+""" + SETUP + r"""        def frames(n, offset):
             return [Frame(encode_fields(terminals[i % len(terminals)].purchase(cards[(offset + i) % len(cards)], 1_000),
                                         dialect)) for i in range(n)]
         async def drive(batch):

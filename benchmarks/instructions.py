@@ -54,8 +54,12 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-# Runs inside the tree being measured (PYTHONPATH = that tree), under valgrind.
+from benchmarks.core_bench import SETUP  # noqa: E402
+
+# Runs inside the tree being measured (PYTHONPATH = that tree), under valgrind: core_bench.py's
+# set-up (SETUP), then the warm-up, the counted pass between two dumps, the checks.
 MEASURE = r"""
 import asyncio, json, os, shutil, sys, tempfile
 from pathlib import Path
@@ -73,21 +77,7 @@ if hasattr(ledger_sqlite, "WriterConnection"):  # the fold runs at start only (i
     ledger_sqlite.WriterConnection.fold_every_s = 1e9
 
 async def main():
-    work = Path(tempfile.mkdtemp(prefix="eum-instr-"))
-    shutil.copytree(template / "var", work / "var")
-    population = json.loads((template / "pop.json").read_text())
-    now = datetime.fromisoformat("2025-10-15T12:00:00+09:00")
-    dialect = load_dialect("default")
-    from switch.ops import logs
-    logs.configure(data_dir=work / "var", name="switch", stream=open(work / "stdout.log", "w"), json_output=True,
-                   queued=True)
-    async with open_core(work / "var", clock=FixedClock(now)) as core:
-        proc = Processor(core.engine, dialect)
-        terminals = [Terminal(t["tid"], t["mid"], now=lambda: now) for t in population["terminals"]]
-        cards = [c["pan"] for c in population["cards"]]
-        for t in terminals:
-            await proc.process(Frame(encode_fields(t.sign_on(), dialect)), "bench")
-        def frames(n):
+""" + SETUP + r"""        def frames(n):
             return [Frame(encode_fields(terminals[i % len(terminals)].purchase(cards[i], 1_000), dialect))
                     for i in range(n)]
         async def drive(batch):
@@ -240,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--messages must be 1 to 20000 (the seeded cards), got {args.messages}")
     if shutil.which("valgrind") is None:
         raise SystemExit("instructions: valgrind is not installed (apt-get install valgrind)")
-    sys.path.insert(0, str(ROOT))
     from benchmarks.ab import built_summary, worktree
     from benchmarks.core_bench import seed_template
     n = args.messages
