@@ -1,4 +1,6 @@
-"""The ledger's hot tables are keyed time first (docs/performance.md "Issue 10 levers"), the day
+"""The ledger's hot tables are keyed time first (docs/performance.md "Issue 10 levers"), the
+messages appended in rowid order with their key in an index of its own (docs/performance.md,
+"The messages appended"), the day
 and month counters are appended moves read through views of their sums (docs/performance.md,
 "The day and month counters appended (kept)"), and a store made before either is rebuilt on
 open with every row and every counter kept."""
@@ -7,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from switch.ledger.store import COUNTERS, HOT_KEYS, _primary_key, open_store
+from switch.ledger.store import APPENDED, COUNTERS, HOT_KEYS, _layout, _primary_key, open_store
 
 # The five hot tables as stores before 76542c4 made them: key columns in the old order, the
 # counters in tables keyed by period and card or member.
@@ -33,10 +35,64 @@ INSERT INTO tombstones VALUES ('T0000002', '000007', '1015120001', 'y');
 
 def test_a_fresh_store_keys_its_hot_tables_time_first(tmp_path):
     conn = sqlite3.connect(open_store(tmp_path))
-    assert {t: _primary_key(conn, t) for t in HOT_KEYS} == {
-        "messages": ("tx_time", "tid", "stan"),
-        "tombstones": ("tx_time", "tid", "stan"),
+    assert APPENDED == {"messages"}
+    assert {t: _layout(conn, t) for t in HOT_KEYS} == {
+        "messages": (True, ("tx_time", "tid", "stan")),  # a rowid table, its key a unique index
+        "tombstones": (False, ("tx_time", "tid", "stan")),  # WITHOUT ROWID, keyed by the whole row
     }
+    assert _primary_key(conn, "messages") == ()
+    assert conn.execute("SELECT sql FROM sqlite_master WHERE name = 'messages_key'").fetchone() == (
+        "CREATE UNIQUE INDEX messages_key ON messages(tx_time, tid, stan)",)
+
+
+def test_the_messages_go_to_the_end_of_their_table_and_a_key_is_stored_once(tmp_path):
+    """Rows in the order they were committed whatever their keys; the key's unique index
+    refuses a second row with the same key (the writer's guard against a double answer)."""
+    conn = sqlite3.connect(open_store(tmp_path))
+    rows = [("T0000009", "000001", "1015120000"), ("T0000001", "000002", "1015120000"),
+            ("T0000005", "000001", "1015115959")]
+    for key in rows:
+        conn.execute("INSERT INTO messages(tid, stan, tx_time, mti, digest, rc, response, posting_id, at) "
+                     "VALUES (?, ?, ?, '0200', 'd', '00', '{}', NULL, 'x')", key)
+    assert list(conn.execute("SELECT rowid, tid, stan, tx_time FROM messages ORDER BY rowid")) == [
+        (1, "T0000009", "000001", "1015120000"), (2, "T0000001", "000002", "1015120000"),
+        (3, "T0000005", "000001", "1015115959")]
+    # a lookup by key is served by the index, not a scan of the table
+    plan = " ".join(r[3] for r in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT rc FROM messages WHERE tid=? AND stan=? AND tx_time=?", rows[1]))
+    assert plan == "SEARCH messages USING INDEX messages_key (tx_time=? AND tid=? AND stan=?)"
+    try:
+        conn.execute("INSERT INTO messages(tid, stan, tx_time, mti, digest, rc, response, posting_id, at) "
+                     "VALUES ('T0000001', '000002', '1015120000', '0200', 'e', '05', '{}', NULL, 'y')")
+    except sqlite3.IntegrityError as exc:
+        assert str(exc) == "UNIQUE constraint failed: messages.tx_time, messages.tid, messages.stan"
+    else:
+        raise AssertionError("a second row with the same key was stored")
+    assert conn.execute("SELECT COUNT(*) FROM messages").fetchone() == (3,)
+
+
+def test_a_store_with_its_messages_keyed_by_the_whole_row_is_rebuilt_appended(tmp_path):
+    """The layout from 76542c4 to the messages appended: WITHOUT ROWID, keyed time first."""
+    conn = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    conn.executescript(OLD_TABLES.replace("PRIMARY KEY(tid, stan, tx_time)) WITHOUT ROWID;\nCREATE TABLE tomb",
+                                          "PRIMARY KEY(tx_time, tid, stan)) WITHOUT ROWID;\nCREATE TABLE tomb"))
+    conn.execute("INSERT INTO messages VALUES "
+                 "('T0000001', '000041', '1015115959', '0200', 'cd', '51', '{}', NULL, 'w')")
+    conn.commit()
+    assert _layout(conn, "messages") == (False, ("tx_time", "tid", "stan"))
+    conn.close()
+    open_store(tmp_path)
+    conn = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    assert _layout(conn, "messages") == (True, ("tx_time", "tid", "stan"))
+    assert list(conn.execute("SELECT rowid, * FROM messages ORDER BY rowid")) == [
+        (1, "T0000001", "000041", "1015115959", "0200", "cd", "51", "{}", None, "w"),
+        (2, "T0000001", "000042", "1015120000", "0200", "ab", "00", '{"39":"00"}', 9, "x")]
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'messages'")] == [
+        "messages", "messages_key"]
+    conn.close()
+    open_store(tmp_path)  # a second open changes nothing
+    conn = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    assert conn.execute("SELECT COUNT(*), MAX(rowid) FROM messages").fetchone() == (2, 2)
 
 
 def test_a_fresh_store_keeps_its_counters_as_moves_summed_by_views(tmp_path):
@@ -64,7 +120,8 @@ def test_an_older_store_is_rekeyed_on_open_with_every_row_kept(tmp_path):
     conn.close()
     open_store(tmp_path)
     conn = sqlite3.connect(tmp_path / "ledger.sqlite3")
-    assert _primary_key(conn, "messages") == ("tx_time", "tid", "stan")
+    assert _layout(conn, "messages") == (True, ("tx_time", "tid", "stan"))
+    assert _layout(conn, "tombstones") == (False, ("tx_time", "tid", "stan"))
     kinds = dict(conn.execute("SELECT name, type FROM sqlite_master"))
     assert [kinds[name] for name in COUNTERS] == ["view", "view", "view"]
     assert sorted(conn.execute("SELECT * FROM card_day_moves")) == [("2025-10-14", 8, 1), ("2025-10-15", 7, 3000)]

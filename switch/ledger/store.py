@@ -104,8 +104,9 @@ CREATE INDEX IF NOT EXISTS card_month_moves_month ON card_month_moves(month);
 CREATE TABLE IF NOT EXISTS messages(
     tid TEXT NOT NULL, stan TEXT NOT NULL, tx_time TEXT NOT NULL, mti TEXT NOT NULL,
     digest TEXT NOT NULL, rc TEXT NOT NULL, response TEXT NOT NULL, posting_id INTEGER,
-    at TEXT NOT NULL, PRIMARY KEY(tx_time, tid, stan)
-) WITHOUT ROWID;
+    at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_key ON messages(tx_time, tid, stan);
 CREATE TABLE IF NOT EXISTS key_groups(
     name TEXT NOT NULL, profile TEXT NOT NULL, bdk TEXT NOT NULL, kcv TEXT NOT NULL,
     PRIMARY KEY(name, profile)
@@ -250,6 +251,14 @@ HOT_KEYS = {
     "messages": ("tx_time", "tid", "stan"),
     "tombstones": ("tx_time", "tid", "stan"),
 }
+# Of those, the ones whose rows are appended in rowid order, the key a unique index of its own
+# (`<table>_key`) of small entries: a message's row (≈ 360 bytes with its stored response) goes
+# to the table's last page, and only the index's ≈ 35-byte entry lands where the key sorts.
+# Keyed by the whole row (WITHOUT ROWID), the many terminals of one second scatter a group's
+# rows over that second's pages, ≈ 9 rows a page and a split every few inserts: ≈ 60 of a
+# 28-purchase group's ≈ 92 pages written were the messages table's (docs/performance.md, "The
+# messages appended"). Tombstones are rare: they keep the whole row in their key.
+APPENDED = frozenset({"messages"})
 
 
 # The counters as the rest of the code and the operator read them: a view per counter, the sum
@@ -364,16 +373,31 @@ def _primary_key(conn: sqlite3.Connection, table: str) -> tuple[str, ...]:
     return tuple(name for _, name in cols)
 
 
+def _layout(conn: sqlite3.Connection, table: str) -> tuple[bool, tuple[str, ...]]:
+    """(appended, key) of a table as it is stored: appended, a rowid table whose key is its
+    unique index `<table>_key`; else keyed by its primary key."""
+    key = _primary_key(conn, table)
+    if key:
+        return False, key
+    return True, tuple(row[2] for row in conn.execute(f"PRAGMA index_info({table}_key)"))
+
+
 def _rekey(conn: sqlite3.Connection, table: str) -> None:
-    """Rebuild `table` with SCHEMA's key, keeping every row (one transaction)."""
+    """Rebuild `table` with SCHEMA's layout (its key, its indexes), keeping every row (one
+    transaction). The old table goes before the new indexes are made: a renamed table keeps
+    its indexes, and their names."""
     start = SCHEMA.index(f"CREATE TABLE IF NOT EXISTS {table}(")
     create = SCHEMA[start:SCHEMA.index(";", start)]
+    indexes = re.findall(rf"CREATE (?:UNIQUE )?INDEX IF NOT EXISTS \w+ ON {table}\([^;]*\)", SCHEMA)
     with transaction(conn):
         conn.execute(f"ALTER TABLE {table} RENAME TO {table}_rekey")
         conn.execute(create)
         cols = ", ".join(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
-        conn.execute(f"INSERT INTO {table}({cols}) SELECT {cols} FROM {table}_rekey")
+        order = ", ".join(HOT_KEYS.get(table, ())) or "rowid"
+        conn.execute(f"INSERT INTO {table}({cols}) SELECT {cols} FROM {table}_rekey ORDER BY {order}")
         conn.execute(f"DROP TABLE {table}_rekey")
+        for index in indexes:
+            conn.execute(index)
 
 
 def open_store(data_dir: Path, store: str | None = None) -> Store:
@@ -417,7 +441,7 @@ def _upgrade(path: Path) -> None:
                 if (table, column) in BACKFILLS:
                     conn.execute(BACKFILLS[(table, column)])
         for table, key in HOT_KEYS.items():
-            if _primary_key(conn, table) != key:
+            if _layout(conn, table) != (table in APPENDED, key):
                 _rekey(conn, table)
         _counters_as_moves(conn)
         _accounts_folded(conn)
