@@ -741,3 +741,55 @@ def test_instructions_counts_a_real_plain_run_under_valgrind(tmp_path):
     if not result["machine"]["compiled"].startswith("0/"):  # a build with the compiled modules (N/M)
         assert split["compiled"] > 0
     assert len(result["functions"]["this tree"]) == 5
+
+
+def test_wal_pages_reads_each_commits_frames_and_names_their_btrees(tmp_path):
+    """benchmarks/wal_pages.py's reader on a WAL SQLite wrote here: two transactions, the
+    first making a table and an index, the second inserting one row; every frame of the second
+    is the table's, the index's, or page 1 (the header, whose page count changed), and only
+    each transaction's last frame ends a commit. Read from the second's start, only its frames."""
+    from benchmarks.wal_pages import FRAME_HEADER, WAL_HEADER, page_owners, wal_frames
+
+    db = tmp_path / "t.sqlite3"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("BEGIN")
+    conn.execute("CREATE TABLE t(a INTEGER PRIMARY KEY, b TEXT)")
+    conn.execute("CREATE INDEX t_b ON t(b)")
+    conn.execute("COMMIT")
+    wal = tmp_path / "t.sqlite3-wal"
+    start = wal.stat().st_size
+    conn.execute("INSERT INTO t(b) VALUES ('x')")
+    page_size, everything = wal_frames(wal.read_bytes(), 0)
+    assert page_size == 4096
+    assert (start - WAL_HEADER) % (FRAME_HEADER + page_size) == 0
+    first = (start - WAL_HEADER) // (FRAME_HEADER + page_size)
+    ends = [i for i, (_, last) in enumerate(everything) if last]
+    assert ends == [first - 1, len(everything) - 1]
+    _, frames = wal_frames(wal.read_bytes(), start)
+    assert frames == everything[first:]
+    owners = page_owners(db, wal)
+    assert sorted(owners[page] for page, _ in frames) == ["t", "t_b"]
+    assert owners[1] == "sqlite_schema"
+    with pytest.raises(ValueError, match="not a frame boundary"):
+        wal_frames(wal.read_bytes(), start + 1)
+    conn.close()
+
+
+def test_wal_pages_counts_a_real_plain_run(tmp_path):
+    """benchmarks/wal_pages.py end to end on a small run (40 purchases after 40 to warm up,
+    all approved and verified or the script exits non-zero): every group commit the writer
+    made is one commit in the WAL, the frames by b-tree add up to the frames, and the hot
+    tables the plain path appends to are among them."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wal_pages.py"), "--messages", "40",
+                           "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (out,) = tmp_path.glob("*-wal-pages.json")
+    run = json.loads(out.read_text())["runs"]["this tree"]
+    assert run["units"] == 40 and run["commits"] == run["groups"] >= 2
+    assert run["page_size"] == 4096
+    by_tree = run["frames_per_commit_by_btree"]
+    assert abs(sum(by_tree.values()) - run["frames"] / run["commits"]) < 0.01 * len(by_tree)
+    assert {"messages", "messages_key", "postings", "entries", "outbox"} <= set(by_tree)
+    assert run["wal_bytes_per_purchase"] == round(run["frames"] * (24 + 4096) / 40)
