@@ -18,9 +18,11 @@ Load model (docs/performance.md, "Latency in the load generator"):
 - Closed loop (`closed_loop=True`, capacity search). Each terminal keeps
   `in_flight_per_terminal_max` requests outstanding and sends the next as soon as one is
   answered; latency = reply − send.
-Latencies go, in microseconds, into HdrHistogram(1, 60_000_000, 3). `service_ms` in the
-report is reply − actual send for the same transactions: the gap between the two is the
-queueing the open-loop view exposes.
+Latencies go, in microseconds, into HdrHistogram(1, 60_000_000, 3): counted at its
+resolution as they come (`Latencies`, a dict of bucket → count; hdrh's own recording is
+several Python calls a value) and made into the HdrHistogram once, for the report. `service_ms`
+in the report is reply − actual send for the same transactions: the gap between the two is
+the queueing the open-loop view exposes.
 
 Reversals go through the terminal's store-and-forward queue (terminal_sim/saf.py;
 docs/host-interface.md, "Store-and-forward: the terminal's timeout, reversal and advice
@@ -67,7 +69,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from hdrh.histogram import HdrHistogram
 
@@ -305,6 +307,73 @@ class FleetReport:
         return self.by_kind.get(kind, {}).get("approved", 0)
 
 
+# HdrHistogram(1, LATENCY_US_MAX, 3) keeps 2,048 sub-buckets a bucket (the smallest power of
+# two ≥ 2 × 10^3): a value below 2,048 is its own bucket, and a larger one shares its bucket
+# with the values that agree with it above its lowest `bit_length() - 11` bits.
+LATENCY_SUB_BUCKET_BITS = 11
+
+
+class Latencies:
+    """Latencies in µs, counted as HdrHistogram(LATENCY_US_MIN, LATENCY_US_MAX, LATENCY_DIGITS)
+    counts them: by bucket, each value under its bucket's lowest value (`bucket`), in a dict.
+    The fleet's hot path inlines `record` (_Recorder.answered). Percentiles are hdrh's, in one
+    pass over the buckets in order (`values_at`); `histogram()` is the HdrHistogram itself,
+    with the same counts, so the same percentiles, maximum and encoding. Bounded as hdrh's
+    counts array is: at most 17,408 buckets (16 of 2,048, the upper half of each above the
+    first), whatever the run's length."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.total = 0
+
+    @staticmethod
+    def bucket(us: int) -> int:
+        shift = us.bit_length() - LATENCY_SUB_BUCKET_BITS
+        return us if shift <= 0 else us >> shift << shift
+
+    @staticmethod
+    def highest(bucket: int) -> int:
+        """The highest value sharing `bucket` (hdrh's highest equivalent value)."""
+        shift = bucket.bit_length() - LATENCY_SUB_BUCKET_BITS
+        return bucket if shift <= 0 else bucket + (1 << shift) - 1
+
+    def record(self, us: int) -> None:
+        key = self.bucket(us)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.total += 1
+
+    def values_at(self, percentiles: Iterable[float]) -> dict[float, int]:
+        """hdrh's `get_value_at_percentile` for each: the first bucket, in order, at which the
+        count reaches max(1, int(p / 100 × total + 0.5)) (p at most 100); its highest value, or
+        its lowest for p = 0. Nothing recorded: 0 for each."""
+        wanted = sorted(set(percentiles))
+        out = {p: 0 for p in wanted}
+        if not self.total:
+            return out
+        targets = [(p, max(int(min(p, 100.0) * self.total / 100 + 0.5), 1)) for p in wanted]
+        i, seen = 0, 0
+        for key in sorted(self.counts):
+            seen += self.counts[key]
+            while i < len(targets) and seen >= targets[i][1]:
+                p = targets[i][0]
+                out[p] = self.highest(key) if p else key
+                i += 1
+            if i == len(targets):
+                break
+        return out
+
+    def max_value(self) -> int:
+        return self.highest(max(self.counts)) if self.counts else 0
+
+    def histogram(self) -> HdrHistogram:
+        h = HdrHistogram(LATENCY_US_MIN, LATENCY_US_MAX, LATENCY_DIGITS)
+        for key, n in sorted(self.counts.items()):
+            h.record_value(key, n)
+        return h
+
+
 class _Second:
     __slots__ = ("sent", "responses", "approved", "latencies_us")
 
@@ -315,15 +384,16 @@ class _Second:
         self.latencies_us: list[int] = []
 
 
-def _summary_ms(h: HdrHistogram, total_us: int) -> dict[str, float | None]:
-    """Percentiles from the histogram; the mean from the exact sum (hdrh's own mean walks
-    every bucket: ~0.1 s)."""
-    count = h.get_total_count()
+def _summary_ms(h: Latencies, total_us: int) -> dict[str, float | None]:
+    """Percentiles from the histogram, in one pass; the mean from the exact sum (hdrh's own
+    mean walks every bucket: ~0.1 s)."""
+    count = h.total
     if count == 0:
         return {k: None for k in ("p50", "p90", "p99", "p999", "max", "mean")}
     pct = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
-    out = {k: h.get_value_at_percentile(p) / 1000 for k, p in pct.items()}
-    out["max"] = h.get_max_value() / 1000
+    values = h.values_at(pct.values())
+    out: dict[str, float | None] = {k: values[p] / 1000 for k, p in pct.items()}
+    out["max"] = h.max_value() / 1000
     out["mean"] = round(total_us / count / 1000, 3)
     return out
 
@@ -340,8 +410,8 @@ class _Recorder:
 
     def __init__(self, switches: tuple[str, ...]) -> None:
         self.t0 = 0.0
-        self.latency = HdrHistogram(LATENCY_US_MIN, LATENCY_US_MAX, LATENCY_DIGITS)
-        self.service = HdrHistogram(LATENCY_US_MIN, LATENCY_US_MAX, LATENCY_DIGITS)
+        self.latency = Latencies()
+        self.service = Latencies()
         self.latency_total_us = 0
         self.service_total_us = 0
         self.kinds: dict[str, Counter[str]] = {k: Counter() for k in KINDS}
@@ -378,8 +448,17 @@ class _Recorder:
     def answered(self, kind: str, rc: str, *, intended: float, sent_at: float, at: float, switch: str) -> None:
         us = min(max(round((at - intended) * 1e6), LATENCY_US_MIN), LATENCY_US_MAX)
         service_us = min(max(round((at - sent_at) * 1e6), LATENCY_US_MIN), LATENCY_US_MAX)
-        self.latency.record_value(us)
-        self.service.record_value(service_us)
+        # Latencies.record, inlined (two a transaction)
+        shift = us.bit_length() - LATENCY_SUB_BUCKET_BITS
+        key = us if shift <= 0 else us >> shift << shift
+        counts = self.latency.counts
+        counts[key] = counts.get(key, 0) + 1
+        self.latency.total += 1
+        shift = service_us.bit_length() - LATENCY_SUB_BUCKET_BITS
+        key = service_us if shift <= 0 else service_us >> shift << shift
+        counts = self.service.counts
+        counts[key] = counts.get(key, 0) + 1
+        self.service.total += 1
         self.latency_total_us += us
         self.service_total_us += service_us
         counts = self.kinds[kind]
@@ -410,7 +489,7 @@ class _Recorder:
         elapsed = now - self.t0
         last = self.seconds[int(elapsed) - 1] if 1 <= int(elapsed) <= len(self.seconds) else None
         rate = last.responses if last else 0
-        p99 = self.latency.get_value_at_percentile(99) / 1000 if self.latency.get_total_count() else 0.0
+        p99 = self.latency.values_at((99.0,))[99.0] / 1000
         declines = self.n["responses"] - self.n["approved"]
         return (f"{min(elapsed, duration_s):6.1f}/{duration_s:g} s  {rate:>5}/s  p99 {p99:7.1f} ms  "
                 f"sent {self.n['sent']:>7}  declines {declines:>5}  timeouts {self.n['timeouts']:>4}")
@@ -1088,8 +1167,9 @@ def _report(config: FleetConfig, rec: _Recorder, *, started: datetime, elapsed_s
     n, duration = rec.n, config.duration_s
     assert n["sent"] == n["responses"] + n["timeouts"], "every sent transaction is answered or timed out"
     assert n["offered"] == n["sent"] + n["unsent"], "every offered transaction is sent or left unsent"
-    percentiles = [(p, rec.latency.get_value_at_percentile(p) / 1000) for p in PERCENTILES] \
-        if rec.latency.get_total_count() else []
+    values = rec.latency.values_at(PERCENTILES)
+    percentiles = [(p, values[p] / 1000) for p in PERCENTILES] if rec.latency.total else []
+    latency, service = rec.latency.histogram(), rec.service.histogram()
     return FleetReport(
         started_at=started.isoformat(timespec="milliseconds"), duration_s=duration, elapsed_s=round(elapsed_s, 3),
         mode="closed" if config.closed_loop else "open", arrivals="closed" if config.closed_loop else config.arrivals,
@@ -1110,5 +1190,5 @@ def _report(config: FleetConfig, rec: _Recorder, *, started: datetime, elapsed_s
         by_switch=rec.by_switch(),
         latency_ms=_summary_ms(rec.latency, rec.latency_total_us),
         service_ms=_summary_ms(rec.service, rec.service_total_us), series=rec.series(),
-        histogram=rec.latency.encode().decode("ascii"), percentiles=percentiles,
-        latency_histogram=rec.latency, service_histogram=rec.service)
+        histogram=latency.encode().decode("ascii"), percentiles=percentiles,
+        latency_histogram=latency, service_histogram=service)

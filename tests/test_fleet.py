@@ -640,3 +640,48 @@ def test_config_relationships_are_checked_at_construction(tmp_path):
         _config(1, population, tmp_path, dialect="bcd-tpdu")
     with pytest.raises(FleetConfigError, match="arrivals"):
         _config(1, population, tmp_path, arrivals="bursty")
+
+
+def test_latencies_count_what_hdrh_counts_and_give_its_percentiles_maximum_and_encoding():
+    """terminal_sim.fleet.Latencies against hdrh's HdrHistogram(1, 60_000_000, 3) fed the same
+    values one by one: the same counts (so the same encoded histogram, which the report
+    carries), every percentile the report asks for, the maximum and the minimum. Values span
+    every magnitude the fleet records, each bucket's edges included (2,047/2,048, a bucket's
+    highest value and its next), and the 60 s ceiling."""
+    import random
+
+    from hdrh.histogram import HdrHistogram
+
+    from terminal_sim.fleet import LATENCY_US_MAX, PERCENTILES, Latencies, _summary_ms
+
+    rng = random.Random(11)
+    values = [1, 2, 2047, 2048, 2049, 4095, 4096, 4097, 8191, 8192, 123_456, LATENCY_US_MAX]
+    values += [int(rng.lognormvariate(8, 2.5)) % LATENCY_US_MAX + 1 for _ in range(20_000)]
+    ours, theirs = Latencies(), HdrHistogram(1, LATENCY_US_MAX, 3)
+    for v in values:
+        ours.record(v)
+        theirs.record_value(v)
+    assert ours.total == theirs.get_total_count() == len(values)
+    wanted = PERCENTILES + (0.001, 33.3, 99.99999)
+    assert ours.values_at(wanted) == {p: theirs.get_value_at_percentile(p) for p in wanted}
+    assert ours.values_at((100.0,))[100.0] == theirs.get_max_value() == ours.max_value() == 60_030_975
+    assert ours.values_at((0.0,))[0.0] == theirs.get_min_value() == 1
+    built = ours.histogram()
+    assert built.encode() == theirs.encode()
+    assert (built.get_max_value(), built.get_min_value()) == (theirs.get_max_value(), theirs.get_min_value())
+    assert [built.get_value_at_percentile(p) for p in (50, 99.9)] == [theirs.get_value_at_percentile(p)
+                                                                        for p in (50, 99.9)]
+    # buckets: exact below 2,048; above, the values sharing the lowest bits, as hdrh has them
+    edges = (2047, 2048, 2049, 4095, 4096, 4097, 4099, 4100)
+    assert [Latencies.bucket(v) for v in edges] == [theirs.get_lowest_equivalent_value(v) for v in edges] == [
+        2047, 2048, 2048, 4094, 4096, 4096, 4096, 4100]
+    assert Latencies.highest(4096) == theirs.get_highest_equivalent_value(4096) == 4099
+    summary = _summary_ms(ours, sum(values))
+    assert summary == {"p50": theirs.get_value_at_percentile(50) / 1000,
+                       "p90": theirs.get_value_at_percentile(90) / 1000,
+                       "p99": theirs.get_value_at_percentile(99) / 1000,
+                       "p999": theirs.get_value_at_percentile(99.9) / 1000,
+                       "max": 60_030.975, "mean": round(sum(values) / len(values) / 1000, 3)}
+    empty = Latencies()
+    assert empty.values_at((50.0, 99.0)) == {50.0: 0, 99.0: 0} and empty.max_value() == 0
+    assert _summary_ms(empty, 0) == {k: None for k in ("p50", "p90", "p99", "p999", "max", "mean")}
