@@ -1,13 +1,13 @@
 """Codec: dialect files, decoding to typed requests, field blame, response encoding."""
 
+import hashlib
 from pathlib import Path
 
 import pytest
 
-from switch.wire.codec import (DecodeError, decode_fields, encode_fields, load_dialect, parse_request,
-                          response_fields)
-from switch.wire.messages import (Balances, FieldError, Kind, Rc, Response, decode_balances, encode_balances,
-                             idempotency_digest)
+from switch.wire.codec import (DecodeError, decode_fields, encode_fields, idempotency_digest, load_dialect,
+                               parse_request, response_fields)
+from switch.wire.messages import Balances, FieldError, Kind, Rc, Response, decode_balances, encode_balances
 
 DIALECT = load_dialect("default")
 
@@ -96,6 +96,17 @@ def test_field_longer_than_spec_fails_decode_with_field():
     with pytest.raises(DecodeError) as err:
         decode_fields(raw, DIALECT)
     assert err.value.field == "2"
+
+
+def test_the_digest_hashes_the_same_text_as_every_stored_message_was_digested_by():
+    """Stored digests (messages.digest) are compared with a repeat's: the text hashed is fixed.
+    Values computed by the implementation before it moved into the compiled codec (b646293)."""
+    assert idempotency_digest(PURCHASE) == "57c8c8e404cda992251c804f763b9c42"
+    text = "\x1e".join(f"{k}={v}" for k, v in sorted(PURCHASE.items()) if k != "t") + "\x1et=0200"
+    assert idempotency_digest(PURCHASE) == hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    skipped = {"t": "0400", "11": "000001", "90": "0" * 42, "53": "x", "52": "y", "1": "z", "p": "q"}
+    assert idempotency_digest(skipped) == "28b7c853162fbf4013b0d39c7cab48c7"
+    assert idempotency_digest({}) == "2bbd96d7e2fa8118976aa5ae2c0f764a"
 
 
 def test_repeat_and_original_share_a_digest_but_content_changes_it():

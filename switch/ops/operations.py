@@ -19,7 +19,7 @@ from switch.domain import DISTRICTS, KST, Merchant, luhn_digit, mask_pan, month_
 from switch.authorize.engine import MemberLocks
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
 from switch.authorize.decide import iso, release_posting
-from switch.wire.messages import idempotency_digest
+from switch.wire.codec import idempotency_digest
 from switch.ledger.records import (AUTO_CHARGE_META, MessageKey, MessageOutcome, CardIssued, CardMonthCharged, CardState, CardStatusSet, ChargeDetail,
                                    Commit, KeyGroupAdded, MerchantAdded, MerchantUpdated, MetaSet, PinTriesSet,
                                    Posting, PostingState, PostingUndone, Terminal, TerminalAdded,

@@ -18,6 +18,7 @@ field, so the message is answered 30 like any other (docs/host-interface.md §4)
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ from switch.wire.messages import (
     NETWORK_CODES,
     PROCESSING_KINDS,
     RESPONSE_MTI,
+    DIGEST_SKIP,
+    REPEAT_OF,
     Balances,
     FieldError,
     Kind,
@@ -43,7 +46,6 @@ from switch.wire.messages import (
     Request,
     Response,
     encode_balances,
-    idempotency_digest,
 )
 
 _SPEC_KEYS = ("data_enc", "len_enc", "len_type", "max_len", "desc")
@@ -542,6 +544,21 @@ def _original(fields: dict[str, str]) -> OriginalData:
     forwarder ids, zeros from a terminal)."""
     de90 = _digits(fields, "90", size=42)
     return OriginalData(mti=de90[:4], stan=de90[4:10], transmission_time=de90[10:20])
+
+
+def idempotency_digest(fields: dict[str, str]) -> str:
+    """A message's content, for duplicate detection (docs/host-interface.md §6): BLAKE2b-128
+    of its fields but DIGEST_SKIP's as `key=value`, in key order (as text: "11" before "2"),
+    then `t=` its original MTI, joined by 0x1E. Stored with every message outcome: the text
+    hashed must not change, or a repeat of a message stored before would be a duplicate (94).
+    Compiled with this module: one loop in C, not a comprehension of f-strings."""
+    parts: list[str] = []
+    for key in sorted(fields):
+        if key not in DIGEST_SKIP:
+            parts.append(key + "=" + fields[key])
+    mti = fields.get("t", "")
+    parts.append("t=" + REPEAT_OF.get(mti, mti))
+    return hashlib.blake2b("\x1e".join(parts).encode(), digest_size=16).hexdigest()
 
 
 def parse_request(fields: dict[str, str]) -> Request:

@@ -6,7 +6,6 @@ field it reads, blaming the field on failure) and a `Response` back into a dict.
 
 from __future__ import annotations
 
-import hashlib
 from enum import Enum
 
 import msgspec
@@ -115,7 +114,7 @@ class Request(Record, frozen=True):
     pin_block: str = ""
     ksn: str = ""
     mac: str = ""
-    digest: str = ""  # content fingerprint for duplicate detection (see idempotency_digest)
+    digest: str = ""  # content fingerprint for duplicate detection (see switch/wire/codec.py, idempotency_digest)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -165,9 +164,10 @@ ECHO_FIELDS = {
     "0430": ("2", "3", "4", "7", "11", "41", "42", "49", "90", "95"),
 }
 
-# Fields that do not take part in duplicate detection: the bitmaps, the MTI's repeat digit
-# (a repeat is the same transaction), and per-transmission security fields.
-_DIGEST_SKIP = frozenset({"t", "p", "1", "52", "53", "64", "128"})
+# Fields that do not take part in duplicate detection (switch/wire/codec.py,
+# `idempotency_digest`): the bitmaps, the MTI's repeat digit (a repeat is the same
+# transaction), and per-transmission security fields.
+DIGEST_SKIP = frozenset({"t", "p", "1", "52", "53", "64", "128"})
 
 
 # The fields a secondary bitmap announces (DE65 is bit 1 of it), as canonical field keys.
@@ -180,12 +180,6 @@ def mac_field(fields: dict[str, str]) -> str:
     dialect with its own MAC field moves it there (codec `from_canonical`). One set lookup per
     key in C, not a parse of every key (the fleet read every message's keys this way)."""
     return "64" if _SECONDARY_FIELDS.isdisjoint(fields) else "128"
-
-
-def idempotency_digest(fields: dict[str, str]) -> str:
-    parts = [f"{k}={v}" for k, v in sorted(fields.items()) if k not in _DIGEST_SKIP]
-    parts.append("t=" + REPEAT_OF.get(fields.get("t", ""), fields.get("t", "")))
-    return hashlib.blake2b("\x1e".join(parts).encode(), digest_size=16).hexdigest()
 
 
 def encode_balances(b: Balances) -> str:
