@@ -9,6 +9,7 @@ credit positive, and a posting's entries sum to zero.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from switch.domain import Merchant
 from switch.record import Record
@@ -16,6 +17,7 @@ from switch.record import Record
 Entry = tuple[str, int]          # (account name, signed won)
 Shares = tuple[tuple[str, int], ...]  # (funder, won) in the rules' order
 MessageKey = tuple[str, str, str]     # DE41 terminal, DE11 STAN, DE7 transmission time
+_AMOUNT = itemgetter(1)               # an Entry's amount
 
 
 # ---------------------------------------------------------------------------- what a posting remembers
@@ -109,7 +111,7 @@ class Posting(Record, frozen=True):
     detail: Detail = None
 
     def imbalance(self) -> int:
-        return sum(a for _, a in self.entries)
+        return sum(map(_AMOUNT, self.entries))  # in C: a generator would resume once an entry
 
 
 @dataclass(slots=True)
