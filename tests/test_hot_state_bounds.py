@@ -175,6 +175,38 @@ def test_the_card_table_gives_back_every_field_it_was_given():
     assert "9410000000000047" not in str(err.value)           # a PAN never in an error
 
 
+def test_the_card_table_builds_a_cards_record_once_until_its_row_changes():
+    """A purchase looks its card up three times or more: the same record comes back until one of
+    the card's columns changes (put, set_*), after which the next lookup reads the new row.
+    Each change is made with that very card's record the last built."""
+    from switch.authorize.state import CardTable
+    from switch.ledger.records import CardState
+
+    table = CardTable()
+    table.put(CardState(3, "9410000000000039", "incheon", "M000000003", "3010", "active", 100, 10, 0, "1234", 0,
+                        False))
+    table.put(CardState(4, "9410000000000047", "namdong", "M000000004", "3010", "active", 5, 0, 0, "", 0, False))
+    first = table.get(3)
+    assert table.get(3) is first and table.by_pan("9410000000000039") is first
+    assert table.get(4) is not first and table.get(3) is not first  # another card built between: built again
+    changes = [(lambda: table.set_balances(3, 1, 2, -3), (1, 2, -3, 0, False, "active", "1234")),
+               (lambda: table.set_pin_tries(3, 2, True), (1, 2, -3, 2, True, "active", "1234")),
+               (lambda: table.set_status(3, "lost"), (1, 2, -3, 2, True, "lost", "1234")),
+               (lambda: table.set_pvv(3, ""), (1, 2, -3, 2, True, "lost", "")),
+               (lambda: table.put(CardState(3, "9410000000000039", "incheon", "M000000003", "3010", "active", 7, 0, 0,
+                                            "9999", 0, False)), (7, 0, 0, 0, False, "active", "9999"))]
+    for change, after in changes:
+        before = table.get(3)
+        change()
+        card = table.get(3)
+        assert card is not before
+        assert (card.cash, card.cashback, card.receivable, card.pin_tries, card.pin_blocked, card.status,
+                card.pvv) == after
+    table.get(4)
+    table.set_balances(3, 50, 0, 0)  # not the last built: it is still right, and card 3 reads the change
+    assert (table.get(4).cash, table.get(3).cash) == (5, 50)
+
+
 def test_the_card_table_answers_none_for_a_pan_that_is_not_ascii_digits():
     from switch.authorize.state import CardTable
 

@@ -171,7 +171,8 @@ class CardTable:
     "Memory bounds"). A card's row changes only here (set_*), after its commit."""
 
     __slots__ = ("ids", "keys", "cash", "cashback", "receivable", "tries", "blocked", "status", "program",
-                 "expiry", "member", "pvv", "members", "member_codes", "codes", "_last_pan", "_last_key")
+                 "expiry", "member", "pvv", "members", "member_codes", "codes", "_last_pan", "_last_key",
+                 "_last_id", "_last_card")
 
     def __init__(self) -> None:
         self.ids: dict[int, int] = {}                 # PAN key → card id
@@ -191,6 +192,11 @@ class CardTable:
         # table's last key (kept)").
         self._last_pan = ""
         self._last_key = -1  # no card's key (int("1" + pan) ≥ 10): "" finds nothing, as before
+        # the last CardState built and its card id: the same three or more lookups of a purchase
+        # get one record, built once (docs/performance.md, "The card table's last card"). Every
+        # change of a card's row (put, set_*) forgets it first; callers never mutate a CardState.
+        self._last_id = -1
+        self._last_card: CardState | None = None
 
     @staticmethod
     def key(pan: str) -> int:
@@ -199,6 +205,7 @@ class CardTable:
 
     def put(self, card: CardState) -> None:
         cid = card.id
+        self._last_id = -1
         if cid >= len(self.keys):
             grow = cid + 1 - len(self.keys)
             self.keys.extend([None] * grow)
@@ -228,15 +235,19 @@ class CardTable:
             self.pvv.pop(cid, None)
 
     def get(self, card_id: int) -> CardState | None:
+        if card_id == self._last_id:
+            return self._last_card
         keys = self.keys
         if not 0 <= card_id < len(keys) or keys[card_id] is None:
             return None
         status, program, expiry = self.codes
-        return CardState(card_id, str(keys[card_id])[1:], program.values[self.program[card_id]],
+        card = CardState(card_id, str(keys[card_id])[1:], program.values[self.program[card_id]],
                          self.members[self.member[card_id]], expiry.values[self.expiry[card_id]],
                          status.values[self.status[card_id]], self.cash[card_id], self.cashback[card_id],
                          self.receivable[card_id], self.pvv.get(card_id, ""), self.tries[card_id],
                          bool(self.blocked[card_id]))
+        self._last_id, self._last_card = card_id, card
+        return card
 
     def by_pan(self, pan: str) -> CardState | None:
         if pan == self._last_pan:
@@ -253,18 +264,26 @@ class CardTable:
         return 0 <= card_id < len(self.keys) and self.keys[card_id] is not None
 
     def set_balances(self, card_id: int, cash: int, cashback: int, receivable: int) -> None:
+        if card_id == self._last_id:
+            self._last_id = -1
         if self.holds(card_id):
             self.cash[card_id], self.cashback[card_id], self.receivable[card_id] = cash, cashback, receivable
 
     def set_pin_tries(self, card_id: int, tries: int, blocked: bool) -> None:
+        if card_id == self._last_id:
+            self._last_id = -1
         if self.holds(card_id):
             self.tries[card_id], self.blocked[card_id] = tries, int(blocked)
 
     def set_status(self, card_id: int, status: str) -> None:
+        if card_id == self._last_id:
+            self._last_id = -1
         if self.holds(card_id):
             self.status[card_id] = self.codes[0].code(status)
 
     def set_pvv(self, card_id: int, pvv: str) -> None:
+        if card_id == self._last_id:
+            self._last_id = -1
         if self.holds(card_id):
             if pvv:
                 self.pvv[card_id] = pvv
