@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from switch.wire.codec import (DecodeError, decode_fields, encode_fields, idempotency_digest, load_dialect,
-                               parse_request, response_fields)
+from switch.wire.codec import (DecodeError, decode_fields, describe_request, encode_fields, idempotency_digest,
+                               kind_of, load_dialect, parse_request, response_fields)
 from switch.wire.messages import Balances, FieldError, Kind, Rc, Response, decode_balances, encode_balances
 
 DIALECT = load_dialect("default")
@@ -172,3 +172,25 @@ def test_the_fast_encoder_takes_the_same_field_keys_as_before_and_leaves_the_res
     for key in ("002", "1", "65", "129", "0", "x", "２"):
         with pytest.raises(_Fallback):
             _fast_encode({**PURCHASE, key: "1"}, DIALECT.compiled)
+
+
+@pytest.mark.parametrize("mti, extra, kind", [
+    ("0200", {}, "purchase"), ("0201", {}, "purchase"), ("0200", {"3": "200000"}, "refund"),
+    ("0200", {"3": "210000"}, "charge"), ("0200", {"3": "310000"}, "balance"), ("0200", {"3": "990000"}, "other"),
+    ("0100", {}, "pre-auth"), ("0101", {"37": "000000000042"}, "incremental"), ("0120", {}, "pre-auth-advice"),
+    ("0100", {"3": "310000"}, "balance"), ("0220", {}, "completion"), ("0400", {}, "reversal"),
+    ("0421", {}, "reversal-advice"), ("0800", {"70": "001"}, "sign-on"), ("0800", {"70": "002"}, "sign-off"),
+    ("0800", {"70": "301"}, "echo"), ("0800", {"70": "999"}, "other"), ("0300", {}, "other"), ("", {}, "other"),
+])
+def test_the_canonical_lines_kind_names_each_message(mti, extra, kind):
+    assert kind_of({**PURCHASE, "t": mti, **extra}) == kind
+
+
+def test_the_canonical_line_describes_a_request_with_its_pan_masked_and_its_fields_stripped():
+    line = {"peer": "127.0.0.1:5000"}
+    describe_request(line, PURCHASE)
+    assert line == {"peer": "127.0.0.1:5000", "mti": "0200", "kind": "purchase", "processing_code": "000000",
+                    "stan": "000002", "terminal": "T0000001", "merchant": "NAMDONG01", "pan": "941010******0011"}
+    line = {}
+    describe_request(line, {"t": "0800", "70": "301", "11": "000009"})  # as much as was decoded
+    assert line == {"mti": "0800", "kind": "echo", "de70": "301", "stan": "000009"}

@@ -29,6 +29,7 @@ from iso8583.decoder import DecodeError
 from iso8583.encoder import EncodeError
 
 from switch.configdir import config_dir
+from switch.domain import mask_pan
 from switch.wire.framing import Framing
 from switch.wire.messages import (
     AUTHORIZATION_KINDS,
@@ -544,6 +545,54 @@ def _original(fields: dict[str, str]) -> OriginalData:
     forwarder ids, zeros from a terminal)."""
     de90 = _digits(fields, "90", size=42)
     return OriginalData(mti=de90[:4], stan=de90[4:10], transmission_time=de90[10:20])
+
+
+# The canonical log line's `kind` of a request, by MTI, processing code and DE70: what an
+# operator reads first (docs/host-interface.md §2 names each message).
+_NETWORK_KINDS = {"001": "sign-on", "002": "sign-off", "301": "echo"}
+_KIND_BY_CODE = {
+    "01": {"00": "pre-auth", "31": "balance"},
+    "02": {"00": "purchase", "20": "refund", "21": "charge", "31": "balance"},
+}
+# The request fields the canonical line names, by the line's key (a PAN only masked: below).
+_LOG_FIELDS = {"3": "processing_code", "11": "stan", "41": "terminal", "42": "merchant"}
+
+
+def kind_of(fields: dict[str, str]) -> str:
+    """purchase, refund, charge, balance, reversal, reversal-advice, pre-auth, pre-auth-advice,
+    incremental, completion, sign-on, sign-off, echo — or "other" for what the switch does
+    not serve. Reads only the MTI, DE3, DE37 and DE70, as decoded (no validation)."""
+    mti = REPEAT_OF.get(fields.get("t", ""), fields.get("t", ""))
+    if mti == "0800":
+        return _NETWORK_KINDS.get(fields.get("70", ""), "other")
+    if mti in ("0400", "0420"):
+        return "reversal" if mti == "0400" else "reversal-advice"
+    if mti == "0220":
+        return "completion"
+    kind = _KIND_BY_CODE.get(mti[:2], {}).get(fields.get("3", "")[:2], "other") if mti in ("0100", "0120", "0200") \
+        else "other"
+    if kind == "pre-auth":
+        if mti == "0120":
+            return "pre-auth-advice"
+        if fields.get("37"):
+            return "incremental"
+    return kind
+
+
+def describe_request(line: dict[str, Any], fields: dict[str, str]) -> None:
+    """The canonical line's view of a request (as much of it as was decoded): its MTI, kind,
+    DE70, processing code, STAN, terminal, merchant, and its PAN masked at the source (the
+    log's processor masks again). Compiled with this module (switch/authorize/server.py calls
+    it for every message)."""
+    line["mti"] = fields.get("t", "")
+    line["kind"] = kind_of(fields)
+    if "70" in fields:
+        line["de70"] = fields["70"]
+    for no, name in _LOG_FIELDS.items():
+        if no in fields:
+            line[name] = fields[no].strip()
+    if "2" in fields:
+        line["pan"] = mask_pan(fields["2"])
 
 
 def idempotency_digest(fields: dict[str, str]) -> str:

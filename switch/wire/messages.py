@@ -200,33 +200,3 @@ def decode_balances(text: str) -> Balances:
         won = int(entry[8:20])
         found[entry[2:4]] = won if entry[7] == "C" else -won
     return Balances(cash=found.get("02", 0), cashback=found.get("91", 0))
-
-
-# The canonical log line's `kind` of a request, by MTI, processing code and DE70: what an
-# operator reads first (docs/host-interface.md §2 names each message).
-_NETWORK_KINDS = {"001": "sign-on", "002": "sign-off", "301": "echo"}
-_KIND_BY_CODE = {
-    "01": {"00": "pre-auth", "31": "balance"},
-    "02": {"00": "purchase", "20": "refund", "21": "charge", "31": "balance"},
-}
-
-
-def kind_of(fields: dict[str, str]) -> str:
-    """purchase, refund, charge, balance, reversal, reversal-advice, pre-auth, pre-auth-advice,
-    incremental, completion, sign-on, sign-off, echo — or "other" for what the switch does
-    not serve. Reads only the MTI, DE3, DE37 and DE70, as decoded (no validation)."""
-    mti = REPEAT_OF.get(fields.get("t", ""), fields.get("t", ""))
-    if mti == "0800":
-        return _NETWORK_KINDS.get(fields.get("70", ""), "other")
-    if mti in ("0400", "0420"):
-        return "reversal" if mti == "0400" else "reversal-advice"
-    if mti == "0220":
-        return "completion"
-    kind = _KIND_BY_CODE.get(mti[:2], {}).get(fields.get("3", "")[:2], "other") if mti in ("0100", "0120", "0200") \
-        else "other"
-    if kind == "pre-auth":
-        if mti == "0120":
-            return "pre-auth-advice"
-        if fields.get("37"):
-            return "incremental"
-    return kind
