@@ -22,7 +22,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from switch.domain import KST, Merchant, day_key, luhn_ok, month_key
+from switch.domain import KST, Merchant, day_key, luhn_ok, month_key, zero_padded
 from switch.record import Record, replace
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
 from switch.ledger.records import (AutoCharge, Change, CardDayMoved, CardMonthCharged, CardState, ChargeDetail, Entry,
@@ -326,7 +326,7 @@ class _Deciding:
         posting = Posting(id=pid, kind="charge", at=self.at, amount=setting.amount,
                           entries=_merge([("bank_settlement", -setting.amount), (cash_acc, setting.amount - repay),
                                           (recv_acc, repay)]),
-                          card_id=state.id, tid=self.req.terminal, stan=self.req.stan, rrn=f"{pid:012d}",
+                          card_id=state.id, tid=self.req.terminal, stan=self.req.stan, rrn=zero_padded(pid, 12),
                           detail=ChargeDetail(state.member, repay, auto=True))
         return posting, self._events(posting, card), (CardMonthCharged(state.id, month, setting.amount),)
 
@@ -359,7 +359,7 @@ class _Deciding:
         detail = PurchaseDetail(member=state.member, month=month, day=day, cb_used=cb_used, cash_used=cash_used,
                                 fee=fee.fee, fee_tier=fee.tier, rate_bp=fee.rate_bp, support=tuple(fee.support),
                                 cashback=tuple(cb.by_funder), eligible=cb.eligible, policy=cb.policy_id)
-        rrn = f"{pid:012d}"
+        rrn = zero_padded(pid, 12)
         posting = Posting(id=pid, kind="purchase", at=self.at, amount=amount, entries=entries, card_id=state.id,
                           mid=merchant.mid, tid=req.terminal, stan=req.stan, rrn=rrn, fee=fee.fee,
                           support=fee.support_total, cashback=cb.total,
@@ -368,7 +368,7 @@ class _Deciding:
                                        CardDayMoved(state.id, day, amount))
         if hold is not None:
             changes = (PostingUndone(hold.id, hold.remaining), *changes)
-        resp = response(req, self.fields, Rc.APPROVED, rrn=rrn, auth_code=f"{pid % 1_000_000:06d}",
+        resp = response(req, self.fields, Rc.APPROVED, rrn=rrn, auth_code=zero_padded(pid % 1_000_000, 6),
                         balances=card.balances())
         return self._decision(resp, posting=posting, changes=changes, card=card, fee=fee.fee, cashback=cb.total)
 
@@ -400,12 +400,12 @@ class _Deciding:
         card.cash += amount - repay
         card.receivable += repay
         pid = view.next_posting_id
-        rrn = f"{pid:012d}"
+        rrn = zero_padded(pid, 12)
         posting = Posting(id=pid, kind="charge", at=self.at, amount=amount,
                           entries=_merge([("bank_settlement", -amount), (cash_acc, amount - repay), (recv_acc, repay)]),
                           card_id=state.id, tid=req.terminal, stan=req.stan, rrn=rrn,
                           detail=ChargeDetail(state.member, repay))
-        resp = response(req, self.fields, Rc.APPROVED, rrn=rrn, auth_code=f"{pid % 1_000_000:06d}",
+        resp = response(req, self.fields, Rc.APPROVED, rrn=rrn, auth_code=zero_padded(pid % 1_000_000, 6),
                         balances=card.balances())
         return self._decision(resp, posting=posting, changes=(CardMonthCharged(state.id, month, amount),), card=card)
 
@@ -424,7 +424,7 @@ class _Deciding:
         pid = self.view.next_posting_id
         posting = Posting(id=pid, kind="charge_reversal", at=self.at, amount=amount,
                           entries=_merge([("bank_settlement", amount), (cash_acc, -taken), (recv_acc, -(amount - taken))]),
-                          card_id=card.state.id, tid=self.req.terminal, stan=self.req.stan, rrn=f"{pid:012d}",
+                          card_id=card.state.id, tid=self.req.terminal, stan=self.req.stan, rrn=zero_padded(pid, 12),
                           original_id=charge.id)
         month = month_key(datetime.fromisoformat(charge.at))
         resp = response(self.req, self.fields, Rc.APPROVED, balances=card.balances())
@@ -450,7 +450,7 @@ class _Deciding:
         card.cash -= amount
         pid = view.next_posting_id
         if previous is None:
-            rrn, root, held_before = f"{pid:012d}", None, 0
+            rrn, root, held_before = zero_padded(pid, 12), None, 0
             expires = iso(now + timedelta(days=self.rules.preauth.hold_days))
         else:
             assert isinstance(previous.detail, HoldDetail), f"hold {previous.id} has its detail"
@@ -462,7 +462,7 @@ class _Deciding:
                           mid=merchant.mid, tid=req.terminal, stan=req.stan, rrn=rrn, original_id=root,
                           detail=HoldDetail(member=state.member, expires=expires, added=amount))
         changes = (PostingUndone(previous.id, held_before),) if previous is not None else ()
-        resp = response(req, self.fields, Rc.APPROVED, rrn=rrn, auth_code=f"{pid % 1_000_000:06d}",
+        resp = response(req, self.fields, Rc.APPROVED, rrn=rrn, auth_code=zero_padded(pid % 1_000_000, 6),
                         balances=card.balances())
         return self._decision(resp, posting=posting, changes=changes, card=card)
 
@@ -541,8 +541,8 @@ class _Deciding:
             raise Decline(Rc.INVALID_AMOUNT, "refund exceeds what is left of the original")
         card = _Card(state)
         posting, changes = self._undo_purchase(original, req.amount, "refund", card)
-        resp = response(req, self.fields, Rc.APPROVED, rrn=f"{posting.id:012d}",  # as _undo_purchase sets it
-                        auth_code=f"{posting.id % 1_000_000:06d}",
+        resp = response(req, self.fields, Rc.APPROVED, rrn=zero_padded(posting.id, 12),  # as _undo_purchase sets it
+                        auth_code=zero_padded(posting.id % 1_000_000, 6),
                         balances=card.balances())
         return self._decision(resp, posting=posting, changes=changes, card=card, fee=posting.fee,
                               cashback=posting.cashback)
@@ -608,7 +608,7 @@ class _Deciding:
         detail = UndoDetail(member=d.member, month=d.month, day=d.day, cb_back=cb_back, fee_back=fee_back,
                             support_back=tuple(support_back), claw=tuple(claw), eligible_back=eligible_back)
         posting = Posting(id=pid, kind=kind, at=self.at, amount=undo, entries=entries, card_id=card.state.id,
-                          mid=p.mid, tid=self.req.terminal, stan=self.req.stan, rrn=f"{pid:012d}", fee=-fee_back,
+                          mid=p.mid, tid=self.req.terminal, stan=self.req.stan, rrn=zero_padded(pid, 12), fee=-fee_back,
                           support=-support_total, cashback=-claw_total, original_id=p.id, detail=detail)
         reversal = kind == "reversal"
         changes: list[Change] = [PostingUndone(p.id, undo, reversed=undo if reversal else 0),
@@ -645,7 +645,7 @@ class _Deciding:
         detail = RefundReversalDetail(member=d.member, month=d.month, day=d.day, reverses=r.id)
         posting = Posting(id=pid, kind="reversal", at=self.at, amount=r.amount, entries=entries,
                           card_id=card.state.id, mid=r.mid, tid=self.req.terminal, stan=self.req.stan,
-                          rrn=f"{pid:012d}", fee=fee_back, support=sum(s for _, s in support_back),
+                          rrn=zero_padded(pid, 12), fee=fee_back, support=sum(s for _, s in support_back),
                           cashback=claw_total, original_id=r.id, detail=detail)
         changes = (PostingUndone(r.id, r.amount), PostingUndone(purchase.id, -r.amount),
                    MemberMonthMoved(d.member, d.month, eligible_back))

@@ -39,7 +39,7 @@ class Framing:
             return n.to_bytes(2, "big")
         if self.length_header == "ascii4":
             return b"%04d" % n
-        return bytes.fromhex(f"{n:04d}")
+        return bytes.fromhex(str(n).zfill(4))  # BCD: no format spec (switch/domain.py, zero_padded)
 
     def decode_length(self, raw: bytes) -> int:
         if self.length_header == "binary2":

@@ -1,0 +1,55 @@
+"""The KST period keys and the zero-padded numbers of the hot path (switch/domain.py) give the
+text the format specs they replace gave (docs/performance.md, "Numbers padded without a format
+spec"): stored keys (card_day_moves.day, member_month_moves.month) and the RRN and
+authorization code a terminal prints must not change with how they are built."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from switch.domain import KST, day_key, month_key, zero_padded
+from switch.wire.framing import Framing
+
+
+def _old_day(now: datetime) -> str:
+    local = now.astimezone(KST)
+    return f"{local.year:04d}-{local.month:02d}-{local.day:02d}"
+
+
+def _old_month(now: datetime) -> str:
+    local = now.astimezone(KST)
+    return f"{local.year:04d}-{local.month:02d}"
+
+
+@pytest.mark.parametrize("now", [
+    datetime(2019, 7, 31, 14, 59, 59, 999_999, tzinfo=timezone.utc),   # 23:59:59.999999 KST, July
+    datetime(2019, 7, 31, 15, 0, tzinfo=timezone.utc),                 # 00:00 KST, 1 August
+    datetime(2025, 12, 31, 23, 30, tzinfo=KST),
+    datetime(2026, 1, 1, 0, 0, tzinfo=KST),
+    datetime(2024, 2, 29, 12, 0, tzinfo=timezone(timedelta(hours=-5))),
+    datetime(999, 3, 4, 5, 6, tzinfo=KST),                              # a year of three digits, padded
+    datetime(1, 1, 1, 9, 0, tzinfo=KST),
+])
+def test_the_period_keys_are_the_kst_day_and_month_as_before(now):
+    assert day_key(now) == _old_day(now)
+    assert month_key(now) == _old_month(now)
+
+
+def test_the_period_keys_of_two_instants_of_one_kst_day():
+    assert day_key(datetime(2019, 7, 31, 15, 0, tzinfo=timezone.utc)) == "2019-08-01"
+    assert day_key(datetime(2019, 7, 31, 14, 59, tzinfo=timezone.utc)) == "2019-07-31"
+    assert (month_key(datetime(999, 3, 4, 5, 6, tzinfo=KST)), day_key(datetime(1, 1, 1, 9, 0, tzinfo=KST))) == (
+        "0999-03", "0001-01-01")
+
+
+@pytest.mark.parametrize("n, width", [(0, 12), (6400, 12), (123_456_789_012, 12), (1_234_567_890_123, 12),
+                                      (42, 6), (999_999, 6), (-5, 12), (-5, 2), (7, 1), (140, 4)])
+def test_zero_padded_is_the_format_spec_it_replaces(n, width):
+    assert zero_padded(n, width) == f"{n:0{width}d}"
+
+
+def test_the_bcd_length_header_is_the_length_in_four_digits():
+    bcd = Framing(length_header="bcd2")
+    assert [bcd.encode_length(n) for n in (0, 7, 146, 9999)] == [b"\x00\x00", b"\x00\x07", b"\x01\x46", b"\x99\x99"]
