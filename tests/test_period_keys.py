@@ -1,7 +1,8 @@
-"""The KST period keys and the zero-padded numbers of the hot path (switch/domain.py) give the
-text the format specs they replace gave (docs/performance.md, "Numbers padded without a format
-spec"): stored keys (card_day_moves.day, member_month_moves.month) and the RRN and
-authorization code a terminal prints must not change with how they are built."""
+"""The KST period keys, the zero-padded numbers of the hot path (switch/domain.py) and a
+posting's time (switch/authorize/decide.py `iso`) give the text the formatting they replace
+gave (docs/performance.md, "Numbers padded without a format spec", "A posting's time built
+from its parts"): stored keys (card_day_moves.day, member_month_moves.month), postings.at and
+the RRN and authorization code a terminal prints must not change with how they are built."""
 
 from __future__ import annotations
 
@@ -53,3 +54,17 @@ def test_zero_padded_is_the_format_spec_it_replaces(n, width):
 def test_the_bcd_length_header_is_the_length_in_four_digits():
     bcd = Framing(length_header="bcd2")
     assert [bcd.encode_length(n) for n in (0, 7, 146, 9999)] == [b"\x00\x00", b"\x00\x07", b"\x01\x46", b"\x99\x99"]
+
+
+@pytest.mark.parametrize("now", [
+    datetime(2019, 7, 31, 14, 59, 59, 999_999, tzinfo=timezone.utc),
+    datetime(2019, 7, 31, 15, 0, tzinfo=timezone.utc),                 # microsecond 0: still six digits
+    datetime(2025, 10, 15, 12, 0, 0, 7, tzinfo=KST),
+    datetime(2024, 2, 29, 23, 59, 59, 500_000, tzinfo=timezone(timedelta(hours=-5))),
+    datetime(999, 3, 4, 5, 6, 7, 8, tzinfo=KST),
+])
+def test_a_postings_time_is_the_kst_isoformat_with_microseconds(now):
+    from switch.authorize.decide import iso
+
+    assert iso(now) == now.astimezone(KST).isoformat(timespec="microseconds")
+    assert iso(datetime(2019, 7, 31, 15, 0, tzinfo=timezone.utc)) == "2019-08-01T00:00:00.000000+09:00"
