@@ -995,6 +995,16 @@ def write_json(result: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
+def write_result(result: dict[str, Any], out_dir: str | Path, kind: str) -> Path:
+    """A benchmark script's result as <out-dir>/<date>-vm-<kind>.json (the directory made if
+    missing), its path printed and returned."""
+    out = Path(out_dir) / f"{date.today().isoformat()}-vm-{kind}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {out}")
+    return out
+
+
 def markdown(result: dict[str, Any]) -> str:
     m = result.get("machine", {})
     packages = ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items())

@@ -52,6 +52,20 @@ SETUP = r"""    work = Path(tempfile.mkdtemp(prefix="eum-core-"))
             answer = await proc.process(Frame(encode_fields(t.sign_on(), dialect)), "bench")
 """
 
+# The load of the in-process runs, after SETUP: `frames(n, offset)`, n purchases of distinct
+# cards over the terminals in turn, encoded before any is timed; `drive(batch)`, the batch
+# through the Processor, `concurrency` in flight at a time. benchmarks/wal_pages.py uses it too.
+DRIVE = r"""        def frames(n, offset):
+            return [Frame(encode_fields(terminals[i % len(terminals)].purchase(cards[(offset + i) % len(cards)], 1_000),
+                                        dialect)) for i in range(n)]
+        async def drive(batch):
+            sem = asyncio.Semaphore(concurrency)
+            async def one(fr):
+                async with sem:
+                    return await proc.process(fr, "bench")
+            return await asyncio.gather(*(one(fr) for fr in batch))
+"""
+
 MEASURE = r"""
 import asyncio, json, resource, shutil, subprocess, sys, tempfile
 from pathlib import Path
@@ -71,16 +85,7 @@ def cpu():
     return r.ru_utime + r.ru_stime
 
 async def main():
-""" + SETUP + r"""        def frames(n, offset):
-            return [Frame(encode_fields(terminals[i % len(terminals)].purchase(cards[(offset + i) % len(cards)], 1_000),
-                                        dialect)) for i in range(n)]
-        async def drive(batch):
-            sem = asyncio.Semaphore(concurrency)
-            async def one(fr):
-                async with sem:
-                    return await proc.process(fr, "bench")
-            return await asyncio.gather(*(one(fr) for fr in batch))
-        await drive(frames(messages, 0))                      # warm: every card cached once
+""" + SETUP + DRIVE + r"""        await drive(frames(messages, 0))                      # warm: every card cached once
         batch = frames(messages, 0)
         c0 = cpu()
         answers = await drive(batch)

@@ -50,16 +50,15 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.core_bench import SETUP  # noqa: E402
+from benchmarks.core_bench import DRIVE, SETUP  # noqa: E402
 
 # Runs inside the tree being measured (PYTHONPATH = that tree), under valgrind: core_bench.py's
-# set-up (SETUP), then the warm-up, the counted pass between two dumps, the checks.
+# set-up and load (SETUP, DRIVE), then the warm-up, the counted pass between two dumps, the checks.
 MEASURE = r"""
 import asyncio, json, os, shutil, sys, tempfile
 from pathlib import Path
@@ -77,22 +76,13 @@ if hasattr(ledger_sqlite, "WriterConnection"):  # the fold runs at start only (i
     ledger_sqlite.WriterConnection.fold_every_s = 1e9
 
 async def main():
-""" + SETUP + r"""        def frames(n):
-            return [Frame(encode_fields(terminals[i % len(terminals)].purchase(cards[i], 1_000), dialect))
-                    for i in range(n)]
-        async def drive(batch):
-            sem = asyncio.Semaphore(concurrency)
-            async def one(fr):
-                async with sem:
-                    return await proc.process(fr, "bench")
-            return await asyncio.gather(*(one(fr) for fr in batch))
-        await drive(frames(counted))  # every card of the counted pass in the hot state
+""" + SETUP + DRIVE + r"""        await drive(frames(counted, 0))  # every card of the counted pass in the hot state
         try:  # as `eum switch` does once started, before it serves
             from switch.wire.transport import freeze_heap
             freeze_heap()
         except ImportError:
             pass
-        batch = frames(counted)  # the load's own work, before the count starts
+        batch = frames(counted, 0)  # the load's own work, before the count starts
         writer = core.engine.writer
         groups, units = writer.batches, writer.units
         os.getppid()  # callgrind dumps here (--dump-before=getppid): the count starts from zero
@@ -269,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                   + f" ({split['units_per_group']} purchases a group commit)", flush=True)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
-    from benchmarks.bench import describe_machine
+    from benchmarks.bench import describe_machine, write_result
     result = {"what": "instructions per warm plain purchase, in process, every thread, user space "
                       "(benchmarks/instructions.py, valgrind callgrind)",
               "machine": describe_machine(), "this_tree": head, "messages": n, "concurrency": args.concurrency,
@@ -279,10 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         base = runs[args.base[0]][0]["total"]
         result["ratio_to_first_base"] = {name: round(per[0]["total"] / base, 4) for name, per in runs.items()}
         print(json.dumps({"ratio_to_first_base": result["ratio_to_first_base"]}))
-    out = Path(args.out_dir) / f"{date.today().isoformat()}-vm-instructions.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written: {out}")
+    write_result(result, args.out_dir, "instructions")
     return 0
 
 

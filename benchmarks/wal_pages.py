@@ -34,13 +34,12 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.core_bench import SETUP  # noqa: E402
+from benchmarks.core_bench import DRIVE, SETUP  # noqa: E402
 
 WAL_HEADER = 32
 FRAME_HEADER = 24
@@ -69,16 +68,7 @@ def connect_writer(path):  # every frame stays in the WAL: no checkpoint resets 
 ledger_writer.connect_writer = connect_writer
 
 async def main():
-""" + SETUP + r"""        def frames(n, offset):
-            return [Frame(encode_fields(terminals[i % len(terminals)].purchase(cards[(offset + i) % len(cards)], 1_000),
-                                        dialect)) for i in range(n)]
-        async def drive(batch):
-            sem = asyncio.Semaphore(concurrency)
-            async def one(fr):
-                async with sem:
-                    return await proc.process(fr, "bench")
-            return await asyncio.gather(*(one(fr) for fr in batch))
-        await drive(frames(counted, 0))
+""" + SETUP + DRIVE + r"""        await drive(frames(counted, 0))
         batch = frames(counted, 0)
         wal = work / "var" / "ledger.sqlite3-wal"
         writer = core.engine.writer
@@ -185,15 +175,12 @@ def main(argv: list[str] | None = None) -> int:
                     subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
-    from benchmarks.bench import describe_machine
+    from benchmarks.bench import describe_machine, write_result
     result = {"what": "WAL pages a group commit writes, by b-tree, in process, plain purchases "
                       "(benchmarks/wal_pages.py)",
               "machine": describe_machine(), "this_tree": head, "messages": args.messages,
               "concurrency": args.concurrency, "runs": results}
-    out = Path(args.out_dir) / f"{date.today().isoformat()}-vm-wal-pages.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written: {out}")
+    write_result(result, args.out_dir, "wal-pages")
     return 0
 
 
