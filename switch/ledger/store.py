@@ -255,8 +255,8 @@ HOT_KEYS = {
 # (`<table>_key`) of small entries: a message's row (≈ 360 bytes with its stored response) goes
 # to the table's last page, and only the index's ≈ 35-byte entry lands where the key sorts.
 # Keyed by the whole row (WITHOUT ROWID), the many terminals of one second scatter a group's
-# rows over that second's pages, ≈ 9 rows a page and a split every few inserts: ≈ 60 of a
-# 28-purchase group's ≈ 92 pages written were the messages table's (docs/performance.md, "The
+# rows over that second's pages, ≈ 9 rows a page and a split every few inserts: ≈ 77 of a
+# 28-purchase group's ≈ 117 pages written were the messages table's (docs/performance.md, "The
 # messages appended"). Tombstones are rare: they keep the whole row in their key.
 APPENDED = frozenset({"messages"})
 
