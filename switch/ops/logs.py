@@ -18,7 +18,6 @@ import datetime
 import errno
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -28,49 +27,10 @@ from typing import Any, Callable, TextIO
 
 import structlog
 
-from switch.domain import KST, mask_pan
+from switch.domain import KST, SECRET_KEYS, mask_pan, mask_secrets, mask_value  # noqa: F401 (re-exported)
 
-# Keys whose values never reach a log, whatever they hold.
-SECRET_KEYS = frozenset({"pin", "pin_block", "track2", "track_data", "cvv", "cvv2", "key", "keys", "lmk", "pvv",
-                         "components"})  # components: a ZMK's clear key components (eum admin kif-zmk)
-_PAN_LEN_MIN = 13
-_PAN_RE = re.compile(r"(?<!\d)\d{13,19}(?!\d)")
-
-
-def _mask_text(text: str) -> str:
-    return _PAN_RE.sub(lambda m: mask_pan(m.group(0)), text)
-
-
-def mask_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return _mask_text(value) if len(value) >= _PAN_LEN_MIN else value
-    if isinstance(value, dict):
-        return {k: ("[redacted]" if k in SECRET_KEYS else mask_value(v)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [mask_value(v) for v in value]
-    return value
-
-
-def mask_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
-    """Drop secret keys; mask anything that looks like a PAN to first 6 / last 4.
-
-    Any run of 13–19 digits is treated as a PAN: losing such a number from a log is cheaper
-    than leaking a card number. RRNs (12 digits) stay readable. The key `pan` is masked
-    whatever its length.
-    """
-    if not SECRET_KEYS.isdisjoint(event):
-        for key in SECRET_KEYS.intersection(event):
-            del event[key]
-    for key, value in event.items():  # values replaced in place: the dict's size does not change
-        kind = type(value)
-        if kind is str:
-            if key == "pan":
-                event[key] = mask_pan(value)
-            elif len(value) >= _PAN_LEN_MIN:
-                event[key] = _mask_text(value)
-        elif not (kind is int or value is None or kind is bool or kind is float):
-            event[key] = mask_value(value)
-    return event
+# What never reaches a log and how a PAN is masked (SECRET_KEYS, mask_value, mask_secrets):
+# in the compiled switch/domain.py, as every log line and the canonical line pass through them.
 
 
 # JSON lines with ", " and ": " as operators grep them ('"rc": "55"'), one encoder for all
