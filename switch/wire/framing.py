@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from switch.domain import zero_padded
+
 LENGTH_HEADERS = ("binary2", "ascii4", "bcd2")
 TPDU_SIZE = 5
 
@@ -39,7 +41,7 @@ class Framing:
             return n.to_bytes(2, "big")
         if self.length_header == "ascii4":
             return b"%04d" % n
-        return bytes.fromhex(str(n).zfill(4))  # BCD: no format spec (switch/domain.py, zero_padded)
+        return bytes.fromhex(zero_padded(n, 4))  # BCD
 
     def decode_length(self, raw: bytes) -> int:
         if self.length_header == "binary2":
