@@ -610,6 +610,18 @@ def test_visa_pvv_vector() -> None:
     assert cardverify.visa_pvv(K_1234, "112233445566778", "3", "4524", check_digit_included=False) == "4021"
 
 
+def test_a_wrong_pin_with_the_cards_pvv_verifies() -> None:
+    # A PVV has 4 digits, so about 1 wrong PIN in 10,000 yields the card's PVV and verifies,
+    # on any Visa-PVV HSM. The PVK below was found by search (SHA-256 of b"pvk20907", first 16
+    # bytes); tests/test_ledger_properties.py's model asks the HSM whether its wrong PIN is such
+    # a PIN for each example's new PVK.
+    pvk = bytes.fromhex("B28E13176D7C5F545EBA76DE7871AED0")
+    assert cardverify.visa_pvv(pvk, "9410123400000967", "1", "1234") == "1794"
+    assert cardverify.visa_pvv(pvk, "9410123400000967", "1", "9999") == "1794"
+    assert cardverify.verify_visa_pvv(pvk, "9410123400000967", "1", "9999", "1794")
+    assert cardverify.visa_pvv(pvk, "9410123400000967", "1", "1235") != "1794"
+
+
 @pytest.mark.parametrize(
     ("table", "natural", "offset"),
     [

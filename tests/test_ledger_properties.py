@@ -152,6 +152,7 @@ class Card:
     receivable: int = 0
     pin_tries: int = 0
     pin_blocked: bool = False
+    wrong_pin_verifies: bool = False  # WRONG_PIN yields this card's PVV too (`pin_check`)
 
 
 @dataclass
@@ -260,14 +261,18 @@ class Model:
         return None
 
     def pin_check(self, card: Card, pin: str | None) -> str | None:
-        """The PIN verdict when a PIN block is sent: a decline code, or None to go on."""
+        """The PIN verdict when a PIN block is sent: a decline code, or None to go on. A Visa
+        PVV has 4 digits, so some wrong PINs yield the card's PVV and verify, on a real HSM as
+        on hsm_mock: about 1 card in 10,000 for a given wrong PIN.
+        Each example's PVK is generated anew, so WRONG_PIN verifies for some card now and then
+        (`wrong_pin_verifies`, asked of the HSM at issue)."""
         if pin is None:
             return None
         if card.pin_blocked:
             return "75"
         if not card.pin:
             return "55"  # a card without a PIN cannot verify one
-        if pin == PIN:
+        if pin == PIN or (pin == WRONG_PIN and card.wrong_pin_verifies):
             card.pin_tries = 0
             return None
         card.pin_tries += 1
@@ -571,6 +576,10 @@ async def run_sequence(data_dir: Path, hsm_port: int, scenario: str,
         model = Model(clock, merchants)
         for card, (program, member, has_pin, _) in zip(issued, CARDS):
             model.cards.append(Card(card["pan"], env.core.state.card(card["pan"]).id, program, member, has_pin))
+        for card in model.cards:  # each example's PVK is new (the HSM generates it): see `pin_check`
+            if card.pin:
+                pvv = env.core.state.card(card.pan).pvv
+                card.wrong_pin_verifies = await env.core.engine.security.pvv_for(WRONG_PIN, card.pan) == pvv
         await asyncio.gather(*(env.op("card-charge", pan=card.pan, amount=initial)
                                for card, (*_, initial) in zip(model.cards, CARDS)))
         for card, (*_, initial) in zip(model.cards, CARDS):
