@@ -1,13 +1,16 @@
 """The switch's own CPU per message, in process, with no network, fleet or HSM to share the
 machine with: frames go straight into the Processor and answers come straight back.
 
-    python benchmarks/core_bench.py [--base REV ...] [--pure] [--rounds 5] [--messages 4000] [--out-dir DIR]
+    python benchmarks/core_bench.py [--base REV ...] [--pure] [--rounds 5] [--messages 4000]
+                                    [--de7-step-us 0] [--out-dir DIR]
 
 The plain path (security `none`, no HSM): a seeded ledger (`eum admin seed`, 20,000 cards,
 64 terminals), every terminal signed on, then `--messages` purchases of distinct cards and
 STANs, `--concurrency` (32) in flight at a time as a closed-loop fleet would keep them, so
 group commit works as under load. The figure is process CPU (user + system, the writer
-thread included) per answered purchase, after a warm-up pass over the same cards; every
+thread included) per answered purchase, after a warm-up pass over the same cards (every
+request's DE7 the same, or, with --de7-step-us N, advancing N µs a request as a fleet's clock
+would: `DE7_STEP_HELP`); every
 answer must be 00 and the ledger must verify, or the run fails. With --base, each REV is
 checked out into a temporary git worktree (each tree seeds its own ledger, with its own schema) and
 rounds alternate REV…, this tree; medians per
@@ -40,24 +43,42 @@ SETUP = r"""    work = Path(tempfile.mkdtemp(prefix="eum-core-"))
     shutil.copytree(template / "var", work / "var")
     population = json.loads((template / "pop.json").read_text())
     now = datetime.fromisoformat("2025-10-15T12:00:00+09:00")
+    import os as _os
+    from datetime import timedelta as _timedelta
+    de7_step_us = int(_os.environ.get("EUM_BENCH_DE7_STEP_US", "0"))  # --de7-step-us; 0: one DE7 for all
+    sent = [now]  # the DE7 of the request being built
     dialect = load_dialect("default")
     from switch.ops import logs  # as `eum switch` configures them: JSON lines, queued off the hot path
     logs.configure(data_dir=work / "var", name="switch", stream=open(work / "stdout.log", "w"), json_output=True,
                    queued=True)
     async with open_core(work / "var", clock=FixedClock(now)) as core:
         proc = Processor(core.engine, dialect)
-        terminals = [Terminal(t["tid"], t["mid"], now=lambda: now) for t in population["terminals"]]
+        terminals = [Terminal(t["tid"], t["mid"], now=lambda: sent[0]) for t in population["terminals"]]
         cards = [c["pan"] for c in population["cards"]]
         for t in terminals:
             answer = await proc.process(Frame(encode_fields(t.sign_on(), dialect)), "bench")
 """
 
+# --de7-step-us: the requests' DE7 (transmission time) advances this many microseconds a request,
+# as a real fleet's does with the clock (300: ≈ 3,300 requests a DE7 second); 0 (the default, the
+# figures before 2026-11-30's twenty-second session): every request has the same DE7, the most
+# scattered case for a key that begins with DE7 (the messages'). SETUP reads it from
+# $EUM_BENCH_DE7_STEP_US, which each script's flag sets.
+DE7_STEP_HELP = ("the requests' DE7 advances this many µs a request (300: ≈ 3,300 a second, as the clock "
+                 "gives a fleet); 0: one DE7 for all (default)")
+
 # The load of the in-process runs, after SETUP: `frames(n, offset)`, n purchases of distinct
 # cards over the terminals in turn, encoded before any is timed; `drive(batch)`, the batch
 # through the Processor, `concurrency` in flight at a time. benchmarks/wal_pages.py uses it too.
-DRIVE = r"""        def frames(n, offset):
-            return [Frame(encode_fields(terminals[i % len(terminals)].purchase(cards[(offset + i) % len(cards)], 1_000),
-                                        dialect)) for i in range(n)]
+DRIVE = r"""        built = [0]
+        def frames(n, offset):
+            out = []
+            for i in range(n):
+                sent[0] = now + _timedelta(microseconds=de7_step_us * built[0])
+                built[0] += 1
+                out.append(Frame(encode_fields(terminals[i % len(terminals)].purchase(cards[(offset + i) % len(cards)],
+                                                                                      1_000), dialect)))
+            return out
         async def drive(batch):
             sem = asyncio.Semaphore(concurrency)
             async def one(fr):
@@ -139,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--pure", action="store_true",
                     help="also measure this tree with EUM_PURE_PYTHON=1 (its compiled build against its pure Python)")
+    ap.add_argument("--de7-step-us", type=int, default=0, help=DE7_STEP_HELP)
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
+    os.environ["EUM_BENCH_DE7_STEP_US"] = str(args.de7_step_us)
     sys.path.insert(0, str(ROOT))
     from benchmarks.ab import round_order, worktree
     with tempfile.TemporaryDirectory(prefix="eum-core-bench-") as tmp:
@@ -171,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.bench import describe_machine
     result = {"what": "switch CPU us per plain purchase, in process (benchmarks/core_bench.py)",
               "machine": describe_machine(), "this_tree": head, "messages": args.messages, "concurrency": args.concurrency,
-              "loadavg_at_end": os.getloadavg(), "runs": runs, "median": medians}
+              "de7_step_us": args.de7_step_us, "loadavg_at_end": os.getloadavg(), "runs": runs, "median": medians}
     out = Path(args.out_dir) / f"{date.today().isoformat()}-vm-core.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

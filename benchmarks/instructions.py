@@ -1,7 +1,7 @@
 """The plain path's cost in instructions per purchase, counted by valgrind: a figure that
 does not move with the machine's load, so a lever of 1 % can be told from none.
 
-    python benchmarks/instructions.py [--base REV ...] [--messages 2000] [--functions K] [--out-dir DIR]
+    python benchmarks/instructions.py [--base REV ...] [--messages 2000] [--functions K] [--de7-step-us 0] [--out-dir DIR]
 
 core_bench.py's in-process plain path (security `none`, no HSM, 32 in flight, group commit,
 uvloop as `eum switch` runs it) under `valgrind --tool=callgrind`: a warm-up pass of
@@ -55,7 +55,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.core_bench import DRIVE, SETUP  # noqa: E402
+from benchmarks.core_bench import DE7_STEP_HELP, DRIVE, SETUP  # noqa: E402
 
 # Runs inside the tree being measured (PYTHONPATH = that tree), under valgrind: core_bench.py's
 # set-up and load (SETUP, DRIVE), then the warm-up, the counted pass between two dumps, the checks.
@@ -214,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="valgrind runs at a time (the counts do not depend on it)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per tree (to show how closely the count repeats)")
     ap.add_argument("--functions", type=int, default=0, help="also list the K C functions costing most a purchase")
+    ap.add_argument("--de7-step-us", type=int, default=0, help=DE7_STEP_HELP)
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
+    os.environ["EUM_BENCH_DE7_STEP_US"] = str(args.de7_step_us)  # read by SETUP in the measured process
     if args.messages < 1 or args.messages > 20_000:
         raise SystemExit(f"--messages must be 1 to 20000 (the seeded cards), got {args.messages}")
     if shutil.which("valgrind") is None:
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.bench import describe_machine, write_result
     result = {"what": "instructions per warm plain purchase, in process, every thread, user space "
                       "(benchmarks/instructions.py, valgrind callgrind)",
-              "machine": describe_machine(), "this_tree": head, "messages": n, "concurrency": args.concurrency,
+              "machine": describe_machine(), "this_tree": head, "messages": n, "concurrency": args.concurrency, "de7_step_us": args.de7_step_us,
               "runs": runs, "raw": {f"{name} run {r + 1}": v[0] for (name, r), v in counts.items()},
               "functions": functions}
     if args.base:

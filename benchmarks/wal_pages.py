@@ -1,6 +1,6 @@
 """The pages a group commit writes, by the table or index they belong to.
 
-    python benchmarks/wal_pages.py [--base REV ...] [--messages 4000] [--out-dir DIR]
+    python benchmarks/wal_pages.py [--base REV ...] [--messages 4000] [--de7-step-us 0] [--out-dir DIR]
 
 Each page a transaction changes is written whole (4 KiB) to the WAL, and again to the ledger
 file at the next checkpoint, however few of its bytes changed: the writer's system time and
@@ -18,7 +18,10 @@ purchases a commit carries), which the result states.
 
 The fixed clock gives every purchase the same DE7, so the messages' key (DE7 first) sorts
 them by terminal alone: the most scattered case for a key of that table. With the real
-clock, a second's messages share a DE7 and scatter the same way within that second.
+clock, a second's messages share a DE7 and scatter the same way within that second:
+--de7-step-us 300 advances each request's DE7 by 300 µs (≈ 3,300 a DE7 second), which
+2026-11-30's twenty-second session found gives the messages' key index 10.8 pages a commit,
+not the fixed DE7's 26.8 (docs/performance.md, "The messages' keys folded (not kept)").
 Writes <out-dir>/<date>-<host>-wal-pages.json.
 """
 
@@ -39,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.core_bench import DRIVE, SETUP  # noqa: E402
+from benchmarks.core_bench import DE7_STEP_HELP, DRIVE, SETUP  # noqa: E402
 
 WAL_HEADER = 32
 FRAME_HEADER = 24
@@ -149,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", action="append", default=[], help="git revision to compare with (repeatable)")
     ap.add_argument("--messages", type=int, default=4000, help="purchases in the counted pass (and in the warm-up)")
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--de7-step-us", type=int, default=0, help=DE7_STEP_HELP)
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
+    os.environ["EUM_BENCH_DE7_STEP_US"] = str(args.de7_step_us)  # read by SETUP in the measured process
     if args.messages < 1 or args.messages > 20_000:
         raise SystemExit(f"--messages must be 1 to 20000 (the seeded cards), got {args.messages}")
     from benchmarks.ab import worktree
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"what": "WAL pages a group commit writes, by b-tree, in process, plain purchases "
                       "(benchmarks/wal_pages.py)",
               "machine": describe_machine(), "this_tree": head, "messages": args.messages,
-              "concurrency": args.concurrency, "runs": results}
+              "concurrency": args.concurrency, "de7_step_us": args.de7_step_us, "runs": results}
     write_result(result, args.out_dir, "wal-pages")
     return 0
 

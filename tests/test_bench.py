@@ -783,10 +783,13 @@ def test_wal_pages_counts_a_real_plain_run(tmp_path):
     made is one commit in the WAL, the frames by b-tree add up to the frames, and the hot
     tables the plain path appends to are among them."""
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wal_pages.py"), "--messages", "40",
-                           "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+                           "--de7-step-us", "300000", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     (out,) = tmp_path.glob("*-wal-pages.json")
-    run = json.loads(out.read_text())["runs"]["this tree"]
+    result = json.loads(out.read_text())
+    assert result["de7_step_us"] == 300_000  # the requests' DE7 advanced (80 of them: 24 s), all approved
+    run = result["runs"]["this tree"]
     assert run["units"] == 40 and run["commits"] == run["groups"] >= 2
     assert run["page_size"] == 4096
     by_tree = run["frames_per_commit_by_btree"]
