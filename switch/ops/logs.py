@@ -39,26 +39,27 @@ from switch.domain import KST, SECRET_KEYS, mask_pan, mask_secrets, mask_value  
 _render_stdlib = json.JSONEncoder(default=str, ensure_ascii=False).encode
 # orjson writes no spaces, but indented it writes ": " and puts each member on a line of its
 # own; a string never holds a raw newline (JSON escapes it), so every newline and the
-# indentation after it are layout, and joining them back gives the stdlib's text (≈ 2.4 against
+# indentation after it are layout, and joining them back gives the stdlib's text (≈ 1.6 against
 # ≈ 4.5 µs for the canonical line: docs/performance.md, "The log lines rendered by orjson
 # (kept)"). Dataclasses and datetimes go to `default` as with the stdlib (str); what orjson
 # refuses (an int beyond 64 bits, a key that is not a string) is rendered by the stdlib.
 # Floats: the same value; below 1e-4 orjson writes 1.5e-7 and 0.00001 where the stdlib wrote
 # 1.5e-07 and 1e-05, and NaN and the infinities as null (the stdlib wrote NaN, not JSON).
 _ORJSON_LINE = orjson.OPT_INDENT_2 | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
-_MEMBER_BREAK = re.compile(rb",\n *")
-_BREAK = re.compile(rb"\n *")
+_MEMBER_BREAK = re.compile(",\n *")
+_BREAK = re.compile("\n *")
 
 
 def _render(event: dict[str, Any]) -> str:
     try:
-        text = orjson.dumps(event, default=str, option=_ORJSON_LINE)
+        text = orjson.dumps(event, default=str, option=_ORJSON_LINE).decode()
     except TypeError:  # orjson.JSONEncodeError is one
         return _render_stdlib(event)
-    flat = text.replace(b",\n  ", b", ").replace(b"{\n  ", b"{").replace(b"\n}", b"}")  # a flat line
-    if b"\n" in flat:  # a nested object or list: its deeper indentation too
-        flat = _BREAK.sub(b"", _MEMBER_BREAK.sub(b", ", text))
-    return flat.decode()
+    if text.startswith("{\n  ") and text.endswith("\n}"):  # an object of one or more members
+        members = text[4:-2].replace(",\n  ", ", ")
+        if "\n" not in members:  # flat (the canonical line): one replacement
+            return "{" + members + "}"
+    return _BREAK.sub("", _MEMBER_BREAK.sub(", ", text))  # nested: the deeper indentation too
 
 
 _kst_second: tuple[int, str] = (-1, "")  # the last whole second seen and its KST date and time
