@@ -10,7 +10,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 KST = timezone(timedelta(hours=9), "KST")
 
@@ -69,16 +69,26 @@ def in_force_at(items: tuple[T, ...], now: datetime) -> T | None:
 # The period keys and the zero-padded numbers below avoid f-strings with a format spec
 # (`{n:04d}`): compiled by mypyc, each such field is a `str.format` call of its own, ≈ 1,600
 # instructions, and a purchase formatted ≈ 15 of them (docs/performance.md, "Numbers padded
-# without a format spec"). `date.isoformat()` is YYYY-MM-DD, zero-padded, in C.
+# without a format spec"). Nor `date.isoformat()`: C's printf formats it, ≈ 3,100 instructions,
+# six a purchase (docs/performance.md, "Dates without printf (kept)").
+
+TWO_DIGITS: Final = tuple(str(i).zfill(2) for i in range(60))  # "00" … "59": a month, day, hour, minute, second
+
+
+def date_text(local: datetime) -> str:
+    """The date of `local` as `local.date().isoformat()` writes it: YYYY-MM-DD."""
+    return zero_padded(local.year, 4) + "-" + TWO_DIGITS[local.month] + "-" + TWO_DIGITS[local.day]
+
 
 def month_key(now: datetime) -> str:
     """Calendar month in Korea ("2019-07"): cashback tiers count spend per KST month."""
-    return now.astimezone(KST).date().isoformat()[:7]
+    local = now.astimezone(KST)
+    return zero_padded(local.year, 4) + "-" + TWO_DIGITS[local.month]
 
 
 def day_key(now: datetime) -> str:
     """Calendar day in Korea ("2019-07-20"): the daily spending limit counts per KST day."""
-    return now.astimezone(KST).date().isoformat()
+    return date_text(now.astimezone(KST))
 
 
 def zero_padded(n: int, width: int) -> str:

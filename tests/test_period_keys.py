@@ -1,7 +1,7 @@
 """The KST period keys, the zero-padded numbers of the hot path (switch/domain.py) and a
 posting's time (switch/authorize/decide.py `iso`) give the text the formatting they replace
 gave (docs/performance.md, "Numbers padded without a format spec", "A posting's time built
-from its parts"): stored keys (card_day_moves.day, member_month_moves.month), postings.at and
+from its parts", "Dates without printf (kept)"): stored keys (card_day_moves.day, member_month_moves.month), postings.at and
 the RRN and authorization code a terminal prints must not change with how they are built."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from switch.domain import KST, day_key, month_key, zero_padded
+from switch.domain import KST, date_text, day_key, month_key, zero_padded
 from switch.wire.framing import Framing
 
 
@@ -36,6 +36,14 @@ def _old_month(now: datetime) -> str:
 def test_the_period_keys_are_the_kst_day_and_month_as_before(now):
     assert day_key(now) == _old_day(now)
     assert month_key(now) == _old_month(now)
+
+
+def test_date_text_is_the_dates_isoformat_on_every_day_of_four_years_and_at_the_ends():
+    day = datetime(1999, 1, 1, 12, tzinfo=KST)
+    days = [day + timedelta(days=n) for n in range(4 * 366)]  # 1999 to 2002, the leap day of 2000
+    days += [datetime(1, 1, 1, tzinfo=KST), datetime(999, 12, 31, tzinfo=KST), datetime(9999, 12, 31, tzinfo=KST)]
+    assert [date_text(d) for d in days] == [d.date().isoformat() for d in days]
+    assert date_text(datetime(2000, 2, 29, tzinfo=KST)) == "2000-02-29"
 
 
 def test_the_period_keys_of_two_instants_of_one_kst_day():

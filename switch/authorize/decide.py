@@ -22,7 +22,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from switch.domain import KST, Merchant, day_key, luhn_ok, month_key, zero_padded
+from switch.domain import KST, TWO_DIGITS, Merchant, date_text, day_key, luhn_ok, month_key, zero_padded
 from switch.record import Record, replace
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
 from switch.ledger.records import (AutoCharge, Change, CardDayMoved, CardMonthCharged, CardState, ChargeDetail, Entry,
@@ -160,18 +160,15 @@ def _pin_outcome(req: Request, view: View, pin: PinCheck, changes: list[Change])
     raise Decline(Rc.INCORRECT_PIN, f"wrong PIN ({tries} of {PIN_TRIES_MAX})")
 
 
-_TWO_DIGITS = tuple(str(i).zfill(2) for i in range(60))  # an hour, minute or second, zero-padded
-
-
 def iso(now: datetime) -> str:
     """`now` in KST as `isoformat(timespec="microseconds")` writes it (KST's offset is always
-    +09:00): a posting's and a message row's time. Built from the date's isoformat and the
-    time's fields: the whole isoformat, a method call with a keyword, formats the offset
+    +09:00): a posting's and a message row's time. Built from the date's and the time's
+    fields (switch.domain.date_text): the whole isoformat, a method call with a keyword, formats the offset
     through the tzinfo and cost ≈ 1 µs (docs/performance.md, "A posting's time built from its
     parts")."""
     local = now.astimezone(KST)
-    return (local.date().isoformat() + "T" + _TWO_DIGITS[local.hour] + ":" + _TWO_DIGITS[local.minute] + ":"
-            + _TWO_DIGITS[local.second] + "." + zero_padded(local.microsecond, 6) + "+09:00")
+    return (date_text(local) + "T" + TWO_DIGITS[local.hour] + ":" + TWO_DIGITS[local.minute] + ":"
+            + TWO_DIGITS[local.second] + "." + zero_padded(local.microsecond, 6) + "+09:00")
 
 
 def _merge(*entry_lists: list[Entry]) -> tuple[Entry, ...]:
