@@ -119,6 +119,9 @@ def test_balances_roundtrip_de54():
     text = encode_balances(Balances(cash=30000, cashback=1500))
     assert text == "0002410C000000030000" + "0091410C000000001500"
     assert decode_balances(text) == Balances(cash=30000, cashback=1500)
+    # a debit balance: sign D, the amount without its sign, zero-padded to 12 digits
+    assert encode_balances(Balances(cash=-7, cashback=999_999_999_999)) == (
+        "0002410D000000000007" + "0091410C999999999999")
 
 
 def test_response_echoes_only_its_fields():

@@ -13,6 +13,7 @@ import uuid
 
 from hypothesis import given, strategies as st
 
+from switch.ops import logs
 from switch.ops.logs import _render
 
 STDLIB = json.JSONEncoder(default=str, ensure_ascii=False).encode  # the renderer before
@@ -79,3 +80,11 @@ values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=
 @given(st.dictionaries(st.text(max_size=12), values, max_size=8))
 def test_any_line_of_strings_ints_and_nesting_is_the_stdlibs_text(event):
     assert _render(event) == STDLIB(event)
+
+
+def test_a_lines_timestamp_is_kst_with_six_digits_of_microseconds(monkeypatch):
+    for now, text in ((1_700_000_000.5, "2023-11-15T07:13:20.500000+09:00"),
+                      (1_700_000_001.0, "2023-11-15T07:13:21.000000+09:00"),
+                      (1_700_000_001.0625, "2023-11-15T07:13:21.062500+09:00")):
+        monkeypatch.setattr(logs.time, "time", lambda: now)
+        assert logs._now() == text

@@ -76,7 +76,7 @@ def _now() -> str:
     cached = _kst_second  # one read: the flusher thread may replace it meanwhile
     if cached[0] != second:
         cached = _kst_second = (second, datetime.datetime.fromtimestamp(second, KST).strftime("%Y-%m-%dT%H:%M:%S"))
-    return f"{cached[1]}.{int((now - second) * 1_000_000):06d}+09:00"
+    return cached[1] + "." + str(int((now - second) * 1_000_000)).zfill(6) + "+09:00"  # no format() call
 
 
 def _timestamp(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
