@@ -65,6 +65,15 @@ def test_what_orjson_refuses_is_rendered_by_the_stdlib():
     assert _render({"surrogate": "\ud800"}) == STDLIB({"surrogate": "\ud800"})
 
 
+class Fault(enum.Enum):
+    HANG = "hang"
+
+
+def test_a_plain_enum_member_is_written_as_its_value():
+    assert _render({"fault": Fault.HANG}) == '{"fault": "hang"}'
+    assert STDLIB({"fault": Fault.HANG}) == '{"fault": "Fault.HANG"}'
+
+
 def test_small_floats_and_nan_are_written_as_orjson_writes_them():
     assert _render({"v": 1.5e-7, "w": 1e-05, "x": 0.0001}) == '{"v": 1.5e-7, "w": 0.00001, "x": 0.0001}'
     assert STDLIB({"v": 1.5e-7, "w": 1e-05, "x": 0.0001}) == '{"v": 1.5e-07, "w": 1e-05, "x": 0.0001}'

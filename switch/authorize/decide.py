@@ -163,9 +163,9 @@ def _pin_outcome(req: Request, view: View, pin: PinCheck, changes: list[Change])
 def iso(now: datetime) -> str:
     """`now` in KST as `isoformat(timespec="microseconds")` writes it (KST's offset is always
     +09:00): a posting's and a message row's time. Built from the date's and the time's
-    fields (switch.domain.date_text): the whole isoformat, a method call with a keyword, formats the offset
-    through the tzinfo and cost ≈ 1 µs (docs/performance.md, "A posting's time built from its
-    parts")."""
+    fields (switch.domain.date_text): the whole isoformat, a method call with a keyword,
+    formats the offset through the tzinfo and cost ≈ 1 µs (docs/performance.md, "A posting's
+    time built from its parts")."""
     local = now.astimezone(KST)
     return (date_text(local) + "T" + TWO_DIGITS[local.hour] + ":" + TWO_DIGITS[local.minute] + ":"
             + TWO_DIGITS[local.second] + "." + zero_padded(local.microsecond, 6) + "+09:00")

@@ -39,12 +39,14 @@ from switch.domain import KST, SECRET_KEYS, mask_pan, mask_secrets, mask_value  
 _render_stdlib = json.JSONEncoder(default=str, ensure_ascii=False).encode
 # orjson writes no spaces, but indented it writes ": " and puts each member on a line of its
 # own; a string never holds a raw newline (JSON escapes it), so every newline and the
-# indentation after it are layout, and joining them back gives the stdlib's text (≈ 1.6 against
+# indentation after it are layout, and joining them back gives the stdlib's text (≈ 1.9 against
 # ≈ 4.5 µs for the canonical line: docs/performance.md, "The log lines rendered by orjson
 # (kept)"). Dataclasses and datetimes go to `default` as with the stdlib (str); what orjson
-# refuses (an int beyond 64 bits, a key that is not a string) is rendered by the stdlib.
-# Floats: the same value; below 1e-4 orjson writes 1.5e-7 and 0.00001 where the stdlib wrote
-# 1.5e-07 and 1e-05, and NaN and the infinities as null (the stdlib wrote NaN, not JSON).
+# refuses (an int beyond 64 bits, a key that is not a string, a lone surrogate) is rendered
+# by the stdlib. Two differences, in values no line of ours holds: floats below 1e-4 (orjson
+# writes 1.5e-7 and 0.00001 where the stdlib wrote 1.5e-07 and 1e-05; NaN and the infinities
+# as null, where the stdlib wrote NaN, not JSON), and a plain Enum member, written as its
+# value (the stdlib gave `str()` of it, "Fault.HANG"; a str or int Enum is its value in both).
 _ORJSON_LINE = orjson.OPT_INDENT_2 | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 _MEMBER_BREAK = re.compile(",\n *")
 _BREAK = re.compile("\n *")
