@@ -29,7 +29,7 @@ from typing import Any, Callable, TextIO
 import orjson
 import structlog
 
-from switch.domain import KST, SECRET_KEYS, mask_pan, mask_secrets, mask_value  # noqa: F401 (re-exported)
+from switch.domain import KST, SECRET_KEYS, mask_pan, mask_secrets, mask_value, zero_padded  # noqa: F401 (re-exported)
 
 # What never reaches a log and how a PAN is masked (SECRET_KEYS, mask_value, mask_secrets):
 # in the compiled switch/domain.py, as every log line and the canonical line pass through them.
@@ -78,7 +78,7 @@ def _now() -> str:
     cached = _kst_second  # one read: the flusher thread may replace it meanwhile
     if cached[0] != second:
         cached = _kst_second = (second, datetime.datetime.fromtimestamp(second, KST).strftime("%Y-%m-%dT%H:%M:%S"))
-    return cached[1] + "." + str(int((now - second) * 1_000_000)).zfill(6) + "+09:00"  # no format() call
+    return cached[1] + "." + zero_padded(int((now - second) * 1_000_000), 6) + "+09:00"  # no format() call
 
 
 def _timestamp(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:

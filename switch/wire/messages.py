@@ -10,6 +10,7 @@ from enum import Enum
 
 import msgspec
 
+from switch.domain import zero_padded
 from switch.record import Record
 
 
@@ -189,8 +190,8 @@ def encode_balances(b: Balances) -> str:
 
 
 def _balance_entry(amount_type: str, won: int) -> str:
-    sign = "C" if won >= 0 else "D"  # the amount without a format spec: a spec is a format() call (≈ 1,400 instructions)
-    return "00" + amount_type + "410" + sign + str(abs(won)).zfill(12)
+    sign = "C" if won >= 0 else "D"  # no format spec: a spec is a format() call (≈ 1,400 instructions)
+    return "00" + amount_type + "410" + sign + zero_padded(abs(won), 12)
 
 
 def decode_balances(text: str) -> Balances:
