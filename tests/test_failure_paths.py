@@ -185,7 +185,7 @@ class CommitSteps:
 
 
 async def queued(env: SwitchEnv, n: int) -> None:
-    await eventually(lambda: env.core.writer.queue.qsize() == n, what=f"{n} units waiting in the ledger writer's queue")
+    await eventually(lambda: env.core.writer.waiting == n, what=f"{n} units waiting in the ledger writer's queue")
 
 
 async def clients(env: SwitchEnv, n: int) -> list[TerminalClient]:

@@ -86,7 +86,7 @@ async def test_what_queued_during_a_commit_is_the_next_group(tmp_path):
         await groups.wait_held()
         behind = [asyncio.create_task(writer.submit(unit(i))) for i in range(1, 6)]
         await asyncio.sleep(0.05)  # all five are queued (the loop ran them) before the release
-        assert writer.queue.qsize() == 5 and not first.done()
+        assert writer.waiting == 5 and not first.done()
         groups.go.set()
         await asyncio.wait_for(asyncio.gather(first, *behind), HOLD_TIMEOUT_S)
         assert groups.sizes == [1, 5]
@@ -157,4 +157,70 @@ async def test_a_group_waits_no_longer_than_its_window(tmp_path):
         assert (groups.sizes, writer.coming) == ([1], 1)
         writer.withdraw()
     finally:
+        await writer.close()
+
+
+async def held_first(writer: LedgerWriter) -> tuple[Groups, asyncio.Task[None]]:
+    """The writer's first group (unit 0, alone) held at the store."""
+    groups = Groups(writer, hold=0)
+    first = asyncio.create_task(writer.submit(unit(0)))
+    await groups.wait_held()
+    return groups, first
+
+
+async def test_a_group_holds_at_most_batch_size_max_units(tmp_path):
+    """batch_size_max 2: five units queued behind a held commit form groups of 2, 2 and 1,
+    committed in the order they were submitted."""
+    writer = await started(tmp_path, batch_size_max=2)
+    groups, first = await held_first(writer)
+    try:
+        behind = [asyncio.create_task(writer.submit(unit(i))) for i in range(1, 6)]
+        await asyncio.sleep(0.05)
+        assert writer.waiting == 5
+        groups.go.set()
+        await asyncio.wait_for(asyncio.gather(first, *behind), HOLD_TIMEOUT_S)
+        assert (groups.sizes, writer.waiting) == ([1, 2, 2, 1], 0)
+        assert stored(writer.path) == {f"writer-test-{i}": str(i) for i in range(6)}
+    finally:
+        groups.go.set()
+        await writer.close()
+
+
+async def test_a_full_queue_holds_submitters_back_until_the_writer_takes_a_group(tmp_path):
+    """queue_size_max 3: of five units submitted behind a held commit three wait in the
+    queue and two wait for room; once the held group commits, all five are committed."""
+    writer = await started(tmp_path, batch_size_max=3, queue_size_max=3)
+    groups, first = await held_first(writer)
+    try:
+        behind = [asyncio.create_task(writer.submit(unit(i))) for i in range(1, 6)]
+        await asyncio.sleep(0.05)
+        assert (writer.waiting, len(writer._room)) == (3, 2)
+        groups.go.set()
+        await asyncio.wait_for(asyncio.gather(first, *behind), HOLD_TIMEOUT_S)
+        assert (groups.sizes, writer.waiting) == ([1, 3, 2], 0)
+        assert stored(writer.path) == {f"writer-test-{i}": str(i) for i in range(6)}
+    finally:
+        groups.go.set()
+        await writer.close()
+
+
+async def test_a_cancelled_submitter_does_not_cancel_its_group(tmp_path):
+    """Three units share a group behind a held commit; one submitter is cancelled while it
+    waits. The other two return normally once the group commits; the cancelled one gets its
+    CancelledError then (not before: its unit was queued and is committed with the group)."""
+    writer = await started(tmp_path)
+    groups, first = await held_first(writer)
+    try:
+        behind = [asyncio.create_task(writer.submit(unit(i))) for i in range(1, 4)]
+        await asyncio.sleep(0.05)
+        behind[1].cancel()
+        await asyncio.sleep(0.05)
+        assert not behind[1].done()  # settled with its group, not alone
+        groups.go.set()
+        results = await asyncio.wait_for(asyncio.gather(first, *behind, return_exceptions=True), HOLD_TIMEOUT_S)
+        assert [type(r).__name__ for r in results] == ["NoneType", "NoneType", "CancelledError", "NoneType"]
+        assert groups.sizes == [1, 3]
+        assert stored(writer.path) == {f"writer-test-{i}": str(i) for i in range(4)}
+    finally:
+        groups.go.set()
         await writer.close()

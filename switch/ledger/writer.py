@@ -1,8 +1,9 @@
 """The one task that writes the ledger: group commit, one fsync per group.
 
-Many connections feed it through a bounded queue; it commits a group of Commits (typed
-records, switch/ledger/records.py) in one transaction through the store adapter
-(switch/ledger/sqlite.py), then resolves each one's future; only then does a response leave.
+Many connections feed it through a bounded queue of groups; it commits a group of Commits
+(typed records, switch/ledger/records.py) in one transaction through the store adapter
+(switch/ledger/sqlite.py), then resolves the group's one future; only then does a response
+leave.
 
 A group that fails is never retried: its units and the queue behind them are answered 96
 and the hot state is rebuilt from the store (`on_failure`). A full disk (SQLITE_FULL) leaves
@@ -21,6 +22,7 @@ import contextlib
 import datetime
 import sqlite3
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -58,10 +60,30 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+class _Done(asyncio.Future):  # type: ignore[type-arg]
+    """A group's one future, awaited by every unit of the group (`LedgerWriter.submit`). A
+    submitter cancelled while it waits must not cancel the others' outcome, so it refuses
+    cancellation: the cancelled task gets its CancelledError once the group is settled, as
+    `asyncio.shield` would give it at once (its unit is committed either way)."""
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
+
+
+class _Group:
+    """Units committed together, in submission order, and the future they all await."""
+
+    __slots__ = ("units", "done")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.units: list[Commit] = []
+        self.done: asyncio.Future[None] = _Done(loop=loop)
+
+
 class LedgerWriter:
     """The one task that writes the ledger: group commit, one fsync per group.
 
-    `submit` returns a future resolved once the unit is durable (or failed). Limits:
+    `submit` returns once the unit is durable (or raises LedgerUnavailable). Limits:
     `queue_size_max` units waiting, `batch_size_max` units per commit. A group is what queued
     while the last one committed, plus what the loop's current pass adds, plus the units
     announced as coming (`expect`: the engine's requests already decided, whose response is
@@ -70,6 +92,11 @@ class LedgerWriter:
     lone request at once, and a busy one does not commit a group of one just before the next
     decided request would have joined it (PostgreSQL's commit_delay with commit_siblings, made
     exact: we know who is coming).
+
+    The hand-off is per group, not per unit: a unit is appended to the group being formed (the
+    last of `_groups`, a new one when there is none or it is full) and awaits that group's one
+    future, which the writer settles once for all of them. Groups commit in the order they
+    were formed, so a unit submitted after another is committed with it or after it.
     """
 
     def __init__(
@@ -88,7 +115,11 @@ class LedgerWriter:
         self.path = path
         self.batch_size_max = batch_size_max
         self.commit_interval_s_max = commit_interval_ms_max / 1000
-        self.queue: asyncio.Queue[tuple[Commit, asyncio.Future[None]]] = asyncio.Queue(queue_size_max)
+        self.queue_size_max = queue_size_max
+        self._groups: deque[_Group] = deque()  # formed, not yet taken by the writer; the last one open
+        self.waiting = 0  # units in _groups
+        self._wake: asyncio.Future[None] | None = None  # the writer waits on it for a first unit
+        self._room: list[asyncio.Future[None]] = []  # submitters waiting for waiting < queue_size_max
         # SQLite: a connection used on the writer thread. PostgreSQL: an asyncpg connection on
         # the loop (switch/ledger/postgres.py, PgCommitter), opened by `open`.
         self._pg: Any = None
@@ -167,43 +198,67 @@ class LedgerWriter:
             self._arrival.set_result(None)
 
     async def submit(self, unit: Commit, *, expected: bool = False) -> None:
-        """expected: this unit was announced with `expect`."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """expected: this unit was announced with `expect`. Returns once the unit's group is
+        durable; raises LedgerUnavailable when it failed."""
         if expected:
             self.coming -= 1
-        await self.queue.put((unit, fut))
+        while self.waiting >= self.queue_size_max:  # back-pressure: wait until the writer takes a group
+            room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._room.append(room)
+            await room
+        groups = self._groups
+        if groups and len(groups[-1].units) < self.batch_size_max:
+            group = groups[-1]
+        else:
+            group = _Group(asyncio.get_running_loop())
+            groups.append(group)
+        group.units.append(unit)
+        self.waiting += 1
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
         self._arrived()
-        await fut
+        await group.done
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        groups = self._groups
         while True:
-            first = await self.queue.get()
+            if not groups:
+                self._wake = loop.create_future()
+                try:
+                    await self._wake
+                finally:
+                    self._wake = None
+                continue
             self._busy = True
-            batch = [first]
+            group = groups[0]
             try:
-                batch = await self._collect(first)
-                await self._commit(batch)
+                await self._collect(group)
+                self._take(group)
+                await self._commit(group)
             except Exception as exc:  # our bug: this group is answered 96, the writer lives on
-                log.exception("ledger_writer_failed", units=len(batch), error=type(exc).__name__)
-                for _, f in batch:
-                    if not f.done():
-                        f.set_exception(LedgerUnavailable("ledger writer failed"))
+                log.exception("ledger_writer_failed", units=len(group.units), error=type(exc).__name__)
+                if groups and groups[0] is group:
+                    self._take(group)
+                if not group.done.done():
+                    group.done.set_exception(LedgerUnavailable("ledger writer failed"))
             finally:
                 self._busy = False
 
-    async def _collect(self, first: tuple[Commit, asyncio.Future[None]]) -> list[tuple[Commit, asyncio.Future[None]]]:
-        """A group: what is queued now and what the loop's current pass adds (one yield); then,
-        while there is room and units are coming (`expect`), what arrives within
-        commit_interval_ms_max of the writer taking the first."""
-        batch = [first]
-        self._drain_into(batch)
+    async def _collect(self, group: _Group) -> None:
+        """The group being formed stays open while the writer lingers: what the loop's current
+        pass adds joins it (one yield); then, while there is room and units are coming
+        (`expect`), what arrives within commit_interval_ms_max of the writer taking it."""
+        if len(self._groups) > 1:  # full: later units have a group of their own
+            return
         await asyncio.sleep(0)
-        self._drain_into(batch)
-        if self.coming <= 0 or len(batch) >= self.batch_size_max or self.commit_interval_s_max <= 0:
-            return batch
+        units = group.units
+        if self.coming <= 0 or len(units) >= self.batch_size_max or self.commit_interval_s_max <= 0:
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.commit_interval_s_max
-        while self.coming > 0 and len(batch) < self.batch_size_max:
+        while self.coming > 0 and len(units) < self.batch_size_max:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -214,19 +269,19 @@ class LedgerWriter:
             finally:
                 timer.cancel()
                 self._arrival = None
-            self._drain_into(batch)
-        return batch
 
-    def _drain_into(self, batch: list[tuple[Commit, asyncio.Future[None]]]) -> None:
-        while len(batch) < self.batch_size_max:
-            try:
-                batch.append(self.queue.get_nowait())
-            except asyncio.QueueEmpty:
-                return
+    def _take(self, group: _Group) -> None:
+        """The group leaves the queue (closed: a unit submitted from now on forms the next)."""
+        self._groups.popleft()
+        self.waiting -= len(group.units)
+        room, self._room = self._room, []
+        for fut in room:
+            if not fut.done():
+                fut.set_result(None)
 
-    async def _commit(self, batch: list[tuple[Commit, asyncio.Future[None]]]) -> None:
+    async def _commit(self, group: _Group) -> None:
         loop = asyncio.get_running_loop()
-        units = [u for u, _ in batch]
+        units = group.units
         started = time.perf_counter()
         try:
             if self._pg is not None:
@@ -234,7 +289,7 @@ class LedgerWriter:
             else:
                 await loop.run_in_executor(self._pool, self._write_group, units)
         except Exception as exc:  # disk full, I/O error, or our bug: nobody gets approved
-            self._failed(batch, exc)
+            self._failed(group, exc)
             return
         if self.failed_groups:
             log.warning("ledger_commit_recovered", failed_groups=self.failed_groups, reopens=self.reopens)
@@ -243,35 +298,33 @@ class LedgerWriter:
         self.units += len(units)
         if any(u.events for u in units):
             self.events_committed.set()
-        for _, f in batch:
-            if not f.done():
-                f.set_result(None)
+        group.done.set_result(None)
         elapsed_ms = (time.perf_counter() - started) * 1000
         if self.on_commit is not None:
             self.on_commit(len(units), elapsed_ms)
         if elapsed_ms > 100:
             log.warning("ledger_commit_slow", units=len(units), commit_ms=round(elapsed_ms, 1))
 
-    def _failed(self, batch: list[tuple[Commit, asyncio.Future[None]]], exc: Exception) -> None:
+    def _failed(self, group: _Group, exc: Exception) -> None:
         """Answer the group and everything queued behind it 96 (decided on state that is now
         void) and rebuild the hot state. After an I/O error the writer thread has already
         reopened the store and fenced the group (`_restart`), so a 96 is final."""
         self.failed_groups += 1
         self.failed_groups_total += 1
-        log.error("ledger_commit_failed", units=len(batch), error=type(exc).__name__,
+        log.error("ledger_commit_failed", units=len(group.units), error=type(exc).__name__,
                   code=getattr(exc, "sqlite_errorname", "") or getattr(exc, "sqlstate", "") or "", detail=str(exc))
         restart, self._restart = self._restart, None
         if restart is not None:
             detail = {"error": restart.error} if restart.error else {}
             log.warning("ledger_store_reopened", reopened=restart.reopened, fenced=restart.fenced,
                         cause=getattr(exc, "sqlite_errorname", ""), **detail)
-        failed = [f for _, f in batch]
-        while not self.queue.empty():
-            _, f = self.queue.get_nowait()
-            failed.append(f)
-        for f in failed:
-            if not f.done():
-                f.set_exception(LedgerUnavailable("ledger commit failed"))
+        failed = [group]
+        while self._groups:
+            behind = self._groups[0]
+            self._take(behind)
+            failed.append(behind)
+        for g in failed:
+            g.done.set_exception(LedgerUnavailable("ledger commit failed"))
         if self.on_failure is not None:
             try:
                 self.on_failure()
@@ -318,7 +371,7 @@ class LedgerWriter:
 
     async def drain(self) -> None:
         """Wait until every queued unit is committed (graceful shutdown)."""
-        while not self.queue.empty() or self._busy:
+        while self._groups or self._busy:
             await asyncio.sleep(max(self.commit_interval_s_max, 0.001))
 
     async def close(self) -> None:

@@ -379,7 +379,7 @@ class SwitchMetrics:
                     [((), w.failed_groups)])
         yield counter("eum_ledger_store_reopens", "ledger connections reopened after an I/O error", (),
                       [((), w.reopens)])
-        yield gauge("eum_ledger_queue", "units waiting for the writer", (), [((), w.queue.qsize())])
+        yield gauge("eum_ledger_queue", "units waiting for the writer", (), [((), w.waiting)])
         yield histogram("eum_ledger_group_size", "units per group commit", (), [((), self.group_sizes)])
         yield histogram("eum_ledger_commit_duration_seconds", "one group commit, transaction and fsync", (),
                         [((), self.commit_us)], unit=1e6)
