@@ -33,7 +33,8 @@ from switch.ledger.records import (AutoCharge, Change, CardDayMoved, CardMonthCh
 from switch.rules.cashback import clawback, proportional, quote_cashback
 from switch.rules.fees import quote_fee
 from switch.rules.policy import BANK_CHANNEL, CARDHOLDER, TERMINAL, Limits, Rules
-from switch.wire.messages import RESPONSE_MTI, Balances, Kind, Rc, Request, Response
+from switch.wire.messages import (KIND_BALANCE, KIND_COMPLETION, KIND_DEPOSIT, KIND_PREAUTH, KIND_PURCHASE, KIND_REFUND,
+                                   KIND_REVERSAL, RC_APPROVED, RESPONSE_MTI, Balances, Rc, Request, Response)
 
 PIN_TRIES_MAX = 3
 # A late original after its reversal: declined with this code and not posted.
@@ -126,9 +127,9 @@ def decide(req: Request, fields: dict[str, str], view: View, rules: Rules, now: 
     too: one formatting a purchase, not two); computed here otherwise."""
     pin_changes: list[Change] = []
     try:
-        if req.kind is not Kind.REVERSAL and view.tombstoned(req.key):
+        if req.kind is not KIND_REVERSAL and view.tombstoned(req.key):
             raise Decline(RC_REVERSED_BEFORE_ARRIVAL, "reversed before it arrived")
-        if req.pin_block and req.kind is not Kind.REVERSAL:
+        if req.pin_block and req.kind is not KIND_REVERSAL:
             _pin_outcome(req, view, pin, pin_changes)
         return _Deciding(req, fields, view, rules, now, tuple(pin_changes), at).dispatch()
     except Decline as d:
@@ -229,18 +230,18 @@ class _Deciding:
 
     def dispatch(self) -> Decision:
         kind = self.req.kind
-        if kind is Kind.PURCHASE:
+        if kind is KIND_PURCHASE:
             return self._purchase()
-        if kind is Kind.REFUND:
+        if kind is KIND_REFUND:
             return self._refund()
-        if kind is Kind.BALANCE:
+        if kind is KIND_BALANCE:
             card = _Card(self._card())
             return self._decision(response(self.req, self.fields, Rc.APPROVED, balances=card.balances()))
-        if kind is Kind.PREAUTH:
+        if kind is KIND_PREAUTH:
             return self._preauth()
-        if kind is Kind.COMPLETION:
+        if kind is KIND_COMPLETION:
             return self._completion()
-        if kind is Kind.DEPOSIT:
+        if kind is KIND_DEPOSIT:
             return self._deposit()
         return self._reversal()
 
@@ -375,7 +376,7 @@ class _Deciding:
                                        CardDayMoved(state.id, day, amount))
         if hold is not None:
             changes = (PostingUndone(hold.id, hold.remaining), *changes)
-        resp = response(req, self.fields, Rc.APPROVED, rrn=rrn, auth_code=zero_padded(pid % 1_000_000, 6),
+        resp = response(req, self.fields, RC_APPROVED, rrn=rrn, auth_code=zero_padded(pid % 1_000_000, 6),
                         balances=card.balances())
         return self._decision(resp, posting=posting, changes=changes, card=card, fee=fee.fee, cashback=cb.total)
 

@@ -39,7 +39,7 @@ from switch.ledger.store import LedgerUnavailable
 from switch.ledger.writer import LedgerWriter
 from switch.rules.policy import Rules
 from switch.wire.codec import Dialect, mac_location, mac_span, response_fields
-from switch.wire.messages import Kind, Rc, Request
+from switch.wire.messages import KIND_NETWORK, KIND_REVERSAL, Rc, Request
 
 log = structlog.get_logger()
 
@@ -202,7 +202,7 @@ class Engine:
         """`a` builds the answer's bytes in the connection's dialect (switch/authorize/answer.py).
         trusted: sent by another instance of the cluster, which checked the terminal's sign-on
         (switch/ops/cluster.py)."""
-        if req.kind is Kind.NETWORK:
+        if req.kind is KIND_NETWORK:
             rc, note = self._network(req)
             if self.signons is not None and rc is Rc.APPROVED and req.network_code in ("001", "002"):
                 await self.signons.record(req.terminal, req.network_code == "001")
@@ -299,12 +299,12 @@ class Engine:
         pin = None
         if checked is not None and pin_needs_hsm(card):  # verified with the MAC (GQ), for this card
             pin = checked
-        elif req.pin_block and req.kind is not Kind.REVERSAL and pin_needs_hsm(card):
+        elif req.pin_block and req.kind is not KIND_REVERSAL and pin_needs_hsm(card):
             keys = TerminalKeys(terminal.security, terminal.key_lmk, terminal.ksn_initial)
             refused, pin = await self._pin_verdict(keys, req, card.pvv)
             if refused is not None:
                 return await self._unstored(a, req, fields, *refused, sign)
-        if req.kind is Kind.REVERSAL:  # reverse only what is settled
+        if req.kind is KIND_REVERSAL:  # reverse only what is settled
             original_key = req.original_key
             if original_key in self.pending:
                 await self.pending.wait(original_key)
@@ -431,7 +431,7 @@ class Engine:
         """The card whose PIN the HSM checks with the request's MAC (GQ), or None: a TDES-DUKPT
         request with a PIN block, not a reversal, for a card the PIN is worth checking for."""
         security = self.security
-        if (keys.profile != "dukpt-tdes" or not req.pin_block or req.kind is Kind.REVERSAL or not req.pan
+        if (keys.profile != "dukpt-tdes" or not req.pin_block or req.kind is KIND_REVERSAL or not req.pan
                 or security is None or not security.combined_pin_check):
             return None
         card = self.state.load_card_for(req.pan, self.clock.now())

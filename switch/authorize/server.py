@@ -37,7 +37,7 @@ from switch.authorize.answer import Answerer
 from switch.authorize.engine import Engine
 from switch.wire.framing import Frame, FrameBuffer, FramingError, frame, swap_tpdu
 from switch.authorize.fairness import ProgramGate, ProgramLimits
-from switch.wire.messages import RESPONSE_MTI, FieldError, Kind, Rc
+from switch.wire.messages import KIND_NETWORK, KIND_REVERSAL, RESPONSE_MTI, FieldError, Rc
 from switch.ops.operations import OperationError, Operations
 
 log = structlog.get_logger()
@@ -164,7 +164,7 @@ class Processor:
     def _gated_program(self, req: Any) -> str | None:
         """The program whose slot a request takes (switch/authorize/fairness.py): financial requests but
         reversals, by BIN; None for network messages, reversals and PANs of no program."""
-        if not req.pan or req.kind is Kind.REVERSAL:
+        if not req.pan or req.kind is KIND_REVERSAL:
             return None
         program = self.engine.rules.program_for_pan(req.pan)
         return None if program is None else program.id
@@ -188,7 +188,7 @@ class Processor:
         line["amount"] = req.amount
         if req.pan:
             line["pan"] = mask_pan(req.pan)
-        if self.router is not None and req.pan and req.kind is not Kind.NETWORK:
+        if self.router is not None and req.pan and req.kind is not KIND_NETWORK:
             routed = await self._route(req, fields, fr, line)
             if routed is not None:
                 return routed

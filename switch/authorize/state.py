@@ -32,7 +32,7 @@ from switch.ledger.records import (AUTO_CHARGE_META, AutoCharge, CardDayMoved, C
 from switch.authorize.seen import SeenKeys
 from switch.ledger.sqlite import SqliteReader
 from switch.record import replace
-from switch.wire.messages import Kind, Request
+from switch.wire.messages import KIND_COMPLETION, KIND_DEPOSIT, KIND_PURCHASE, KIND_REVERSAL, Request
 
 
 TOMBSTONES_CAPACITY_MIN = 65_536  # the tombstones' filter starts at 80 KiB
@@ -563,9 +563,9 @@ class HotState:
         if card is not None:
             self.load_member_month(card.member, month_key(now))
             self.load_card_day(card.id, day_key(now))
-            if req.kind is Kind.DEPOSIT or (req.kind is Kind.PURCHASE and card.id in self.auto_charges):
+            if req.kind is KIND_DEPOSIT or (req.kind is KIND_PURCHASE and card.id in self.auto_charges):
                 self.load_card_month_charged(card.id, month_key(now))
-        if req.kind is Kind.REVERSAL:
+        if req.kind is KIND_REVERSAL:
             original = self.load_message(req.original_key)
             if original is not None and original.posting_id is not None:
                 self._load_undo_chain(original.posting_id)
@@ -578,7 +578,7 @@ class HotState:
                 p = self.load_posting_by_rrn(req.rrn)
                 if p is not None:
                     self._load_undo_chain(p.id)
-            if req.kind is Kind.COMPLETION:  # DE90: the pre-authorization it completes
+            if req.kind is KIND_COMPLETION:  # DE90: the pre-authorization it completes
                 self.load_message(req.original_key)
 
     def _load_undo_chain(self, posting_id: int) -> None:

@@ -41,7 +41,13 @@ from switch.wire.messages import (
     REPEAT_OF,
     Balances,
     FieldError,
-    Kind,
+    KIND_BALANCE,
+    KIND_COMPLETION,
+    KIND_NETWORK,
+    KIND_PREAUTH,
+    KIND_PURCHASE,
+    KIND_REFUND,
+    KIND_REVERSAL,
     OriginalData,
     Rc,
     Request,
@@ -624,21 +630,21 @@ def parse_request(fields: dict[str, str]) -> Request:
         code = _digits(fields, "70", size=3)
         if code not in NETWORK_CODES:
             raise FieldError("70", f"network code {code} not supported", rc=Rc.INVALID_TRANSACTION)
-        return Request(kind=Kind.NETWORK, network_code=code, **_common(fields), **base)
+        return Request(kind=KIND_NETWORK, network_code=code, **_common(fields), **base)
     common = _common(fields)
     pcode = _digits(fields, "3", size=6)
     kind = (AUTHORIZATION_KINDS if mti.startswith("01") else PROCESSING_KINDS).get(pcode[:2])
     if mti.startswith("022"):
-        if kind is not Kind.PURCHASE:
+        if kind is not KIND_PURCHASE:
             raise FieldError("3", "a completion (0220) is processing code 00", rc=Rc.INVALID_TRANSACTION)
-        kind = Kind.COMPLETION
+        kind = KIND_COMPLETION
     if kind is None:
         raise FieldError("3", f"processing code {pcode[:2]} not supported", rc=Rc.INVALID_TRANSACTION)
     pan, expiry = _pan_expiry(fields)
     currency = _digits(fields, "49", size=3)
     if currency != "410":
         raise FieldError("49", "currency is not KRW (410)", rc=Rc.INVALID_AMOUNT)
-    amount = _amount(fields) if (kind is not Kind.BALANCE or "4" in fields) else 0
+    amount = _amount(fields) if (kind is not KIND_BALANCE or "4" in fields) else 0
     extra: dict[str, Any] = {
         "processing_code": pcode,
         "pan": pan,
@@ -652,14 +658,14 @@ def parse_request(fields: dict[str, str]) -> Request:
         "pin_block": fields.get("52", ""),
         "ksn": _ksn(fields),
     }
-    if kind is Kind.COMPLETION:  # quotes its pre-authorization: the RRN its 0110 returned, and DE90
+    if kind is KIND_COMPLETION:  # quotes its pre-authorization: the RRN its 0110 returned, and DE90
         extra["rrn"] = _text(fields, "37")
         return Request(kind=kind, original=_original(fields), **common, **extra, **base)
     if mti[:2] in ("01", "02"):
-        if kind is Kind.REFUND or (kind is Kind.PREAUTH and fields.get("37")):  # an incremental one: DE37
+        if kind is KIND_REFUND or (kind is KIND_PREAUTH and fields.get("37")):  # an incremental one: DE37
             extra["rrn"] = _text(fields, "37")
         return Request(kind=kind, **common, **extra, **base)
-    if kind is Kind.BALANCE:
+    if kind is KIND_BALANCE:
         raise FieldError("3", "a balance inquiry cannot be reversed", rc=Rc.INVALID_TRANSACTION)
     original = _original(fields)
     replacement = None
@@ -668,7 +674,7 @@ def parse_request(fields: dict[str, str]) -> Request:
         if len(de95) != 42 or not de95[:12].isdigit():
             raise FieldError("95", "replacement amount not numeric")
         replacement = int(de95[:12])
-    return Request(kind=Kind.REVERSAL, original=original, replacement_amount=replacement,
+    return Request(kind=KIND_REVERSAL, original=original, replacement_amount=replacement,
                    **common, **extra, **base)
 
 
