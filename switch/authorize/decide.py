@@ -249,14 +249,16 @@ class _Deciding:
 
     def _card(self) -> CardState:
         req = self.req
-        if not luhn_ok(req.pan):  # a mistyped number: every issued PAN ends in its Luhn digit
+        pan, expiry = req.pan, req.expiry  # each read once (a Struct's field: a generic lookup)
+        if not luhn_ok(pan):  # a mistyped number: every issued PAN ends in its Luhn digit
             raise Decline(Rc.UNKNOWN_CARD, "PAN check digit is wrong")
-        card = self.view.card(req.pan)
+        card = self.view.card(pan)
         if card is None:
             raise Decline(Rc.UNKNOWN_CARD, "card unknown")
-        if req.expiry and req.expiry != card.expiry:
+        card_expiry = card.expiry
+        if expiry and expiry != card_expiry:
             raise Decline(Rc.UNKNOWN_CARD, "expiry does not match the card")
-        if expired(card.expiry, self.now):
+        if expired(card_expiry, self.now):
             raise Decline(Rc.EXPIRED_CARD, "card expired")
         if card.status != "active":
             raise Decline(Rc.CARD_BLOCKED, f"card {card.status}")
@@ -344,9 +346,13 @@ class _Deciding:
         A completion's sale first releases its hold into cash (`hold`), in the same posting."""
         req, view, now = self.req, self.view, self.now
         day, month = day_key(now), month_key(now)
-        fee = quote_fee(self.rules.fees, merchant=merchant, card_program=state.program, amount=amount, now=now)
-        cb = quote_cashback(self.rules.cashback, card_program=state.program, merchant=merchant, amount=amount,
-                            month_spend=view.member_month(state.member, month), now=now)
+        # each record's field read once (compiled, a Struct's field costs a generic attribute
+        # lookup a read: docs/performance.md, "Fields read once (kept)")
+        program, member, mid = state.program, state.member, merchant.mid
+        fee = quote_fee(self.rules.fees, merchant=merchant, card_program=program, amount=amount, now=now)
+        cb = quote_cashback(self.rules.cashback, card_program=program, merchant=merchant, amount=amount,
+                            month_spend=view.member_month(member, month), now=now)
+        fee_won, support, by_funder, cb_total, eligible = fee.fee, fee.support, cb.by_funder, cb.total, cb.eligible
         cash_acc, cb_acc, _ = state.accounts()
         released: list[Entry] = []
         if hold is not None:
@@ -355,30 +361,30 @@ class _Deciding:
         cb_used = min(card.cashback, amount)
         cash_used = amount - cb_used
         pid = view.next_posting_id + self.pid_offset
-        payable = f"merchant:{merchant.mid}:payable"
+        payable = f"merchant:{mid}:payable"
         entries = _merge(
             released,
-            [(cb_acc, -cb_used), (cash_acc, -cash_used), (payable, amount), (payable, -fee.fee), ("fee_income", fee.fee)],
-            [(payable, s) for _, s in fee.support] + [(f"fee_subsidy:{f}", -s) for f, s in fee.support],
-            [(f"cashback_expense:{f}", -c) for f, c in cb.by_funder] + [(cb_acc, cb.total)],
+            [(cb_acc, -cb_used), (cash_acc, -cash_used), (payable, amount), (payable, -fee_won), ("fee_income", fee_won)],
+            [(payable, s) for _, s in support] + [(f"fee_subsidy:{f}", -s) for f, s in support],
+            [(f"cashback_expense:{f}", -c) for f, c in by_funder] + [(cb_acc, cb_total)],
         )
-        card.cashback += cb.total - cb_used
+        card.cashback += cb_total - cb_used
         card.cash -= cash_used
-        detail = PurchaseDetail(member=state.member, month=month, day=day, cb_used=cb_used, cash_used=cash_used,
-                                fee=fee.fee, fee_tier=fee.tier, rate_bp=fee.rate_bp, support=tuple(fee.support),
-                                cashback=tuple(cb.by_funder), eligible=cb.eligible, policy=cb.policy_id)
+        detail = PurchaseDetail(member=member, month=month, day=day, cb_used=cb_used, cash_used=cash_used,
+                                fee=fee_won, fee_tier=fee.tier, rate_bp=fee.rate_bp, support=tuple(support),
+                                cashback=tuple(by_funder), eligible=eligible, policy=cb.policy_id)
         rrn = zero_padded(pid, 12)
-        posting = Posting(id=pid, kind="purchase", at=self.at, amount=amount, entries=entries, card_id=state.id,
-                          mid=merchant.mid, tid=req.terminal, stan=req.stan, rrn=rrn, fee=fee.fee,
-                          support=fee.support_total, cashback=cb.total,
+        card_id = state.id
+        posting = Posting(id=pid, kind="purchase", at=self.at, amount=amount, entries=entries, card_id=card_id,
+                          mid=mid, tid=req.terminal, stan=req.stan, rrn=rrn, fee=fee_won,
+                          support=fee.support_total, cashback=cb_total,
                           original_id=hold.id if hold is not None else None, detail=detail)
-        changes: tuple[Change, ...] = (MemberMonthMoved(state.member, month, cb.eligible),
-                                       CardDayMoved(state.id, day, amount))
+        changes: tuple[Change, ...] = (MemberMonthMoved(member, month, eligible), CardDayMoved(card_id, day, amount))
         if hold is not None:
             changes = (PostingUndone(hold.id, hold.remaining), *changes)
         resp = response(req, self.fields, RC_APPROVED, rrn=rrn, auth_code=zero_padded(pid % 1_000_000, 6),
                         balances=card.balances())
-        return self._decision(resp, posting=posting, changes=changes, card=card, fee=fee.fee, cashback=cb.total)
+        return self._decision(resp, posting=posting, changes=changes, card=card, fee=fee_won, cashback=cb_total)
 
     # ------------------------------------------------------------------ charge on the wire
 
@@ -665,9 +671,10 @@ class _Deciding:
                   card: _Card | None = None, note: str = "", fee: int = 0, cashback: int = 0) -> Decision:
         if posting is None:
             return Decision(resp, changes=self.pin_changes + changes, note=note)
-        assert posting.imbalance() == 0, f"posting {posting.id} does not balance: {posting.imbalance()}"
-        assert card is not None, f"posting {posting.id} names its card"
-        kept = PostingState(posting.id, posting.kind, posting.card_id, posting.mid, posting.amount, 0, posting.at,
+        pid = posting.id
+        assert posting.imbalance() == 0, f"posting {pid} does not balance: {posting.imbalance()}"
+        assert card is not None, f"posting {pid} names its card"
+        kept = PostingState(pid, posting.kind, posting.card_id, posting.mid, posting.amount, 0, posting.at,
                             posting.rrn, posting.original_id, posting.detail)
         return Decision(resp, posting=posting, changes=self.pin_changes + changes, cards=(card.change(),),
                         postings=(kept,), events=self._events(posting, card), note=note, fee=fee,
@@ -676,13 +683,15 @@ class _Deciding:
     def _events(self, posting: Posting, card: _Card) -> tuple[OutboxEvent, ...]:
         """The posting's events (docs/events.md), told from its own entries and the card's
         balances after it; they commit with the posting or not at all."""
-        merchant = self.view.merchant(posting.mid) if posting.mid else None
+        mid = posting.mid
+        merchant = self.view.merchant(mid) if mid else None
         s = card.state
+        req = self.req
         facts = PostingFacts(
             posting_id=posting.id, kind=posting.kind, at=posting.at, amount=posting.amount, entries=posting.entries,
             card=CardFacts(s.program, s.member, s.pan, card.cash, card.cashback, card.receivable),
-            rrn=posting.rrn, merchant=posting.mid.strip() if posting.mid else None,
-            district=merchant.district if merchant else None, terminal=self.req.terminal, stan=self.req.stan,
+            rrn=posting.rrn, merchant=mid.strip() if mid else None,
+            district=merchant.district if merchant else None, terminal=req.terminal, stan=req.stan,
             original_posting_id=posting.original_id, extra=hold_facts(posting))
         return tuple(posting_events(self.view.ledger_id, facts))
 

@@ -557,15 +557,17 @@ class HotState:
         """Load every row the decision on `req` at `now` may read, so that deciding reads
         memory only (switch/authorize/decide.py, View)."""
         self.clock_s = now.timestamp()
-        card = self.load_card_for(req.pan, now) if req.pan else None
-        if req.merchant:
-            self.load_merchant(req.merchant)
+        pan, merchant, kind = req.pan, req.merchant, req.kind  # each read once (a Struct's field: a generic lookup)
+        card = self.load_card_for(pan, now) if pan else None
+        if merchant:
+            self.load_merchant(merchant)
         if card is not None:
+            card_id = card.id
             self.load_member_month(card.member, month_key(now))
-            self.load_card_day(card.id, day_key(now))
-            if req.kind is KIND_DEPOSIT or (req.kind is KIND_PURCHASE and card.id in self.auto_charges):
-                self.load_card_month_charged(card.id, month_key(now))
-        if req.kind is KIND_REVERSAL:
+            self.load_card_day(card_id, day_key(now))
+            if kind is KIND_DEPOSIT or (kind is KIND_PURCHASE and card_id in self.auto_charges):
+                self.load_card_month_charged(card_id, month_key(now))
+        if kind is KIND_REVERSAL:
             original = self.load_message(req.original_key)
             if original is not None and original.posting_id is not None:
                 self._load_undo_chain(original.posting_id)
@@ -574,11 +576,12 @@ class HotState:
                     self.load_posting_by_rrn(p.rrn)
         else:
             self.load_tombstone(req.key)
-            if req.rrn:  # a refund's purchase, the hold an incremental authorization or a completion quotes
-                p = self.load_posting_by_rrn(req.rrn)
+            rrn = req.rrn
+            if rrn:  # a refund's purchase, the hold an incremental authorization or a completion quotes
+                p = self.load_posting_by_rrn(rrn)
                 if p is not None:
                     self._load_undo_chain(p.id)
-            if req.kind is KIND_COMPLETION:  # DE90: the pre-authorization it completes
+            if kind is KIND_COMPLETION:  # DE90: the pre-authorization it completes
                 self.load_message(req.original_key)
 
     def _load_undo_chain(self, posting_id: int) -> None:
@@ -687,9 +690,10 @@ class HotState:
         oldest (the store has them, as committed: the cache never holds an uncommitted
         change). The postings of a hold's chain share its RRN: the RRN names the latest, so
         only the latest is indexed by it (by_rrn: the caller knows `p` is the latest)."""
-        self.postings[p.id] = p
-        if by_rrn and p.rrn and p.kind in ("purchase", "hold") and self.rrns.get(p.rrn, -1) < p.id:
-            self.rrns[p.rrn] = p.id
+        pid, rrn = p.id, p.rrn  # each read once (a record's field: a generic lookup)
+        self.postings[pid] = p
+        if by_rrn and rrn and p.kind in ("purchase", "hold") and self.rrns.get(rrn, -1) < pid:
+            self.rrns[rrn] = pid
         while len(self.postings) > self.postings_max:
             old_id, old = self.postings.popitem(last=False)
             if old.rrn and self.rrns.get(old.rrn) == old_id:
@@ -705,9 +709,9 @@ class HotState:
     def remember_message(self, m: MessageOutcome) -> None:
         """Cache a committed outcome; beyond messages_max, or older than messages_age_s,
         forget the oldest (the store has them)."""
-        messages = self.messages
-        messages[m.key] = (m, self.clock_s)
-        messages.move_to_end(m.key)
+        messages, key = self.messages, m.key
+        messages[key] = (m, self.clock_s)
+        messages.move_to_end(key)
         horizon = self.clock_s - self.messages_age_s
         while messages and (len(messages) > self.messages_max or next(iter(messages.values()))[1] < horizon):
             messages.popitem(last=False)

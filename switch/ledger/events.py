@@ -110,34 +110,37 @@ def _money(entries: Iterable[tuple[str, int]]) -> tuple[int, dict[str, int], dic
 def posting_events(ledger_id: str, facts: PostingFacts) -> list[OutboxEvent]:
     """The transaction event of a posting, and its cashback event when the posting credits or
     claws back cashback."""
-    assert facts.kind in TRANSACTION_TYPES, facts.kind
+    # each field read once (compiled, a Struct's field costs a generic attribute lookup a
+    # read: docs/performance.md, "Fields read once (kept)")
+    kind, posting_id, amount, original = facts.kind, facts.posting_id, facts.amount, facts.original_posting_id
+    assert kind in TRANSACTION_TYPES, kind
     fee, support, cashback = _money(facts.entries)
     cashback_total = sum(cashback.values())
     card = facts.card
+    program = card.program
     common = {
-        "time": facts.at, "posting_id": facts.posting_id, "program": card.program, "member": card.member,
+        "time": facts.at, "posting_id": posting_id, "program": program, "member": card.member,
         "pan": mask_pan(card.pan), "merchant": facts.merchant, "district": facts.district,
     }
     balances = {"cash": card.cash, "cashback": card.cashback, "receivable": card.receivable}
     transaction = {
         **common, "rrn": facts.rrn, "terminal": facts.terminal, "stan": facts.stan,
-        "original_posting_id": facts.original_posting_id, "amount": facts.amount, "fee": fee,
+        "original_posting_id": original, "amount": amount, "fee": fee,
         "fee_support": support, "cashback": cashback_total, "cashback_by_funder": cashback, **dict(facts.extra),
         "balances_after": balances,
     }
-    events = [_event(ledger_id, facts, facts.kind, "transactions", transaction)]
+    events = [_event(ledger_id, posting_id, program, kind, "transactions", transaction)]
     if cashback:
-        kind = CASHBACK_CREDITED if cashback_total > 0 else CASHBACK_CLAWED_BACK
-        body = {**common, "transaction": facts.kind, "original_posting_id": facts.original_posting_id,
-                "amount": facts.amount, "cashback": cashback_total, "by_funder": cashback,
+        cashback_kind = CASHBACK_CREDITED if cashback_total > 0 else CASHBACK_CLAWED_BACK
+        body = {**common, "transaction": kind, "original_posting_id": original,
+                "amount": amount, "cashback": cashback_total, "by_funder": cashback,
                 "balances_after": balances}
-        events.append(_event(ledger_id, facts, kind, "cashback", body))
+        events.append(_event(ledger_id, posting_id, program, cashback_kind, "cashback", body))
     return events
 
 
-def _event(ledger_id: str, facts: PostingFacts, event_type: str, stream: str, body: dict) -> OutboxEvent:
-    eid = event_id(ledger_id, facts.posting_id, event_type)
+def _event(ledger_id: str, posting_id: int, program: str, event_type: str, stream: str, body: dict) -> OutboxEvent:
+    eid = event_id(ledger_id, posting_id, event_type)
     payload = {"event_id": eid, "type": event_type, "schema": SCHEMA_VERSION, **body}
-    return OutboxEvent(event_id=eid, topic=topic(facts.card.program, stream), type=event_type,
-                       posting_id=facts.posting_id,
+    return OutboxEvent(event_id=eid, topic=topic(program, stream), type=event_type, posting_id=posting_id,
                        payload=_encode(payload))
