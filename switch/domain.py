@@ -82,13 +82,32 @@ def date_text(local: datetime) -> str:
 
 def month_key(now: datetime) -> str:
     """Calendar month in Korea ("2019-07"): cashback tiers count spend per KST month."""
-    local = now.astimezone(KST)
-    return zero_padded(local.year, 4) + "-" + TWO_DIGITS[local.month]
+    return _kst_keys(now)[2]
 
 
 def day_key(now: datetime) -> str:
     """Calendar day in Korea ("2019-07-20"): the daily spending limit counts per KST day."""
-    return date_text(now.astimezone(KST))
+    return _kst_keys(now)[1]
+
+
+# (instant, its KST day, its KST month) of the last instant asked about: one request asks for
+# its day and month about five times (the prefetch, the spend checks, the sale), each a
+# conversion to KST and a few attribute reads (docs/performance.md, "The day and month of an
+# instant kept (kept)"). One tuple, replaced whole, so a thread reading it never pairs an
+# instant with another's keys; it holds its instant, so `is` cannot match a new object at a
+# reused address.
+_last_keys: tuple[datetime | None, str, str] = (None, "", "")
+
+
+def _kst_keys(now: datetime) -> tuple[datetime | None, str, str]:
+    global _last_keys
+    last = _last_keys
+    if last[0] is now:
+        return last
+    day = date_text(now.astimezone(KST))
+    last = (now, day, day[:7])
+    _last_keys = last
+    return last
 
 
 def zero_padded(n: int, width: int) -> str:

@@ -38,6 +38,20 @@ def test_the_period_keys_are_the_kst_day_and_month_as_before(now):
     assert month_key(now) == _old_month(now)
 
 
+def test_the_last_instants_keys_are_kept_and_never_given_to_another():
+    """day_key and month_key keep the last instant's keys (switch/domain.py `_last_keys`):
+    asked in turn about instants on both sides of a KST day and month boundary, each in
+    several objects of the same value and one same object asked twice, every answer is its
+    own instant's."""
+    before = datetime(2019, 7, 31, 14, 59, 59, 999_999, tzinfo=timezone.utc)
+    after = before + timedelta(microseconds=1)
+    asked = [before, before, after, before.replace(), after, after, after.replace(), before]
+    assert [(day_key(n), month_key(n)) for n in asked] == [
+        ("2019-07-31", "2019-07"), ("2019-07-31", "2019-07"), ("2019-08-01", "2019-08"), ("2019-07-31", "2019-07"),
+        ("2019-08-01", "2019-08"), ("2019-08-01", "2019-08"), ("2019-08-01", "2019-08"), ("2019-07-31", "2019-07")]
+    assert [month_key(n) for n in (after, before, after)] == ["2019-08", "2019-07", "2019-08"]
+
+
 def test_date_text_is_the_dates_isoformat_on_every_day_of_four_years_and_at_the_ends():
     day = datetime(1999, 1, 1, 12, tzinfo=KST)
     days = [day + timedelta(days=n) for n in range(4 * 366)]  # 1999 to 2002, the leap day of 2000
