@@ -82,37 +82,51 @@ def date_text(local: datetime) -> str:
 
 def month_key(now: datetime) -> str:
     """Calendar month in Korea ("2019-07"): cashback tiers count spend per KST month."""
-    return _kst_keys(now)[2]
+    return kst_instant(now).month
 
 
 def day_key(now: datetime) -> str:
     """Calendar day in Korea ("2019-07-20"): the daily spending limit counts per KST day."""
-    return _kst_keys(now)[1]
-
-
-# (instant, its KST day, its KST month) of the last instant asked about: one request asks for
-# its day and month about five times (the prefetch, the spend checks, the sale), each a
-# conversion to KST and a few attribute reads (docs/performance.md, "The day and month of an
-# instant kept (kept)"). One tuple, replaced whole, so a thread reading it never pairs an
-# instant with another's keys; it holds its instant, so `is` cannot match a new object at a
-# reused address.
-_last_keys: tuple[datetime | None, str, str] = (None, "", "")
-
-
-def _kst_keys(now: datetime) -> tuple[datetime | None, str, str]:
-    global _last_keys
-    last = _last_keys
-    if last[0] is now:
-        return last
-    day = date_text(now.astimezone(KST))
-    last = (now, day, day[:7])
-    _last_keys = last
-    return last
+    return kst_instant(now).day
 
 
 def zero_padded(n: int, width: int) -> str:
     """`n` in decimal, zero-padded to `width` (a minus sign first): f"{n:0{width}d}"."""
     return str(n).zfill(width)
+
+
+class KstInstant:
+    """An instant read once: in KST (`local`), its KST day and month keys, its POSIX seconds."""
+
+    __slots__ = ("instant", "local", "day", "month", "seconds")
+
+    def __init__(self, instant: datetime) -> None:
+        self.instant = instant  # held: `is` cannot match a new object at a reused address
+        local = instant.astimezone(KST)
+        self.local = local
+        day = date_text(local)
+        self.day = day
+        self.month = day[:7]
+        self.seconds = instant.timestamp()
+
+
+# The last instant asked about: one request asks for its day and month about five times (the
+# prefetch, the spend checks, the sale), its time once and its seconds once, each a conversion
+# to KST or a tzinfo call and attribute reads (docs/performance.md, "The day and month of an
+# instant kept (kept)"). One object, replaced whole, so a thread never pairs an instant with
+# another's reading.
+_last_instant = KstInstant(datetime(2000, 1, 1, tzinfo=timezone.utc))
+
+
+def kst_instant(now: datetime) -> KstInstant:
+    """`now` read once (KstInstant): the last instant's reading is kept and given again."""
+    global _last_instant
+    last = _last_instant
+    if last.instant is now:
+        return last
+    last = KstInstant(now)
+    _last_instant = last
+    return last
 
 
 PARTITIONS = 256  # members are spread over this many partitions (docs/scale-out.md, "Several instances")

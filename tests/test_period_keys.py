@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from switch.domain import KST, date_text, day_key, month_key, zero_padded
+from switch.domain import KST, date_text, day_key, kst_instant, month_key, zero_padded
 from switch.wire.framing import Framing
 
 
@@ -50,6 +50,18 @@ def test_the_last_instants_keys_are_kept_and_never_given_to_another():
         ("2019-07-31", "2019-07"), ("2019-07-31", "2019-07"), ("2019-08-01", "2019-08"), ("2019-07-31", "2019-07"),
         ("2019-08-01", "2019-08"), ("2019-08-01", "2019-08"), ("2019-08-01", "2019-08"), ("2019-07-31", "2019-07")]
     assert [month_key(n) for n in (after, before, after)] == ["2019-08", "2019-07", "2019-08"]
+
+
+def test_an_instants_reading_is_its_own():
+    """kst_instant: the KST datetime, the keys and the POSIX seconds of the instant asked
+    about, the same object while that instant is asked again, a new one for the next."""
+    now = datetime(2019, 7, 31, 15, 0, 0, 250_000, tzinfo=timezone.utc)
+    reading = kst_instant(now)
+    assert (reading.local, reading.day, reading.month, reading.seconds) == (
+        datetime(2019, 8, 1, 0, 0, 0, 250_000, tzinfo=KST), "2019-08-01", "2019-08", 1_564_585_200.25)
+    assert kst_instant(now) is reading
+    later = now + timedelta(days=1)
+    assert kst_instant(later) is not reading and kst_instant(later).day == "2019-08-02"
 
 
 def test_date_text_is_the_dates_isoformat_on_every_day_of_four_years_and_at_the_ends():

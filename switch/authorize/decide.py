@@ -22,7 +22,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from switch.domain import KST, TWO_DIGITS, Merchant, date_text, day_key, luhn_ok, month_key, zero_padded
+from switch.domain import TWO_DIGITS, Merchant, day_key, kst_instant, luhn_ok, month_key, zero_padded
 from switch.record import Record, replace
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
 from switch.ledger.records import (AutoCharge, Change, CardDayMoved, CardMonthCharged, CardState, ChargeDetail, Entry,
@@ -167,8 +167,9 @@ def iso(now: datetime) -> str:
     fields (switch.domain.date_text): the whole isoformat, a method call with a keyword,
     formats the offset through the tzinfo and cost ≈ 1 µs (docs/performance.md, "A posting's
     time built from its parts")."""
-    local = now.astimezone(KST)
-    return (date_text(local) + "T" + TWO_DIGITS[local.hour] + ":" + TWO_DIGITS[local.minute] + ":"
+    reading = kst_instant(now)
+    local = reading.local
+    return (reading.day + "T" + TWO_DIGITS[local.hour] + ":" + TWO_DIGITS[local.minute] + ":"
             + TWO_DIGITS[local.second] + "." + zero_padded(local.microsecond, 6) + "+09:00")
 
 
@@ -180,7 +181,7 @@ def _merge(*entry_lists: list[Entry]) -> tuple[Entry, ...]:
 def expired(expiry: str, now: datetime) -> bool:
     """A card is valid through the last day of its expiry month (YYMM)."""
     yy, mm = int(expiry[:2]), int(expiry[2:])
-    local = now.astimezone(KST)
+    local = kst_instant(now).local
     return (local.year % 100, local.month) > (yy, mm)  # YYMM is 20YY: the platform began in 2019
 
 

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any, Callable, ClassVar
 
-from switch.domain import Merchant, day_key, month_key
+from switch.domain import Merchant, day_key, kst_instant, month_key
 from switch.ledger.records import (AUTO_CHARGE_META, AutoCharge, CardDayMoved, CardIssued, CardMonthCharged,
                                    CardPvvSet, CardState, CardStatusSet, Change, MemberMonthMoved, MerchantAdded,
                                    MerchantUpdated, MessageKey, MetaSet,
@@ -556,7 +556,7 @@ class HotState:
     def prefetch(self, req: Request, now: datetime) -> None:
         """Load every row the decision on `req` at `now` may read, so that deciding reads
         memory only (switch/authorize/decide.py, View)."""
-        self.clock_s = now.timestamp()
+        self.clock_s = kst_instant(now).seconds
         pan, merchant, kind = req.pan, req.merchant, req.kind  # each read once (a Struct's field: a generic lookup)
         card = self.load_card_for(pan, now) if pan else None
         if merchant:
