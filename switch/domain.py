@@ -95,6 +95,13 @@ def zero_padded(n: int, width: int) -> str:
     return str(n).zfill(width)
 
 
+def card_accounts(card_id: int) -> tuple[str, str, str]:
+    """A card's cash, cashback and receivable accounts (switch/ledger/records.py
+    CardState.accounts): here, compiled, as the decision names them once a purchase."""
+    prefix = "card:" + str(card_id)
+    return (prefix + ":cash", prefix + ":cashback", prefix + ":receivable")
+
+
 class KstInstant:
     """An instant read once: in KST (`local`), its KST day and month keys, its POSIX seconds."""
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from switch.wire.codec import (DecodeError, decode_fields, describe_request, encode_fields, idempotency_digest,
-                               kind_of, load_dialect, parse_request, response_fields)
-from switch.wire.messages import Balances, FieldError, Kind, Rc, Response, decode_balances, encode_balances
+from switch.wire.codec import (DecodeError, decode_fields, describe_request, encode_balances, encode_fields,
+                               idempotency_digest, kind_of, load_dialect, parse_request, response_fields)
+from switch.wire.messages import Balances, FieldError, Kind, Rc, Response, decode_balances
 
 DIALECT = load_dialect("default")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from switch.domain import TWO_DIGITS, Merchant, day_key, kst_instant, luhn_ok, month_key, zero_padded
+from switch.domain import TWO_DIGITS, Merchant, card_accounts, day_key, kst_instant, luhn_ok, month_key, zero_padded
 from switch.record import Record, replace
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
 from switch.ledger.records import (AutoCharge, Change, CardDayMoved, CardMonthCharged, CardState, ChargeDetail, Entry,
@@ -203,7 +203,7 @@ class _Card:
     def settle(self, *, d_cash: int, d_cashback: int) -> list[Entry]:
         """Card-side entries for the wanted changes, keeping cash and cashback ≥ 0: a
         shortfall in one is taken from the other, then recorded as receivable."""
-        cash_acc, cb_acc, recv_acc = self.state.accounts()
+        cash_acc, cb_acc, recv_acc = card_accounts(self.state.id)
         new_cash, new_cb = self.cash + d_cash, self.cashback + d_cashback
         if new_cb < 0:
             new_cash += new_cb
@@ -330,7 +330,7 @@ class _Deciding:
             return None
         pid = self.view.next_posting_id
         self.pid_offset = 1  # the purchase takes the next id
-        cash_acc, _, recv_acc = state.accounts()
+        cash_acc, _, recv_acc = card_accounts(state.id)
         repay = min(setting.amount, -card.receivable)
         card.cash += setting.amount - repay
         card.receivable += repay
@@ -354,7 +354,7 @@ class _Deciding:
         cb = quote_cashback(self.rules.cashback, card_program=program, merchant=merchant, amount=amount,
                             month_spend=view.member_month(member, month), now=now)
         fee_won, support, by_funder, cb_total, eligible = fee.fee, fee.support, cb.by_funder, cb.total, cb.eligible
-        cash_acc, cb_acc, _ = state.accounts()
+        cash_acc, cb_acc, _ = card_accounts(state.id)
         released: list[Entry] = []
         if hold is not None:
             released = [(state.held_account, -hold.remaining), (cash_acc, hold.remaining)]
@@ -410,7 +410,7 @@ class _Deciding:
                 view.card_month_charged(state.id, month) + amount > limits.charge_month_max:
             raise Decline(Rc.OVER_LIMIT, "monthly charge limit")
         card = _Card(state)
-        cash_acc, _, recv_acc = state.accounts()
+        cash_acc, _, recv_acc = card_accounts(state.id)
         repay = min(amount, -card.receivable)
         card.cash += amount - repay
         card.receivable += repay
@@ -432,7 +432,7 @@ class _Deciding:
             return self._decision(response(self.req, self.fields, Rc.APPROVED, balances=card.balances()),
                                   note="charge already reversed")
         amount = charge.amount
-        cash_acc, _, recv_acc = card.state.accounts()
+        cash_acc, _, recv_acc = card_accounts(card.state.id)
         taken = min(card.cash, amount)
         card.cash -= taken
         card.receivable -= amount - taken
@@ -473,7 +473,7 @@ class _Deciding:
             rrn, root, held_before = previous.rrn, previous.original_id or previous.id, previous.remaining
             expires = previous.detail.expires
         posting = Posting(id=pid, kind="hold", at=self.at, amount=held_before + amount,
-                          entries=((state.accounts()[0], -amount), (state.held_account, amount)), card_id=state.id,
+                          entries=((card_accounts(state.id)[0], -amount), (state.held_account, amount)), card_id=state.id,
                           mid=merchant.mid, tid=req.terminal, stan=req.stan, rrn=rrn, original_id=root,
                           detail=HoldDetail(member=state.member, expires=expires, added=amount))
         changes = (PostingUndone(previous.id, held_before),) if previous is not None else ()
@@ -701,7 +701,7 @@ def release_posting(pid: int, hold: PostingState, card: CardState, amount: int, 
                     tid: str | None = None, stan: str | None = None) -> Posting:
     """`amount` of an open hold back from the card's held account to its cash."""
     return Posting(id=pid, kind="release", at=at, amount=amount,
-                   entries=((card.held_account, -amount), (card.accounts()[0], amount)), card_id=card.id,
+                   entries=((card.held_account, -amount), (card_accounts(card.id)[0], amount)), card_id=card.id,
                    mid=hold.mid, tid=tid, stan=stan, original_id=hold.id)
 
 

@@ -274,9 +274,10 @@ class Engine:
         """pin: the PIN's verdict when the HSM gave it with the request's MAC (GQ), or the
         assumption a check still running will confirm. check: the request's check when it runs
         beside the decision (`_decided_while_checked`)."""
-        if req.key in self.pending:  # the same key in progress: its outcome first
-            await self.pending.wait(req.key)
-        prior = self.state.load_message(req.key)
+        key = req.key  # a property: built once here
+        if key in self.pending:  # the same key in progress: its outcome first
+            await self.pending.wait(key)
+        prior = self.state.load_message(key)
         if prior is not None:
             return await self._replay(a, req, fields, prior, sign)
         counter = None
@@ -284,11 +285,11 @@ class Engine:
             counter = ksn_parts(terminal.security, req.ksn)[1]
             if not self.ksn_guard.claim(terminal.tid, counter, floor=terminal.ksn_max):
                 return await self._unstored(a, req, fields, Rc.SECURITY_VIOLATION, "KSN counter used before", sign)
-        self.pending.start(req.key)
+        self.pending.start(key)
         try:
             outcome = await self._new(a, req, fields, terminal, sign, counter, pin, check)
         finally:
-            self.pending.finish(req.key)
+            self.pending.finish(key)
         if counter is not None and not outcome.stored:  # nothing stored: the KSN may come again (a repeat)
             self.ksn_guard.release(terminal.tid, counter)
         return outcome

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from operator import itemgetter
 
-from switch.domain import Merchant
+from switch.domain import Merchant, card_accounts
 from switch.record import Record
 
 Entry = tuple[str, int]          # (account name, signed won)
@@ -165,7 +165,7 @@ class CardState:
     pin_blocked: bool = False
 
     def accounts(self) -> tuple[str, str, str]:
-        return (f"card:{self.id}:cash", f"card:{self.id}:cashback", f"card:{self.id}:receivable")
+        return card_accounts(self.id)
 
     @property
     def held_account(self) -> str:

@@ -11,7 +11,6 @@ from typing import Final
 
 import msgspec
 
-from switch.domain import zero_padded
 from switch.record import Record
 
 
@@ -199,18 +198,9 @@ def mac_field(fields: dict[str, str]) -> str:
     return "64" if _SECONDARY_FIELDS.isdisjoint(fields) else "128"
 
 
-def encode_balances(b: Balances) -> str:
-    """DE54: two 20-char entries: account type 00, amount type (02 cash, 91 cashback),
-    currency 410, sign C/D, 12-digit amount."""
-    return _balance_entry("02", b.cash) + _balance_entry("91", b.cashback)
-
-
-def _balance_entry(amount_type: str, won: int) -> str:
-    sign = "C" if won >= 0 else "D"  # no format spec: a spec is a format() call (≈ 1,400 instructions)
-    return "00" + amount_type + "410" + sign + zero_padded(abs(won), 12)
-
-
 def decode_balances(text: str) -> Balances:
+    """DE54 as switch/wire/codec.py `encode_balances` writes it (encoded there, in the compiled
+    codec, once per approval)."""
     found: dict[str, int] = {}
     for i in range(0, len(text) - 19, 20):
         entry = text[i : i + 20]
