@@ -1,7 +1,8 @@
-"""The plain path's cost in instructions per purchase, counted by valgrind: a figure that
-does not move with the machine's load, so a lever of 1 % can be told from none.
+"""The switch's cost in instructions per purchase, counted by valgrind: a figure that does
+not move with the machine's load, so a lever of 1 % can be told from none.
 
-    python benchmarks/instructions.py [--base REV ...] [--messages 2000] [--functions K] [--de7-step-us 0] [--out-dir DIR]
+    python benchmarks/instructions.py [--base REV ...] [--scenario plain|standard] [--messages 2000]
+                                      [--functions K] [--de7-step-us 0] [--out-dir DIR]
 
 core_bench.py's in-process plain path (security `none`, no HSM, 32 in flight, group commit,
 uvloop as `eum switch` runs it) under `valgrind --tool=callgrind`: a warm-up pass of
@@ -37,6 +38,15 @@ threads' timing), so one run per tree tells a lever of 0.5 %, and trees may run 
 With --base, each REV is checked out into a temporary git worktree (benchmarks/ab.py
 `worktree`, compiled build included) and seeded with its own schema. Writes
 <out-dir>/<date>-<host>-instructions.json.
+
+`--scenario standard`: the bench's standard scenario instead of the plain path (the key
+`switch.cpu_us_per_auth`): DUKPT-TDES terminals, a MAC on every purchase and a PIN on 1 in
+4 (one GQ, the request MAC and the PIN, and one GW for the response MAC, through a real
+`eum hsm` process of this tree: not counted, it runs outside valgrind). The ledger is seeded
+by each tree with `--security dukpt-tdes --pin-cards 5000` against that HSM; every answer
+must be 00 with a response MAC the terminal verifies. The switch's HSM timeouts are raised
+to a minute and its health checks put off (a switch under valgrind runs ≈ 50 times slower,
+so replies wait in its socket longer than the 300 ms a call is given natively).
 """
 
 from __future__ import annotations
@@ -46,9 +56,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -102,6 +114,97 @@ except ImportError:
     run = asyncio.run
 run(main())
 """
+
+# The standard scenario (--scenario standard): as MEASURE, with secured terminals and the HSM
+# at the port given as the fourth argument. Each request is built, secured (KSN, PIN block on
+# 1 in 4, MAC) and encoded before the count; each answer's MAC is checked after it.
+MEASURE_STANDARD = r"""
+import asyncio, json, os, shutil, sys, tempfile
+from datetime import datetime, timedelta
+from pathlib import Path
+counted, concurrency, template, hsm_port = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+from switch.authorize.hsm_client import HsmConfig, parse_endpoints
+from switch.authorize.server import Processor
+from switch.clock import FixedClock
+from switch.ledger.audit import verify
+from switch.ops.runtime import open_core
+from switch.wire.codec import decode_fields, encode_fields, load_dialect
+from switch.wire.framing import Frame
+from terminal_sim.security import TerminalSecurity
+from terminal_sim.terminal import Terminal
+import switch.ledger.sqlite as ledger_sqlite
+if hasattr(ledger_sqlite, "WriterConnection"):  # the fold runs at start only (instructions.py)
+    ledger_sqlite.WriterConnection.fold_every_s = 1e9
+
+async def main():
+    work = Path(tempfile.mkdtemp(prefix="eum-instr-std-"))
+    shutil.copytree(template / "var", work / "var")
+    population = json.loads((template / "pop.json").read_text())
+    now = datetime.fromisoformat("2025-10-15T12:00:00+09:00")
+    de7_step_us = int(os.environ.get("EUM_BENCH_DE7_STEP_US", "0"))
+    sent = [now]
+    dialect = load_dialect("default")
+    from switch.ops import logs
+    logs.configure(data_dir=work / "var", name="switch", stream=open(work / "stdout.log", "w"), json_output=True,
+                   queued=True)
+    hsm = HsmConfig(endpoints=parse_endpoints(f"127.0.0.1:{hsm_port}"), pin_verify="gq",
+                    call_timeout_ms=60_000.0, connect_timeout_ms=60_000.0, health_interval_s=3600.0)
+    async with open_core(work / "var", clock=FixedClock(now), hsm=hsm) as core:
+        proc = Processor(core.engine, dialect)
+        terminals = [(Terminal(t["tid"], t["mid"], now=lambda: sent[0]),
+                      TerminalSecurity.for_test_keys(t["security"], t["ksn"])) for t in population["terminals"]]
+        with_pin = [(c["pan"], c["pin"]) for c in population["cards"] if c.get("pin")]
+        without = [(c["pan"], None) for c in population["cards"] if not c.get("pin")]
+        cards = []  # a PIN on 1 in 4, as the standard scenario
+        for i in range(min(len(with_pin), len(without) // 3)):
+            cards += [with_pin[i], without[3 * i], without[3 * i + 1], without[3 * i + 2]]
+        for t, _ in terminals:
+            await proc.process(Frame(encode_fields(t.sign_on(), dialect)), "bench")
+        built = [0]
+        def frames(n):
+            out = []
+            for i in range(n):
+                sent[0] = now + timedelta(microseconds=de7_step_us * built[0])
+                built[0] += 1
+                t, sec = terminals[i % len(terminals)]
+                pan, pin = cards[i % len(cards)]
+                fields = sec.protect(t.purchase(pan, 1_000), pin=pin, pan=pan)
+                out.append((Frame(sec.sign(encode_fields(fields, dialect), ksn=fields["53"])), sec, fields["53"]))
+            return out
+        async def drive(batch):
+            sem = asyncio.Semaphore(concurrency)
+            async def one(item):
+                async with sem:
+                    return await proc.process(item[0], "bench")
+            return await asyncio.gather(*(one(item) for item in batch))
+        await drive(frames(counted))  # every card of the counted pass in the hot state
+        try:
+            from switch.wire.transport import freeze_heap
+            freeze_heap()
+        except ImportError:
+            pass
+        batch = frames(counted)
+        writer = core.engine.writer
+        groups, units = writer.batches, writer.units
+        os.getppid()  # callgrind dumps here (--dump-before=getppid): the count starts from zero
+        answers = await drive(batch)
+        os.getppid()  # and dumps again: the second dump is the counted pass alone
+        groups, units = writer.batches - groups, writer.units - units
+        macs = sum(1 for a, (_, sec, ksn) in zip(answers, batch) if sec.verify_response(a[2:], ksn=ksn))
+    logs.flush()
+    codes = sorted({decode_fields(a[2:], dialect)["39"] for a in answers})
+    ok = verify(work / "var" / "ledger.sqlite3").ok and macs == len(answers)
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({"codes": codes, "verified": ok, "groups": groups, "units": units, "macs_verified": macs}))
+
+try:
+    from switch.wire.transport import run  # uvloop, as `eum switch` runs
+except ImportError:
+    run = asyncio.run
+run(main())
+"""
+STANDARD_PIN_CARDS = 5000  # of the 20,000 seeded: enough for a PIN on 1 in 4 of 20,000 purchases
+STANDARD_PIN = "1234"
 
 OBJECTS = (("python", re.compile(r"libpython|/python3[.\d]*$|^python")),
            ("sqlite", re.compile(r"sqlite")),
@@ -170,15 +273,17 @@ def grouped(by_object: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def count(tree: Path, template: Path, counted: int, concurrency: int, out: Path
+def count(tree: Path, template: Path, counted: int, concurrency: int, out: Path, *, hsm_port: int | None = None
           ) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
     """One run of MEASURE under callgrind: the counted pass's instructions by group of shared
     objects, and by (object, function). callgrind writes a dump at each `os.getppid()` of
     MEASURE (`--dump-before=getppid`, a libc function nothing else here calls): `out`.1 is
     everything before the counted pass, `out`.2 the counted pass alone, `out` the rest."""
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
+    measure, extra = (MEASURE, []) if hsm_port is None else (MEASURE_STANDARD, [str(hsm_port)])
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-line=no",
-           "--dump-before=getppid", python_binary(), "-c", MEASURE, str(counted), str(concurrency), str(template)]
+           "--dump-before=getppid", python_binary(), "-c", measure, str(counted), str(concurrency), str(template),
+           *extra]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=template, timeout=3600)
     if done.returncode != 0:
         raise SystemExit(f"instructions: the run in {tree} failed:\n{done.stderr[-3000:]}")
@@ -193,6 +298,41 @@ def count(tree: Path, template: Path, counted: int, concurrency: int, out: Path
     split["total"] = sum(split.values())
     split["units_per_group"] = round(result["units"] / max(1, result["groups"]), 1)  # not instructions
     return split, costs
+
+
+def start_hsm(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """This tree's `eum hsm` (the test LMK), on a free port, for --scenario standard."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(tmp / "hsm.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "switch.cli", "hsm", "--listen", f"127.0.0.1:{port}"],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"instructions: the HSM did not listen on {port}: {(tmp / 'hsm.log').read_text()[-2000:]}")
+
+
+def seed_standard(tree: Path, work: Path, hsm_port: int) -> None:
+    """core_bench.py's ledger (20,000 cards, 64 terminals, the same clock), with DUKPT-TDES
+    terminals and STANDARD_PIN_CARDS cards with a PIN (their PVVs from the HSM), as the bench
+    seeds its standard scenario."""
+    done = subprocess.run([sys.executable, "-m", "switch.cli", "admin", "--data-dir", str(work / "var"),
+                           "--hsm", f"127.0.0.1:{hsm_port}", "--json", "--clock-start", "2025-10-15T12:00:00+09:00",
+                           "seed", "--cards", "20000", "--merchants", "64", "--security", "dukpt-tdes",
+                           "--pin-cards", str(STANDARD_PIN_CARDS), "--pin", STANDARD_PIN,
+                           "--export", str(work / "pop.json"), "--export-cards", "20000"],
+                          env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, cwd=work)
+    if done.returncode != 0:
+        raise SystemExit(f"instructions: seeding the standard scenario with {tree} failed:\n{done.stderr[-2000:]}")
 
 
 def per_purchase(split: dict[str, float], purchases: int) -> dict[str, float]:
@@ -215,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs per tree (to show how closely the count repeats)")
     ap.add_argument("--functions", type=int, default=0, help="also list the K C functions costing most a purchase")
     ap.add_argument("--de7-step-us", type=int, default=0, help=DE7_STEP_HELP)
+    ap.add_argument("--scenario", choices=("plain", "standard"), default="plain",
+                    help="plain: security none, no HSM; standard: DUKPT-TDES MACs, a PIN on 1 in 4, an HSM process")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     os.environ["EUM_BENCH_DE7_STEP_US"] = str(args.de7_step_us)  # read by SETUP in the measured process
@@ -226,24 +368,35 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.core_bench import seed_template
     n = args.messages
     print(f"this tree: {built_summary(ROOT)}", flush=True)  # a source edited since the build runs it pure
+    hsm: subprocess.Popen[bytes] | None = None
+    hsm_port = None
     with tempfile.TemporaryDirectory(prefix="eum-instr-") as tmp:
         trees = {rev: worktree(rev, Path(tmp), rev.replace("/", "_")) for rev in args.base}
         trees["this tree"] = ROOT
         try:
+            if args.scenario == "standard":
+                hsm, hsm_port = start_hsm(Path(tmp))
             templates = {}
             for i, (name, tree) in enumerate(trees.items()):  # each tree seeds with its own schema
                 templates[name] = Path(tmp) / f"template{i}"
                 templates[name].mkdir()
-                seed_template(tree, templates[name])
+                if hsm_port is None:
+                    seed_template(tree, templates[name])
+                else:
+                    seed_standard(tree, templates[name], hsm_port)
             jobs = [(name, r) for r in range(args.repeat) for name in trees]
             outs = {job: Path(tmp) / f"run{i}" / "callgrind.out" for i, job in enumerate(jobs)}
             for out in outs.values():
                 out.parent.mkdir()
             with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-                futures = {job: pool.submit(count, trees[job[0]], templates[job[0]], n, args.concurrency, outs[job])
+                futures = {job: pool.submit(count, trees[job[0]], templates[job[0]], n, args.concurrency, outs[job],
+                                            hsm_port=hsm_port)
                            for job in jobs}
                 counts = {job: fut.result() for job, fut in futures.items()}
         finally:
+            if hsm is not None:
+                hsm.terminate()
+                hsm.wait(timeout=30)
             for name, tree in trees.items():
                 if tree != ROOT:
                     subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
@@ -262,9 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
     from benchmarks.bench import describe_machine, write_result
-    result = {"what": "instructions per warm plain purchase, in process, every thread, user space "
+    result = {"what": f"instructions per warm {args.scenario} purchase, in process, every thread, user space "
                       "(benchmarks/instructions.py, valgrind callgrind)",
-              "machine": describe_machine(), "this_tree": head, "messages": n, "concurrency": args.concurrency, "de7_step_us": args.de7_step_us,
+              "machine": describe_machine(), "this_tree": head, "scenario": args.scenario, "messages": n,
+              "concurrency": args.concurrency, "de7_step_us": args.de7_step_us,
               "runs": runs, "raw": {f"{name} run {r + 1}": v[0] for (name, r), v in counts.items()},
               "functions": functions}
     if args.base:

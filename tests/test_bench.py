@@ -743,6 +743,30 @@ def test_instructions_counts_a_real_plain_run_under_valgrind(tmp_path):
     assert len(result["functions"]["this tree"]) == 5
 
 
+def test_instructions_counts_a_real_standard_run_with_an_hsm_process(tmp_path):
+    """--scenario standard end to end on a small run: DUKPT-TDES terminals seeded against a
+    real `eum hsm` process that the script starts and stops, 20 counted purchases (a PIN on 1
+    in 4) all approved with a response MAC the terminal verifies, else the script exits
+    non-zero; the result names its scenario and counts the switch's own work (the HSM runs
+    outside valgrind), in the interpreter, SQLite and the compiled modules."""
+    if shutil.which("valgrind") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("valgrind is missing; CI installs it (.ci/run), so this is a defect", pytrace=False)
+        pytest.skip("valgrind is missing (.ci/run installs it)")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "instructions.py"), "--messages", "20",
+                           "--scenario", "standard", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (out,) = tmp_path.glob("*-instructions.json")
+    result = json.loads(out.read_text())
+    assert (result["scenario"], result["messages"], list(result["runs"])) == ("standard", 20, ["this tree"])
+    assert result["what"].startswith("instructions per warm standard purchase")
+    (split,) = result["runs"]["this tree"]
+    assert split["python"] > 0 and split["sqlite"] > 0
+    if not result["machine"]["compiled"].startswith("0/"):
+        assert split["compiled"] > 0
+
+
 def test_wal_pages_reads_each_commits_frames_and_names_their_btrees(tmp_path):
     """benchmarks/wal_pages.py's reader on a WAL SQLite wrote here: two transactions, the
     first making a table and an index, the second inserting one row; every frame of the second
