@@ -30,7 +30,7 @@ from switch.authorize.decide import (Decision, PinCheck, PinRefused, PinVerified
                                      response)
 from switch.authorize.hsm_client import HsmUnavailable, Sent
 from switch.authorize.security import (DUKPT, HSM_FAILURE_ERRORS, SECURED, KsnGuard, Security, SecurityError, TerminalKeys,
-                                      ksn_parts)
+                                      ksn_counter, same_device)
 from switch.authorize.state import HotState
 from switch.clock import Clock
 from switch.domain import partition_of
@@ -62,7 +62,8 @@ class Outcome:
     stored: bool = False
 
 
-COMMAND_DISABLED = "68"  # payShield: the command is disabled (or unknown to this HSM)
+COMMAND_DISABLED = "68"
+KSN_SIZE = {"dukpt-tdes": 20, "dukpt-aes": 24}  # DE53's hex digits by profile  # payShield: the command is disabled (or unknown to this HSM)
 
 
 class Check:
@@ -282,7 +283,7 @@ class Engine:
             return await self._replay(a, req, fields, prior, sign)
         counter = None
         if terminal.security in DUKPT:  # a new message: its KSN must not have been used before
-            counter = ksn_parts(terminal.security, req.ksn)[1]
+            counter = ksn_counter(terminal.security, req.ksn)
             if not self.ksn_guard.claim(terminal.tid, counter, floor=terminal.ksn_max):
                 return await self._unstored(a, req, fields, Rc.SECURITY_VIOLATION, "KSN counter used before", sign)
         self.pending.start(key)
@@ -415,11 +416,11 @@ class Engine:
         dialect's MAC field, in its form) over every byte of the message before the MAC's data
         (codec `mac_span`): (the bytes the MAC covers, the MAC), or _Refused without asking the
         HSM."""
-        ksn_size = {"dukpt-tdes": 20, "dukpt-aes": 24}.get(keys.profile, 0)
-        if not req.mac or len(req.ksn) != ksn_size:
+        profile, ksn = keys.profile, req.ksn
+        if not req.mac or len(ksn) != KSN_SIZE.get(profile, 0):
             field_no = "64" if not req.mac else "53"
-            raise _Refused(Rc.FORMAT_ERROR, f"DE{field_no} required by the terminal's {keys.profile} profile")
-        if keys.profile in DUKPT and ksn_parts(keys.profile, req.ksn)[0] != ksn_parts(keys.profile, keys.ksn_initial)[0]:
+            raise _Refused(Rc.FORMAT_ERROR, f"DE{field_no} required by the terminal's {profile} profile")
+        if profile in DUKPT and not same_device(profile, ksn, keys.ksn_initial):
             raise _Refused(Rc.SECURITY_VIOLATION, "KSN of another device")
         span = mac_span(raw, dialect)
         if span is None or span[1] != req.mac.upper():

@@ -132,6 +132,7 @@ class _Connection:
         self.writer: asyncio.StreamWriter | None = None
         self.pending: dict[bytes, asyncio.Future[HsmReply]] = {}
         self.ids = itertools.count()
+        self._header_modulus = 10 ** config.header_length  # headers cycle through n digits
         self.slots = _Slots(config.in_flight_max)
         self.read_task: asyncio.Task[None] | None = None
         self.out: WriteBatch | None = None  # commands of one loop iteration leave in one write
@@ -148,8 +149,9 @@ class _Connection:
 
     def _next_header(self) -> bytes:
         n = self.config.header_length
-        while True:
-            header = f"{next(self.ids) % 10**n:0{n}d}".encode()
+        modulus = self._header_modulus
+        while True:  # zfill, not a nested format spec: docs/performance.md, "The HSM client's formatting (kept)"
+            header = str(next(self.ids) % modulus).zfill(n).encode()
             if header not in self.pending:
                 return header
 
@@ -339,7 +341,7 @@ class HsmPool:
         no free slot then) from the next healthy HSM in order, as `call`."""
         code, body = sent.code, sent.body
         timeout_s = self.config.call_timeout_ms / 1000
-        tried = []
+        tried: list[_Endpoint] = []  # named only in the error (`name` formats host:port)
         for index in range(sent.index, len(self.endpoints)):
             ep = self.endpoints[index]
             first = sent.attempt if index == sent.index else None
@@ -347,7 +349,7 @@ class HsmPool:
                 if ep.healthy:
                     self._mark_down(ep, "connection closed")
                 continue
-            tried.append(ep.name)
+            tried.append(ep)
             started = sent.started if first is not None else time.perf_counter_ns()
             try:
                 if first is not None:
@@ -368,7 +370,7 @@ class HsmPool:
                 ep.errors += 1
                 self._mark_down(ep, type(exc).__name__)
         self.unavailable += 1
-        raise HsmUnavailable(f"no HSM answered {code} (tried: {', '.join(tried) or 'none healthy'})")
+        raise HsmUnavailable(f"no HSM answered {code} (tried: {', '.join(ep.name for ep in tried) or 'none healthy'})")
 
     def _mark_down(self, ep: _Endpoint, reason: str, *, close: bool = True) -> None:
         if ep.healthy:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from collections import OrderedDict
 
 from switch.authorize.hsm_client import HsmPool, HsmReply, HsmUnavailable, Sent
+from switch.domain import zero_padded
 
 PROFILES = ("none", "mac", "dukpt-tdes", "dukpt-aes")
 DUKPT = ("dukpt-tdes", "dukpt-aes")
@@ -89,6 +90,22 @@ def ksn_parts(profile: str, ksn: str) -> tuple[str, int]:
     return ksn[:16], int(ksn[16:], 16)
 
 
+# The two parts the hot path asks for, without formatting the device part as ksn_parts does (a
+# format spec is a format() call: docs/performance.md, "The HSM client's formatting (kept)").
+def ksn_counter(profile: str, ksn: str) -> int:
+    """ksn_parts(profile, ksn)[1]: the KSN's transaction counter."""
+    if profile == "dukpt-tdes":
+        return int(ksn, 16) & TDES_COUNTER_MASK
+    return int(ksn[16:], 16)
+
+
+def same_device(profile: str, ksn: str, other: str) -> bool:
+    """ksn_parts(profile, ksn)[0] == ksn_parts(profile, other)[0]: both KSNs name one device."""
+    if profile == "dukpt-tdes":
+        return int(ksn, 16) & ~TDES_COUNTER_MASK == int(other, 16) & ~TDES_COUNTER_MASK
+    return ksn[:16] == other[:16]
+
+
 class KsnGuard:
     """Each DUKPT transaction counter is accepted once per terminal: a captured message
     cannot be replayed under a new STAN. Counters may arrive out of order (pipelined
@@ -156,9 +173,9 @@ class Security:
             return self.hsm.send("M8", body)
         if keys.profile == "dukpt-tdes":
             body = (b"11" + keys.key.encode() + b"A05" + ksn.encode() + mac.encode()
-                    + f"{len(message):04d}".encode() + message)
+                    + zero_padded(len(message), 4).encode() + message)
             return self.hsm.send("GW", body)
-        body = (b"101" + keys.key.encode() + ksn.encode() + mac.encode() + f"{len(message):04d}".encode() + message)
+        body = (b"101" + keys.key.encode() + ksn.encode() + mac.encode() + zero_padded(len(message), 4).encode() + message)
         return self.hsm.send("Z2", body)
 
     async def mac_verified(self, sent: Sent) -> bool:
@@ -171,9 +188,9 @@ class Security:
             body = b"00131" + TAK_KEY_TYPE.encode() + keys.key.encode() + f"{len(message):04X}".encode() + message
             return _ok(await self.hsm.call("M6", body), "M6").body.decode()[:16]
         if keys.profile == "dukpt-tdes":
-            body = b"42" + keys.key.encode() + b"A05" + ksn.encode() + f"{len(message):04d}".encode() + message
+            body = b"42" + keys.key.encode() + b"A05" + ksn.encode() + zero_padded(len(message), 4).encode() + message
             return _ok(await self.hsm.call("GW", body), "GW").body.decode()[:16]
-        body = b"411" + keys.key.encode() + ksn.encode() + f"{len(message):04d}".encode() + message
+        body = b"411" + keys.key.encode() + ksn.encode() + zero_padded(len(message), 4).encode() + message
         return _ok(await self.hsm.call("Z2", body), "Z2").body.decode()[:16]
 
     async def verify_pin(self, keys: TerminalKeys, ksn: str, pin_block: str, pan: str, pvv: str) -> bool:
@@ -210,7 +227,7 @@ class Security:
         one error code: keys, input, capacity)."""
         body = (b"111" + keys.key.encode() + self.pvk.encode() + b"A05" + ksn.encode() + pin_block.encode()
                 + b"01" + _account(pan).encode() + PVKI.encode() + pvv.encode() + mac.encode()
-                + f"{len(message):04d}".encode() + message)
+                + zero_padded(len(message), 4).encode() + message)
         return self.hsm.send("GQ", body)
 
     async def pin_and_mac_verified(self, sent: Sent) -> tuple[str, str]:
@@ -258,5 +275,5 @@ def _account(pan: str) -> str:
     return pan[:-1][-12:].rjust(12, "0")
 
 
-__all__ = ["HSM_FAILURE_ERRORS", "KsnGuard", "ksn_parts", "Security", "SecurityError", "HsmUnavailable", "TerminalKeys", "provision_test_keys", "PROFILES",
+__all__ = ["HSM_FAILURE_ERRORS", "KsnGuard", "ksn_counter", "ksn_parts", "same_device", "Security", "SecurityError", "HsmUnavailable", "TerminalKeys", "provision_test_keys", "PROFILES",
            "SECURED", "DUKPT"]
