@@ -87,6 +87,16 @@ DRIVE = r"""        built = [0]
             return await asyncio.gather(*(one(fr) for fr in batch))
 """
 
+# The end of a measured script that runs its `main()` under uvloop, as `eum switch` runs
+# (benchmarks/instructions.py, benchmarks/wal_pages.py).
+RUN_UVLOOP = r"""
+try:
+    from switch.wire.transport import run  # uvloop, as `eum switch` runs
+except ImportError:
+    run = asyncio.run
+run(main())
+"""
+
 MEASURE = r"""
 import asyncio, json, resource, shutil, subprocess, sys, tempfile
 from pathlib import Path

@@ -67,7 +67,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.core_bench import DE7_STEP_HELP, DRIVE, SETUP  # noqa: E402
+from benchmarks.core_bench import DE7_STEP_HELP, DRIVE, RUN_UVLOOP, SETUP  # noqa: E402
+
+# The counted pass of both scenarios, in the body of MEASURE's `async with` (after the warm-up):
+# the heap frozen as `eum switch` freezes it once started, the pass's frames built (the load's
+# own work, before the count starts), then the pass counted alone between two dumps.
+COUNTED = r"""        try:  # as `eum switch` does once started, before it serves
+            from switch.wire.transport import freeze_heap
+            freeze_heap()
+        except ImportError:
+            pass
+        batch = frames(counted, 0)  # the load's own work, before the count starts
+        writer = core.engine.writer
+        groups, units = writer.batches, writer.units
+        os.getppid()  # callgrind dumps here (--dump-before=getppid): the count starts from zero
+        answers = await drive(batch)
+        os.getppid()  # and dumps again: the second dump is the counted pass alone
+        groups, units = writer.batches - groups, writer.units - units
+"""
 
 # Runs inside the tree being measured (PYTHONPATH = that tree), under valgrind: core_bench.py's
 # set-up and load (SETUP, DRIVE), then the warm-up, the counted pass between two dumps, the checks.
@@ -89,31 +106,14 @@ if hasattr(ledger_sqlite, "WriterConnection"):  # the fold runs at start only (i
 
 async def main():
 """ + SETUP + DRIVE + r"""        await drive(frames(counted, 0))  # every card of the counted pass in the hot state
-        try:  # as `eum switch` does once started, before it serves
-            from switch.wire.transport import freeze_heap
-            freeze_heap()
-        except ImportError:
-            pass
-        batch = frames(counted, 0)  # the load's own work, before the count starts
-        writer = core.engine.writer
-        groups, units = writer.batches, writer.units
-        os.getppid()  # callgrind dumps here (--dump-before=getppid): the count starts from zero
-        answers = await drive(batch)
-        os.getppid()  # and dumps again: the second dump is the counted pass alone
-        groups, units = writer.batches - groups, writer.units - units
-    logs.flush()
+""" + COUNTED + r"""    logs.flush()
     from switch.wire.codec import decode_fields
     codes = sorted({decode_fields(a[2:], dialect)["39"] for a in answers})
     ok = verify(work / "var" / "ledger.sqlite3").ok
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({"codes": codes, "verified": ok, "groups": groups, "units": units}))
 
-try:
-    from switch.wire.transport import run  # uvloop, as `eum switch` runs
-except ImportError:
-    run = asyncio.run
-run(main())
-"""
+""" + RUN_UVLOOP
 
 # The standard scenario (--scenario standard): as MEASURE, with secured terminals and the HSM
 # at the port given as the fourth argument. Each request is built, secured (KSN, PIN block on
@@ -161,13 +161,13 @@ async def main():
         for t, _ in terminals:
             await proc.process(Frame(encode_fields(t.sign_on(), dialect)), "bench")
         built = [0]
-        def frames(n):
+        def frames(n, offset):
             out = []
             for i in range(n):
                 sent[0] = now + timedelta(microseconds=de7_step_us * built[0])
                 built[0] += 1
                 t, sec = terminals[i % len(terminals)]
-                pan, pin = cards[i % len(cards)]
+                pan, pin = cards[(offset + i) % len(cards)]
                 fields = sec.protect(t.purchase(pan, 1_000), pin=pin, pan=pan)
                 out.append((Frame(sec.sign(encode_fields(fields, dialect), ksn=fields["53"])), sec, fields["53"]))
             return out
@@ -177,32 +177,15 @@ async def main():
                 async with sem:
                     return await proc.process(item[0], "bench")
             return await asyncio.gather(*(one(item) for item in batch))
-        await drive(frames(counted))  # every card of the counted pass in the hot state
-        try:
-            from switch.wire.transport import freeze_heap
-            freeze_heap()
-        except ImportError:
-            pass
-        batch = frames(counted)
-        writer = core.engine.writer
-        groups, units = writer.batches, writer.units
-        os.getppid()  # callgrind dumps here (--dump-before=getppid): the count starts from zero
-        answers = await drive(batch)
-        os.getppid()  # and dumps again: the second dump is the counted pass alone
-        groups, units = writer.batches - groups, writer.units - units
-        macs = sum(1 for a, (_, sec, ksn) in zip(answers, batch) if sec.verify_response(a[2:], ksn=ksn))
+        await drive(frames(counted, 0))  # every card of the counted pass in the hot state
+""" + COUNTED + r"""        macs = sum(1 for a, (_, sec, ksn) in zip(answers, batch) if sec.verify_response(a[2:], ksn=ksn))
     logs.flush()
     codes = sorted({decode_fields(a[2:], dialect)["39"] for a in answers})
     ok = verify(work / "var" / "ledger.sqlite3").ok and macs == len(answers)
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({"codes": codes, "verified": ok, "groups": groups, "units": units, "macs_verified": macs}))
 
-try:
-    from switch.wire.transport import run  # uvloop, as `eum switch` runs
-except ImportError:
-    run = asyncio.run
-run(main())
-"""
+""" + RUN_UVLOOP
 STANDARD_PIN_CARDS = 5000  # of the 20,000 seeded: enough for a PIN on 1 in 4 of 20,000 purchases
 STANDARD_PIN = "1234"
 

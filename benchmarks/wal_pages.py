@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.core_bench import DE7_STEP_HELP, DRIVE, SETUP  # noqa: E402
+from benchmarks.core_bench import DE7_STEP_HELP, DRIVE, RUN_UVLOOP, SETUP  # noqa: E402
 
 WAL_HEADER = 32
 FRAME_HEADER = 24
@@ -87,12 +87,7 @@ async def main():
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({"codes": codes, "verified": ok, "start": start, "groups": groups, "units": units}))
 
-try:
-    from switch.wire.transport import run  # uvloop, as `eum switch` runs
-except ImportError:
-    run = asyncio.run
-run(main())
-"""
+""" + RUN_UVLOOP
 
 
 def wal_frames(wal: bytes, start: int) -> tuple[int, list[tuple[int, bool]]]:

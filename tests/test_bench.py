@@ -714,22 +714,28 @@ def test_instructions_reads_self_costs_by_object_and_function_from_a_callgrind_f
         {"object": "libsqlite3.so.0.8.6", "function": "sqlite3VdbeExec", "per_purchase": 25.0}]
 
 
+def instructions_run(tmp_path: Path, *args: str) -> dict:
+    """benchmarks/instructions.py on 20 counted purchases, its result as written; it must exit
+    0. Skipped without valgrind, except on CI, which installs it (.ci/run): there a defect."""
+    if shutil.which("valgrind") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("valgrind is missing; CI installs it (.ci/run), so this is a defect", pytrace=False)
+        pytest.skip("valgrind is missing (.ci/run installs it)")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "instructions.py"), "--messages", "20",
+                           *args, "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (out,) = tmp_path.glob("*-instructions.json")
+    return json.loads(out.read_text())
+
+
 def test_instructions_counts_a_real_plain_run_under_valgrind(tmp_path):
     """benchmarks/instructions.py end to end on a small run (20 counted purchases after 20 to
     warm up, all approved and verified or the script exits non-zero): the per-purchase split
     is the counted pass's raw count over its 20 purchases (with its group commits' size as seen),
     the groups add up to the total, and the plain path runs in the interpreter, SQLite and the
     compiled modules alike."""
-    if shutil.which("valgrind") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("valgrind is missing; CI installs it (.ci/run), so this is a defect", pytrace=False)
-        pytest.skip("valgrind is missing (.ci/run installs it)")
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "instructions.py"), "--messages", "20",
-                           "--functions", "5", "--out-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    (out,) = tmp_path.glob("*-instructions.json")
-    result = json.loads(out.read_text())
+    result = instructions_run(tmp_path, "--functions", "5")
     assert result["messages"] == 20 and list(result["runs"]) == ["this tree"]
     (split,) = result["runs"]["this tree"]
     raw = result["raw"]["this tree run 1"]
@@ -749,16 +755,7 @@ def test_instructions_counts_a_real_standard_run_with_an_hsm_process(tmp_path):
     in 4) all approved with a response MAC the terminal verifies, else the script exits
     non-zero; the result names its scenario and counts the switch's own work (the HSM runs
     outside valgrind), in the interpreter, SQLite and the compiled modules."""
-    if shutil.which("valgrind") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("valgrind is missing; CI installs it (.ci/run), so this is a defect", pytrace=False)
-        pytest.skip("valgrind is missing (.ci/run installs it)")
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "instructions.py"), "--messages", "20",
-                           "--scenario", "standard", "--out-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    (out,) = tmp_path.glob("*-instructions.json")
-    result = json.loads(out.read_text())
+    result = instructions_run(tmp_path, "--scenario", "standard")
     assert (result["scenario"], result["messages"], list(result["runs"])) == ("standard", 20, ["this tree"])
     assert result["what"].startswith("instructions per warm standard purchase")
     (split,) = result["runs"]["this tree"]
