@@ -127,9 +127,10 @@ def decide(req: Request, fields: dict[str, str], view: View, rules: Rules, now: 
     too: one formatting a purchase, not two); computed here otherwise."""
     pin_changes: list[Change] = []
     try:
-        if req.kind is not KIND_REVERSAL and view.tombstoned(req.key):
+        reversal = req.kind is KIND_REVERSAL
+        if not reversal and view.tombstoned(req.key):
             raise Decline(RC_REVERSED_BEFORE_ARRIVAL, "reversed before it arrived")
-        if req.pin_block and req.kind is not KIND_REVERSAL:
+        if req.pin_block and not reversal:
             _pin_outcome(req, view, pin, pin_changes)
         return _Deciding(req, fields, view, rules, now, tuple(pin_changes), at).dispatch()
     except Decline as d:
@@ -349,12 +350,12 @@ class _Deciding:
         day, month = day_key(now), month_key(now)
         # each record's field read once (compiled, a Struct's field costs a generic attribute
         # lookup a read: docs/performance.md, "Fields read once (kept)")
-        program, member, mid = state.program, state.member, merchant.mid
+        program, member, card_id, mid = state.program, state.member, state.id, merchant.mid
         fee = quote_fee(self.rules.fees, merchant=merchant, card_program=program, amount=amount, now=now)
         cb = quote_cashback(self.rules.cashback, card_program=program, merchant=merchant, amount=amount,
                             month_spend=view.member_month(member, month), now=now)
         fee_won, support, by_funder, cb_total, eligible = fee.fee, fee.support, cb.by_funder, cb.total, cb.eligible
-        cash_acc, cb_acc, _ = card_accounts(state.id)
+        cash_acc, cb_acc, _ = card_accounts(card_id)
         released: list[Entry] = []
         if hold is not None:
             released = [(state.held_account, -hold.remaining), (cash_acc, hold.remaining)]
@@ -375,7 +376,6 @@ class _Deciding:
                                 fee=fee_won, fee_tier=fee.tier, rate_bp=fee.rate_bp, support=tuple(support),
                                 cashback=tuple(by_funder), eligible=eligible, policy=cb.policy_id)
         rrn = zero_padded(pid, 12)
-        card_id = state.id
         posting = Posting(id=pid, kind="purchase", at=self.at, amount=amount, entries=entries, card_id=card_id,
                           mid=mid, tid=req.terminal, stan=req.stan, rrn=rrn, fee=fee_won,
                           support=fee.support_total, cashback=cb_total,
