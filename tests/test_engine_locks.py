@@ -30,6 +30,21 @@ async def test_an_uncontended_member_lock_holds_no_future():
 
 
 @pytest.mark.asyncio
+async def test_acquire_now_takes_a_free_lock_in_the_callers_step_and_queues_nothing():
+    locks = MemberLocks()
+    assert locks.acquire_now("M1") is True and locks._held == {"M1": None}
+    assert locks.acquire_now("M1") is False and locks._held == {"M1": None}  # held: nothing taken or queued
+    waiter = asyncio.ensure_future(locks.acquire("M1"))
+    await asyncio.sleep(0)
+    assert len(locks._held["M1"]) == 1
+    locks.release("M1")  # handed to the waiter: still held
+    assert locks.acquire_now("M1") is False
+    await waiter
+    locks.release("M1")
+    assert locks._held == {} and locks.acquire_now("M2") is True and locks._held == {"M2": None}
+
+
+@pytest.mark.asyncio
 async def test_waiters_get_the_member_lock_one_at_a_time_in_arrival_order():
     locks, order, gate = MemberLocks(), [], asyncio.Event()
     first = asyncio.ensure_future(_turns(locks, order, "a", gate))

@@ -61,6 +61,23 @@ async def test_a_program_holds_at_most_its_slots_and_waiters_get_them_in_order()
     }
 
 
+async def test_enter_now_takes_a_free_slot_in_the_callers_step_and_never_jumps_the_queue():
+    gate = ProgramGate(ProgramLimits(in_flight_max=2, queue_max=2, wait_ms=5_000))
+    assert gate.enter_now("incheon") is True and gate.enter_now("incheon") is True
+    assert gate.enter_now("incheon") is False  # no slot free: nothing taken, nothing queued, not shed
+    assert gate.stats()["incheon"] == {"in_flight": 2, "waiting": 0, "admitted": 2, "shed_queue_full": 0,
+                                       "shed_timeout": 0}
+    waiter = asyncio.ensure_future(gate.enter("incheon"))
+    await eventually(lambda: gate.stats()["incheon"]["waiting"] == 1, what="the third to queue")
+    gate.leave("incheon")  # the slot passes to the waiter ...
+    assert gate.enter_now("incheon") is False  # ... and while anyone waits, enter_now takes nothing
+    assert await waiter is True
+    gate.leave("incheon")
+    assert gate.enter_now("incheon") is True  # a slot free and nobody waiting
+    assert gate.stats()["incheon"] == {"in_flight": 2, "waiting": 0, "admitted": 4, "shed_queue_full": 0,
+                                       "shed_timeout": 0}
+
+
 async def test_a_waiter_that_waits_too_long_is_shed_and_leaves_the_queue():
     gate = ProgramGate(ProgramLimits(in_flight_max=1, queue_max=4, wait_ms=20))
     assert await gate.enter("seo")

@@ -28,6 +28,12 @@ class Answerer:
         self.dialect = dialect
         self.security = security
 
+    def encode_unsigned(self, fields: dict[str, str]) -> bytes:
+        """`encode` of an answer to a terminal without a MAC (`sign` None), in the caller's
+        step: no coroutine to make and await (docs/performance.md, "Unsigned answers encoded
+        without a coroutine"). Raises AnswerFailed."""
+        return self._encode(fields)
+
     async def encode(self, fields: dict[str, str], sign: tuple[TerminalKeys, str] | None) -> bytes:
         """The message bytes; for a secured terminal the MAC under the request's KSN, in the
         dialect's MAC field and form, over every byte before it (codec `mac_span`). Raises

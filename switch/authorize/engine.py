@@ -121,6 +121,14 @@ class MemberLocks:
     def __init__(self) -> None:
         self._held: dict[str, list[asyncio.Future[None]] | None] = {}
 
+    def acquire_now(self, key: str) -> bool:
+        """`acquire`'s uncontended case, in the caller's step (no coroutine): True, the lock
+        is held; False, it is taken (then `await acquire`, which queues)."""
+        if key not in self._held:
+            self._held[key] = None
+            return True
+        return False
+
     async def acquire(self, key: str) -> None:
         if key not in self._held:
             self._held[key] = None
@@ -311,7 +319,8 @@ class Engine:
             if original_key in self.pending:
                 await self.pending.wait(original_key)
         lock = card.member if card is not None else "pan:" + req.pan
-        await self.locks.acquire(lock)
+        if not self.locks.acquire_now(lock):  # uncontended: no coroutine
+            await self.locks.acquire(lock)
         try:
             return await self._decide_and_commit(a, req, fields, sign, counter, pin,
                                                  card.member if card is not None else None, check)
@@ -340,7 +349,7 @@ class Engine:
                 state.posting_id_used(decision.posting.id)
             stored = response_fields(decision.response)
             try:
-                payload = await a.encode(stored, sign)
+                payload = a.encode_unsigned(stored) if sign is None else await a.encode(stored, sign)
             except AnswerFailed as failed:
                 writer.withdraw()
                 return await self._unstored(a, req, fields, failed.rc, failed.note, None)

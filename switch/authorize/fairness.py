@@ -51,6 +51,16 @@ class ProgramGate:
             p = self._programs[program] = _Program()
         return p
 
+    def enter_now(self, program: str) -> bool:
+        """`enter`'s uncontended case, in the caller's step (no coroutine): True, a slot is
+        held; False, none is free now (then `await enter`, which waits or sheds)."""
+        p = self._program(program)
+        if p.in_flight < self.limits.in_flight_max and not p.waiting:
+            p.in_flight += 1
+            p.admitted += 1
+            return True
+        return False
+
     async def enter(self, program: str) -> bool:
         """True: a slot is held (call leave once the answer is decided). False: shed."""
         p = self._program(program)

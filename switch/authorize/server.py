@@ -195,7 +195,7 @@ class Processor:
         program = self._gated_program(req)
         if program is not None:
             line["program"] = program
-            if not await self.gate.enter(program):
+            if not (self.gate.enter_now(program) or await self.gate.enter(program)):
                 line["note"] = "program over capacity: shed"
                 return _error_response(fields, Rc.PROGRAM_BUSY), None
             try:
