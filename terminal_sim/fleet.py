@@ -76,6 +76,7 @@ from hdrh.histogram import HdrHistogram
 from hsm_mock import dukpt
 from switch.wire.codec import Dialect, encode_fields, load_dialect
 from switch.wire.framing import frame
+from switch.wire.transport import Deadlines
 
 from .client import DEFAULT_TPDU, AnswerStream
 from .population import Population, PopulationCard, PopulationError, PopulationTerminal, load_population
@@ -672,6 +673,9 @@ class _RunContext:
     card_pins: dict[str, str] = field(default_factory=dict)
     pin_wrong_last: set[str] = field(default_factory=set)  # PANs whose last PIN from the fleet was wrong
     end: float = float("inf")
+    # every terminal's request awaiting its answer, by deadline: one timer for the fleet, not a
+    # call_later handle per request (switch/wire/transport.py)
+    deadlines: Deadlines = field(default_factory=lambda: Deadlines(_expire))
 
     @property
     def timeout_s(self) -> float:
@@ -827,9 +831,8 @@ class _SimTerminal:
         self.last_activity = sent_at
         stan = secured["11"]
         waiter = link.send(stan, data)
-        timer = self.ctx.loop.call_later(self.ctx.timeout_s, _expire, waiter)
+        self.ctx.deadlines.add(self.ctx.loop, waiter, self.ctx.timeout_s)
         answer = await waiter
-        timer.cancel()
         if answer is TIMED_OUT:
             link.forget(stan, waiter)
         elif isinstance(answer, _Answer):
@@ -1114,6 +1117,7 @@ async def run_fleet(config: FleetConfig) -> FleetReport:
         await _run_lanes(_lanes(terms, ctx, t0), deadline=ctx.end + 3 * ctx.timeout_s + 1.0)
     finally:
         done.set()
+        ctx.deadlines.close()  # no request is awaited any more: the lanes ended
         if progress is not None:
             await progress
         for t in terms:

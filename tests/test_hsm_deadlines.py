@@ -1,10 +1,11 @@
-"""The HSM client's call deadlines: one timer a connection for all its calls
-(switch/authorize/hsm_client.py `_Deadlines`; docs/performance.md, "The HSM client's
-deadlines, one timer a connection"). A call fails with TimeoutError when its own deadline
-passes, whatever the order the calls were sent in and whatever other calls are answered
-meanwhile; the calls kept stay bounded; a connection that closes leaves no timer behind.
-The timer's own behaviour is driven on a real event loop with futures nobody answers; the
-end-to-end cases run against a real hsm_mock service over TCP."""
+"""Call deadlines with one timer for many calls (switch/wire/transport.py `Deadlines`; the
+switch's HSM client keeps one a connection, the fleet one for all its terminals;
+docs/performance.md, "The HSM client's deadlines, one timer a connection"). A call expires
+when its own deadline passes, whatever the order the calls were added in and whatever other
+calls end meanwhile; the calls kept stay bounded; close leaves no timer behind. The timer's
+own behaviour is driven on a real event loop with futures nobody answers; the HSM client's
+case runs against a real hsm_mock service over TCP; the fleet's timeouts through it are
+tests/test_fleet.py's (a request never answered times out and is reversed, a drop)."""
 
 import asyncio
 import time
@@ -13,12 +14,17 @@ import pytest
 
 from hsm_mock.config import HsmConfig as ServiceConfig
 from hsm_mock.service import FaultPlan, HsmServer
-from switch.authorize.hsm_client import HsmConfig, _Connection, _Deadlines
+from switch.authorize.hsm_client import HsmConfig, _Connection
+from switch.wire.transport import Deadlines
+
+
+def _timed_out(fut):
+    fut.set_exception(asyncio.TimeoutError())
 
 
 async def test_each_call_times_out_at_its_own_deadline_in_any_order():
     loop = asyncio.get_running_loop()
-    deadlines = _Deadlines()
+    deadlines = Deadlines(_timed_out)
     slow, fast, middle = loop.create_future(), loop.create_future(), loop.create_future()
     t0 = loop.time()
     deadlines.add(loop, slow, 0.30)
@@ -44,7 +50,7 @@ async def test_each_call_times_out_at_its_own_deadline_in_any_order():
 
 async def test_an_answered_call_never_times_out_and_is_dropped_from_the_front():
     loop = asyncio.get_running_loop()
-    deadlines = _Deadlines()
+    deadlines = Deadlines(_timed_out)
     waiting = []
     for i in range(1_000):  # answered as fast as they are sent: the kept calls stay few
         fut = loop.create_future()
@@ -62,7 +68,7 @@ async def test_an_answered_call_never_times_out_and_is_dropped_from_the_front():
 
 async def test_close_cancels_the_timer_and_forgets_the_calls():
     loop = asyncio.get_running_loop()
-    deadlines = _Deadlines()
+    deadlines = Deadlines(_timed_out)
     fut = loop.create_future()
     deadlines.add(loop, fut, 0.05)
     deadlines.close()

@@ -15,7 +15,6 @@ request's MAC that way while it decides the request.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import collections
 import itertools
 import time
@@ -27,7 +26,7 @@ import structlog
 from switch.wire.payshield import FrameReader, ProtocolError, frame
 
 from switch.wire.transport import parse_hostport
-from switch.wire.transport import WriteBatch
+from switch.wire.transport import Deadlines, WriteBatch
 from switch.ops.metrics import Buckets
 
 log = structlog.get_logger()
@@ -123,73 +122,6 @@ class _Attempt(NamedTuple):
     fut: asyncio.Future[HsmReply]
 
 
-class _Deadlines:
-    """A connection's calls by deadline, with one timer for all of them (not a `call_later`
-    handle per call and its cancel: ≈ 2 µs a command under uvloop; docs/performance.md, "The
-    HSM client's deadlines, one timer a connection"). The timer is armed for the earliest
-    deadline of a call still waiting; when it fires, every waiting call past its deadline
-    fails with TimeoutError, at the same moment a timer of its own would have fired (within
-    the loop's timer granularity).
-
-    Calls are kept in deadline order; a call that ended stays until it reaches the front,
-    where it is dropped (at each `add` and each firing), so the calls kept are at most those
-    sent during one timeout behind the oldest still waiting: bounded by the connection's
-    in-flight slots (`in_flight_max`) and the rate of the last `call_timeout_ms`."""
-
-    __slots__ = ("_calls", "_timer", "_armed_at")
-
-    def __init__(self) -> None:
-        self._calls: collections.deque[tuple[float, asyncio.Future[HsmReply]]] = collections.deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._armed_at = 0.0
-
-    def __len__(self) -> int:
-        return len(self._calls)
-
-    def add(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[HsmReply], timeout_s: float) -> None:
-        calls = self._calls
-        while calls and calls[0][1].done():  # ended calls at the front: dropped
-            calls.popleft()
-        deadline = loop.time() + timeout_s
-        if not calls or calls[-1][0] <= deadline:
-            calls.append((deadline, fut))  # the usual case: every call of a connection has one timeout
-        else:  # a shorter timeout than a call before it: into its place
-            bisect.insort(calls, (deadline, fut), key=_deadline)
-        if self._timer is None or deadline < self._armed_at:
-            self._arm(loop, deadline)
-
-    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = loop.call_at(at, self._fire, loop)
-        self._armed_at = at
-
-    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        calls = self._calls
-        now = loop.time()
-        while calls:
-            deadline, fut = calls[0]
-            if fut.done():
-                calls.popleft()
-            elif deadline <= now:
-                calls.popleft()
-                fut.set_exception(asyncio.TimeoutError())
-            else:
-                self._arm(loop, deadline)
-                return
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._calls.clear()
-
-
-def _deadline(call: tuple[float, asyncio.Future[HsmReply]]) -> float:
-    return call[0]
-
-
 class _Connection:
     """One TCP connection; responses matched to calls by header."""
 
@@ -201,7 +133,7 @@ class _Connection:
         self.ids = itertools.count()
         self._header_modulus = 10 ** config.header_length  # headers cycle through n digits
         self.slots = _Slots(config.in_flight_max)
-        self.deadlines = _Deadlines()
+        self.deadlines = Deadlines(_timed_out)
         self.read_task: asyncio.Task[None] | None = None
         self.out: WriteBatch | None = None  # commands of one loop iteration leave in one write
 
@@ -285,6 +217,10 @@ class _Connection:
                 fut.set_exception(ConnectionError("hsm connection lost"))
         self.pending.clear()
         self.deadlines.close()
+
+
+def _timed_out(fut: asyncio.Future[HsmReply]) -> None:
+    fut.set_exception(asyncio.TimeoutError())
 
 
 class Sent(NamedTuple):

@@ -1,10 +1,13 @@
 """The event loop entry points use (uvloop where installed, a dependency on Linux),
-`freeze_heap`, which a started server calls before it serves, and `WriteBatch`, which the
-switch's HSM client and the HSM both write through."""
+`freeze_heap`, which a started server calls before it serves, `WriteBatch`, which the
+switch's HSM client and the HSM both write through, and `Deadlines`, the call timeouts of the
+switch's HSM client and of the fleet."""
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import gc
 import time
 from typing import Any, Callable, Coroutine
@@ -58,6 +61,77 @@ class WriteBatch:
         if self._frames and self._usable():
             self._write(b"".join(self._frames))
         self._frames.clear()
+
+
+class Deadlines:
+    """Calls awaiting an answer, by deadline, with one timer for all of them (not a
+    `call_later` handle per call and its cancel: ≈ 2 µs a call under uvloop; docs/performance.md,
+    "The HSM client's deadlines, one timer a connection"). The switch's HSM client keeps one a
+    connection, the fleet one for all its terminals. The timer is armed for the earliest
+    deadline of a call still waiting; when it fires, `expire(fut)` is called for every call
+    still waiting past its deadline, at the moment a timer of its own would have fired
+    (within the loop's timer granularity).
+
+    Calls are kept in deadline order; a call that ended stays until it reaches the front,
+    where it is dropped (at each `add` and each firing), so the calls kept are at most those
+    added during one timeout behind the oldest still waiting: bounded by the caller's own
+    in-flight limit and its rate over one timeout."""
+
+    __slots__ = ("_calls", "_timer", "_armed_at", "_expire")
+
+    def __init__(self, expire: Callable[[asyncio.Future[Any]], None]) -> None:
+        """expire: what a call past its deadline gets (its future is not done when called)."""
+        self._calls: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = 0.0
+        self._expire = expire
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def add(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], timeout_s: float) -> None:
+        calls = self._calls
+        while calls and calls[0][1].done():  # ended calls at the front: dropped
+            calls.popleft()
+        deadline = loop.time() + timeout_s
+        if not calls or calls[-1][0] <= deadline:
+            calls.append((deadline, fut))  # the usual case: every call of a caller has one timeout
+        else:  # a shorter timeout than a call before it: into its place
+            bisect.insort(calls, (deadline, fut), key=_deadline)
+        if self._timer is None or deadline < self._armed_at:
+            self._arm(loop, deadline)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(at, self._fire, loop)
+        self._armed_at = at
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        calls = self._calls
+        now = loop.time()
+        while calls:
+            deadline, fut = calls[0]
+            if fut.done():
+                calls.popleft()
+            elif deadline <= now:
+                calls.popleft()
+                self._expire(fut)
+            else:
+                self._arm(loop, deadline)
+                return
+
+    def close(self) -> None:
+        """Forget every call and cancel the timer (the caller ends its calls its own way)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._calls.clear()
+
+
+def _deadline(call: tuple[float, asyncio.Future[Any]]) -> float:
+    return call[0]
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
