@@ -139,7 +139,8 @@ class _Connection:
 
     @property
     def open(self) -> bool:
-        return self.writer is not None and not self.writer.is_closing()
+        # the transport's own is_closing (C), not the StreamWriter's (a Python call around it)
+        return self.writer is not None and not self.writer.transport.is_closing()
 
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.wait_for(
@@ -326,11 +327,12 @@ class HsmPool:
         and has its response MAC'd (switch/authorize/engine.py, `_decided_while_checked`)."""
         timeout_s = self.config.call_timeout_ms / 1000
         for index, ep in enumerate(self.endpoints):
-            if not self._usable(ep):
+            # usable (`_usable`) and its connection in one step: next_conn is None when none is open
+            conn = ep.next_conn() if ep.healthy else None
+            if conn is None:
                 if ep.healthy:
                     self._mark_down(ep, "connection closed")
                 continue
-            conn = ep.next_conn()
             return Sent(code, body, index, conn, conn.send_now(code, body, timeout_s), time.perf_counter_ns())
         return Sent(code, body, len(self.endpoints), None, None, 0)
 
