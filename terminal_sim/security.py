@@ -303,8 +303,9 @@ class _KeyRegisters:
         future = [counter | (1 << j) for j in lower]
         if self.profile == PROFILE_TDES:
             k = int.from_bytes(key, "big")
-            pin, mac_request, mac_response = ((k ^ v).to_bytes(16, "big") for v in _TDES_VARIANTS)
-            keys = _WorkingKeys(pin=pin, mac_request=mac_request, mac_response=mac_response)
+            pin, mac_request, mac_response = _TDES_VARIANTS  # each variant XORed in place: no generator
+            keys = _WorkingKeys((k ^ pin).to_bytes(16, "big"), (k ^ mac_request).to_bytes(16, "big"),
+                                (k ^ mac_response).to_bytes(16, "big"))
             new = _tdes_future_keys(key, [self._register_base | c for c in future]) if future else []
         else:
             pin, mac_request, mac_response, *new = _aes_keys(key, self._ikid, counter, future)
@@ -331,6 +332,7 @@ class TerminalSecurity:
         self._ksn = config.initial_ksn
         self._counter = 0
         self._registers: _KeyRegisters | None = None  # built at the first next_ksn(), from the initial key
+        self._ksn_base: tuple[int, str] | None = None  # TDES: the initial KSN as an int, its format (_ksn_of)
         self._keys: OrderedDict[str, _WorkingKeys] = OrderedDict()
         self._sent: OrderedDict[tuple[str, str, str], _Sent] = OrderedDict()
         self.iso4_fill: bytes | None = None  # fixed ISO-4 random fill: reproducible documents only
@@ -424,8 +426,11 @@ class TerminalSecurity:
 
     def _ksn_of(self, counter: int) -> str:
         initial = self.config.initial_ksn
-        if self.profile == PROFILE_TDES:
-            return f"{int(initial, 16) | counter:0{len(initial)}X}"  # the initial KSN's counter is 0
+        if self.profile == PROFILE_TDES:  # the initial KSN's counter is 0
+            base = self._ksn_base
+            if base is None:  # parsed once, not per transaction
+                base = self._ksn_base = (int(initial, 16), f"%0{len(initial)}X")
+            return base[1] % (base[0] | counter)
         return initial[: 2 * dukpt.AES_IKID_SIZE] + f"{counter:08X}"
 
     def _own_ksn(self, ksn: str) -> str:
