@@ -1,7 +1,7 @@
 """The switch's cost in instructions per purchase, counted by valgrind: a figure that does
 not move with the machine's load, so a lever of 1 % can be told from none.
 
-    python benchmarks/instructions.py [--base REV ...] [--scenario plain|standard] [--messages 2000]
+    python benchmarks/instructions.py [--base REV ...] [--scenario plain|standard|terminal] [--messages 2000]
                                       [--functions K] [--de7-step-us 0] [--out-dir DIR]
 
 core_bench.py's in-process plain path (security `none`, no HSM, 32 in flight, group commit,
@@ -38,6 +38,13 @@ threads' timing), so one run per tree tells a lever of 0.5 %, and trees may run 
 With --base, each REV is checked out into a temporary git worktree (benchmarks/ab.py
 `worktree`, compiled build included) and seeded with its own schema. Writes
 <out-dir>/<date>-<host>-instructions.json.
+
+`--scenario terminal`: no switch, the fleet's own security work a transaction (the figure
+`fleet.cpu_us_per_tx` holds besides its sockets): 200 DUKPT-TDES terminals in turn, the next
+KSN and its keys from the key registers, a PIN block on 1 in 4, the request MAC and the check
+of a response MAC, as benchmarks/micro.py's `terminal.transaction_us` times it; every request
+MAC is checked afterwards against the host's derivation (hsm_mock.dukpt). "a purchase" reads
+"a transaction" there.
 
 `--scenario standard`: the bench's standard scenario instead of the plain path (the key
 `switch.cpu_us_per_auth`): DUKPT-TDES terminals, a MAC on every purchase and a PIN on 1 in
@@ -186,6 +193,38 @@ async def main():
     print(json.dumps({"codes": codes, "verified": ok, "groups": groups, "units": units, "macs_verified": macs}))
 
 """ + RUN_UVLOOP
+# --scenario terminal: the terminal side of one transaction of the standard scenario (the
+# fleet's security work, as benchmarks/micro.py's `terminal.transaction_us` times it): 200
+# DUKPT-TDES terminals under the test BDK in turn, each transaction the next KSN and its keys
+# from the key registers, a PIN block on 1 in 4, the request MAC of a 140-byte message and
+# the check of a response MAC (False here; its work the same). After the counted pass, every
+# request's MAC is checked against the host's own derivation (hsm_mock.dukpt from the initial
+# key, hsm_mock.crypto's X9.19 MAC): a count of terminals that sign wrongly is no figure.
+MEASURE_TERMINAL = r"""
+import json, os, sys
+counted = int(sys.argv[1])
+from hsm_mock import crypto, dukpt
+from switch.authorize.security import initial_ksn
+from terminal_sim.security import TerminalSecurity
+signed = b"0200" + bytes(range(128)) + bytes(8)
+terms = [TerminalSecurity.for_test_keys("dukpt-tdes", initial_ksn("dukpt-tdes", d)) for d in range(1, 201)]
+def transact(i):
+    t = terms[i % len(terms)]
+    req = t.protect({"t": "0200", "2": "9410100000002345"}, pin="1234" if i % 4 == 0 else None,
+                    pan="9410100000002345")
+    out = t.sign(signed, ksn=req["53"])
+    t.verify_response(out, ksn=req["53"])
+    return t, req["53"], out
+for i in range(2 * len(terms)):  # warm: every terminal's key registers loaded
+    transact(i)
+os.getppid()  # callgrind dumps here (--dump-before=getppid): the count starts from zero
+done = [transact(i) for i in range(counted)]
+os.getppid()  # and dumps again: the second dump is the counted pass alone
+good = sum(1 for t, ksn, out in done
+           if crypto.mac_iso9797_alg3(dukpt.tdes_mac_request_key(dukpt.tdes_derive_key(t._initial_key, ksn)),
+                                      out[:-8]) == out[-8:])
+print(json.dumps({"codes": ["00"], "verified": good == counted, "groups": 1, "units": counted, "macs_verified": good}))
+"""
 STANDARD_PIN_CARDS = 5000  # of the 20,000 seeded: enough for a PIN on 1 in 4 of 20,000 purchases
 STANDARD_PIN = "1234"
 
@@ -256,14 +295,16 @@ def grouped(by_object: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def count(tree: Path, template: Path, counted: int, concurrency: int, out: Path, *, hsm_port: int | None = None
-          ) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+def count(tree: Path, template: Path, counted: int, concurrency: int, out: Path, *, hsm_port: int | None = None,
+          terminal: bool = False) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
     """One run of MEASURE under callgrind: the counted pass's instructions by group of shared
     objects, and by (object, function). callgrind writes a dump at each `os.getppid()` of
     MEASURE (`--dump-before=getppid`, a libc function nothing else here calls): `out`.1 is
     everything before the counted pass, `out`.2 the counted pass alone, `out` the rest."""
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
     measure, extra = (MEASURE, []) if hsm_port is None else (MEASURE_STANDARD, [str(hsm_port)])
+    if terminal:
+        measure, extra = MEASURE_TERMINAL, []
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-line=no",
            "--dump-before=getppid", python_binary(), "-c", measure, str(counted), str(concurrency), str(template),
            *extra]
@@ -279,7 +320,8 @@ def count(tree: Path, template: Path, counted: int, concurrency: int, out: Path,
     costs = self_costs(dumps[1])
     split = grouped(by_object(costs))
     split["total"] = sum(split.values())
-    split["units_per_group"] = round(result["units"] / max(1, result["groups"]), 1)  # not instructions
+    if not terminal:  # the terminals alone commit nothing
+        split["units_per_group"] = round(result["units"] / max(1, result["groups"]), 1)  # not instructions
     return split, costs
 
 
@@ -338,8 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs per tree (to show how closely the count repeats)")
     ap.add_argument("--functions", type=int, default=0, help="also list the K C functions costing most a purchase")
     ap.add_argument("--de7-step-us", type=int, default=0, help=DE7_STEP_HELP)
-    ap.add_argument("--scenario", choices=("plain", "standard"), default="plain",
-                    help="plain: security none, no HSM; standard: DUKPT-TDES MACs, a PIN on 1 in 4, an HSM process")
+    ap.add_argument("--scenario", choices=("plain", "standard", "terminal"), default="plain",
+                    help="plain: security none, no HSM; standard: DUKPT-TDES MACs, a PIN on 1 in 4, an HSM process; "
+                         "terminal: the fleet's security work a transaction (no switch)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     os.environ["EUM_BENCH_DE7_STEP_US"] = str(args.de7_step_us)  # read by SETUP in the measured process
@@ -363,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             for i, (name, tree) in enumerate(trees.items()):  # each tree seeds with its own schema
                 templates[name] = Path(tmp) / f"template{i}"
                 templates[name].mkdir()
+                if args.scenario == "terminal":
+                    continue  # no ledger: the terminals alone
                 if hsm_port is None:
                     seed_template(tree, templates[name])
                 else:
@@ -373,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                 out.parent.mkdir()
             with ThreadPoolExecutor(max_workers=args.jobs) as pool:
                 futures = {job: pool.submit(count, trees[job[0]], templates[job[0]], n, args.concurrency, outs[job],
-                                            hsm_port=hsm_port)
+                                            hsm_port=hsm_port, terminal=args.scenario == "terminal")
                            for job in jobs}
                 counts = {job: fut.result() for job, fut in futures.items()}
         finally:
@@ -394,12 +439,14 @@ def main(argv: list[str] | None = None) -> int:
         for r, split in enumerate(per):
             print(f"{name} run {r + 1}: {split['total']:,.0f} instructions a purchase; "
                   + ", ".join(f"{k} {v:,.0f}" for k, v in split.items() if k not in ("total", "units_per_group"))
-                  + f" ({split['units_per_group']} purchases a group commit)", flush=True)
+                  + (f" ({split['units_per_group']} purchases a group commit)" if "units_per_group" in split else ""),
+                  flush=True)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
     from benchmarks.bench import describe_machine, write_result
-    result = {"what": f"instructions per warm {args.scenario} purchase, in process, every thread, user space "
-                      "(benchmarks/instructions.py, valgrind callgrind)",
+    what = ("instructions per transaction of a fleet terminal's security work (no switch)"
+            if args.scenario == "terminal" else f"instructions per warm {args.scenario} purchase, in process")
+    result = {"what": f"{what}, every thread, user space (benchmarks/instructions.py, valgrind callgrind)",
               "machine": describe_machine(), "this_tree": head, "scenario": args.scenario, "messages": n,
               "concurrency": args.concurrency, "de7_step_us": args.de7_step_us,
               "runs": runs, "raw": {f"{name} run {r + 1}": v[0] for (name, r), v in counts.items()},
