@@ -1,7 +1,7 @@
 """The switch's cost in instructions per purchase, counted by valgrind: a figure that does
 not move with the machine's load, so a lever of 1 % can be told from none.
 
-    python benchmarks/instructions.py [--base REV ...] [--scenario plain|standard|terminal] [--messages 2000]
+    python benchmarks/instructions.py [--base REV ...] [--scenario plain|standard|terminal|hsm] [--messages 2000]
                                       [--functions K] [--de7-step-us 0] [--out-dir DIR]
 
 core_bench.py's in-process plain path (security `none`, no HSM, 32 in flight, group commit,
@@ -46,6 +46,12 @@ of a response MAC, as benchmarks/micro.py's `terminal.transaction_us` times it; 
 MAC is checked afterwards against the host's derivation (hsm_mock.dukpt). "a purchase" reads
 "a transaction" there.
 
+`--scenario hsm`: no switch, the HSM's own work an authorisation (the figure
+`hsm.cpu_us_per_auth` holds besides its transport): the commands the switch sends for each
+(GW verify, 1 in 4 G0 + EC, GW generate) answered by `Hsm.handle` with its key caches on,
+built by benchmarks/micro.py's HSM_AUTH_SETUP (as `--hsm-auth-mix` times them); every answer
+must be 00. "a purchase" reads "an authorisation" there.
+
 `--scenario standard`: the bench's standard scenario instead of the plain path (the key
 `switch.cpu_us_per_auth`): DUKPT-TDES terminals, a MAC on every purchase and a PIN on 1 in
 4 (one GQ, the request MAC and the PIN, and one GW for the response MAC, through a real
@@ -75,6 +81,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.core_bench import DE7_STEP_HELP, DRIVE, RUN_UVLOOP, SETUP  # noqa: E402
+from benchmarks.micro import HSM_AUTH_SETUP  # noqa: E402
 
 # The counted pass of both scenarios, in the body of MEASURE's `async with` (after the warm-up):
 # the heap frozen as `eum switch` freezes it once started, the pass's frames built (the load's
@@ -225,6 +232,20 @@ good = sum(1 for t, ksn, out in done
                                       out[:-8]) == out[-8:])
 print(json.dumps({"codes": ["00"], "verified": good == counted, "groups": 1, "units": counted, "macs_verified": good}))
 """
+# --scenario hsm: the HSM's work per authorisation of the standard scenario, in process (no
+# transport; benchmarks/micro.py's HSM_AUTH_SETUP: the commands the switch sends for each,
+# `Hsm.handle` with its key caches on), one block of `counted` authorisations counted; every
+# answer must be 00 (run() stops at any other).
+MEASURE_HSM = HSM_AUTH_SETUP + r"""
+import os
+counted = rounds * block
+part = auths[pos:pos + counted]
+os.getppid()  # callgrind dumps here (--dump-before=getppid): the count starts from zero
+answers = run(hsms["cache_on"] if "cache_on" in hsms else hsms["default"], part)
+os.getppid()  # and dumps again: the second dump is the counted pass alone
+print(json.dumps({"codes": ["00"], "verified": len(answers) == sum(len(c) for c in part), "groups": 1,
+                  "units": counted}))
+"""
 STANDARD_PIN_CARDS = 5000  # of the 20,000 seeded: enough for a PIN on 1 in 4 of 20,000 purchases
 STANDARD_PIN = "1234"
 
@@ -296,18 +317,21 @@ def grouped(by_object: dict[str, int]) -> dict[str, int]:
 
 
 def count(tree: Path, template: Path, counted: int, concurrency: int, out: Path, *, hsm_port: int | None = None,
-          terminal: bool = False) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+          scenario: str = "plain") -> tuple[dict[str, int], dict[tuple[str, str], int]]:
     """One run of MEASURE under callgrind: the counted pass's instructions by group of shared
     objects, and by (object, function). callgrind writes a dump at each `os.getppid()` of
     MEASURE (`--dump-before=getppid`, a libc function nothing else here calls): `out`.1 is
     everything before the counted pass, `out`.2 the counted pass alone, `out` the rest."""
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
-    measure, extra = (MEASURE, []) if hsm_port is None else (MEASURE_STANDARD, [str(hsm_port)])
-    if terminal:
-        measure, extra = MEASURE_TERMINAL, []
+    measure, argv = MEASURE, [str(counted), str(concurrency), str(template)]
+    if scenario == "standard":
+        measure, argv = MEASURE_STANDARD, argv + [str(hsm_port)]
+    elif scenario == "terminal":
+        measure = MEASURE_TERMINAL
+    elif scenario == "hsm":  # rounds, block, terminals, warm (micro.py's HSM_AUTH_SETUP): one block counted
+        measure, argv = MEASURE_HSM, ["1", str(counted), "32", "128"]
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-line=no",
-           "--dump-before=getppid", python_binary(), "-c", measure, str(counted), str(concurrency), str(template),
-           *extra]
+           "--dump-before=getppid", python_binary(), "-c", measure, *argv]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=template, timeout=3600)
     if done.returncode != 0:
         raise SystemExit(f"instructions: the run in {tree} failed:\n{done.stderr[-3000:]}")
@@ -320,7 +344,7 @@ def count(tree: Path, template: Path, counted: int, concurrency: int, out: Path,
     costs = self_costs(dumps[1])
     split = grouped(by_object(costs))
     split["total"] = sum(split.values())
-    if not terminal:  # the terminals alone commit nothing
+    if scenario in ("plain", "standard"):  # the terminals or the HSM alone commit nothing
         split["units_per_group"] = round(result["units"] / max(1, result["groups"]), 1)  # not instructions
     return split, costs
 
@@ -380,9 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs per tree (to show how closely the count repeats)")
     ap.add_argument("--functions", type=int, default=0, help="also list the K C functions costing most a purchase")
     ap.add_argument("--de7-step-us", type=int, default=0, help=DE7_STEP_HELP)
-    ap.add_argument("--scenario", choices=("plain", "standard", "terminal"), default="plain",
+    ap.add_argument("--scenario", choices=("plain", "standard", "terminal", "hsm"), default="plain",
                     help="plain: security none, no HSM; standard: DUKPT-TDES MACs, a PIN on 1 in 4, an HSM process; "
-                         "terminal: the fleet's security work a transaction (no switch)")
+                         "terminal: the fleet's security work a transaction (no switch); hsm: the HSM's work an "
+                         "authorisation (its commands handled in process, no transport)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     os.environ["EUM_BENCH_DE7_STEP_US"] = str(args.de7_step_us)  # read by SETUP in the measured process
@@ -406,8 +431,8 @@ def main(argv: list[str] | None = None) -> int:
             for i, (name, tree) in enumerate(trees.items()):  # each tree seeds with its own schema
                 templates[name] = Path(tmp) / f"template{i}"
                 templates[name].mkdir()
-                if args.scenario == "terminal":
-                    continue  # no ledger: the terminals alone
+                if args.scenario in ("terminal", "hsm"):
+                    continue  # no ledger: the terminals, or the HSM, alone
                 if hsm_port is None:
                     seed_template(tree, templates[name])
                 else:
@@ -418,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                 out.parent.mkdir()
             with ThreadPoolExecutor(max_workers=args.jobs) as pool:
                 futures = {job: pool.submit(count, trees[job[0]], templates[job[0]], n, args.concurrency, outs[job],
-                                            hsm_port=hsm_port, terminal=args.scenario == "terminal")
+                                            hsm_port=hsm_port, scenario=args.scenario)
                            for job in jobs}
                 counts = {job: fut.result() for job, fut in futures.items()}
         finally:
@@ -444,8 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
     from benchmarks.bench import describe_machine, write_result
-    what = ("instructions per transaction of a fleet terminal's security work (no switch)"
-            if args.scenario == "terminal" else f"instructions per warm {args.scenario} purchase, in process")
+    what = {"terminal": "instructions per transaction of a fleet terminal's security work (no switch)",
+            "hsm": "instructions per authorisation of the HSM's commands, handled in process (no transport)"
+            }.get(args.scenario, f"instructions per warm {args.scenario} purchase, in process")
     result = {"what": f"{what}, every thread, user space (benchmarks/instructions.py, valgrind callgrind)",
               "machine": describe_machine(), "this_tree": head, "scenario": args.scenario, "messages": n,
               "concurrency": args.concurrency, "de7_step_us": args.de7_step_us,

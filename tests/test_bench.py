@@ -764,6 +764,33 @@ def test_instructions_counts_a_real_standard_run_with_an_hsm_process(tmp_path):
         assert split["compiled"] > 0
 
 
+def test_instructions_counts_the_terminals_security_work_with_every_mac_checked(tmp_path):
+    """--scenario terminal end to end: no switch and no ledger, 20 transactions of the fleet's
+    DUKPT-TDES terminals counted (the next KSN from the key registers, a PIN block on 1 in 4,
+    the request MAC, a response MAC checked); the script exits non-zero unless every request
+    MAC equals the host's own derivation's (hsm_mock.dukpt, hsm_mock.crypto). Nothing is
+    committed, so no group size is reported, and nothing runs in SQLite."""
+    result = instructions_run(tmp_path, "--scenario", "terminal")
+    assert (result["scenario"], result["messages"], list(result["runs"])) == ("terminal", 20, ["this tree"])
+    assert result["what"].startswith("instructions per transaction of a fleet terminal's security work")
+    (split,) = result["runs"]["this tree"]
+    assert "units_per_group" not in split and split["sqlite"] == 0 and split["python"] > 0
+    if not result["machine"]["compiled"].startswith("0/"):  # setup.py builds hsm_mock/_des.c with them
+        assert split["compiled"] > 0  # the C DES
+
+
+def test_instructions_counts_the_hsms_work_per_authorisation(tmp_path):
+    """--scenario hsm end to end: the standard scenario's commands for 20 authorisations (GW
+    verify, G0 + EC on 1 in 4, GW generate), built as micro.py's --hsm-auth-mix builds them and
+    answered by `Hsm.handle` in process, every answer 00 or the script exits non-zero; no
+    switch, no ledger."""
+    result = instructions_run(tmp_path, "--scenario", "hsm")
+    assert (result["scenario"], result["messages"], list(result["runs"])) == ("hsm", 20, ["this tree"])
+    assert result["what"].startswith("instructions per authorisation of the HSM's commands")
+    (split,) = result["runs"]["this tree"]
+    assert "units_per_group" not in split and split["sqlite"] == 0 and split["python"] > 0
+
+
 def test_wal_pages_reads_each_commits_frames_and_names_their_btrees(tmp_path):
     """benchmarks/wal_pages.py's reader on a WAL SQLite wrote here: two transactions, the
     first making a table and an index, the second inserting one row; every frame of the second
