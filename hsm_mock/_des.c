@@ -81,6 +81,9 @@ static const uint8_t S[8][64] = {
 /* A bit permutation of an n-bit input (n a multiple of 8, bit 1 = the most significant) done as
  * n/8 byte look-ups: bytes[b][v] is the output bits the input's byte b contributes when it is v. */
 static uint64_t ip_bytes[8][256], fp_bytes[8][256], pc1_bytes[8][256], pc2_bytes[7][256];
+/* PC2's byte look-ups with their output already split into a schedule's two words (even and
+ * odd S-box groups where `feistel` reads them): a round key is 7 pairs of look-ups. */
+static uint64_t pc2_even[7][256], pc2_odd[7][256];
 static uint32_t sp[8][64]; /* S-box i's output for a 6-bit input, then P */
 
 static void build_bytes(uint64_t (*bytes)[256], const uint8_t *table, int out_bits, int in_bits)
@@ -106,12 +109,36 @@ static inline uint64_t permute(uint64_t (*bytes)[256], uint64_t in, int in_bits)
     return out;
 }
 
+/* A 48-bit round key (eight 6-bit groups, group 0 the most significant) as the schedule's even
+ * word (groups 0, 2, 4, 6 at bits 28, 20, 12, 4) or odd word (1, 3, 5, 7 at bits 24, 16, 8, 0). */
+static uint64_t groups_even(uint64_t sub)
+{
+    uint64_t even = 0;
+    for (int g = 0; g < 8; g += 2)
+        even |= ((sub >> (42 - 6 * g)) & 0x3F) << (28 - 4 * g);
+    return even;
+}
+
+static uint64_t groups_odd(uint64_t sub)
+{
+    uint64_t odd = 0;
+    for (int g = 1; g < 8; g += 2)
+        odd |= ((sub >> (42 - 6 * g)) & 0x3F) << (28 - 4 * g);
+    return odd;
+}
+
 static void build_tables(void)
 {
     build_bytes(ip_bytes, IP, 64, 64);
     build_bytes(fp_bytes, FP, 64, 64);
     build_bytes(pc1_bytes, PC1, 56, 64);
     build_bytes(pc2_bytes, PC2, 48, 56);
+    for (int b = 0; b < 7; b++) {  /* the groups are bit fields: splitting each look-up splits their OR */
+        for (int v = 0; v < 256; v++) {
+            pc2_even[b][v] = groups_even(pc2_bytes[b][v]);
+            pc2_odd[b][v] = groups_odd(pc2_bytes[b][v]);
+        }
+    }
     for (int i = 0; i < 8; i++) {
         for (int v = 0; v < 64; v++) {
             int row = ((v >> 4) & 2) | (v & 1), col = (v >> 1) & 0xF;
@@ -125,7 +152,13 @@ static void build_tables(void)
     }
 }
 
-typedef struct { uint8_t k[16][8]; } schedule; /* each round's 48-bit key as eight 6-bit groups */
+/* Each round's 48-bit key as eight 6-bit groups placed where the Feistel function reads them:
+ * group g (S-box g+1) at bit 28 - 4g of the expanded half-block E(R) (`feistel`). Neighbouring
+ * groups overlap by two bits there, so the even groups (0, 2, 4, 6: bits 28, 20, 12, 4) and the
+ * odd ones (1, 3, 5, 7: bits 24, 16, 8, 0) are kept in two words, each XORed with E(R) once:
+ * two XORs a round, not eight (docs/performance.md, "DES rounds with the round key in two
+ * words (kept)"). */
+typedef struct { uint64_t even[16], odd[16]; } schedule;
 
 /* Key schedules are key material: cleared before their stack frame is left. A memset of memory
  * about to go out of scope is a dead store the compiler may drop: the empty asm that "reads" the
@@ -153,30 +186,42 @@ static void key_schedule(const uint8_t key[8], schedule *ks)
         int s = SHIFTS[r];
         c = ((c << s) | (c >> (28 - s))) & 0xFFFFFFF;
         d = ((d << s) | (d >> (28 - s))) & 0xFFFFFFF;
-        uint64_t sub = permute(pc2_bytes, ((uint64_t)c << 28) | d, 56);
-        for (int g = 0; g < 8; g++)
-            ks->k[r][g] = (uint8_t)((sub >> (42 - 6 * g)) & 0x3F);
+        uint64_t cd = ((uint64_t)c << 28) | d, even = 0, odd = 0;
+        for (int b = 0; b < 7; b++) {
+            unsigned v = (unsigned)(cd >> (48 - 8 * b)) & 0xFF;
+            even |= pc2_even[b][v];
+            odd |= pc2_odd[b][v];
+        }
+        ks->even[r] = even;
+        ks->odd[r] = odd;
     }
 }
 
-static inline uint32_t feistel(uint32_t r, const uint8_t k[8])
+static inline uint32_t feistel(uint32_t r, uint64_t even, uint64_t odd)
 {
     /* E(R): group g is R's bits 4g .. 4g+5 (bit 0 meaning bit 32, bit 33 meaning bit 1) */
     uint64_t x = ((uint64_t)(r & 1) << 33) | ((uint64_t)r << 1) | (r >> 31);
-    uint32_t out = 0;
-    for (int g = 0; g < 8; g++)
-        out |= sp[g][((x >> (28 - 4 * g)) & 0x3F) ^ k[g]];
-    return out;
+    uint64_t t = x ^ even, u = x ^ odd;
+    return sp[0][(t >> 28) & 0x3F] | sp[2][(t >> 20) & 0x3F] | sp[4][(t >> 12) & 0x3F] | sp[6][(t >> 4) & 0x3F]
+         | sp[1][(u >> 24) & 0x3F] | sp[3][(u >> 16) & 0x3F] | sp[5][(u >> 8) & 0x3F] | sp[7][u & 0x3F];
 }
 
 static uint64_t des_block(uint64_t block, const schedule *ks, int decrypt)
 {
     uint64_t lr = permute(ip_bytes, block, 64);
     uint32_t l = (uint32_t)(lr >> 32), r = (uint32_t)lr;
-    for (int i = 0; i < 16; i++) {
-        uint32_t t = l ^ feistel(r, ks->k[decrypt ? 15 - i : i]);
-        l = r;
-        r = t;
+    /* Two rounds a step, without swapping the halves: after rounds 2i+1 and 2i+2, l and r are
+     * L(2i+2) and R(2i+2) as the standard's swapping loop leaves them. */
+    if (decrypt) {
+        for (int i = 15; i > 0; i -= 2) {
+            l ^= feistel(r, ks->even[i], ks->odd[i]);
+            r ^= feistel(l, ks->even[i - 1], ks->odd[i - 1]);
+        }
+    } else {
+        for (int i = 0; i < 16; i += 2) {
+            l ^= feistel(r, ks->even[i], ks->odd[i]);
+            r ^= feistel(l, ks->even[i + 1], ks->odd[i + 1]);
+        }
     }
     return permute(fp_bytes, ((uint64_t)r << 32) | l, 64); /* the last round's halves are not swapped */
 }
@@ -215,13 +260,15 @@ static PyObject *des_ecb(PyObject *self, PyObject *args)
     }
     schedule ks[3];
     const uint8_t *k = key.buf;
-    key_schedule(k, &ks[0]);
-    key_schedule(k + 8, &ks[1]);
     int single = memcmp(k, k + 8, 8) == 0 && memcmp(k, k + 16, 8) == 0; /* K|K|K: EDE is one DES */
-    if (memcmp(k, k + 16, 8) == 0) /* K1|K2|K1, the 2-key TDES of every DUKPT key */
-        ks[2] = ks[0];
-    else
-        key_schedule(k + 16, &ks[2]);
+    key_schedule(k, &ks[0]); /* K|K|K (a DUKPT register's halves): the block loop uses ks[0] alone */
+    if (!single) {
+        key_schedule(k + 8, &ks[1]);
+        if (memcmp(k, k + 16, 8) == 0) /* K1|K2|K1, the 2-key TDES of every DUKPT key */
+            ks[2] = ks[0];
+        else
+            key_schedule(k + 16, &ks[2]);
+    }
     result = PyBytes_FromStringAndSize(NULL, data.len);
     if (result == NULL)
         goto done;
