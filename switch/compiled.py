@@ -11,6 +11,7 @@ the compiled code out when a result looks wrong (docs/performance.md, "The compi
 path").
 
 Listed are modules that never await: the decision core and the rules, the codec and framing,
+the payShield envelope and field readers (the switch's HSM client and the HSM parse with them),
 the event builder, the seen-keys index and the hot state (whose cache misses read the store
 synchronously). The async shell (engine, server, writer, HSM client) and the modules of
 msgspec records with field defaults (switch/record.py, switch/wire/messages.py,
@@ -43,6 +44,7 @@ MODULES = (
     "switch.authorize.decide",
     "switch.wire.codec",
     "switch.wire.framing",
+    "switch.wire.payshield",
     "switch.ledger.events",
     "switch.authorize.seen",
     "switch.authorize.state",

@@ -31,7 +31,8 @@ ON_BOTH = ["tests/test_decide.py", "tests/test_decide_preauth.py", "tests/test_w
            "tests/test_rules_properties.py", "tests/test_fees.py", "tests/test_fees_boundaries.py",
            "tests/test_cashback.py", "tests/test_config_validation.py", "tests/test_online_mall.py",
            "tests/test_codec.py", "tests/test_codec_compiled.py", "tests/test_dialect_settings.py",
-           "tests/test_host_spec.py", "tests/test_framing.py", "tests/test_seen_keys.py", "tests/test_json_rendering.py"]
+           "tests/test_host_spec.py", "tests/test_framing.py", "tests/test_seen_keys.py", "tests/test_json_rendering.py",
+           "tests/test_hsm_commands.py"]
 
 
 def env(pure: bool) -> dict[str, str]:
