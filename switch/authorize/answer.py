@@ -30,8 +30,8 @@ class Answerer:
 
     def encode_unsigned(self, fields: dict[str, str]) -> bytes:
         """`encode` of an answer to a terminal without a MAC (`sign` None), in the caller's
-        step: no coroutine to make and await (docs/performance.md, "Unsigned answers encoded
-        without a coroutine"). Raises AnswerFailed."""
+        step: no coroutine to make and await (docs/performance.md, "Uncontended steps without a
+        coroutine"). Raises AnswerFailed."""
         return self._encode(fields)
 
     async def encode(self, fields: dict[str, str], sign: tuple[TerminalKeys, str] | None) -> bytes:
