@@ -1,9 +1,10 @@
 """The optional compiled build of the hot path's pure modules (switch/compiled.py `MODULES`),
-and of hsm_mock/_des.c (DES for keys used once: hsm_mock/crypto.py `DES_COMPILED`).
+of the software HSM's command modules (hsm_mock/compiled.py `MODULES`), and of hsm_mock/_des.c
+(DES for keys used once: hsm_mock/crypto.py `DES_COMPILED`).
 
 pyproject.toml holds the project's metadata; this file only adds the extension modules. With a
 C compiler and mypyc (a build requirement, pyproject.toml [build-system]), `pip install -e .`
-compiles the listed modules with mypyc; without a compiler, with EUM_BUILD_PURE=1, or when the
+compiles the listed modules with mypyc, one group (one shared library) per package; without a compiler, with EUM_BUILD_PURE=1, or when the
 build fails, it installs the pure Python alone and says so. Nothing else changes: the `.py`
 files stay the reference and EUM_PURE_PYTHON=1 selects them at run time (switch/compiled.py).
 """
@@ -21,17 +22,23 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 
 
-def _load_compiled():  # type: ignore[no-untyped-def]
-    """switch/compiled.py on its own (it imports only the standard library): the list of
-    modules, their digests and the compiler check, without importing the package."""
-    spec = importlib.util.spec_from_file_location("_eum_compiled", ROOT / "switch" / "compiled.py")
+def _load(name: str, path: Path):  # type: ignore[no-untyped-def]
+    """A module file on its own (each imports only the standard library): a group's list of
+    modules, where its digests go and (switch/compiled.py) the compiler check, without
+    importing the packages."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-compiled = _load_compiled()
+compiled = _load("_eum_compiled", ROOT / "switch" / "compiled.py")
+hsm_compiled = _load("_eum_hsm_compiled", ROOT / "hsm_mock" / "compiled.py")
+# Each group: its mypyc group name (the shared library its modules import), its modules, the
+# file recording the sources it was built from.
+GROUPS = (("switch._hot", compiled.MODULES, compiled.BUILT_FROM),
+          ("hsm_mock._hot", hsm_compiled.MODULES, hsm_compiled.BUILT_FROM))
 
 
 def say(message: str) -> None:
@@ -56,9 +63,11 @@ class OptionalBuildExt(build_ext):
             self.extensions = []
             say(f"compiling failed ({type(exc).__name__}: {exc}); the pure-Python modules are used")
             return
-        if any(ext.name != DES.name for ext in self.extensions):  # what the build was made from:
-            compiled.BUILT_FROM.write_text(compiled.source_digests(ROOT), encoding="utf-8")  # switch/compiled.py
-            say(f"compiled with mypyc: {', '.join(compiled.MODULES)}")  # loads the sources once they differ
+        built = {ext.name for ext in self.extensions}
+        for _group, modules, built_from in GROUPS:
+            if set(modules) <= built:  # what the group was built from: switch/compiled.py
+                built_from.write_text(compiled.source_digests(ROOT, modules), encoding="utf-8")
+                say(f"compiled with mypyc: {', '.join(modules)}")  # loads the sources once they differ
         if any(ext.name == DES.name for ext in self.extensions):
             say("compiled hsm_mock/_des.c")
 
@@ -85,18 +94,21 @@ def _mypyc_extensions() -> list:
     try:
         from mypyc.build import mypycify
     except ImportError:
-        say("mypyc is not installed: the switch's modules stay pure Python")
+        say("mypyc is not installed: the switch's and the HSM's modules stay pure Python")
         return []
-    paths = [str(Path(*name.split(".")).with_suffix(".py")) for name in compiled.MODULES]
+    extensions = []
     old = os.getcwd()
     os.chdir(ROOT)
     try:
-        return mypycify(paths, opt_level="3", group_name="switch._hot")
-    except (Exception, SystemExit) as exc:  # mypy found a type error, or mypyc a construct it cannot compile
-        say(f"mypyc refused the modules ({type(exc).__name__}: {exc}); the switch's modules stay pure Python")
-        return []
+        for group, modules, _built_from in GROUPS:
+            paths = [str(Path(*name.split(".")).with_suffix(".py")) for name in modules]
+            try:
+                extensions += mypycify(paths, opt_level="3", group_name=group)
+            except (Exception, SystemExit) as exc:  # mypy found a type error, or mypyc a construct it cannot compile
+                say(f"mypyc refused the modules of {group} ({type(exc).__name__}: {exc}); they stay pure Python")
     finally:
         os.chdir(old)
+    return extensions
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

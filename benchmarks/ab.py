@@ -120,10 +120,13 @@ def worktree(rev: str, parent: Path, name: str = "") -> Path:
 
 
 def built_summary(tree: Path) -> str:
-    """Which build `tree` runs: its compiled modules (N/M) and its DES (hsm_mock/_des.c or
-    `cryptography`; trees older than the C DES have only the latter)."""
+    """Which build `tree` runs: its compiled modules (N/M), the HSM's compiled modules (trees
+    before hsm_mock/compiled.py have none) and its DES (hsm_mock/_des.c or `cryptography`;
+    trees older than the C DES have only the latter)."""
+    hsm = (", HSM {c.summary(__import__('hsm_mock.compiled').compiled.MODULES)}"
+           if (tree / "hsm_mock" / "compiled.py").is_file() else "")
     probe = ("import switch.compiled as c, hsm_mock.crypto as h; "
-             "print(f\"compiled modules {c.summary()}, DES {'c' if getattr(h, 'DES_COMPILED', False) else 'py'}\")")
+             f"print(f\"compiled modules {{c.summary()}}{hsm}, DES {{'c' if getattr(h, 'DES_COMPILED', False) else 'py'}}\")")
     return subprocess.run([sys.executable, "-c", probe], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
                           capture_output=True, text=True, check=True).stdout.strip()
 

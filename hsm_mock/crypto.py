@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import threading
 from functools import lru_cache
+from typing import Any
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import cmac
@@ -73,8 +74,11 @@ def _binding_contexts():
     """(encryptor, decryptor) factories of the Rust binding, or None when they are missing or
     disagree with the public API on the self-check."""
     try:
-        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+        # the submodule through its parent's attribute: it is not in sys.modules under its own
+        # name, where mypyc's compiled `from … import` looks (a compiled build found no binding)
+        import cryptography.hazmat.bindings._rust as rust
 
+        rust_openssl = rust.openssl
         enc, dec = rust_openssl.ciphers.create_encryption_ctx, rust_openssl.ciphers.create_decryption_ctx
         data = bytes(range(32))
         for algorithm, block in ((TripleDES(bytes(range(1, 25))), DES_BLOCK_SIZE),
@@ -231,7 +235,8 @@ class _Contexts:
         self._block = block
         self.ecb_encryptor = encryptor(algorithm, _ECB)
         self.ecb_decryptor = decryptor(algorithm, _ECB)
-        self._cbc_enc = self._cbc_dec = None
+        self._cbc_enc: Any = None  # made on the first CBC call: most keys only ever see ECB
+        self._cbc_dec: Any = None
         self._enc_state = self._dec_state = bytes(block)
 
     def cbc_encrypt(self, data: bytes, iv: bytes) -> bytes:

@@ -197,14 +197,16 @@ KEY_TYPES: dict[str, KeyType] = {
 }
 
 
-def resolve_key_type(code: str | KeyType) -> KeyType:
-    """The KeyType for a 3-character code (error 28 when the code is not in the table)."""
+def resolve_key_type(code: object) -> KeyType:
+    """The KeyType for a 3-character code (error 28 when the code is not in the table, or is
+    no code at all: the compiled build checks a parameter's declared type, so anything is
+    accepted here and sorted out in the body, as the pure build always did)."""
     if isinstance(code, KeyType):
         return code
-    try:
-        return KEY_TYPES[code.upper()]
-    except (KeyError, AttributeError):
-        raise LmkError("key type code not supported", code="28") from None
+    found = KEY_TYPES.get(code.upper()) if isinstance(code, str) else None
+    if found is None:
+        raise LmkError("key type code not supported", code="28")
+    return found
 
 
 # ----------------------------------------------------------------------------- key fields

@@ -37,11 +37,13 @@ from typing import Any
 
 import structlog
 
+from hsm_mock import compiled
 from hsm_mock.audit import AuditLog
 from hsm_mock.commands import Hsm
 from hsm_mock.config import HsmConfig
 from hsm_mock.crypto import DES_COMPILED
 from hsm_mock.lmk import TEST_LMK, VariantLmk
+from switch.compiled import summary
 from switch.ops.metrics import OTHER, LoopHeartbeat, MetricsHttp, count_into, counter, gauge, registry_of
 from switch.wire.payshield import Command, FrameReader, ProtocolError, build_response, frame, response_code
 from switch.wire.transport import WriteBatch, freeze_heap
@@ -310,7 +312,8 @@ class HsmServer:
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("hsm_listening", host=self.config.host, port=self.port, header_length=self.config.header_length,
                  lmk_check_value=self.hsm.lmk_check_value, test_lmk=self.hsm.lmk == TEST_LMK,
-                 firmware=self.hsm.firmware, des="c" if DES_COMPILED else "py")  # fmt: skip
+                 firmware=self.hsm.firmware, des="c" if DES_COMPILED else "py",
+                 compiled=summary(compiled.MODULES))  # fmt: skip
 
     async def stop(self) -> None:
         if self._server is None:

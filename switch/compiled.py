@@ -16,6 +16,11 @@ the event builder, the seen-keys index and the hot state (whose cache misses rea
 synchronously). The async shell (engine, server, writer, HSM client) and the modules of
 msgspec records with field defaults (switch/record.py, switch/wire/messages.py,
 switch/ledger/records.py) stay Python (docs/performance.md says why).
+
+The software HSM's command modules are a second group built the same way (hsm_mock/compiled.py
+lists them, hsm_mock/__init__.py calls `choose` with that list): the functions here take a
+group's modules and its record of sources, the switch's by default, so that switch/ never
+imports hsm_mock.
 """
 
 from __future__ import annotations
@@ -61,26 +66,27 @@ def compiler_found() -> bool:
     return bool(cc) and shutil.which(cc[0]) is not None
 
 
-def source_digests(root: Path) -> str:
+def source_digests(root: Path, modules: Sequence[str] = MODULES) -> str:
     """One line per listed module: its name and the sha256 of its source under `root`."""
     lines = []
-    for name in MODULES:
+    for name in modules:
         source = root.joinpath(*name.split(".")).with_suffix(".py")
         lines.append(f"{name} {hashlib.sha256(source.read_bytes()).hexdigest()}\n")
     return "".join(lines)
 
 
-def stale() -> bool:
+def stale(modules: Sequence[str] = MODULES, built_from: Path = BUILT_FROM) -> bool:
     """True when a listed module's source changed since the build (an editable checkout that
     was edited, or checked out at another revision, without `pip install -e .` again): the
-    compiled modules call one another directly, so one stale module makes the whole build
-    stale, and the sources are loaded instead."""
+    compiled modules of a group call one another directly, so one stale module makes the whole
+    group stale, and its sources are loaded instead. `built_from` lies in the group's package,
+    one level below the root the module names start from."""
     try:
-        built = BUILT_FROM.read_text(encoding="utf-8")
+        built = built_from.read_text(encoding="utf-8")
     except OSError:
         return False  # no record: an installed wheel (sources not editable) or no build at all
     try:
-        return built != source_digests(Path(__file__).resolve().parents[1])
+        return built != source_digests(built_from.resolve().parents[1], modules)
     except OSError:
         return True
 
@@ -90,27 +96,31 @@ def is_compiled(module: ModuleType) -> bool:
     return isinstance(getattr(module, "__loader__", None), importlib.machinery.ExtensionFileLoader)
 
 
-def status() -> dict[str, bool]:
+def status(modules: Sequence[str] = MODULES) -> dict[str, bool]:
     """Each listed module (imported now if it was not yet) and whether it runs compiled."""
     result = {}
-    for name in MODULES:
+    for name in modules:
         result[name] = is_compiled(importlib.import_module(name))
     return result
 
 
-def summary() -> str:
+def summary(modules: Sequence[str] = MODULES) -> str:
     """`N/M`: N of the M listed modules run compiled, as `eum switch` logs it in
-    `switch_listening` (docs/operations.md) and the bench records it."""
-    loaded = status()
+    `switch_listening` (docs/operations.md) and the bench records it (the HSM's group:
+    `hsm_listening`)."""
+    loaded = status(modules)
     return f"{sum(loaded.values())}/{len(loaded)}"
 
 
 class _SourceOnly(importlib.abc.MetaPathFinder):
-    """Finds the listed modules' `.py` files, ahead of the extension beside them."""
+    """Finds one group's modules' `.py` files, ahead of the extension beside them."""
+
+    def __init__(self, modules: Sequence[str]) -> None:
+        self.modules = frozenset(modules)
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in MODULES or not path:
+        if fullname not in self.modules or not path:
             return None
         leaf = fullname.rpartition(".")[2] + ".py"
         for entry in path:
@@ -120,8 +130,10 @@ class _SourceOnly(importlib.abc.MetaPathFinder):
         return None
 
 
-def choose() -> None:
-    """Called by switch/__init__.py: with EUM_PURE_PYTHON set, or a build older than its
-    sources, the sources win."""
-    if (pure_wanted() or stale()) and not any(isinstance(f, _SourceOnly) for f in sys.meta_path):
-        sys.meta_path.insert(0, _SourceOnly())
+def choose(modules: Sequence[str] = MODULES, built_from: Path = BUILT_FROM) -> None:
+    """Called by switch/__init__.py (and hsm_mock/__init__.py for its group): with
+    EUM_PURE_PYTHON set, or a build older than its sources, the group's sources win."""
+    wanted = frozenset(modules)
+    if pure_wanted() or stale(modules, built_from):
+        if not any(isinstance(f, _SourceOnly) and f.modules == wanted for f in sys.meta_path):
+            sys.meta_path.insert(0, _SourceOnly(modules))

@@ -10,7 +10,9 @@ the reference.
   the two printed histories (every Decision's repr: response, posting, entries, changes,
   balances, events; the bytes, fields, parsed request or error of each codec call) must be
   identical.
-- The decision, rules and codec tests, which this run ran on one build, run again on the other.
+- The decision, rules and codec tests, which this run ran on one build, run again on the other;
+  so do the software HSM's command, crypto, DUKPT and PIN block tests (its own group of
+  compiled modules, hsm_mock/compiled.py), which check published test vectors.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from hsm_mock import compiled as hsm_compiled
 from switch import compiled
 from switch_process import provisioned, running_switch
 
@@ -32,7 +35,12 @@ ON_BOTH = ["tests/test_decide.py", "tests/test_decide_preauth.py", "tests/test_w
            "tests/test_cashback.py", "tests/test_config_validation.py", "tests/test_online_mall.py",
            "tests/test_codec.py", "tests/test_codec_compiled.py", "tests/test_dialect_settings.py",
            "tests/test_host_spec.py", "tests/test_framing.py", "tests/test_seen_keys.py", "tests/test_json_rendering.py",
-           "tests/test_hsm_commands.py"]
+           "tests/test_hsm_commands.py", "tests/test_hsm_crypto.py", "tests/test_hsm_gq.py",
+           "tests/test_hsm_key_cache.py", "tests/test_hsm_lmk.py", "tests/test_pinblock_formats.py",
+           "tests/test_crypto_contexts.py", "tests/test_des_c.py"]
+# Every group of compiled modules: the switch's and the software HSM's.
+GROUPS = {"switch": compiled.MODULES, "hsm_mock": hsm_compiled.MODULES}
+LISTED = tuple(name for modules in GROUPS.values() for name in modules)
 
 
 def env(pure: bool) -> dict[str, str]:
@@ -52,18 +60,21 @@ def test_where_a_compiler_is_found_every_listed_module_runs_compiled():
         pytest.skip("EUM_PURE_PYTHON is set for this run: the sources are wanted")
     if not compiled.compiler_found() or os.environ.get("EUM_BUILD_PURE"):
         pytest.skip("no C compiler (or EUM_BUILD_PURE): the install is pure Python by design")
-    assert compiled.status() == {name: True for name in compiled.MODULES}, (
-        "a C compiler is here but the listed modules do not all run compiled (no build, a failed "
-        f"one, or sources changed since: stale={compiled.stale()}): run `python3 -m pip install -e .` "
-        "again and read its `eum-switch build:` lines")
+    for group, modules in GROUPS.items():
+        assert compiled.status(modules) == {name: True for name in modules}, (
+            f"a C compiler is here but {group}'s listed modules do not all run compiled (no build, a "
+            f"failed one, or sources changed since: stale={compiled.stale()}, "
+            f"{compiled.stale(hsm_compiled.MODULES, hsm_compiled.BUILT_FROM)}): run "
+            "`python3 -m pip install -e .` again and read its `eum-switch build:` lines")
 
 
 def test_eum_pure_python_loads_every_listed_module_from_its_source():
-    probe = ("import importlib, switch.compiled as c; "
-             "print(sorted((n, importlib.import_module(n).__file__.rsplit('.', 1)[1]) for n in c.MODULES))")
+    probe = ("import importlib, switch.compiled as c, hsm_mock.compiled as h; "
+             "print(sorted((n, importlib.import_module(n).__file__.rsplit('.', 1)[1]) for n in c.MODULES + h.MODULES))")
     done = run(["-c", probe], pure=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == repr(sorted((name, "py") for name in compiled.MODULES))
+    assert done.stdout.strip() == repr(sorted((name, "py") for name in LISTED))
+    assert len(LISTED) == 18 and len(set(LISTED)) == 18
 
 
 def test_the_compiled_and_the_pure_decisions_are_identical_over_a_random_history():
@@ -92,12 +103,55 @@ def test_the_compiled_and_the_pure_decisions_are_identical_over_a_random_history
         assert f"rc=<Rc.{code}" in body, code
 
 
-def test_the_decision_and_rules_tests_pass_on_the_other_build():
+def test_the_compiled_and_the_pure_hsm_answer_every_command_identically():
+    """tests/hsm_probe.py: every command the HSM's command tests send, and six seeded mutations
+    of each (cut, one byte replaced, one appended), answered by each build of the HSM's group."""
+    if not any(compiled.status(hsm_compiled.MODULES).values()):
+        pytest.skip("no compiled HSM modules in this install: there is only the pure Python to run")
+    pure = run(["tests/hsm_probe.py", "20261201", "6"], pure=True)
+    built = run(["tests/hsm_probe.py", "20261201", "6"], pure=False)
+    assert pure.returncode == 0, pure.stderr[-3000:]
+    assert built.returncode == 0, built.stderr[-3000:]
+    pure_lines, built_lines = pure.stdout.splitlines(), built.stdout.splitlines()
+    listed = len(hsm_compiled.MODULES)
+    assert (pure_lines[0], built_lines[0]) == (f"compiled 0/{listed}", f"compiled {listed}/{listed}")
+    assert len(pure_lines) == len(built_lines) and len(pure_lines) > 1000
+    for p, b in zip(pure_lines[1:], built_lines[1:]):
+        assert b == p
+    # the history crosses what it is meant to: every command family, answers and errors of
+    # many kinds, and no command that crashed the processor
+    answered = [line.split(" ", 3) for line in pure_lines[1:]]
+    codes = {code for code, _, _, _ in answered}
+    assert {"GW", "G0", "EC", "DC", "CA", "CC", "CW", "CY", "M6", "M8", "BU", "A0", "Z0", "Z2", "FA", "GC"} <= codes
+    errors = {error for _, _, error, _ in answered}
+    assert {"00", "01", "10", "11", "15", "23", "24", "26", "27", "28", "29", "68"} <= errors
+    assert not [line for line in pure_lines if " raised " in line]
+
+
+def test_the_decision_rules_and_hsm_tests_pass_on_the_other_build():
     if not RUNS_COMPILED:
         pytest.skip("no compiled build in this install: this run's tests ran the pure Python already")
     done = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", *ON_BOTH], pure=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:]
     assert " passed" in done.stdout.splitlines()[-1] and "failed" not in done.stdout.splitlines()[-1]
+
+
+def test_a_group_is_stale_once_one_of_its_sources_differs_from_its_build_record(tmp_path):
+    """Each group's record (switch/compiled-sources.txt, hsm_mock/compiled-sources.txt) holds
+    its modules' digests; one changed source makes the whole group load its sources."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "a.py").write_text("x = 1\n")
+    (package / "b.py").write_text("y = 2\n")
+    record, modules = package / "compiled-sources.txt", ("pkg.a", "pkg.b")
+    assert not compiled.stale(modules, record)  # no record: no build (or an installed wheel)
+    record.write_text(compiled.source_digests(tmp_path, modules))
+    assert record.read_text().splitlines()[0].split(" ")[0] == "pkg.a"
+    assert not compiled.stale(modules, record)
+    (package / "b.py").write_text("y = 3\n")
+    assert compiled.stale(modules, record)
+    (package / "b.py").unlink()
+    assert compiled.stale(modules, record)  # a source gone: stale too
 
 
 async def test_eum_switch_logs_which_build_it_runs(tmp_path, monkeypatch):

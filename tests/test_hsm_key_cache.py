@@ -272,7 +272,7 @@ def test_repr_of_the_caches_and_of_the_hsm_show_no_key_material() -> None:
     ksn = KSNS[0]
     answer(hsm, "GW", gw("41", BDK, ksn, ANNEX_A_MESSAGE))
     answer(hsm, "G0", g0(BDK, ksn, "1B9C1845EB993A7A", ANNEX_A_ACCOUNT))
-    shown = repr(hsm._dukpt_keys) + repr(hsm._lmk_keys) + repr(hsm) + str(vars(hsm).get("_lmk_keys"))
+    shown = repr(hsm._dukpt_keys) + repr(hsm._lmk_keys) + repr(hsm) + str(hsm._lmk_keys)
     assert shown.count("KeyCache(") >= 2
     for secret in _secrets(ksn) + [BDK, ZPK]:
         assert secret not in shown and secret.lower() not in shown

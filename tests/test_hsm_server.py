@@ -24,12 +24,14 @@ from pathlib import Path
 
 import pytest
 
+from hsm_mock import compiled as hsm_compiled
 from hsm_mock import crypto, lmk, pinblock
 from hsm_mock.audit import AuditLog
 from hsm_mock.cli import add_hsm_parser, config_from_args, run_hsm
 from hsm_mock.config import HsmConfig, build_config
 from hsm_mock.crypto import tdes_ecb_encrypt, to_hex
 from hsm_mock.service import Fault, FaultPlan, HsmServer, TokenBucket
+from switch.compiled import status as compiled_status
 from waiting import eventually
 
 ND = b"ND007B44AC1DDEE2A94B1500-0023"
@@ -420,6 +422,8 @@ def test_eum_hsm_runs_as_a_separate_process_and_answers_nc(tmp_path: Path) -> No
         assert port, "eum hsm did not report its port"
         assert event["test_lmk"] is True and event["lmk_check_value"] == "7B44AC1DDEE2A94B"
         assert event["des"] == ("c" if crypto.DES_COMPILED else "py")  # the build this test process loaded too
+        hsm_modules = compiled_status(hsm_compiled.MODULES)  # and its compiled command modules, N/M
+        assert event["compiled"] == f"{sum(hsm_modules.values())}/{len(hsm_compiled.MODULES)}"
 
         async def nc() -> bytes:
             c = await Client.connect(port)
