@@ -1,11 +1,13 @@
 """The optional compiled build of the hot path's pure modules (switch/compiled.py `MODULES`),
-of the software HSM's command modules (hsm_mock/compiled.py `MODULES`), and of hsm_mock/_des.c
+of the software HSM's command modules (hsm_mock/compiled.py `MODULES`), of the simulated
+terminal's per-transaction modules (terminal_sim/compiled.py `MODULES`), and of hsm_mock/_des.c
 (DES for keys used once: hsm_mock/crypto.py `DES_COMPILED`).
 
 pyproject.toml holds the project's metadata; this file only adds the extension modules. With a
 C compiler and mypyc (a build requirement, pyproject.toml [build-system]), `pip install -e .`
-compiles the listed modules with mypyc, one group (one shared library) per package; without a compiler, with EUM_BUILD_PURE=1, or when the
-build fails, it installs the pure Python alone and says so. Nothing else changes: the `.py`
+compiles the listed modules with mypyc, one group (one shared library) per package; without a
+compiler, with EUM_BUILD_PURE=1, or when the build fails, it installs the pure Python alone and
+says so. Nothing else changes: the `.py`
 files stay the reference and EUM_PURE_PYTHON=1 selects them at run time (switch/compiled.py).
 """
 
@@ -35,10 +37,12 @@ def _load(name: str, path: Path):  # type: ignore[no-untyped-def]
 
 compiled = _load("_eum_compiled", ROOT / "switch" / "compiled.py")
 hsm_compiled = _load("_eum_hsm_compiled", ROOT / "hsm_mock" / "compiled.py")
+terminal_compiled = _load("_eum_terminal_compiled", ROOT / "terminal_sim" / "compiled.py")
 # Each group: its mypyc group name (the shared library its modules import), its modules, the
 # file recording the sources it was built from.
 GROUPS = (("switch._hot", compiled.MODULES, compiled.BUILT_FROM),
-          ("hsm_mock._hot", hsm_compiled.MODULES, hsm_compiled.BUILT_FROM))
+          ("hsm_mock._hot", hsm_compiled.MODULES, hsm_compiled.BUILT_FROM),
+          ("terminal_sim._hot", terminal_compiled.MODULES, terminal_compiled.BUILT_FROM))
 
 
 def say(message: str) -> None:
@@ -51,7 +55,7 @@ class OptionalBuildExt(build_ext):
     hsm_mock/_des.c goes with them (a compiler that fails on one is not trusted with the other)."""
 
     def run(self) -> None:
-        for package in ("switch", "hsm_mock"):  # an earlier build's, maybe of a module no longer listed
+        for package in ("switch", "hsm_mock", "terminal_sim"):  # an earlier build's, maybe of a module no longer listed
             for old in (ROOT / package).rglob("*.so"):
                 old.unlink()
         try:
@@ -94,7 +98,7 @@ def _mypyc_extensions() -> list:
     try:
         from mypyc.build import mypycify
     except ImportError:
-        say("mypyc is not installed: the switch's and the HSM's modules stay pure Python")
+        say("mypyc is not installed: the listed modules stay pure Python")
         return []
     extensions = []
     old = os.getcwd()

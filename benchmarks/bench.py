@@ -945,8 +945,12 @@ def describe_machine() -> dict[str, Any]:
         with contextlib.suppress(md.PackageNotFoundError):
             m["packages"][package] = md.version(package)
     m["python_implementation"] = platform.python_implementation()
+    from hsm_mock import compiled as hsm_compiled
     from switch import compiled  # which build of the hot path's modules ran (docs/operations.md)
+    from terminal_sim import compiled as terminal_compiled
     m["compiled"] = compiled.summary()
+    m["compiled_hsm"] = compiled.summary(hsm_compiled.MODULES)  # the HSM's and the terminals' groups
+    m["compiled_terminal"] = compiled.summary(terminal_compiled.MODULES)
     with contextlib.suppress(OSError):
         m["loadavg_at_start"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -1014,7 +1018,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, kernel {m.get('kernel', '?')}, "
         f"Python {m.get('python', '?')}, SQLite {m.get('sqlite', '?')}; {packages}. "
         f"Load average at start: {m.get('loadavg_at_start', '?')}. Commit {m.get('git', '?')}; "
-        f"compiled modules {m.get('compiled', '?')}.",
+        f"compiled modules {m.get('compiled', '?')} (HSM {m.get('compiled_hsm', '?')}, "
+        f"terminals {m.get('compiled_terminal', '?')}).",
         "",
         f"Correctness under load: **{'passed' if result.get('correctness.ok') else 'FAILED'}** "
         f"(verify + approvals fleet = ledger after every e2e run and the switch_plain run).",

@@ -17,10 +17,11 @@ synchronously). The async shell (engine, server, writer, HSM client) and the mod
 msgspec records with field defaults (switch/record.py, switch/wire/messages.py,
 switch/ledger/records.py) stay Python (docs/performance.md says why).
 
-The software HSM's command modules are a second group built the same way (hsm_mock/compiled.py
-lists them, hsm_mock/__init__.py calls `choose` with that list): the functions here take a
-group's modules and its record of sources, the switch's by default, so that switch/ never
-imports hsm_mock.
+The software HSM's command modules and the simulated terminal's per-transaction modules are
+two more groups built the same way (hsm_mock/compiled.py and terminal_sim/compiled.py list them,
+each package's __init__.py calls `choose` with its list): the functions here take a group's
+modules and its record of sources, the switch's by default, so that switch/ never imports
+hsm_mock or terminal_sim.
 """
 
 from __future__ import annotations

@@ -303,15 +303,15 @@ class _KeyRegisters:
         future = [counter | (1 << j) for j in lower]
         if self.profile == PROFILE_TDES:
             k = int.from_bytes(key, "big")
-            pin, mac_request, mac_response = _TDES_VARIANTS  # each variant XORed in place: no generator
-            keys = _WorkingKeys((k ^ pin).to_bytes(16, "big"), (k ^ mac_request).to_bytes(16, "big"),
-                                (k ^ mac_response).to_bytes(16, "big"))
+            pin_v, request_v, response_v = _TDES_VARIANTS  # each variant XORed in place: no generator
+            keys = _WorkingKeys((k ^ pin_v).to_bytes(16, "big"), (k ^ request_v).to_bytes(16, "big"),
+                                (k ^ response_v).to_bytes(16, "big"))
             new = _tdes_future_keys(key, [self._register_base | c for c in future]) if future else []
         else:
             pin, mac_request, mac_response, *new = _aes_keys(key, self._ikid, counter, future)
             keys = _WorkingKeys(pin=pin, mac_request=mac_request, mac_response=mac_response)
-        for j, k in zip(lower, new):
-            self._regs[j] = k
+        for j, future_key in zip(lower, new):
+            self._regs[j] = future_key
         self.next_counter = _next_counter(self.profile, counter)
         return counter, keys
 

@@ -114,8 +114,9 @@ class Terminal:
                  advice: bool = False) -> dict[str, str]:
         """0400 (or 0420 advice) pointing at `original` through DE90."""
         de90 = _original_mti(original.get("t", "0200")) + original["11"] + original["7"] + "0" * 22
-        fields = {"t": "0420" if advice else "0400", **{k: original[k] for k in ("2", "3", "4", "42", "49") if k in original},
-                  **self._next(), "90": de90}
+        fields: dict[str, str] = {"t": "0420" if advice else "0400",
+                                  **{k: original[k] for k in ("2", "3", "4", "42", "49") if k in original},
+                                  **self._next(), "90": de90}
         if "4" not in fields:
             fields["4"] = "0" * 12
         if replacement_amount is not None:

@@ -12,7 +12,8 @@ the reference.
   identical.
 - The decision, rules and codec tests, which this run ran on one build, run again on the other;
   so do the software HSM's command, crypto, DUKPT and PIN block tests (its own group of
-  compiled modules, hsm_mock/compiled.py), which check published test vectors.
+  compiled modules, hsm_mock/compiled.py), which check published test vectors, and the
+  simulated terminal's request builder, security and key-register tests (terminal_sim/compiled.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pytest
 
 from hsm_mock import compiled as hsm_compiled
 from switch import compiled
+from terminal_sim import compiled as terminal_compiled
 from switch_process import provisioned, running_switch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +39,11 @@ ON_BOTH = ["tests/test_decide.py", "tests/test_decide_preauth.py", "tests/test_w
            "tests/test_host_spec.py", "tests/test_framing.py", "tests/test_seen_keys.py", "tests/test_json_rendering.py",
            "tests/test_hsm_commands.py", "tests/test_hsm_crypto.py", "tests/test_hsm_gq.py",
            "tests/test_hsm_key_cache.py", "tests/test_hsm_lmk.py", "tests/test_pinblock_formats.py",
-           "tests/test_crypto_contexts.py", "tests/test_des_c.py"]
-# Every group of compiled modules: the switch's and the software HSM's.
-GROUPS = {"switch": compiled.MODULES, "hsm_mock": hsm_compiled.MODULES}
+           "tests/test_crypto_contexts.py", "tests/test_des_c.py", "tests/test_terminal_security.py",
+           "tests/test_future_keys.py", "tests/test_terminal_clock.py"]
+# Every group of compiled modules: the switch's, the software HSM's, the simulated terminal's.
+GROUPS = {"switch": compiled.MODULES, "hsm_mock": hsm_compiled.MODULES, "terminal_sim": terminal_compiled.MODULES}
+STALE = {"switch": compiled.BUILT_FROM, "hsm_mock": hsm_compiled.BUILT_FROM, "terminal_sim": terminal_compiled.BUILT_FROM}
 LISTED = tuple(name for modules in GROUPS.values() for name in modules)
 
 
@@ -63,18 +67,18 @@ def test_where_a_compiler_is_found_every_listed_module_runs_compiled():
     for group, modules in GROUPS.items():
         assert compiled.status(modules) == {name: True for name in modules}, (
             f"a C compiler is here but {group}'s listed modules do not all run compiled (no build, a "
-            f"failed one, or sources changed since: stale={compiled.stale()}, "
-            f"{compiled.stale(hsm_compiled.MODULES, hsm_compiled.BUILT_FROM)}): run "
+            f"failed one, or sources changed since: stale={compiled.stale(modules, STALE[group])}): run "
             "`python3 -m pip install -e .` again and read its `eum-switch build:` lines")
 
 
 def test_eum_pure_python_loads_every_listed_module_from_its_source():
-    probe = ("import importlib, switch.compiled as c, hsm_mock.compiled as h; "
-             "print(sorted((n, importlib.import_module(n).__file__.rsplit('.', 1)[1]) for n in c.MODULES + h.MODULES))")
+    probe = ("import importlib, switch.compiled as c, hsm_mock.compiled as h, terminal_sim.compiled as t; "
+             "print(sorted((n, importlib.import_module(n).__file__.rsplit('.', 1)[1]) "
+             "for n in c.MODULES + h.MODULES + t.MODULES))")
     done = run(["-c", probe], pure=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == repr(sorted((name, "py") for name in LISTED))
-    assert len(LISTED) == 18 and len(set(LISTED)) == 18
+    assert len(LISTED) == 20 and len(set(LISTED)) == 20
 
 
 def test_the_compiled_and_the_pure_decisions_are_identical_over_a_random_history():
