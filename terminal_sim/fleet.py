@@ -676,6 +676,11 @@ class _RunContext:
     # every terminal's request awaiting its answer, by deadline: one timer for the fleet, not a
     # call_later handle per request (switch/wire/transport.py)
     deadlines: Deadlines = field(default_factory=lambda: Deadlines(_expire))
+    # config.switch_names, formatted once: each transaction names its switch in the report
+    switch_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.switch_names = self.config.switch_names
 
     @property
     def timeout_s(self) -> float:
@@ -759,7 +764,7 @@ class _SimTerminal:
     @property
     def switch(self) -> str:
         """The switch of the current (or next) connection, as `host:port`."""
-        return self.ctx.config.switch_names[self.switch_index]
+        return self.ctx.switch_names[self.switch_index]
 
     def _next_switch(self) -> None:
         self.switch_index = (self.switch_index + 1) % len(self.ctx.config.switches)
