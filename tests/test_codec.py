@@ -1,13 +1,14 @@
 """Codec: dialect files, decoding to typed requests, field blame, response encoding."""
 
 import hashlib
+import random
 from pathlib import Path
 
 import pytest
 
 from switch.wire.codec import (DecodeError, decode_fields, describe_request, encode_balances, encode_fields,
                                idempotency_digest, kind_of, load_dialect, parse_request, response_fields)
-from switch.wire.messages import Balances, FieldError, Kind, Rc, Response, decode_balances
+from switch.wire.messages import DIGEST_SKIP, REPEAT_OF, Balances, FieldError, Kind, Rc, Response, decode_balances
 
 DIALECT = load_dialect("default")
 
@@ -107,6 +108,29 @@ def test_the_digest_hashes_the_same_text_as_every_stored_message_was_digested_by
     skipped = {"t": "0400", "11": "000001", "90": "0" * 42, "53": "x", "52": "y", "1": "z", "p": "q"}
     assert idempotency_digest(skipped) == "28b7c853162fbf4013b0d39c7cab48c7"
     assert idempotency_digest({}) == "2bbd96d7e2fa8118976aa5ae2c0f764a"
+
+
+def test_the_digest_is_the_same_whatever_order_the_fields_come_in_and_beyond_the_kept_shapes():
+    """The keys' text order is sorted once per shape (the keys in the order the dict holds
+    them) and kept for at most DIGEST_ORDERS_MAX shapes; every order, first seen or kept, and
+    every shape past the bound, hashes the same text (the reference: sorted, then hashed)."""
+    from switch.wire import codec
+
+    def reference(fields: dict[str, str]) -> str:
+        text = "\x1e".join(f"{k}={v}" for k, v in sorted(fields.items()) if k not in DIGEST_SKIP)
+        mti = fields.get("t", "")
+        return hashlib.blake2b((text + "\x1et=" + REPEAT_OF.get(mti, mti)).encode(), digest_size=16).hexdigest()
+
+    reordered = dict(reversed(list(PURCHASE.items())))
+    assert idempotency_digest(reordered) == idempotency_digest(PURCHASE) == "57c8c8e404cda992251c804f763b9c42"
+    assert idempotency_digest(reordered) == idempotency_digest(PURCHASE)  # both shapes kept now
+    rng = random.Random(20261201)
+    for n in range(codec.DIGEST_ORDERS_MAX + 200):  # invented shapes, past the bound
+        fields = {str(rng.randrange(2, 129)): f"{rng.randrange(10**6):06d}" for _ in range(rng.randrange(1, 12))}
+        fields["t"] = rng.choice(["0200", "0201", "0400", "0421", "0800"])
+        assert idempotency_digest(fields) == reference(fields), fields
+        assert idempotency_digest(fields) == reference(fields), fields  # again: from the kept order, if kept
+    assert len(codec._DIGEST_ORDERS) == codec.DIGEST_ORDERS_MAX
 
 
 def test_repeat_and_original_share_a_digest_but_content_changes_it():
