@@ -7,8 +7,8 @@ pyproject.toml holds the project's metadata; this file only adds the extension m
 C compiler and mypyc (a build requirement, pyproject.toml [build-system]), `pip install -e .`
 compiles the listed modules with mypyc, one group (one shared library) per package; without a
 compiler, with EUM_BUILD_PURE=1, or when the build fails, it installs the pure Python alone and
-says so. Nothing else changes: the `.py`
-files stay the reference and EUM_PURE_PYTHON=1 selects them at run time (switch/compiled.py).
+says so. Nothing else changes: the `.py` files stay the reference and EUM_PURE_PYTHON=1 selects
+them at run time (switch/compiled.py).
 """
 
 from __future__ import annotations

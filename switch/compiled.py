@@ -108,7 +108,7 @@ def status(modules: Sequence[str] = MODULES) -> dict[str, bool]:
 def summary(modules: Sequence[str] = MODULES) -> str:
     """`N/M`: N of the M listed modules run compiled, as `eum switch` logs it in
     `switch_listening` (docs/operations.md) and the bench records it (the HSM's group:
-    `hsm_listening`)."""
+    `hsm_listening`; the bench records all three groups)."""
     loaded = status(modules)
     return f"{sum(loaded.values())}/{len(loaded)}"
 
@@ -132,8 +132,9 @@ class _SourceOnly(importlib.abc.MetaPathFinder):
 
 
 def choose(modules: Sequence[str] = MODULES, built_from: Path = BUILT_FROM) -> None:
-    """Called by switch/__init__.py (and hsm_mock/__init__.py for its group): with
-    EUM_PURE_PYTHON set, or a build older than its sources, the group's sources win."""
+    """Called by switch/__init__.py (and by hsm_mock/__init__.py and terminal_sim/__init__.py
+    for their groups): with EUM_PURE_PYTHON set, or a build older than its sources, the group's
+    sources win."""
     wanted = frozenset(modules)
     if pure_wanted() or stale(modules, built_from):
         if not any(isinstance(f, _SourceOnly) and f.modules == wanted for f in sys.meta_path):
