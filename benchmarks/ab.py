@@ -120,16 +120,14 @@ def worktree(rev: str, parent: Path, name: str = "") -> Path:
 
 
 def built_summary(tree: Path) -> str:
-    """Which build `tree` runs: its compiled modules (N/M), the HSM's and the terminals'
-    compiled modules (trees before hsm_mock/compiled.py or terminal_sim/compiled.py have none)
-    and its DES (hsm_mock/_des.c or `cryptography`;
-    trees older than the C DES have only the latter)."""
-    hsm = (", HSM {c.summary(__import__('hsm_mock.compiled').compiled.MODULES)}"
-           if (tree / "hsm_mock" / "compiled.py").is_file() else "")
-    if (tree / "terminal_sim" / "compiled.py").is_file():
-        hsm += ", terminals {c.summary(__import__('terminal_sim.compiled').compiled.MODULES)}"
+    """Which build `tree` runs: its compiled modules (N/M), the HSM's and the terminals' groups
+    (trees before hsm_mock/compiled.py or terminal_sim/compiled.py have none) and its DES
+    (hsm_mock/_des.c or `cryptography`; trees older than the C DES have only the latter)."""
+    groups = "".join(f", {label} {{c.summary(__import__('{package}.compiled').compiled.MODULES)}}"
+                     for label, package in (("HSM", "hsm_mock"), ("terminals", "terminal_sim"))
+                     if (tree / package / "compiled.py").is_file())
     probe = ("import switch.compiled as c, hsm_mock.crypto as h; "
-             f"print(f\"compiled modules {{c.summary()}}{hsm}, DES {{'c' if getattr(h, 'DES_COMPILED', False) else 'py'}}\")")
+             f"print(f\"compiled modules {{c.summary()}}{groups}, DES {{'c' if getattr(h, 'DES_COMPILED', False) else 'py'}}\")")
     return subprocess.run([sys.executable, "-c", probe], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
                           capture_output=True, text=True, check=True).stdout.strip()
 

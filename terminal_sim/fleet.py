@@ -679,9 +679,6 @@ class _RunContext:
     # config.switch_names, formatted once: each transaction names its switch in the report
     switch_names: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
-        self.switch_names = self.config.switch_names
-
     @property
     def timeout_s(self) -> float:
         return self.config.response_timeout_ms / 1000
@@ -1100,8 +1097,9 @@ async def run_fleet(config: FleetConfig) -> FleetReport:
     loop = asyncio.get_running_loop()
     scenario = config.scenario
     cards = config.population.cards[: scenario.pools.cards or None]
+    switch_names = config.switch_names
     ctx = _RunContext(loop=loop, config=config, dialect=load_dialect(config.dialect),
-                      rec=_Recorder(config.switch_names),
+                      rec=_Recorder(switch_names), switch_names=switch_names,
                       store=_StateStore(config.state_dir), cards=cards,
                       pin_cards=tuple(c for c in cards if c.pin), ksn_block=_ksn_block(config),
                       card_pins={c.pan: c.pin for c in cards if c.pin})
