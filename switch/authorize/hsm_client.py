@@ -122,31 +122,35 @@ class _Attempt(NamedTuple):
     fut: asyncio.Future[HsmReply]
 
 
-class _Connection:
-    """One TCP connection; responses matched to calls by header."""
+class _Connection(asyncio.Protocol):
+    """One TCP connection; responses matched to calls by header. The connection is its own
+    protocol: each read is split into frames and each reply resolves its call's future in
+    `data_received`, in the loop's callback (no reader task to wake, no stream buffer to copy
+    through: docs/performance.md, "The HSM client's connection as a protocol")."""
 
     def __init__(self, host: str, port: int, config: HsmConfig) -> None:
         self.host, self.port, self.config = host, port, config
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self.transport: asyncio.Transport | None = None
         self.pending: dict[bytes, asyncio.Future[HsmReply]] = {}
         self.ids = itertools.count()
         self._header_modulus = 10 ** config.header_length  # headers cycle through n digits
         self.slots = _Slots(config.in_flight_max)
         self.deadlines = Deadlines(_timed_out)
-        self.read_task: asyncio.Task[None] | None = None
+        self.frames = FrameReader()
         self.out: WriteBatch | None = None  # commands of one loop iteration leave in one write
 
     @property
     def open(self) -> bool:
-        # the transport's own is_closing (C), not the StreamWriter's (a Python call around it)
-        return self.writer is not None and not self.writer.transport.is_closing()
+        return self.transport is not None and not self.transport.is_closing()
 
     async def connect(self) -> None:
-        self.reader, self.writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port), self.config.connect_timeout_ms / 1000)
-        self.out = WriteBatch(self.writer.write, lambda: self.open)
-        self.read_task = asyncio.get_running_loop().create_task(self._read_loop())
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.create_connection(lambda: self, self.host, self.port),
+                               self.config.connect_timeout_ms / 1000)
+        self.out = WriteBatch(self.transport.write, lambda: self.open)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
     def _next_header(self) -> bytes:
         n = self.config.header_length
@@ -188,31 +192,33 @@ class _Connection:
             self.pending.pop(attempt.header, None)
             self.slots.give()
 
-    async def _read_loop(self) -> None:
-        frames = FrameReader()
+    def data_received(self, data: bytes) -> None:
+        frames = self.frames
         hl = self.config.header_length
+        pending = self.pending
         try:
-            while True:
-                data = await self.reader.read(65536)
-                if not data:
-                    break
-                frames.receive_data(data)
-                while (payload := frames.next_frame()) is not None:
-                    fut = self.pending.get(payload[:hl])
-                    if fut is None or fut.done():
-                        continue  # a late answer to a call that timed out
-                    rest = payload[hl:]
-                    body = rest[4:].split(b"\x19", 1)[0]
-                    fut.set_result(HsmReply(rest[:2].decode("ascii", "replace"), rest[2:4].decode("ascii", "replace"),
-                                            body))
-        except (ConnectionError, OSError, ProtocolError):
-            pass
-        finally:
+            frames.receive_data(data)
+            while (payload := frames.next_frame()) is not None:
+                fut = pending.get(payload[:hl])
+                if fut is None or fut.done():
+                    continue  # a late answer to a call that timed out
+                rest = payload[hl:]
+                body = rest[4:].split(b"\x19", 1)[0]
+                fut.set_result(HsmReply(rest[:2].decode("ascii", "replace"), rest[2:4].decode("ascii", "replace"),
+                                        body))
+        except ProtocolError:  # a stream that cannot be framed: nothing more on it can be trusted
             self.close()
 
+    def eof_received(self) -> bool:
+        self.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+
     def close(self) -> None:
-        if self.writer is not None and not self.writer.is_closing():
-            self.writer.close()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
         for fut in self.pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("hsm connection lost"))
