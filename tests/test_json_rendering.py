@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 
 from switch.ledger.events import _encode
 from switch.ledger.records import PurchaseDetail
-from switch.ledger.sqlite import detail_json, parse_detail
+from switch.ledger.rows import detail_json, parse_detail
 
 values = st.recursive(
     st.none() | st.integers(min_value=-(2**53), max_value=2**53) | st.text(),  # Korean, emoji, controls

@@ -118,7 +118,7 @@ $$;
 """
 
 # ---------------------------------------------------------------------------- the group commit function
-# One array per column of each table a group writes, in switch/ledger/sqlite.py _Rows' row order.
+# One array per column of each table a group writes, in switch/ledger/rows.py _Rows' row order.
 COMMIT_TABLES_5: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("merchants", (("mid", "text"), ("name", "text"), ("district", "text"), ("annual_sales", "bigint"),
                    ("category", "text"), ("online_mall", "bigint"))),
@@ -370,7 +370,7 @@ def commit_args(commits: Sequence[Commit], committed_at: float, *, owner: str = 
     name, the epoch of its lease; none outside a cluster), then the group's rows as arrays, one
     per column (COMMIT_TABLES' order). A unit of a partition not in `leases` raises Fenced
     before anything is sent."""
-    from switch.ledger.sqlite import group_rows
+    from switch.ledger.rows import group_rows
 
     parts = sorted({c.partition for c in commits if c.partition is not None}) if leases is not None else []
     missing = [p for p in parts if p not in leases] if leases is not None else []

@@ -302,5 +302,5 @@ class Commit:
     message: MessageOutcome | None = None
     changes: tuple[Change, ...] = ()
     events: tuple[OutboxEvent, ...] = field(default=())
-    partition: int | None = None
-    before: tuple[Posting, ...] = ()  # postings written before `posting` (a purchase's auto-charge)  # the member's partition, with several instances (switch/ops/cluster.py)
+    partition: int | None = None  # the member's partition, with several instances (switch/ops/cluster.py)
+    before: tuple[Posting, ...] = ()  # postings written before `posting` (a purchase's auto-charge)
