@@ -97,9 +97,16 @@ def zero_padded(n: int, width: int) -> str:
 
 def card_accounts(card_id: int) -> tuple[str, str, str]:
     """A card's cash, cashback and receivable accounts (switch/ledger/records.py
-    CardState.accounts): here, compiled, as the decision names them once a purchase."""
+    CardState.accounts): here, compiled, as the decision names them once a purchase. The one
+    place their names are made (the decision, charges, the seed's opening charges); the SQL
+    that reads them by pattern (`card:%:cash`) is in switch/ledger/."""
     prefix = "card:" + str(card_id)
     return (prefix + ":cash", prefix + ":cashback", prefix + ":receivable")
+
+
+def card_held_account(card_id: int) -> str:
+    """Cash held by the card's open pre-authorizations (out of its available cash)."""
+    return "card:" + str(card_id) + ":held"
 
 
 class KstInstant:

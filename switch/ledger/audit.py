@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from switch.domain import Merchant, mask_pan
+from switch.domain import Merchant, card_accounts, card_held_account, mask_pan
 from switch.ledger.records import CardState, Terminal
 from switch.ledger.store import FOLD_MARK, Store, connect
 
@@ -116,7 +116,7 @@ def _verify_holds(conn: sqlite3.Connection, stats: dict[str, int]) -> str:
         stats["holds_open"] = open_count
     held = {name: balance for name, balance in conn.execute(
         "SELECT name, balance FROM accounts WHERE name LIKE 'card:%:held' AND balance != 0 ORDER BY name")}
-    open_holds = {f"card:{card_id}:held": total for card_id, total in conn.execute(
+    open_holds = {card_held_account(card_id): total for card_id, total in conn.execute(
         "SELECT card_id, SUM(amount - undone) FROM postings WHERE kind = 'hold' AND undone < amount "
         "GROUP BY card_id ORDER BY card_id")}
     for name in sorted(held.keys() | open_holds.keys()):
@@ -200,9 +200,11 @@ def card_statement(db_path: Store, pan: str, *, recent: int = 10) -> dict[str, A
 
         folded = isinstance(conn, sqlite3.Connection)  # SQLite: switch/ledger/store.py, card_postings
 
-        def bal(kind: str) -> int:
-            r = conn.execute("SELECT balance FROM accounts WHERE name=?", (f"card:{cid}:{kind}",)).fetchone()
+        def bal(account: str) -> int:
+            r = conn.execute("SELECT balance FROM accounts WHERE name=?", (account,)).fetchone()
             return r[0] if r else 0
+
+        cash, cashback, receivable = card_accounts(cid)
 
         postings = [
             {"id": p[0], "kind": p[1], "at": p[2], "amount": p[3], "fee": p[4], "cashback": p[5], "rrn": p[6],
@@ -212,8 +214,8 @@ def card_statement(db_path: Store, pan: str, *, recent: int = 10) -> dict[str, A
         return {"pan": mask_pan(pan), "program": program, "member": member, "expiry": expiry, "status": status,
                 # pin_blocked: wrong PINs reached the limit (eum admin card unblock-pin clears it)
                 "pin_blocked": bool(pin_blocked), "pin_tries": pin_tries,
-                "cash": bal("cash"), "cashback": bal("cashback"), "receivable": bal("receivable"),
-                "held": bal("held"), "postings": postings}  # held: by open pre-authorizations, out of cash
+                "cash": bal(cash), "cashback": bal(cashback), "receivable": bal(receivable),
+                "held": bal(card_held_account(cid)), "postings": postings}  # held: by open pre-authorizations, out of cash
     finally:
         conn.close()
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from switch.domain import card_accounts
 from switch.ledger.sqlite import fold_accounts
 from switch.ledger.store import PgDsn, Store, StoreUnavailable, connect, redact
 
@@ -80,7 +81,7 @@ class BulkLoad:
     def opening_charges(self, posting_id: int, at: str, charges: Sequence[tuple[int, int]], detail: dict) -> int:
         """One balanced posting: each (card id, won) onto the card's cash, their sum from
         bank_settlement. Returns the total."""
-        entries = [(posting_id, f"card:{cid}:cash", amount) for cid, amount in charges]
+        entries = [(posting_id, card_accounts(cid)[0], amount) for cid, amount in charges]
         total = sum(amount for _, amount in charges)
         entries.append((posting_id, "bank_settlement", -total))
         self.conn.execute("INSERT INTO postings(id, kind, at, amount, detail) VALUES (?, 'seed_charge', ?, ?, ?)",

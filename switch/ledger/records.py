@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from operator import itemgetter
 
-from switch.domain import Merchant, card_accounts
+from switch.domain import Merchant, card_accounts, card_held_account
 from switch.record import Record
 
 Entry = tuple[str, int]          # (account name, signed won)
@@ -170,7 +170,7 @@ class CardState:
     @property
     def held_account(self) -> str:
         """Cash held by the card's open pre-authorizations (out of its available cash)."""
-        return f"card:{self.id}:held"
+        return card_held_account(self.id)
 
 
 TERMINAL_STATUSES = ("active", "disabled")

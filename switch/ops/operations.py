@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from switch.clock import Clock
-from switch.domain import DISTRICTS, KST, Merchant, luhn_digit, mask_pan, month_key, partition_of
+from switch.domain import DISTRICTS, KST, Merchant, card_accounts, luhn_digit, mask_pan, month_key, partition_of
 from switch.authorize.engine import MemberLocks
 from switch.ledger.events import CardFacts, PostingFacts, posting_events
 from switch.authorize.decide import iso, release_posting
@@ -312,8 +312,9 @@ class Operations:
         pid = self.state.next_posting_id
         self.state.posting_id_used(pid)
         repay = min(amount, -card.receivable)  # a charge first settles what a clawback left owing
-        entries = tuple(e for e in (("bank_settlement", -amount), (f"card:{card.id}:cash", amount - repay),
-                                    (f"card:{card.id}:receivable", repay)) if e[1])
+        cash_account, _, receivable_account = card_accounts(card.id)
+        entries = tuple(e for e in (("bank_settlement", -amount), (cash_account, amount - repay),
+                                    (receivable_account, repay)) if e[1])
         posting = Posting(id=pid, kind="charge", at=now.isoformat(), amount=amount, entries=entries, card_id=card.id,
                           rrn=f"{pid:012d}", detail=ChargeDetail(card.member, repay))
         cash, receivable = card.cash + amount - repay, card.receivable + repay
