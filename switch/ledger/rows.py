@@ -73,7 +73,6 @@ def parse_detail(text: str) -> Detail:
     return None
 
 
-
 # ---------------------------------------------------------------------------- a group's rows
 
 

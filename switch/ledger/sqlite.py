@@ -1,4 +1,5 @@
-"""The SQLite adapter of the ledger port: typed records in, rows out (and back).
+"""The SQLite adapter of the ledger port: a group's rows (switch/ledger/rows.py) written, typed
+records read back.
 
 The only place the hot path's SQL lives. `SqliteStore.commit` applies a group of Commits in
 one transaction, each table's rows in a few multi-row statements (`write_rows`), so a group
