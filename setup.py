@@ -36,13 +36,11 @@ def _load(name: str, path: Path):  # type: ignore[no-untyped-def]
 
 
 compiled = _load("_eum_compiled", ROOT / "switch" / "compiled.py")
-hsm_compiled = _load("_eum_hsm_compiled", ROOT / "hsm_mock" / "compiled.py")
-terminal_compiled = _load("_eum_terminal_compiled", ROOT / "terminal_sim" / "compiled.py")
-# Each group: its mypyc group name (the shared library its modules import), its modules, the
-# file recording the sources it was built from.
-GROUPS = (("switch._hot", compiled.MODULES, compiled.BUILT_FROM),
-          ("hsm_mock._hot", hsm_compiled.MODULES, hsm_compiled.BUILT_FROM),
-          ("terminal_sim._hot", terminal_compiled.MODULES, terminal_compiled.BUILT_FROM))
+# Each group (switch/compiled.py GROUP_PACKAGES): its mypyc group name (the shared library its
+# modules import), its modules, the file recording the sources it was built from.
+GROUPS = tuple((f"{package}._hot", listing.MODULES, listing.BUILT_FROM)
+               for package in compiled.GROUP_PACKAGES
+               for listing in [_load(f"_eum_{package}_compiled", ROOT / package / "compiled.py")])
 
 
 def say(message: str) -> None:
@@ -55,7 +53,7 @@ class OptionalBuildExt(build_ext):
     hsm_mock/_des.c goes with them (a compiler that fails on one is not trusted with the other)."""
 
     def run(self) -> None:
-        for package in ("switch", "hsm_mock", "terminal_sim"):  # an earlier build's, maybe of a module no longer listed
+        for package in compiled.GROUP_PACKAGES:  # an earlier build's, maybe of a module no longer listed
             for old in (ROOT / package).rglob("*.so"):
                 old.unlink()
         try:

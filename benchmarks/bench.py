@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import platform
@@ -72,6 +73,9 @@ CLOSED_LOOP_RATE_PER_S = 1_000_000.0  # closed loop: each terminal sends as soon
 PIN = "1234"
 SEED_ATTEMPTS_MAX = 3
 OVERLOAD_RCS = ("91", "96")  # issuer/switch inoperative, system malfunction
+# The machine description's key for each group of compiled modules (switch/compiled.py
+# GROUP_PACKAGES): how many of the group's modules ran compiled, `N/M`.
+COMPILED_KEYS = {"switch": "compiled", "hsm_mock": "compiled_hsm", "terminal_sim": "compiled_terminal"}
 
 # key → (target, comparison) for the Markdown table; the bench does not fail on a target
 TARGETS: dict[str, tuple[float, str]] = {
@@ -945,12 +949,9 @@ def describe_machine() -> dict[str, Any]:
         with contextlib.suppress(md.PackageNotFoundError):
             m["packages"][package] = md.version(package)
     m["python_implementation"] = platform.python_implementation()
-    from hsm_mock import compiled as hsm_compiled
-    from switch import compiled  # which build of the hot path's modules ran (docs/operations.md)
-    from terminal_sim import compiled as terminal_compiled
-    m["compiled"] = compiled.summary()
-    m["compiled_hsm"] = compiled.summary(hsm_compiled.MODULES)  # the HSM's and the terminals' groups
-    m["compiled_terminal"] = compiled.summary(terminal_compiled.MODULES)
+    from switch import compiled  # which build of each group of compiled modules ran (docs/operations.md)
+    for package in compiled.GROUP_PACKAGES:
+        m[COMPILED_KEYS[package]] = compiled.summary(importlib.import_module(f"{package}.compiled").MODULES)
     with contextlib.suppress(OSError):
         m["loadavg_at_start"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     with contextlib.suppress(OSError, subprocess.SubprocessError):

@@ -39,6 +39,11 @@ from pathlib import Path
 from types import ModuleType
 
 PURE_ENV = "EUM_PURE_PYTHON"
+# Every package with a group of compiled modules, named here and nowhere else: each lists its
+# group in its own `compiled.py` (`MODULES`, `BUILT_FROM`; this module for the switch), is built
+# as the mypyc group `<package>._hot` (setup.py), and is checked (tests/test_compiled.py) and
+# recorded by the bench from this list. Names, not imports: switch/ imports neither of the others.
+GROUP_PACKAGES = ("switch", "hsm_mock", "terminal_sim")
 # Written by setup.py beside this file when it compiles: each listed module's source digest.
 BUILT_FROM = Path(__file__).with_name("compiled-sources.txt")
 

@@ -18,6 +18,7 @@ the reference.
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -25,9 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from hsm_mock import compiled as hsm_compiled
 from switch import compiled
-from terminal_sim import compiled as terminal_compiled
 from switch_process import provisioned, running_switch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +40,11 @@ ON_BOTH = ["tests/test_decide.py", "tests/test_decide_preauth.py", "tests/test_w
            "tests/test_hsm_key_cache.py", "tests/test_hsm_lmk.py", "tests/test_pinblock_formats.py",
            "tests/test_crypto_contexts.py", "tests/test_des_c.py", "tests/test_terminal_security.py",
            "tests/test_future_keys.py", "tests/test_terminal_clock.py"]
-# Every group of compiled modules: the switch's, the software HSM's, the simulated terminal's.
-GROUPS = {"switch": compiled.MODULES, "hsm_mock": hsm_compiled.MODULES, "terminal_sim": terminal_compiled.MODULES}
-STALE = {"switch": compiled.BUILT_FROM, "hsm_mock": hsm_compiled.BUILT_FROM, "terminal_sim": terminal_compiled.BUILT_FROM}
+# Every group of compiled modules (switch/compiled.py GROUP_PACKAGES): the switch's, the
+# software HSM's, the simulated terminal's.
+LISTINGS = {package: importlib.import_module(f"{package}.compiled") for package in compiled.GROUP_PACKAGES}
+GROUPS = {package: listing.MODULES for package, listing in LISTINGS.items()}
+STALE = {package: listing.BUILT_FROM for package, listing in LISTINGS.items()}
 LISTED = tuple(name for modules in GROUPS.values() for name in modules)
 
 
@@ -71,10 +72,20 @@ def test_where_a_compiler_is_found_every_listed_module_runs_compiled():
             "`python3 -m pip install -e .` again and read its `eum-switch build:` lines")
 
 
+def test_every_package_listing_compiled_modules_is_one_of_the_groups_and_lists_only_its_own():
+    """A package's `compiled.py` with a MODULES list is a group setup.py must build: one left
+    out of GROUP_PACKAGES would never be compiled, and nothing else would say so."""
+    listing = sorted(path.parent.name for path in ROOT.glob("*/compiled.py") if "\nMODULES = (" in path.read_text())
+    assert listing == sorted(compiled.GROUP_PACKAGES) == ["hsm_mock", "switch", "terminal_sim"]
+    for package, modules in GROUPS.items():
+        assert modules and all(name.startswith(package + ".") for name in modules), package
+        assert STALE[package] == ROOT / package / "compiled-sources.txt"
+
+
 def test_eum_pure_python_loads_every_listed_module_from_its_source():
-    probe = ("import importlib, switch.compiled as c, hsm_mock.compiled as h, terminal_sim.compiled as t; "
+    probe = ("import importlib, switch.compiled as c; "
              "print(sorted((n, importlib.import_module(n).__file__.rsplit('.', 1)[1]) "
-             "for n in c.MODULES + h.MODULES + t.MODULES))")
+             "for p in c.GROUP_PACKAGES for n in importlib.import_module(p + '.compiled').MODULES))")
     done = run(["-c", probe], pure=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == repr(sorted((name, "py") for name in LISTED))
@@ -110,14 +121,14 @@ def test_the_compiled_and_the_pure_decisions_are_identical_over_a_random_history
 def test_the_compiled_and_the_pure_hsm_answer_every_command_identically():
     """tests/hsm_probe.py: every command the HSM's command tests send, and six seeded mutations
     of each (cut, one byte replaced, one appended), answered by each build of the HSM's group."""
-    if not any(compiled.status(hsm_compiled.MODULES).values()):
+    if not any(compiled.status(GROUPS["hsm_mock"]).values()):
         pytest.skip("no compiled HSM modules in this install: there is only the pure Python to run")
     pure = run(["tests/hsm_probe.py", "20261201", "6"], pure=True)
     built = run(["tests/hsm_probe.py", "20261201", "6"], pure=False)
     assert pure.returncode == 0, pure.stderr[-3000:]
     assert built.returncode == 0, built.stderr[-3000:]
     pure_lines, built_lines = pure.stdout.splitlines(), built.stdout.splitlines()
-    listed = len(hsm_compiled.MODULES)
+    listed = len(GROUPS["hsm_mock"])
     assert (pure_lines[0], built_lines[0]) == (f"compiled 0/{listed}", f"compiled {listed}/{listed}")
     assert len(pure_lines) == len(built_lines) and len(pure_lines) > 1000
     for p, b in zip(pure_lines[1:], built_lines[1:]):
