@@ -110,21 +110,14 @@ static inline uint64_t permute(uint64_t (*bytes)[256], uint64_t in, int in_bits)
 }
 
 /* A 48-bit round key (eight 6-bit groups, group 0 the most significant) as the schedule's even
- * word (groups 0, 2, 4, 6 at bits 28, 20, 12, 4) or odd word (1, 3, 5, 7 at bits 24, 16, 8, 0). */
-static uint64_t groups_even(uint64_t sub)
+ * word (first 0: groups 0, 2, 4, 6 at bits 28, 20, 12, 4) or odd word (first 1: groups 1, 3, 5,
+ * 7 at bits 24, 16, 8, 0). */
+static uint64_t every_other_group(uint64_t sub, int first)
 {
-    uint64_t even = 0;
-    for (int g = 0; g < 8; g += 2)
-        even |= ((sub >> (42 - 6 * g)) & 0x3F) << (28 - 4 * g);
-    return even;
-}
-
-static uint64_t groups_odd(uint64_t sub)
-{
-    uint64_t odd = 0;
-    for (int g = 1; g < 8; g += 2)
-        odd |= ((sub >> (42 - 6 * g)) & 0x3F) << (28 - 4 * g);
-    return odd;
+    uint64_t word = 0;
+    for (int g = first; g < 8; g += 2)
+        word |= ((sub >> (42 - 6 * g)) & 0x3F) << (28 - 4 * g);
+    return word;
 }
 
 static void build_tables(void)
@@ -135,8 +128,8 @@ static void build_tables(void)
     build_bytes(pc2_bytes, PC2, 48, 56);
     for (int b = 0; b < 7; b++) {  /* the groups are bit fields: splitting each look-up splits their OR */
         for (int v = 0; v < 256; v++) {
-            pc2_even[b][v] = groups_even(pc2_bytes[b][v]);
-            pc2_odd[b][v] = groups_odd(pc2_bytes[b][v]);
+            pc2_even[b][v] = every_other_group(pc2_bytes[b][v], 0);
+            pc2_odd[b][v] = every_other_group(pc2_bytes[b][v], 1);
         }
     }
     for (int i = 0; i < 8; i++) {

@@ -32,15 +32,18 @@ class Answerer:
         """`encode` of an answer to a terminal without a MAC (`sign` None), in the caller's
         step: no coroutine to make and await (docs/performance.md, "Uncontended steps without a
         coroutine"). Raises AnswerFailed."""
-        return self._encode(fields)
+        try:
+            return encode_fields(fields, self.dialect)
+        except (EncodeError, ValueError) as exc:
+            raise AnswerFailed(Rc.SYSTEM_ERROR, f"response cannot be encoded: {exc}") from None
 
     async def encode(self, fields: dict[str, str], sign: tuple[TerminalKeys, str] | None) -> bytes:
         """The message bytes; for a secured terminal the MAC under the request's KSN, in the
         dialect's MAC field and form, over every byte before it (codec `mac_span`). Raises
         AnswerFailed."""
         if sign is None or self.security is None:
-            return self._encode(fields)
-        payload = self._encode({**fields, mac_field(fields): MAC_PLACEHOLDER})
+            return self.encode_unsigned(fields)
+        payload = self.encode_unsigned({**fields, mac_field(fields): MAC_PLACEHOLDER})
         span = mac_span(payload, self.dialect)
         if span is None:  # check_responses refuses such a dialect at start; without that check, 96
             raise AnswerFailed(Rc.SYSTEM_ERROR, f"response MAC: {mac_location(self.dialect)} is not the last field")
@@ -61,12 +64,6 @@ class Answerer:
         except AnswerFailed:
             pass
         try:
-            return self._encode(fields)
+            return self.encode_unsigned(fields)
         except AnswerFailed:
             return None
-
-    def _encode(self, fields: dict[str, str]) -> bytes:
-        try:
-            return encode_fields(fields, self.dialect)
-        except (EncodeError, ValueError) as exc:
-            raise AnswerFailed(Rc.SYSTEM_ERROR, f"response cannot be encoded: {exc}") from None
