@@ -320,9 +320,82 @@ done:
     return result;
 }
 
+/* a XOR b, two bytes objects of one length: a DUKPT key and its variant mask, a register and
+ * a key half, a PIN field and a PAN field. hsm_mock/crypto.py's `xor` turned both into Python
+ * ints and back, three method calls a block through compiled code's generic call (≈ 3,000
+ * instructions; docs/performance.md, "The HSM's XOR and DUKPT step in C (kept)"). No intermediate
+ * copy is made: the only bytes written are the result's. */
+static PyObject *des_xor(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "xor(a, b) takes two bytes objects");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (PyBytes_GET_SIZE(args[1]) != n) {
+        PyErr_Format(PyExc_ValueError, "xor operands differ in length (%zd vs %zd bytes)", n,
+                     PyBytes_GET_SIZE(args[1]));
+        return NULL;
+    }
+    PyObject *result = PyBytes_FromStringAndSize(NULL, n);
+    if (result == NULL)
+        return NULL;
+    const uint8_t *a = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    const uint8_t *b = (const uint8_t *)PyBytes_AS_STRING(args[1]);
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+    for (Py_ssize_t i = 0; i < n; i++)
+        out[i] = a[i] ^ b[i];
+    return result;
+}
+
+/* future_key(key, register) -> bytes: ANSI X9.24-1:2009 non-reversible key generation, the
+ * step of the TDES DUKPT derivation that turns a 16-byte key and a 64-bit KSN register into the
+ * next key of the path: each half is DES_L(register XOR R) XOR R under the key's halves L|R, the
+ * right half from the key, the left from the key XOR C0C0C0C000000000C0C0C0C000000000.
+ * hsm_mock/dukpt.py's `_nonreversible_key` is the reference (tests/test_des_c.py compares them;
+ * the X9.24 vectors of tests/test_hsm_crypto.py run on this path). */
+static PyObject *des_future_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "future_key(key, register) takes two bytes objects");
+        return NULL;
+    }
+    if (PyBytes_GET_SIZE(args[0]) != 16 || PyBytes_GET_SIZE(args[1]) != 8) {
+        PyErr_Format(PyExc_ValueError, "future_key takes a 16-byte key and an 8-byte register, got %zd and %zd",
+                     PyBytes_GET_SIZE(args[0]), PyBytes_GET_SIZE(args[1]));
+        return NULL;
+    }
+    const uint8_t *key = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    uint64_t reg = load((const uint8_t *)PyBytes_AS_STRING(args[1]));
+    const uint64_t mask = 0xC0C0C0C000000000ULL;
+    uint64_t left = load(key), right = load(key + 8);
+    uint64_t left_m = left ^ mask, right_m = right ^ mask;
+    uint8_t half[8], out[16];
+    schedule ks;
+    store(left, half);
+    key_schedule(half, &ks);
+    uint64_t new_right = des_block(reg ^ right, &ks, 0) ^ right;
+    store(left_m, half);
+    key_schedule(half, &ks);
+    uint64_t new_left = des_block(reg ^ right_m, &ks, 0) ^ right_m;
+    store(new_left, out);
+    store(new_right, out + 8);
+    PyObject *result = PyBytes_FromStringAndSize((const char *)out, 16);
+    clear(&ks, sizeof ks); /* key material: cleared before the frame is left */
+    clear(half, sizeof half);
+    clear(out, sizeof out);
+    left = right = left_m = right_m = new_left = new_right = 0;
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"future_key", (PyCFunction)(void (*)(void))des_future_key, METH_FASTCALL,
+     "future_key(key16, register8) -> the X9.24-1 non-reversible key generation (16 bytes)"},
     {"ecb", des_ecb, METH_VARARGS, "ecb(key24, data, decrypt) -> TDES-EDE ECB of block-aligned data"},
     {"retail_mac", des_retail_mac, METH_VARARGS, "retail_mac(key16, padded) -> the X9.19 MAC (8 bytes)"},
+    {"xor", (PyCFunction)(void (*)(void))des_xor, METH_FASTCALL, "xor(a, b) -> a XOR b (bytes of one length)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {

@@ -142,9 +142,13 @@ class KeyParityError(HsmCryptoError):
 
 
 def xor(a: bytes, b: bytes) -> bytes:
-    """Byte-wise XOR of two equally long strings."""
+    """Byte-wise XOR of two equally long strings: in hsm_mock/_des.c where the build made it
+    (two bytes objects), else through Python's ints (the reference; tests/test_des_c.py
+    compares the two)."""
     if len(a) != len(b):
         raise HsmCryptoError(f"xor operands differ in length ({len(a)} vs {len(b)} bytes)")
+    if _DES is not None and type(a) is bytes and type(b) is bytes:
+        return _DES.xor(a, b)
     return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
 
 
@@ -155,7 +159,7 @@ def _xor3(a: bytes, b: bytes, c: bytes) -> bytes:
 
 def unhex(text: str | bytes, *, what: str = "data", size: int | None = None) -> bytes:
     """Hex text (or bytes passed through) to bytes; the error names `what`, not the value."""
-    if isinstance(text, (bytes, bytearray, memoryview)):
+    if type(text) is not str and isinstance(text, (bytes, bytearray, memoryview)):  # text first: the usual case
         raw = bytes(text)
     else:
         try:

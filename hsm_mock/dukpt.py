@@ -39,6 +39,7 @@ from __future__ import annotations
 from enum import Enum, IntEnum
 from functools import lru_cache
 
+from hsm_mock.crypto import _DES as _C_DES  # hsm_mock/_des.c where the build made it (crypto.DES_COMPILED), else None
 from hsm_mock.crypto import (
     HsmCryptoError,
     aes_ecb_encrypt_once,
@@ -118,11 +119,21 @@ def _nonreversible_half(key: bytes, register: bytes) -> bytes:
     return xor(tdes_ecb_encrypt_once(left, xor(register, right)), right)
 
 
-@lru_cache(maxsize=DERIVATION_CACHE_SIZE_MAX)
-def _tdes_future_key(key: bytes, register: bytes) -> bytes:
+def _nonreversible_key(key: bytes, register: bytes) -> bytes:
+    # X9.24-1 non-reversible key generation: the right half under the key, the left under the key
+    # XOR the BDK mask. The reference of hsm_mock/_des.c's `future_key` (tests/test_des_c.py).
     new_right = _nonreversible_half(key, register)
     new_left = _nonreversible_half(xor(key, _BDK_MASK), register)
     return new_left + new_right
+
+
+@lru_cache(maxsize=DERIVATION_CACHE_SIZE_MAX)
+def _tdes_future_key(key: bytes, register: bytes) -> bytes:
+    # in C where the build made it: one call, no slices or XORs through Python's objects
+    # (docs/performance.md, "The HSM's XOR and DUKPT step in C (kept)")
+    if _C_DES is not None:
+        return _C_DES.future_key(key, register)
+    return _nonreversible_key(key, register)
 
 
 def tdes_derive_key(ipek: bytes | str, ksn: bytes | str) -> bytes:

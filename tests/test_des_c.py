@@ -1,7 +1,8 @@
 """hsm_mock/_des.c, the optional compiled DES for keys used once, against `cryptography`.
 
-hsm_mock/crypto.py runs `tdes_ecb_encrypt_once`, `tdes_ecb_decrypt_once` and `retail_mac_once`
-in the C module where the build made it (`DES_COMPILED`), and through `cryptography` otherwise
+hsm_mock/crypto.py runs `tdes_ecb_encrypt_once`, `tdes_ecb_decrypt_once`, `retail_mac_once` and
+`xor` in the C module where the build made it, and hsm_mock/dukpt.py the TDES derivation's step
+(`future_key`), (`DES_COMPILED`), and through `cryptography` otherwise
 or with EUM_PURE_PYTHON=1 (docs/performance.md, "DES for keys used once, in C"). Here:
 
 - published known answers on the C module itself: FIPS PUB 81 Appendix B (single DES, ECB) and
@@ -120,6 +121,61 @@ def test_x9_19_counter_1_macs_on_the_c_path():
     assert mac.hex().upper() == "9CCC78173FC4FB64"
     assert crypto.retail_mac_once(dukpt.tdes_mac_response_key(key), b"4012345678909D987").hex().upper() == (
         "20364223C1FF00FA")
+
+
+@needs_c
+def test_xor_is_the_same_on_both_paths_and_the_c_module_takes_only_bytes_of_one_length():
+    from hsm_mock import _des
+
+    rng = random.Random(20261201)
+    for n in (0, 1, 3, 8, 10, 16, 24, 32):
+        for _ in range(40):
+            a, b = rng.randbytes(n), rng.randbytes(n)
+            c, p = both(crypto.xor, a, b)
+            assert c == p == bytes(x ^ y for x, y in zip(a, b)), n
+    # the X9.24-1 key mask on a BDK, as tdes_ipek applies it (ANSI X9.24-1:2009 A.4's BDK)
+    assert crypto.xor(H("0123456789ABCDEFFEDCBA9876543210"), H("C0C0C0C000000000C0C0C0C000000000")) == H(
+        "C1E385A789ABCDEF3E1C7A5876543210")
+    with pytest.raises(ValueError, match="differ in length"):
+        _des.xor(bytes(8), bytes(16))
+    with pytest.raises(TypeError, match="two bytes objects"):
+        _des.xor(bytearray(8), bytes(8))
+    with pytest.raises(crypto.HsmCryptoError, match="differ in length"):
+        crypto.xor(bytes(8), bytes(16))
+
+
+@needs_c
+def test_the_dukpt_step_in_c_is_the_python_reference_for_random_keys_and_registers():
+    """hsm_mock/_des.c `future_key` against hsm_mock/dukpt.py `_nonreversible_key`, and the
+    published ANSI X9.24-1:2009 Annex A PIN keys (BDK 0123456789ABCDEFFEDCBA9876543210, KSN
+    FFFF9876543210E0000x; the first rows of tests/test_hsm_crypto.py's table) derived on each
+    path."""
+    from hsm_mock import _des, dukpt
+
+    rng = random.Random(924)
+    for _ in range(500):
+        key, register = rng.randbytes(16), rng.randbytes(8)
+        assert _des.future_key(key, register) == dukpt._nonreversible_key(key, register)
+    bdk = H("0123456789ABCDEFFEDCBA9876543210")
+    published = {"FFFF9876543210E00001": "042666B49184CF5C68DE9628D0397B36",
+                 "FFFF9876543210E00002": "C46551CEF9FD244FAA9AD834130D3B38",
+                 "FFFF9876543210E00003": "0DF3D9422ACA561A47676D07AD6BAD05",
+                 "FFFF9876543210E0000C": "B716E1E11CF53D7F726CAEE75C3A62B0"}
+    for ksn, pin_key in published.items():
+        dukpt._tdes_future_key.cache_clear()
+        assert dukpt.tdes_pin_key(dukpt.tdes_transaction_key(bdk, ksn)).hex().upper() == pin_key, ksn
+    saved, dukpt._C_DES = dukpt._C_DES, None
+    try:
+        for ksn, pin_key in published.items():
+            dukpt._tdes_future_key.cache_clear()
+            assert dukpt.tdes_pin_key(dukpt.tdes_transaction_key(bdk, ksn)).hex().upper() == pin_key, ksn
+    finally:
+        dukpt._C_DES = saved
+        dukpt._tdes_future_key.cache_clear()
+    with pytest.raises(ValueError, match="16-byte key and an 8-byte register"):
+        _des.future_key(bytes(8), bytes(8))
+    with pytest.raises(TypeError, match="two bytes objects"):
+        _des.future_key(bytearray(16), bytes(8))
 
 
 def test_errors_are_the_same_without_the_c_module(pure):
