@@ -320,6 +320,16 @@ done:
     return result;
 }
 
+/* The argument check of the METH_FASTCALL functions below: exactly two bytes objects (the
+ * compiled callers pass nothing else), else a TypeError naming the call. */
+static int two_bytes(PyObject *const *args, Py_ssize_t nargs, const char *call)
+{
+    if (nargs == 2 && PyBytes_CheckExact(args[0]) && PyBytes_CheckExact(args[1]))
+        return 1;
+    PyErr_Format(PyExc_TypeError, "%s takes two bytes objects", call);
+    return 0;
+}
+
 /* a XOR b, two bytes objects of one length: a DUKPT key and its variant mask, a register and
  * a key half, a PIN field and a PAN field. hsm_mock/crypto.py's `xor` turned both into Python
  * ints and back, three method calls a block through compiled code's generic call (≈ 3,000
@@ -328,10 +338,8 @@ done:
 static PyObject *des_xor(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "xor(a, b) takes two bytes objects");
+    if (!two_bytes(args, nargs, "xor(a, b)"))
         return NULL;
-    }
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
     if (PyBytes_GET_SIZE(args[1]) != n) {
         PyErr_Format(PyExc_ValueError, "xor operands differ in length (%zd vs %zd bytes)", n,
@@ -358,10 +366,8 @@ static PyObject *des_xor(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 static PyObject *des_future_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "future_key(key, register) takes two bytes objects");
+    if (!two_bytes(args, nargs, "future_key(key, register)"))
         return NULL;
-    }
     if (PyBytes_GET_SIZE(args[0]) != 16 || PyBytes_GET_SIZE(args[1]) != 8) {
         PyErr_Format(PyExc_ValueError, "future_key takes a 16-byte key and an 8-byte register, got %zd and %zd",
                      PyBytes_GET_SIZE(args[0]), PyBytes_GET_SIZE(args[1]));
