@@ -1,9 +1,10 @@
 """hsm_mock/_des.c, the optional compiled DES for keys used once, against `cryptography`.
 
 hsm_mock/crypto.py runs `tdes_ecb_encrypt_once`, `tdes_ecb_decrypt_once`, `retail_mac_once` and
-`xor` in the C module where the build made it, and hsm_mock/dukpt.py the TDES derivation's step
-(`future_key`), (`DES_COMPILED`), and through `cryptography` otherwise
-or with EUM_PURE_PYTHON=1 (docs/performance.md, "DES for keys used once, in C"). Here:
+`xor`, and hsm_mock/dukpt.py the TDES derivation's step (`future_key`), in the C module where the
+build made it (`DES_COMPILED`), and through `cryptography` and Python otherwise or with
+EUM_PURE_PYTHON=1 (docs/performance.md, "DES for keys used once, in C" and "The HSM's XOR and
+DUKPT step in C (kept)"). Here:
 
 - published known answers on the C module itself: FIPS PUB 81 Appendix B (single DES, ECB) and
   NIST SP 800-67 Rev. 1 Appendix B (three-key TDEA, with the example's own "qufck");
@@ -133,7 +134,7 @@ def test_xor_is_the_same_on_both_paths_and_the_c_module_takes_only_bytes_of_one_
             a, b = rng.randbytes(n), rng.randbytes(n)
             c, p = both(crypto.xor, a, b)
             assert c == p == bytes(x ^ y for x, y in zip(a, b)), n
-    # the X9.24-1 key mask on a BDK, as tdes_ipek applies it (ANSI X9.24-1:2009 A.4's BDK)
+    # the X9.24-1 key mask on the Annex A BDK, as tdes_ipek applies it (the XOR written out)
     assert crypto.xor(H("0123456789ABCDEFFEDCBA9876543210"), H("C0C0C0C000000000C0C0C0C000000000")) == H(
         "C1E385A789ABCDEF3E1C7A5876543210")
     with pytest.raises(ValueError, match="differ in length"):
