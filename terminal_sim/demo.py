@@ -89,12 +89,24 @@ async def _demo(data_dir: Path, transactions: int, seed_value: int, clock_start:
     return _summary(data_dir, sent)
 
 
+def lane_cards(cards: list[tuple[str, str]], lanes: int) -> list[list[str]]:
+    """The PANs of (pan, member) pairs dealt to `lanes` lanes by member, members in turn: a
+    card's balance and a member's monthly cashback counters are then moved by one lane only,
+    so no outcome depends on which lane's request the switch took first."""
+    lane_of = {member: i % lanes for i, member in enumerate(dict.fromkeys(m for _, m in cards))}
+    dealt: list[list[str]] = [[] for _ in range(lanes)]
+    for pan, member in cards:
+        dealt[lane_of[member]].append(pan)
+    return dealt
+
+
 async def _drive(port: int, core, transactions: int, rng: random.Random) -> Counter:
     conn = connect(core.db_path, readonly=True)
-    pans = [r[0] for r in conn.execute("SELECT pan FROM cards ORDER BY id")]
+    cards = conn.execute("SELECT pan, member FROM cards ORDER BY id").fetchall()
     mids = {tid: mid for tid, mid in conn.execute("SELECT tid, mid FROM terminals")}
     conn.close()
-    blocked = pans[-1]
+    blocked = cards[-1][0]
+    lane_pans = lane_cards(cards[:-1], TERMINALS)
     await core.ops.run("card-block", {"pan": blocked})
     dialect = load_dialect("default")
     lanes = []
@@ -106,13 +118,13 @@ async def _drive(port: int, core, transactions: int, rng: random.Random) -> Coun
         lanes.append((client, term, []))
     sent: Counter = Counter()
     per_lane = transactions // TERMINALS
-    # each terminal draws from its own generator (seeded from the demo's): what a lane sends
-    # depends only on its own answers, not on which lane's answer the event loop saw first,
-    # so the run is the same whatever the timing (the ledger's group commit sends answers in
-    # an order that depends on it)
+    # each terminal draws from its own generator (seeded from the demo's) over its own cards:
+    # what a lane sends depends only on its own answers, not on which lane's answer the event
+    # loop saw first, so the run is the same whatever the timing (the ledger's group commit
+    # sends answers in an order that depends on it)
     seeds = [rng.getrandbits(64) for _ in lanes]
-    await asyncio.gather(*(_lane(lane, per_lane, pans, blocked, random.Random(s), sent)
-                           for lane, s in zip(lanes, seeds)))
+    await asyncio.gather(*(_lane(lane, per_lane, own, blocked, random.Random(s), sent)
+                           for lane, own, s in zip(lanes, lane_pans, seeds)))
     for client, term, _ in lanes:
         await client.request(term.sign_off())
         await client.close()
@@ -120,11 +132,12 @@ async def _drive(port: int, core, transactions: int, rng: random.Random) -> Coun
 
 
 async def _lane(lane, count: int, pans: list[str], blocked: str, rng: random.Random, sent: Counter) -> None:
+    """pans: the lane's own cards (the blocked card is not among them)."""
     client, term, history = lane
     for _ in range(count):
         roll = rng.random()
         if roll < 0.55 or not history:
-            kind, fields = "purchase", term.purchase(rng.choice(pans[:-1]), rng.choice((5_000, 12_000, 20_000, 23_500, 48_000)))
+            kind, fields = "purchase", term.purchase(rng.choice(pans), rng.choice((5_000, 12_000, 20_000, 23_500, 48_000)))
         elif roll < 0.63:
             kind, fields = "balance", term.balance(rng.choice(pans))
         elif roll < 0.73:
@@ -146,7 +159,7 @@ async def _lane(lane, count: int, pans: list[str], blocked: str, rng: random.Ran
         elif roll < 0.95:
             kind, fields = "blocked card", term.purchase(blocked, 10_000)
         else:
-            kind, fields = "over balance", term.purchase(rng.choice(pans[:-1]), 1_900_000)
+            kind, fields = "over balance", term.purchase(rng.choice(pans), 1_900_000)
         answer = await client.request(fields)
         sent[(kind, answer["39"])] += 1
         if fields["t"] == "0200" and answer["39"] == "00" and fields["3"].startswith("00"):
