@@ -74,8 +74,11 @@ class CountingConnection:
             raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
         return result
 
+    half_open = False  # terminate() leaves the server's session running, as a network partition does
+
     def terminate(self) -> None:
-        self.conn.terminate()
+        if not self.half_open:
+            self.conn.terminate()
 
     def __getattr__(self, name: str):
         return getattr(self.conn, name)
@@ -207,6 +210,33 @@ async def test_a_commit_whose_connection_is_lost_after_the_server_committed_is_a
         await committer.close()
     assert rows(pg_dsn, "SELECT id FROM postings ORDER BY id") == [(1,), (2,)]
     assert balances(pg_dsn)["card:1:cash"] == 55_000
+
+
+@pytest.mark.parametrize("lose", ["before", "after"])
+async def test_a_lost_connection_whose_session_lives_on_is_ended_before_the_writer_goes_on(pg_dsn, lose):
+    """The server has not noticed the loss (a half-open socket): its session still holds the
+    writer lock. The writer ends that session, takes the lock again and then looks whether the
+    group landed."""
+    committer, counting = await opened(pg_dsn)
+    old = counting.get_server_pid()
+    try:
+        await committer.commit([card_issue(), load(1, 50_000)])
+        counting.half_open, counting.lose = True, lose
+        if lose == "after":
+            await committer.commit([load(2, 5_000)])  # found durable on the new connection
+        else:
+            with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+                await committer.commit([load(2, 5_000)])
+        assert committer.outcomes_recovered == (1 if lose == "after" else 0)
+        assert committer.conn.get_server_pid() != old
+        assert rows(pg_dsn, f"SELECT count(*) FROM pg_stat_activity WHERE pid = {old}") == [(0,)]
+        await committer.commit([load(3, 1_000)])
+    finally:
+        await committer.close()
+        await counting.conn.close()  # the old connection's socket (its session is gone)
+    expected = [(1,), (2,), (3,)] if lose == "after" else [(1,), (3,)]
+    assert rows(pg_dsn, "SELECT id FROM postings ORDER BY id") == expected
+    assert balances(pg_dsn)["card:1:cash"] == (56_000 if lose == "after" else 51_000)
 
 
 async def test_a_commit_whose_connection_is_lost_before_the_server_ran_it_fails(pg_dsn):

@@ -417,15 +417,26 @@ class PgCommitter:
         self.owner = owner
         self.leases = leases
         self.conn: Any = None
+        self.session: tuple[int, Any] | None = None  # `conn`'s server process and its start
+        self._lost: tuple[int, Any] | None = None  # a lost connection's session, ended by the next `open`
         self.outcomes_recovered = 0  # groups found committed after the connection was lost mid-call
         self._pseq: dict[int, int] = {}  # partition → its last event sequence number handed out (a cluster)
 
     async def open(self) -> None:
+        """Connect and take the writer lock. After a lost connection (`close_quietly`) the
+        server may not have noticed the loss yet (a half-open socket): the old session still
+        holds the writer lock and may still be running the last group. It is ended first
+        (pg_terminate_backend, allowed on one's own role's sessions) and waited for, at most
+        call_timeout_s, so the lock is this writer's again and the last group's outcome is
+        final before `_landed` looks at it."""
         import asyncpg
 
         conn = await asyncpg.connect(self.dsn)
         try:
             await conn.execute("SET synchronous_commit = on")
+            if self._lost is not None:
+                await self._end_session(conn, *self._lost)
+                self._lost = None
             # the one writer holds the lock alone; instances of a cluster share it (and fence by lease)
             take = "pg_try_advisory_lock_shared" if self.leases is not None else "pg_try_advisory_lock"
             if not await conn.fetchval(f"SELECT {take}($1)", WRITER_LOCK):
@@ -436,6 +447,21 @@ class PgCommitter:
             await conn.close()
             raise
         self.conn = conn
+        self.session = (conn.get_server_pid(), await conn.fetchval(
+            "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"))
+
+    async def _end_session(self, conn: Any, pid: int, started: Any) -> None:
+        """End this writer's lost session (server process `pid`, started at `started`: after a
+        server restart the number may be another client's) and wait until the server has let
+        it go: its locks released, its transaction committed or rolled back."""
+        deadline = time.monotonic() + self.call_timeout_s
+        while await conn.fetchval("SELECT EXISTS(SELECT 1 FROM pg_stat_activity WHERE pid = $1 "
+                                  "AND backend_start = $2)", pid, started):
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"the ledger writer's lost session (server process {pid}) at "
+                                       f"{redact(self.dsn)} did not end within {self.call_timeout_s:g} s")
+            await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+            await asyncio.sleep(0.01)
 
     async def close(self) -> None:
         if self.conn is not None:
@@ -488,8 +514,10 @@ class PgCommitter:
             self._pseq.pop(p, None)
 
     async def close_quietly(self) -> None:
+        """Drop a connection that was lost: the next `open` ends its server session."""
         conn, self.conn = self.conn, None
         if conn is not None:
+            self._lost, self.session = self.session, None
             conn.terminate()
 
     async def _landed(self, commits: Sequence[Commit]) -> bool:
