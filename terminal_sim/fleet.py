@@ -221,8 +221,9 @@ class FleetReport:
     - started_at (ISO 8601 UTC), duration_s (configured), elapsed_s (with sign-on and drain),
       mode ("open" | "closed"), arrivals, terminals, scenario, seed;
     - target_per_s (configured rate; null in closed loop), offered (intended transactions in
-      the run), offered_per_s = offered / duration_s, sent, unsent (offered but never sent:
-      the terminals' backlog at the end), responses, achieved_per_s = responses / duration_s,
+      the run; in closed loop the transactions sent), offered_per_s = offered / duration_s,
+      sent, unsent (offered but never sent: the terminals' backlog at the end; 0 in closed
+      loop), responses, achieved_per_s = responses / duration_s,
       approved (DE39 00 of scenario transactions: purchase, refund, balance, reversal),
       approved_per_s;
     - timeouts (no answer within response_timeout_ms, or the connection dropped first):
@@ -1060,12 +1061,14 @@ async def _open_lane(term: _SimTerminal, ctx: _RunContext, t0: float, schedule: 
 
 
 async def _closed_lane(term: _SimTerminal, ctx: _RunContext) -> None:
+    """A closed loop has no schedule: it offers a transaction when it sends one, so its
+    offered == sent and unsent == 0. A try that finds the run over (or the link lost until
+    the end) is no offer: counting it would make the count race the end by a microsecond."""
     rec = ctx.rec
     while now() < ctx.end:
-        rec.n["offered"] += 1
         if not await term.transact(None):
-            rec.n["unsent"] += 1
             return
+        rec.n["offered"] += 1
 
 
 async def _progress(ctx: _RunContext, done: asyncio.Event) -> None:

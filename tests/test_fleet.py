@@ -11,6 +11,7 @@ import math
 import threading
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -464,6 +465,32 @@ async def test_a_dropped_connection_is_reopened_signed_on_again_and_the_lost_pur
         assert server.received[4][1]["70"] == "001"  # a new connection signs on first
     finally:
         await server.stop()
+
+
+async def test_a_closed_loop_offers_what_it_sends_and_a_try_that_meets_the_end_is_no_offer():
+    """The race a 1 s closed-loop run lost once in CI (872 sent of 873 offered): the lane saw
+    the run going on, the terminal found it over a microsecond later. A closed loop has no
+    schedule, so that try is no offer and nothing is unsent."""
+    from terminal_sim import fleet
+
+    ctx = SimpleNamespace(rec=fleet._Recorder(("switch",)), end=fleet.now() + 60.0)
+
+    class Terminal:  # three transactions sent, then the end passes during the fourth try
+        tries = 0
+
+        async def transact(self, intended):
+            assert intended is None
+            self.tries += 1
+            if self.tries <= 3:
+                ctx.rec.sent("purchase", fleet.now(), "switch")
+                return True
+            ctx.end = fleet.now()
+            return False
+
+    term = Terminal()
+    await fleet._closed_lane(term, ctx)
+    assert term.tries == 4
+    assert (ctx.rec.n["offered"], ctx.rec.n["sent"], ctx.rec.n["unsent"]) == (3, 3, 0)
 
 
 async def test_an_idle_terminal_sends_echo(tmp_path):
