@@ -80,11 +80,28 @@ static const uint8_t S[8][64] = {
 
 /* A bit permutation of an n-bit input (n a multiple of 8, bit 1 = the most significant) done as
  * n/8 byte look-ups: bytes[b][v] is the output bits the input's byte b contributes when it is v. */
-static uint64_t ip_bytes[8][256], fp_bytes[8][256], pc1_bytes[8][256], pc2_bytes[7][256];
-/* PC2's byte look-ups with their output already split into a schedule's two words (even and
- * odd S-box groups where `feistel` reads them): a round key is 7 pairs of look-ups. */
-static uint64_t pc2_even[7][256], pc2_odd[7][256];
-static uint32_t sp[8][64]; /* S-box i's output for a 6-bit input, then P */
+/* The block state between the initial and the final permutation is kept with each 32-bit half
+ * rotated right by 3 bits. In a half rotated so, the Feistel function's eight 6-bit inputs
+ * E(R) ⊕ K sit at whole-byte shifts with no wrap-around: S-boxes 1, 3, 5, 7 (the standard's
+ * numbering) at bits 24, 16, 8, 0 of R itself, S-boxes 2, 4, 6, 8 at bits 16, 8, 0, 24 of R
+ * rotated right by 4 more; so a round is two XORs with the round key's two words, one rotation
+ * and eight look-ups, with no expansion built (the layout of the classic table-driven DES
+ * implementations, derived here from the standard's tables). The rotation is folded into the
+ * tables: `ip_bytes` give IP's output already rotated, `fp_bytes` read a rotated input, the
+ * S-P tables' outputs are rotated (docs/performance.md, "The DES core in rotated halves
+ * (kept)"). IP and FP are bit permutations, so they commute with XOR: a CBC chain stays in the
+ * rotated, permuted form from block to block (IP of each data block, FP once at the end). */
+static uint64_t ip_bytes[8][256], fp_bytes[8][256], pc1_bytes[8][256];
+/* PC2's byte look-ups (seven of the 56-bit C|D) with their output already split into a round
+ * key's two words where a round reads them: the first word's groups in the high 32 bits, the
+ * second's in the low ones, so a round key is seven look-ups. */
+static uint64_t pc2_words[7][256];
+static uint32_t sp[8][64]; /* S-box i's output for a 6-bit input, then P, rotated right by 3 */
+
+static inline uint32_t rotr32(uint32_t x, int n)
+{
+    return (x >> n) | (x << (32 - n));
+}
 
 static void build_bytes(uint64_t (*bytes)[256], const uint8_t *table, int out_bits, int in_bits)
 {
@@ -101,35 +118,48 @@ static void build_bytes(uint64_t (*bytes)[256], const uint8_t *table, int out_bi
     }
 }
 
-static inline uint64_t permute(uint64_t (*bytes)[256], uint64_t in, int in_bits)
+/* A 64-bit permutation: eight byte look-ups. */
+static inline uint64_t permute(uint64_t (*bytes)[256], uint64_t in)
 {
-    uint64_t out = 0;
-    for (int b = 0; b < in_bits / 8; b++)
-        out |= bytes[b][(in >> (in_bits - 8 - 8 * b)) & 0xFF];
-    return out;
+    return bytes[0][in >> 56] | bytes[1][(in >> 48) & 0xFF] | bytes[2][(in >> 40) & 0xFF]
+         | bytes[3][(in >> 32) & 0xFF] | bytes[4][(in >> 24) & 0xFF] | bytes[5][(in >> 16) & 0xFF]
+         | bytes[6][(in >> 8) & 0xFF] | bytes[7][in & 0xFF];
 }
 
-/* A 48-bit round key (eight 6-bit groups, group 0 the most significant) as the schedule's even
- * word (first 0: groups 0, 2, 4, 6 at bits 28, 20, 12, 4) or odd word (first 1: groups 1, 3, 5,
- * 7 at bits 24, 16, 8, 0). */
-static uint64_t every_other_group(uint64_t sub, int first)
+/* Where a round reads the 6-bit key group g (0-based; S-box g+1) in its word: even groups in
+ * the first word at bits 24, 16, 8, 0, odd ones in the second at bits 16, 8, 0, 24. */
+static int group_shift(int g)
 {
-    uint64_t word = 0;
-    for (int g = first; g < 8; g += 2)
-        word |= ((sub >> (42 - 6 * g)) & 0x3F) << (28 - 4 * g);
-    return word;
+    return g % 2 == 0 ? 24 - 4 * g : (20 - 4 * g) & 31;
 }
 
 static void build_tables(void)
 {
-    build_bytes(ip_bytes, IP, 64, 64);
-    build_bytes(fp_bytes, FP, 64, 64);
+    /* IP with each output half rotated right by 3: output bit j of a half is the unrotated
+     * half's bit j - 3; FP reading such a half: the unrotated bit k is at k + 3 */
+    uint8_t ip_rot[64], fp_rot[64];
+    for (int i = 0; i < 64; i++) {
+        int half = i / 32 * 32, j = i % 32;
+        ip_rot[i] = IP[half + (j + 29) % 32];
+        int k = FP[i] - 1;
+        fp_rot[i] = (uint8_t)(k / 32 * 32 + (k % 32 + 3) % 32 + 1);
+    }
+    build_bytes(ip_bytes, ip_rot, 64, 64);
+    build_bytes(fp_bytes, fp_rot, 64, 64);
     build_bytes(pc1_bytes, PC1, 56, 64);
+    uint64_t pc2_bytes[7][256];
     build_bytes(pc2_bytes, PC2, 48, 56);
     for (int b = 0; b < 7; b++) {  /* the groups are bit fields: splitting each look-up splits their OR */
         for (int v = 0; v < 256; v++) {
-            pc2_even[b][v] = every_other_group(pc2_bytes[b][v], 0);
-            pc2_odd[b][v] = every_other_group(pc2_bytes[b][v], 1);
+            uint64_t first = 0, second = 0;
+            for (int g = 0; g < 8; g++) {
+                uint64_t group = ((pc2_bytes[b][v] >> (42 - 6 * g)) & 0x3F) << group_shift(g);
+                if (g % 2 == 0)
+                    first |= group;
+                else
+                    second |= group;
+            }
+            pc2_words[b][v] = (first << 32) | second;
         }
     }
     for (int i = 0; i < 8; i++) {
@@ -140,18 +170,15 @@ static void build_tables(void)
             for (int j = 0; j < 32; j++)
                 if ((s >> (32 - P[j])) & 1)
                     out |= (uint32_t)1 << (31 - j);
-            sp[i][v] = out;
+            sp[i][v] = rotr32(out, 3);
         }
     }
 }
 
-/* Each round's 48-bit key as eight 6-bit groups placed where the Feistel function reads them:
- * group g (S-box g+1) at bit 28 - 4g of the expanded half-block E(R) (`feistel`). Neighbouring
- * groups overlap by two bits there, so the even groups (0, 2, 4, 6: bits 28, 20, 12, 4) and the
- * odd ones (1, 3, 5, 7: bits 24, 16, 8, 0) are kept in two words, each XORed with E(R) once:
- * two XORs a round, not eight (docs/performance.md, "DES rounds with the round key in two
- * words (kept)"). */
-typedef struct { uint64_t even[16], odd[16]; } schedule;
+/* Each round's 48-bit key as two 32-bit words: the even S-box groups where `ROUND` XORs them
+ * with the rotated R, the odd ones where it XORs them with R rotated by 4 more (neighbouring
+ * groups overlap by two bits in E(R), so they cannot share a word). */
+typedef struct { uint32_t first[16], second[16]; } schedule;
 
 /* Key schedules are key material: cleared before their stack frame is left. A memset of memory
  * about to go out of scope is a dead store the compiler may drop: the empty asm that "reads" the
@@ -168,63 +195,70 @@ static void clear(void *p, size_t n)
 #endif
 }
 
-static void key_schedule(const uint8_t key[8], schedule *ks)
+static void key_schedule(uint64_t key, schedule *ks)
 {
-    uint64_t k = 0;
-    for (int i = 0; i < 8; i++)
-        k = (k << 8) | key[i];
-    uint64_t cd = permute(pc1_bytes, k, 64); /* 56 bits: C (28) then D (28) */
+    uint64_t cd = permute(pc1_bytes, key); /* 56 bits: C (28) then D (28) */
     uint32_t c = (uint32_t)(cd >> 28) & 0xFFFFFFF, d = (uint32_t)cd & 0xFFFFFFF;
     for (int r = 0; r < 16; r++) {
         int s = SHIFTS[r];
         c = ((c << s) | (c >> (28 - s))) & 0xFFFFFFF;
         d = ((d << s) | (d >> (28 - s))) & 0xFFFFFFF;
-        uint64_t cd = ((uint64_t)c << 28) | d, even = 0, odd = 0;
-        for (int b = 0; b < 7; b++) {
-            unsigned v = (unsigned)(cd >> (48 - 8 * b)) & 0xFF;
-            even |= pc2_even[b][v];
-            odd |= pc2_odd[b][v];
-        }
-        ks->even[r] = even;
-        ks->odd[r] = odd;
+        uint64_t cd = ((uint64_t)c << 28) | d;
+        uint64_t words = pc2_words[0][cd >> 48] | pc2_words[1][(cd >> 40) & 0xFF] | pc2_words[2][(cd >> 32) & 0xFF]
+                       | pc2_words[3][(cd >> 24) & 0xFF] | pc2_words[4][(cd >> 16) & 0xFF]
+                       | pc2_words[5][(cd >> 8) & 0xFF] | pc2_words[6][cd & 0xFF];
+        ks->first[r] = (uint32_t)(words >> 32);
+        ks->second[r] = (uint32_t)words;
     }
 }
 
-static inline uint32_t feistel(uint32_t r, uint64_t even, uint64_t odd)
+/* One round on rotated halves: l ^= f(r, round key i). */
+#define ROUND(l, r, ks, i)                                                                          \
+    do {                                                                                            \
+        uint32_t t_ = (r) ^ (ks)->first[i], u_ = rotr32((r), 4) ^ (ks)->second[i];                 \
+        (l) ^= sp[0][t_ >> 24 & 0x3F] ^ sp[2][t_ >> 16 & 0x3F] ^ sp[4][t_ >> 8 & 0x3F] ^ sp[6][t_ & 0x3F] \
+             ^ sp[1][u_ >> 16 & 0x3F] ^ sp[3][u_ >> 8 & 0x3F] ^ sp[5][u_ & 0x3F] ^ sp[7][u_ >> 24 & 0x3F]; \
+    } while (0)
+
+/* The sixteen rounds of a block already through IP (rotated halves in, the pre-FP block out:
+ * the last round's halves are not swapped). Two rounds a step, without swapping the halves:
+ * after rounds 2i+1 and 2i+2, l and r are L(2i+2) and R(2i+2) as the standard's loop leaves them. */
+static uint64_t rounds(uint64_t lr, const schedule *ks, int decrypt)
 {
-    /* E(R): group g is R's bits 4g .. 4g+5 (bit 0 meaning bit 32, bit 33 meaning bit 1) */
-    uint64_t x = ((uint64_t)(r & 1) << 33) | ((uint64_t)r << 1) | (r >> 31);
-    uint64_t t = x ^ even, u = x ^ odd;
-    return sp[0][(t >> 28) & 0x3F] | sp[2][(t >> 20) & 0x3F] | sp[4][(t >> 12) & 0x3F] | sp[6][(t >> 4) & 0x3F]
-         | sp[1][(u >> 24) & 0x3F] | sp[3][(u >> 16) & 0x3F] | sp[5][(u >> 8) & 0x3F] | sp[7][u & 0x3F];
+    uint32_t l = (uint32_t)(lr >> 32), r = (uint32_t)lr;
+    if (decrypt) {
+        for (int i = 15; i > 0; i -= 2) {
+            ROUND(l, r, ks, i);
+            ROUND(r, l, ks, i - 1);
+        }
+    } else {
+        for (int i = 0; i < 16; i += 2) {
+            ROUND(l, r, ks, i);
+            ROUND(r, l, ks, i + 1);
+        }
+    }
+    return ((uint64_t)r << 32) | l;
 }
 
 static uint64_t des_block(uint64_t block, const schedule *ks, int decrypt)
 {
-    uint64_t lr = permute(ip_bytes, block, 64);
-    uint32_t l = (uint32_t)(lr >> 32), r = (uint32_t)lr;
-    /* Two rounds a step, without swapping the halves: after rounds 2i+1 and 2i+2, l and r are
-     * L(2i+2) and R(2i+2) as the standard's swapping loop leaves them. */
-    if (decrypt) {
-        for (int i = 15; i > 0; i -= 2) {
-            l ^= feistel(r, ks->even[i], ks->odd[i]);
-            r ^= feistel(l, ks->even[i - 1], ks->odd[i - 1]);
-        }
-    } else {
-        for (int i = 0; i < 16; i += 2) {
-            l ^= feistel(r, ks->even[i], ks->odd[i]);
-            r ^= feistel(l, ks->even[i + 1], ks->odd[i + 1]);
-        }
-    }
-    return permute(fp_bytes, ((uint64_t)r << 32) | l, 64); /* the last round's halves are not swapped */
+    return permute(fp_bytes, rounds(permute(ip_bytes, block), ks, decrypt));
 }
 
 static uint64_t load(const uint8_t *p)
 {
-    uint64_t v = 0;
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return __builtin_bswap64(v);
+#elif defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return v;
+#else
+    v = 0;
     for (int i = 0; i < 8; i++)
         v = (v << 8) | p[i];
     return v;
+#endif
 }
 
 static void store(uint64_t v, uint8_t *p)
@@ -254,13 +288,13 @@ static PyObject *des_ecb(PyObject *self, PyObject *args)
     schedule ks[3];
     const uint8_t *k = key.buf;
     int single = memcmp(k, k + 8, 8) == 0 && memcmp(k, k + 16, 8) == 0; /* K|K|K: EDE is one DES */
-    key_schedule(k, &ks[0]); /* K|K|K (a DUKPT register's halves): the block loop uses ks[0] alone */
+    key_schedule(load(k), &ks[0]); /* K|K|K (a DUKPT register's halves): the block loop uses ks[0] alone */
     if (!single) {
-        key_schedule(k + 8, &ks[1]);
+        key_schedule(load(k + 8), &ks[1]);
         if (memcmp(k, k + 16, 8) == 0) /* K1|K2|K1, the 2-key TDES of every DUKPT key */
             ks[2] = ks[0];
         else
-            key_schedule(k + 16, &ks[2]);
+            key_schedule(load(k + 16), &ks[2]);
     }
     result = PyBytes_FromStringAndSize(NULL, data.len);
     if (result == NULL)
@@ -268,14 +302,14 @@ static PyObject *des_ecb(PyObject *self, PyObject *args)
     uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
     const uint8_t *in = data.buf;
     for (Py_ssize_t at = 0; at < data.len; at += 8) {
-        uint64_t b = load(in + at);
+        uint64_t b = permute(ip_bytes, load(in + at)); /* FP then IP between the three passes cancel */
         if (single)
-            b = des_block(b, &ks[0], decrypt);
+            b = rounds(b, &ks[0], decrypt);
         else if (decrypt)
-            b = des_block(des_block(des_block(b, &ks[2], 1), &ks[1], 0), &ks[0], 1);
+            b = rounds(rounds(rounds(b, &ks[2], 1), &ks[1], 0), &ks[0], 1);
         else
-            b = des_block(des_block(des_block(b, &ks[0], 0), &ks[1], 1), &ks[2], 0);
-        store(b, out + at);
+            b = rounds(rounds(rounds(b, &ks[0], 0), &ks[1], 1), &ks[2], 0);
+        store(permute(fp_bytes, b), out + at);
     }
     clear(ks, sizeof ks);
 done:
@@ -303,13 +337,15 @@ static PyObject *des_retail_mac(PyObject *self, PyObject *args)
         goto done;
     }
     schedule ks[2];
-    key_schedule(key.buf, &ks[0]);
-    key_schedule((const uint8_t *)key.buf + 8, &ks[1]);
+    key_schedule(load(key.buf), &ks[0]);
+    key_schedule(load((const uint8_t *)key.buf + 8), &ks[1]);
     const uint8_t *in = data.buf;
+    /* the chain kept through IP (see `ip_bytes`): IP(c XOR m) = IP(c) XOR IP(m), and the next
+     * block's IP undoes the last one's FP; FP once, of the MAC */
     uint64_t chained = 0;
     for (Py_ssize_t at = 0; at < data.len; at += 8)
-        chained = des_block(chained ^ load(in + at), &ks[0], 0);
-    chained = des_block(des_block(chained, &ks[1], 1), &ks[0], 0);
+        chained = rounds(chained ^ permute(ip_bytes, load(in + at)), &ks[0], 0);
+    chained = permute(fp_bytes, rounds(rounds(chained, &ks[1], 1), &ks[0], 0));
     clear(ks, sizeof ks);
     uint8_t mac[8];
     store(chained, mac);
@@ -378,19 +414,16 @@ static PyObject *des_future_key(PyObject *self, PyObject *const *args, Py_ssize_
     const uint64_t mask = 0xC0C0C0C000000000ULL;
     uint64_t left = load(key), right = load(key + 8);
     uint64_t left_m = left ^ mask, right_m = right ^ mask;
-    uint8_t half[8], out[16];
+    uint8_t out[16];
     schedule ks;
-    store(left, half);
-    key_schedule(half, &ks);
+    key_schedule(left, &ks);
     uint64_t new_right = des_block(reg ^ right, &ks, 0) ^ right;
-    store(left_m, half);
-    key_schedule(half, &ks);
+    key_schedule(left_m, &ks);
     uint64_t new_left = des_block(reg ^ right_m, &ks, 0) ^ right_m;
     store(new_left, out);
     store(new_right, out + 8);
     PyObject *result = PyBytes_FromStringAndSize((const char *)out, 16);
     clear(&ks, sizeof ks); /* key material: cleared before the frame is left */
-    clear(half, sizeof half);
     clear(out, sizeof out);
     left = right = left_m = right_m = new_left = new_right = 0;
     return result;
