@@ -21,7 +21,7 @@ import pytest
 from hsm_mock import crypto, dukpt, lmk, pinblock
 from hsm_mock.commands import Hsm
 from hsm_mock.crypto import tdes_ecb_decrypt, tdes_ecb_encrypt, to_hex
-from switch.wire.payshield import Command, build_response
+from switch.wire.payshield import Command, FieldReader, ProtocolError, build_response
 
 H = bytes.fromhex
 STANDARD_KEY = H("0123456789ABCDEFFEDCBA9876543210")  # X9.24 BDK, Visa CVK/PVK test pair, ISO 9797-1 K||K'
@@ -536,3 +536,24 @@ def test_z6_exports_the_x9_24_ipek_under_the_kif_zmk(hsm: Hsm) -> None:
     assert initial.hex().upper() == "1273671EA26AC29AFA4D1084127652A1"  # X9.24-3 Annex B initial key
     # a TAK where the ZMK goes: decrypted under its own LMK pair it is found to be another key type (29)
     assert run(hsm, "Z6", "T" + bdk + "FFFF9876543210E00000" + TAK + "X")[:2] == "29"
+
+
+@pytest.mark.parametrize("body, expected", [(b"0123456789abcdefABCDEF", "0123456789ABCDEFABCDEF"),
+                                            (b"00ff", "00FF")])
+def test_a_hex_field_is_read_upper_cased(body, expected):
+    reader = FieldReader(body + b"Z")
+    assert reader.hex(len(body), "key") == expected
+    assert reader.pos == len(body)
+    assert reader.take(1, "tail") == "Z"
+
+
+@pytest.mark.parametrize("bad", [b"G", b"g", b"\x00", b" ", b"\xc1", b"-", b"/", b":", b"@", b"`"])
+def test_a_hex_field_with_any_other_byte_is_refused_naming_the_field(bad):
+    reader = FieldReader(b"12" + bad + b"4")
+    with pytest.raises(ProtocolError) as refused:
+        reader.hex(4, "PIN block")
+    assert str(refused.value) == "PIN block: not hexadecimal"
+    assert reader.pos == 0  # nothing consumed
+    with pytest.raises(ProtocolError) as short:
+        FieldReader(b"123").hex(4, "PIN block")
+    assert str(short.value) == "PIN block: expected 4 characters"
