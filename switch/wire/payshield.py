@@ -151,7 +151,7 @@ class FieldReader:
         if pos + n > len(self.data):
             raise ProtocolError(f"{what}: expected {n} characters")
         chunk = self.data[pos : pos + n].translate(_HEX_UPPER)
-        if b"\0" in chunk:
+        if 0 in chunk:  # an int: `b"\0" in chunk` first tries the bytes as an int (a TypeError raised and cleared)
             raise ProtocolError(f"{what}: not hexadecimal")
         self.pos = pos + n
         return chunk.decode("ascii")
