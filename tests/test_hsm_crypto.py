@@ -211,7 +211,14 @@ def test_aes_key_check_value_is_cmac_of_zero_block() -> None:
 def test_bad_hex_and_lengths_raise_without_echoing_values() -> None:
     with pytest.raises(HsmCryptoError) as err:
         crypto.unhex("0123456789ABCDEG", what="ZPK")
-    assert "ZPK" in str(err.value) and "0123" not in str(err.value)
+    assert str(err.value) == "ZPK is not valid hex"
+    for bad, message in (("0123456789ABCDE", "KSN has an odd number of hex digits"),
+                         ("01 23", "KSN has an odd number of hex digits"), ("01 234", "KSN is not valid hex"),
+                         ("0123é5", "KSN is not valid hex")):
+        with pytest.raises(HsmCryptoError) as err:
+            crypto.unhex(bad, what="KSN")
+        assert str(err.value) == message, bad
+    assert crypto.unhex("0a1B", what="KSN") == b"\x0a\x1b"
     with pytest.raises(HsmCryptoError):
         crypto.tdes_ecb_encrypt(BDK, b"short")
     with pytest.raises(HsmCryptoError) as err:
