@@ -21,7 +21,6 @@ compound steps tolerate a concurrent eviction).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
@@ -37,32 +36,37 @@ class KeyCache:
         if size_max < 1:
             raise ValueError("a key cache holds at least one entry (0 means no cache: pass None)")
         self.size_max = size_max
-        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        # A plain dict in recency order (it keeps insertion order): a hit is taken out and put
+        # back last. Compiled, a dict's get, pop and set are direct calls where an
+        # OrderedDict's get and move_to_end were generic method calls (≈ 1,800 instructions a
+        # hit; docs/performance.md, "The DES core in rotated halves (kept)").
+        self._entries: dict[Hashable, Any] = {}
 
     def get(self, slot: Hashable) -> Any:
         """The cached value, or None; a hit becomes the most recently used entry."""
         entries = self._entries
-        value = entries.get(slot)
+        value = entries.pop(slot, None)
         if value is not None:
-            try:
-                entries.move_to_end(slot)
-            except KeyError:  # evicted by another thread in between: still a valid answer
-                pass
+            entries[slot] = value  # another thread's put of this slot in between: the same key
+            if len(entries) > self.size_max:  # another thread's put in between
+                self._trim()
         return value
 
     def put(self, slot: Hashable, value: Any) -> None:
         """Store `value` (not None) as the most recently used entry; evict beyond the bound."""
         entries = self._entries
+        entries.pop(slot, None)  # an existing slot moves to the end
         entries[slot] = value
-        try:
-            entries.move_to_end(slot)  # a new slot is already last; an existing one moves there
-        except KeyError:  # evicted by another thread in between
-            pass
+        if len(entries) > self.size_max:
+            self._trim()
+
+    def _trim(self) -> None:
+        entries = self._entries
         while len(entries) > self.size_max:
             try:
-                entries.popitem(last=False)
-            except KeyError:  # emptied by another thread
-                break
+                del entries[next(iter(entries))]  # the least recently used: the first
+            except (KeyError, StopIteration, RuntimeError):  # changed by another thread: look again
+                continue
 
     def clear(self) -> None:
         self._entries.clear()

@@ -21,13 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hsm_mock import dukpt, pinblock
-from hsm_mock.audit import AuditLog
 from hsm_mock.commands import Hsm
 from hsm_mock.config import HsmConfig
 from hsm_mock.crypto import fix_parity, retail_mac_once, tdes_ecb_encrypt, tdes_ecb_encrypt_once, to_hex
 from hsm_mock.keycache import KEY_CACHE_SIZE_MAX, KeyCache
 from hsm_mock.lmk import encrypt_key_under_lmk
-from switch.wire.payshield import Command
 from hsm_mock.service import HsmServer
 from test_hsm_crypto import ANNEX_A_CLEAR_BLOCK, X9_24_1_ANNEX_A  # ANSI X9.24-1:2009 Annex A, 38 rows
 
@@ -255,6 +253,30 @@ def test_key_cache_is_least_recently_used_and_bounded() -> None:
     assert "a" not in cache and cache.get("c") == "C2" and cache.get("zz") is None
     with pytest.raises(ValueError):
         KeyCache(0)
+
+
+def test_key_cache_shared_by_threads_stays_bounded_and_answers_only_its_own_values() -> None:
+    import threading
+
+    cache = KeyCache(8)
+    wrong: list[tuple[int, object]] = []
+
+    def worker(seed: int) -> None:
+        for n in range(20_000):
+            slot = (n * 7 + seed) % 40
+            value = cache.get(slot)
+            if value is None:
+                cache.put(slot, f"value-{slot}")
+            elif value != f"value-{slot}":
+                wrong.append((slot, value))
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+    assert len(cache) == 8
 
 
 # ----------------------------------------------------------------------------- no key material out
