@@ -5,9 +5,10 @@ terminal's per-transaction modules (terminal_sim/compiled.py `MODULES`), and of 
 
 pyproject.toml holds the project's metadata; this file only adds the extension modules. With a
 C compiler and mypyc (a build requirement, pyproject.toml [build-system]), `pip install -e .`
-compiles the listed modules with mypyc, one group (one shared library) per package; without a
-compiler, with EUM_BUILD_PURE=1, or when the build fails, it installs the pure Python alone and
-says so. Nothing else changes: the `.py` files stay the reference and EUM_PURE_PYTHON=1 selects
+compiles the listed modules with mypyc, the three packages' lists as one group (one shared
+library, `ONE_GROUP`: the HSM's and the terminal's compiled calls into switch.wire are then
+direct); without a compiler, with EUM_BUILD_PURE=1, or when the build fails, it installs the
+pure Python alone and says so. Nothing else changes: the `.py` files stay the reference and EUM_PURE_PYTHON=1 selects
 them at run time (switch/compiled.py).
 """
 
@@ -36,11 +37,16 @@ def _load(name: str, path: Path):  # type: ignore[no-untyped-def]
 
 
 compiled = _load("_eum_compiled", ROOT / "switch" / "compiled.py")
-# Each group (switch/compiled.py GROUP_PACKAGES): its mypyc group name (the shared library its
-# modules import), its modules, the file recording the sources it was built from.
-GROUPS = tuple((f"{package}._hot", listing.MODULES, listing.BUILT_FROM)
+# Each package's list (switch/compiled.py GROUP_PACKAGES): its modules, the file recording the
+# sources the build was made from.
+GROUPS = tuple((listing.MODULES, listing.BUILT_FROM)
                for package in compiled.GROUP_PACKAGES
                for listing in [_load(f"_eum_{package}_compiled", ROOT / package / "compiled.py")])
+ALL_MODULES = tuple(name for modules, _built_from in GROUPS for name in modules)
+# The one mypyc group of every listed module: the shared library their shims import. One, not
+# one a package: calls between groups are generic Python calls (≈ 1,200 instructions each; the
+# HSM's parsers call switch.wire.payshield's reader ≈ 15 times an authorisation).
+ONE_GROUP = "switch._hot"
 
 
 def say(message: str) -> None:
@@ -66,9 +72,10 @@ class OptionalBuildExt(build_ext):
             say(f"compiling failed ({type(exc).__name__}: {exc}); the pure-Python modules are used")
             return
         built = {ext.name for ext in self.extensions}
-        for _group, modules, built_from in GROUPS:
-            if set(modules) <= built:  # what the group was built from: switch/compiled.py
-                built_from.write_text(compiled.source_digests(ROOT, modules), encoding="utf-8")
+        if set(ALL_MODULES) <= built:  # what the library was built from, in each package's record
+            record = compiled.source_digests(ROOT, ALL_MODULES)  # (switch/compiled.py `stale`)
+            for modules, built_from in GROUPS:
+                built_from.write_text(record, encoding="utf-8")
                 say(f"compiled with mypyc: {', '.join(modules)}")  # loads the sources once they differ
         if any(ext.name == DES.name for ext in self.extensions):
             say("compiled hsm_mock/_des.c")
@@ -102,12 +109,11 @@ def _mypyc_extensions() -> list:
     old = os.getcwd()
     os.chdir(ROOT)
     try:
-        for group, modules, _built_from in GROUPS:
-            paths = [str(Path(*name.split(".")).with_suffix(".py")) for name in modules]
-            try:
-                extensions += mypycify(paths, opt_level="3", group_name=group)
-            except (Exception, SystemExit) as exc:  # mypy found a type error, or mypyc a construct it cannot compile
-                say(f"mypyc refused the modules of {group} ({type(exc).__name__}: {exc}); they stay pure Python")
+        paths = [str(Path(*name.split(".")).with_suffix(".py")) for name in ALL_MODULES]
+        try:
+            extensions += mypycify(paths, opt_level="3", group_name=ONE_GROUP)
+        except (Exception, SystemExit) as exc:  # mypy found a type error, or mypyc a construct it cannot compile
+            say(f"mypyc refused the listed modules ({type(exc).__name__}: {exc}); they stay pure Python")
     finally:
         os.chdir(old)
     return extensions

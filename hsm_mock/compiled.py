@@ -1,8 +1,9 @@
 """The software HSM's compiled modules: which they are. Standard library only (setup.py reads
 this file on its own, before anything is installed).
 
-Where the install found a C compiler, `pip install -e .` compiles these modules with mypyc, as a
-group of their own (`hsm_mock._hot`, beside the switch's `switch._hot`: switch/compiled.py). They
+Where the install found a C compiler, `pip install -e .` compiles these modules with mypyc, in
+one group with the switch's and the terminal's (the shared library `switch._hot`: setup.py,
+switch/compiled.py), so their calls into switch.wire (the payShield field reader) are direct. They
 are the command processor and everything it runs per command without I/O: the key caches, the
 crypto wrappers, DUKPT, PIN blocks, card verification values, the LMK. The service (sockets,
 threads, the audit log) stays Python. The `.py` files stay the reference: `EUM_PURE_PYTHON=1`

@@ -40,9 +40,11 @@ from types import ModuleType
 
 PURE_ENV = "EUM_PURE_PYTHON"
 # Every package with a group of compiled modules, named here and nowhere else: each lists its
-# group in its own `compiled.py` (`MODULES`, `BUILT_FROM`; this module for the switch), is built
-# as the mypyc group `<package>._hot` (setup.py), and is checked (tests/test_compiled.py) and
-# recorded by the bench from this list. Names, not imports: switch/ imports neither of the others.
+# group in its own `compiled.py` (`MODULES`, `BUILT_FROM`; this module for the switch); setup.py
+# builds the three lists as one mypyc group, one shared library (`switch._hot`, so the HSM's and
+# the terminal's calls into switch.wire are direct: docs/performance.md, "One compiled group for
+# the three packages (kept)"); each is checked (tests/test_compiled.py) and recorded by the bench
+# from this list. Names, not imports: switch/ imports neither of the others.
 GROUP_PACKAGES = ("switch", "hsm_mock", "terminal_sim")
 # Written by setup.py beside this file when it compiles: each listed module's source digest.
 BUILT_FROM = Path(__file__).with_name("compiled-sources.txt")
@@ -82,17 +84,23 @@ def source_digests(root: Path, modules: Sequence[str] = MODULES) -> str:
 
 
 def stale(modules: Sequence[str] = MODULES, built_from: Path = BUILT_FROM) -> bool:
-    """True when a listed module's source changed since the build (an editable checkout that
-    was edited, or checked out at another revision, without `pip install -e .` again): the
-    compiled modules of a group call one another directly, so one stale module makes the whole
-    group stale, and its sources are loaded instead. `built_from` lies in the group's package,
-    one level below the root the module names start from."""
+    """True when a module's source changed since the build (an editable checkout that was
+    edited, or checked out at another revision, without `pip install -e .` again), and its
+    group's sources are loaded instead. The build is one shared library for the three packages'
+    listed modules (setup.py `ONE_GROUP`): they call one another directly, so a package's record
+    holds every module of that library, and one stale module anywhere makes every package
+    stale (each package's `choose` reads its own record and sees it). A listed module the
+    record lacks is stale too. `built_from` lies in its package, one level below the root the
+    module names start from."""
     try:
         built = built_from.read_text(encoding="utf-8")
     except OSError:
         return False  # no record: an installed wheel (sources not editable) or no build at all
+    recorded = [line.split(" ", 1)[0] for line in built.splitlines() if line]
+    if not set(modules) <= set(recorded):
+        return True
     try:
-        return built != source_digests(built_from.resolve().parents[1], modules)
+        return built != source_digests(built_from.resolve().parents[1], recorded)
     except OSError:
         return True
 

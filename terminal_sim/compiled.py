@@ -1,8 +1,8 @@
 """The terminal simulator's compiled modules: which they are. Standard library only (setup.py
 reads this file on its own, before anything is installed).
 
-Where the install found a C compiler, `pip install -e .` compiles these modules with mypyc as a
-group of their own (`terminal_sim._hot`, beside `switch._hot` and `hsm_mock._hot`): what a
+Where the install found a C compiler, `pip install -e .` compiles these modules with mypyc, in
+one group with the switch's and the HSM's (the shared library `switch._hot`: setup.py): what a
 simulated terminal runs for each transaction without I/O, the request builder (terminal.py)
 and its DUKPT security (security.py: key registers, PIN block, MACs). The fleet's sockets and
 scheduling stay Python. The `.py` files stay the reference: `EUM_PURE_PYTHON=1` loads them

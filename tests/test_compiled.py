@@ -169,6 +169,26 @@ def test_a_group_is_stale_once_one_of_its_sources_differs_from_its_build_record(
     assert compiled.stale(modules, record)  # a source gone: stale too
 
 
+def test_one_shared_library_makes_every_package_stale_when_any_of_its_modules_changed(tmp_path):
+    """setup.py builds the three packages' modules as one mypyc group and writes the digests of
+    all of them into each package's record: a change in one package's module makes the others
+    load their sources too (their compiled code would call the changed module's old build)."""
+    for package, name in (("one", "a"), ("two", "b")):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / f"{name}.py").write_text(f"{name} = 1\n")
+    everything = ("one.a", "two.b")
+    records = {"one": tmp_path / "one" / "compiled-sources.txt", "two": tmp_path / "two" / "compiled-sources.txt"}
+    for record in records.values():
+        record.write_text(compiled.source_digests(tmp_path, everything))
+    assert not compiled.stale(("one.a",), records["one"]) and not compiled.stale(("two.b",), records["two"])
+    (tmp_path / "two" / "b.py").write_text("b = 2\n")
+    assert compiled.stale(("one.a",), records["one"])  # package one's modules are unchanged
+    assert compiled.stale(("two.b",), records["two"])
+    (tmp_path / "two" / "b.py").write_text("b = 1\n")
+    assert not compiled.stale(("one.a",), records["one"])
+    assert compiled.stale(("one.a", "one.new"), records["one"])  # listed since the build: stale
+
+
 async def test_eum_switch_logs_which_build_it_runs(tmp_path, monkeypatch):
     """`switch_listening` carries `compiled`: `N/M` of the listed modules (docs/operations.md)."""
     data_dir, pure_dir = tmp_path / "var", tmp_path / "pure" / "var"  # one log file each
