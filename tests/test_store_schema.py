@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
+from switch.ledger.records import Commit, OutboxEvent
 from switch.ledger.store import APPENDED, COUNTERS, HOT_KEYS, _layout, _primary_key, open_store
 
 # The five hot tables as stores before 76542c4 made them: key columns in the old order, the
@@ -188,3 +191,65 @@ def test_a_null_parameter_binds_through_its_adapter_and_stays_null(tmp_path):
     conn.execute("INSERT INTO t(a, b, c) VALUES (?, ?, ?), (?, ?, ?)", (None, None, 7, None, "x", None))
     assert conn.execute("SELECT a, b IS NULL, c IS NULL, typeof(b), typeof(c) FROM t ORDER BY a").fetchall() == [
         (1, 1, 0, "null", "integer"), (2, 0, 1, "text", "null")]
+
+
+def _events(posting_id: int) -> Commit:
+    return Commit(events=tuple(OutboxEvent(event_id=f"e-{posting_id}-{kind}", topic="eum/namdong/transactions", type=kind,
+                                           posting_id=posting_id, payload="{}") for kind in ("purchase", "cashback.credited")))
+
+
+def test_a_fresh_store_numbers_its_outbox_by_rowid_and_keeps_no_sequence_row(tmp_path):
+    """The outbox's `seq` is its rowid, not AUTOINCREMENT: each group commit takes max + 1 per
+    event, 1..n in commit order, and no `sqlite_sequence` row exists to be rewritten by every
+    group (docs/performance.md, "The outbox's sequence without AUTOINCREMENT (kept)")."""
+    from switch.ledger.sqlite import commit_group, connect_writer
+
+    conn = connect_writer(open_store(tmp_path))
+    create = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").fetchone()[0]
+    assert "seq INTEGER PRIMARY KEY," in create and "AUTOINCREMENT" not in create.upper()
+    commit_group(conn, [_events(1), _events(2)])
+    commit_group(conn, [_events(3)])
+    assert list(conn.execute("SELECT seq, posting_id, type FROM outbox ORDER BY rowid")) == [
+        (1, 1, "purchase"), (2, 1, "cashback.credited"), (3, 2, "purchase"), (4, 2, "cashback.credited"),
+        (5, 3, "purchase"), (6, 3, "cashback.credited")]
+    assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone() == (0,)
+    conn.close()
+
+
+def test_an_outbox_made_with_autoincrement_is_rebuilt_on_open_with_every_row_and_its_seq_kept(tmp_path):
+    """A ledger made before keeps its events, their `seq` (the relay's position names one) and
+    the columns MIGRATIONS added (partition, pseq), and its next event takes max + 1; the
+    (posting, type) index still refuses a second event of a kind for one posting."""
+    from switch.ledger.sqlite import commit_group, connect_writer
+
+    path = open_store(tmp_path)
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        DROP TABLE outbox;
+        CREATE TABLE outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, topic TEXT NOT NULL,
+            type TEXT NOT NULL, posting_id INTEGER NOT NULL, payload TEXT NOT NULL, committed_at REAL NOT NULL);
+        ALTER TABLE outbox ADD COLUMN partition INTEGER;
+        ALTER TABLE outbox ADD COLUMN pseq INTEGER;
+        CREATE UNIQUE INDEX outbox_posting_type ON outbox(posting_id, type);
+        INSERT INTO outbox(event_id, topic, type, posting_id, payload, committed_at, partition, pseq) VALUES
+            ('a', 'eum/namdong/transactions', 'purchase', 1, '{"n":1}', 1.5, 7, 70),
+            ('b', 'eum/namdong/cashback', 'cashback.credited', 1, '{"n":2}', 1.5, NULL, NULL),
+            ('c', 'eum/namdong/transactions', 'charge', 2, '{"n":3}', 2.5, NULL, NULL);
+        DELETE FROM outbox WHERE seq = 2;  -- a gap below max, never made by the switch: kept as it is
+    """)
+    before = list(conn.execute("SELECT * FROM outbox ORDER BY seq"))
+    assert [row[0] for row in before] == [1, 3]
+    conn.close()
+    open_store(tmp_path)
+    conn = connect_writer(path)
+    create = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").fetchone()[0]
+    assert "AUTOINCREMENT" not in create.upper()
+    assert list(conn.execute("SELECT * FROM outbox ORDER BY seq")) == before
+    assert [row[1] for row in conn.execute("PRAGMA table_info(outbox)")] == [
+        "seq", "event_id", "topic", "type", "posting_id", "payload", "committed_at", "partition", "pseq"]
+    commit_group(conn, [_events(3)])
+    assert [row[0] for row in conn.execute("SELECT seq FROM outbox ORDER BY seq")] == [1, 3, 4, 5]
+    with pytest.raises(sqlite3.IntegrityError, match="outbox.posting_id, outbox.type"):
+        commit_group(conn, [_events(3)])
+    assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone() == (4,)
+    conn.close()

@@ -5,8 +5,9 @@ and the writer never blocks a reader), so `eum events tail` works while a switch
 Every read is one short autocommit statement: no read transaction is held open, which
 would keep the WAL from being checkpointed.
 
-`seq` is AUTOINCREMENT and only the single ledger writer inserts, one transaction at a
-time, so the committed rows are always exactly seq 1..max: the backlog is max − position.
+`seq` is the table's rowid, no row is ever deleted and only the single ledger writer inserts,
+one transaction at a time, so the committed rows are always exactly seq 1..max: the backlog
+is max − position.
 """
 
 from __future__ import annotations

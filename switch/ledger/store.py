@@ -115,8 +115,13 @@ CREATE TABLE IF NOT EXISTS tombstones(
     tid TEXT NOT NULL, stan TEXT NOT NULL, tx_time TEXT NOT NULL, at TEXT NOT NULL,
     PRIMARY KEY(tx_time, tid, stan)
 ) WITHOUT ROWID;
+-- `seq` is the rowid (max + 1 at each insert): no outbox row is ever deleted, so it numbers the
+-- rows 1..max in commit order as AUTOINCREMENT did, without AUTOINCREMENT's `sqlite_sequence`
+-- row, which every group commit rewrote (a WAL page a group: docs/performance.md, "The
+-- outbox's sequence without AUTOINCREMENT (kept)"). A ledger made with AUTOINCREMENT is rebuilt
+-- so on open, every row and its seq kept (`_outbox_without_autoincrement`).
 CREATE TABLE IF NOT EXISTS outbox(
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, topic TEXT NOT NULL, type TEXT NOT NULL,
+    seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, topic TEXT NOT NULL, type TEXT NOT NULL,
     posting_id INTEGER NOT NULL, payload TEXT NOT NULL, committed_at REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_posting_type ON outbox(posting_id, type);
@@ -373,6 +378,16 @@ def _primary_key(conn: sqlite3.Connection, table: str) -> tuple[str, ...]:
     return tuple(name for _, name in cols)
 
 
+def _outbox_without_autoincrement(conn: sqlite3.Connection) -> None:
+    """A ledger made before the outbox's `seq` was its plain rowid (AUTOINCREMENT, whose
+    `sqlite_sequence` row each group commit rewrote) gets SCHEMA's outbox, every row and its
+    `seq` kept: the next insert takes max + 1, as AUTOINCREMENT gave, since no outbox row is
+    ever deleted."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").fetchone()
+    if row is not None and "AUTOINCREMENT" in row[0].upper():
+        _rekey(conn, "outbox")
+
+
 def _layout(conn: sqlite3.Connection, table: str) -> tuple[bool, tuple[str, ...]]:
     """(appended, key) of a table as it is stored: appended, a rowid table whose key is its
     unique index `<table>_key`; else keyed by its primary key."""
@@ -392,6 +407,11 @@ def _rekey(conn: sqlite3.Connection, table: str) -> None:
     with transaction(conn):
         conn.execute(f"ALTER TABLE {table} RENAME TO {table}_rekey")
         conn.execute(create)
+        made = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for _, name, decl, notnull, default, _ in list(conn.execute(f"PRAGMA table_info({table}_rekey)")):
+            if name not in made:  # a column MIGRATIONS added to the old table: kept, with its values
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}" + (" NOT NULL" if notnull else "")
+                             + ("" if default is None else f" DEFAULT {default}"))
         cols = ", ".join(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
         order = ", ".join(HOT_KEYS.get(table, ())) or "rowid"
         conn.execute(f"INSERT INTO {table}({cols}) SELECT {cols} FROM {table}_rekey ORDER BY {order}")
@@ -444,6 +464,7 @@ def _upgrade(path: Path) -> None:
             if _layout(conn, table) != (table in APPENDED, key):
                 _rekey(conn, table)
         _counters_as_moves(conn)
+        _outbox_without_autoincrement(conn)
         _accounts_folded(conn)
         _card_postings_folded(conn)
         if conn.execute("SELECT 1 FROM meta WHERE key = 'ledger_id'").fetchone() is None:
