@@ -3,7 +3,9 @@
 A group is what queued while the last one committed, plus the units announced as coming
 (`expect`: the engine's decided requests whose response is being MACed); only while some are
 does a group wait, and at most `commit_interval_ms_max` after its first unit. So an idle
-writer commits a lone unit at once, whatever the window. The commit itself is the real SQLite
+writer commits a lone unit at once, whatever the window. Under load (submits closer together
+than `linger_gap_ms`, smoothed) a group also lingers for requests not yet received, each within
+that gap of the last, at most `commit_linger_ms` in all. The commit itself is the real SQLite
 one, wrapped (the `commit_group` seam) to record each group's size and, where a test says so,
 to hold the writer thread until the test has queued what it wants behind it.
 """
@@ -68,6 +70,13 @@ async def started(tmp_path: Path, **kw) -> LedgerWriter:
 def test_the_switch_default_window_is_2_ms():
     assert (SwitchConfig().commit_interval_ms_max, LedgerWriter.__init__.__kwdefaults__["commit_interval_ms_max"]) \
         == (2.0, 2.0)
+
+
+def test_the_switch_default_linger_is_2_ms_and_a_negative_one_is_refused_naming_the_flag():
+    assert (SwitchConfig().commit_linger_ms, LedgerWriter.__init__.__kwdefaults__["commit_linger_ms"],
+            LedgerWriter.__init__.__kwdefaults__["linger_gap_ms"]) == (2.0, 2.0, 1.0)
+    with pytest.raises(ValueError, match=r"^commit_linger_ms \(--commit-linger-ms\) must be ≥ 0$"):
+        SwitchConfig(commit_linger_ms=-0.5)
 
 
 def test_a_negative_window_is_refused_naming_the_flag():
@@ -223,4 +232,74 @@ async def test_a_cancelled_submitter_does_not_cancel_its_group(tmp_path):
         assert stored(writer.path) == {f"writer-test-{i}": str(i) for i in range(4)}
     finally:
         groups.go.set()
+        await writer.close()
+
+
+# ---------------------------------------------------------------------------- lingering under load
+# Gaps and caps here are hundreds of milliseconds, so a slow machine does not change what the
+# tests see; the switch's are 1 and 2 ms.
+
+
+async def test_under_load_a_group_lingers_for_requests_that_keep_coming(tmp_path):
+    """Two units in one turn (0 s apart: under load), then two more 20 ms apart: all four are
+    one group, which commits once no request came for a gap (500 ms) — well before its cap."""
+    writer = await started(tmp_path, commit_linger_ms=5_000.0, linger_gap_ms=500.0)
+    groups = Groups(writer)
+    try:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        tasks = [asyncio.create_task(writer.submit(unit(0))), asyncio.create_task(writer.submit(unit(1)))]
+        for i in (2, 3):
+            await asyncio.sleep(0.02)
+            assert groups.sizes == []  # still lingering
+            tasks.append(asyncio.create_task(writer.submit(unit(i))))
+        await asyncio.wait_for(asyncio.gather(*tasks), HOLD_TIMEOUT_S)
+        assert groups.sizes == [4] and loop.time() - began < 4.0
+        assert stored(writer.path) == {f"writer-test-{i}": str(i) for i in range(4)}
+    finally:
+        await writer.close()
+
+
+async def test_a_lingering_group_commits_at_its_cap_however_many_keep_coming(tmp_path):
+    """Units 20 ms apart for about a second, within the gap (500 ms) all along: each group
+    commits at its cap (200 ms after the writer took it), so there are several, in order."""
+    writer = await started(tmp_path, commit_linger_ms=200.0, linger_gap_ms=500.0)
+    groups = Groups(writer)
+    try:
+        tasks = [asyncio.create_task(writer.submit(unit(0))), asyncio.create_task(writer.submit(unit(1)))]
+        for i in range(2, 50):
+            await asyncio.sleep(0.02)
+            tasks.append(asyncio.create_task(writer.submit(unit(i))))
+        await asyncio.wait_for(asyncio.gather(*tasks), HOLD_TIMEOUT_S)
+        assert sum(groups.sizes) == 50 and len(groups.sizes) >= 3
+        assert stored(writer.path) == {f"writer-test-{i}": str(i) for i in range(50)}
+    finally:
+        await writer.close()
+
+
+async def test_requests_further_apart_than_the_gap_never_linger(tmp_path):
+    """A 5 s cap but a 10 ms gap: units 50 ms apart are groups of one, each durable at once."""
+    writer = await started(tmp_path, commit_linger_ms=5_000.0, linger_gap_ms=10.0)
+    groups = Groups(writer)
+    try:
+        for i in range(4):
+            await asyncio.wait_for(writer.submit(unit(i)), 1.0)
+            await asyncio.sleep(0.05)
+        assert groups.sizes == [1, 1, 1, 1] and writer.gap_s > 0.01
+    finally:
+        await writer.close()
+
+
+async def test_a_linger_of_0_never_waits_for_requests_not_yet_received(tmp_path):
+    """commit_linger_ms 0: two units in one turn are one group, committed at once; a third 20 ms
+    later is a group of its own, however close together they came."""
+    writer = await started(tmp_path, commit_linger_ms=0.0, linger_gap_ms=500.0)
+    groups = Groups(writer)
+    try:
+        first = [asyncio.create_task(writer.submit(unit(0))), asyncio.create_task(writer.submit(unit(1)))]
+        await asyncio.wait_for(asyncio.gather(*first), 1.0)
+        await asyncio.sleep(0.02)
+        await asyncio.wait_for(writer.submit(unit(2)), 1.0)
+        assert groups.sizes == [2, 1]
+    finally:
         await writer.close()

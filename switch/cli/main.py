@@ -70,7 +70,8 @@ def cmd_switch(args: argparse.Namespace) -> int:
                           program_wait_ms=args.program_wait_ms, connections_max=args.connections_max,
                           per_peer_max=args.per_peer_max, idle_timeout_s=args.idle_timeout_s,
                           frame_timeout_ms=args.frame_timeout_ms, signon_timeout_s=args.signon_timeout_s,
-                          commit_interval_ms_max=args.commit_interval_ms, metrics=getattr(args, "metrics", None) or "",
+                          commit_interval_ms_max=args.commit_interval_ms, commit_linger_ms=args.commit_linger_ms,
+                          metrics=getattr(args, "metrics", None) or "",
                           warm_s=args.warm_s)
     dialect = load_dialect(config.dialect)
     check_responses(dialect)  # before anything is created: a dialect that cannot answer is refused
@@ -100,6 +101,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
         await _broker_at_start(relay)
         async with open_core(config.data_dir, clock=_clock(args), batch_size_max=config.batch_size_max,
                              commit_interval_ms_max=config.commit_interval_ms_max,
+                             commit_linger_ms=config.commit_linger_ms,
                              queue_size_max=config.queue_size_max, hsm=_hsm(args), relay=relay,
                              cluster=cluster, warm_s=config.warm_s) as core:
             _hsm_down_at_start(core.hsm)
@@ -246,7 +248,8 @@ def _admin_op(data_dir: Path, op: str, op_args: dict[str, Any], *, clock: Clock,
         return _run(_control_call(control_socket_path(data_dir), op, op_args))
     try:
         async def direct() -> dict[str, Any]:
-            async with open_core(data_dir, clock=clock, commit_interval_ms_max=0.1, hsm=hsm) as core:
+            async with open_core(data_dir, clock=clock, commit_interval_ms_max=0.1, commit_linger_ms=0.0,
+                                 hsm=hsm) as core:
                 return await core.ops.run(op, op_args)
         return _run(direct())
     finally:
@@ -551,6 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the ledger's group window: a group may wait at most this long after its first unit "
                          "for requests already decided whose response is being MACed (never when none is; "
                          "0: never; longer: larger groups under load, more latency; default %(default)s)")
+    sw.add_argument("--commit-linger-ms", type=float, default=SwitchConfig().commit_linger_ms,
+                    help="under load (requests arriving less than 1 ms apart), how long a group may keep "
+                         "waiting for requests not yet received, while each comes within 1 ms of the last "
+                         "(0: never; default %(default)s)")
     # several instances on one PostgreSQL ledger: docs/scale-out.md
     sw.add_argument("--cluster", action="store_true",
                     help="one of several instances sharing the --store ledger, by member ownership")

@@ -33,6 +33,10 @@ class SwitchConfig:
     # how long a group may wait, after its first unit, for requests already decided whose
     # response is being MACed; 0: never (docs/performance.md, "A group waits only for who is coming")
     commit_interval_ms_max: float = 2.0
+    # under load (requests arriving less than 1 ms apart), how long a group may keep waiting for
+    # requests not yet received, while they keep coming; 0: never (docs/performance.md, "A group
+    # lingers while requests keep coming (kept)")
+    commit_linger_ms: float = 2.0
     queue_size_max: int = 8192         # ledger units waiting for the writer
     shutdown_grace_s: float = 10.0
     # per card program (switch/authorize/fairness.py): slots in the engine, waiting room, longest wait
@@ -58,6 +62,8 @@ class SwitchConfig:
             raise ValueError("batch_size_max must not exceed queue_size_max")
         if self.commit_interval_ms_max < 0:
             raise ValueError("commit_interval_ms_max (--commit-interval-ms) must be ≥ 0")
+        if self.commit_linger_ms < 0:
+            raise ValueError("commit_linger_ms (--commit-linger-ms) must be ≥ 0")
         if self.warm_s < 0:
             raise ValueError("warm_s (--warm-s) must be ≥ 0")
         if self.idle_timeout_s <= 0:

@@ -78,6 +78,7 @@ class Core:
 @contextlib.asynccontextmanager
 async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = None,
                     batch_size_max: int = 512, commit_interval_ms_max: float = 2.0,
+                    commit_linger_ms: float = 2.0,
                     queue_size_max: int = 8192, hsm: HsmConfig | None = None,
                     relay: RelayConfig | None = None, store: str | None = None,
                     cluster: ClusterConfig | None = None,
@@ -99,6 +100,7 @@ async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = N
         members = Cluster(db_path, cluster)
     reader = SqliteReader(db_path)
     writer = LedgerWriter(db_path, batch_size_max=batch_size_max, commit_interval_ms_max=commit_interval_ms_max,
+                          commit_linger_ms=commit_linger_ms,
                           queue_size_max=queue_size_max, owner=cluster.instance_id if cluster else "",
                           leases=members.leases if members is not None else None)
     try:
