@@ -65,7 +65,7 @@ async def start_switch(data_dir: Path, *, clock: FixedClock, dialect: str = "def
     fd = lock_data_dir(data_dir, wait=False)
     try:
         async with open_core(data_dir, clock=clock, commit_interval_ms_max=config.commit_interval_ms_max,
-                             hsm=hsm) as core:
+                             commit_linger_ms=config.commit_linger_ms, hsm=hsm) as core:
             d = load_dialect(dialect, directory=dialect_dir)
             processor = Processor(core.engine, d, program_limits=config.program_limits(), check_dialect=check_dialect)
             server = SwitchServer(config, processor, core.ops)

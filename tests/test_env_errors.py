@@ -189,6 +189,13 @@ def test_a_negative_warm_budget_names_the_flag(tmp_path):
     assert not (tmp_path / "var").exists()
 
 
+def test_a_negative_linger_names_the_flag(tmp_path):
+    done = run("switch", "--data-dir", "var", "--listen", f"127.0.0.1:{free_port()}", "--commit-linger-ms", "-1",
+               cwd=tmp_path)
+    assert one_line(done) == "eum: commit_linger_ms (--commit-linger-ms) must be ≥ 0"
+    assert not (tmp_path / "var").exists()
+
+
 def hsm_keys_made(tmp_path: Path, port: int) -> None:
     """The switch's keys, generated once by a real `eum hsm` on `port`, which is stopped after."""
     hsm = subprocess.Popen([*EUM, "hsm", "--listen", f"127.0.0.1:{port}"], cwd=tmp_path, stdout=subprocess.DEVNULL,

@@ -556,8 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "0: never; longer: larger groups under load, more latency; default %(default)s)")
     sw.add_argument("--commit-linger-ms", type=float, default=SwitchConfig().commit_linger_ms,
                     help="under load (requests arriving less than 1 ms apart), how long a group may keep "
-                         "waiting for requests not yet received, while each comes within 1 ms of the last "
-                         "(0: never; default %(default)s)")
+                         "waiting for requests not yet received, while each comes within 1 ms of the last: "
+                         "less CPU a request at part load, up to this much more latency (0: never; "
+                         "default %(default)s)")
     # several instances on one PostgreSQL ledger: docs/scale-out.md
     sw.add_argument("--cluster", action="store_true",
                     help="one of several instances sharing the --store ledger, by member ownership")

@@ -117,9 +117,9 @@ CREATE TABLE IF NOT EXISTS tombstones(
 ) WITHOUT ROWID;
 -- `seq` is the rowid (max + 1 at each insert): no outbox row is ever deleted, so it numbers the
 -- rows 1..max in commit order as AUTOINCREMENT did, without AUTOINCREMENT's `sqlite_sequence`
--- row, which every group commit rewrote (a WAL page a group: docs/performance.md, "The
--- outbox's sequence without AUTOINCREMENT (kept)"). A ledger made with AUTOINCREMENT is rebuilt
--- so on open, every row and its seq kept (`_outbox_without_autoincrement`).
+-- row, which every group commit rewrote (a WAL page a group: docs/performance.md,
+-- "The outbox's sequence without AUTOINCREMENT (kept)"). A ledger made with AUTOINCREMENT is
+-- rebuilt so on open, every row and its seq kept (`_outbox_without_autoincrement`).
 CREATE TABLE IF NOT EXISTS outbox(
     seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, topic TEXT NOT NULL, type TEXT NOT NULL,
     posting_id INTEGER NOT NULL, payload TEXT NOT NULL, committed_at REAL NOT NULL

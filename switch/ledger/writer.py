@@ -100,14 +100,16 @@ class LedgerWriter:
     decided request would have joined it (PostgreSQL's commit_delay with commit_siblings, made
     exact: we know who is coming).
 
-    Under load a group may also linger for requests not yet received: when requests have been
-    arriving less than `LINGER_GAP_MS` apart (a smoothed gap between submits), the group waits
-    for each next arrival at most that gap, and in all at most `commit_linger_ms` after the
-    writer took it; the first gap without an arrival (nobody announced) ends it. A group's
-    commit costs about as much for one unit as for a few (its transaction, its fsync, a WAL
-    page for each table and index it appends to), so fuller groups cost less CPU a request;
-    an idle or lightly loaded switch (requests further apart than the gap) never lingers
-    (docs/performance.md, "A group lingers while requests keep coming (kept)").
+    With `commit_linger_ms` > 0 (off by default, as PostgreSQL's commit_delay is), a group
+    under load may also linger for requests not yet received: when requests have been arriving
+    less than `LINGER_GAP_MS` apart (a smoothed gap between submits), the group waits for each
+    next arrival at most that gap, and in all at most `commit_linger_ms` after the writer took
+    it; the first gap without an arrival (nobody announced) ends it. A group's commit costs
+    about as much for one unit as for a few (its transaction, its fsync, a WAL page for each
+    table and index it appends to), so at part load fuller groups cost less CPU a request, for
+    up to that much more latency; an idle or lightly loaded switch (requests further apart
+    than the gap) never lingers (docs/performance.md, "A group may linger while requests keep
+    coming (off by default)").
 
     The hand-off is per group, not per unit: a unit is appended to the group being formed (the
     last of `_groups`, a new one when there is none or it is full) and awaits that group's one
@@ -121,7 +123,7 @@ class LedgerWriter:
         *,
         batch_size_max: int = 512,
         commit_interval_ms_max: float = 2.0,
-        commit_linger_ms: float = 2.0,
+        commit_linger_ms: float = 0.0,
         linger_gap_ms: float = LINGER_GAP_MS,
         queue_size_max: int = 8192,
         on_failure: Any = None,

@@ -78,7 +78,7 @@ class Core:
 @contextlib.asynccontextmanager
 async def open_core(data_dir: Path, *, clock: Clock, config_dir: Path | None = None,
                     batch_size_max: int = 512, commit_interval_ms_max: float = 2.0,
-                    commit_linger_ms: float = 2.0,
+                    commit_linger_ms: float = 0.0,
                     queue_size_max: int = 8192, hsm: HsmConfig | None = None,
                     relay: RelayConfig | None = None, store: str | None = None,
                     cluster: ClusterConfig | None = None,
