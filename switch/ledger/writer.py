@@ -65,6 +65,7 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 # more often than not (at exactly 1 ms, 63 % of the time for arrivals at random).
 LINGER_GAP_MS = 1.0
 _GAP_SMOOTHING = 8  # the smoothed gap moves 1/8 of the way to each new gap
+_UNBOUNDED = float("inf")
 
 
 class _Done(asyncio.Future):  # type: ignore[type-arg]
@@ -137,8 +138,8 @@ class LedgerWriter:
         self.commit_interval_s_max = commit_interval_ms_max / 1000
         self.commit_linger_s = commit_linger_ms / 1000
         self.linger_gap_s = linger_gap_ms / 1000
-        self._last_submit = float("-inf")  # the loop's time of the last submit
-        self.gap_s = float("inf")  # seconds between submits, smoothed (`submit`)
+        self._last_submit = -_UNBOUNDED  # the loop's time of the last submit
+        self.gap_s = _UNBOUNDED  # seconds between submits, smoothed (`submit`, when lingering)
         self.queue_size_max = queue_size_max
         self._groups: deque[_Group] = deque()  # formed, not yet taken by the writer; the last one open
         self.waiting = 0  # units in _groups
@@ -227,12 +228,13 @@ class LedgerWriter:
         if expected:
             self.coming -= 1
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        gap, self._last_submit = now - self._last_submit, now
-        if self.gap_s == float("inf"):  # the first gap measured (the first submit's is unbounded)
-            self.gap_s = gap
-        else:
-            self.gap_s += (gap - self.gap_s) / _GAP_SMOOTHING
+        if self.commit_linger_s > 0:  # the gap between submits, smoothed: only a lingering writer reads it
+            now = loop.time()
+            gap, self._last_submit = now - self._last_submit, now
+            if self.gap_s == _UNBOUNDED:  # the first gap measured (the first submit's is unbounded)
+                self.gap_s = gap
+            else:
+                self.gap_s += (gap - self.gap_s) / _GAP_SMOOTHING
         while self.waiting >= self.queue_size_max:  # back-pressure: wait until the writer takes a group
             room: asyncio.Future[None] = loop.create_future()
             self._room.append(room)
@@ -284,18 +286,19 @@ class LedgerWriter:
         under load, what keeps arriving within commit_linger_ms of it (`_linger`)."""
         if len(self._groups) > 1:  # full: later units have a group of their own
             return
+        linger = self.commit_linger_s > 0
         loop = asyncio.get_running_loop()
-        taken = loop.time()
+        taken = loop.time() if linger else 0.0
         await asyncio.sleep(0)
         units = group.units
         if self.coming > 0 and len(units) < self.batch_size_max and self.commit_interval_s_max > 0:
-            deadline = taken + self.commit_interval_s_max
+            deadline = (taken if linger else loop.time()) + self.commit_interval_s_max
             while self.coming > 0 and len(units) < self.batch_size_max:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
                 await self._next_arrival(loop, remaining)
-        if self.commit_linger_s > 0 and self.gap_s < self.linger_gap_s:
+        if linger and self.gap_s < self.linger_gap_s:
             await self._linger(loop, units, taken + self.commit_linger_s)
 
     async def _linger(self, loop: asyncio.AbstractEventLoop, units: list[Commit], deadline: float) -> None:
