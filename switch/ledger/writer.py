@@ -227,23 +227,22 @@ class LedgerWriter:
         durable; raises LedgerUnavailable when it failed."""
         if expected:
             self.coming -= 1
-        loop = asyncio.get_running_loop()
         if self.commit_linger_s > 0:  # the gap between submits, smoothed: only a lingering writer reads it
-            now = loop.time()
+            now = asyncio.get_running_loop().time()
             gap, self._last_submit = now - self._last_submit, now
             if self.gap_s == _UNBOUNDED:  # the first gap measured (the first submit's is unbounded)
                 self.gap_s = gap
             else:
                 self.gap_s += (gap - self.gap_s) / _GAP_SMOOTHING
         while self.waiting >= self.queue_size_max:  # back-pressure: wait until the writer takes a group
-            room: asyncio.Future[None] = loop.create_future()
+            room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._room.append(room)
             await room
         groups = self._groups
         if groups and len(groups[-1].units) < self.batch_size_max:
             group = groups[-1]
         else:
-            group = _Group(loop)
+            group = _Group(asyncio.get_running_loop())
             groups.append(group)
         group.units.append(unit)
         self.waiting += 1
@@ -297,7 +296,13 @@ class LedgerWriter:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
-                await self._next_arrival(loop, remaining)
+                self._arrival = arrival = loop.create_future()  # inline: no coroutine a wait
+                timer = loop.call_later(remaining, _resolve, arrival)
+                try:
+                    await arrival
+                finally:
+                    timer.cancel()
+                    self._arrival = None
         if linger and self.gap_s < self.linger_gap_s:
             await self._linger(loop, units, taken + self.commit_linger_s)
 
@@ -310,19 +315,15 @@ class LedgerWriter:
             if remaining <= 0:
                 return
             before = len(units)
-            await self._next_arrival(loop, min(remaining, self.linger_gap_s))
+            self._arrival = arrival = loop.create_future()  # until the next submit or withdraw (`_arrived`)
+            timer = loop.call_later(min(remaining, self.linger_gap_s), _resolve, arrival)
+            try:
+                await arrival
+            finally:
+                timer.cancel()
+                self._arrival = None
             if len(units) == before and self.coming <= 0:
                 return
-
-    async def _next_arrival(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
-        """Until the next submit or withdraw (`_arrived`), at most timeout_s."""
-        self._arrival = arrival = loop.create_future()
-        timer = loop.call_later(timeout_s, _resolve, arrival)
-        try:
-            await arrival
-        finally:
-            timer.cancel()
-            self._arrival = None
 
     def _take(self, group: _Group) -> None:
         """The group leaves the queue (closed: a unit submitted from now on forms the next)."""
