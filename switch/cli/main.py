@@ -248,8 +248,7 @@ def _admin_op(data_dir: Path, op: str, op_args: dict[str, Any], *, clock: Clock,
         return _run(_control_call(control_socket_path(data_dir), op, op_args))
     try:
         async def direct() -> dict[str, Any]:
-            async with open_core(data_dir, clock=clock, commit_interval_ms_max=0.1, commit_linger_ms=0.0,
-                                 hsm=hsm) as core:
+            async with open_core(data_dir, clock=clock, commit_interval_ms_max=0.1, hsm=hsm) as core:
                 return await core.ops.run(op, op_args)
         return _run(direct())
     finally:
