@@ -253,3 +253,40 @@ def test_an_outbox_made_with_autoincrement_is_rebuilt_on_open_with_every_row_and
         commit_group(conn, [_events(3)])
     assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone() == (4,)
     conn.close()
+
+
+def test_a_fresh_store_keeps_no_index_of_entries_by_posting(tmp_path):
+    """The entries are appended with no index on their posting: the group commit dirties no
+    index page for them (docs/performance.md, "The entries without a posting index (kept)")."""
+    conn = sqlite3.connect(open_store(tmp_path))
+    assert list(conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'entries'")) == []
+    conn.close()
+
+
+def test_an_older_store_loses_its_entries_index_on_open_and_keeps_every_entry(tmp_path):
+    """A ledger made with entries(posting_id) indexed loses the index on open; every entry, in
+    its rowid order, stays, and verify still finds a posting with an amount and no entries."""
+    from switch.ledger.audit import verify
+
+    path = open_store(tmp_path)
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE INDEX entries_posting ON entries(posting_id);
+        INSERT INTO postings(id, kind, at, amount) VALUES (1, 'charge', '2025-10-15T12:00:00+09:00', 5000),
+            (2, 'charge', '2025-10-15T12:00:01+09:00', 700);
+        INSERT INTO entries(posting_id, account, amount) VALUES
+            (1, 'bank_settlement', -5000), (1, 'card:1:cash', 5000);
+        INSERT INTO account_folds(name, balance) VALUES ('bank_settlement', -5000), ('card:1:cash', 5000);
+        UPDATE accounts_folded SET entries_rowid = 2;
+    """)
+    conn.commit()
+    before = list(conn.execute("SELECT rowid, * FROM entries ORDER BY rowid"))
+    conn.close()
+    open_store(tmp_path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'entries_posting'").fetchone() == (0,)
+    assert list(conn.execute("SELECT rowid, * FROM entries ORDER BY rowid")) == before == [
+        (1, 1, "bank_settlement", -5000), (2, 1, "card:1:cash", 5000)]
+    conn.close()
+    result = verify(path)
+    assert not result.ok and result.problem == "posting 2 has an amount but no entries"

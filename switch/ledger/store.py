@@ -83,7 +83,11 @@ CREATE INDEX IF NOT EXISTS postings_open_holds ON postings(id) WHERE kind = 'hol
 CREATE TABLE IF NOT EXISTS entries(
     posting_id INTEGER NOT NULL, account TEXT NOT NULL, amount INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS entries_posting ON entries(posting_id);
+-- No index on entries(posting_id): each group's entries would dirty that index's last pages
+-- too (1.7 pages a commit at two in flight, 4.6 at 32). Nothing on the switch's path reads a
+-- posting's entries by its id; verify and the reports join them whole, where SQLite sorts or
+-- builds an automatic index per query. An older ledger's index is dropped on open
+-- (`_entries_unindexed`). docs/performance.md: "The entries without a posting index (kept)".
 -- The day and month counters, appended: one row per key per group, a counter is the sum of its
 -- period's rows (COUNTERS below: the views member_months, card_days and card_months). Each
 -- group's rows land on the last pages of the table and of its period index, where an upsert
@@ -373,6 +377,12 @@ def _card_postings_folded(conn: sqlite3.Connection) -> None:
         conn.execute("DROP INDEX postings_card")
 
 
+def _entries_unindexed(conn: sqlite3.Connection) -> None:
+    """A ledger from before SCHEMA dropped entries(posting_id)'s index loses it (SCHEMA says
+    why); its rows are untouched."""
+    conn.execute("DROP INDEX IF EXISTS entries_posting")
+
+
 def _primary_key(conn: sqlite3.Connection, table: str) -> tuple[str, ...]:
     cols = sorted((row[5], row[1]) for row in conn.execute(f"PRAGMA table_info({table})") if row[5])
     return tuple(name for _, name in cols)
@@ -467,6 +477,7 @@ def _upgrade(path: Path) -> None:
         _outbox_without_autoincrement(conn)
         _accounts_folded(conn)
         _card_postings_folded(conn)
+        _entries_unindexed(conn)
         if conn.execute("SELECT 1 FROM meta WHERE key = 'ledger_id'").fetchone() is None:
             # names this ledger: event ids are derived from it (events.event_id), so two
             # ledgers never emit the same id and one ledger always emits the same id again
