@@ -290,3 +290,107 @@ def test_an_older_store_loses_its_entries_index_on_open_and_keeps_every_entry(tm
     conn.close()
     result = verify(path)
     assert not result.ok and result.problem == "posting 2 has an amount but no entries"
+
+
+def test_a_group_records_a_new_period_once_and_its_counters_are_read_from_there(tmp_path):
+    """No moves table has an index by period: the group that first moves a period records, before
+    its rows go in, the next rowid (move_periods: at or before the period's first row, here 5 for
+    the row that took 6), the writer's connection remembers the last period
+    committed so later groups record nothing, a late row of an older period lands after its
+    start, and the reader sums a period's moves from its start on (docs/performance.md, "The
+    counters' periods without an index (kept)")."""
+    from switch.ledger.records import CardDayMoved, MemberMonthMoved
+    from switch.ledger.sqlite import SqliteReader, commit_group, connect_writer
+
+    path = open_store(tmp_path)
+    conn = connect_writer(path)
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN "
+                                       "('member_month_moves', 'card_day_moves', 'card_month_moves')")] == []
+    commit_group(conn, [Commit(changes=(CardDayMoved(7, "2025-10-14", 300), MemberMonthMoved("M1", "2025-10", 300)))])
+    commit_group(conn, [Commit(changes=(CardDayMoved(7, "2025-10-15", 3_000), CardDayMoved(8, "2025-10-15", 5)))])
+    assert conn.periods == {"card_day_moves": "2025-10-15", "member_month_moves": "2025-10"}
+    conn.execute("DELETE FROM move_periods WHERE period = '2025-10-15'")  # a group that records again would say so
+    commit_group(conn, [Commit(changes=(CardDayMoved(7, "2025-10-15", -1_000),))])
+    assert list(conn.execute("SELECT * FROM move_periods")) == [
+        ("card_day_moves", "2025-10-14", 1), ("member_month_moves", "2025-10", 1)]
+    conn.execute("INSERT INTO move_periods VALUES ('card_day_moves', '2025-10-15', 2)")
+    commit_group(conn, [Commit(changes=(CardDayMoved(9, "2025-10-14", 40), CardDayMoved(9, "2025-10-16", 1)))])
+    assert list(conn.execute("SELECT rowid, day, card_id, spent FROM card_day_moves ORDER BY rowid")) == [
+        (1, "2025-10-14", 7, 300), (2, "2025-10-15", 7, 3_000), (3, "2025-10-15", 8, 5),
+        (4, "2025-10-15", 7, -1_000), (5, "2025-10-14", 9, 40), (6, "2025-10-16", 9, 1)]
+    assert list(conn.execute("SELECT * FROM move_periods WHERE moves = 'card_day_moves' ORDER BY period")) == [
+        ("card_day_moves", "2025-10-14", 1), ("card_day_moves", "2025-10-15", 2), ("card_day_moves", "2025-10-16", 5)]
+    assert conn.periods["card_day_moves"] == "2025-10-16"
+    conn.close()
+    reader = SqliteReader(path)
+    assert reader.day_counters("2025-10-14") == [(7, 300), (9, 40)]
+    assert reader.day_counters("2025-10-15") == [(7, 2_000), (8, 5)]
+    assert reader.day_counters("2025-10-17") == []
+    assert (reader.card_day(7, "2025-10-15"), reader.card_day(9, "2025-10-15"), reader.card_day(9, "2025-10-16")) == (
+        2_000, 0, 1)
+    assert reader.month_counters("2025-10") == [("M1", 300)]
+    assert (reader.member_month("M1", "2025-10"), reader.member_month("M1", "2025-11")) == (300, 0)
+    assert reader.month_charged("2025-10") == [] and reader.card_month_charged(7, "2025-10") == 0
+    reader.close()
+
+
+def test_a_group_that_fails_leaves_its_new_period_unrecorded_and_the_next_group_records_it(tmp_path):
+    """A period is remembered by the writer's connection only once its group committed: a group
+    rolled back (here a second event of one kind for one posting) leaves neither the period's
+    row nor the memory of it, and the next group of that period records it."""
+    from switch.ledger.records import CardDayMoved
+    from switch.ledger.sqlite import commit_group, connect_writer
+
+    conn = connect_writer(open_store(tmp_path))
+    commit_group(conn, [_events(1)])
+    failing = Commit(changes=(CardDayMoved(7, "2025-10-15", 3_000),), events=_events(1).events)
+    with pytest.raises(sqlite3.IntegrityError):
+        commit_group(conn, [failing])
+    assert conn.periods == {}
+    assert conn.execute("SELECT COUNT(*) FROM move_periods").fetchone() == (0,)
+    commit_group(conn, [Commit(changes=(CardDayMoved(7, "2025-10-15", 3_000),))])
+    assert list(conn.execute("SELECT * FROM move_periods")) == [("card_day_moves", "2025-10-15", 1)]
+    assert conn.periods == {"card_day_moves": "2025-10-15"}
+    conn.close()
+
+
+def test_a_store_with_period_indexes_records_its_periods_and_drops_them_on_open(tmp_path):
+    """A ledger made while the moves tables had an index by period: each period's first rowid is
+    recorded from its rows, the indexes go, the views' triggers are made again (an INSERT into a
+    view records a new period), and every counter reads as before."""
+    from switch.ledger.sqlite import SqliteReader
+
+    path = open_store(tmp_path)
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        DROP TRIGGER card_days_insert;
+        CREATE TRIGGER card_days_insert INSTEAD OF INSERT ON card_days BEGIN
+            INSERT INTO card_day_moves(day, card_id, spent) VALUES (NEW.day, NEW.card_id, NEW.spent); END;
+        CREATE INDEX member_month_moves_month ON member_month_moves(month);
+        CREATE INDEX card_day_moves_day ON card_day_moves(day);
+        CREATE INDEX card_month_moves_month ON card_month_moves(month);
+        INSERT INTO card_day_moves VALUES ('2025-10-14', 8, 1), ('2025-10-15', 7, 3000), ('2025-10-14', 8, 2),
+            ('2025-10-15', 7, -1000);
+        INSERT INTO member_month_moves VALUES ('2025-09', 'M2', 5), ('2025-10', 'M1', 12000);
+        INSERT INTO card_month_moves VALUES ('2025-10', 7, 500000);
+    """)
+    assert conn.execute("SELECT COUNT(*) FROM move_periods").fetchone() == (0,)
+    conn.close()
+    open_store(tmp_path)
+    conn = sqlite3.connect(path)
+    assert list(conn.execute("SELECT * FROM move_periods ORDER BY moves, period")) == [
+        ("card_day_moves", "2025-10-14", 1), ("card_day_moves", "2025-10-15", 2),
+        ("card_month_moves", "2025-10", 1), ("member_month_moves", "2025-09", 1), ("member_month_moves", "2025-10", 2)]
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name LIKE '%_moves'")] == []
+    conn.execute("INSERT INTO card_days(card_id, day, spent) VALUES (9, '2025-10-16', 70)")
+    conn.commit()
+    assert conn.execute("SELECT * FROM move_periods WHERE period = '2025-10-16'").fetchone() == (
+        "card_day_moves", "2025-10-16", 5)
+    conn.close()
+    reader = SqliteReader(path)
+    assert reader.day_counters("2025-10-14") == [(8, 3)]
+    assert reader.day_counters("2025-10-15") == [(7, 2000)]
+    assert reader.day_counters("2025-10-16") == [(9, 70)]
+    assert reader.month_counters("2025-09") == [("M2", 5)] and reader.month_counters("2025-10") == [("M1", 12000)]
+    assert reader.month_charged("2025-10") == [(7, 500000)] and reader.card_month_charged(7, "2025-10") == 500000
+    reader.close()

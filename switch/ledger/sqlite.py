@@ -23,7 +23,7 @@ from switch.domain import Merchant
 from switch.ledger.records import (AUTO_CHARGE_META, AutoCharge, CardState, Commit, HoldDetail, MessageKey, MessageOutcome,
                                    PostingState, Terminal)
 from switch.ledger.rows import group_rows, parse_detail
-from switch.ledger.store import FOLD_MARK, PgDsn, Store, connect, transaction
+from switch.ledger.store import COUNTERS, FOLD_MARK, PgDsn, Store, connect, record_period, transaction
 
 # ---------------------------------------------------------------------------- the group commit
 
@@ -65,13 +65,32 @@ _SQL = {"merchants": _MERCHANT, "terminals": _TERMINAL, "cards": _CARD, "posting
         "merchant_update": _MERCHANT_UPDATE}
 
 
-def apply_commits(conn: sqlite3.Connection, commits: Iterable[Commit], *, committed_at: float = 0.0) -> None:
+# The counters' moves tables by the group's table name, and the SQL that records a period's
+# first rowid (switch/ledger/store.py, move_periods).
+_MOVES = {view: (moves, record_period(moves)) for view, (moves, _, _, _) in COUNTERS.items()}
+
+
+def apply_commits(conn: sqlite3.Connection, commits: Iterable[Commit], *,
+                  committed_at: float = 0.0) -> list[tuple[str, str]]:
     """Apply a group in the caller's transaction. `committed_at` (unix seconds) stamps the
     group's events, for the relay's lag. The balances' moves are the entries: the accounts are
-    folded from them now and then (`fold_accounts`), not updated per group."""
+    folded from them now and then (`fold_accounts`), not updated per group. A counter's period
+    new to this connection gets its first rowid recorded before its rows go in; returned are
+    the (moves table, period) pairs recorded, for the caller to remember once committed
+    (`_commit`): a writer's connection records each period once, not every group."""
+    recorded: list[tuple[str, str]] = []
+    known = getattr(conn, "periods", None)
     for table, rows in group_rows(commits, committed_at).items():
-        if rows and table != "accounts":
-            write_rows(conn, _SQL[table], rows)
+        if not rows or table == "accounts":
+            continue
+        if table in _MOVES:
+            moves, record = _MOVES[table]
+            for period in {row[1] for row in rows}:
+                if known is None or known.get(moves) != period:
+                    conn.execute(record, (period,))
+                    recorded.append((moves, period))
+        write_rows(conn, _SQL[table], rows)
+    return recorded
 
 
 # ---------------------------------------------------------------------------- balances, folded
@@ -161,10 +180,16 @@ def _multi_row(sql: str, rows: int) -> str:
 
 
 class WriterConnection(sqlite3.Connection):
-    """The group commit's connection, which remembers when it last folded the balances."""
+    """The group commit's connection, which remembers when it last folded the balances and,
+    for each counter's moves table, the last period whose first rowid it saw committed
+    (`apply_commits`: a bound of one period a table)."""
 
     folded_at = 0.0
     fold_every_s = FOLD_EVERY_S
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.periods: dict[str, str] = {}
 
 
 def connect_writer(path: Store) -> sqlite3.Connection:
@@ -194,9 +219,14 @@ def commit_group(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None:
 
 def _commit(conn: sqlite3.Connection, commits: Sequence[Commit], fold: bool) -> None:
     with transaction(conn):  # a failed group is rolled back whole, its own error raised
-        apply_commits(conn, commits, committed_at=time.time())
+        recorded = apply_commits(conn, commits, committed_at=time.time())
         if fold:
             fold_accounts(conn)
+    known = getattr(conn, "periods", None)
+    if known is not None:  # committed: these periods' first rowids are in the ledger
+        for moves, period in recorded:
+            if period > known.get(moves, ""):
+                known[moves] = period
 
 
 def commit_unsynced(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None:
@@ -225,6 +255,30 @@ def _card_account(kind: str) -> str:
     return f"'card:' || c.id || ':{kind}'"
 
 
+def _period_moves(view: str) -> tuple[str, str]:
+    """SQLite: (a period's counters by key, one key's counter in a period, `{key}` its SQL),
+    summed from the period's moves, read from the rowid move_periods keeps for it on
+    (switch/ledger/store.py: no index by period). Parameters: the period, then
+    the key if any; a period never moved has no row in move_periods, so no counters."""
+    moves, period, key, value = COUNTERS[view]
+    rows = (f"FROM move_periods p JOIN {moves} m ON m.rowid >= p.first AND m.{period} = p.period "
+            f"WHERE p.moves = '{moves}' AND p.period = ?")
+    return (f"SELECT m.{key}, SUM(m.{value}) {rows} GROUP BY m.{key}",
+            f"SELECT SUM(m.{value}) {rows} AND m.{key} = {{key}}")
+
+
+def _period_keyed(view: str) -> tuple[str, str]:
+    """PostgreSQL: the same reads from its keyed counters (switch/ledger/postgres.py)."""
+    _, period, key, value = COUNTERS[view]
+    return (f"SELECT {key}, {value} FROM {view} WHERE {period} = ?",
+            f"SELECT {value} FROM {view} WHERE {period} = ? AND {key} = {{key}}")
+
+
+# The counters' reads by view, for each kind of store.
+_PERIOD_MOVES = {view: _period_moves(view) for view in COUNTERS}
+_PERIOD_KEYED = {view: _period_keyed(view) for view in COUNTERS}
+
+
 class SqliteReader:
     """Point reads for the hot state's cache misses, as typed records. On a PostgreSQL store
     the same SQL runs through switch/ledger/postgres.py's PgConnection."""
@@ -234,6 +288,8 @@ class SqliteReader:
         folded = not isinstance(path, PgDsn)  # PostgreSQL keeps every balance in its accounts row
         self._BALANCE = self._BALANCE_FOLDED if folded else self._BALANCE_ROW
         self._CARD = self._CARD_FOLDED if folded else self._CARD_ROWS
+        # a counter's period: SQLite's moves past the period's first rowid, PostgreSQL's keyed rows
+        self._COUNTERS = _PERIOD_MOVES if folded else _PERIOD_KEYED
 
     def close(self) -> None:
         self.conn.close()
@@ -269,13 +325,13 @@ class SqliteReader:
         return [self._card_state(tuple(r)) for r in rows]
 
     def month_counters(self, month: str) -> list[tuple[str, int]]:
-        return self.conn.execute("SELECT member, eligible FROM member_months WHERE month=?", (month,)).fetchall()
+        return self.conn.execute(self._COUNTERS["member_months"][0], (month,)).fetchall()
 
     def day_counters(self, day: str) -> list[tuple[int, int]]:
-        return self.conn.execute("SELECT card_id, spent FROM card_days WHERE day=?", (day,)).fetchall()
+        return self.conn.execute(self._COUNTERS["card_days"][0], (day,)).fetchall()
 
     def month_charged(self, month: str) -> list[tuple[int, int]]:
-        return self.conn.execute("SELECT card_id, charged FROM card_months WHERE month=?", (month,)).fetchall()
+        return self.conn.execute(self._COUNTERS["card_months"][0], (month,)).fetchall()
 
     def member_of(self, pan: str) -> str | None:
         """The card's member only (a cluster's ingress routes by it: switch/ops/cluster.py)."""
@@ -286,8 +342,8 @@ class SqliteReader:
         """A card, its member's eligible spend in `month` and its own spending on `day`: what a
         purchase on a card not yet in memory needs, in one statement (one round trip on
         PostgreSQL instead of six; docs/performance.md, "PostgreSQL: one read per new card")."""
-        counters = (", COALESCE((SELECT eligible FROM member_months WHERE member = c.member AND month = ?), 0), "
-                    "COALESCE((SELECT spent FROM card_days WHERE card_id = c.id AND day = ?), 0)")
+        counters = (f", COALESCE(({self._COUNTERS['member_months'][1].format(key='c.member')}), 0), "
+                    f"COALESCE(({self._COUNTERS['card_days'][1].format(key='c.id')}), 0)")
         row = self._card_row("c.pan=?", (month, day, pan), counters)
         return (None, 0, 0) if row is None else (self._card_state(row), row[12], row[13])
 
@@ -351,18 +407,17 @@ class SqliteReader:
         return self._balance(name)
 
     def member_month(self, member: str, month: str) -> int:
-        row = self.conn.execute("SELECT eligible FROM member_months WHERE member=? AND month=?",
-                                (member, month)).fetchone()
-        return row[0] if row else 0
+        return self._counter("member_months", month, member)
 
     def card_day(self, card_id: int, day: str) -> int:
-        row = self.conn.execute("SELECT spent FROM card_days WHERE card_id=? AND day=?", (card_id, day)).fetchone()
-        return row[0] if row else 0
+        return self._counter("card_days", day, card_id)
 
     def card_month_charged(self, card_id: int, month: str) -> int:
-        row = self.conn.execute("SELECT charged FROM card_months WHERE card_id=? AND month=?",
-                                (card_id, month)).fetchone()
-        return row[0] if row else 0
+        return self._counter("card_months", month, card_id)
+
+    def _counter(self, view: str, period: str, key: object) -> int:
+        row = self.conn.execute(self._COUNTERS[view][1].format(key="?"), (period, key)).fetchone()
+        return row[0] if row and row[0] is not None else 0
 
     def _posting(self, where: str, arg: object) -> PostingState | None:
         row = self.conn.execute(

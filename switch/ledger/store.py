@@ -90,21 +90,26 @@ CREATE TABLE IF NOT EXISTS entries(
 -- (`_entries_unindexed`). docs/performance.md: "The entries without a posting index (kept)".
 -- The day and month counters, appended: one row per key per group, a counter is the sum of its
 -- period's rows (COUNTERS below: the views member_months, card_days and card_months). Each
--- group's rows land on the last pages of the table and of its period index, where an upsert
--- keyed (period, card) dirtied a page per card. docs/performance.md:
--- "The day and month counters appended (kept)".
+-- group's rows land on the last page of the table, where an upsert keyed (period, card)
+-- dirtied a page per card. docs/performance.md: "The day and month counters appended (kept)".
+-- No index by period either: a rowid only grows (none of these rows is ever deleted), so a
+-- period's rows all lie at or after the next rowid as it stood just before its first row went
+-- in, which move_periods keeps (one row a table a day or a month, written before the rows of
+-- the group or the views' trigger that first moves that period: `record_period`; a late row
+-- of an older period lands after it too). A period's counters are read from there on (switch/ledger/sqlite.py,
+-- `_period_moves`). docs/performance.md: "The counters' periods without an index (kept)".
 CREATE TABLE IF NOT EXISTS member_month_moves(
     month TEXT NOT NULL, member TEXT NOT NULL, eligible INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS member_month_moves_month ON member_month_moves(month);
 CREATE TABLE IF NOT EXISTS card_day_moves(
     day TEXT NOT NULL, card_id INTEGER NOT NULL, spent INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS card_day_moves_day ON card_day_moves(day);
 CREATE TABLE IF NOT EXISTS card_month_moves(
     month TEXT NOT NULL, card_id INTEGER NOT NULL, charged INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS card_month_moves_month ON card_month_moves(month);
+CREATE TABLE IF NOT EXISTS move_periods(
+    moves TEXT NOT NULL, period TEXT NOT NULL, first INTEGER NOT NULL, PRIMARY KEY(moves, period)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS messages(
     tid TEXT NOT NULL, stan TEXT NOT NULL, tx_time TEXT NOT NULL, mti TEXT NOT NULL,
     digest TEXT NOT NULL, rc TEXT NOT NULL, response TEXT NOT NULL, posting_id INTEGER,
@@ -305,7 +310,38 @@ def _counter_views(view: str) -> str:
     return (f"CREATE VIEW IF NOT EXISTS {view}({key}, {period}, {value}) AS "
             f"SELECT {key}, {period}, SUM({value}) FROM {moves} GROUP BY {period}, {key};\n"
             f"CREATE TRIGGER IF NOT EXISTS {view}_insert INSTEAD OF INSERT ON {view} BEGIN "
+            f"{record_period(moves).replace('?', 'NEW.' + period, 1)}; "
             f"INSERT INTO {moves}({period}, {key}, {value}) VALUES (NEW.{period}, NEW.{key}, NEW.{value}); END;\n")
+
+
+def record_period(moves: str) -> str:
+    """SQL: the next rowid of `moves` as the period `?` is first moved, kept once. Run before
+    the rows' INSERT: every row of that period is inserted after it, so at or past it."""
+    return (f"INSERT OR IGNORE INTO move_periods(moves, period, first) "
+            f"SELECT '{moves}', ?, COALESCE(MAX(rowid), 0) + 1 FROM {moves}")
+
+
+def _periods_recorded(conn: sqlite3.Connection, moves: str, period: str) -> None:
+    """Each period's first rowid in `moves` as its rows stand (an older store's, in the
+    caller's transaction)."""
+    conn.execute(f"INSERT OR IGNORE INTO move_periods(moves, period, first) "
+                 f"SELECT '{moves}', {period}, MIN(rowid) FROM {moves} GROUP BY {period}")
+
+
+def _periods_unindexed(conn: sqlite3.Connection) -> None:
+    """A ledger from before move_periods: each moves table's periods recorded from its rows,
+    its period index dropped and its view's trigger made again (the new one records a new
+    period first), one transaction."""
+    for view, (moves, period, _, _) in COUNTERS.items():
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
+                        (f"{moves}_{period}",)).fetchone() is None:
+            continue
+        with transaction(conn):
+            _periods_recorded(conn, moves, period)
+            conn.execute(f"DROP INDEX {moves}_{period}")
+            conn.execute(f"DROP TRIGGER IF EXISTS {view}_insert")
+            for statement in _counter_views(view).splitlines():
+                conn.execute(statement)
 
 
 def _counters_as_moves(conn: sqlite3.Connection) -> None:
@@ -319,6 +355,7 @@ def _counters_as_moves(conn: sqlite3.Connection) -> None:
             if kind is not None:
                 conn.execute(f"INSERT INTO {moves}({period}, {key}, {value}) "
                              f"SELECT {period}, {key}, {value} FROM {view} ORDER BY {period}, {key}")
+                _periods_recorded(conn, moves, period)
                 conn.execute(f"DROP TABLE {view}")
             for statement in _counter_views(view).splitlines():
                 conn.execute(statement)
@@ -474,6 +511,7 @@ def _upgrade(path: Path) -> None:
             if _layout(conn, table) != (table in APPENDED, key):
                 _rekey(conn, table)
         _counters_as_moves(conn)
+        _periods_unindexed(conn)
         _outbox_without_autoincrement(conn)
         _accounts_folded(conn)
         _card_postings_folded(conn)
