@@ -96,8 +96,9 @@ CREATE TABLE IF NOT EXISTS entries(
 -- period's rows all lie at or after the next rowid as it stood just before its first row went
 -- in, which move_periods keeps (one row a table a day or a month, written before the rows of
 -- the group or the views' trigger that first moves that period: `record_period`; a late row
--- of an older period lands after it too). A period's counters are read from there on (switch/ledger/sqlite.py,
--- `_period_moves`). docs/performance.md: "The counters' periods without an index (kept)".
+-- of an older period lands after it too). A period's counters are read from there on
+-- (switch/ledger/sqlite.py, `_period_moves`). docs/performance.md:
+-- "The counters' periods without an index (kept)".
 CREATE TABLE IF NOT EXISTS member_month_moves(
     month TEXT NOT NULL, member TEXT NOT NULL, eligible INTEGER NOT NULL
 );
@@ -321,11 +322,11 @@ def record_period(moves: str) -> str:
             f"SELECT '{moves}', ?, COALESCE(MAX(rowid), 0) + 1 FROM {moves}")
 
 
-def _periods_recorded(conn: sqlite3.Connection, moves: str, period: str) -> None:
-    """Each period's first rowid in `moves` as its rows stand (an older store's, in the
-    caller's transaction)."""
+def _periods_recorded(conn: sqlite3.Connection, moves: str, column: str) -> None:
+    """Each period's first rowid in `moves` (its period in `column`) as its rows stand: an
+    older store's, in the caller's transaction."""
     conn.execute(f"INSERT OR IGNORE INTO move_periods(moves, period, first) "
-                 f"SELECT '{moves}', {period}, MIN(rowid) FROM {moves} GROUP BY {period}")
+                 f"SELECT '{moves}', {column}, MIN(rowid) FROM {moves} GROUP BY {column}")
 
 
 def _periods_unindexed(conn: sqlite3.Connection) -> None:
