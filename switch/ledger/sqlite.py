@@ -288,8 +288,13 @@ class SqliteReader:
         folded = not isinstance(path, PgDsn)  # PostgreSQL keeps every balance in its accounts row
         self._BALANCE = self._BALANCE_FOLDED if folded else self._BALANCE_ROW
         self._CARD = self._CARD_FOLDED if folded else self._CARD_ROWS
-        # a counter's period: SQLite's moves past the period's first rowid, PostgreSQL's keyed rows
-        self._COUNTERS = _PERIOD_MOVES if folded else _PERIOD_KEYED
+        # a counter's period: SQLite's moves past the period's first rowid, PostgreSQL's keyed rows;
+        # each statement's text made once here, not per read
+        counters = _PERIOD_MOVES if folded else _PERIOD_KEYED
+        self._PERIOD = {view: by_period for view, (by_period, _) in counters.items()}
+        self._ONE = {view: one.format(key="?") for view, (_, one) in counters.items()}
+        self._CARD_COUNTERS = (f", COALESCE(({counters['member_months'][1].format(key='c.member')}), 0), "
+                               f"COALESCE(({counters['card_days'][1].format(key='c.id')}), 0)")
 
     def close(self) -> None:
         self.conn.close()
@@ -325,13 +330,13 @@ class SqliteReader:
         return [self._card_state(tuple(r)) for r in rows]
 
     def month_counters(self, month: str) -> list[tuple[str, int]]:
-        return self.conn.execute(self._COUNTERS["member_months"][0], (month,)).fetchall()
+        return self.conn.execute(self._PERIOD["member_months"], (month,)).fetchall()
 
     def day_counters(self, day: str) -> list[tuple[int, int]]:
-        return self.conn.execute(self._COUNTERS["card_days"][0], (day,)).fetchall()
+        return self.conn.execute(self._PERIOD["card_days"], (day,)).fetchall()
 
     def month_charged(self, month: str) -> list[tuple[int, int]]:
-        return self.conn.execute(self._COUNTERS["card_months"][0], (month,)).fetchall()
+        return self.conn.execute(self._PERIOD["card_months"], (month,)).fetchall()
 
     def member_of(self, pan: str) -> str | None:
         """The card's member only (a cluster's ingress routes by it: switch/ops/cluster.py)."""
@@ -342,9 +347,7 @@ class SqliteReader:
         """A card, its member's eligible spend in `month` and its own spending on `day`: what a
         purchase on a card not yet in memory needs, in one statement (one round trip on
         PostgreSQL instead of six; docs/performance.md, "PostgreSQL: one read per new card")."""
-        counters = (f", COALESCE(({self._COUNTERS['member_months'][1].format(key='c.member')}), 0), "
-                    f"COALESCE(({self._COUNTERS['card_days'][1].format(key='c.id')}), 0)")
-        row = self._card_row("c.pan=?", (month, day, pan), counters)
+        row = self._card_row("c.pan=?", (month, day, pan), self._CARD_COUNTERS)
         return (None, 0, 0) if row is None else (self._card_state(row), row[12], row[13])
 
     # a card's three balances are accounts named after it: one join each, so a card is one read
@@ -416,7 +419,7 @@ class SqliteReader:
         return self._counter("card_months", month, card_id)
 
     def _counter(self, view: str, period: str, key: object) -> int:
-        row = self.conn.execute(self._COUNTERS[view][1].format(key="?"), (period, key)).fetchone()
+        row = self.conn.execute(self._ONE[view], (period, key)).fetchone()
         return row[0] if row and row[0] is not None else 0
 
     def _posting(self, where: str, arg: object) -> PostingState | None:

@@ -315,6 +315,12 @@ def _counter_views(view: str) -> str:
             f"INSERT INTO {moves}({period}, {key}, {value}) VALUES (NEW.{period}, NEW.{key}, NEW.{value}); END;\n")
 
 
+def _make_counter_view(conn: sqlite3.Connection, view: str) -> None:
+    """The counter's view and its INSERT trigger (`_counter_views`), where missing."""
+    for statement in _counter_views(view).splitlines():
+        conn.execute(statement)
+
+
 def record_period(moves: str) -> str:
     """SQL: the next rowid of `moves` as the period `?` is first moved, kept once. Run before
     the rows' INSERT: every row of that period is inserted after it, so at or past it."""
@@ -341,8 +347,7 @@ def _periods_unindexed(conn: sqlite3.Connection) -> None:
             _periods_recorded(conn, moves, period)
             conn.execute(f"DROP INDEX {moves}_{period}")
             conn.execute(f"DROP TRIGGER IF EXISTS {view}_insert")
-            for statement in _counter_views(view).splitlines():
-                conn.execute(statement)
+            _make_counter_view(conn, view)
 
 
 def _counters_as_moves(conn: sqlite3.Connection) -> None:
@@ -358,8 +363,7 @@ def _counters_as_moves(conn: sqlite3.Connection) -> None:
                              f"SELECT {period}, {key}, {value} FROM {view} ORDER BY {period}, {key}")
                 _periods_recorded(conn, moves, period)
                 conn.execute(f"DROP TABLE {view}")
-            for statement in _counter_views(view).splitlines():
-                conn.execute(statement)
+            _make_counter_view(conn, view)
 
 
 # The fold mark as SQL (SQLite): the rowid of the last entry folded into account_folds and
